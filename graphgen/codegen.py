@@ -1,0 +1,664 @@
+"""Scheduling, naming and Jinja rendering of a compiled graph into a Python module.
+
+Python decides *what* to emit (which nodes each function computes, in which order, under
+which names, which single-use temporaries fold into their consumer, which comments explain
+them); the templates in ``templates/<backend>/`` decide *how it looks*. Every value a template
+prints is a :class:`~graphgen.naming.Code` string or a number, checked by the environment's
+``finalize``; spec names only ever reach the output as ``repr()`` literals.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import networkx as nx
+
+from . import __version__, dims, ops
+from . import graph as g
+from .errors import CodegenError
+from .naming import Code, Namer
+from .passes.adjoint import adjoint
+from .passes.optimize import optimize
+from .passes.shapes import prepare
+
+BACKENDS = ("numpy",)
+LINE = 88
+INDENT = 4
+
+# Helpers a module defines when its code calls them, with the helpers they call.
+HELPERS = {
+    "sigmoid": (),
+    "logsumexp": (),
+    "softmax": (),
+    "log_softmax": ("logsumexp",),
+    "softmax_cross_entropy": ("logsumexp",),
+    "sigmoid_cross_entropy": (),
+    "onehot": (),
+    "unslice": (),
+}
+
+# Ops whose code already reads as their math: no comment above the statement.
+SELF_EXPLANATORY = {"add", "sub", "mul", "div", "neg", "matmul", "add_n", "reshape"}
+
+
+def template_dir() -> Path:
+    """``graphgen/templates`` in a wheel, or ``templates/`` at the root of a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "templates", here.parent / "templates"):
+        if cand.is_dir():
+            return cand
+    raise CodegenError("cannot find graphgen's templates directory")
+
+
+def _finalize(value):
+    if isinstance(value, bool) or not isinstance(value, (Code, int, float)):
+        raise CodegenError(f"refusing to render an unvetted value {value!r:.60}")
+    return value
+
+
+@lru_cache(maxsize=None)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        finalize=_finalize,
+    )
+    env.filters["joincode"] = lambda items, sep: Code(sep.join(items))
+    return env
+
+
+# ----------------------------------------------------------------------- literals
+
+
+def literal(v) -> Code:
+    """A Python literal for a number, None, bool, string or (nested) list/tuple."""
+    if v is None or isinstance(v, bool):
+        return Code(repr(v))
+    if isinstance(v, int):
+        return Code(repr(v))
+    if isinstance(v, float):
+        if v != v:
+            return Code("np.nan")
+        if v in (float("inf"), float("-inf")):
+            return Code("np.inf" if v > 0 else "-np.inf")
+        return Code(repr(float(v)))
+    if isinstance(v, str):
+        r = repr(v)
+        if r.startswith("'") and '"' not in v:  # the quotes ruff format would choose
+            r = '"' + r[1:-1].replace("\\'", "'") + '"'
+        return Code(r)
+    if isinstance(v, (list, tuple)):
+        items = [literal(x) for x in v]
+        return Code("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+    raise CodegenError(f"no literal for {v!r}")
+
+
+def _atomic(expr) -> bool:
+    node = ast.parse(expr, mode="eval").body
+    if isinstance(node, ast.Constant):
+        return not (isinstance(node.value, (int, float)) and node.value < 0)
+    return isinstance(node, (ast.Name, ast.Call, ast.Attribute, ast.Subscript))
+
+
+def wrap(expr) -> Code:
+    return Code(expr if _atomic(expr) else f"({expr})")
+
+
+# ---------------------------------------------------------------------- the program
+
+
+@dataclasses.dataclass
+class Statement:
+    target: Code
+    expr: Code
+    comments: list
+    node: str
+    blank_before: bool = False
+
+
+@dataclasses.dataclass
+class Function:
+    name: str
+    doc: list
+    dims: list  # (identifier, symbol literal)
+    bindings: list  # (identifier, name literal)
+    statements: list
+    returns: Code
+
+
+class Program:
+    """Everything the templates need for one module, all of it vetted ``Code``."""
+
+    def __init__(self, A, backend, source_name):
+        self.A = A
+        self.backend = backend
+        self.env = environment()
+        self.macros = self.env.get_template(f"{backend}/ops.j2").module
+        self.namer = Namer()
+        self.source_name = source_name
+        self.loss = A.graph.get("loss")
+        self.grads = A.graph.get("grads") or {}
+        self._name_nodes()
+
+    # names ------------------------------------------------------------------
+    def _name_nodes(self):
+        A, nm = self.A, self.namer
+        order = g.schedule(A)
+        for n in order:
+            if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
+                nm.name(n)
+        for n in order:
+            if A.nodes[n][g.KIND] == g.OPNODE and A.nodes[n][g.ROLE] == g.FORWARD:
+                nm.name(n)
+        symbols = sorted({s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)})
+        for s in symbols:
+            nm.name(("dim", s), s)
+        for n in order:
+            a = A.nodes[n]
+            if a[g.ROLE] != g.BACKWARD or a[g.KIND] != g.OPNODE:
+                continue
+            if g.ADJOINT_OF in a:
+                nm.name(n, f"{nm.names.get(a[g.ADJOINT_OF], a[g.ADJOINT_OF])}_bar")
+            elif g.CONTRIB in a:
+                k, j = a[g.CONTRIB]
+                nm.name(n, f"{nm.names.get(j, j)}_bar_via_{nm.names.get(k, k)}")
+
+    def is_named(self, n):
+        return n in self.namer
+
+    def dim(self, d, used) -> Code:
+        for s in dims.symbols(d):
+            used.add(s)
+        return Code(dims.render(d, lambda s: self.namer[("dim", s)]))
+
+    def shape_code(self, shape, used) -> Code:
+        items = [self.dim(d, used) for d in shape]
+        return Code("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+
+    # expressions --------------------------------------------------------------
+    def attrs_code(self, n, used):
+        """The op's attributes as the templates want them (Python decides the forms)."""
+        a = self.A.nodes[n]
+        op, at = a[g.OP], a[g.ATTRS]
+        ins = g.operands(self.A, n)
+        in_shapes = [self.A.nodes[p][g.SHAPE] for p in ins]
+        out = {}
+        if op in ("sum", "mean", "max", "logsumexp"):
+            axes = list(at["axis"])
+            every = axes == list(range(len(in_shapes[0])))
+            out["axis"] = None if every and op != "logsumexp" else (
+                literal(axes[0]) if len(axes) == 1 else literal(tuple(axes))
+            )
+            if every and op == "logsumexp":
+                out["axis"] = Code("None")
+            out["keepdims"] = bool(at["keepdims"])
+        elif op in ("reshape", "broadcast_to", "zeros"):
+            out["shape"] = self.shape_code(at["shape"], used)
+        elif op == "sum_to_shape":
+            lead, keep = ops.defs.sum_to_shape_axes(in_shapes[0], tuple(at["shape"]))
+            axes = tuple(lead + keep)
+            out["axes"] = literal(axes[0]) if len(axes) == 1 else literal(axes)
+            out["form"] = "lead" if not keep else ("keep" if not lead else "both")
+            out["shape"] = self.shape_code(at["shape"], used)
+        elif op in ("slice", "unslice"):
+            nd = len(at["shape"]) if op == "unslice" else len(in_shapes[0])
+            parts = [":"] * nd
+            start, stop, step = at["start"], at["stop"], at["step"]
+            full = in_shapes[0][at["axis"]] if op == "slice" else at["shape"][at["axis"]]
+            s = "" if start == 0 else self.dim(start, used)
+            e = "" if stop == full else self.dim(stop, used)
+            parts[at["axis"]] = f"{s}:{e}" + ("" if step == 1 else f":{step}")
+            while len(parts) > 1 and parts[-1] == ":":
+                parts.pop()
+            out["index"] = Code("[" + ", ".join(parts) + "]")
+            if op == "unslice":
+                out["shape"] = self.shape_code(at["shape"], used)
+        elif op == "transpose":
+            out["T"] = list(at["perm"]) == list(range(len(in_shapes[0])))[::-1] and len(
+                in_shapes[0]
+            ) == 2
+            out["perm"] = literal(tuple(at["perm"]))
+        elif op == "dimsize":
+            size = dims.prod(at["dims"])
+            out["value"] = (
+                literal(float(size)) if isinstance(size, int)
+                else Code(f"float({self.dim(size, used)})")
+            )
+        elif op == "onehot":
+            out["depth"] = self.dim(at["depth"], used)
+        else:
+            out = {k: literal(v) for k, v in at.items()}
+        return out
+
+    def render_op(self, n, args, used) -> Code:
+        op = self.A.nodes[n][g.OP]
+        macro = getattr(self.macros, op, None)
+        if macro is None:
+            raise CodegenError(f"the {self.backend} backend has no template for op {op!r}",
+                               node=n, source=g.source_of(self.A))
+        at = self.attrs_code(n, used)
+        if ops.get(op).variadic:
+            text = macro([wrap(x) for x in args], at)
+        else:
+            text = macro(*[wrap(x) for x in args], at)
+        return Code(text.strip())
+
+    @lru_cache(maxsize=None)
+    def _uses_once(self, op):
+        """Whether the op's template mentions each argument once (so it may be inlined)."""
+        o = ops.get(op)
+        if o.variadic:
+            return True
+        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+        # attributes do not change how often arguments appear; use a representative node
+        for n in self.A:
+            if self.A.nodes[n].get(g.OP) == op:
+                text = self.render_op(n, probes, set())
+                return all(text.count(p) == 1 for p in probes)
+        return True
+
+    # functions ----------------------------------------------------------------
+    def function(self, name, roots, doc, returns_fn):
+        A = self.A
+        need = set()
+        for r in roots:
+            need |= nx.ancestors(A, r) | {r}
+        order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
+        uses = {n: 0 for n in need}
+        for n in order:
+            for p in g.operands(A, n):
+                uses[p] += 1
+        root_set = set(roots)
+        inline = {
+            n
+            for n in order
+            if not self.is_named(n) and uses[n] == 1 and n not in root_set
+        }
+        consumer = {}
+        for n in order:
+            for p in g.operands(A, n):
+                if p in inline:
+                    consumer[p] = n
+        inline = {p for p in inline if self._uses_once(A.nodes[consumer[p]][g.OP])}
+
+        while True:
+            names, k = {}, 1
+            temps = Namer()
+            temps.taken = set(self.namer.taken)
+            for n in order:
+                if n in inline:
+                    continue
+                if self.is_named(n):
+                    names[n] = self.namer[n]
+                else:
+                    names[n] = temps.fresh(f"t{k}")
+                    k += 1
+            used, exprs = set(), {}
+            for n in order:
+                args = [self.value(p, exprs, names) for p in g.operands(A, n)]
+                exprs[n] = self.render_op(n, args, used)
+            too_long = None
+            for n in order:
+                if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
+                    continue
+                kids = self._inlined_children(n, inline)
+                if kids:
+                    too_long = max(kids, key=lambda p: len(exprs[p]))
+                    break
+            if too_long is None:
+                break
+            inline.discard(too_long)
+
+        statements = []
+        backward = False
+        for n in order:
+            if n in inline:
+                continue
+            comments = self.comments(n, names)
+            blank = bool(comments) and bool(statements)
+            if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
+                backward = blank = True
+                comments = _wrap_comment(
+                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
+                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
+                ) + comments
+            statements.append(Statement(names[n], exprs[n], comments, n, blank))
+        dim_lines = [
+            (self.namer[("dim", s)], literal(s)) for s in sorted(used)
+        ]
+        bindings = [
+            (self.namer[n], literal(n))
+            for n in g.schedule(A, need)
+            if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
+        ]
+        return Function(
+            Code(name), [_comment(d) for d in doc], dim_lines, bindings, statements,
+            returns_fn(names),
+        )
+
+    def _inlined_children(self, n, inline):
+        out = []
+        stack = [p for p in g.operands(self.A, n) if p in inline]
+        while stack:
+            p = stack.pop()
+            out.append(p)
+            stack.extend(q for q in g.operands(self.A, p) if q in inline)
+        return out
+
+    def value(self, n, exprs, names) -> Code:
+        a = self.A.nodes[n]
+        if a[g.KIND] == g.CONST:
+            return literal(a[g.VALUE])
+        if a[g.KIND] in (g.INPUT, g.PARAM):
+            return self.namer[n]
+        return names.get(n) or exprs[n]
+
+    # comments -----------------------------------------------------------------
+    def display(self, names):
+        def show(n):
+            if n in self.namer:
+                return self.namer[n]
+            return names.get(n, "…")
+
+        return show
+
+    def bar_name(self, n, names):
+        """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed)."""
+        v = (self.A.graph.get("adjoints") or {}).get(n)
+        if v is None:
+            return f"{self.display(names)(n)}_bar"
+        if self.A.nodes[v][g.KIND] == g.CONST:
+            return literal(self.A.nodes[v][g.VALUE])
+        return self.display(names)(v)
+
+    def note(self, template, ids, attrs, names):
+        show = self.display(names)
+        filled = template
+        for key, nid in ids.items():
+            filled = filled.replace("{" + key + "}̄", self.bar_name(nid, names))
+        return ops.format_note(filled, {**{k: show(v) for k, v in ids.items()}, **attrs})
+
+    def math_of(self, n, names):
+        """The forward math of op node ``n`` with code names: ``z2 = h1 @ W2``."""
+        A = self.A
+        op = ops.get(A.nodes[n][g.OP])
+        ins = g.operands(A, n)
+        text = op.math
+        if op.variadic:
+            text = text.replace("{" + op.args[0] + "}",
+                                "(" + ", ".join(self.display(names)(p) for p in ins) + ")")
+            ids = {"y": n}
+        else:
+            ids = {"y": n, **dict(zip(op.args, ins))}
+        return self.note(text, ids, A.nodes[n][g.ATTRS], names)
+
+    def comments(self, n, names):
+        A, a = self.A, self.A.nodes[n]
+        show = self.display(names)
+        if a[g.ROLE] == g.FORWARD:
+            if a[g.OP] in SELF_EXPLANATORY:
+                return []
+            return _wrap_comment(self.math_of(n, names))
+        loss = show(self.loss) if self.loss is not None else "J"
+        target = names.get(n, show(n))
+        if g.SUMS in a:
+            j = a[g.ADJOINT_OF]
+            succ = ", ".join(show(k) for k in a[g.SUMS])
+            text = (
+                f"{target} = ∂{loss}/∂{show(j)} = Σ_k ∂{loss}/∂k · ∂k/∂{show(j)}, summed "
+                f"over the successors k of {show(j)}: {succ}"
+            )
+            return _wrap_comment(text)
+        if g.ADJOINT_OF in a:
+            j = a[g.ADJOINT_OF]
+            head = f"{target} = ∂{loss}/∂{show(j)}"
+        elif g.CONTRIB in a:
+            k, j = a[g.CONTRIB]
+            head = f"{target} = the term of ∂{loss}/∂{show(j)} that flows through {show(k)}"
+        else:
+            return []
+        note = a.get(g.NOTE)
+        if not note or not note[0] or note[1].get("y") in (None, j):
+            return _wrap_comment(head)
+        template, ids, attrs = note
+        k = ids["y"]
+        deriv = self.note(template, ids, attrs, names)
+        if deriv.startswith("∂") and " = " in deriv:
+            rhs = deriv.split(" = ", 1)[1]
+            if k == self.loss:
+                text = f"{head} = {rhs}"
+            else:
+                text = f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where " \
+                       f"∂{show(k)}/∂{show(j)} = {rhs}"
+        else:
+            text = f"{head}; through {self.math_of(k, names)}: {deriv}"
+        if a[g.OP] == "sum_to_shape":
+            text += " (summed over the axes broadcasting stretched)"
+        return _wrap_comment(text)
+
+    # the module ----------------------------------------------------------------
+    def context(self):
+        A = self.A
+        nodes = [n for n in g.schedule(A)]
+        inputs = [n for n in nodes if A.nodes[n][g.KIND] == g.INPUT]
+        params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
+        outputs = list(A.graph["outputs"])
+
+        def shape_lit(n):
+            return literal(tuple(A.nodes[n][g.SHAPE]))
+
+        def out_expr(n, names):
+            a = A.nodes[n]
+            if a[g.KIND] == g.CONST:
+                return Code(f"np.asarray({literal(a[g.VALUE])}, dtype=DTYPE)")
+            return self.namer[n] if n in self.namer else names[n]
+
+        functions = [
+            self.function(
+                "forward",
+                outputs,
+                ["The forward pass: every output, by name."],
+                lambda names: Code(
+                    "{" + ", ".join(f"{literal(o)}: {out_expr(o, names)}" for o in outputs)
+                    + "}"
+                ),
+            )
+        ]
+        if self.loss is not None:
+            wrt = list(A.graph["wrt"])
+            roots = [self.loss] + [v for v in self.grads.values() if v is not None]
+
+            def grad_expr(w, names):
+                v = self.grads.get(w)
+                shape = self.shape_code(A.nodes[w][g.SHAPE], set())
+                if v is None:
+                    return Code(f"np.zeros({shape}, dtype=DTYPE)")
+                a = A.nodes[v]
+                if a[g.KIND] == g.CONST:
+                    return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
+                name = self.namer[v] if v in self.namer else names[v]
+                if a[g.KIND] != g.OPNODE or a[g.OP] in ("broadcast_to", "transpose",
+                                                        "reshape", "slice"):
+                    return Code(f"np.array({name})")  # a view: hand out a fresh array
+                return name
+
+            functions.append(
+                self.function(
+                    "value_and_grad",
+                    roots,
+                    [
+                        f"The loss {self.loss!r} and its gradient with respect to "
+                        + ", ".join(repr(w) for w in wrt) + ".",
+                    ],
+                    lambda names: Code(
+                        f"float({out_expr(self.loss, names)}), {{"
+                        + ", ".join(f"{literal(w)}: {grad_expr(w, names)}" for w in wrt)
+                        + "}"
+                    ),
+                )
+            )
+        body = "\n".join(s.expr for f in functions for s in f.statements)
+        body += "\n".join(f.returns for f in functions)
+        helpers = []
+        for h in HELPERS:
+            if re.search(rf"\b_{h}\(", body):
+                for dep in HELPERS[h] + (h,):
+                    if dep not in helpers:
+                        helpers.append(dep)
+        helpers = [h for h in HELPERS if h in helpers]
+
+        def table(names):
+            return [(literal(n), shape_lit(n)) for n in names]
+
+        return {
+            "backend": Code(self.backend),
+            "title": Code(literal(A.graph["name"])[1:-1]),
+            "version": Code(__version__),
+            "source": Code(_comment(self.source_name)),
+            "dtype": Code(A.graph["dtype"]),
+            "tables": [
+                (Code("INPUTS"), table(inputs)),
+                (Code("PARAMS"), table(params)),
+                (Code("OUTPUTS"), table(outputs)),
+                (Code("DTYPES"),
+                 [(literal(n), literal(A.nodes[n][g.DTYPE])) for n in inputs + params]),
+                (Code("_INITS"), [(literal(n), literal(A.nodes[n][g.INIT])) for n in params]),
+            ],
+            "loss": literal(self.loss),
+            "wrt": literal(tuple(A.graph.get("wrt") or ())) if self.loss else literal(()),
+            "functions": functions,
+            "helpers": [Code(h) for h in helpers],
+            "summary": [Code(_comment(line)) for line in self.summary()],
+        }
+
+    def summary(self):
+        A = self.A
+        lines = []
+        for kind, label in ((g.INPUT, "inputs"), (g.PARAM, "params")):
+            ns = [n for n in g.schedule(A) if A.nodes[n][g.KIND] == kind]
+            if ns:
+                lines.append(
+                    f"{label}: "
+                    + ", ".join(f"{self.namer[n]} {dims.fmt_shape(A.nodes[n][g.SHAPE])}"
+                                for n in ns)
+                )
+        lines.append("outputs: " + ", ".join(
+            self.namer[o] if o in self.namer else literal(o) for o in A.graph["outputs"]))
+        if self.loss is not None:
+            lines.append(f"loss: {self.namer.names.get(self.loss, 'const')}")
+        return lines
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _comment(text) -> Code:
+    """Text that is safe inside a ``#`` comment or a docstring: one line, no quotes run."""
+    text = _CONTROL.sub(" ", str(text)).replace('"""', "'''").replace("\\", "/")
+    return Code(text)
+
+
+def _wrap_comment(text, width=LINE - INDENT - 2):
+    """A comment as lines that fit the line length (continuations indented)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(_comment(text)), width=width, subsequent_indent="  ",
+                          break_long_words=False, break_on_hyphens=False)
+    return [Code(line) for line in lines]
+
+
+def _vet(value, path="context"):
+    """Every string handed to a template must be vetted Code."""
+    if isinstance(value, Code) or value is None or isinstance(value, (bool, int, float)):
+        return
+    if isinstance(value, str):
+        raise CodegenError(f"internal: unvetted string at {path}: {value!r:.60}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _vet(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _vet(v, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            if f.name != "node":
+                _vet(getattr(value, f.name), f"{path}.{f.name}")
+    else:
+        raise CodegenError(f"internal: cannot render {type(value).__name__} at {path}")
+
+
+def lower(G, *, dtype=None):
+    """Prepare, differentiate and optimize: the graph a backend renders."""
+    H = G.copy()
+    if dtype is not None:
+        if dtype not in g.FLOAT_DTYPES:
+            raise CodegenError(f"dtype must be float64 or float32, got {dtype!r}",
+                               source=g.source_of(G))
+        old = H.graph.get("dtype", "float64")
+        H.graph["dtype"] = dtype
+        for n in H:
+            if H.nodes[n].get(g.DTYPE, old) == old:
+                H.nodes[n][g.DTYPE] = dtype
+    H = prepare(H)
+    if H.graph.get("loss") is not None:
+        H = adjoint(H)
+    return optimize(H)
+
+
+def generate(G, backend="numpy", *, dtype=None, source_name=None):
+    """Render the standalone Python module for ``G``.
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        A graphgen graph (:func:`graphgen.load` or built by hand).
+    backend : {"numpy"}
+        The code generator to use.
+    dtype : {"float64", "float32"}, optional
+        Override the spec's dtype.
+    source_name : str, optional
+        The name shown in the module docstring (default: the spec file's base name).
+
+    Returns
+    -------
+    str
+        Python source that imports only NumPy. It is deterministic: the same graph gives
+        the same bytes.
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> src = graphgen.generate(graphgen.load("examples/tiny.yaml"))
+    >>> "def value_and_grad(**arrays):" in src
+    True
+    """
+    if backend not in BACKENDS:
+        raise CodegenError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
+                           source=g.source_of(G))
+    A = lower(G, dtype=dtype)
+    if source_name is None:
+        source_name = os.path.basename(g.source_of(A))
+    program = Program(A, backend, source_name)
+    ctx = program.context()
+    _vet(ctx)
+    text = environment().get_template(f"{backend}/module.py.j2").render(**ctx)
+    text = re.sub(r"\n{3,}(?=[^\n]*\S)", _blank_lines, text)
+    try:
+        ast.parse(text)
+    except SyntaxError as e:  # a bug in graphgen, never in the user's spec
+        raise CodegenError(f"internal: generated code does not parse: {e}") from None
+    return text
+
+
+def _blank_lines(m):
+    return "\n\n\n"

@@ -1,0 +1,109 @@
+"""Attribute conventions of graphgen's NetworkX graphs, and small helpers to read them.
+
+A graphgen graph is a ``networkx.DiGraph``. Each node id is a string (the spec name).
+
+Node attributes (keys are the constants below):
+
+``kind``
+    ``"input"`` (fed at call time), ``"param"`` (trainable), ``"const"`` (a number) or
+    ``"op"`` (computed).
+``op``
+    For ``kind == "op"``: the registered op name, e.g. ``"matmul"``.
+``attrs``
+    For ``kind == "op"``: a dict of the op's attributes (``{"axis": 1}``).
+``shape``
+    A tuple of dimensions, each an ``int`` or a symbolic name such as ``"batch"``
+    (filled in by shape inference for op nodes).
+``dtype``
+    ``"float64"``, ``"float32"`` or (inputs only) ``"int64"``.
+``value``
+    For ``kind == "const"``: the number.
+``init``
+    For ``kind == "param"``: ``"zeros"``, ``"ones"``, ``"normal"`` or ``"glorot_uniform"``.
+
+Edge attribute ``pos``: a tuple of the argument positions at which the source feeds the
+target. ``mul(x, x)`` is one edge ``x -> y`` with ``pos == (0, 1)``; argument order is
+exact, so ``sub(a, b)`` and ``sub(b, a)`` differ.
+
+Graph attributes (``G.graph``): ``name``, ``dtype``, ``outputs`` (list of node ids),
+``loss`` (node id or None), ``wrt`` (list of node ids), ``source`` (the spec file, used in
+error messages), ``order`` (the spec's node order, used to break ties deterministically).
+
+The adjoint pass adds nodes with ``role == "backward"`` (forward nodes have
+``role == "forward"``) and these extra attributes: ``adjoint_of`` (the forward node whose
+adjoint this node is), ``sums`` (for a fan-out ``add_n``: the forward successors whose
+contributions it adds), ``contrib`` (for one contribution: ``(successor, input)``), and
+``note`` (the local derivative, see :func:`graphgen.ops.format_note`). ``G.graph["grads"]``
+maps each ``wrt`` node to the node holding its gradient (None when the loss does not depend
+on it).
+"""
+
+from __future__ import annotations
+
+KIND = "kind"
+OP = "op"
+ATTRS = "attrs"
+SHAPE = "shape"
+DTYPE = "dtype"
+VALUE = "value"
+INIT = "init"
+POS = "pos"
+ROLE = "role"
+SEQ = "seq"  # creation counter: the deterministic tie-break of every schedule
+ADJOINT_OF = "adjoint_of"
+SUMS = "sums"
+CONTRIB = "contrib"
+NOTE = "note"
+LINE = "line"
+
+INPUT, PARAM, CONST, OPNODE = "input", "param", "const", "op"
+FORWARD, BACKWARD = "forward", "backward"
+FLOAT_DTYPES = ("float64", "float32")
+
+
+def operands(G, n):
+    """The argument node ids of ``n``, in argument order (a node may appear twice)."""
+    args = []
+    for p in G.predecessors(n):
+        for i in G.edges[p, n][POS]:
+            args.append((i, p))
+    args.sort()
+    return [p for _, p in args]
+
+
+def add_edge_arg(G, src, dst, position):
+    """Record that ``src`` is argument ``position`` of ``dst``."""
+    if G.has_edge(src, dst):
+        pos = G.edges[src, dst][POS]
+        G.edges[src, dst][POS] = tuple(sorted(pos + (position,)))
+    else:
+        G.add_edge(src, dst, **{POS: (position,)})
+
+
+def next_seq(G):
+    """A fresh creation counter value for ``G``."""
+    seq = G.graph.get("_seq", 0)
+    G.graph["_seq"] = seq + 1
+    return seq
+
+
+def fresh_id(G, base):
+    """A node id starting with ``base`` that ``G`` does not use yet."""
+    if base not in G:
+        return base
+    k = 2
+    while f"{base}#{k}" in G:
+        k += 1
+    return f"{base}#{k}"
+
+
+def schedule(G, nodes=None):
+    """Nodes in a deterministic topological order (creation order breaks ties)."""
+    H = G if nodes is None else G.subgraph(nodes)
+    import networkx as nx
+
+    return list(nx.lexicographical_topological_sort(H, key=lambda n: G.nodes[n][SEQ]))
+
+
+def source_of(G):
+    return G.graph.get("source") or "<graph>"

@@ -1,0 +1,87 @@
+"""One namer owns every identifier in generated code.
+
+Spec names can be anything (``"x\\nimport os"``, ``"class"``, ``"h1/relu"``). The namer maps
+each to a safe, unique Python identifier: ASCII letters, digits and underscores, not a
+keyword, builtin or a name the generated module uses itself, never starting with an
+underscore (those are the module's helpers). Original names reach generated code only as
+``repr()`` string literals.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+import unicodedata
+
+# Names the generated modules define or import at module level or inside functions.
+MODULE_NAMES = {
+    "np",
+    "numba",
+    "math",
+    "DTYPE",
+    "INPUTS",
+    "PARAMS",
+    "OUTPUTS",
+    "DTYPES",
+    "LOSS",
+    "WRT",
+    "forward",
+    "value_and_grad",
+    "init_params",
+    "vjp",
+    "arrays",
+    "grads",
+    "dims",
+    "rng",
+}
+RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | MODULE_NAMES
+
+IDENT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class Code(str):
+    """A string the code generator vouches for: an identifier, literal or expression."""
+
+
+def sanitize(name) -> str:
+    """A best-effort identifier for ``name`` (not yet unique)."""
+    s = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", s).strip("_")
+    s = re.sub(r"_+", "_", s)
+    if not s:
+        s = "v"
+    if s[0].isdigit():
+        s = "v" + s
+    if s in RESERVED:
+        s += "_"
+    return s
+
+
+class Namer:
+    """Assigns unique identifiers; the same key always gets the same name."""
+
+    def __init__(self):
+        self.names = {}
+        self.taken = set()
+
+    def fresh(self, base) -> Code:
+        base = sanitize(base)
+        name, k = base, 2
+        while name in self.taken or name in RESERVED:
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        assert IDENT_RE.match(name), name
+        return Code(name)
+
+    def name(self, key, base=None) -> Code:
+        if key not in self.names:
+            self.names[key] = self.fresh(key if base is None else base)
+        return self.names[key]
+
+    def __getitem__(self, key) -> Code:
+        return self.names[key]
+
+    def __contains__(self, key):
+        return key in self.names

@@ -1,0 +1,194 @@
+"""The op registry: one op, one declaration.
+
+Each :class:`Op` holds everything graphgen knows about an op in one place: its arguments and
+attributes with defaults, the shape rule, a NumPy reference implementation (used for
+constant folding and as a test oracle), the VJP rule, and the math it computes. The code a
+backend emits for an op is a macro of the same name in ``templates/<backend>/ops.j2``.
+
+A VJP rule receives a builder ``b`` and a :class:`VJPContext` and returns one cotangent node
+per argument (or None where no gradient flows). It builds ordinary registered ops through
+``b`` (``b.mul(g, y)``, ``b.const(2.0)``), so the backward pass is just more graph.
+Broadcasting is undone centrally by the adjoint pass, which appends one ``sum_to_shape``
+node wherever a contribution is larger than its argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .. import dims
+from ..errors import ShapeError
+
+REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """The declaration of one op.
+
+    Attributes
+    ----------
+    name : str
+        The name used in specs (``op: sigmoid``).
+    args : tuple of str
+        Argument names, used in math text and errors; ``("xs",)`` with ``variadic``.
+    shape : callable
+        ``shape(in_shapes, attrs) -> out_shape``; raises :class:`ShapeError`.
+    impl : callable
+        ``impl(*arrays, **attrs) -> ndarray``, the NumPy reference semantics.
+    vjp : callable or None
+        ``vjp(b, ctx) -> list`` of cotangent nodes, one per argument (None: no gradient).
+    math : str
+        The forward math, with ``{y}`` for the output and argument names in braces.
+    derivs : tuple of str
+        Per argument, the local derivative (or the VJP it applies) in the same notation.
+    attrs : dict
+        Attribute name -> default (``REQUIRED`` when it has none).
+    normalize : callable, optional
+        ``normalize(in_shapes, attrs) -> attrs`` run before ``shape`` (resolves defaults
+        that depend on rank, negative axes, ...).
+    variadic : bool
+        Takes one or more arguments.
+    int_args : tuple of int
+        Argument positions that take int64 labels (never differentiated).
+    domain : tuple of str
+        Per argument, where finite-difference tests sample it: ``"real"``, ``"positive"``,
+        ``"unit"`` (0..1), ``"labels"`` or ``"away0"`` (|x| >= 0.1, for kinks at 0).
+    elementwise : bool
+        Broadcasting elementwise op (fusable by the Numba backend).
+    internal : bool
+        Introduced by VJP rules; usable in specs but not part of the documented vocabulary.
+    """
+
+    name: str
+    args: tuple
+    shape: Callable
+    impl: Callable
+    vjp: Callable | None
+    math: str
+    derivs: tuple = ()
+    attrs: dict = dataclasses.field(default_factory=dict)
+    normalize: Callable | None = None
+    variadic: bool = False
+    int_args: tuple = ()
+    domain: tuple = ()
+    elementwise: bool = False
+    internal: bool = False
+    category: str = ""
+
+    def arity_ok(self, n):
+        return n >= 1 if self.variadic else n == len(self.args)
+
+    def arg_name(self, i):
+        return f"{self.args[0]}[{i}]" if self.variadic else self.args[i]
+
+    def arg_domain(self, i):
+        if not self.domain:
+            return "real"
+        return self.domain[0] if self.variadic else self.domain[i]
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def get(name) -> Op:
+    return REGISTRY[name]
+
+
+@dataclasses.dataclass
+class VJPContext:
+    """What a VJP rule sees of the node it differentiates.
+
+    ``ins`` are the argument node ids, ``out`` the node itself, ``g`` the node holding the
+    output's adjoint; shapes are the inferred (possibly symbolic) shapes.
+    """
+
+    ins: list
+    out: str
+    g: str
+    attrs: dict
+    in_shapes: list
+    out_shape: tuple
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def broadcast_shapes(*shapes):
+    """NumPy broadcasting of shapes whose entries may be symbolic; None if impossible."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(1, ndim + 1):
+        ds = [s[-i] for s in shapes if len(s) >= i]
+        non1 = []
+        for d in ds:
+            if d != 1 and d not in non1:
+                non1.append(d)
+        if len(non1) > 1:
+            return None
+        out.append(non1[0] if non1 else 1)
+    return tuple(reversed(out))
+
+
+def broadcast_rule(in_shapes, attrs):
+    out = broadcast_shapes(*in_shapes)
+    if out is None:
+        raise ShapeError(
+            "arguments do not broadcast: "
+            + " vs ".join(dims.fmt_shape(s) for s in in_shapes)
+        )
+    return out
+
+
+def same_shape(in_shapes, attrs):
+    return tuple(in_shapes[0])
+
+
+def scalar_shape(in_shapes, attrs):
+    return ()
+
+
+def norm_axis(axis, ndim, what="axis"):
+    """One axis in range, made non-negative."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ShapeError(f"{what} must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{what} {axis} is out of range for rank {ndim}")
+    return axis % ndim
+
+
+def norm_axes(axis, ndim):
+    """``axis`` as a sorted tuple of non-negative axes; None means every axis."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (list, tuple)):
+        out = tuple(sorted({norm_axis(a, ndim) for a in axis}))
+        if len(out) != len(axis):
+            raise ShapeError(f"axis {list(axis)} names an axis twice")
+        return out
+    return (norm_axis(axis, ndim),)
+
+
+def reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def format_note(template, names):
+    """Fill a math/derivative template's ``{placeholders}`` with display names."""
+    out = template
+    for key, value in names.items():
+        out = out.replace("{" + key + "}", str(value))
+    return out
+
+
+from . import defs  # noqa: E402,F401  (registers every op)

@@ -1,0 +1,249 @@
+"""The adjoint pass: reverse-mode differentiation as a graph transformation.
+
+Walking the forward graph in reverse topological order, the adjoint of each node ``j`` is
+the sum over its successors ``k`` of what ``k``'s VJP rule sends back::
+
+    ∂J/∂a_j = Σ_k ∂J/∂a_k · ∂a_k/∂a_j
+
+That sum is built in exactly one place, :func:`_sum_over_successors`, in a fixed order, as
+an explicit ``add_n`` node that records which successors it adds. A node feeding one
+successor twice (``mul(x, x)``) gets two terms. Everything the VJP rules build is an
+ordinary registered op, so the result is a graph of the same vocabulary: it can be
+optimized, drawn, compiled and differentiated again.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import networkx as nx
+
+from .. import ops
+from .. import graph as g
+from ..errors import GradientError, GraphgenError, GraphgenWarning
+from .shapes import prepare
+
+
+class Builder:
+    """Adds backward nodes to a graph; VJP rules call ``b.<op>(*args, **attrs)``.
+
+    Arguments are node ids or Python numbers (which become constants). Each call infers the
+    new node's shape with the op's own rule, so a rule that builds something ill-shaped fails
+    here, naming the op it was differentiating.
+    """
+
+    def __init__(self, G):
+        self.G = G
+        self.where = None  # the forward node whose VJP is being built, for errors
+
+    def shape(self, n):
+        return self.G.nodes[n][g.SHAPE]
+
+    def const(self, value):
+        n = g.fresh_id(self.G, f"bwd/{float(value)!r}")
+        self.G.add_node(
+            n,
+            **{
+                g.KIND: g.CONST,
+                g.VALUE: float(value),
+                g.SHAPE: (),
+                g.DTYPE: self.G.graph["dtype"],
+                g.ROLE: g.BACKWARD,
+                g.SEQ: g.next_seq(self.G),
+            },
+        )
+        return n
+
+    def node(self, op_name, *args, **attrs):
+        op = ops.get(op_name)
+        args = [a if isinstance(a, str) else self.const(a) for a in args]
+        full = {k: v for k, v in op.attrs.items() if v is not ops.REQUIRED}
+        full.update(attrs)
+        in_shapes = [self.shape(a) for a in args]
+        try:
+            if op.normalize is not None:
+                full = {**full, **op.normalize(in_shapes, full)}
+            shape = tuple(op.shape(in_shapes, full))
+        except GraphgenError as e:
+            raise GradientError(
+                f"the VJP rule of {self.G.nodes[self.where][g.OP]!r} built an ill-shaped "
+                f"{op_name}: {e.message}",
+                node=self.where,
+                source=g.source_of(self.G),
+            ) from None
+        n = g.fresh_id(self.G, f"bwd/{op_name}")
+        self.G.add_node(
+            n,
+            **{
+                g.KIND: g.OPNODE,
+                g.OP: op_name,
+                g.ATTRS: full,
+                g.SHAPE: shape,
+                g.DTYPE: self.G.graph["dtype"],
+                g.ROLE: g.BACKWARD,
+                g.SEQ: g.next_seq(self.G),
+            },
+        )
+        for i, a in enumerate(args):
+            g.add_edge_arg(self.G, a, n, i)
+        return n
+
+    def __getattr__(self, op_name):
+        if op_name in ops.REGISTRY:
+            return lambda *args, **attrs: self.node(op_name, *args, **attrs)
+        raise AttributeError(op_name)
+
+
+def relevant_nodes(G, loss, wrt):
+    """Nodes on a path from some ``wrt`` node to the loss: the only ones that get adjoints."""
+    upstream = nx.ancestors(G, loss) | {loss}
+    downstream = set()
+    for w in wrt:
+        downstream |= nx.descendants(G, w) | {w}
+    return upstream & downstream
+
+
+def adjoint(G, loss=None, wrt=None):
+    """Build the adjoint graph: the forward graph plus the nodes computing every gradient.
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        A graphgen graph (from :func:`graphgen.load` or built by hand).
+    loss, wrt : optional
+        Override ``G.graph["loss"]`` and ``G.graph["wrt"]``.
+
+    Returns
+    -------
+    networkx.DiGraph
+        A new graph. Backward nodes have ``role == "backward"``; ``graph["grads"]`` maps each
+        ``wrt`` node to the node holding ∂loss/∂wrt (None if the loss does not depend on it).
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> A = graphgen.adjoint(graphgen.load("examples/fanout.yaml"))
+    >>> sorted(A.nodes[A.graph["grads"]["W1"]]["role"] for _ in [0])
+    ['backward']
+    """
+    H = G.copy()
+    if loss is not None:
+        H.graph["loss"] = loss
+    if wrt is not None:
+        H.graph["wrt"] = list(wrt)
+    H = prepare(H)
+    loss, wrt = H.graph["loss"], H.graph["wrt"]
+    src = g.source_of(H)
+    if loss is None:
+        raise GradientError("no loss to differentiate: set 'loss' in the spec", source=src)
+
+    forward_order = g.schedule(H)
+    active = relevant_nodes(H, loss, wrt)
+    b = Builder(H)
+
+    bar = {}  # forward node -> node holding its adjoint
+    terms = {n: [] for n in active}  # forward node -> [(successor, position, node)]
+
+    seed = b.const(1.0)
+    H.nodes[seed].update({g.ADJOINT_OF: loss, g.NOTE: ("∂{y}/∂{y} = 1", {"y": loss}, {})})
+    bar[loss] = seed
+
+    for n in reversed(forward_order):
+        if n not in active:
+            continue
+        if n != loss:
+            adj = _sum_over_successors(H, b, n, terms[n])
+            if adj is None:
+                continue
+            bar[n] = adj
+        if H.nodes[n][g.KIND] != g.OPNODE:
+            continue
+        _send_back(H, b, n, bar[n], active, terms)
+
+    grads = {}
+    for w in wrt:
+        grads[w] = bar.get(w)
+        if grads[w] is None:
+            warnings.warn(
+                GraphgenWarning(
+                    f"{src}: {H.nodes[w][g.KIND]} {w!r}: the loss {loss!r} does not depend on "
+                    "it; its gradient is zero"
+                ),
+                stacklevel=2,
+            )
+    H.graph["grads"] = grads
+    H.graph["adjoints"] = bar
+    return H
+
+
+def _send_back(H, b, k, k_bar, active, terms):
+    """Apply ``k``'s VJP rule and file one contribution per (argument, position)."""
+    a = H.nodes[k]
+    op = ops.get(a[g.OP])
+    ins = g.operands(H, k)
+    if not any(p in active for p in ins):
+        return
+    if op.vjp is None:
+        return
+    ctx = ops.VJPContext(
+        ins=ins,
+        out=k,
+        g=k_bar,
+        attrs=a[g.ATTRS],
+        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
+        out_shape=a[g.SHAPE],
+    )
+    b.where = k
+    cotangents = op.vjp(b, ctx)
+    if len(cotangents) != len(ins):
+        raise GradientError(
+            f"the VJP rule of {op.name!r} returned {len(cotangents)} cotangents for "
+            f"{len(ins)} arguments",
+            node=k,
+            source=g.source_of(H),
+        )
+    for i, (p, ct) in enumerate(zip(ins, cotangents)):
+        if ct is None or p not in active:
+            continue
+        if tuple(H.nodes[ct][g.SHAPE]) != tuple(H.nodes[p][g.SHAPE]):
+            # the one place broadcasting is undone
+            ct = b.sum_to_shape(ct, shape=list(H.nodes[p][g.SHAPE]))
+        ids = {"y": k}
+        ids.update({op.args[0]: p} if op.variadic else dict(zip(op.args, ins)))
+        deriv = op.derivs[0 if op.variadic else i] if op.derivs else ""
+        terms[p].append((k, i, ct, (deriv, ids, dict(a[g.ATTRS]))))
+
+
+def _sum_over_successors(H, b, j, contribs):
+    """∂J/∂a_j = Σ_k ∂J/∂a_k · ∂a_k/∂a_j: one term per (successor, argument position).
+
+    Terms arrive in a fixed order (reverse schedule of the successors, then position) and
+    are summed in the forward order of the successors, so the code reads like the math.
+    """
+    if not contribs:
+        return None
+    contribs = sorted(contribs, key=lambda t: (H.nodes[t[0]][g.SEQ], t[1]))
+    for k, i, ct, note in contribs:
+        # a contribution node may be shared (add's VJP passes ȳ through unchanged): only
+        # label nodes this pass created for this term
+        if H.nodes[ct].get(g.ROLE) == g.BACKWARD and g.CONTRIB not in H.nodes[ct] and (
+            g.ADJOINT_OF not in H.nodes[ct]
+        ):
+            H.nodes[ct][g.CONTRIB] = (k, j)
+            H.nodes[ct][g.NOTE] = note
+    if len(contribs) == 1:
+        k, i, ct, note = contribs[0]
+        if g.ADJOINT_OF not in H.nodes[ct]:
+            H.nodes[ct][g.ADJOINT_OF] = j
+            H.nodes[ct].pop(g.CONTRIB, None)
+            H.nodes[ct][g.NOTE] = note
+        return ct
+    total = b.add_n(*[ct for _, _, ct, _ in contribs])
+    H.nodes[total].update(
+        {
+            g.ADJOINT_OF: j,
+            g.SUMS: [k for k, _, _, _ in contribs],
+            g.NOTE: ("Σ over successors", {}, {}),
+        }
+    )
+    return total

@@ -1,0 +1,209 @@
+"""Optimization passes over the combined forward + backward graph.
+
+Each pass is a free function ``G -> G`` that returns a new graph. :func:`optimize` runs
+them to a fixed point and records op counts per pass in ``graph["pass_stats"]``.
+
+Nodes the caller can see are never removed: inputs, params, outputs and the loss. Gradient
+results may move to an equivalent node; ``graph["grads"]`` follows them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+
+from .. import ops
+from .. import graph as g
+
+COMMUTATIVE = {"add", "mul", "add_n", "maximum", "minimum", "eq"}
+LABELS = (g.ADJOINT_OF, g.SUMS, g.CONTRIB, g.NOTE)
+
+
+def _protected(G):
+    keep = {n for n in G if G.nodes[n][g.KIND] in (g.INPUT, g.PARAM)}
+    keep |= set(G.graph.get("outputs") or [])
+    if G.graph.get("loss") is not None:
+        keep.add(G.graph["loss"])
+    return keep
+
+
+def _roots(G):
+    roots = set(G.graph.get("outputs") or [])
+    if G.graph.get("loss") is not None:
+        roots.add(G.graph["loss"])
+    roots |= {v for v in (G.graph.get("grads") or {}).values() if v is not None}
+    return roots
+
+
+def _replace(G, old, new):
+    """Route every use of ``old`` to ``new`` and delete ``old``."""
+    for s in list(G.successors(old)):
+        for i in G.edges[old, s][g.POS]:
+            g.add_edge_arg(G, new, s, i)
+    a_old, a_new = G.nodes[old], G.nodes[new]
+    if a_new.get(g.ROLE) == g.BACKWARD and g.ADJOINT_OF not in a_new:
+        for key in LABELS:
+            if key in a_old and key not in a_new:
+                a_new[key] = a_old[key]
+    for key in ("grads", "adjoints"):
+        table = G.graph.get(key)
+        if table:
+            G.graph[key] = {w: (new if v == old else v) for w, v in table.items()}
+    G.remove_node(old)
+
+
+def _const_value(G, n):
+    a = G.nodes[n]
+    return a[g.VALUE] if a[g.KIND] == g.CONST else None
+
+
+def fold_constants(G):
+    """Evaluate scalar op nodes whose arguments are all constants."""
+    H = G.copy()
+    for n in g.schedule(H):
+        a = H.nodes[n]
+        if a[g.KIND] != g.OPNODE or tuple(a[g.SHAPE]) != ():
+            continue
+        args = g.operands(H, n)
+        if any(H.nodes[p][g.KIND] != g.CONST for p in args):
+            continue
+        op = ops.get(a[g.OP])
+        if op.name == "dimsize" and not all(isinstance(d, int) for d in a[g.ATTRS]["dims"]):
+            continue
+        if op.name in ("zeros", "onehot"):
+            continue
+        with np.errstate(all="ignore"):
+            value = op.impl(*[np.float64(H.nodes[p][g.VALUE]) for p in args], **a[g.ATTRS])
+        value = float(np.asarray(value))
+        if not np.isfinite(value):
+            continue
+        for p in args:
+            H.remove_edge(p, n)
+        a[g.KIND] = g.CONST
+        a[g.VALUE] = value
+        del a[g.OP]
+        del a[g.ATTRS]
+    return H
+
+
+def _is_const(G, n, value):
+    v = _const_value(G, n)
+    return v is not None and v == value
+
+
+def _simplify_one(G, n):
+    """The node ``n`` can be replaced by, or None."""
+    a = G.nodes[n]
+    if a[g.KIND] != g.OPNODE:
+        return None
+    op, args, shape = a[g.OP], g.operands(G, n), tuple(a[g.SHAPE])
+
+    def same(p):
+        return tuple(G.nodes[p][g.SHAPE]) == shape
+
+    if op == "mul":
+        for x, c in ((args[0], args[1]), (args[1], args[0])):
+            if _is_const(G, c, 1.0) and same(x):
+                return x
+    if op == "add":
+        for x, c in ((args[0], args[1]), (args[1], args[0])):
+            if _is_const(G, c, 0.0) and same(x):
+                return x
+    if op == "sub" and _is_const(G, args[1], 0.0) and same(args[0]):
+        return args[0]
+    if op == "div" and _is_const(G, args[1], 1.0) and same(args[0]):
+        return args[0]
+    if op == "neg" and G.nodes[args[0]].get(g.OP) == "neg":
+        return g.operands(G, args[0])[0]
+    if op == "add_n" and len(args) == 1 and same(args[0]):
+        return args[0]
+    if op in ("reshape", "broadcast_to", "sum_to_shape") and same(args[0]):
+        return args[0]
+    if op == "transpose" and list(a[g.ATTRS]["perm"]) == sorted(a[g.ATTRS]["perm"]):
+        return args[0]
+    return None
+
+
+def simplify(G):
+    """Algebraic identities: x·1, 1·x, x+0, x−0, x/1, −(−x), one-term add_n, no-op reshapes."""
+    H = G.copy()
+    keep = _protected(H)
+    for n in g.schedule(H):
+        if n in keep or n not in H:
+            continue
+        new = _simplify_one(H, n)
+        if new is not None:
+            _replace(H, n, new)
+    return H
+
+
+def _key(G, n):
+    a = G.nodes[n]
+    if a[g.KIND] == g.CONST:
+        return ("const", a[g.VALUE], a[g.DTYPE])
+    if a[g.KIND] != g.OPNODE:
+        return None
+    args = g.operands(G, n)
+    if a[g.OP] in COMMUTATIVE:
+        args = sorted(args, key=lambda p: G.nodes[p][g.SEQ])
+    return (a[g.OP], json.dumps(a[g.ATTRS], sort_keys=True, default=str), tuple(args))
+
+
+def cse(G):
+    """Common-subexpression elimination: merge nodes computing the same op on the same args."""
+    H = G.copy()
+    keep = _protected(H)
+    seen = {}
+    for n in g.schedule(H):
+        key = _key(H, n)
+        if key is None:
+            continue
+        if key in seen and n not in keep:
+            _replace(H, n, seen[key])
+        else:
+            seen.setdefault(key, n)
+    return H
+
+
+def dce(G):
+    """Dead-code elimination: drop nodes that no output, loss or gradient needs."""
+    H = G.copy()
+    live = set(_protected(H))
+    for r in _roots(H):
+        live |= nx.ancestors(H, r) | {r}
+    H.remove_nodes_from([n for n in list(H) if n not in live])
+    return H
+
+
+PASSES = (("constant folding", fold_constants), ("algebraic simplification", simplify),
+          ("common subexpressions", cse), ("dead code", dce))
+
+
+def count_ops(G):
+    return sum(1 for n in G if G.nodes[n][g.KIND] == g.OPNODE)
+
+
+def optimize(G, max_rounds=10):
+    """Run every pass to a fixed point. Returns a new graph with ``graph["pass_stats"]``.
+
+    ``pass_stats`` is a list of ``(pass name, op count before, op count after)``, summed
+    over rounds.
+    """
+    H = G
+    stats = {name: [count_ops(G), count_ops(G)] for name, _ in PASSES}
+    first = {name: True for name, _ in PASSES}
+    for _ in range(max_rounds):
+        before = (H.number_of_nodes(), H.number_of_edges())
+        for name, fn in PASSES:
+            n0 = count_ops(H)
+            H = fn(H)
+            if first[name]:
+                stats[name][0] = n0
+                first[name] = False
+            stats[name][1] = count_ops(H)
+        if (H.number_of_nodes(), H.number_of_edges()) == before:
+            break
+    H.graph["pass_stats"] = [(name, *stats[name]) for name, _ in PASSES]
+    return H

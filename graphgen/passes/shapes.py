@@ -1,0 +1,191 @@
+"""Validation and shape inference: ``prepare(G) -> G`` with every op node's shape filled in.
+
+Works the same on a graph loaded from a spec and on one a user built in Python, so every
+check that a spec file gets, a hand-built graph gets too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from .. import dims, ops
+from .. import graph as g
+from ..errors import GradientError, GraphError, GraphgenError, ShapeError
+
+
+def _err(cls, G, node, msg):
+    return cls(msg, node=node, source=g.source_of(G), line=G.graph.get("lines", {}).get(node))
+
+
+def _check_shape(G, n, shape, static=False):
+    if not isinstance(shape, (tuple, list)):
+        raise _err(GraphError, G, n, f"shape must be a list of dimensions, got {shape!r}")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, (int, str)):
+            raise _err(GraphError, G, n, f"dimension {d!r} is not an integer or a name")
+        if isinstance(d, int) and d < 0:
+            raise _err(GraphError, G, n, f"dimension {d} is negative")
+        if isinstance(d, str) and (static or not dims.SYMBOL_RE.match(d)):
+            what = "a param's shape must be static integers" if static else (
+                "symbolic dimensions must be identifier-like names"
+            )
+            raise _err(GraphError, G, n, f"{what}, got {d!r}")
+    return tuple(shape)
+
+
+def prepare(G):
+    """Validate ``G`` and infer the shape of every op node. Returns a new graph.
+
+    Raises a :class:`graphgen.errors.GraphgenError` subclass that names the node and the
+    spec file for anything wrong: a cycle, an unknown op, wrong argument counts or dtypes,
+    unknown or missing attributes, shapes that do not fit, a non-scalar loss, a ``wrt`` entry
+    that is not an input or param.
+    """
+    if not isinstance(G, nx.DiGraph) or G.is_multigraph():
+        raise GraphError("expected a networkx.DiGraph", source=g.source_of(G))
+    H = G.copy()
+    H.graph.setdefault("dtype", "float64")
+    H.graph.setdefault("name", "model")
+    H.graph.setdefault("lines", {})
+    fdtype = H.graph["dtype"]
+    if fdtype not in g.FLOAT_DTYPES:
+        raise GraphError(f"graph dtype must be float64 or float32, got {fdtype!r}",
+                         source=g.source_of(H))
+    if not dims.SYMBOL_RE.match(str(H.graph["name"])):
+        raise GraphError(f"name must be identifier-like, got {H.graph['name']!r}",
+                         source=g.source_of(H))
+
+    try:
+        cycle = nx.find_cycle(H)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = " -> ".join(repr(u) for u, _ in cycle) + f" -> {cycle[0][0]!r}"
+        raise _err(GraphError, H, cycle[0][0], f"the graph has a cycle: {path}")
+
+    for seq, n in enumerate(H.nodes):  # graphs built in Python may lack the counter
+        H.nodes[n].setdefault(g.SEQ, seq)
+    H.graph["_seq"] = max([H.graph.get("_seq", 0)] + [H.nodes[n][g.SEQ] + 1 for n in H])
+
+    for n in g.schedule(H):
+        a = H.nodes[n]
+        kind = a.get(g.KIND)
+        if kind in (g.INPUT, g.PARAM):
+            if H.in_degree(n):
+                raise _err(GraphError, H, n, f"an {kind} cannot have arguments")
+            a[g.SHAPE] = _check_shape(H, n, a.get(g.SHAPE), static=kind == g.PARAM)
+            dtype = a.get(g.DTYPE, fdtype)
+            if dtype not in (fdtype, "int64") or (kind == g.PARAM and dtype != fdtype):
+                raise _err(GraphError, H, n, f"dtype must be {fdtype} or int64, got {dtype!r}")
+            a[g.DTYPE] = dtype
+            if kind == g.PARAM:
+                a.setdefault(g.INIT, "glorot_uniform")
+                if a[g.INIT] not in ("zeros", "ones", "normal", "glorot_uniform"):
+                    raise _err(GraphError, H, n, f"unknown init {a[g.INIT]!r}")
+        elif kind == g.CONST:
+            v = a.get(g.VALUE)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+                raise _err(GraphError, H, n, f"a constant must be a number, got {v!r}")
+            a[g.VALUE] = float(v)
+            a[g.SHAPE] = ()
+            a[g.DTYPE] = fdtype
+        elif kind == g.OPNODE:
+            _infer_op(H, n, fdtype)
+        else:
+            raise _err(GraphError, H, n,
+                       f"kind must be input, param, const or op, got {kind!r}")
+        a.setdefault(g.ROLE, g.FORWARD)
+
+    _check_roles(H)
+    return H
+
+
+def _infer_op(H, n, fdtype):
+    a = H.nodes[n]
+    name = a.get(g.OP)
+    if name not in ops.REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(ops.REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _err(GraphError, H, n, f"unknown op {name!r}{hint}")
+    op = ops.REGISTRY[name]
+    for p in H.predecessors(n):
+        pos = H.edges[p, n].get(g.POS)
+        if not isinstance(pos, tuple) or not pos:
+            raise _err(GraphError, H, n,
+                       f"edge from {p!r} needs a 'pos' attribute: a tuple of argument positions")
+    args = g.operands(H, n)
+    positions = sorted(i for p in H.predecessors(n) for i in H.edges[p, n][g.POS])
+    if positions != list(range(len(positions))):
+        raise _err(GraphError, H, n, f"argument positions {positions} have gaps or repeats")
+    if not op.arity_ok(len(args)):
+        want = "at least 1" if op.variadic else str(len(op.args))
+        names = f" ({', '.join(op.args)})" if op.args and not op.variadic else ""
+        raise _err(GraphError, H, n,
+                   f"op {name!r} takes {want} argument(s){names}, got {len(args)}")
+    for i, p in enumerate(args):
+        dtype = H.nodes[p][g.DTYPE]
+        want = "int64" if i in op.int_args else fdtype
+        if dtype != want:
+            raise _err(GraphError, H, n,
+                       f"argument {i} ({op.arg_name(i)}) of {name} must be {want}, "
+                       f"but {p!r} is {dtype}")
+    attrs = dict(a.get(g.ATTRS) or {})
+    unknown = sorted(set(attrs) - set(op.attrs))
+    if unknown:
+        expected = ", ".join(op.attrs) or "none"
+        raise _err(GraphError, H, n,
+                   f"unknown attribute {unknown[0]!r} for op {name} (expected: {expected})")
+    for k, default in op.attrs.items():
+        if k not in attrs:
+            if default is ops.REQUIRED:
+                raise _err(GraphError, H, n, f"op {name} needs attribute {k!r}")
+            attrs[k] = default
+    in_shapes = [H.nodes[p][g.SHAPE] for p in args]
+    try:
+        if op.normalize is not None:
+            attrs = {**attrs, **op.normalize(in_shapes, attrs)}
+        shape = tuple(op.shape(in_shapes, attrs))
+    except GraphgenError as e:
+        shapes = ", ".join(f"{p!r} {dims.fmt_shape(s)}" for p, s in zip(args, in_shapes))
+        msg = f"{name}: {e.message}" + (f" [arguments: {shapes}]" if shapes else "")
+        raise _err(ShapeError, H, n, msg) from None
+    a[g.ATTRS] = attrs
+    a[g.SHAPE] = shape
+    a[g.DTYPE] = fdtype
+
+
+def _check_roles(H):
+    src = g.source_of(H)
+    outputs = list(H.graph.get("outputs") or [])
+    loss = H.graph.get("loss")
+    if not outputs and loss is not None:
+        outputs = [loss]
+    H.graph["outputs"] = outputs
+    for o in outputs:
+        if o not in H:
+            raise GraphError(f"output {o!r} is not a node", source=src)
+    if loss is not None:
+        if loss not in H:
+            raise GradientError(f"loss {loss!r} is not a node", source=src)
+        shape = H.nodes[loss][g.SHAPE]
+        if tuple(shape) != ():
+            raise _err(GradientError, H, loss,
+                       f"the loss must be a scalar, but its shape is {dims.fmt_shape(shape)}; "
+                       "reduce it with sum or mean")
+    wrt = H.graph.get("wrt")
+    if wrt is None:
+        wrt = [n for n in H if H.nodes[n][g.KIND] == g.PARAM]
+    wrt = list(wrt)
+    for w in wrt:
+        if w not in H or H.nodes[w][g.KIND] not in (g.INPUT, g.PARAM):
+            raise GradientError(f"wrt: {w!r} is not an input or param", source=src)
+        if H.nodes[w][g.DTYPE] == "int64":
+            raise _err(GradientError, H, w, "wrt: cannot differentiate an int64 input")
+    if len(set(wrt)) != len(wrt):
+        raise GradientError("wrt lists a name twice", source=src)
+    H.graph["wrt"] = wrt
+    H.graph["loss"] = loss

@@ -1,0 +1,263 @@
+"""Spec files (YAML or JSON) -> validated ``networkx.DiGraph``.
+
+The JSON Schema shipped beside this module (``spec.schema.json``) checks the structure;
+this module adds what a schema cannot say (names that exist, no duplicates across sections,
+attributes an op knows) and records line numbers so errors can point into the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from importlib import resources
+
+import networkx as nx
+import yaml
+
+from . import graph as g
+from . import ops
+from .errors import SpecError
+
+SCHEMA = json.loads(resources.files("graphgen").joinpath("spec.schema.json").read_text())
+SECTIONS = ("inputs", "params", "nodes")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects duplicate keys and remembers each key's line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.key_lines = {}
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise SpecError(
+                    f"duplicate key {key!r} (first defined on line {seen[key]})", line=line
+                )
+            seen[key] = line
+        mapping = super().construct_mapping(node, deep=deep)
+        self.key_lines[id(mapping)] = seen
+        return mapping
+
+
+def _no_duplicate_json_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise SpecError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def read(path):
+    """Read a spec file into a plain dict and a ``{(section, name): line}`` map."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise SpecError(f"cannot read spec: {e.strerror}", source=path) from None
+    lines = {}
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_json_keys)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"malformed JSON: {e.msg}", source=path, line=e.lineno) from None
+        except SpecError as e:
+            raise e.located(path) from None
+    else:
+        loader = _LineLoader(text)
+        try:
+            data = loader.get_single_data()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            msg = f"malformed YAML: {e.problem or e.context}"
+            raise SpecError(msg, source=path, line=mark.line + 1 if mark else None) from None
+        except yaml.YAMLError as e:
+            raise SpecError(f"malformed YAML: {e}", source=path) from None
+        except SpecError as e:
+            raise e.located(path) from None
+        finally:
+            loader.dispose()
+        if isinstance(data, dict):
+            top = loader.key_lines.get(id(data), {})
+            for section in SECTIONS:
+                sec = data.get(section)
+                if isinstance(sec, dict):
+                    for name, line in loader.key_lines.get(id(sec), {}).items():
+                        lines[(section, name)] = line
+            for key, line in top.items():
+                lines[("", key)] = line
+    return data, lines
+
+
+def _schema_error(data, source, lines):
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.path)))
+    if not errors:
+        return None
+    err = jsonschema.exceptions.best_match(errors)
+    path = list(err.path)
+    node = None
+    line = None
+    where = ""
+    if len(path) >= 2 and path[0] in SECTIONS:
+        node = str(path[1])
+        line = lines.get((path[0], node))
+        if path[0] != "nodes":
+            where = f"{path[0][:-1]} {node!r}: "
+            node = None
+        rest = path[2:]
+    else:
+        rest = path
+        if path:
+            line = lines.get(("", path[0]))
+    if rest:
+        where += "key " + "/".join(map(str, rest)) + ": "
+    msg = err.message
+    if err.validator == "additionalProperties" and not path:
+        known = ", ".join(SCHEMA["properties"])
+        msg = f"{msg} (known keys: {known})"
+    return SpecError(where + msg, node=node, source=source, line=line)
+
+
+def from_dict(data, source="<spec>", lines=None):
+    """Build the graph of a spec given as a dict (the parsed YAML/JSON)."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a mapping with at least a 'nodes' key", source=source)
+    err = _schema_error(data, source, lines)
+    if err is not None:
+        raise err
+
+    G = nx.DiGraph()
+    stem = os.path.splitext(os.path.basename(source))[0] if source != "<spec>" else "model"
+    G.graph.update(
+        name=data.get("name", stem),
+        dtype=data.get("dtype", "float64"),
+        source=source,
+        lines={},
+    )
+    fdtype = G.graph["dtype"]
+
+    def line_of(section, name):
+        return lines.get((section, name))
+
+    def define(section, name, **attrs):
+        if name in G:
+            first = G.nodes[name][g.KIND]
+            raise SpecError(
+                f"name defined twice (already an {first})"
+                if first == "input"
+                else f"name defined twice (already a {first})",
+                node=name,
+                source=source,
+                line=line_of(section, name),
+            )
+        G.add_node(name, **attrs, **{g.SEQ: g.next_seq(G)})
+        if line_of(section, name) is not None:
+            G.graph["lines"][name] = line_of(section, name)
+
+    for name, v in (data.get("inputs") or {}).items():
+        shape, dtype = (v, fdtype) if isinstance(v, list) else (v["shape"], v.get("dtype", fdtype))
+        if dtype != "int64":
+            dtype = fdtype
+        define("inputs", name, kind=g.INPUT, shape=tuple(shape), dtype=dtype)
+    for name, v in (data.get("params") or {}).items():
+        shape, init = (v, "glorot_uniform") if isinstance(v, list) else (
+            v["shape"],
+            v.get("init", "glorot_uniform"),
+        )
+        define("params", name, kind=g.PARAM, shape=tuple(shape), dtype=fdtype, init=init)
+
+    nodes = data["nodes"]
+    for name, spec in nodes.items():
+        op_name = spec["op"]
+        if op_name not in ops.REGISTRY:
+            close = difflib.get_close_matches(op_name, list(ops.REGISTRY), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(
+                f"unknown op {op_name!r}{hint}; `graphgen ops` lists them",
+                node=name,
+                source=source,
+                line=line_of("nodes", name),
+            )
+        attrs = {k: v for k, v in spec.items() if k not in ("op", "args", "group")}
+        extra = {"group": spec["group"]} if "group" in spec else {}
+        define("nodes", name, kind=g.OPNODE, op=op_name, attrs=attrs, dtype=fdtype, **extra)
+
+    known = list(G.nodes)
+    for name, spec in nodes.items():
+        for pos, arg in enumerate(spec.get("args", [])):
+            if isinstance(arg, bool):
+                raise SpecError(
+                    f"argument {pos} is a boolean; use a number or a node name",
+                    node=name,
+                    source=source,
+                    line=line_of("nodes", name),
+                )
+            if isinstance(arg, (int, float)):
+                cid = g.fresh_id(G, repr(float(arg)))
+                G.add_node(cid, kind=g.CONST, value=float(arg), shape=(), dtype=fdtype,
+                           **{g.SEQ: g.next_seq(G)})
+                g.add_edge_arg(G, cid, name, pos)
+                continue
+            if arg not in G or G.nodes[arg][g.KIND] == g.CONST:
+                close = difflib.get_close_matches(arg, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise SpecError(
+                    f"argument {pos} names {arg!r}, which is not an input, param or node{hint}",
+                    node=name,
+                    source=source,
+                    line=line_of("nodes", name),
+                )
+            g.add_edge_arg(G, arg, name, pos)
+
+    def check_names(key, names, what):
+        for n in names:
+            if n not in G or G.nodes[n][g.KIND] == g.CONST:
+                close = difflib.get_close_matches(n, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise SpecError(
+                    f"{key}: {n!r} is not {what}{hint}", source=source, line=lines.get(("", key))
+                )
+
+    loss = data.get("loss")
+    if loss is not None:
+        check_names("loss", [loss], "a node")
+    outputs = list(data.get("outputs") or ([loss] if loss is not None else []))
+    if not outputs:
+        raise SpecError("give 'outputs' or 'loss': the module would compute nothing",
+                        source=source)
+    check_names("outputs", outputs, "a node")
+    if "wrt" in data:
+        wrt = list(data["wrt"])
+        check_names("wrt", wrt, "an input or param")
+    else:
+        wrt = [n for n in G if G.nodes[n][g.KIND] == g.PARAM]
+    G.graph.update(outputs=outputs, loss=loss, wrt=wrt)
+    return G
+
+
+def load(path):
+    """Load a YAML or JSON spec file into a validated ``networkx.DiGraph``.
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> G = graphgen.load("examples/tiny.yaml")
+    >>> G.nodes["h1"]["op"], G.nodes["h1"]["shape"]
+    ('sigmoid', ('batch', 3))
+    """
+    from .passes.shapes import prepare
+
+    data, lines = read(path)
+    G = from_dict(data, source=os.fspath(path), lines=lines)
+    return prepare(G)
