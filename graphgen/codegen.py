@@ -375,17 +375,20 @@ class Program:
     def bar_name(self, n, names):
         """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed)."""
         v = (self.A.graph.get("adjoints") or {}).get(n)
-        if v is None:
+        if v is None or v not in self.A:
             return f"{self.display(names)(n)}_bar"
         if self.A.nodes[v][g.KIND] == g.CONST:
             return literal(self.A.nodes[v][g.VALUE])
         return self.display(names)(v)
 
-    def note(self, template, ids, attrs, names):
+    def note(self, template, ids, attrs, names, term=None):
+        """Fill a math template; ``term`` = (node, name) names that node's adjoint term."""
         show = self.display(names)
         filled = template
         for key, nid in ids.items():
-            filled = filled.replace("{" + key + "}̄", self.bar_name(nid, names))
+            if "{" + key + "}̄" in filled:
+                bar = term[1] if term and nid == term[0] else self.bar_name(nid, names)
+                filled = filled.replace("{" + key + "}̄", bar)
         return ops.format_note(filled, {**{k: show(v) for k, v in ids.items()}, **attrs})
 
     def math_of(self, n, names):
@@ -432,10 +435,10 @@ class Program:
             return _wrap_comment(head)
         template, ids, attrs = note
         k = ids["y"]
-        deriv = self.note(template, ids, attrs, names)
+        deriv = self.note(template, ids, attrs, names, term=(j, target))
         if deriv.startswith("∂") and " = " in deriv:
             rhs = deriv.split(" = ", 1)[1]
-            if k == self.loss:
+            if k == self.loss or self.bar_name(k, names) == "1.0":
                 text = f"{head} = {rhs}"
             else:
                 text = f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where " \
@@ -478,6 +481,8 @@ class Program:
             wrt = list(A.graph["wrt"])
             roots = [self.loss] + [v for v in self.grads.values() if v is not None]
 
+            handed_out = set()
+
             def grad_expr(w, names):
                 v = self.grads.get(w)
                 shape = self.shape_code(A.nodes[w][g.SHAPE], set())
@@ -487,9 +492,12 @@ class Program:
                 if a[g.KIND] == g.CONST:
                     return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
                 name = self.namer[v] if v in self.namer else names[v]
-                if a[g.KIND] != g.OPNODE or a[g.OP] in ("broadcast_to", "transpose",
-                                                        "reshape", "slice"):
-                    return Code(f"np.array({name})")  # a view: hand out a fresh array
+                if v in handed_out or a[g.KIND] != g.OPNODE or a[g.OP] in (
+                    "broadcast_to", "transpose", "reshape", "slice"
+                ):
+                    # a view, or an array another gradient already is: hand out a copy
+                    return Code(f"np.array({name})")
+                handed_out.add(v)
                 return name
 
             functions.append(

@@ -138,7 +138,8 @@ def render(d, name_of) -> str:
     """Python source for a dimension, with each symbol replaced by ``name_of(symbol)``."""
     if isinstance(d, int):
         return str(d)
-    return re.sub(r"[A-Za-z_][A-Za-z0-9_]*", lambda m: name_of(m.group(0)), d)
+    text = re.sub(r"[A-Za-z_][A-Za-z0-9_]*", lambda m: name_of(m.group(0)), d)
+    return text.replace("*", " * ")
 
 
 def fmt_shape(shape) -> str:

@@ -740,8 +740,8 @@ def _reduce_shape(in_shapes, attrs):
 
 def _kept(b, c, v):
     """``v`` (shaped like the reduction's output) with the reduced axes kept as size 1."""
-    if c.attrs["keepdims"]:
-        return v
+    if c.attrs["keepdims"] or tuple(b.shape(v)) == ():
+        return v  # a scalar broadcasts as it is
     kshape = reduced_shape(c.in_shapes[0], c.attrs["axis"], True)
     return b.reshape(v, shape=list(kshape))
 

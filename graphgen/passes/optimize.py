@@ -126,12 +126,46 @@ def _simplify_one(G, n):
     return None
 
 
+def _set_arg(G, n, i, new):
+    """Make ``new`` argument ``i`` of ``n``."""
+    old = g.operands(G, n)[i]
+    pos = tuple(p for p in G.edges[old, n][g.POS] if p != i)
+    if pos:
+        G.edges[old, n][g.POS] = pos
+    else:
+        G.remove_edge(old, n)
+    g.add_edge_arg(G, new, n, i)
+
+
+def _drop_broadcasts(G, n):
+    """An elementwise op broadcasts by itself: ``mul(broadcast_to(v), x)`` -> ``mul(v, x)``."""
+    a = G.nodes[n]
+    if a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).elementwise:
+        return False
+    args = g.operands(G, n)
+    for i, p in enumerate(args):
+        if G.nodes[p].get(g.OP) != "broadcast_to":
+            continue
+        v = g.operands(G, p)[0]
+        shapes = [G.nodes[q][g.SHAPE] for q in args]
+        shapes[i] = G.nodes[v][g.SHAPE]
+        if ops.broadcast_shapes(*shapes) == tuple(a[g.SHAPE]):
+            _set_arg(G, n, i, v)
+            return True
+    return False
+
+
 def simplify(G):
-    """Algebraic identities: x·1, 1·x, x+0, x−0, x/1, −(−x), one-term add_n, no-op reshapes."""
+    """Algebraic identities: x·1, 1·x, x+0, x−0, x/1, −(−x), one-term add_n, no-op reshapes,
+    and explicit broadcasts that an elementwise consumer would do anyway."""
     H = G.copy()
     keep = _protected(H)
     for n in g.schedule(H):
-        if n in keep or n not in H:
+        if n not in H:
+            continue
+        while _drop_broadcasts(H, n):
+            pass
+        if n in keep:
             continue
         new = _simplify_one(H, n)
         if new is not None:
@@ -174,6 +208,8 @@ def dce(G):
     for r in _roots(H):
         live |= nx.ancestors(H, r) | {r}
     H.remove_nodes_from([n for n in list(H) if n not in live])
+    if H.graph.get("adjoints"):
+        H.graph["adjoints"] = {j: v for j, v in H.graph["adjoints"].items() if v in H}
     return H
 
 

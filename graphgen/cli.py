@@ -1,0 +1,168 @@
+"""The ``graphgen`` command line.
+
+Every user-facing failure is a :class:`~graphgen.errors.GraphgenError`; ``main`` turns it
+into one line ``graphgen: error: FILE: node 'a1': ...`` and exit status 2. Gradient-check
+failures exit 1. Subcommands are registered in ``COMMANDS``: each has an ``add_arguments``
+and a ``run`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from . import __version__
+from .errors import GraphgenError, GraphgenWarning
+
+
+def _load(path):
+    from .api import load
+
+    return load(path)
+
+
+# ----------------------------------------------------------------------- compile
+
+
+def compile_args(p):
+    p.add_argument("spec", help="the spec file (.yaml, .yml or .json)")
+    p.add_argument("-o", "--output", help="where to write the module (default: stdout)")
+    p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="override the spec's dtype")
+
+
+def compile_run(args):
+    from .codegen import generate
+
+    G = _load(args.spec)
+    name = os.path.basename(args.spec)
+    text = generate(G, backend=args.backend, dtype=args.dtype, source_name=name)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------------- check
+
+
+def check_args(p):
+    p.add_argument("spec", help="the spec file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="relative tolerance (default 1e-6)")
+    p.add_argument("--max-elements", type=int, default=64,
+                   help="entries checked per array at most (default 64)")
+
+
+def check_run(args):
+    from .check import check
+
+    report = check(_load(args.spec), seed=args.seed, tol=args.tol,
+                   max_elements=args.max_elements)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def ops_args(p):
+    p.add_argument("--all", action="store_true",
+                   help="also list the internal ops VJP rules use")
+
+
+def ops_run(args):
+    from . import ops
+
+    rows = [op for op in ops.REGISTRY.values() if args.all or not op.internal]
+    width = max(len(op.name) for op in rows)
+    category = None
+    for op in sorted(rows, key=lambda o: (o.category, o.name)):
+        if op.category != category:
+            category = op.category
+            print(f"\n{category}:")
+        math = ops.format_note(op.math, {"y": "y"})
+        attrs = ", ".join(
+            f"{k}={'(required)' if v is ops.REQUIRED else v!r}" for k, v in op.attrs.items()
+        )
+        sig = ", ".join(op.args) + ("..." if op.variadic else "")
+        print(f"  {op.name:<{width}}  {op.name}({sig})  {math}" + (f"  [{attrs}]" if attrs
+                                                                      else ""))
+    return 0
+
+
+COMMANDS = {
+    "compile": ("turn a spec into a standalone Python module", compile_args, compile_run),
+    "check": ("compare gradients with central finite differences", check_args, check_run),
+    "ops": ("list every op with its math", ops_args, ops_run),
+}
+
+
+def _register_optional():
+    """Subcommands that live in their own modules (diagrams, explanations)."""
+    try:
+        from . import cli_extra  # noqa: F401
+    except ImportError:
+        pass
+
+
+def parser():
+    _register_optional()
+    p = argparse.ArgumentParser(
+        prog="graphgen",
+        description="Compile NetworkX dataflow graphs into standalone NumPy gradient code.",
+    )
+    p.add_argument("--version", action="version", version=f"graphgen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    return p
+
+
+def main(argv=None):
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.command:
+        p.print_help()
+        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GraphgenWarning)
+        try:
+            status = COMMANDS[args.command][2](args)
+        except GraphgenError as e:
+            _flush(caught)
+            print(f"graphgen: error: {e}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            return 0
+        except Exception as e:  # a bug in graphgen: one line, the traceback on request
+            if os.environ.get("GRAPHGEN_DEBUG"):
+                raise
+            _flush(caught)
+            print(
+                f"graphgen: internal error: {type(e).__name__}: {e} (this is a bug in "
+                "graphgen; set GRAPHGEN_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
+            return 3
+    _flush(caught)
+    return status
+
+
+def _flush(caught):
+    for w in caught:
+        if issubclass(w.category, GraphgenWarning):
+            print(f"graphgen: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
