@@ -76,21 +76,45 @@ def check_run(args):
 def ops_args(p):
     p.add_argument("--all", action="store_true",
                    help="also list the internal ops VJP rules use")
+    p.add_argument("--markdown", action="store_true",
+                   help="print a Markdown table (the one in the README)")
+
+
+def ops_markdown(rows):
+    from . import ops
+
+    lines = [
+        "| op | arguments | attributes (default) | computes | local derivative / VJP |",
+        "|---|---|---|---|---|",
+    ]
+    for op in sorted(rows, key=lambda o: (o.category, o.name)):
+        attrs = ", ".join(
+            f"{k}{'' if v is ops.REQUIRED else f' ({v!r})'}" for k, v in op.attrs.items()
+        )
+        sig = ", ".join(op.args) + ("…" if op.variadic else "")
+        derivs = "; ".join(ops.plain(op, d) for d in op.derivs)
+        cells = [f"`{op.name}`", sig, attrs or "–", ops.plain(op, op.math), derivs or "–"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def ops_run(args):
     from . import ops
 
     rows = [op for op in ops.REGISTRY.values() if args.all or not op.internal]
+    if args.markdown:
+        print(ops_markdown(rows))
+        return 0
     width = max(len(op.name) for op in rows)
     category = None
     for op in sorted(rows, key=lambda o: (o.category, o.name)):
         if op.category != category:
             category = op.category
             print(f"\n{category}:")
-        math = ops.format_note(op.math, {"y": "y"})
+        math = ops.plain(op, op.math)
         attrs = ", ".join(
-            f"{k}={'(required)' if v is ops.REQUIRED else v!r}" for k, v in op.attrs.items()
+            f"{k}=(required)" if v is ops.REQUIRED else f"{k}={v!r}"
+            for k, v in op.attrs.items()
         )
         sig = ", ".join(op.args) + ("..." if op.variadic else "")
         print(f"  {op.name:<{width}}  {op.name}({sig})  {math}" + (f"  [{attrs}]" if attrs

@@ -183,6 +183,12 @@ def reduced_shape(shape, axes, keepdims):
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+def plain(op, template):
+    """A math template with its placeholders read as the argument names: ``y = σ(x)``."""
+    names = {"y": "y", **{a: a for a in op.args}, **{k: k for k in op.attrs}}
+    return format_note(template, names)
+
+
 def format_note(template, names):
     """Fill a math/derivative template's ``{placeholders}`` with display names."""
     out = template
