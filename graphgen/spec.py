@@ -26,10 +26,6 @@ SECTIONS = ("inputs", "params", "nodes")
 class _LineLoader(yaml.SafeLoader):
     """A safe YAML loader that rejects duplicate keys and remembers each key's line."""
 
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.key_lines = {}
-
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
@@ -40,9 +36,22 @@ class _LineLoader(yaml.SafeLoader):
                     f"duplicate key {key!r} (first defined on line {seen[key]})", line=line
                 )
             seen[key] = line
-        mapping = super().construct_mapping(node, deep=deep)
-        self.key_lines[id(mapping)] = seen
-        return mapping
+        return super().construct_mapping(node, deep=deep)
+
+
+def _key_lines(text):
+    """``{(section, name): line}`` for the entries of each section, ``("", key)`` at top."""
+    lines = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key_node, value_node in root.value:
+        key = key_node.value
+        lines[("", key)] = key_node.start_mark.line + 1
+        if key in SECTIONS and isinstance(value_node, yaml.MappingNode):
+            for k, _ in value_node.value:
+                lines[(key, k.value)] = k.start_mark.line + 1
+    return lines
 
 
 def _no_duplicate_json_keys(pairs):
@@ -84,15 +93,7 @@ def read(path):
             raise e.located(path) from None
         finally:
             loader.dispose()
-        if isinstance(data, dict):
-            top = loader.key_lines.get(id(data), {})
-            for section in SECTIONS:
-                sec = data.get(section)
-                if isinstance(sec, dict):
-                    for name, line in loader.key_lines.get(id(sec), {}).items():
-                        lines[(section, name)] = line
-            for key, line in top.items():
-                lines[("", key)] = line
+        lines = _key_lines(text)
     return data, lines
 
 
