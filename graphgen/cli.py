@@ -32,12 +32,26 @@ def compile_args(p):
     p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help="override the spec's dtype")
+    p.add_argument("--report", action="store_true",
+                   help="print op counts per pass, the arrays saved for the backward pass "
+                        "and the planned peak memory to stderr")
+    p.add_argument("--size", action="append", default=[], metavar="NAME=N",
+                   help="a symbolic size for --report (default 32 each), e.g. batch=512")
 
 
 def compile_run(args):
-    from .codegen import generate
+    from .codegen import generate, report
 
     G = _load(args.spec)
+    if args.report:
+        sizes = {}
+        for item in args.size:
+            key, _, value = item.partition("=")
+            if not value.isdigit():
+                raise GraphgenError(f"--size expects NAME=N, got {item!r}")
+            sizes[key] = int(value)
+        print(report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
+              file=sys.stderr)
     name = os.path.basename(args.spec)
     text = generate(G, backend=args.backend, dtype=args.dtype, source_name=name)
     if args.output:

@@ -24,6 +24,7 @@ from . import graph as g
 from .errors import CodegenError
 from .naming import Code, Namer
 from .passes.adjoint import adjoint
+from .passes import memory
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
@@ -124,6 +125,8 @@ class Statement:
     comments: list
     node: str
     blank_before: bool = False
+    accumulate: list = dataclasses.field(default_factory=list)  # v += term, in place
+    dels: list = dataclasses.field(default_factory=list)  # dropped after their last use
 
 
 @dataclasses.dataclass
@@ -148,6 +151,7 @@ class Program:
         self.source_name = source_name
         self.loss = A.graph.get("loss")
         self.grads = A.graph.get("grads") or {}
+        self.programs = {}
         self._name_nodes()
 
     # names ------------------------------------------------------------------
@@ -319,11 +323,16 @@ class Program:
                 break
             inline.discard(too_long)
 
+        # memory plan: drop each value after its last read; sum fan-outs in place
+        program = [(n, self._reads(n, inline)) for n in order if n not in inline]
+        keep = root_set | {n for n in need if A.nodes[n][g.KIND] != g.OPNODE}
+        drops = memory.frees(program, keep)
+        inlined = {n: self._inlined_children(n, inline) for n, _ in program}
+        self.programs[name] = (program, keep, inlined)
+
         statements = []
         backward = False
-        for n in order:
-            if n in inline:
-                continue
+        for i, (n, _) in enumerate(program):
             comments = self.comments(n, names)
             blank = bool(comments) and bool(statements)
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
@@ -332,7 +341,12 @@ class Program:
                     f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
                     "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
                 ) + comments
-            statements.append(Statement(names[n], exprs[n], comments, n, blank))
+            st = Statement(names[n], exprs[n], comments, n, blank)
+            if memory.accumulates_in_place(A, n, i, program, keep):
+                terms = [self.value(p, exprs, names) for p in g.operands(A, n)]
+                st.expr, st.accumulate = terms[0], terms[1:]
+            st.dels = [names[v] for v in drops[i]]
+            statements.append(st)
         dim_lines = [
             (self.namer[("dim", s)], literal(s)) for s in sorted(used)
         ]
@@ -345,6 +359,16 @@ class Program:
             Code(name), [_comment(d) for d in doc], dim_lines, bindings, statements,
             returns_fn(names),
         )
+
+    def _reads(self, n, inline):
+        """The materialized values statement ``n`` reads, through inlined temporaries."""
+        out = []
+        for p in g.operands(self.A, n):
+            if p in inline:
+                out.extend(q for q in self._reads(p, inline) if q not in out)
+            elif self.A.nodes[p][g.KIND] == g.OPNODE and p not in out:
+                out.append(p)
+        return out
 
     def _inlined_children(self, n, inline):
         out = []
@@ -612,11 +636,7 @@ def lower(G, *, dtype=None):
         if dtype not in g.FLOAT_DTYPES:
             raise CodegenError(f"dtype must be float64 or float32, got {dtype!r}",
                                source=g.source_of(G))
-        old = H.graph.get("dtype", "float64")
-        H.graph["dtype"] = dtype
-        for n in H:
-            if H.nodes[n].get(g.DTYPE, old) == old:
-                H.nodes[n][g.DTYPE] = dtype
+        H = _with_dtype(H, dtype)
     H = prepare(H)
     if H.graph.get("loss") is not None:
         H = adjoint(H)
@@ -666,6 +686,54 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None):
     except SyntaxError as e:  # a bug in graphgen, never in the user's spec
         raise CodegenError(f"internal: generated code does not parse: {e}") from None
     return text
+
+
+def report(G, backend="numpy", *, dtype=None, sizes=None):
+    """What the compiler did, for ``graphgen compile --report``.
+
+    Per pass, the op count before and after; the forward values saved for the backward
+    pass with their sizes; and the planned peak bytes of intermediates of each generated
+    function, with symbolic sizes set from ``sizes`` (default 32 each).
+    """
+    from .check import concrete
+
+    forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
+    A = lower(G, dtype=dtype)
+    program = Program(A, backend, os.path.basename(g.source_of(A)))
+    program.context()
+    symbols = sorted({s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)})
+    sizes = {s: 32 for s in symbols} | dict(sizes or {})
+    lines = [f"graphgen report for {program.source_name} ({A.graph['dtype']}, "
+             + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "no symbolic sizes")
+             + ")", "",
+             f"forward graph: {sum(1 for n in forward_only if forward_only.nodes[n][g.KIND] == g.OPNODE)} ops",
+             f"{'pass':<28} {'ops before':>10} {'ops after':>10}"]
+    for name, before, after in A.graph.get("pass_stats", []):
+        lines.append(f"{name:<28} {before:>10} {after:>10}")
+    saved = memory.saved_for_backward(A)
+    lines += ["", f"saved for the backward pass ({len(saved)} arrays):"]
+    total = 0
+    for n in saved:
+        nb = memory.nbytes(A, n, sizes)
+        total += nb
+        shape = concrete(A.nodes[n][g.SHAPE], sizes)
+        lines.append(f"  {program.namer[n]:<24} {str(shape):<16} {nb:>12,d} bytes")
+    lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
+    lines.append("")
+    for fname, (prog, keep, inlined) in program.programs.items():
+        peak = memory.peak_bytes(A, prog, keep, sizes, inlined)
+        lines.append(f"planned peak of intermediates in {fname}(): {peak:,d} bytes")
+    return "\n".join(lines)
+
+
+def _with_dtype(G, dtype):
+    H = G.copy()
+    old = H.graph.get("dtype", "float64")
+    H.graph["dtype"] = dtype
+    for n in H:
+        if H.nodes[n].get(g.DTYPE, old) == old:
+            H.nodes[n][g.DTYPE] = dtype
+    return H
 
 
 def _blank_lines(m):

@@ -224,22 +224,22 @@ def count_ops(G):
 def optimize(G, max_rounds=10):
     """Run every pass to a fixed point. Returns a new graph with ``graph["pass_stats"]``.
 
-    ``pass_stats`` is a list of ``(pass name, op count before, op count after)``, summed
-    over rounds.
+    ``pass_stats`` is a list of ``(pass name, op count before its first run, op count
+    after removing everything it removed over all rounds)``, in pass order.
     """
     H = G
-    stats = {name: [count_ops(G), count_ops(G)] for name, _ in PASSES}
-    first = {name: True for name, _ in PASSES}
+    before = {}
+    removed = {name: 0 for name, _ in PASSES}
     for _ in range(max_rounds):
-        before = (H.number_of_nodes(), H.number_of_edges())
+        size = (H.number_of_nodes(), H.number_of_edges())
         for name, fn in PASSES:
             n0 = count_ops(H)
+            before.setdefault(name, n0)
             H = fn(H)
-            if first[name]:
-                stats[name][0] = n0
-                first[name] = False
-            stats[name][1] = count_ops(H)
-        if (H.number_of_nodes(), H.number_of_edges()) == before:
+            removed[name] += n0 - count_ops(H)
+        if (H.number_of_nodes(), H.number_of_edges()) == size:
             break
-    H.graph["pass_stats"] = [(name, *stats[name]) for name, _ in PASSES]
+    H.graph["pass_stats"] = [
+        (name, before[name], before[name] - removed[name]) for name, _ in PASSES
+    ]
     return H
