@@ -399,8 +399,9 @@ class Program:
     def bar_name(self, n, names):
         """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed)."""
         v = (self.A.graph.get("adjoints") or {}).get(n)
-        if v is None or v not in self.A:
-            return f"{self.display(names)(n)}_bar"
+        if v is None or v not in self.A:  # folded into its consumers: say what it is
+            loss = self.display(names)(self.loss)
+            return f"∂{loss}/∂{self.display(names)(n)}"
         if self.A.nodes[v][g.KIND] == g.CONST:
             return literal(self.A.nodes[v][g.VALUE])
         return self.display(names)(v)

@@ -50,7 +50,7 @@ def sanitize(name) -> str:
     s = re.sub(r"[^A-Za-z0-9_]+", "_", s).strip("_")
     s = re.sub(r"_+", "_", s)
     if not s:
-        s = "v"
+        s = "node"
     if s[0].isdigit():
         s = "v" + s
     if s in RESERVED:
