@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 
 from .api import check, compile, load  # noqa: E402
 from .codegen import generate  # noqa: E402
+from .diagram import render, to_dot  # noqa: E402
+from .explain import explain  # noqa: E402
 from .errors import (  # noqa: E402
     CodegenError,
     GradientError,
@@ -42,6 +44,9 @@ __all__ = [
     "generate",
     "compile",
     "check",
+    "render",
+    "to_dot",
+    "explain",
     "GraphgenError",
     "SpecError",
     "GraphError",

@@ -30,8 +30,14 @@ def load(path):
     return spec.load(os.fspath(path))
 
 
-def compile(G, backend="numpy", *, dtype=None):  # noqa: A001 - the API name the issue asks for
-    """Generate the module for ``G`` and import it without writing a file.
+def compile(G, backend="numpy", *, dtype=None, **options):  # noqa: A001 - the API name
+    """Generate the module for ``G`` and import it (NumPy: without writing a file).
+
+    The ``numba`` backend's module is written to a cache directory (``$GRAPHGEN_CACHE_DIR``,
+    default ``~/.cache/graphgen``) under a name derived from its source's hash, and imported
+    from there, so that Numba's ``cache=True`` can keep compiled kernels next to it and a
+    second process does not compile again. ``options`` go to the backend
+    (numba: ``parallel``, ``fastmath``, ``cache``).
 
     Returns
     -------
@@ -46,7 +52,9 @@ def compile(G, backend="numpy", *, dtype=None):  # noqa: A001 - the API name the
     >>> m.PARAMS["W1"]
     (2, 3)
     """
-    source = generate(G, backend=backend, dtype=dtype)
+    source = generate(G, backend=backend, dtype=dtype, **options)
+    if backend == "numba":
+        return _import_cached(source, G.graph.get("name", "model"))
     name = f"graphgen_{G.graph.get('name', 'model')}"
     module = types.ModuleType(name)
     module.__dict__["__source__"] = source
@@ -60,3 +68,39 @@ def compile(G, backend="numpy", *, dtype=None):  # noqa: A001 - the API name the
             del sys.modules[name]
     return module
 
+
+
+def cache_dir():
+    """Where :func:`compile` writes modules that need a file (``$GRAPHGEN_CACHE_DIR``)."""
+    d = os.environ.get("GRAPHGEN_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "graphgen"
+    )
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _import_cached(source, model_name):
+    """Import ``source`` from a file named by its hash (written once, never rewritten)."""
+    import hashlib
+    import importlib.util
+    import re
+
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", str(model_name))[:40]
+    name = f"graphgen_{stem}_{digest}"
+    path = os.path.join(cache_dir(), name + ".py")
+    if not os.path.exists(path):  # same bytes, same file: Numba's cache stays valid
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__["__source__"] = source
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -37,6 +37,10 @@ def compile_args(p):
                         "and the planned peak memory to stderr")
     p.add_argument("--size", action="append", default=[], metavar="NAME=N",
                    help="a symbolic size for --report (default 32 each), e.g. batch=512")
+    p.add_argument("--parallel", action="store_true",
+                   help="numba backend: split the outer loop of each kernel over threads")
+    p.add_argument("--fastmath", action="store_true",
+                   help="numba backend: compile kernels with fastmath=True")
 
 
 def compile_run(args):
@@ -53,7 +57,10 @@ def compile_run(args):
         print(report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
               file=sys.stderr)
     name = os.path.basename(args.spec)
-    text = generate(G, backend=args.backend, dtype=args.dtype, source_name=name)
+    options = {k: True for k in ("parallel", "fastmath") if getattr(args, k)}
+    if options and args.backend != "numba":
+        raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
+    text = generate(G, backend=args.backend, dtype=args.dtype, source_name=name, **options)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)

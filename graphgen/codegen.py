@@ -28,7 +28,11 @@ from .passes import memory
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
-BACKENDS = ("numpy",)
+# The Numba backend (graphgen/backends/numba.py) is work in progress and ships only once
+# its tests run in CI.
+BACKENDS = ("numpy",) + (
+    ("numba",) if (Path(__file__).parent / "backends" / "numba.py").exists() else ()
+)
 LINE = 88
 INDENT = 4
 
@@ -347,6 +351,7 @@ class Program:
                 st.expr, st.accumulate = terms[0], terms[1:]
             st.dels = [names[v] for v in drops[i]]
             statements.append(st)
+        returns = returns_fn(names, used)
         dim_lines = [
             (self.namer[("dim", s)], literal(s)) for s in sorted(used)
         ]
@@ -357,7 +362,7 @@ class Program:
         ]
         return Function(
             Code(name), [_comment(d) for d in doc], dim_lines, bindings, statements,
-            returns_fn(names),
+            returns,
         )
 
     def _reads(self, n, inline):
@@ -468,8 +473,10 @@ class Program:
             else:
                 text = f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where " \
                        f"∂{show(k)}/∂{show(j)} = {rhs}"
-        else:
+        elif k in A:
             text = f"{head}; through {self.math_of(k, names)}: {deriv}"
+        else:  # the successor was optimized away (a graph differentiated twice)
+            text = f"{head}: {deriv}"
         if a[g.OP] == "sum_to_shape":
             text += " (summed over the axes broadcasting stretched)"
         return _wrap_comment(text)
@@ -496,7 +503,7 @@ class Program:
                 "forward",
                 outputs,
                 ["The forward pass: every output, by name."],
-                lambda names: Code(
+                lambda names, used: Code(
                     "{" + ", ".join(f"{literal(o)}: {out_expr(o, names)}" for o in outputs)
                     + "}"
                 ),
@@ -508,9 +515,9 @@ class Program:
 
             handed_out = set()
 
-            def grad_expr(w, names):
+            def grad_expr(w, names, used):
                 v = self.grads.get(w)
-                shape = self.shape_code(A.nodes[w][g.SHAPE], set())
+                shape = self.shape_code(A.nodes[w][g.SHAPE], used)
                 if v is None:
                     return Code(f"np.zeros({shape}, dtype=DTYPE)")
                 a = A.nodes[v]
@@ -533,9 +540,9 @@ class Program:
                         f"The loss {self.loss!r} and its gradient with respect to "
                         + ", ".join(repr(w) for w in wrt) + ".",
                     ],
-                    lambda names: Code(
+                    lambda names, used: Code(
                         f"float({out_expr(self.loss, names)}), {{"
-                        + ", ".join(f"{literal(w)}: {grad_expr(w, names)}" for w in wrt)
+                        + ", ".join(f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt)
                         + "}"
                     ),
                 )
@@ -644,14 +651,14 @@ def lower(G, *, dtype=None):
     return optimize(H)
 
 
-def generate(G, backend="numpy", *, dtype=None, source_name=None):
+def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
     """Render the standalone Python module for ``G``.
 
     Parameters
     ----------
     G : networkx.DiGraph
         A graphgen graph (:func:`graphgen.load` or built by hand).
-    backend : {"numpy"}
+    backend : {"numpy", "numba"}
         The code generator to use.
     dtype : {"float64", "float32"}, optional
         Override the spec's dtype.
@@ -677,7 +684,14 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None):
     A = lower(G, dtype=dtype)
     if source_name is None:
         source_name = os.path.basename(g.source_of(A))
-    program = Program(A, backend, source_name)
+    if backend == "numba":  # options: parallel, fastmath, cache (graphgen.backends.numba)
+        from .backends.numba import NumbaProgram
+
+        program = NumbaProgram(A, backend, source_name, **options)
+    elif options:
+        raise CodegenError(f"the {backend} backend takes no options {sorted(options)}")
+    else:
+        program = Program(A, backend, source_name)
     ctx = program.context()
     _vet(ctx)
     text = environment().get_template(f"{backend}/module.py.j2").render(**ctx)

@@ -105,7 +105,7 @@ def _schema_error(data, source, lines):
     if not errors:
         return None
     err = jsonschema.exceptions.best_match(errors)
-    path = list(err.path)
+    path = list(err.absolute_path)  # err may be inside a oneOf: its .path is relative
     node = None
     line = None
     where = ""

@@ -703,8 +703,10 @@ register(
 )
 
 
-def _dimsize_impl(dims_):
-    return np.float64(dims.prod(dims_))
+def _dimsize_impl(**attrs):
+    # called as impl(dims=[...]) like every op; the parameter cannot be named after the
+    # `dims` module this function uses
+    return np.float64(dims.prod(attrs["dims"]))
 
 
 register(

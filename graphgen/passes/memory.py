@@ -58,14 +58,31 @@ def accumulates_in_place(G, node, index, program, keep):
     f = G.nodes[first]
     if f[g.KIND] != g.OPNODE or f[g.OP] in VIEW_OPS or first in keep:
         return False
-    if args.count(first) != 1 and len(set(args)) != 1:
-        return False  # add_n(t, u, t): t would be read after it was overwritten
+    if args.count(first) != 1 and args != [first, first]:
+        # add_n(t, u, t) and add_n(t, t, t): t would be read after it was overwritten
+        return False
     if tuple(f[g.SHAPE]) != tuple(a[g.SHAPE]) or tuple(a[g.SHAPE]) == ():
         return False
     materialized = {n for n, _ in program}
     if first not in materialized:
         return False
-    return last_uses(program, keep).get(first) == index
+    last = last_uses(program, keep)
+    # a view of t (reshape, transpose, ...) shares t's buffer: it must not be read later
+    for v in _views_of(G, first):
+        if v in keep or (v in materialized and last.get(v, -1) > index):
+            return False
+    return last.get(first) == index
+
+
+def _views_of(G, node):
+    """Nodes whose value may share memory with ``node``'s (chains of view ops)."""
+    out, stack = set(), [node]
+    while stack:
+        for s in G.successors(stack.pop()):
+            if G.nodes[s].get(g.OP) in VIEW_OPS and s not in out:
+                out.add(s)
+                stack.append(s)
+    return out
 
 
 def nbytes(G, n, sizes):

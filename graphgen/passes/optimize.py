@@ -51,6 +51,17 @@ def _replace(G, old, new):
         table = G.graph.get(key)
         if table:
             G.graph[key] = {w: (new if v == old else v) for w, v in table.items()}
+    # the labels of backward nodes name the forward nodes they came through: follow the merge
+    for n in G:
+        a = G.nodes[n]
+        note = a.get(g.NOTE)
+        if note and old in note[1].values():
+            a[g.NOTE] = (note[0], {k: (new if v == old else v) for k, v in note[1].items()},
+                         note[2])
+        if g.SUMS in a and old in a[g.SUMS]:
+            a[g.SUMS] = [new if k == old else k for k in a[g.SUMS]]
+        if g.CONTRIB in a and old in a[g.CONTRIB]:
+            a[g.CONTRIB] = tuple(new if k == old else k for k in a[g.CONTRIB])
     G.remove_node(old)
 
 
@@ -79,7 +90,7 @@ def fold_constants(G):
         value = float(np.asarray(value))
         if not np.isfinite(value):
             continue
-        for p in args:
+        for p in dict.fromkeys(args):  # add_n(c, c) is one edge
             H.remove_edge(p, n)
         a[g.KIND] = g.CONST
         a[g.VALUE] = value

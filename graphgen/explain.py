@@ -1,0 +1,747 @@
+"""Chain-rule explanations of one gradient, in the spec's own names.
+
+:func:`explain` reads the same graphs the compiler builds and writes, for one node
+``NAME``:
+
+* every path from ``NAME`` to the loss, as a product of local derivatives
+  (∂J/∂W1 = ∂J/∂y · ∂y/∂z2 · ... · ∂z1/∂W1), and the sum over the paths;
+* the backprop form grouped at the hidden unit (∂J/∂W1 = ∂J/∂h1 · ∂h1/∂z1 · ∂z1/∂W1)
+  and what it means for one weight (``w12``);
+* for every node on those paths with several successors, the sum over successors
+  ∂J/∂h = Σ_k ∂J/∂k · ∂k/∂h with the successors named;
+* each local derivative in closed form, from the op's math text;
+* with ``values``, the numbers for one set of arrays, checked against the generated
+  module's ``value_and_grad`` (to 1e-10).
+
+Formats: ``text`` (Unicode), ``markdown`` (GitHub, ``$...$`` math) and ``latex`` (a
+standalone document).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import networkx as nx
+import numpy as np
+
+from . import graph as g
+from . import ops
+from .diagram import (
+    adjoint_value,
+    evaluate,
+    fill,
+    gradient_terms,
+    load_arrays,
+    norm,
+    term_value,
+    visible,
+)
+from .errors import GradientError, GraphgenError
+
+__all__ = ["FORMATS", "explain"]
+
+FORMATS = ("text", "markdown", "latex")
+MAX_PATHS = 12
+TOL = 1e-10
+NONLINEAR = {"sigmoid", "tanh", "relu", "leaky_relu", "softplus", "exp", "log", "sqrt",
+             "square", "abs", "sin", "cos"}
+ELEMENTWISE_LINEAR = {"add", "sub", "neg"}
+
+
+class ExplainError(GraphgenError):
+    """The requested gradient cannot be explained (unknown node, no loss)."""
+
+
+# ----------------------------------------------------------------------------- formats
+
+_TEX_TEXT = {
+    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "^": r"\^{}",
+    "~": r"\~{}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
+    "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\textquotedbl{}",
+    "|": r"\textbar{}",
+}
+_TEX_MATH = {
+    "∂": r"\partial ", "σ": r"\sigma ", "·": r"\cdot ", "−": "-", "²": "^{2}",
+    "ᵀ": r"^{\top}", "√": r"\sqrt ", "Σ": r"\sum ", "≥": r"\geq ", "≤": r"\leq ",
+    "×": r"\times ", "{": r"\{", "}": r"\}", "%": r"\%", "#": r"\#", "&": r"\&",
+    "$": r"\$", "~": r"\sim ", "\\": r"\backslash ", "@": r"\mathbin{@}",
+    "̄": "", "<": r"\lt ", ">": r"\gt ",
+}
+_FUNCS = {"exp", "log", "tanh", "mean", "max", "min", "sign", "softmax", "onehot",
+          "logsumexp", "transpose", "reshape", "broadcast_to", "sum_to_shape", "concat",
+          "sin", "cos", "zeros"}
+
+
+def tex_text(s) -> str:
+    """``s`` escaped for LaTeX text mode (control and non-ASCII characters spelled out)."""
+    out = []
+    for ch in visible(s):
+        if ch in _TEX_TEXT:
+            out.append(_TEX_TEXT[ch])
+        elif ord(ch) > 126:
+            out.append(f"[U+{ord(ch):04X}]")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class Text:
+    """Plain Unicode text, for terminals."""
+
+    name_ = "text"
+    vg = "value_and_grad"
+    none = "–"
+
+    def code(self, s):
+        return s
+
+    def name(self, n, index=None):
+        return visible(n) + (f"[{index}]" if index else "")
+
+    def d(self, num, den):
+        return f"∂{num}/∂{den}"
+
+    def dot(self, parts):
+        return " · ".join(parts)
+
+    def plus(self, parts):
+        return " + ".join(parts)
+
+    def eq(self, *parts):
+        return " = ".join(parts)
+
+    def arrow(self, nodes):
+        return " → ".join(nodes)
+
+    def sum_over(self, var, body):
+        return f"Σ_{var} {body}"
+
+    def num(self, x):
+        return f"{x:.6g}"
+
+    def template(self, tmpl, ids, attrs, loss):
+        return fill(tmpl, ids, attrs, show=self.name,
+                    bar=lambda n: self.d(self.name(loss), self.name(n)))
+
+    def m(self, e):
+        return e
+
+    def p(self, *parts):
+        return "".join(parts)
+
+    def prose_name(self, n):
+        return visible(n)
+
+    def heading(self, text, level=1):
+        return [text, ("=" if level == 1 else "-") * min(len(text), 78), ""]
+
+    def para(self, text):
+        return [text, ""]
+
+    def display(self, e):
+        return ["    " + e, ""]
+
+    def bullets(self, items):
+        return [f"  - {it}" for it in items] + [""]
+
+    def table(self, head, rows):
+        widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+
+        def line(r):
+            return "  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+
+        return [line(head), "  " + "  ".join("-" * w for w in widths)] + [
+            line(r) for r in rows] + [""]
+
+    def document(self, lines):
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(lines) + "\n"
+
+    def ok(self, good):
+        return "✓" if good else "✗ MISMATCH"
+
+
+class Latex(Text):
+    """A standalone LaTeX document (amsmath); names are escaped text."""
+
+    name_ = "latex"
+    vg = r"\texttt{value\_and\_grad}"
+    none = "--"
+
+    def code(self, s):
+        return r"\texttt{" + tex_text(s) + "}"
+
+    def name(self, n, index=None):
+        s = r"\text{" + tex_text(n) + "}"
+        return s + (r"_{[" + tex_text(index) + "]}" if index else "")
+
+    def d(self, num, den):
+        return r"\frac{\partial " + num + r"}{\partial " + den + "}"
+
+    def dot(self, parts):
+        return r" \cdot ".join(parts)
+
+    def arrow(self, nodes):
+        return r" \to ".join(nodes)
+
+    def sum_over(self, var, body):
+        return r"\sum_{" + var + "} " + body
+
+    def num(self, x):
+        m, _, e = f"{x:.6g}".partition("e")
+        return m + (r"\times 10^{" + str(int(e)) + "}" if e else "")
+
+    def template(self, tmpl, ids, attrs, loss):
+        return tex_template(tmpl, ids, attrs, self.name,
+                            lambda n: self.d(self.name(loss), self.name(n)))
+
+    def m(self, e):
+        return f"${e}$"
+
+    def prose_name(self, n):
+        return r"\texttt{" + tex_text(n) + "}"
+
+    def p(self, *parts):
+        return "".join(parts)
+
+    def heading(self, text, level=1):
+        return [("\\section*{" if level == 1 else "\\subsection*{") + text + "}", ""]
+
+    def para(self, text):
+        return [text, ""]
+
+    def display(self, e):
+        return [r"\begin{equation*}", e, r"\end{equation*}", ""]
+
+    def bullets(self, items):
+        return [r"\begin{itemize}"] + [r"\item " + it for it in items] + [
+            r"\end{itemize}", ""]
+
+    def table(self, head, rows):
+        cols = "l" * len(head)
+        out = [r"\begin{tabular}{" + cols + "}", " & ".join(head) + r" \\", r"\hline"]
+        out += [" & ".join(map(str, r)) + r" \\" for r in rows]
+        return out + [r"\end{tabular}", ""]
+
+    def document(self, lines):
+        head = [r"\documentclass{article}", r"\usepackage[T1]{fontenc}",
+                r"\usepackage{amsmath}", r"\usepackage{amssymb}",
+                r"\begin{document}", ""]
+        return "\n".join(head + lines + [r"\end{document}"]) + "\n"
+
+    def ok(self, good):
+        return r"$\checkmark$" if good else r"\textbf{MISMATCH}"
+
+
+class Markdown(Latex):
+    """GitHub Markdown with ``$...$`` math."""
+
+    name_ = "markdown"
+    vg = "`value_and_grad`"
+
+    def code(self, s):
+        return f"`{s}`"
+
+    def name(self, n, index=None):
+        s = r"\mathrm{" + md_math_name(n) + "}"
+        return s + (r"_{[" + md_math_name(index) + "]}" if index else "")
+
+    def num(self, x):
+        return Text.num(self, x)
+
+    def prose_name(self, n):
+        s = visible(n).replace("`", "'")
+        return f"`{s}`"
+
+    def heading(self, text, level=1):
+        return ["#" * (level + 1) + " " + text, ""]
+
+    def display(self, e):
+        return ["$$", e, "$$", ""]
+
+    def bullets(self, items):
+        return [f"- {it}" for it in items] + [""]
+
+    def table(self, head, rows):
+        def cell(c):
+            return str(c).replace("|", r"\|")
+
+        out = ["| " + " | ".join(map(cell, head)) + " |", "|" + "---|" * len(head)]
+        return out + ["| " + " | ".join(map(cell, r)) + " |" for r in rows] + [""]
+
+    def document(self, lines):
+        return Text.document(self, lines)
+
+    def ok(self, good):
+        return "✓" if good else "**MISMATCH**"
+
+
+def md_math_name(s) -> str:
+    """A name inside GitHub math: letters kept, everything else spelled safely."""
+    out = []
+    for ch in visible(s):
+        if ch.isascii() and ch.isalnum() or ch in " .,:;'()[]+-=/!?":
+            out.append(ch if ch != " " else r"\ ")
+        elif ch == "_":
+            out.append(r"\_")
+        elif ch in _TEX_MATH and ch not in "̄":
+            out.append(_TEX_MATH[ch])
+        elif ch == "\\":
+            out.append(r"\backslash ")
+        else:
+            out.append(rf"\unicode{{x{ord(ch):X}}}" if ord(ch) > 126 else
+                       {"*": r"\ast ", "^": r"\hat{}", "|": r"\vert ", '"': "''",
+                        "`": "'"}.get(ch, "?"))
+    return "".join(out)
+
+
+_TOKEN = re.compile(r"\{(\w+)\}(\[i\])?̄|\{(\w+)\}|[A-Za-z_]{2,}|\^\(|.", re.DOTALL)
+
+
+def tex_template(tmpl, ids, attrs, name, bar):
+    """An op's math/derivative template as LaTeX math, names filled in."""
+    out = []
+    depth = []  # closing text for '^(' groups
+    for m in _TOKEN.finditer(tmpl):
+        tok = m.group(0)
+        if m.group(1):
+            out.append(bar(ids[m.group(1)]) if m.group(1) in ids else "")
+        elif m.group(3):
+            key = m.group(3)
+            if key in ids:
+                out.append(name(ids[key]))
+            elif attrs and key in attrs:
+                out.append(r"\text{" + tex_text(attrs[key]) + "}")
+            else:
+                out.append(r"\{" + tex_text(key) + r"\}")
+        elif tok == "^(":
+            out.append("^{(")
+            depth.append(")}")
+        elif tok == ")" and depth:
+            out.append(depth.pop())
+        elif len(tok) >= 2:
+            word = tok.replace("_", r"\_")
+            out.append(r"\operatorname{" + word + "}" if tok in _FUNCS else
+                       r"\text{ " + word + " }")
+        elif tok == "^":
+            out.append("^")
+        elif tok in _TEX_MATH:
+            out.append(_TEX_MATH[tok])
+        elif ord(tok) > 126:
+            out.append("?")
+        else:
+            out.append(tok)
+    out.extend(reversed(depth))
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def _parse_wrt(H, wrt):
+    """``"W1"`` or ``"W1[0,1]"`` -> (node, index tuple or None)."""
+    if wrt in H:
+        return wrt, None
+    m = re.fullmatch(r"(.+)\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*\]", str(wrt))
+    if m and m.group(1) in H:
+        node = m.group(1)
+        idx = tuple(int(x) for x in m.group(2).split(","))
+        shape = H.nodes[node][g.SHAPE]
+        if len(idx) != len(shape) or any(
+            isinstance(d, int) and not 0 <= i < d for i, d in zip(idx, shape)
+        ):
+            raise ExplainError(f"--wrt {wrt!r}: index out of range for shape "
+                               f"{tuple(shape)} (indices are 0-based)",
+                               source=g.source_of(H))
+        return node, idx
+    close = difflib.get_close_matches(str(wrt), [str(n) for n in H], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ExplainError(f"--wrt: no node named {wrt!r}{hint}", source=g.source_of(H))
+
+
+def _paths(H, src, loss):
+    count = {loss: 1}
+    for n in reversed(g.schedule(H)):
+        if n != loss:
+            count[n] = sum(count.get(k, 0) for k in H.successors(n))
+    total = count.get(src, 0)
+    paths = []
+    if total:
+        for p in nx.all_simple_paths(H, src, loss):
+            paths.append(p)
+            if len(paths) >= MAX_PATHS:
+                break
+        paths.sort(key=lambda p: [H.nodes[n][g.SEQ] for n in p])
+    return paths, total
+
+
+def _hidden_unit(H, path):
+    """For W -> z -> ... -> u -> ... -> J: (z, u) with u the first nonlinearity after a
+    chain of elementwise linear ops (the pre-activation), else None."""
+    if len(path) < 3 or H.nodes[path[1]][g.KIND] != g.OPNODE:
+        return None
+    shape = tuple(H.nodes[path[1]][g.SHAPE])
+    for n in path[2:-1]:
+        op = H.nodes[n][g.OP]
+        if tuple(H.nodes[n][g.SHAPE]) != shape:
+            return None
+        if op in NONLINEAR:
+            return path[1], n
+        if op not in ELEMENTWISE_LINEAR:
+            return None
+    return None
+
+
+def _local_elementwise(H, values, j, k):
+    """∂k/∂j elementwise (for an elementwise op), by applying k's VJP rule to ones."""
+    from .passes.adjoint import Builder
+
+    S = nx.DiGraph()
+    S.graph.update(dtype="float64", name="scratch", source=g.source_of(H))
+    ins = g.operands(H, k)
+    for p in list(dict.fromkeys(ins)) + [k, "__g"]:
+        src = k if p == "__g" else p
+        S.add_node(p, **{g.KIND: g.INPUT, g.SHAPE: H.nodes[src][g.SHAPE],
+                         g.DTYPE: "float64", g.ROLE: g.FORWARD, g.SEQ: g.next_seq(S)})
+    S.nodes[k][g.OP] = H.nodes[k][g.OP]
+    b = Builder(S)
+    b.where = k
+    a = H.nodes[k]
+    op = ops.get(a[g.OP])
+    ctx = ops.VJPContext(ins=ins, out=k, g="__g", attrs=a[g.ATTRS],
+                         in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
+                         out_shape=a[g.SHAPE])
+    cts = op.vjp(b, ctx)
+    arrays = {p: values[p] for p in set(ins) | {k}}
+    arrays["__g"] = np.ones_like(values[k], dtype=np.float64)
+    vals = evaluate(S, arrays)
+    parts = [vals[ct] if ct in vals else arrays[ct] for i, ct in enumerate(cts)
+             if ins[i] == j and ct is not None]
+    total = sum(parts[1:], parts[0])
+    return np.broadcast_to(total, np.shape(values[k]))
+
+
+# ------------------------------------------------------------------------------ explain
+
+
+def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
+    """Explain ∂loss/∂``wrt`` with the chain rule, in the spec's names.
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        A graphgen graph (:func:`graphgen.load`).
+    wrt : str
+        Any node (usually a param). ``"W1[0,1]"`` (0-based) explains one element.
+    format : {"text", "markdown", "latex"}
+    values : bool or str
+        Add numbers for one set of arrays (random with ``seed``, or the ``.npz`` file
+        given here, or ``arrays``) and check them against the generated module.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> text = graphgen.explain(graphgen.load("examples/tiny.yaml"), "W1")
+    >>> "∂J/∂W1 = ∂J/∂h1 · ∂h1/∂z1 · ∂z1/∂W1" in text
+    True
+    """
+    from .passes.shapes import prepare
+
+    if format not in FORMATS:
+        raise ExplainError(f"unknown format {format!r} (known: {', '.join(FORMATS)})")
+    F = {"text": Text, "markdown": Markdown, "latex": Latex}[format]()
+    H = prepare(G)
+    loss = H.graph.get("loss")
+    if loss is None:
+        raise GradientError("nothing to explain: the spec has no loss",
+                            source=g.source_of(H))
+    node, index = _parse_wrt(H, wrt)
+    N, L = F.name, F.name(loss)
+    out = []
+    title = F.d(L, N(node, _index_text(index)))
+    out += F.heading(F.p("Chain rule for ", F.m(title)))
+    paths, total = _paths(H, node, loss)
+    if not paths:
+        out += F.para(F.p("The loss ", F.prose_name(loss), " does not depend on ",
+                          F.prose_name(node), ": no path leads from it to the loss, so ",
+                          F.m(F.eq(F.d(L, N(node)), "0")), "."))
+        return F.document(out)
+
+    def factor(j, k):
+        return F.d(N(k), N(j))
+
+    # 1. paths ---------------------------------------------------------------------
+    out += F.heading("Every path to the loss", 2)
+    many = "one path" if total == 1 else f"{total} paths"
+    out += F.para(F.p(F.prose_name(loss), " depends on ", F.prose_name(node), " along ",
+                      many, ". Along a path, the chain rule multiplies the local "
+                      "derivative of every step, from the loss back:"))
+    products = []
+    for i, p in enumerate(paths, 1):
+        prod = F.dot([factor(p[t], p[t + 1]) for t in reversed(range(len(p) - 1))])
+        products.append(prod)
+        label = f"path {i}: " if total > 1 else ""
+        out += F.para(F.p(label, F.m(F.arrow([N(n) for n in reversed(p)]))))
+        out += F.display(F.eq(F.d(L, N(node)) + (f"|_{{{i}}}" if total > 1 and
+                                                 F.name_ != "text" else ""), prod)
+                         if total > 1 and F.name_ != "text" else
+                         F.eq(F.d(L, N(node)) + (f"  (path {i})" if total > 1 else ""),
+                              prod))
+    if total > 1:
+        shown = "" if total <= len(paths) else f" (the first {len(paths)} shown)"
+        out += F.para(F.p("The gradient is the sum over the paths", shown, ":"))
+        out += F.display(F.eq(F.d(L, N(node)), F.plus(
+            [f"({p})" for p in products] + ([r"\dots" if F.name_ != "text" else "…"]
+                                            if total > len(paths) else []))))
+
+    # 2. grouped at the hidden unit --------------------------------------------------
+    grouped = []
+    for p in paths:
+        hu = _hidden_unit(H, p)
+        if hu and hu not in grouped:
+            grouped.append(hu)
+    for z, u in grouped:
+        out += F.heading(F.p("Grouped at the hidden unit ", F.m(N(u))), 2)
+        three = F.eq(F.d(L, N(node)), F.dot([F.d(L, N(u)), F.d(N(u), N(z)),
+                                            F.d(N(z), N(node))]))
+        out += F.para("Backpropagation computes the same product in three factors: the "
+                      "error arriving at the unit, the unit's slope, and what the weight "
+                      "contributes to its input:")
+        out += F.display(three)
+        pu = next(p for p in paths if u in p)
+        seg_up = pu[pu.index(u):]
+        seg_mid = pu[pu.index(z):pu.index(u) + 1]
+        if len(gradient_terms(H, u, loss)) > 1:
+            parts = [F.p(F.m(F.d(L, N(u))), " is the sum over the successors of ",
+                         F.prose_name(u), " (below): the error backpropagated to it")]
+        else:
+            parts = [F.p(F.m(F.eq(F.d(L, N(u)), F.dot(
+                [factor(seg_up[t], seg_up[t + 1])
+                 for t in reversed(range(len(seg_up) - 1))]
+            ))), " (the error backpropagated to ", F.prose_name(u), ")")]
+        if len(seg_mid) > 2:
+            parts.append(F.p(F.m(F.eq(F.d(N(u), N(z)), F.dot(
+                [factor(seg_mid[t], seg_mid[t + 1])
+                 for t in reversed(range(len(seg_mid) - 1))]))),
+                " (elementwise steps between the pre-activation and the unit)"))
+        out += F.bullets(parts)
+        elem = _element_case(H, node, z, index)
+        if elem is not None:
+            i, j = elem
+            a_in = g.operands(H, z)[0]
+            w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
+            out += F.para(F.p(
+                "For one weight: ", F.m(N(w)), " = ", F.prose_name(node), f"[{i}, {j}] "
+                f"(0-based) only reaches column {j} of ", F.prose_name(z),
+                ", so summing over the rows n of the batch:"))
+            nj, ij = f"n,{j}", f"{i},{j}"
+            out += F.display(F.eq(F.d(L, N(w)), F.sum_over("n", F.dot([
+                F.d(L, N(u, nj)), F.d(N(u, nj), N(z, nj)), F.d(N(z, nj), N(node, ij))]))))
+            out += F.para(F.p("with ", F.m(F.eq(F.d(N(z, nj), N(node, ij)),
+                                                N(a_in, f"n,{i}"))),
+                              f" (since {visible(z)} = {visible(a_in)} @ "
+                              f"{visible(node)})." if F.name_ == "text" else
+                              "."))
+
+    # 3. sums over successors -------------------------------------------------------
+    on_paths = []
+    for p in paths:
+        for n in p[:-1]:
+            if n not in on_paths:
+                on_paths.append(n)
+    fan = [(n, gradient_terms(H, n, loss)) for n in on_paths]
+    fan = [(n, t) for n, t in fan if len(t) > 1]
+    if fan:
+        out += F.heading("Sums over successors", 2)
+        out += F.para(F.p("A node that feeds several successors gets a gradient from each "
+                      "of "
+                      "them; the compiler adds them in one ", F.code("add_n"), " node:"))
+        for n, terms in fan:
+            succ = ", ".join(F.prose_name(k) for k in dict.fromkeys(terms))
+            out += F.para(F.p(F.prose_name(n), f" has {len(terms)} successors that send "
+                              "a gradient back (", succ, "):"))
+            out += F.display(F.eq(F.d(L, N(n)), F.sum_over(
+                "k", F.dot([F.d(L, "k"), F.d("k", N(n))])), F.plus(
+                [F.dot([F.d(L, N(k)), F.d(N(k), N(n))]) for k in terms])))
+
+    # 4. local derivatives ----------------------------------------------------------
+    edges = []
+    for p in paths:
+        for t in range(len(p) - 1):
+            if (p[t], p[t + 1]) not in edges:
+                edges.append((p[t], p[t + 1]))
+    for n, terms in fan:
+        for k in terms:
+            if (n, k) not in edges:
+                edges.append((n, k))
+    edges.sort(key=lambda e: (-H.nodes[e[1]][g.SEQ], H.nodes[e[0]][g.SEQ]))
+    out += F.heading("Local derivatives (from each op's math)", 2)
+    items = []
+    for j, k in edges:
+        a = H.nodes[k]
+        op = ops.get(a[g.OP])
+        ins = g.operands(H, k)
+        ids = {"y": k, **({op.args[0]: j} if op.variadic else dict(zip(op.args, ins)))}
+        math = F.template(op.math.replace("{xs}", "(…)") if op.variadic else op.math,
+                          ids, a[g.ATTRS], loss)
+        ds = []
+        for i in H.edges[j, k][g.POS]:
+            if not op.derivs or i in op.int_args:
+                continue
+            tmpl = op.derivs[0 if op.variadic else i].replace("[i]", "")
+            ds.append(F.m(F.template(tmpl, ids, a[g.ATTRS], loss)))
+        if not ds:
+            continue
+        note = ""
+        if "̄" in op.derivs[0]:
+            note = F.p(" (a vector-Jacobian product: ", F.m(factor(j, k)),
+                       " is applied as this product)")
+        items.append(F.p(F.m(factor(j, k)), ": through ", F.m(math), ": ",
+                         ", ".join(ds), note))
+    out += F.bullets(items)
+
+    # 5. values ---------------------------------------------------------------------
+    if values or arrays is not None:
+        out += _values_section(F, H, node, index, paths, fan, grouped,
+                               arrays if arrays is not None else values, seed)
+    return F.document(out)
+
+
+def _index_text(index):
+    return ",".join(map(str, index)) if index else None
+
+
+def _element_case(H, node, z, index):
+    """(i, j) when ``z = a @ node`` with a 2-D ``node``: the element-level product."""
+    a = H.nodes[z]
+    if a.get(g.OP) != "matmul" or g.operands(H, z)[1] != node or g.operands(H, z)[0] == node:
+        return None
+    shape = H.nodes[node][g.SHAPE]
+    if len(shape) != 2 or len(H.nodes[z][g.SHAPE]) != 2:
+        return None
+    if index is not None:
+        return index
+    cols = shape[1] if isinstance(shape[1], int) else 2
+    return (0, 1) if cols > 1 else (0, 0)
+
+
+def _feed(H, arrays):
+    return {n: arrays[n] for n in H if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
+            and n in arrays}
+
+
+def _module(H, arrays):
+    from .api import compile as compile_module
+
+    return compile_module(H, dtype="float64")
+
+
+def _cut(H, n):
+    """``H`` with node ``n`` turned into an input (its inputs cut), differentiated
+    with respect to ``n`` alone: its gradient is the reverse-mode adjoint of ``n``."""
+    C = H.copy()
+    C.remove_edges_from(list(C.in_edges(n)))
+    a = C.nodes[n]
+    for key in (g.OP, g.ATTRS, "group"):
+        a.pop(key, None)
+    a[g.KIND] = g.INPUT
+    a[g.DTYPE] = "float64"
+    C.graph["wrt"] = [n]
+    return C
+
+
+def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
+    from .codegen import lower
+
+    loss = H.graph["loss"]
+    N, L = F.name, F.name(loss)
+    arrays = load_arrays(H, True if given is True or given is None else given, seed)
+    on_paths = list(dict.fromkeys(n for p in paths for n in p[:-1]))
+    A = lower(H)
+    vals = evaluate(A, arrays)
+    J, grads = _module(H, arrays).value_and_grad(**_feed(H, arrays))
+    cut_grads = {}
+
+    def module_grad(n):
+        """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
+        if n in grads:
+            return grads[n]
+        if n not in cut_grads:
+            C = _cut(H, n)
+            feed = {**_feed(C, arrays), n: np.array(vals[n], dtype=np.float64)}
+            cut_grads[n] = _module(C, arrays).value_and_grad(**feed)[1][n]
+        return cut_grads[n]
+
+    out = F.heading("Numbers (one random set of arrays)" if not isinstance(
+        given, (str, dict)) else "Numbers (the given arrays)", 2)
+    out += F.para(F.p("The loss ", F.m(F.eq(L, F.num(float(J)))), f"; seed {seed}. "
+                      "Norms are Frobenius norms over the whole array."))
+    rows = []
+    for n in list(reversed(on_paths)):
+        adj = adjoint_value(A, vals, n, np.shape(vals[n]))
+        rows.append([F.m(N(n)), F.num(norm(vals[n])),
+                     F.num(norm(adj)) if adj is not None else F.none])
+    out += F.table(["node", "‖value‖" if F.name_ == "text" else "norm of value",
+                    "‖∂J/∂node‖" if F.name_ == "text" else "norm of gradient"], rows)
+
+    checks = []
+
+    def check(label, ours, theirs):
+        diff = float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs)))) if np.size(
+            ours) else 0.0
+        good = diff <= TOL
+        checks.append(F.p(label, f": max |difference| = {diff:.1e} ", F.ok(good)))
+        return good
+
+    ours = adjoint_value(A, vals, node, np.shape(vals[node]))
+    if ours is not None:
+        check(F.p(F.m(F.d(L, N(node))), " from the chain rule vs ", F.vg), ours,
+              module_grad(node))
+    for n, terms in fan:
+        parts = [term_value(A, vals, n, k) for k in dict.fromkeys(terms)]
+        if any(t is None for t in parts):
+            continue
+        term_rows = [[F.m(F.dot([F.d(L, N(k)), F.d(N(k), N(n))])), F.num(norm(t))]
+                     for k, t in zip(dict.fromkeys(terms), parts)]
+        out += F.para(F.p("The terms of the sum for ", F.prose_name(n), ":"))
+        out += F.table(["term", "norm"], term_rows)
+        check(F.p("the sum over the successors of ", F.prose_name(n),
+                  " vs ", F.vg), sum(parts[1:], parts[0]), module_grad(n))
+    for z, u in grouped:
+        elem = _element_case(H, node, z, index)
+        if elem is None:
+            continue
+        i, j = elem
+        pu = next(p for p in paths if u in p)
+        mid = pu[pu.index(z):pu.index(u) + 1]
+        slope = np.ones_like(vals[z], dtype=np.float64)
+        for t in range(len(mid) - 1):
+            slope = slope * _local_elementwise(H, vals, mid[t], mid[t + 1])
+        delta = adjoint_value(A, vals, u, np.shape(vals[u]))
+        if delta is None:
+            continue
+        check(F.p(F.m(F.d(L, N(u))), " vs ", F.vg, " with ", F.prose_name(u),
+                  " fed as an input"), delta, module_grad(u))
+        x = vals[g.operands(H, z)[0]]
+        per = delta[:, j] * slope[:, j] * x[:, i]
+        w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
+        rows = [[str(r), F.num(delta[r, j]), F.num(slope[r, j]), F.num(x[r, i]),
+                 F.num(per[r])] for r in range(min(len(per), 8))]
+        out += F.para(F.p("The three factors for ", F.m(N(w)), " row by row:"))
+        out += F.table(["n", "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
+                        "slope", visible(g.operands(H, z)[0]) if F.name_ == "text"
+                        else "input", "product"], rows)
+        check(F.p(F.m(F.eq(F.sum_over("n", "…" if F.name_ == "text" else r"\dots"),
+                           F.num(float(per.sum())))),
+                  f" vs value_and_grad's {visible(node)}[{i}, {j}]" if F.name_ == "text"
+                  else F.p(" vs ", F.vg, "'s ", F.prose_name(f"{node}[{i}, {j}]"))),
+              per.sum(), module_grad(node)[i, j])
+    out += F.heading(F.p("Checks against the generated ", F.vg, " (tolerance 1e-10)"), 2)
+    out += F.bullets(checks)
+    return out

@@ -1,0 +1,491 @@
+"""Every registered op, compiled on its own, against finite differences and its NumPy impl.
+
+``CASES`` is keyed by op name and the main test is parametrized by iterating
+``graphgen.ops.REGISTRY``: an op registered without an entry in ``CASES`` shows up as a
+failing test case. Ops without a VJP rule must be listed in ``NO_GRADIENT`` with a reason;
+their gradients are checked to be exactly zero (and finite differences agree).
+
+Each case builds ``y = op(args...)``, reduces it to ``loss = sum(w * y)`` with a random
+``w`` (so every output entry matters), compiles it, and compares ``value_and_grad`` with
+central differences (eps 1e-6, tolerance 1e-6 · max(1, |g|)) for every float argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from conftest import assert_grad_close, build_graph, fd_gradient
+
+import graphgen
+from graphgen import GraphgenWarning
+from graphgen.check import random_arrays
+from graphgen.ops import REGISTRY
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One way to call an op.
+
+    ``shapes`` has one shape per distinct input array; ``args`` says which input each
+    argument position uses (default: input i for argument i), so ``args=(0, 0)`` is
+    ``op(x, x)``.
+    """
+
+    shapes: tuple
+    attrs: dict = dataclasses.field(default_factory=dict)
+    args: tuple | None = None
+    label: str = ""
+
+    def arg_inputs(self):
+        return self.args if self.args is not None else tuple(range(len(self.shapes)))
+
+    def ident(self):
+        if self.label:
+            return self.label
+        shapes = "_".join("x".join(map(str, s)) or "scalar" for s in self.shapes)
+        attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
+        shared = f"args{list(self.args)}" if self.args is not None else ""
+        return "-".join(p for p in (shapes, attrs, shared) if p)
+
+
+# Ops without a VJP rule: why no gradient flows through them.
+NO_GRADIENT = {
+    "step": "piecewise constant mask (derivative 0 almost everywhere)",
+    "sign": "piecewise constant (derivative 0 almost everywhere)",
+    "ge": "comparison mask, piecewise constant",
+    "lt": "comparison mask, piecewise constant",
+    "eq": "comparison mask, piecewise constant",
+    "onehot": "its only argument is int64 labels",
+    "zeros": "takes no arguments",
+    "dimsize": "takes no arguments (a number of elements)",
+}
+
+UNARY = [Case(((2, 3),)), Case(((),)), Case(((4,),))]
+BINARY = [
+    Case(((2, 3), (2, 3))),
+    Case(((3, 4), (4,))),
+    Case(((3, 1), (1, 4))),
+    Case(((), (2, 3))),
+    Case(((2, 3), ())),
+    Case(((2, 1, 3), (4, 1))),
+    Case(((2, 3),), args=(0, 0)),
+]
+
+
+def reductions():
+    return [
+        Case(((2, 3, 4),)),
+        Case(((2, 3, 4),), {"axis": None, "keepdims": True}),
+        Case(((2, 3, 4),), {"axis": 1}),
+        Case(((2, 3, 4),), {"axis": -1, "keepdims": True}),
+        Case(((2, 3, 4),), {"axis": [0, 2]}),
+        Case(((2, 3, 4),), {"axis": [-1, 0], "keepdims": True}),
+        Case(((5,),), {"axis": 0}),
+        Case(((),)),
+    ]
+
+
+def softmaxes():
+    return [
+        Case(((3, 4),)),
+        Case(((3, 4),), {"axis": 0}),
+        Case(((3, 4),), {"axis": -1}),
+        Case(((2, 3, 4),), {"axis": 1}),
+        Case(((5,),), {"axis": 0}),
+    ]
+
+
+CASES = {
+    **{
+        name: UNARY
+        for name in (
+            "neg", "exp", "log", "sqrt", "square", "abs", "tanh", "sigmoid", "relu",
+            "softplus", "sin", "cos", "step", "sign",
+        )
+    },
+    "leaky_relu": UNARY + [
+        Case(((2, 3),), {"alpha": 0.2}),
+        Case(((4,),), {"alpha": 2}),
+    ],
+    **{
+        name: BINARY
+        for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "ge", "lt",
+                     "eq")
+    },
+    "add_n": [
+        Case(((2, 3),)),
+        Case(((2, 3), (3,), (2, 1))),
+        Case(((), (2, 3), (1, 3))),
+        Case(((2, 3), (3,)), args=(0, 1, 0)),
+    ],
+    "matmul": [
+        Case(((3, 4), (4, 2)), label="2d"),
+        Case(((2, 3, 4), (4, 5)), label="batched-3d@2d"),
+        Case(((2, 1, 3, 4), (3, 4, 5)), label="batched-broadcast-4d@3d"),
+        Case(((1, 3, 4), (2, 4, 2)), label="batched-broadcast-size1"),
+        Case(((4,), (4, 3)), label="vector@matrix"),
+        Case(((3, 4), (4,)), label="matrix@vector"),
+        Case(((4,), (4,)), label="vector@vector"),
+        Case(((2, 3, 4), (4,)), label="batched@vector"),
+        Case(((4,), (2, 4, 3)), label="vector@batched"),
+        Case(((3, 3),), args=(0, 0), label="x@x"),
+    ],
+    "transpose": [
+        Case(((2, 3),)),
+        Case(((2, 3, 4),)),
+        Case(((2, 3, 4),), {"perm": [1, 0, 2]}),
+        Case(((2, 3, 4),), {"perm": [-1, 0, 1]}),
+        Case(((2, 3),), {"perm": [0, 1]}),
+    ],
+    "reshape": [
+        Case(((2, 3, 4),), {"shape": [6, -1]}),
+        Case(((2, 3, 4),), {"shape": [-1]}),
+        Case(((2, 3, 4),), {"shape": [4, 3, 2]}),
+        Case(((6,),), {"shape": [2, 1, 3]}),
+        Case(((),), {"shape": [1, 1]}),
+    ],
+    "broadcast_to": [
+        Case(((3,),), {"shape": [2, 3]}),
+        Case(((3, 1),), {"shape": [3, 4]}),
+        Case(((),), {"shape": [2, 2]}),
+        Case(((1, 3),), {"shape": [2, 4, 3]}),
+    ],
+    "sum_to_shape": [
+        Case(((2, 3),), {"shape": [3]}),
+        Case(((4, 3),), {"shape": [1, 3]}),
+        Case(((2, 4, 3),), {"shape": [4, 1]}),
+        Case(((2, 3),), {"shape": []}),
+        Case(((2, 3),), {"shape": [2, 3]}),
+    ],
+    "concat": [
+        Case(((2, 3), (1, 3), (3, 3)), {"axis": 0}),
+        Case(((2, 1), (2, 3), (2, 2)), {"axis": 1}),
+        Case(((2, 1), (2, 3), (2, 2)), {"axis": -1}),
+        Case(((2, 3),)),
+        Case(((2, 3), (1, 3)), {"axis": 0}, args=(0, 1, 0)),
+    ],
+    "slice": [
+        Case(((6,),), {"start": 1, "stop": 5, "step": 2}),
+        Case(((5, 4),), {"axis": 1, "start": -3}),
+        Case(((5, 4),), {"axis": 0, "start": 1, "stop": -1}),
+        Case(((6, 3),), {"step": 3}),
+        Case(((5, 4),), {"axis": -1, "start": -1}),
+        Case(((7, 2),), {"start": -6, "stop": -1, "step": 2}),
+        Case(((5, 4),), {}),
+    ],
+    "unslice": [
+        Case(((3, 4),), {"shape": [5, 4], "axis": 0, "start": 1, "stop": 4, "step": 1}),
+        Case(((3, 3),), {"shape": [6, 3], "axis": 0, "start": 0, "stop": 6, "step": 2}),
+        Case(((2, 2),), {"shape": [2, 5], "axis": 1, "start": 1, "stop": 5, "step": 3}),
+    ],
+    "zeros": [Case((), {"shape": [2, 3]})],
+    "dimsize": [Case((), {"dims": [2, 3, 4]})],
+    "sum": reductions(),
+    "mean": reductions(),
+    "max": reductions(),
+    "logsumexp": reductions(),
+    "softmax": softmaxes(),
+    "log_softmax": softmaxes(),
+    "mse": [
+        Case(((3, 4), (3, 4))),
+        Case(((3, 4), (4,))),
+        Case(((), (2, 3))),
+        Case(((3, 4),), args=(0, 0)),
+    ],
+    "softmax_cross_entropy": [
+        Case(((4, 5), (4,))),
+        Case(((2, 3, 4), (2, 3))),
+        Case(((5,), ())),
+    ],
+    "sigmoid_cross_entropy": [
+        Case(((3, 4), (3, 4))),
+        Case(((3, 4), (4,))),
+        Case(((2, 3), ())),
+    ],
+    "onehot": [
+        Case(((4,),), {"depth": 5}),
+        Case(((2, 3),), {"depth": 3}),
+    ],
+}
+
+DOMAIN_PRIORITY = ("labels", "positive", "unit", "away0", "real")
+
+
+def _params():
+    for name in REGISTRY:  # iterate the registry: a new op without cases fails below
+        cases = CASES.get(name)
+        if not cases:
+            yield pytest.param(name, None, id=f"{name}-MISSING")
+            continue
+        for case in cases:
+            yield pytest.param(name, case, id=f"{name}-{case.ident()}")
+
+
+def sample(op, case, rng):
+    """Arrays ``in0, in1, ...`` for the case's inputs, each sampled per ``op.arg_domain``."""
+    arg_inputs = case.arg_inputs()
+    arrays = {}
+    for j, shape in enumerate(case.shapes):
+        domains = {op.arg_domain(i) for i, k in enumerate(arg_inputs) if k == j}
+        domain = next(d for d in DOMAIN_PRIORITY if d in domains or d == "real")
+        if domain == "labels":
+            depth = case.attrs["depth"] if "depth" in case.attrs else case.shapes[0][-1]
+            v = rng.integers(0, depth, size=shape).astype(np.int64)
+        elif domain == "positive":
+            v = rng.uniform(0.5, 2.0, shape)
+        elif domain == "unit":
+            v = rng.uniform(0.05, 0.95, shape)
+        elif domain == "away0":
+            v = rng.uniform(0.2, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+        else:
+            v = rng.standard_normal(shape)
+        arrays[f"in{j}"] = np.asarray(v)
+    return arrays
+
+
+def op_graph(op, case, arrays, dtype="float64"):
+    """``y = op(...)``, ``loss = sum(w * y)``; wrt every float input."""
+    arg_inputs = case.arg_inputs()
+    int_inputs = {arg_inputs[i] for i in op.int_args}
+    spec = {}
+    for j, shape in enumerate(case.shapes):
+        spec[f"in{j}"] = ("input", shape, "int64" if j in int_inputs else dtype)
+    wrt = [f"in{j}" for j in range(len(case.shapes)) if j not in int_inputs]
+    G = build_graph(
+        spec,
+        [("y", op.name, [f"in{k}" for k in arg_inputs], case.attrs)],
+        outputs=["y"],
+        dtype=dtype,
+    )
+    y_shape = graphgen.prepare(G).nodes["y"]["shape"]
+    G.add_node("w", kind="input", shape=y_shape, dtype=dtype)
+    G.add_node("wy", kind="op", op="mul", attrs={})
+    G.add_edge("y", "wy", pos=(0,))
+    G.add_edge("w", "wy", pos=(1,))
+    G.add_node("loss", kind="op", op="sum", attrs={})
+    G.add_edge("wy", "loss", pos=(0,))
+    G.graph.update(loss="loss", outputs=["y", "loss"], wrt=wrt)
+    return G, y_shape, wrt
+
+
+def test_every_registered_op_has_cases_or_is_exempt():
+    missing = sorted(set(REGISTRY) - set(CASES))
+    assert not missing, f"ops without gradient test cases (add them to CASES): {missing}"
+    stale = sorted((set(CASES) | set(NO_GRADIENT)) - set(REGISTRY))
+    assert not stale, f"test tables name ops that are not registered: {stale}"
+
+
+def test_no_gradient_table_matches_ops_without_vjp():
+    no_vjp = {name for name, op in REGISTRY.items() if op.vjp is None}
+    assert no_vjp == set(NO_GRADIENT), (
+        f"ops without a VJP rule but no reason in NO_GRADIENT: {sorted(no_vjp - set(NO_GRADIENT))}; "
+        f"listed but differentiable: {sorted(set(NO_GRADIENT) - no_vjp)}"
+    )
+
+
+@pytest.mark.parametrize(("op_name", "case"), list(_params()))
+def test_op_matches_impl_and_finite_differences(op_name, case):
+    assert case is not None, (
+        f"op {op_name!r} is registered but has no test case: add it to CASES in "
+        f"{__file__}"
+    )
+    op = REGISTRY[op_name]
+    rng = np.random.default_rng(zlib.crc32(f"{op_name}-{case.ident()}".encode()))
+    arrays = sample(op, case, rng)
+    G, y_shape, wrt = op_graph(op, case, arrays)
+    arrays["w"] = rng.standard_normal(y_shape)
+
+    if op.vjp is None and wrt:
+        with pytest.warns(GraphgenWarning, match="does not depend on it") as record:
+            module = graphgen.compile(G)
+        warned = " ".join(str(w.message) for w in record)
+        for n in wrt:
+            assert repr(n) in warned
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GraphgenWarning)
+            module = graphgen.compile(G)
+
+    # forward == the op's NumPy reference, on the attributes shape inference settled on
+    attrs = graphgen.prepare(G).nodes["y"]["attrs"]
+    inputs = [arrays[f"in{k}"] for k in case.arg_inputs()]
+    expected = np.asarray(op.impl(*inputs, **attrs))
+    out = module.forward(**arrays)
+    y = np.asarray(out["y"])
+    assert y.shape == expected.shape == tuple(y_shape)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    loss_ref = float(np.sum(arrays["w"] * expected))
+    assert abs(float(out["loss"]) - loss_ref) <= 1e-12 * max(1.0, abs(loss_ref))
+
+    # value_and_grad against central finite differences of the loss
+    loss, grads = module.value_and_grad(**arrays)
+    assert isinstance(loss, float)
+    assert abs(loss - float(out["loss"])) <= 1e-12 * max(1.0, abs(loss))
+    assert sorted(grads) == sorted(wrt)
+
+    def f(a):
+        return float(module.forward(**a)["loss"])
+
+    for n in wrt:
+        grad = np.asarray(grads[n])
+        assert grad.shape == arrays[n].shape, n
+        assert grad.dtype == np.float64, n
+        if op.vjp is None:
+            assert np.all(grad == 0), f"{op_name} has no VJP, but d loss/d {n} is {grad}"
+        numeric = fd_gradient(f, arrays, n)
+        assert_grad_close(grad, numeric, what=f"d loss/d {n} through {op_name}")
+
+
+# ------------------------------------------------------------ float32 extreme logits
+
+LOGITS = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5e3]])
+
+
+def _stable_case(name):
+    """(nodes, extra arrays) computing y from logits ``x`` (2, 3) of magnitude 1e4."""
+    if name == "softmax_cross_entropy":
+        return [("y", name, ["x", "labels"], {})], {"labels": np.array([1, 0])}
+    if name == "sigmoid_cross_entropy":
+        return [("y", name, ["x", "t"], {})], {"t": np.array([[0.3, 0.9, 0.5], [0.1, 0.2, 1.0]])}
+    if name == "logsumexp":
+        return [("y", name, ["x"], {"axis": -1})], {}
+    if name == "log_softmax":
+        return [("y", name, ["x"], {"axis": -1})], {}
+    return [("y", name, ["x"], {})], {}
+
+
+@pytest.mark.parametrize(
+    "op_name",
+    ["softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid", "softplus", "logsumexp",
+     "log_softmax"],
+)
+def test_float32_extreme_logits_give_finite_values_and_gradients(op_name):
+    nodes, extra = _stable_case(op_name)
+    results = {}
+    for dtype in ("float32", "float64"):
+        spec = {"x": ("input", (2, 3), dtype)}
+        if "labels" in extra:
+            spec["labels"] = ("input", (2,), "int64")
+        if "t" in extra:
+            spec["t"] = ("input", (2, 3), dtype)
+        G = build_graph(spec, nodes, outputs=["y"], dtype=dtype)
+        y_shape = graphgen.prepare(G).nodes["y"]["shape"]
+        G.add_node("w", kind="input", shape=y_shape, dtype=dtype)
+        G.add_node("wy", kind="op", op="mul", attrs={})
+        G.add_edge("y", "wy", pos=(0,))
+        G.add_edge("w", "wy", pos=(1,))
+        G.add_node("loss", kind="op", op="sum", attrs={})
+        G.add_edge("wy", "loss", pos=(0,))
+        G.graph.update(loss="loss", outputs=["y", "loss"], wrt=["x"])
+        module = graphgen.compile(G, dtype=dtype)
+        arrays = {"x": LOGITS.astype(dtype), "w": np.linspace(0.5, 1.5, int(np.prod(y_shape)))
+                  .reshape(y_shape).astype(dtype)}
+        for k, v in extra.items():
+            arrays[k] = v if v.dtype.kind == "i" else v.astype(dtype)
+        with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+            out = module.forward(**arrays)
+            loss, grads = module.value_and_grad(**arrays)
+        y = np.asarray(out["y"])
+        assert y.dtype == np.dtype(dtype)
+        assert np.all(np.isfinite(y)), f"{op_name} {dtype}: forward {y}"
+        assert np.isfinite(loss), f"{op_name} {dtype}: loss {loss}"
+        assert grads["x"].dtype == np.dtype(dtype)
+        assert np.all(np.isfinite(grads["x"])), f"{op_name} {dtype}: gradient {grads['x']}"
+        results[dtype] = (y, grads["x"])
+    # float32 agrees with float64 to float32 precision
+    np.testing.assert_allclose(results["float32"][0], results["float64"][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(results["float32"][1], results["float64"][1], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------- second order
+
+
+def _second_order_graphs():
+    """(id, arrays spec, nodes, first-order wrt, gradient to differentiate, second wrt)."""
+    yield (
+        "tanh-matmul",
+        {"x": ("input", (3, 4)), "W": ("param", (4, 2)), "w": ("input", (3, 2))},
+        [("h", "matmul", ["x", "W"], {}), ("t", "tanh", ["h"], {}),
+         ("wt", "mul", ["t", "w"], {}), ("L", "sum", ["wt"], {})],
+        "W", "x",
+    )
+    yield (
+        "softmax-cross-entropy",
+        {"x": ("input", (3, 4)), "W": ("param", (4, 5)), "labels": ("input", (3,), "int64")},
+        [("z", "matmul", ["x", "W"], {}), ("L", "softmax_cross_entropy", ["z", "labels"], {})],
+        "x", "x",
+    )
+    yield (
+        "pow-log-sqrt-div-broadcast",
+        {"x": ("input", (2, 3)), "b": ("param", (3,)), "w": ("input", (2, 3))},
+        [("p", "pow", ["x", "b"], {}), ("l", "log", ["x"], {}), ("s", "sqrt", ["x"], {}),
+         ("q", "div", ["l", "s"], {}), ("e", "mul", ["p", "q"], {}),
+         ("sg", "sigmoid", ["e"], {}), ("m", "mul", ["sg", "w"], {}),
+         ("L", "mean", ["m"], {})],
+        "b", "x",
+    )
+    yield (
+        "mse-logsumexp-log_softmax-fanout",
+        {"x": ("input", (3, 4)), "t": ("input", (3, 4))},
+        [("ls", "log_softmax", ["x"], {"axis": 0}), ("lse", "logsumexp", ["x"], {"axis": 1}),
+         ("sq", "mul", ["x", "x"], {}), ("a", "add", ["ls", "sq"], {}),
+         ("e", "mse", ["a", "t"], {}), ("r", "sum", ["lse"], {}), ("L", "add", ["e", "r"], {})],
+        "x", "x",
+    )
+    yield (
+        "max-reduction-softmax-concat-slice",
+        {"x": ("input", (3, 4)), "y": ("input", (2, 4)), "w": ("input", (3,))},
+        [("c", "concat", ["x", "y"], {"axis": 0}), ("sl", "slice", ["c"], {"start": 1}),
+         ("sm", "softmax", ["sl"], {"axis": -1}), ("mx", "max", ["sm"], {"axis": 0}),
+         ("q", "square", ["mx"], {}), ("ww", "matmul", ["sl", "q"], {}),
+         ("L2", "slice", ["ww"], {"stop": 3}), ("L3", "mul", ["L2", "w"], {}),
+         ("L", "sum", ["L3"], {})],
+        "y", "x",
+    )
+
+
+@pytest.mark.parametrize(
+    ("arrays_spec", "nodes", "first", "second"),
+    [pytest.param(*rest, id=ident) for ident, *rest in _second_order_graphs()],
+)
+def test_second_order_gradient_matches_finite_differences_of_the_gradient(
+    arrays_spec, nodes, first, second
+):
+    rng = np.random.default_rng(7)
+    G = build_graph(arrays_spec, nodes, loss="L", wrt=sorted({first, second}))
+    data = random_arrays(G, seed=3)
+    first_module = graphgen.compile(G)
+
+    A = graphgen.adjoint(G)
+    g_node = A.graph["grads"][first]
+    assert g_node is not None
+    shape = A.nodes[first]["shape"]
+    A.add_node("v", kind="input", shape=shape, dtype="float64")
+    A.add_node("gv", kind="op", op="mul", attrs={})
+    A.add_edge(g_node, "gv", pos=(0,))
+    A.add_edge("v", "gv", pos=(1,))
+    A.add_node("S", kind="op", op="sum", attrs={})
+    A.add_edge("gv", "S", pos=(0,))
+    A.graph.update(loss="S", outputs=["S"], wrt=[second])
+    A2 = graphgen.adjoint(A)
+    assert A2.graph["grads"][second] is not None
+    second_module = graphgen.compile(A)
+
+    data["v"] = rng.standard_normal(shape)
+    first_args = {k: v for k, v in data.items() if k != "v"}
+
+    def s_of(a):
+        _, grads = first_module.value_and_grad(**{k: v for k, v in a.items() if k != "v"})
+        return float(np.sum(grads[first] * a["v"]))
+
+    value, grads2 = second_module.value_and_grad(**data)
+    assert abs(value - s_of(data)) <= 1e-12 * max(1.0, abs(value))
+    assert first_args  # the first-order module sees the same arrays
+    numeric = fd_gradient(s_of, data, second)
+    assert_grad_close(grads2[second], numeric,
+                      what=f"d/d{second} of sum(v · dL/d{first})")
