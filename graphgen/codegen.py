@@ -28,11 +28,7 @@ from .passes import memory
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
-# The Numba backend (graphgen/backends/numba.py) is work in progress and ships only once
-# its tests run in CI.
-BACKENDS = ("numpy",) + (
-    ("numba",) if (Path(__file__).parent / "backends" / "numba.py").exists() else ()
-)
+BACKENDS = ("numpy", "numba")
 LINE = 88
 INDENT = 4
 
@@ -98,14 +94,31 @@ def literal(v) -> Code:
             return Code("np.inf" if v > 0 else "-np.inf")
         return Code(repr(float(v)))
     if isinstance(v, str):
-        r = repr(v)
-        if r.startswith("'") and '"' not in v:  # the quotes ruff format would choose
-            r = '"' + r[1:-1].replace("\\'", "'") + '"'
-        return Code(r)
+        if '"' in v and "'" not in v:
+            return Code(repr(v))  # single quotes spare the escapes, as ruff prefers
+        body = "".join(
+            '\\"' if ch == '"' else "'" if ch == "'" else repr(ch)[1:-1] for ch in v
+        )
+        return Code(f'"{body}"')
     if isinstance(v, (list, tuple)):
         items = [literal(x) for x in v]
         return Code("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
     raise CodegenError(f"no literal for {v!r}")
+
+
+def fit(prefix, open_, items, close, indent, tuple_=False) -> Code:
+    """``prefix + open_ items close`` on one line if it fits, else one item per line.
+
+    This is how ``ruff format`` lays out a bracketed list that is too long.
+    """
+    items = list(items)
+    inner = ", ".join(items) + ("," if tuple_ and len(items) == 1 else "")
+    one = f"{prefix}{open_}{inner}{close}"
+    if indent + len(one) <= LINE or not items:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{item},\n" for item in items)
+    return Code(f"{prefix}{open_}\n{body}{' ' * indent}{close}")
 
 
 def _atomic(expr) -> bool:
@@ -503,9 +516,9 @@ class Program:
                 "forward",
                 outputs,
                 ["The forward pass: every output, by name."],
-                lambda names, used: Code(
-                    "{" + ", ".join(f"{literal(o)}: {out_expr(o, names)}" for o in outputs)
-                    + "}"
+                lambda names, used: fit(
+                    "return ", "{", [f"{literal(o)}: {out_expr(o, names)}" for o in outputs],
+                    "}", INDENT,
                 ),
             )
         ]
@@ -540,10 +553,10 @@ class Program:
                         f"The loss {self.loss!r} and its gradient with respect to "
                         + ", ".join(repr(w) for w in wrt) + ".",
                     ],
-                    lambda names, used: Code(
-                        f"float({out_expr(self.loss, names)}), {{"
-                        + ", ".join(f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt)
-                        + "}"
+                    lambda names, used: fit(
+                        f"return float({out_expr(self.loss, names)}), ", "{",
+                        [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                        "}", INDENT,
                     ),
                 )
             )
@@ -575,7 +588,8 @@ class Program:
                 (Code("_INITS"), [(literal(n), literal(A.nodes[n][g.INIT])) for n in params]),
             ],
             "loss": literal(self.loss),
-            "wrt": literal(tuple(A.graph.get("wrt") or ())) if self.loss else literal(()),
+            "wrt": fit("WRT = ", "(", [literal(w) for w in A.graph.get("wrt") or ()]
+                       if self.loss else [], ")", 0, tuple_=True),
             "functions": functions,
             "helpers": [Code(h) for h in helpers],
             "summary": [Code(_comment(line)) for line in self.summary()],

@@ -17,8 +17,9 @@ EXAMPLE_SPECS = sorted(EXAMPLES.glob("*.yaml"))
 VENV_BIN = Path(sys.executable).parent
 
 
-def build_graph(arrays, nodes, *, loss=None, outputs=None, wrt=None, dtype="float64",
-                name="model"):
+def build_graph(
+    arrays, nodes, *, loss=None, outputs=None, wrt=None, dtype="float64", name="model"
+):
     """A graphgen graph built by hand, following :mod:`graphgen.graph`.
 
     Parameters
@@ -73,7 +74,9 @@ def fd_gradient(f, arrays, name, eps=1e-6):
 def assert_grad_close(analytic, numeric, rtol=1e-6, what="gradient"):
     """``|analytic − numeric| <= rtol · max(1, |analytic|)`` entrywise."""
     analytic = np.asarray(analytic, dtype=np.float64)
-    assert analytic.shape == numeric.shape, f"{what}: shape {analytic.shape} != {numeric.shape}"
+    assert analytic.shape == numeric.shape, (
+        f"{what}: shape {analytic.shape} != {numeric.shape}"
+    )
     err = np.abs(analytic - numeric)
     bound = rtol * np.maximum(1.0, np.abs(analytic))
     bad = err > bound
@@ -102,6 +105,7 @@ def run_graphgen(*args, cwd=None, env=None, timeout=120):
         cwd=cwd or REPO,
         env=env or clean_env(),
         capture_output=True,
+        check=False,
         timeout=timeout,
     )
 

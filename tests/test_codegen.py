@@ -53,7 +53,10 @@ def test_examples_exist():
 @pytest.mark.parametrize("spec", EXAMPLE_SPECS, ids=EXAMPLE_IDS)
 def test_generating_twice_gives_identical_bytes(spec, example_sources):
     assert generate(spec) == example_sources[spec.stem]
-    assert graphgen.generate(graphgen.load(spec)).encode() == example_sources[spec.stem].encode()
+    assert (
+        graphgen.generate(graphgen.load(spec)).encode()
+        == example_sources[spec.stem].encode()
+    )
 
 
 @pytest.mark.parametrize("spec", EXAMPLE_SPECS, ids=EXAMPLE_IDS)
@@ -68,7 +71,9 @@ def test_output_is_identical_across_hash_seeds_and_processes(spec, example_sourc
 
 
 @pytest.mark.parametrize("spec", EXAMPLE_SPECS, ids=EXAMPLE_IDS)
-def test_output_does_not_depend_on_where_the_spec_lives(spec, tmp_path, example_sources):
+def test_output_does_not_depend_on_where_the_spec_lives(
+    spec, tmp_path, example_sources
+):
     copy = tmp_path / "elsewhere" / spec.name
     copy.parent.mkdir()
     shutil.copy(spec, copy)
@@ -86,7 +91,9 @@ def test_output_parses_and_has_no_timestamps(name, example_sources):
     text = example_sources[name]
     ast.parse(text)
     assert not re.search(r"\b(19|20)\d\d-\d\d-\d\d\b", text), "a date in generated code"
-    assert not re.search(r"\b\d\d:\d\d(:\d\d)?\b", text), "a time of day in generated code"
+    assert not re.search(r"\b\d\d:\d\d(:\d\d)?\b", text), (
+        "a time of day in generated code"
+    )
     assert graphgen.__version__ in text  # the version is fine: it is part of the input
 
 
@@ -98,17 +105,21 @@ def ruff_diff(text):
         [str(VENV_BIN / "ruff"), "format", "--diff", "-"],
         input=text.encode("utf-8"),
         capture_output=True,
+        check=False,
         cwd=REPO,  # the project's ruff settings (line length 88)
         timeout=60,
     )
     assert proc.returncode in (0, 1), proc.stderr.decode()
-    return proc.stdout.decode("utf-8") + proc.stderr.decode("utf-8") * (proc.returncode != 0)
+    return proc.stdout.decode("utf-8") + proc.stderr.decode("utf-8") * (
+        proc.returncode != 0
+    )
 
 
 @pytest.mark.parametrize("name", EXAMPLE_IDS)
 def test_examples_are_ruff_formatted(name, example_sources):
     diff = ruff_diff(example_sources[name])
-    assert diff.strip() == "", f"ruff format would change the generated {name} module:\n{diff}"
+    if diff.strip():
+        pytest.fail(f"ruff format would change the generated {name} module:\n{diff}")
 
 
 def many_params_graph():
@@ -127,20 +138,31 @@ def many_params_graph():
 
 def test_module_with_long_lines_is_ruff_formatted():
     diff = ruff_diff(graphgen.generate(many_params_graph()))
-    assert diff.strip() == "", f"ruff format would change the generated module:\n{diff}"
+    if diff.strip():
+        pytest.fail(f"ruff format would change the generated module:\n{diff}")
 
 
 def test_module_with_hostile_names_is_ruff_formatted():
     diff = ruff_diff(graphgen.generate(hostile_graph()))
-    assert diff.strip() == "", f"ruff format would change the generated module:\n{diff}"
+    if diff.strip():
+        pytest.fail(f"ruff format would change the generated module:\n{diff}")
 
 
 # ---------------------------------------------------------------------- hostile names
 
 QUOTED = "q\"'\\"
 HOSTILE = [
-    "x\nimport os", "class", "print", "np", "__import__('os')", "a b", "1abc", "名前",
-    "h1_bar", "_check", QUOTED,
+    "x\nimport os",
+    "class",
+    "print",
+    "np",
+    "__import__('os')",
+    "a b",
+    "1abc",
+    "名前",
+    "h1_bar",
+    "_check",
+    QUOTED,
 ]
 
 
@@ -192,7 +214,9 @@ def test_hostile_names_compile_run_and_differentiate(hostile):
     h1 = np.tanh(arrays["x\nimport os"] @ arrays["class"] + arrays["print"])
     vg = 0.5 * (1 + np.tanh(0.5 * h1)) @ arrays["__import__('os')"] + arrays["名前"]
     np.testing.assert_allclose(out["value_and_grad"], vg, rtol=1e-12)
-    np.testing.assert_allclose(out[QUOTED], np.mean((vg - arrays["np"]) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(
+        out[QUOTED], np.mean((vg - arrays["np"]) ** 2), rtol=1e-12
+    )
 
     def f(a):
         return module.value_and_grad(**a)[0]
@@ -210,17 +234,26 @@ def test_hostile_names_never_reach_code_outside_string_literals(hostile):
         if tok.type in (tokenize.STRING, tokenize.NL, tokenize.NEWLINE):
             continue
         if sys.version_info >= (3, 12) and tok.type in (
-            tokenize.FSTRING_START, tokenize.FSTRING_MIDDLE, tokenize.FSTRING_END
+            tokenize.FSTRING_START,
+            tokenize.FSTRING_MIDDLE,
+            tokenize.FSTRING_END,
         ):
             continue
         for raw in ("import os", "__import__", "名前", "a b", QUOTED, "\\"):
             assert raw not in tok.string, (raw, tok)
 
     tree = ast.parse(source)
-    imports = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    imports = [
+        ast.unparse(n)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    ]
     assert imports == ["import numpy as np"]
-    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Name)}
+    calls = {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
     assert not calls & {"__import__", "eval", "exec", "compile", "open", "print"}, calls
 
 
@@ -237,22 +270,36 @@ def test_generated_locals_shadow_no_module_name_or_builtin(hostile, example_sour
                 module_names |= {a.asname or a.name for a in n.names}
         forbidden = module_names | set(dir(builtins)) | set(keyword.kwlist)
         for fn in tree.body:
-            if not isinstance(fn, ast.FunctionDef) or fn.name not in ("forward",
-                                                                       "value_and_grad"):
+            if not isinstance(fn, ast.FunctionDef) or fn.name not in (
+                "forward",
+                "value_and_grad",
+            ):
                 continue
-            assigned = {t.id for n in ast.walk(fn) if isinstance(n, (ast.Assign, ast.AugAssign))
-                        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
-                        if isinstance(t, ast.Name)}
+            assigned = {
+                t.id
+                for n in ast.walk(fn)
+                if isinstance(n, (ast.Assign, ast.AugAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                if isinstance(t, ast.Name)
+            }
             assert not assigned & forbidden, (fn.name, assigned & forbidden)
 
 
 def test_adjoint_name_does_not_clash_with_a_spec_name(hostile):
     _, source, _ = hostile
     tree = ast.parse(source)
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
-              and n.name == "value_and_grad")
-    targets = [t.id for n in fn.body if isinstance(n, ast.Assign) for t in n.targets
-               if isinstance(t, ast.Name)]
+    fn = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef) and n.name == "value_and_grad"
+    )
+    targets = [
+        t.id
+        for n in fn.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    ]
     assert len(targets) == len(set(targets)), f"a name is assigned twice: {targets}"
 
 
@@ -280,8 +327,14 @@ def test_generated_module_needs_only_numpy(tmp_path):
         print(json.dumps({{"loss": loss, "grads": {{k: v.tolist() for k, v in grads.items()}},
                           "J": float(out["J"]), "loaded": loaded}}))
     """)
-    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path,
-                          capture_output=True, env=clean_env(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        env=clean_env(),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     result = json.loads(proc.stdout)
     assert result["loaded"] == []
@@ -301,8 +354,11 @@ def test_float32_module_computes_in_float32():
     params = module.init_params(0)
     assert all(p.dtype == np.float32 for p in params.values())
     rng = np.random.default_rng(0)
-    arrays = {"x": rng.standard_normal((4, 2)).astype(np.float32),
-              "t": rng.uniform(size=(4, 1)).astype(np.float32), **params}
+    arrays = {
+        "x": rng.standard_normal((4, 2)).astype(np.float32),
+        "t": rng.uniform(size=(4, 1)).astype(np.float32),
+        **params,
+    }
     out = module.forward(**arrays)
     for k, v in out.items():
         assert np.asarray(v).dtype == np.float32, (k, np.asarray(v).dtype)
@@ -313,7 +369,9 @@ def test_float32_module_computes_in_float32():
         assert v.shape == module.PARAMS[k]
     # float32 agrees with float64 on the same data
     m64 = graphgen.compile(G)
-    loss64, grads64 = m64.value_and_grad(**{k: v.astype(np.float64) for k, v in arrays.items()})
+    loss64, grads64 = m64.value_and_grad(
+        **{k: v.astype(np.float64) for k, v in arrays.items()}
+    )
     assert loss == pytest.approx(loss64, rel=1e-5)
     for k in grads:
         np.testing.assert_allclose(grads[k], grads64[k], rtol=1e-4, atol=1e-6)
@@ -343,15 +401,25 @@ def test_gradients_are_writable_arrays_not_views_of_each_other():
         _, grads = graphgen.compile(G).value_and_grad(**random_arrays(G, seed=0))
         names = list(grads)
         for i, a in enumerate(names):
-            assert isinstance(grads[a], np.ndarray) and grads[a].flags.writeable, (spec, a)
-            for b in names[i + 1:]:
+            assert isinstance(grads[a], np.ndarray) and grads[a].flags.writeable, (
+                spec,
+                a,
+            )
+            for b in names[i + 1 :]:
                 assert not np.shares_memory(grads[a], grads[b]), (spec, a, b)
 
 
-@pytest.mark.parametrize("uses_batch", [True, False], ids=["batch-used", "batch-unused"])
-def test_gradient_of_an_input_the_loss_ignores_is_zeros_of_its_symbolic_shape(uses_batch):
-    arrays = {"x": ("input", ("batch", 3)), "u": ("input", ("batch", 2)),
-              "b": ("param", (3,))}
+@pytest.mark.parametrize(
+    "uses_batch", [True, False], ids=["batch-used", "batch-unused"]
+)
+def test_gradient_of_an_input_the_loss_ignores_is_zeros_of_its_symbolic_shape(
+    uses_batch,
+):
+    arrays = {
+        "x": ("input", ("batch", 3)),
+        "u": ("input", ("batch", 2)),
+        "b": ("param", (3,)),
+    }
     if uses_batch:  # the loss's own code needs the size of batch
         nodes = [("h", "add", ["x", "b"], {}), ("J", "mean", ["h"], {})]
     else:  # only the zero gradient of u mentions batch
@@ -371,14 +439,21 @@ def test_gradient_of_an_input_the_loss_ignores_is_zeros_of_its_symbolic_shape(us
 
 def test_fanout_sum_is_commented_with_its_successors(example_sources):
     lines = example_sources["fanout"].splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip().startswith("#")
-              and "successors k of h: z, s, hh" in line]
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.strip().startswith("#") and "successors k of h: z, s, hh" in line
+    ]
     assert len(starts) == 1, "no comment naming h's successors z, s, hh"
     i = starts[0] + 1
     while lines[i].strip().startswith("#"):
         i += 1
     code = []
-    while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith(("#", "del ")):
+    while (
+        i < len(lines)
+        and lines[i].strip()
+        and not lines[i].strip().startswith(("#", "del "))
+    ):
         code.append(lines[i].strip())
         i += 1
     assert code[0].startswith("h_bar ="), code
@@ -390,8 +465,11 @@ def test_fanout_sum_is_commented_with_its_successors(example_sources):
 def test_every_backward_statement_has_a_math_comment(name, example_sources):
     source = example_sources[name]
     lines = source.splitlines()
-    fn = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)
-              and n.name == "value_and_grad")
+    fn = next(
+        n
+        for n in ast.parse(source).body
+        if isinstance(n, ast.FunctionDef) and n.name == "value_and_grad"
+    )
     previous = None
     checked = 0
     for stmt in fn.body:
@@ -403,13 +481,20 @@ def test_every_backward_statement_has_a_math_comment(name, example_sources):
             while i >= 0 and lines[i].strip().startswith("#"):
                 comment.append(lines[i])
                 i -= 1
-            assert comment, f"{name}: no comment above line {stmt.lineno}: {lines[stmt.lineno - 1]}"
-            assert "∂" in "\n".join(comment), f"{name}: no ∂ in the comment of line {stmt.lineno}"
+            assert comment, (
+                f"{name}: no comment above line {stmt.lineno}: {lines[stmt.lineno - 1]}"
+            )
+            assert "∂" in "\n".join(comment), (
+                f"{name}: no ∂ in the comment of line {stmt.lineno}"
+            )
             checked += 1
         elif isinstance(stmt, ast.AugAssign):  # in-place accumulation continues a sum
             assert isinstance(previous, (ast.Assign, ast.AugAssign)), ast.unparse(stmt)
-            prev_target = (previous.targets[0] if isinstance(previous, ast.Assign)
-                           else previous.target)
+            prev_target = (
+                previous.targets[0]
+                if isinstance(previous, ast.Assign)
+                else previous.target
+            )
             assert ast.unparse(prev_target) == ast.unparse(stmt.target)
         previous = stmt
     assert checked >= 2

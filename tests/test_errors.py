@@ -48,54 +48,69 @@ def node_error(cli, path, node="a1"):
     line = one_error_line(cli, path)
     prefix = f"graphgen: error: {path}:{line_of(path, f'  {node}:')}: node {node!r}: "
     assert line.startswith(prefix), f"{line!r} does not start with {prefix!r}"
-    return line[len(prefix):]
+    return line[len(prefix) :]
 
 
 # ------------------------------------------------------------------------ spec errors
 
 
 def test_unknown_op_suggests_the_closest_name(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: sigmod, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "unknown op 'sigmod'" in msg
     assert "did you mean 'sigmoid'?" in msg
 
 
 def test_missing_argument_names_the_op_and_its_arity(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: add, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "'add'" in msg and "2 argument" in msg and "got 1" in msg
 
 
 def test_extra_argument_names_the_op_and_its_arity(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: add, args: [x, x, x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "'add'" in msg and "2 argument" in msg and "got 3" in msg
 
 
 def test_argument_naming_a_missing_node(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         params:
@@ -104,14 +119,18 @@ def test_argument_naming_a_missing_node(cli, tmp_path):
           a1: {op: matmul, args: [x, Wt]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "argument 1" in msg and "'Wt'" in msg
     assert "did you mean 'W'?" in msg
 
 
 def test_cycle_prints_the_cycle_path(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
@@ -119,14 +138,18 @@ def test_cycle_prints_the_cycle_path(cli, tmp_path):
           a2: {op: tanh, args: [a1]}
           J: {op: sum, args: [a2]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "cycle" in msg
     assert "'a1' -> 'a2' -> 'a1'" in msg
 
 
 def test_name_defined_as_input_and_node(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
           a1: [batch, 3]
@@ -134,7 +157,8 @@ def test_name_defined_as_input_and_node(cli, tmp_path):
           a1: {op: tanh, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     prefix = f"graphgen: error: {path}:{line_of(path, '  a1: {op')}: node 'a1': "
     assert line.startswith(prefix), line
@@ -142,7 +166,10 @@ def test_name_defined_as_input_and_node(cli, tmp_path):
 
 
 def test_duplicate_yaml_key_names_both_lines(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
@@ -150,7 +177,8 @@ def test_duplicate_yaml_key_names_both_lines(cli, tmp_path):
           a1: {op: sin, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}:5: "), line
     assert "duplicate key 'a1'" in line
@@ -158,7 +186,10 @@ def test_duplicate_yaml_key_names_both_lines(cli, tmp_path):
 
 
 def test_shape_mismatch_names_node_op_and_both_shapes(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         params:
@@ -167,7 +198,8 @@ def test_shape_mismatch_names_node_op_and_both_shapes(cli, tmp_path):
           a1: {op: add, args: [x, b]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert msg.startswith("add: ")
     assert "(batch, 3)" in msg and "(4,)" in msg
@@ -175,7 +207,10 @@ def test_shape_mismatch_names_node_op_and_both_shapes(cli, tmp_path):
 
 
 def test_matmul_inner_dimension_mismatch(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         params:
@@ -184,27 +219,35 @@ def test_matmul_inner_dimension_mismatch(cli, tmp_path):
           a1: {op: matmul, args: [x, W]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert msg.startswith("matmul: ")
     assert "(batch, 3)" in msg and "(4, 2)" in msg
 
 
 def test_loss_must_be_a_scalar(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: tanh, args: [x]}
         loss: a1
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "scalar" in msg and "(batch, 3)" in msg
     assert "sum or mean" in msg
 
 
 def test_wrt_naming_an_op_node(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
@@ -212,14 +255,18 @@ def test_wrt_naming_an_op_node(cli, tmp_path):
           J: {op: sum, args: [a1]}
         loss: J
         wrt: [a1]
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}"), line
     assert "wrt: 'a1' is not an input or param" in line
 
 
 def test_wrt_naming_nothing_suggests_a_name(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
@@ -227,14 +274,18 @@ def test_wrt_naming_nothing_suggests_a_name(cli, tmp_path):
           J: {op: sum, args: [a1]}
         loss: J
         wrt: [xx]
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}:{line_of(path, 'wrt:')}: "), line
     assert "'xx' is not an input or param" in line and "did you mean 'x'?" in line
 
 
 def test_param_the_loss_ignores_is_a_warning_not_an_error(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         params:
@@ -244,7 +295,8 @@ def test_param_the_loss_ignores_is_a_warning_not_an_error(cli, tmp_path):
           a1: {op: matmul, args: [x, W]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     status, out, err = cli("compile", path)
     assert status == 0
     lines = err.splitlines()
@@ -255,33 +307,44 @@ def test_param_the_loss_ignores_is_a_warning_not_an_error(cli, tmp_path):
 
 
 def test_malformed_yaml_reports_the_line(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: tanh, args: [x}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}:4: malformed YAML: "), line
 
 
 def test_malformed_yaml_indentation_reports_the_line(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: tanh, args: [x]}
            J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}:5: malformed YAML: "), line
 
 
 def test_malformed_json_reports_the_line(cli, tmp_path):
-    path = write(tmp_path, "net.json", """
+    path = write(
+        tmp_path,
+        "net.json",
+        """
         {
           "inputs": {"x": ["batch", 3]},
           "nodes": {
@@ -290,53 +353,69 @@ def test_malformed_json_reports_the_line(cli, tmp_path):
           },
           "loss": "J"
         }
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}:6: malformed JSON: "), line
 
 
 def test_unknown_attribute_lists_the_known_ones(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: sum, args: [x], axes: 1}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "unknown attribute 'axes'" in msg
     assert "axis" in msg and "keepdims" in msg
 
 
 def test_missing_required_attribute(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: reshape, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "reshape" in msg and "'shape'" in msg
 
 
 def test_float_labels_where_int64_is_expected(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
           labels: [batch]
         nodes:
           a1: {op: softmax_cross_entropy, args: [x, labels]}
         loss: a1
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "labels" in msg and "int64" in msg and "float64" in msg
 
 
 def test_schema_violation_in_a_param(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         params:
@@ -345,27 +424,37 @@ def test_schema_violation_in_a_param(cli, tmp_path):
           a1: {op: matmul, args: [x, W]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
-    assert line.startswith(f"graphgen: error: {path}:{line_of(path, '  W:')}: param 'W': "), line
+    assert line.startswith(
+        f"graphgen: error: {path}:{line_of(path, '  W:')}: param 'W': "
+    ), line
     assert "'bogus'" in line and "glorot_uniform" in line
 
 
 def test_schema_violation_in_a_node(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     msg = node_error(cli, path)
     assert "'op'" in msg and "required" in msg
 
 
 def test_schema_violation_unknown_top_level_key(cli, tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
@@ -373,29 +462,35 @@ def test_schema_violation_unknown_top_level_key(cli, tmp_path):
           J: {op: sum, args: [a1]}
         loss: J
         optimizer: sgd
-    """)
+    """,
+    )
     line = one_error_line(cli, path)
     assert line.startswith(f"graphgen: error: {path}"), line
     assert "'optimizer'" in line and "known keys" in line
 
 
 def test_error_through_a_real_subprocess(tmp_path):
-    path = write(tmp_path, "net.yaml", """
+    path = write(
+        tmp_path,
+        "net.yaml",
+        """
         inputs:
           x: [batch, 3]
         nodes:
           a1: {op: sigmod, args: [x]}
           J: {op: sum, args: [a1]}
         loss: J
-    """)
+    """,
+    )
     proc = run_graphgen("compile", path.name, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == b""
     err = proc.stderr.decode()
-    assert err.splitlines() == [
+    expected = (
         "graphgen: error: net.yaml:4: node 'a1': unknown op 'sigmod' (did you mean "
         "'sigmoid'?); `graphgen ops` lists them"
-    ]
+    )
+    assert err.splitlines() == [expected]
 
 
 # ----------------------------------------------------------------- graphs in Python
@@ -425,8 +520,11 @@ def tiny():
 
 def good_arrays(module):
     rng = np.random.default_rng(0)
-    return {"x": rng.standard_normal((4, 2)), "t": rng.uniform(size=(4, 1)),
-            **module.init_params(0)}
+    return {
+        "x": rng.standard_normal((4, 2)),
+        "t": rng.uniform(size=(4, 1)),
+        **module.init_params(0),
+    }
 
 
 def bad_arrays(module, how):
@@ -461,8 +559,9 @@ ARGUMENT_ERRORS = [
 
 
 @pytest.mark.parametrize("function", ["forward", "value_and_grad"])
-@pytest.mark.parametrize(("how", "name", "needles"), ARGUMENT_ERRORS,
-                         ids=[c[0] for c in ARGUMENT_ERRORS])
+@pytest.mark.parametrize(
+    ("how", "name", "needles"), ARGUMENT_ERRORS, ids=[c[0] for c in ARGUMENT_ERRORS]
+)
 def test_generated_module_rejects_bad_arguments(tiny, function, how, name, needles):
     getattr(tiny, function)(**good_arrays(tiny))  # the good arrays pass
     with pytest.raises(ValueError) as info:

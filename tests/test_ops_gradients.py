@@ -103,18 +103,41 @@ CASES = {
     **{
         name: UNARY
         for name in (
-            "neg", "exp", "log", "sqrt", "square", "abs", "tanh", "sigmoid", "relu",
-            "softplus", "sin", "cos", "step", "sign",
+            "neg",
+            "exp",
+            "log",
+            "sqrt",
+            "square",
+            "abs",
+            "tanh",
+            "sigmoid",
+            "relu",
+            "softplus",
+            "sin",
+            "cos",
+            "step",
+            "sign",
         )
     },
-    "leaky_relu": UNARY + [
+    "leaky_relu": UNARY
+    + [
         Case(((2, 3),), {"alpha": 0.2}),
         Case(((4,),), {"alpha": 2}),
     ],
     **{
         name: BINARY
-        for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "ge", "lt",
-                     "eq")
+        for name in (
+            "add",
+            "sub",
+            "mul",
+            "div",
+            "pow",
+            "maximum",
+            "minimum",
+            "ge",
+            "lt",
+            "eq",
+        )
     },
     "add_n": [
         Case(((2, 3),)),
@@ -274,7 +297,9 @@ def op_graph(op, case, arrays, dtype="float64"):
 
 def test_every_registered_op_has_cases_or_is_exempt():
     missing = sorted(set(REGISTRY) - set(CASES))
-    assert not missing, f"ops without gradient test cases (add them to CASES): {missing}"
+    assert not missing, (
+        f"ops without gradient test cases (add them to CASES): {missing}"
+    )
     stale = sorted((set(CASES) | set(NO_GRADIENT)) - set(REGISTRY))
     assert not stale, f"test tables name ops that are not registered: {stale}"
 
@@ -336,7 +361,9 @@ def test_op_matches_impl_and_finite_differences(op_name, case):
         assert grad.shape == arrays[n].shape, n
         assert grad.dtype == np.float64, n
         if op.vjp is None:
-            assert np.all(grad == 0), f"{op_name} has no VJP, but d loss/d {n} is {grad}"
+            assert np.all(grad == 0), (
+                f"{op_name} has no VJP, but d loss/d {n} is {grad}"
+            )
         numeric = fd_gradient(f, arrays, n)
         assert_grad_close(grad, numeric, what=f"d loss/d {n} through {op_name}")
 
@@ -351,7 +378,9 @@ def _stable_case(name):
     if name == "softmax_cross_entropy":
         return [("y", name, ["x", "labels"], {})], {"labels": np.array([1, 0])}
     if name == "sigmoid_cross_entropy":
-        return [("y", name, ["x", "t"], {})], {"t": np.array([[0.3, 0.9, 0.5], [0.1, 0.2, 1.0]])}
+        return [("y", name, ["x", "t"], {})], {
+            "t": np.array([[0.3, 0.9, 0.5], [0.1, 0.2, 1.0]])
+        }
     if name == "logsumexp":
         return [("y", name, ["x"], {"axis": -1})], {}
     if name == "log_softmax":
@@ -361,8 +390,14 @@ def _stable_case(name):
 
 @pytest.mark.parametrize(
     "op_name",
-    ["softmax_cross_entropy", "sigmoid_cross_entropy", "sigmoid", "softplus", "logsumexp",
-     "log_softmax"],
+    [
+        "softmax_cross_entropy",
+        "sigmoid_cross_entropy",
+        "sigmoid",
+        "softplus",
+        "logsumexp",
+        "log_softmax",
+    ],
 )
 def test_float32_extreme_logits_give_finite_values_and_gradients(op_name):
     nodes, extra = _stable_case(op_name)
@@ -383,8 +418,12 @@ def test_float32_extreme_logits_give_finite_values_and_gradients(op_name):
         G.add_edge("wy", "loss", pos=(0,))
         G.graph.update(loss="loss", outputs=["y", "loss"], wrt=["x"])
         module = graphgen.compile(G, dtype=dtype)
-        arrays = {"x": LOGITS.astype(dtype), "w": np.linspace(0.5, 1.5, int(np.prod(y_shape)))
-                  .reshape(y_shape).astype(dtype)}
+        arrays = {
+            "x": LOGITS.astype(dtype),
+            "w": np.linspace(0.5, 1.5, int(np.prod(y_shape)))
+            .reshape(y_shape)
+            .astype(dtype),
+        }
         for k, v in extra.items():
             arrays[k] = v if v.dtype.kind == "i" else v.astype(dtype)
         with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
@@ -395,11 +434,17 @@ def test_float32_extreme_logits_give_finite_values_and_gradients(op_name):
         assert np.all(np.isfinite(y)), f"{op_name} {dtype}: forward {y}"
         assert np.isfinite(loss), f"{op_name} {dtype}: loss {loss}"
         assert grads["x"].dtype == np.dtype(dtype)
-        assert np.all(np.isfinite(grads["x"])), f"{op_name} {dtype}: gradient {grads['x']}"
+        assert np.all(np.isfinite(grads["x"])), (
+            f"{op_name} {dtype}: gradient {grads['x']}"
+        )
         results[dtype] = (y, grads["x"])
     # float32 agrees with float64 to float32 precision
-    np.testing.assert_allclose(results["float32"][0], results["float64"][0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(results["float32"][1], results["float64"][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        results["float32"][0], results["float64"][0], rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        results["float32"][1], results["float64"][1], rtol=1e-5, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------- second order
@@ -410,42 +455,76 @@ def _second_order_graphs():
     yield (
         "tanh-matmul",
         {"x": ("input", (3, 4)), "W": ("param", (4, 2)), "w": ("input", (3, 2))},
-        [("h", "matmul", ["x", "W"], {}), ("t", "tanh", ["h"], {}),
-         ("wt", "mul", ["t", "w"], {}), ("L", "sum", ["wt"], {})],
-        "W", "x",
+        [
+            ("h", "matmul", ["x", "W"], {}),
+            ("t", "tanh", ["h"], {}),
+            ("wt", "mul", ["t", "w"], {}),
+            ("L", "sum", ["wt"], {}),
+        ],
+        "W",
+        "x",
     )
     yield (
         "softmax-cross-entropy",
-        {"x": ("input", (3, 4)), "W": ("param", (4, 5)), "labels": ("input", (3,), "int64")},
-        [("z", "matmul", ["x", "W"], {}), ("L", "softmax_cross_entropy", ["z", "labels"], {})],
-        "x", "x",
+        {
+            "x": ("input", (3, 4)),
+            "W": ("param", (4, 5)),
+            "labels": ("input", (3,), "int64"),
+        },
+        [
+            ("z", "matmul", ["x", "W"], {}),
+            ("L", "softmax_cross_entropy", ["z", "labels"], {}),
+        ],
+        "x",
+        "x",
     )
     yield (
         "pow-log-sqrt-div-broadcast",
         {"x": ("input", (2, 3)), "b": ("param", (3,)), "w": ("input", (2, 3))},
-        [("p", "pow", ["x", "b"], {}), ("l", "log", ["x"], {}), ("s", "sqrt", ["x"], {}),
-         ("q", "div", ["l", "s"], {}), ("e", "mul", ["p", "q"], {}),
-         ("sg", "sigmoid", ["e"], {}), ("m", "mul", ["sg", "w"], {}),
-         ("L", "mean", ["m"], {})],
-        "b", "x",
+        [
+            ("p", "pow", ["x", "b"], {}),
+            ("l", "log", ["x"], {}),
+            ("s", "sqrt", ["x"], {}),
+            ("q", "div", ["l", "s"], {}),
+            ("e", "mul", ["p", "q"], {}),
+            ("sg", "sigmoid", ["e"], {}),
+            ("m", "mul", ["sg", "w"], {}),
+            ("L", "mean", ["m"], {}),
+        ],
+        "b",
+        "x",
     )
     yield (
         "mse-logsumexp-log_softmax-fanout",
         {"x": ("input", (3, 4)), "t": ("input", (3, 4))},
-        [("ls", "log_softmax", ["x"], {"axis": 0}), ("lse", "logsumexp", ["x"], {"axis": 1}),
-         ("sq", "mul", ["x", "x"], {}), ("a", "add", ["ls", "sq"], {}),
-         ("e", "mse", ["a", "t"], {}), ("r", "sum", ["lse"], {}), ("L", "add", ["e", "r"], {})],
-        "x", "x",
+        [
+            ("ls", "log_softmax", ["x"], {"axis": 0}),
+            ("lse", "logsumexp", ["x"], {"axis": 1}),
+            ("sq", "mul", ["x", "x"], {}),
+            ("a", "add", ["ls", "sq"], {}),
+            ("e", "mse", ["a", "t"], {}),
+            ("r", "sum", ["lse"], {}),
+            ("L", "add", ["e", "r"], {}),
+        ],
+        "x",
+        "x",
     )
     yield (
         "max-reduction-softmax-concat-slice",
         {"x": ("input", (3, 4)), "y": ("input", (2, 4)), "w": ("input", (3,))},
-        [("c", "concat", ["x", "y"], {"axis": 0}), ("sl", "slice", ["c"], {"start": 1}),
-         ("sm", "softmax", ["sl"], {"axis": -1}), ("mx", "max", ["sm"], {"axis": 0}),
-         ("q", "square", ["mx"], {}), ("ww", "matmul", ["sl", "q"], {}),
-         ("L2", "slice", ["ww"], {"stop": 3}), ("L3", "mul", ["L2", "w"], {}),
-         ("L", "sum", ["L3"], {})],
-        "y", "x",
+        [
+            ("c", "concat", ["x", "y"], {"axis": 0}),
+            ("sl", "slice", ["c"], {"start": 1}),
+            ("sm", "softmax", ["sl"], {"axis": -1}),
+            ("mx", "max", ["sm"], {"axis": 0}),
+            ("q", "square", ["mx"], {}),
+            ("ww", "matmul", ["sl", "q"], {}),
+            ("L2", "slice", ["ww"], {"stop": 3}),
+            ("L3", "mul", ["L2", "w"], {}),
+            ("L", "sum", ["L3"], {}),
+        ],
+        "y",
+        "x",
     )
 
 
@@ -480,12 +559,74 @@ def test_second_order_gradient_matches_finite_differences_of_the_gradient(
     first_args = {k: v for k, v in data.items() if k != "v"}
 
     def s_of(a):
-        _, grads = first_module.value_and_grad(**{k: v for k, v in a.items() if k != "v"})
+        _, grads = first_module.value_and_grad(
+            **{k: v for k, v in a.items() if k != "v"}
+        )
         return float(np.sum(grads[first] * a["v"]))
 
     value, grads2 = second_module.value_and_grad(**data)
     assert abs(value - s_of(data)) <= 1e-12 * max(1.0, abs(value))
     assert first_args  # the first-order module sees the same arrays
     numeric = fd_gradient(s_of, data, second)
-    assert_grad_close(grads2[second], numeric,
-                      what=f"d/d{second} of sum(v · dL/d{first})")
+    assert_grad_close(
+        grads2[second], numeric, what=f"d/d{second} of sum(v · dL/d{first})"
+    )
+
+
+# -------------------------------------------------------------- symbolic sizes
+
+
+SYMBOLIC_SPEC = {
+    "inputs": {
+        "x": ["batch", 4],
+        "y": ["batch", 2],
+        "labels": {"shape": ["batch"], "dtype": "int64"},
+    },
+    "params": {"W": [4, 3], "b": [1, 6]},
+    "nodes": {
+        "c": {"op": "concat", "args": ["x", "y"], "axis": 1},
+        "c0": {"op": "concat", "args": ["x", "x"], "axis": 0},
+        "s0": {"op": "slice", "args": ["c0"], "start": 1, "stop": "batch + 1"},
+        "s1": {"op": "slice", "args": ["c"], "axis": 1, "start": 1, "step": 2},
+        "r": {"op": "reshape", "args": ["c"], "shape": [-1]},
+        "r2": {"op": "reshape", "args": ["r"], "shape": ["batch", 3, 2]},
+        "t": {"op": "transpose", "args": ["r2"], "perm": [0, 2, 1]},
+        "bt": {"op": "broadcast_to", "args": ["b"], "shape": ["batch", 6]},
+        "m": {"op": "mul", "args": ["bt", "c"]},
+        "sm": {"op": "sum", "args": ["t"], "axis": 0},
+        "h": {"op": "matmul", "args": ["s0", "W"]},
+        "l1": {"op": "softmax_cross_entropy", "args": ["h", "labels"]},
+        "mx": {"op": "max", "args": ["s1"], "axis": 1},
+        "lm": {"op": "mean", "args": ["mx"]},
+        "ls": {"op": "logsumexp", "args": ["sm"]},
+        "lmm": {"op": "mean", "args": ["m"]},
+        "J": {"op": "add_n", "args": ["l1", "lm", "ls", "lmm"]},
+    },
+    "loss": "J",
+    "wrt": ["x", "y", "W", "b"],
+}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_shape_ops_with_symbolic_sizes(batch):
+    from graphgen import spec as spec_module
+
+    G = graphgen.prepare(spec_module.from_dict(SYMBOLIC_SPEC, source="symbolic.yaml"))
+    assert G.nodes["s0"]["shape"] == ("batch", 4)
+    assert G.nodes["r"]["shape"] == ("6*batch",)
+    module = graphgen.compile(G)
+    arrays = random_arrays(G, seed=batch, sizes={"batch": batch})
+    x, y, labels = arrays["x"], arrays["y"], arrays["labels"]
+    c = np.concatenate([x, y], axis=1)
+    h = np.concatenate([x, x])[1 : batch + 1] @ arrays["W"]
+    lse = np.log(np.exp(h).sum(-1))
+    expected = (
+        np.mean(lse - h[np.arange(batch), labels])
+        + np.mean(c[:, 1::2].max(axis=1))
+        + np.log(np.exp(c.reshape(batch, 3, 2).transpose(0, 2, 1).sum(0)).sum())
+        + np.mean(arrays["b"] * c)
+    )
+    loss, _ = module.value_and_grad(**arrays)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    report = graphgen.check(G, arrays=arrays, module=module)
+    assert report.ok, report.format()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 import graphgen
@@ -37,7 +37,9 @@ def random_specs(draw):
     """A spec dict (as a YAML file would give it) for a random DAG with a scalar loss."""
     inputs = {"x": ["batch", N]}
     params = {}
-    vectors = [("x", ("batch", N))]  # (name, shape) of values broadcasting to (batch, N)
+    vectors = [
+        ("x", ("batch", N))
+    ]  # (name, shape) of values broadcasting to (batch, N)
     matrices = []
     if draw(st.booleans()):
         inputs["x2"] = ["batch", N]
@@ -55,7 +57,9 @@ def random_specs(draw):
     for k in range(n_nodes):
         name = f"n{k}"
         kind = draw(
-            st.sampled_from(["unary", "binary", "binary", "matmul", "reduce", "div", "scale"])
+            st.sampled_from(
+                ["unary", "binary", "binary", "matmul", "reduce", "div", "scale"]
+            )
         )
         if kind == "unary":
             op = draw(st.sampled_from(UNARY))
@@ -89,11 +93,15 @@ def random_specs(draw):
             vectors.append((name, sa))
             if draw(st.booleans()):  # a computed matrix, usable by later matmuls
                 mname = f"{name}_m"
-                nodes[mname] = {"op": draw(st.sampled_from(["tanh", "sin", "transpose"])),
-                                "args": [m]}
+                nodes[mname] = {
+                    "op": draw(st.sampled_from(["tanh", "sin", "transpose"])),
+                    "args": [m],
+                }
                 used.add(m)
                 matrices.append(mname)
-        elif kind == "div":  # a / (sigmoid(d) + 0.5): the denominator stays in (0.5, 1.5)
+        elif (
+            kind == "div"
+        ):  # a / (sigmoid(d) + 0.5): the denominator stays in (0.5, 1.5)
             a, sa = draw(st.sampled_from(vectors))
             d, sd = draw(st.sampled_from(vectors))
             nodes[f"{name}_s"] = {"op": "sigmoid", "args": [d]}
@@ -129,22 +137,104 @@ def random_specs(draw):
         nodes[f"r{i}"] = {"op": draw(st.sampled_from(["sum", "mean"])), "args": [n]}
         terms.append(f"r{i}")
     nodes["loss"] = (
-        {"op": "add_n", "args": terms} if len(terms) > 1 else {"op": "mean", "args": terms}
+        {"op": "add_n", "args": terms}
+        if len(terms) > 1
+        else {"op": "mean", "args": terms}
     )
     wrt = list(params) + (["x"] if draw(st.booleans()) else [])
-    return {"name": "random_dag", "inputs": inputs, "params": params, "nodes": nodes,
-            "loss": "loss", "wrt": wrt}
+    return {
+        "name": "random_dag",
+        "inputs": inputs,
+        "params": params,
+        "nodes": nodes,
+        "loss": "loss",
+        "wrt": wrt,
+    }
+
+
+def _spec(inputs, params, nodes, wrt):
+    return {
+        "name": "random_dag",
+        "inputs": inputs,
+        "params": params,
+        "nodes": nodes,
+        "loss": "loss",
+        "wrt": wrt,
+    }
+
+
+# Graphs these random tests once found bugs with, kept as explicit examples.
+REGRESSIONS = [
+    # add_n(c, c) of one constant: constant folding removed the edge twice
+    _spec({}, {"s": []}, {"loss": {"op": "add", "args": ["s", "s"]}}, ["s"]),
+    # x feeds one successor twice and another once: v_bar = t; v_bar += t; v_bar += t
+    # accumulated into t itself (4t instead of 3t)
+    _spec(
+        {"x": [2, 3]},
+        {},
+        {
+            "n1": {"op": "add", "args": ["x", "x"]},
+            "n3": {"op": "add", "args": ["x", "n1"]},
+            "n5": {"op": "neg", "args": ["n3"]},
+            "loss": {"op": "sum", "args": ["n5"]},
+        },
+        ["x"],
+    ),
+    # in-place accumulation into n_bar while reshape(n_bar), a view of it, was still live
+    _spec(
+        {"x": [2, 3], "x2": [6]},
+        {},
+        {
+            "q": {"op": "sin", "args": ["x2"]},
+            "p": {"op": "reshape", "args": ["x"], "shape": [6]},
+            "n": {"op": "add", "args": ["p", "q"]},
+            "sq": {"op": "square", "args": ["n"]},
+            "s1": {"op": "sum", "args": ["sq"]},
+            "sq2": {"op": "square", "args": ["q"]},
+            "s2": {"op": "sum", "args": ["sq2"]},
+            "xx": {"op": "square", "args": ["x"]},
+            "s3": {"op": "sum", "args": ["xx"]},
+            "l1": {"op": "add", "args": ["s1", "s2"]},
+            "loss": {"op": "add", "args": ["l1", "s3"]},
+        },
+        ["x", "x2"],
+    ),
+    # two identical forward nodes merged by CSE: comments named the deleted one
+    _spec(
+        {"x": ["batch", 3]},
+        {"W": {"shape": [3, 3], "init": "normal"}},
+        {
+            "n0": {"op": "matmul", "args": ["x", "W"]},
+            "n1": {"op": "matmul", "args": ["x", "W"]},
+            "m": {"op": "mul", "args": ["n0", "n1"]},
+            "loss": {"op": "sum", "args": ["m"]},
+        },
+        ["W"],
+    ),
+    # the zero gradient of an unused input was the only code mentioning `batch`
+    _spec(
+        {"x": ["batch", 3]},
+        {"b": [3]},
+        {"loss": {"op": "sum", "args": ["b"]}},
+        ["b", "x"],
+    ),
+]
 
 
 @pytest.mark.filterwarnings("ignore::graphgen.GraphgenWarning")  # x may be unused
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(random_specs(), st.integers(0, 2**16))
+@example(REGRESSIONS[0], 0)
+@example(REGRESSIONS[1], 0)
+@example(REGRESSIONS[2], 0)
+@example(REGRESSIONS[3], 0)
+@example(REGRESSIONS[4], 0)
 def test_random_dag_gradients_match_finite_differences(spec, seed):
     note("spec:\n" + yaml.safe_dump(spec, sort_keys=False))
     note(f"random_arrays seed: {seed}")

@@ -1,0 +1,513 @@
+"""The Numba backend: the NumPy module, with fused elementwise groups as ``@numba.njit`` loops.
+
+Python decides what each function computes exactly as for NumPy (same naming, same
+schedule, same comments); :func:`graphgen.passes.fusion.find_groups` then picks maximal
+groups of broadcasting elementwise ops (with the ``sum``/``mean``/``sum_to_shape``
+reductions that follow them), and each group becomes one kernel: one loop nest over the
+group's shape, read off the arrays at run time, with the math of every node in comments.
+Everything else (matmul, shape ops, the softmax family, losses) stays NumPy code in the
+Python-level function: BLAS does matmuls faster than a loop, and NumPy's vectorized
+transcendentals beat Numba's scalar ones on machines without Intel SVML (docs/numba.md).
+
+Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``):
+
+``parallel``
+    Split the outer loop of each kernel into ``numba.get_num_threads()`` chunks run with
+    ``numba.prange`` (reductions over the outer axis go to per-chunk partial sums).
+``fastmath``
+    Compile kernels with ``fastmath=True`` (reassociation; results differ in the last bits).
+``transcendentals``
+    ``"numpy"`` leaves exp, log, tanh, sigmoid, softplus, sin, cos and pow to NumPy's SIMD
+    loops (the default without SVML), ``"numba"`` fuses them too (default with SVML).
+``cache``
+    ``cache=True`` on every kernel (default), so a second process that imports the same
+    module file loads machine code from ``__pycache__`` instead of compiling.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import networkx as nx
+
+from .. import dims, ops
+from .. import graph as g
+from ..codegen import (
+    INDENT,
+    LINE,
+    Function,
+    Program,
+    Statement,
+    _comment,
+    _wrap_comment,
+    environment,
+    literal,
+    wrap,
+)
+from ..errors import CodegenError
+from ..naming import Code, Namer
+from ..passes import fusion
+
+# Elementwise ops whose scalar libm call in a Numba loop is several times slower than
+# NumPy's SIMD loop when Numba has no SVML (docs/numba.md has the measurements).
+TRANSCENDENTAL = frozenset({"exp", "log", "tanh", "sigmoid", "softplus", "sin", "cos", "pow"})
+# NumPy's float64 sin and cos are scalar libm loops too: fusing them costs nothing.
+SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
+
+
+def svml_available():
+    """Whether Numba vectorizes transcendentals with Intel SVML in this environment."""
+    try:
+        from numba.core import config
+
+        return bool(config.USING_SVML)
+    except ImportError:
+        return False
+
+
+class _Macros:
+    """The backend's own macros first, the NumPy ones for everything else."""
+
+    def __init__(self, *modules):
+        self.modules = modules
+
+    def __getattr__(self, name):
+        for m in self.modules:
+            macro = getattr(m, name, None)
+            if macro is not None:
+                return macro
+        return None
+
+
+def _env():
+    env = environment()
+    if "pad" not in env.filters:
+        env.filters["pad"] = lambda n: Code(" " * int(n))
+    return env
+
+
+class NumbaProgram(Program):
+    """A :class:`~graphgen.codegen.Program` whose functions call fused loop kernels."""
+
+    def __init__(self, A, backend, source_name, *, parallel=False, fastmath=False,
+                 cache=True, fuse=True, transcendentals=None):
+        super().__init__(A, backend, source_name)
+        env = _env()
+        self.macros = _Macros(env.get_template("numba/ops.j2").module,
+                              env.get_template("numpy/ops.j2").module)
+        self.scalar = env.get_template("numba/scalar.j2").module
+        self.kernel_template = env.get_template("numba/kernel.py.j2")
+        self.parallel, self.fastmath, self.cache, self.fuse = parallel, fastmath, cache, fuse
+        if transcendentals is None:
+            transcendentals = "numba" if svml_available() else "numpy"
+        if transcendentals not in ("numba", "numpy"):
+            raise CodegenError(f"transcendentals must be 'numba' or 'numpy', got "
+                               f"{transcendentals!r}")
+        self.exclude = (SIMD_IN_NUMPY[A.graph.get("dtype", "float64")]
+                        if transcendentals == "numpy" else frozenset())
+        self.kernels = {}  # kernel source without its name -> (name, rendered text)
+        self.kernel_names = set()
+
+    # ------------------------------------------------------------------ schedule
+    def function(self, name, roots, doc, returns_fn):
+        A = self.A
+        need = set()
+        for r in roots:
+            need |= nx.ancestors(A, r) | {r}
+        order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
+        index = {n: i for i, n in enumerate(order)}
+        groups = fusion.find_groups(A, order, roots, exclude=self.exclude) if self.fuse \
+            else []
+        group_of = {n: grp for grp in groups for n in grp.nodes}
+
+        # units: one per fused group, one per other op node; scheduled as a DAG
+        def unit(n):
+            return ("g", groups.index(group_of[n])) if n in group_of else ("n", n)
+
+        U = nx.DiGraph()
+        first = {}
+        for n in order:
+            u = unit(n)
+            U.add_node(u)
+            first[u] = min(first.get(u, index[n]), index[n])
+            for p in g.operands(A, n):
+                if p in index and unit(p) != u:
+                    U.add_edge(unit(p), u)
+        units = list(nx.lexicographical_topological_sort(U, key=lambda u: first[u]))
+
+        uses = {n: 0 for n in need}
+        consumer = {}
+        for n in order:
+            for p in g.operands(A, n):
+                uses[p] += 1
+                consumer[p] = n
+        root_set = set(roots)
+        inline = {
+            n for n in order
+            if n not in group_of and not self.is_named(n) and uses[n] == 1
+            and n not in root_set and consumer[n] not in group_of
+            and self._uses_once(A.nodes[consumer[n]][g.OP])
+        }
+        plain = [n for n in order if n not in group_of]
+        while True:
+            names, k = {}, 1
+            temps = Namer()
+            temps.taken = set(self.namer.taken)
+            for u in units:
+                nodes = [u[1]] if u[0] == "n" else groups[u[1]].outputs
+                for n in nodes:
+                    if n in inline:
+                        continue
+                    if self.is_named(n):
+                        names[n] = self.namer[n]
+                    else:
+                        names[n] = temps.fresh(f"t{k}")
+                        k += 1
+            used, exprs = set(), {}
+            for n in plain:
+                args = [self.value(p, exprs, names) for p in g.operands(A, n)]
+                exprs[n] = self.render_op(n, args, used)
+            too_long = None
+            for n in plain:
+                if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
+                    continue
+                kids = self._inlined_children(n, inline)
+                if kids:
+                    too_long = max(kids, key=lambda p: len(exprs[p]))
+                    break
+            if too_long is None:
+                break
+            inline.discard(too_long)
+
+        statements = []
+        backward = False
+        for u in units:
+            if u[0] == "n":
+                n = u[1]
+                if n in inline:
+                    continue
+                comments = self.comments(n, names)
+                stmts = [Statement(names[n], exprs[n], comments, n, False)]
+            else:
+                grp = groups[u[1]]
+                n = grp.nodes[0]
+                stmts = self.kernel_call(grp, names, used)
+            if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
+                backward = True
+                stmts[0].comments = _wrap_comment(
+                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
+                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
+                ) + stmts[0].comments
+            for s in stmts:
+                s.blank_before = bool(s.comments) and bool(statements)
+                statements.append(s)
+        try:  # the codegen's returns_fn learnt to name the sizes it uses
+            returns = returns_fn(names, used)
+        except TypeError:
+            returns = returns_fn(names)
+        dim_lines = [(self.namer[("dim", s)], literal(s)) for s in sorted(used)]
+        bindings = [
+            (self.namer[n], literal(n))
+            for n in g.schedule(A, need)
+            if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
+        ]
+        return Function(Code(name), [_comment(d) for d in doc], dim_lines, bindings,
+                        statements, returns)
+
+    # -------------------------------------------------------------------- kernels
+    def _arg_name(self, p, names):
+        return self.namer[p] if p in self.namer else names[p]
+
+    def kernel_call(self, grp, names, used):
+        """The Python-level statements that run one fused group."""
+        kname, args = self.kernel(grp, names, used)
+        targets = [names[o] for o in grp.outputs]
+        show = self.display(names)
+        computed = [show(n) for n in grp.nodes if n in self.namer or n in names]
+        text = (f"one fused loop over {dims.fmt_shape(grp.domain)} ({kname}) computes "
+                + ", ".join(computed))
+        call = f"{kname}({', '.join(args)})"
+        target = ", ".join(targets)
+        if INDENT + len(target) + 3 + len(call) > LINE:
+            import textwrap
+
+            lines = textwrap.wrap(", ".join(args) + ",", width=LINE - 2 * INDENT,
+                                  break_long_words=False, break_on_hyphens=False)
+            pad = "\n" + " " * (2 * INDENT)
+            call = f"{kname}({pad}{pad.join(lines)}\n{' ' * INDENT})"
+        stmts = [Statement(Code(target), Code(call),
+                           _wrap_comment(text), grp.nodes[0])]
+        for o in grp.outputs:
+            if len(self.A.nodes[o][g.SHAPE]) == 0:  # numba returns Python floats
+                stmts.append(Statement(names[o], Code(f"DTYPE({names[o]})"), [], o))
+        return stmts
+
+    def kernel(self, grp, names, used):
+        """Render the kernel of ``grp`` (once per distinct body); its name and call args."""
+        A = self.A
+        R = len(grp.domain)
+        kn = Namer()
+        kn.taken = set(self.namer.taken) | set(names.values())
+        params = list(grp.inputs)
+        pnames = {p: self._arg_name(p, names) for p in params}
+        pcode = [pnames[p] for p in params]
+        call_args = [Code(f"DTYPE({pnames[p]})") if len(A.nodes[p][g.SHAPE]) == 0
+                     else pnames[p] for p in params]
+        idx = [kn.fresh(f"i{k}") for k in range(R)]
+        ext = [kn.fresh(f"n{k}") for k in range(R)]
+        chunked = self.parallel
+        if chunked:
+            nt, c = kn.fresh("nt"), kn.fresh("c")
+
+        # the extent of each axis, read off an input that has it
+        extents = []
+        for k, d in enumerate(grp.domain):
+            expr = None
+            if d == 1:
+                expr = Code("1")
+            else:
+                for p in params:
+                    s = A.nodes[p][g.SHAPE]
+                    j = k - (R - len(s))
+                    if 0 <= j < len(s) and s[j] == d:
+                        expr = Code(f"{pnames[p]}.shape[{j}]")
+                        break
+            if expr is None:  # a size only an attribute names (broadcast_to): pass it
+                pcode.append(ext[k])
+                call_args.append(self.dim(d, used))
+                continue
+            extents.append((ext[k], expr))
+        if chunked:  # Numba's thread count, read by the caller (cache=True-safe)
+            pcode.append(nt)
+            call_args.append(Code("numba.get_num_threads()"))
+            extents.append((nt, Code(f"min({nt}, max(1, {ext[0]} // 8))")))
+
+        def index_of(shape):
+            s = [Code("0") if d == 1 else idx[R - len(shape) + j] for j, d in enumerate(shape)]
+            return Code("[" + ", ".join(s) + "]") if s else Code("")
+
+        def element(p):
+            a = A.nodes[p]
+            if a[g.KIND] == g.CONST:
+                return literal(float(a[g.VALUE]))
+            shape = a[g.SHAPE]
+            return Code(pnames[p] + index_of(shape)) if shape else pnames[p]
+
+        # which members get a local, which inline into their single consumer
+        in_group = set(grp.nodes)
+        count, cons = {}, {}
+        for n in grp.nodes:
+            for p in g.operands(A, n):
+                if p in in_group:
+                    count[p] = count.get(p, 0) + 1
+                    cons[p] = n
+        out_set = set(grp.outputs)
+        inline = {
+            n for n in grp.members
+            if n not in out_set and n not in self.namer and count.get(n, 0) == 1
+            and (cons[n] in grp.tails or self._scalar_uses_once(A.nodes[cons[n]][g.OP]))
+        }
+        local = {}
+        k = 1
+        out_set = set(grp.outputs)
+        for n in grp.members:
+            if n in inline:
+                continue
+            if n in self.namer:
+                local[n] = self.namer[n]
+            elif n in out_set:
+                local[n] = names[n]
+            else:
+                local[n] = kn.fresh(f"t{k}")
+                k += 1
+        exprs = {}
+        show_names = dict(names)
+        show_names.update({n: v for n, v in local.items() if n not in self.namer})
+
+        arrays, scalars, after, body, returns = [], [], [], [], []
+        out_array = {}
+        for o in grp.outputs:
+            if o in grp.tails:
+                out_array[o] = self.namer[o] if o in self.namer else names[o]
+            else:
+                out_array[o] = kn.fresh(f"{local[o]}_out")
+
+        reduced_outer = {}
+        tail_index = {}
+        for t in grp.tails:
+            op, at = A.nodes[t][g.OP], A.nodes[t][g.ATTRS]
+            if op == "sum_to_shape":
+                lead, keep = ops.defs.sum_to_shape_axes(grp.domain, tuple(at["shape"]))
+                axes, kept = set(lead) | set(keep), set(keep)
+            else:
+                axes = set(at["axis"])
+                kept = axes if at["keepdims"] else set()
+            parts = [Code("0") if i in kept else idx[i] for i in range(R) if i not in axes
+                     or i in kept]
+            tail_index[t] = (axes, parts)
+            reduced_outer[t] = chunked and 0 in axes
+        for o in grp.outputs:
+            arr = out_array[o]
+            if o in grp.tails:
+                axes, parts = tail_index[o]
+                shape = self.shape_code_ext(A.nodes[o][g.SHAPE], ext, grp, o)
+                if reduced_outer[o]:
+                    part = kn.fresh(f"{arr}_part")
+                    inner = shape[1:-1].rstrip(",")
+                    pshape = Code(f"({nt}, {inner})" if inner else f"({nt},)")
+                    arrays.append((part, Code("zeros"), pshape))
+                    after.append(Code(f"{arr} = {part}.sum(axis=0)" if parts
+                                      else f"{arr} = {part}.sum()"))
+                    tail_index[o] = (axes, [c] + parts, part)
+                elif parts:
+                    arrays.append((arr, Code("zeros"), shape))
+                    tail_index[o] = (axes, parts, arr)
+                else:
+                    scalars.append(arr)
+                    tail_index[o] = (axes, parts, arr)
+                if A.nodes[o][g.OP] == "mean":
+                    count_ = " * ".join(ext[i] for i in sorted(axes)) or "1"
+                    after.append(Code(f"{arr} /= {count_}" if len(axes) == 1 else
+                                      f"{arr} /= ({count_})"))
+            else:
+                shape = Code("(" + ", ".join(ext) + ("," if R == 1 else "") + ")")
+                arrays.append((arr, Code("empty"), shape))
+            returns.append(arr)
+
+        here = Code("[" + ", ".join(idx) + "]")
+        for n in grp.nodes:
+            args = []
+            for p in g.operands(A, n):
+                if p in exprs:
+                    args.append(wrap(exprs[p]) if p in inline else local[p])
+                else:
+                    args.append(wrap(element(p)))
+            if n in grp.tails:
+                axes, parts, arr = tail_index[n]
+                target = Code(arr + ("[" + ", ".join(parts) + "]" if parts else ""))
+                comments = self.comments(n, show_names)
+                body.append(Statement(target, Code(f"{target} += {args[0]}"), comments, n))
+                continue
+            exprs[n] = self.render_scalar(n, args)
+            if n in inline:
+                continue
+            comments = self.comments(n, show_names)
+            body.append(Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n))
+            if n in out_set:
+                body.append(Statement(out_array[n], Code(f"{out_array[n]}{here} = {local[n]}"),
+                                      [], n))
+        depth = INDENT * (1 + R + (1 if chunked else 0))
+        for s in body:  # re-wrap the comments for the loop body's indentation
+            if s.comments:
+                s.comments = _wrap_comment(" ".join(c.strip() for c in s.comments),
+                                           width=LINE - depth - 2)
+        for s in body[1:]:
+            s.blank_before = bool(s.comments)
+
+        loops = []
+        if chunked:
+            loops.append(Code(f"for {c} in numba.prange({nt}):"))
+            loops.append(Code(f"for {idx[0]} in range({c} * {ext[0]} // {nt}, "
+                              f"({c} + 1) * {ext[0]} // {nt}):"))
+        else:
+            loops.append(Code(f"for {idx[0]} in range({ext[0]}):"))
+        for i in range(1, R):
+            loops.append(Code(f"for {idx[i]} in range({ext[i]}):"))
+
+        options = ["cache=True"] if self.cache else []
+        options.append('error_model="numpy"')
+        if self.fastmath:
+            options.append("fastmath=True")
+        if self.parallel:
+            options.append("parallel=True")
+        show = self.display(show_names)
+        computed = [show(n) for n in grp.nodes if n in self.namer]
+        doc = _wrap_comment(
+            f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
+            + (", ".join(computed) or "temporaries") + "."
+        )
+        ctx = {
+            "options": Code(", ".join(options)),
+            "name": Code("KERNEL_NAME"),
+            "params": pcode,
+            "doc": doc,
+            "extents": extents,
+            "arrays": arrays,
+            "scalars": scalars,
+            "loops": loops,
+            "body": body,
+            "depth": depth,
+            "after": after,
+            "returns": Code(", ".join(returns)),
+        }
+        text = self.kernel_template.render(**ctx)
+        if text in self.kernels:
+            return self.kernels[text][0], call_args
+        kname = self._kernel_name(grp, names)
+        self.kernels[text] = (kname, Code(text.replace("KERNEL_NAME", kname, 1).rstrip("\n")))
+        return kname, call_args
+
+    def shape_code_ext(self, shape, ext, grp, node):
+        """A tail's shape in terms of the kernel's extents (its axes are domain axes)."""
+        A = self.A
+        at = A.nodes[node][g.ATTRS]
+        R = len(grp.domain)
+        if A.nodes[node][g.OP] == "sum_to_shape":
+            lead, keep = ops.defs.sum_to_shape_axes(grp.domain, tuple(at["shape"]))
+            dims_ = [Code("1") if i in keep else ext[i] for i in range(len(lead), R)]
+        else:
+            axes = set(at["axis"])
+            dims_ = [Code("1") if i in axes else ext[i] for i in range(R)
+                     if i not in axes or at["keepdims"]]
+        return Code("(" + ", ".join(dims_) + ("," if len(dims_) == 1 else "") + ")")
+
+    def _kernel_name(self, grp, names):
+        show = self.display(names)
+        outs = [show(o) for o in grp.outputs]
+        base = "_k_" + "_".join(outs[:3])
+        if len(outs) > 3:
+            base += f"_and_{len(outs) - 3}_more"
+        base = base[:60]
+        name, k = base, 2
+        while name in self.kernel_names or name in self.namer.taken:
+            name = f"{base}_{k}"
+            k += 1
+        self.kernel_names.add(name)
+        return Code(name)
+
+    def render_scalar(self, n, args) -> Code:
+        op = self.A.nodes[n][g.OP]
+        macro = getattr(self.scalar, op, None)
+        if macro is None:
+            raise CodegenError(f"the numba backend cannot fuse op {op!r}", node=n,
+                               source=g.source_of(self.A))
+        at = self.attrs_code(n, set())
+        if ops.get(op).variadic:
+            return Code(macro(list(args), at).strip())
+        return Code(macro(*args, at).strip())
+
+    @cache  # noqa: B019 - one Program per generate() call
+    def _scalar_uses_once(self, op):
+        o = ops.get(op)
+        if o.variadic:
+            return True
+        macro = getattr(self.scalar, op)
+        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+        for n in self.A:
+            if self.A.nodes[n].get(g.OP) == op:
+                text = macro(*probes, self.attrs_code(n, set()))
+                return all(text.count(p) == 1 for p in probes)
+        return True
+
+    # -------------------------------------------------------------------- module
+    def context(self):
+        ctx = super().context()
+        ctx["kernels"] = [text for _, text in self.kernels.values()]
+        return ctx
+
+
+def fusable_ops():
+    """The ops the backend can put into a loop nest (elementwise ones, and the tails)."""
+    return [name for name, op in ops.REGISTRY.items() if op.elementwise] + list(
+        fusion.TAIL_OPS
+    )

@@ -1,0 +1,209 @@
+"""Fusion groups: which elementwise ops a loop-generating backend computes in one loop nest.
+
+A group is a set of broadcasting elementwise op nodes (``Op.elementwise``) that all have the
+same shape, the group's *domain*, plus *tails*: ``sum``, ``mean`` and ``sum_to_shape`` nodes
+that reduce one member and are accumulated inside the same loop nest. Inputs of a group
+broadcast into the domain (size-1 and missing axes index 0).
+
+Groups are grown greedily in schedule order: a node joins the groups of its fusable
+predecessors (merging them) when the result stays *schedulable*, i.e. the graph with every
+group contracted to one node is still acyclic, and no member reads a tail of its own group
+(a tail is only complete after the whole loop). That covers chains, trees, fan-out sums
+(``add_n``) and the ``sum_to_shape`` reductions that follow them, in the forward and in the
+backward pass alike.
+
+This pass does not change the graph; it returns the partition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .. import graph as g
+from .. import ops
+
+TAIL_OPS = ("sum", "mean", "sum_to_shape")
+
+
+@dataclasses.dataclass
+class Group:
+    """One fused loop nest.
+
+    ``members`` and ``tails`` are in schedule order; ``domain`` is the members' shape;
+    ``outputs`` are the nodes whose values leave the loop (members read outside the group
+    or returned, and every tail); ``inputs`` the external nodes the members read.
+    """
+
+    members: list
+    tails: list
+    domain: tuple
+    outputs: list = dataclasses.field(default_factory=list)
+    inputs: list = dataclasses.field(default_factory=list)
+
+    @property
+    def nodes(self):
+        return self.members + self.tails
+
+
+def fusable(A, n, exclude=()):
+    """An elementwise op of rank >= 1 (scalar arithmetic is cheaper left to NumPy).
+
+    ``broadcast_to`` counts too: in a loop nest it is just the index arithmetic every
+    input gets anyway."""
+    a = A.nodes[n]
+    return (
+        a[g.KIND] == g.OPNODE
+        and a[g.OP] not in exclude
+        and (ops.get(a[g.OP]).elementwise or a[g.OP] == "broadcast_to")
+        and len(a[g.SHAPE]) >= 1
+        and all(A.nodes[p][g.DTYPE] in g.FLOAT_DTYPES for p in g.operands(A, n))
+    )
+
+
+def tail_of(A, n):
+    """The member a reduction ``n`` could be accumulated from, or None."""
+    a = A.nodes[n]
+    if a[g.KIND] != g.OPNODE or a[g.OP] not in TAIL_OPS:
+        return None
+    (p,) = g.operands(A, n)
+    return p
+
+
+def find_groups(A, nodes, roots, min_size=1, exclude=()):
+    """Partition the op nodes in ``nodes`` (a schedule of ``A``) into fusion groups.
+
+    Parameters
+    ----------
+    A : networkx.DiGraph
+        The lowered graph.
+    nodes : list
+        The op nodes one generated function computes, in schedule order.
+    roots : iterable
+        Nodes the function returns (always materialized).
+    min_size : int
+        Groups with fewer member + tail nodes are dropped (left to NumPy).
+    exclude : collection of str
+        Elementwise ops never to fuse (the Numba backend leaves transcendentals to NumPy's
+        SIMD loops unless Numba has SVML).
+
+    Returns
+    -------
+    list of Group
+        In schedule order of their first node.
+    """
+    order = list(nodes)
+    index = {n: i for i, n in enumerate(order)}
+    inside = set(order)
+    gid = {}  # node -> group id
+    groups = {}  # group id -> list of nodes
+    is_tail = set()
+
+    def unit(n):
+        return ("g", gid[n]) if n in gid else ("n", n)
+
+    def members_of(u):
+        return groups[u[1]] if u[0] == "g" else [u[1]]
+
+    def succ_units(u):
+        out = set()
+        for m in members_of(u):
+            for s in A.successors(m):
+                if s in inside:
+                    out.add(unit(s))
+        return out
+
+    def acyclic_with(merged, limit):
+        """Would contracting ``merged`` (a set of nodes) into one unit keep a DAG?"""
+        for m in merged:
+            if any(p in is_tail and p in merged for p in A.predecessors(m)):
+                return False  # a member would read a tail before the loop completes it
+        start = set()
+        for m in merged:
+            for s in A.successors(m):
+                if s in inside and s not in merged and index[s] <= limit:
+                    start.add(unit(s))
+        seen = set(start)
+        stack = list(start)
+        while stack:
+            u = stack.pop()
+            for m in members_of(u):
+                if m in merged:
+                    return False
+            for v in succ_units(u):
+                if v in seen:
+                    continue
+                if all(index[m] > limit for m in members_of(v)):
+                    continue
+                seen.add(v)
+                stack.append(v)
+        return True
+
+    next_id = 0
+    for n in order:
+        a = A.nodes[n]
+        candidates = []
+        tail_src = tail_of(A, n)
+        if fusable(A, n, exclude):
+            for p in g.operands(A, n):
+                if p in gid and p not in is_tail and A.nodes[p][g.SHAPE] == a[g.SHAPE]:
+                    k = gid[p]
+                    if k not in candidates:
+                        candidates.append(k)
+            # never read a tail of the group being joined
+            tails_read = {gid[p] for p in g.operands(A, n) if p in is_tail}
+            candidates = [k for k in candidates if k not in tails_read]
+        elif tail_src is not None and tail_src in gid and tail_src not in is_tail:
+            candidates = [gid[tail_src]]
+        else:
+            continue
+        joined = None
+        if candidates:
+            options = [candidates] + ([[k] for k in candidates] if len(candidates) > 1 else [])
+            for opt in options:
+                merged = {n}
+                for k in opt:
+                    merged.update(groups[k])
+                if acyclic_with(merged, index[n]):
+                    joined = opt
+                    break
+        if joined is None:
+            if tail_src is not None and not fusable(A, n, exclude):
+                continue  # a reduction of something unfused stays NumPy
+            groups[next_id] = [n]
+            gid[n] = next_id
+            next_id += 1
+            continue
+        keep = joined[0]
+        for k in joined[1:]:
+            for m in groups.pop(k):
+                gid[m] = keep
+                groups[keep].append(m)
+        groups[keep].append(n)
+        gid[n] = keep
+        if tail_src is not None and not fusable(A, n, exclude):
+            is_tail.add(n)
+
+    roots = set(roots)
+    out = []
+    for k, ns in groups.items():
+        ns = sorted(ns, key=index.get)
+        if len(ns) < min_size or all(A.nodes[n][g.OP] == "broadcast_to" for n in ns):
+            continue  # a lone broadcast stays a NumPy view
+        members = [n for n in ns if n not in is_tail]
+        tails = [n for n in ns if n in is_tail]
+        members_set = set(ns)
+        outputs = []
+        for n in ns:
+            if n in is_tail or n in roots or any(
+                s in inside and s not in members_set for s in A.successors(n)
+            ):
+                outputs.append(n)
+        inputs = []
+        for n in ns:
+            for p in g.operands(A, n):
+                if p not in members_set and p not in inputs and A.nodes[p][g.KIND] != g.CONST:
+                    inputs.append(p)
+        out.append(Group(members, tails, tuple(A.nodes[members[0]][g.SHAPE]), outputs,
+                         inputs))
+    out.sort(key=lambda grp: index[grp.members[0]])
+    return out
