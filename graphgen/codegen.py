@@ -121,6 +121,26 @@ def fit(prefix, open_, items, close, indent, tuple_=False) -> Code:
     return Code(f"{prefix}{open_}\n{body}{' ' * indent}{close}")
 
 
+def condition(parts, indent=INDENT) -> Code:
+    """``a or b or c`` for an ``if``, parenthesized one per line when it is too long."""
+    one = " or ".join(parts)
+    if indent + len(f"if {one}:") <= LINE:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    lines = [f"{pad}{parts[0]}"] + [f"{pad}or {p}" for p in parts[1:]]
+    return Code("(\n" + "\n".join(lines) + "\n" + " " * indent + ")")
+
+
+def unpack_line(prefix, names, suffix, indent) -> Code:
+    """``prefix a, b, c suffix``, with the names one per line in parentheses if too long."""
+    one = f"{prefix}{', '.join(names)}{suffix}"
+    if indent + len(one) <= LINE:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{n},\n" for n in names)
+    return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
+
+
 def _atomic(expr) -> bool:
     node = ast.parse(expr, mode="eval").body
     if isinstance(node, ast.Constant):
@@ -579,6 +599,7 @@ class Program:
             "version": Code(__version__),
             "source": Code(_comment(self.source_name)),
             "dtype": Code(A.graph["dtype"]),
+            "unpack": self.unpack(inputs + params),
             "tables": [
                 (Code("INPUTS"), table(inputs)),
                 (Code("PARAMS"), table(params)),
@@ -593,6 +614,42 @@ class Program:
             "functions": functions,
             "helpers": [Code(h) for h in helpers],
             "summary": [Code(_comment(line)) for line in self.summary()],
+        }
+
+    def unpack(self, arrays):
+        """The fast argument check: straight-line code, one line per array.
+
+        Any failure falls back to ``_check``, which finds the first wrong array and raises
+        the ValueError that names it and its expected shape.
+        """
+        A = self.A
+        idents = [self.namer[n] for n in arrays]
+        steps, bound = [], set()
+        symbols = []
+        for n, ident in zip(arrays, idents):
+            a = A.nodes[n]
+            dtype = Code("_INT64" if a[g.DTYPE] == "int64" else "_FLOAT")
+            shape = a[g.SHAPE]
+            fresh = [(i, d) for i, d in enumerate(shape)
+                     if isinstance(d, str) and d not in bound]
+            parts = [f"not isinstance({ident}, np.ndarray)", f"{ident}.dtype != {dtype}"]
+            if fresh:  # bind the sizes this array fixes, once its rank is known
+                steps.append({"condition": condition(parts + [f"{ident}.ndim != {len(shape)}"])})
+                for i, d in fresh:
+                    bound.add(d)
+                    symbols.append(d)
+                    steps.append({"bind": self.namer[("dim", d)],
+                                  "source": Code(f"{ident}.shape[{i}]")})
+                parts = []
+            parts.append(f"{ident}.shape != {self.shape_code(shape, set())}")
+            steps.append({"condition": condition(parts)})
+        names = idents + [self.namer[("dim", d)] for d in symbols]
+        return {
+            "arrays": [(ident, literal(n)) for n, ident in zip(arrays, idents)],
+            "steps": steps,
+            "returns": unpack_line("return ", names, "", INDENT) if names else Code("return ()"),
+            "call": unpack_line("", names, " = _unpack(arrays)", INDENT) if names
+            else Code("_unpack(arrays)"),
         }
 
     def summary(self):

@@ -12,6 +12,8 @@ loss: J
 import numpy as np
 
 DTYPE = np.float64
+_FLOAT = np.dtype(DTYPE)
+_INT64 = np.dtype("int64")
 INPUTS = {
     "x": ("batch", 4),
     "t": ("batch", 2),
@@ -88,6 +90,39 @@ _SIGNATURE = tuple(
 )
 
 
+def _unpack(arrays):
+    """The arrays in signature order, then the symbolic sizes, after checking them."""
+    if arrays.keys() != DTYPES.keys():
+        _fail(arrays)
+    x = arrays["x"]
+    t = arrays["t"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    V = arrays["V"]
+    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
+        _fail(arrays)
+    batch = x.shape[0]
+    if x.shape != (batch, 4):
+        _fail(arrays)
+    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 2):
+        _fail(arrays)
+    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (4, 3):
+        _fail(arrays)
+    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
+        _fail(arrays)
+    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 2):
+        _fail(arrays)
+    if not isinstance(V, np.ndarray) or V.dtype != _FLOAT or V.shape != (3, 2):
+        _fail(arrays)
+    return x, t, W1, b1, W2, V, batch
+
+
+def _fail(arrays):
+    _check(arrays)  # raises the ValueError that names the first wrong array
+    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+
+
 def init_params(seed=0):
     """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -111,13 +146,7 @@ def _init(rng, kind, shape):
 
 def forward(**arrays):
     """The forward pass: every output, by name."""
-    _check(arrays)
-    x = arrays["x"]
-    t = arrays["t"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
-    V = arrays["V"]
+    x, t, W1, b1, W2, V, batch = _unpack(arrays)
     a = x @ W1
     u = a + b1
     del a
@@ -131,14 +160,14 @@ def forward(**arrays):
     del z, s
 
     # e = mean((y − t)²)
-    e = np.mean(np.square(y - t))
+    e = np.square(y - t).mean()
 
     # hh = h²
     hh = np.square(h)
     del h
 
     # r = mean of hh over axes [0, 1]
-    r = np.mean(hh)
+    r = hh.mean()
     del hh
     rw = r * 0.01
     del r
@@ -149,14 +178,7 @@ def forward(**arrays):
 
 def value_and_grad(**arrays):
     """The loss 'J' and its gradient with respect to 'W1', 'b1', 'W2', 'V'."""
-    dims = _check(arrays)
-    batch = dims["batch"]
-    x = arrays["x"]
-    t = arrays["t"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
-    V = arrays["V"]
+    x, t, W1, b1, W2, V, batch = _unpack(arrays)
     a = x @ W1
     u = a + b1
     del a
@@ -170,13 +192,13 @@ def value_and_grad(**arrays):
     del z, s
 
     # e = mean((y − t)²)
-    e = np.mean(np.square(y - t))
+    e = np.square(y - t).mean()
 
     # hh = h²
     hh = np.square(h)
 
     # r = mean of hh over axes [0, 1]
-    r = np.mean(hh)
+    r = hh.mean()
     rw = r * 0.01
     del r
     J = e + rw
@@ -217,7 +239,7 @@ def value_and_grad(**arrays):
 
     # b1_bar = ∂J/∂b1 = u_bar · ∂u/∂b1, where ∂u/∂b1 = 1 (summed over the axes
     #   broadcasting stretched)
-    b1_bar = np.sum(u_bar, axis=0)
+    b1_bar = u_bar.sum(axis=0)
 
     # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
     W1_bar = x.T @ u_bar

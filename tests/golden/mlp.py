@@ -12,6 +12,8 @@ loss: loss
 import numpy as np
 
 DTYPE = np.float64
+_FLOAT = np.dtype(DTYPE)
+_INT64 = np.dtype("int64")
 INPUTS = {
     "x": ("batch", 784),
     "labels": ("batch",),
@@ -114,6 +116,43 @@ _SIGNATURE = tuple(
 )
 
 
+def _unpack(arrays):
+    """The arrays in signature order, then the symbolic sizes, after checking them."""
+    if arrays.keys() != DTYPES.keys():
+        _fail(arrays)
+    x = arrays["x"]
+    labels = arrays["labels"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    b2 = arrays["b2"]
+    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
+        _fail(arrays)
+    batch = x.shape[0]
+    if x.shape != (batch, 784):
+        _fail(arrays)
+    if (
+        not isinstance(labels, np.ndarray)
+        or labels.dtype != _INT64
+        or labels.shape != (batch,)
+    ):
+        _fail(arrays)
+    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (784, 128):
+        _fail(arrays)
+    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (128,):
+        _fail(arrays)
+    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (128, 10):
+        _fail(arrays)
+    if not isinstance(b2, np.ndarray) or b2.dtype != _FLOAT or b2.shape != (10,):
+        _fail(arrays)
+    return x, labels, W1, b1, W2, b2, batch
+
+
+def _fail(arrays):
+    _check(arrays)  # raises the ValueError that names the first wrong array
+    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+
+
 def init_params(seed=0):
     """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -137,13 +176,7 @@ def _init(rng, kind, shape):
 
 def forward(**arrays):
     """The forward pass: every output, by name."""
-    _check(arrays)
-    x = arrays["x"]
-    labels = arrays["labels"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
-    b2 = arrays["b2"]
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
     z1 = x @ W1
     a1 = z1 + b1
     del z1
@@ -163,14 +196,7 @@ def forward(**arrays):
 
 def value_and_grad(**arrays):
     """The loss 'loss' and its gradient with respect to 'W1', 'b1', 'W2', 'b2'."""
-    dims = _check(arrays)
-    batch = dims["batch"]
-    x = arrays["x"]
-    labels = arrays["labels"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
-    b2 = arrays["b2"]
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
     z1 = x @ W1
     a1 = z1 + b1
     del z1
@@ -192,7 +218,7 @@ def value_and_grad(**arrays):
 
     # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1 (summed over
     #   the axes broadcasting stretched)
-    b2_bar = np.sum(logits_bar, axis=0)
+    b2_bar = logits_bar.sum(axis=0)
 
     # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
     h1_bar = logits_bar @ W2.T
@@ -207,7 +233,7 @@ def value_and_grad(**arrays):
 
     # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
     #   broadcasting stretched)
-    b1_bar = np.sum(a1_bar, axis=0)
+    b1_bar = a1_bar.sum(axis=0)
 
     # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = x.T @ a1_bar

@@ -12,6 +12,8 @@ loss: J
 import numpy as np
 
 DTYPE = np.float64
+_FLOAT = np.dtype(DTYPE)
+_INT64 = np.dtype("int64")
 INPUTS = {
     "x": ("batch", 2),
     "t": ("batch", 1),
@@ -90,6 +92,36 @@ _SIGNATURE = tuple(
 )
 
 
+def _unpack(arrays):
+    """The arrays in signature order, then the symbolic sizes, after checking them."""
+    if arrays.keys() != DTYPES.keys():
+        _fail(arrays)
+    x = arrays["x"]
+    t = arrays["t"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
+        _fail(arrays)
+    batch = x.shape[0]
+    if x.shape != (batch, 2):
+        _fail(arrays)
+    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 1):
+        _fail(arrays)
+    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (2, 3):
+        _fail(arrays)
+    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
+        _fail(arrays)
+    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 1):
+        _fail(arrays)
+    return x, t, W1, b1, W2, batch
+
+
+def _fail(arrays):
+    _check(arrays)  # raises the ValueError that names the first wrong array
+    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+
+
 def init_params(seed=0):
     """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -113,12 +145,7 @@ def _init(rng, kind, shape):
 
 def forward(**arrays):
     """The forward pass: every output, by name."""
-    _check(arrays)
-    x = arrays["x"]
-    t = arrays["t"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
+    x, t, W1, b1, W2, batch = _unpack(arrays)
     z1 = x @ W1
     a1 = z1 + b1
     del z1
@@ -134,19 +161,13 @@ def forward(**arrays):
     del z2
 
     # J = mean((y − t)²)
-    J = np.mean(np.square(y - t))
+    J = np.square(y - t).mean()
     return {"y": y, "J": J}
 
 
 def value_and_grad(**arrays):
     """The loss 'J' and its gradient with respect to 'W1', 'b1', 'W2'."""
-    dims = _check(arrays)
-    batch = dims["batch"]
-    x = arrays["x"]
-    t = arrays["t"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
+    x, t, W1, b1, W2, batch = _unpack(arrays)
     z1 = x @ W1
     a1 = z1 + b1
     del z1
@@ -161,7 +182,7 @@ def value_and_grad(**arrays):
     del z2
 
     # J = mean((y − t)²)
-    J = np.mean(np.square(y - t))
+    J = np.square(y - t).mean()
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
@@ -186,7 +207,7 @@ def value_and_grad(**arrays):
 
     # b1_bar = ∂J/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
     #   broadcasting stretched)
-    b1_bar = np.sum(a1_bar, axis=0)
+    b1_bar = a1_bar.sum(axis=0)
 
     # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = x.T @ a1_bar
