@@ -332,7 +332,15 @@ class Program:
                     consumer[p] = n
         inline = {p for p in inline if self._uses_once(A.nodes[consumer[p]][g.OP])}
 
+        keep = root_set | {n for n in need if A.nodes[n][g.KIND] != g.OPNODE}
+        inline -= self._in_place_chains(order, inline, keep)
+
         while True:
+            # memory plan: drop each value after its last read; write ufunc results
+            # into buffers that die here; sum fan-outs in place
+            program = [(n, self._reads(n, inline)) for n in order if n not in inline]
+            buffers = dict(zip((n for n, _ in program),
+                               memory.plan_buffers(A, program, keep)))
             names, k = {}, 1
             temps = Namer()
             temps.taken = set(self.namer.taken)
@@ -341,6 +349,8 @@ class Program:
                     continue
                 if self.is_named(n):
                     names[n] = self.namer[n]
+                elif buffers[n] and not self.is_named(buffers[n][1]):
+                    names[n] = names[buffers[n][1]]  # same buffer, same temporary
                 else:
                     names[n] = temps.fresh(f"t{k}")
                     k += 1
@@ -348,6 +358,8 @@ class Program:
             for n in order:
                 args = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 exprs[n] = self.render_op(n, args, used)
+                if n not in inline and buffers[n] and buffers[n][0] == "out":
+                    exprs[n] = self.render_out(n, args, names[buffers[n][1]])
             too_long = None
             for n in order:
                 if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
@@ -360,30 +372,40 @@ class Program:
                 break
             inline.discard(too_long)
 
-        # memory plan: drop each value after its last read; sum fan-outs in place
-        program = [(n, self._reads(n, inline)) for n in order if n not in inline]
-        keep = root_set | {n for n in need if A.nodes[n][g.KIND] != g.OPNODE}
         drops = memory.frees(program, keep)
         inlined = {n: self._inlined_children(n, inline) for n, _ in program}
         self.programs[name] = (program, keep, inlined)
 
         statements = []
-        backward = False
         for i, (n, _) in enumerate(program):
             comments = self.comments(n, names)
             blank = bool(comments) and bool(statements)
-            if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
-                backward = blank = True
-                comments = _wrap_comment(
-                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
-                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
-                ) + comments
             st = Statement(names[n], exprs[n], comments, n, blank)
-            if memory.accumulates_in_place(A, n, i, program, keep):
+            if buffers[n] and buffers[n][0] == "acc":
                 terms = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 st.expr, st.accumulate = terms[0], terms[1:]
-            st.dels = [names[v] for v in drops[i]]
+            # a name still in use (shared by a value written into the same buffer) stays
+            live = {names[v] for v, _ in program[i + 1:]} | {names[n]}
+            st.dels = [names[v] for v in drops[i] if names[v] not in live]
             statements.append(st)
+        # a comment explains the temporaries computed for its statement, so it goes first
+        run = []
+        for st in statements:
+            if not self.is_named(st.node) and not st.comments:
+                run.append(st)
+                continue
+            if run and st.comments:
+                run[0].comments, st.comments = st.comments, []
+                run[0].blank_before, st.blank_before = st.blank_before, False
+            run = []
+        for st in statements:
+            if A.nodes[st.node][g.ROLE] == g.BACKWARD:
+                st.blank_before = True
+                st.comments = _wrap_comment(
+                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
+                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
+                ) + st.comments
+                break
         returns = returns_fn(names, used)
         dim_lines = [
             (self.namer[("dim", s)], literal(s)) for s in sorted(used)
@@ -397,6 +419,49 @@ class Program:
             Code(name), [_comment(d) for d in doc], dim_lines, bindings, statements,
             returns,
         )
+
+    def render_out(self, n, args, out) -> Code:
+        """``np.<ufunc>(args..., out=buffer)``: the op writing into a free buffer."""
+        op = self.A.nodes[n][g.OP]
+        args = list(args)
+        if op == "relu":
+            args = args + [Code("0.0")]
+        elif op == "softplus":
+            args = [Code("0.0")] + args
+        text = self.macros.ufunc_out(Code(memory.UFUNCS[op]), args, out)
+        return Code(text.strip())
+
+    def _in_place_chains(self, order, inline, keep):
+        """Inlined ufuncs to materialize so that they, or their consumer, can work in
+        place: an elementwise chain ``1.0 - np.square(h)`` becomes two statements
+        sharing one buffer instead of two fresh temporaries."""
+        A = self.A
+        program = [(n, self._reads(n, inline)) for n in order if n not in inline]
+        last = memory.last_uses(program, keep)
+        at = {n: i for i, (n, _) in enumerate(program)}
+        consumer = {p: n for n in order for p in g.operands(A, n) if p in inline}
+
+        def statement_of(n):
+            while n in inline:
+                n = consumer[n]
+            return n
+
+        out = set()
+        for n in order:
+            a = A.nodes[n]
+            if n not in inline or a[g.OP] not in memory.UFUNCS or tuple(a[g.SHAPE]) == ():
+                continue
+            c = A.nodes[consumer[n]]
+            if c[g.OP] in memory.UFUNCS and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
+                out.add(n)
+                continue
+            top = at[statement_of(n)]
+            for p in g.operands(A, n):
+                if (p in at and p not in keep and last.get(p) == top
+                        and tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])):
+                    out.add(n)
+                    break
+        return out
 
     def _reads(self, n, inline):
         """The materialized values statement ``n`` reads, through inlined temporaries."""

@@ -461,6 +461,9 @@ def test_fanout_sum_is_commented_with_its_successors(example_sources):
     assert terms == {"h_bar_via_z", "h_bar_via_s", "h_bar_via_hh"}, code
 
 
+TEMP_LINE = re.compile(r"^(t\d+ = .*|np\.\w+\(.*, out=t\d+\)|del [\w, ]+)$")
+
+
 @pytest.mark.parametrize("name", EXAMPLE_IDS)
 def test_every_backward_statement_has_a_math_comment(name, example_sources):
     source = example_sources[name]
@@ -477,6 +480,9 @@ def test_every_backward_statement_has_a_math_comment(name, example_sources):
             isinstance(t, ast.Name) and "_bar" in t.id for t in stmt.targets
         ):
             i = stmt.lineno - 2
+            # the comment may head the group of temporaries built for this statement
+            while i >= 0 and TEMP_LINE.match(lines[i].strip()):
+                i -= 1
             comment = []
             while i >= 0 and lines[i].strip().startswith("#"):
                 comment.append(lines[i])

@@ -151,3 +151,56 @@ def test_planned_peak_tracks_measured_peak(chain):
     print(f"planned {planned:,d} B, measured {measured:,d} B")
     assert 0.7 * measured <= planned <= 1.3 * measured
     assert g.schedule(A)  # the graph stays schedulable after planning
+
+
+def _graph(nodes, inputs, loss, wrt):
+    import networkx as nx
+
+    G = nx.DiGraph(name="m", loss=loss, wrt=wrt, outputs=[loss])
+    for name, shape in inputs.items():
+        G.add_node(name, kind="input", shape=shape, dtype="float64")
+    for name, (op, args, attrs) in nodes.items():
+        G.add_node(name, kind="op", op=op, attrs=attrs)
+        for i, a in enumerate(args):
+            if G.has_edge(a, name):
+                G.edges[a, name]["pos"] += (i,)
+            else:
+                G.add_edge(a, name, pos=(i,))
+    return G
+
+
+def test_out_buffer_is_not_reused_while_a_view_of_it_is_read_later():
+    # m = sin(x); v = reshape(m) (a view); n = tanh(m) is m's last direct read, but v is
+    # read afterwards: tanh must not write into m's buffer
+    G = _graph(
+        {
+            "m": ("sin", ["x"], {}),
+            "v": ("reshape", ["m"], {"shape": [6]}),
+            "n": ("tanh", ["m"], {}),
+            "w": ("reshape", ["n"], {"shape": [6]}),
+            "p": ("mul", ["v", "w"], {}),
+            "J": ("sum", ["p"], {}),
+        },
+        {"x": (2, 3)},
+        "J",
+        ["x"],
+    )
+    model = graphgen.compile(G)
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    want = np.sum(np.sin(x) * np.tanh(np.sin(x)))
+    assert model.forward(x=x)["J"] == pytest.approx(want, rel=1e-14)
+    assert graphgen.check(G).ok
+
+
+def test_ufuncs_write_into_dying_buffers():
+    src = graphgen.generate(graphgen.load("examples/fanout.yaml"))
+    assert "u = np.add(a, b1, out=a)" in src
+    assert "h = np.tanh(u, out=u)" in src
+    # the loss' operands are returned or read later: never overwritten
+    model = graphgen.compile(graphgen.load("examples/fanout.yaml"))
+    assert graphgen.check(graphgen.load("examples/fanout.yaml"), module=model).ok
+
+
+def test_out_buffers_keep_peak_memory_at_most_handwritten(chain):
+    G, model, arrays = chain
+    assert "out=" in model.__source__

@@ -48,41 +48,83 @@ def frees(program, keep):
     return out
 
 
-def accumulates_in_place(G, node, index, program, keep):
-    """Whether ``add_n`` at ``program[index]`` may add into its first term's buffer."""
-    a = G.nodes[node]
-    if a.get(g.OP) != "add_n":
-        return False
-    args = g.operands(G, node)
-    first = args[0]
-    f = G.nodes[first]
-    if f[g.KIND] != g.OPNODE or f[g.OP] in VIEW_OPS or first in keep:
-        return False
-    if args.count(first) != 1 and args != [first, first]:
-        # add_n(t, u, t) and add_n(t, t, t): t would be read after it was overwritten
-        return False
-    if tuple(f[g.SHAPE]) != tuple(a[g.SHAPE]) or tuple(a[g.SHAPE]) == ():
-        return False
-    materialized = {n for n, _ in program}
-    if first not in materialized:
-        return False
+# Ops computed by one NumPy ufunc, which can write into an existing buffer (``out=``).
+UFUNCS = {
+    "add": "np.add",
+    "sub": "np.subtract",
+    "mul": "np.multiply",
+    "div": "np.divide",
+    "pow": "np.power",
+    "neg": "np.negative",
+    "exp": "np.exp",
+    "log": "np.log",
+    "sqrt": "np.sqrt",
+    "square": "np.square",
+    "abs": "np.absolute",
+    "tanh": "np.tanh",
+    "sin": "np.sin",
+    "cos": "np.cos",
+    "maximum": "np.maximum",
+    "minimum": "np.minimum",
+    "softplus": "np.logaddexp",
+    "relu": "np.maximum",
+}
+
+
+def plan_buffers(G, program, keep, ufuncs=UFUNCS):
+    """Per statement: ``("acc", t)``, ``("out", p)`` or None.
+
+    ``("acc", t)``: a fan-out ``add_n`` that adds into its first term ``t``'s buffer.
+    ``("out", p)``: a ufunc that writes its result into operand ``p``'s buffer.
+    A buffer is reused only at the last read of every value sharing it: the value itself,
+    views of it (reshape, transpose, ...) and values earlier written into it.
+    """
     last = last_uses(program, keep)
-    # a view of t (reshape, transpose, ...) shares t's buffer: it must not be read later
-    for v in _views_of(G, first):
-        if v in keep or (v in materialized and last.get(v, -1) > index):
+    index = {n: i for i, (n, _) in enumerate(program)}
+    owner = {}  # value -> the value whose buffer it lives in
+
+    def base(n):
+        while n in owner:
+            n = owner[n]
+        return n
+
+    sharing = {}  # buffer -> values living in it
+
+    def free_at(p, i):
+        a = G.nodes[p]
+        if a[g.KIND] != g.OPNODE or a[g.OP] in VIEW_OPS or p not in index:
             return False
-    return last.get(first) == index
+        b = base(p)
+        for v in sharing.get(b, {b}):
+            if v in keep or last.get(v, -1) > i or v not in index and v != b:
+                return False
+        return True
 
-
-def _views_of(G, node):
-    """Nodes whose value may share memory with ``node``'s (chains of view ops)."""
-    out, stack = set(), [node]
-    while stack:
-        for s in G.successors(stack.pop()):
-            if G.nodes[s].get(g.OP) in VIEW_OPS and s not in out:
-                out.add(s)
-                stack.append(s)
-    return out
+    plan = []
+    for i, (n, _) in enumerate(program):
+        a = G.nodes[n]
+        choice = None
+        args = g.operands(G, n)
+        shape = tuple(a[g.SHAPE])
+        if shape != ():
+            fits = [p for p in args
+                    if tuple(G.nodes[p][g.SHAPE]) == shape and free_at(p, i)]
+            if a[g.OP] == "add_n" and fits and args[0] == fits[0] and (
+                args.count(args[0]) == 1 or args == [args[0], args[0]]
+            ):
+                choice = ("acc", args[0])  # add_n(t, u, t) would read t after writing it
+            elif a[g.OP] in ufuncs and fits:
+                # prefer a temporary's buffer: the code then reads as one value updated
+                fits.sort(key=lambda p: not G.nodes[p].get(g.ROLE) == g.BACKWARD)
+                choice = ("out", fits[0])
+        if choice is not None:
+            owner[n] = choice[1]
+        elif a.get(g.OP) in VIEW_OPS and args:
+            owner[n] = args[0]
+        b = base(n)
+        sharing.setdefault(b, {b}).add(n)
+        plan.append(choice)
+    return plan
 
 
 def nbytes(G, n, sizes):

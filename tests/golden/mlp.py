@@ -178,15 +178,15 @@ def forward(**arrays):
     """The forward pass: every output, by name."""
     x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
     z1 = x @ W1
-    a1 = z1 + b1
+    a1 = np.add(z1, b1, out=z1)
     del z1
 
     # h1 = max(a1, 0)
-    h1 = np.maximum(a1, 0.0)
+    h1 = np.maximum(a1, 0.0, out=a1)
     del a1
     z2 = h1 @ W2
     del h1
-    logits = z2 + b2
+    logits = np.add(z2, b2, out=z2)
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
@@ -198,13 +198,13 @@ def value_and_grad(**arrays):
     """The loss 'loss' and its gradient with respect to 'W1', 'b1', 'W2', 'b2'."""
     x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
     z1 = x @ W1
-    a1 = z1 + b1
+    a1 = np.add(z1, b1, out=z1)
     del z1
 
     # h1 = max(a1, 0)
     h1 = np.maximum(a1, 0.0)
     z2 = h1 @ W2
-    logits = z2 + b2
+    logits = np.add(z2, b2, out=z2)
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
@@ -213,8 +213,10 @@ def value_and_grad(**arrays):
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
     # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
-    logits_bar = (_softmax(logits, 1) - _onehot(labels, 10)) * (1.0 / float(batch))
+    t1 = _softmax(logits, 1) - _onehot(labels, 10)
     del logits
+    logits_bar = np.multiply(t1, 1.0 / float(batch), out=t1)
+    del t1
 
     # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1 (summed over
     #   the axes broadcasting stretched)
@@ -228,7 +230,7 @@ def value_and_grad(**arrays):
     del h1, logits_bar
 
     # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0 else 0
-    a1_bar = h1_bar * (a1 > 0).astype(DTYPE)
+    a1_bar = np.multiply(h1_bar, (a1 > 0).astype(DTYPE), out=h1_bar)
     del a1, h1_bar
 
     # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
