@@ -38,11 +38,15 @@ HELPERS = {
     "logsumexp": (),
     "softmax": (),
     "log_softmax": ("logsumexp",),
-    "softmax_cross_entropy": ("logsumexp",),
+    "softmax_cross_entropy": (),
+    "softmax_xent_grad": (),
     "sigmoid_cross_entropy": (),
     "onehot": (),
     "unslice": (),
 }
+
+# Comparison masks: floats of the graph dtype, or booleans where a product consumes them.
+MASKS = {"step", "ge", "lt", "eq"}
 
 # Ops whose code already reads as their math: no comment above the statement.
 SELF_EXPLANATORY = {"add", "sub", "mul", "div", "neg", "matmul", "add_n", "reshape"}
@@ -281,13 +285,15 @@ class Program:
             out = {k: literal(v) for k, v in at.items()}
         return out
 
-    def render_op(self, n, args, used) -> Code:
+    def render_op(self, n, args, used, as_bool=False) -> Code:
         op = self.A.nodes[n][g.OP]
         macro = getattr(self.macros, op, None)
         if macro is None:
             raise CodegenError(f"the {self.backend} backend has no template for op {op!r}",
                                node=n, source=g.source_of(self.A))
         at = self.attrs_code(n, used)
+        if op in MASKS:
+            at["as_bool"] = as_bool
         if ops.get(op).variadic:
             text = macro([wrap(x) for x in args], at)
         else:
@@ -357,7 +363,14 @@ class Program:
             used, exprs = set(), {}
             for n in order:
                 args = [self.value(p, exprs, names) for p in g.operands(A, n)]
-                exprs[n] = self.render_op(n, args, used)
+                # a mask multiplied in place of use stays boolean: no float copy
+                as_bool = (
+                    n in inline
+                    and A.nodes[consumer[n]][g.OP] == "mul"
+                    and not any(A.nodes[q].get(g.OP) in MASKS
+                                for q in g.operands(A, consumer[n]) if q != n)
+                )
+                exprs[n] = self.render_op(n, args, used, as_bool)
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
             too_long = None
@@ -449,7 +462,8 @@ class Program:
         out = set()
         for n in order:
             a = A.nodes[n]
-            if n not in inline or a[g.OP] not in memory.UFUNCS or tuple(a[g.SHAPE]) == ():
+            if (n not in inline or a[g.OP] not in memory.UFUNCS
+                    or not memory.big_enough(a[g.SHAPE])):
                 continue
             c = A.nodes[consumer[n]]
             if c[g.OP] in memory.UFUNCS and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):

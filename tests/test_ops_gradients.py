@@ -229,6 +229,10 @@ CASES = {
         Case(((3, 4), (4,))),
         Case(((2, 3), ())),
     ],
+    "softmax_xent_grad": [
+        Case(((4, 5), (4,))),
+        Case(((2, 3, 4), (2, 3))),
+    ],
     "onehot": [
         Case(((4,),), {"depth": 5}),
         Case(((2, 3),), {"depth": 3}),

@@ -909,10 +909,8 @@ def _sce_impl(logits, labels):
 def _sce_vjp(b, c):
     logits, labels = c.ins
     shape = c.in_shapes[0]
-    p = b.softmax(logits, axis=len(shape) - 1)
-    hot = b.onehot(labels, depth=shape[-1])
     scale = b.div(c.g, b.dimsize(dims=list(shape[:-1])))
-    return [b.mul(b.sub(p, hot), scale), None]
+    return [b.mul(b.softmax_xent_grad(logits, labels), scale), None]
 
 
 register(
@@ -955,6 +953,36 @@ register(
             "∂{y}/∂{targets} = −{logits}/N",
         ),
         domain=("real", "unit"),
+        category="loss",
+    )
+)
+
+
+def _xent_grad_impl(logits, labels):
+    hot = labels[..., None] == np.arange(logits.shape[-1])
+    return _softmax(logits, -1) - hot
+
+
+def _xent_grad_vjp(b, c):
+    # y = softmax(x) − onehot: only the softmax depends on x
+    x = c.ins[0]
+    p = b.softmax(x, axis=len(c.in_shapes[0]) - 1)
+    inner = b.sum(b.mul(c.g, p), axis=[len(c.in_shapes[0]) - 1], keepdims=True)
+    return [b.mul(p, b.sub(c.g, inner)), None]
+
+
+register(
+    Op(
+        name="softmax_xent_grad",
+        args=("logits", "labels"),
+        shape=lambda s, a: (_sce_shape(s, a), tuple(s[0]))[1],
+        impl=_xent_grad_impl,
+        vjp=_xent_grad_vjp,
+        math="{y} = softmax({logits}) − onehot({labels}) (cross-entropy's gradient per row)",
+        derivs=("{logits}̄ = softmax({logits})·({y}̄ − Σ {y}̄·softmax({logits}))", "none"),
+        int_args=(1,),
+        domain=("real", "labels"),
+        internal=True,
         category="loss",
     )
 )

@@ -71,6 +71,17 @@ UFUNCS = {
 }
 
 
+# Writing into an existing buffer saves an allocation but costs a keyword argument and,
+# for a chain, a statement: worth it only for arrays with at least this many elements
+# per unit of every symbolic size (tiny per-row arrays are dominated by call overhead).
+MIN_INPLACE_ELEMENTS = 64
+
+
+def big_enough(shape):
+    """Whether in-place work pays for arrays of ``shape`` (symbolic sizes count as 1)."""
+    return int(np.prod([d for d in shape if isinstance(d, int)])) >= MIN_INPLACE_ELEMENTS
+
+
 def plan_buffers(G, program, keep, ufuncs=UFUNCS):
     """Per statement: ``("acc", t)``, ``("out", p)`` or None.
 
@@ -113,7 +124,7 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
                 args.count(args[0]) == 1 or args == [args[0], args[0]]
             ):
                 choice = ("acc", args[0])  # add_n(t, u, t) would read t after writing it
-            elif a[g.OP] in ufuncs and fits:
+            elif a[g.OP] in ufuncs and fits and big_enough(shape):
                 # prefer a temporary's buffer: the code then reads as one value updated
                 fits.sort(key=lambda p: not G.nodes[p].get(g.ROLE) == g.BACKWARD)
                 choice = ("out", fits[0])

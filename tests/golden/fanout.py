@@ -148,22 +148,22 @@ def forward(**arrays):
     """The forward pass: every output, by name."""
     x, t, W1, b1, W2, V, batch = _unpack(arrays)
     a = x @ W1
-    u = np.add(a, b1, out=a)
+    u = a + b1
     del a
 
     # h = tanh(u)
-    h = np.tanh(u, out=u)
+    h = np.tanh(u)
     del u
     z = h @ W2
     s = h @ V
-    y = np.add(z, s, out=z)
+    y = z + s
     del z, s
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
 
     # hh = h²
-    hh = np.square(h, out=h)
+    hh = np.square(h)
     del h
 
     # r = mean of hh over axes [0, 1]
@@ -180,15 +180,15 @@ def value_and_grad(**arrays):
     """The loss 'J' and its gradient with respect to 'W1', 'b1', 'W2', 'V'."""
     x, t, W1, b1, W2, V, batch = _unpack(arrays)
     a = x @ W1
-    u = np.add(a, b1, out=a)
+    u = a + b1
     del a
 
     # h = tanh(u)
-    h = np.tanh(u, out=u)
+    h = np.tanh(u)
     del u
     z = h @ W2
     s = h @ V
-    y = np.add(z, s, out=z)
+    y = z + s
     del z, s
 
     # e = mean((y − t)²)
@@ -208,15 +208,11 @@ def value_and_grad(**arrays):
     #   k_bar · ∂k/∂v.
     # h_bar_via_hh = the term of ∂J/∂h that flows through hh = ∂J/∂hh · ∂hh/∂h, where
     #   ∂hh/∂h = 2·h
-    t1 = 2.0 * h
-    h_bar_via_hh = np.multiply(0.01 / float(3 * batch), t1, out=t1)
-    del t1
+    h_bar_via_hh = (0.01 / float(3 * batch)) * (2.0 * h)
 
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    t2 = np.subtract(y, t, out=y)
+    y_bar = (y - t) * (2.0 / float(2 * batch))
     del y
-    y_bar = np.multiply(t2, 2.0 / float(2 * batch), out=t2)
-    del t2
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
     #   h_bar_via_s = y_bar @ Vᵀ
@@ -238,10 +234,8 @@ def value_and_grad(**arrays):
     del h_bar_via_hh, h_bar_via_s, h_bar_via_z
 
     # u_bar = ∂J/∂u = h_bar · ∂h/∂u, where ∂h/∂u = 1 − tanh²(u) = 1 − h²
-    t3 = np.subtract(1.0, hh, out=hh)
-    del hh
-    u_bar = np.multiply(h_bar, t3, out=h_bar)
-    del h_bar, t3
+    u_bar = h_bar * (1.0 - hh)
+    del hh, h_bar
 
     # b1_bar = ∂J/∂b1 = u_bar · ∂u/∂b1, where ∂u/∂b1 = 1 (summed over the axes
     #   broadcasting stretched)

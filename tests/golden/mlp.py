@@ -46,30 +46,22 @@ LOSS = "loss"
 WRT = ("W1", "b1", "W2", "b2")
 
 
-def _logsumexp(x, axis, keepdims):
-    # log Σ exp(x), shifted by the max so exp never overflows
-    m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    out = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
-    return out if keepdims else np.squeeze(out, axis=axis)
-
-
-def _softmax(x, axis):
-    # exp(x)/Σ exp(x), shifted by the max so exp never overflows
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
-
-
 def _softmax_cross_entropy(logits, labels):
     # mean over the batch of −log softmax(logits)[label]
-    #   = logsumexp(logits) − logits[label]
+    #   = max + log Σ exp(logits − max) − logits[label]
+    m = logits.max(axis=-1, keepdims=True)
+    s = np.exp(logits - m).sum(axis=-1)
     picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return np.mean(_logsumexp(logits, -1, False) - picked)
+    return (m[..., 0] + np.log(s) - picked).mean()
 
 
-def _onehot(labels, depth):
-    # 1.0 where the class index equals the label, else 0.0
-    return (labels[..., None] == np.arange(depth)).astype(DTYPE)
+def _softmax_xent_grad(logits, labels):
+    # softmax(logits) − onehot(labels), with one exp and no one-hot array
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    rows = e.reshape(-1, e.shape[-1])
+    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
+    return e
 
 
 def _check(arrays):
@@ -186,7 +178,7 @@ def forward(**arrays):
     del a1
     z2 = h1 @ W2
     del h1
-    logits = np.add(z2, b2, out=z2)
+    logits = z2 + b2
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
@@ -204,7 +196,7 @@ def value_and_grad(**arrays):
     # h1 = max(a1, 0)
     h1 = np.maximum(a1, 0.0)
     z2 = h1 @ W2
-    logits = np.add(z2, b2, out=z2)
+    logits = z2 + b2
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
@@ -213,10 +205,8 @@ def value_and_grad(**arrays):
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
     # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
-    t1 = _softmax(logits, 1) - _onehot(labels, 10)
+    logits_bar = _softmax_xent_grad(logits, labels) * (1.0 / float(batch))
     del logits
-    logits_bar = np.multiply(t1, 1.0 / float(batch), out=t1)
-    del t1
 
     # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1 (summed over
     #   the axes broadcasting stretched)
@@ -230,7 +220,7 @@ def value_and_grad(**arrays):
     del h1, logits_bar
 
     # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0 else 0
-    a1_bar = np.multiply(h1_bar, (a1 > 0).astype(DTYPE), out=h1_bar)
+    a1_bar = np.multiply(h1_bar, (a1 > 0), out=h1_bar)
     del a1, h1_bar
 
     # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes

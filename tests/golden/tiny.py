@@ -147,7 +147,7 @@ def forward(**arrays):
     """The forward pass: every output, by name."""
     x, t, W1, b1, W2, batch = _unpack(arrays)
     z1 = x @ W1
-    a1 = np.add(z1, b1, out=z1)
+    a1 = z1 + b1
     del z1
 
     # h1 = σ(a1) = 1/(1 + exp(−a1))
@@ -169,7 +169,7 @@ def value_and_grad(**arrays):
     """The loss 'J' and its gradient with respect to 'W1', 'b1', 'W2'."""
     x, t, W1, b1, W2, batch = _unpack(arrays)
     z1 = x @ W1
-    a1 = np.add(z1, b1, out=z1)
+    a1 = z1 + b1
     del z1
 
     # h1 = σ(a1) = 1/(1 + exp(−a1))
@@ -187,16 +187,11 @@ def value_and_grad(**arrays):
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    t1 = y - t
-    y_bar = np.multiply(t1, 2.0 / float(batch), out=t1)
-    del t1
+    y_bar = (y - t) * (2.0 / float(batch))
 
     # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) = y·(1 − y)
-    t2 = 1.0 - y
-    np.multiply(y, t2, out=t2)
-    del y
-    z2_bar = np.multiply(y_bar, t2, out=y_bar)
-    del y_bar, t2
+    z2_bar = y_bar * (y * (1.0 - y))
+    del y, y_bar
 
     # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
     h1_bar = z2_bar @ W2.T
@@ -207,11 +202,8 @@ def value_and_grad(**arrays):
 
     # a1_bar = ∂J/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = σ(a1)·(1 − σ(a1)) = h1·(1 −
     #   h1)
-    t3 = 1.0 - h1
-    np.multiply(h1, t3, out=t3)
-    del h1
-    a1_bar = np.multiply(h1_bar, t3, out=h1_bar)
-    del h1_bar, t3
+    a1_bar = h1_bar * (h1 * (1.0 - h1))
+    del h1, h1_bar
 
     # b1_bar = ∂J/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
     #   broadcasting stretched)
