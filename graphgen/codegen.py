@@ -135,6 +135,16 @@ def condition(parts, indent=INDENT) -> Code:
     return Code("(\n" + "\n".join(lines) + "\n" + " " * indent + ")")
 
 
+def operator_chain(expr, terms, op, used, indent=INDENT) -> Code:
+    """``expr`` (``a + b + c``), or its ``terms`` one per line in parentheses when the
+    line is too long, as ``ruff format`` lays it out; ``used``: width taken before it."""
+    if used + len(expr) <= LINE:
+        return Code(expr)
+    pad = " " * (indent + INDENT)
+    body = "\n".join(f"{pad}{'' if i == 0 else op + ' '}{t}" for i, t in enumerate(terms))
+    return Code(f"(\n{body}\n{' ' * indent})")
+
+
 def unpack_line(prefix, names, suffix, indent) -> Code:
     """``prefix a, b, c suffix``, with the names one per line in parentheses if too long."""
     one = f"{prefix}{', '.join(names)}{suffix}"
@@ -399,7 +409,13 @@ class Program:
                 st.expr, st.accumulate = terms[0], terms[1:]
             # a name still in use (shared by a value written into the same buffer) stays
             live = {names[v] for v, _ in program[i + 1:]} | {names[n]}
-            st.dels = [names[v] for v in drops[i] if names[v] not in live]
+            dels = [names[v] for v in drops[i] if names[v] not in live]
+            st.dels = unpack_line("del ", dels, "", INDENT) if dels else None
+            if A.nodes[n][g.OP] == "add_n" and not st.accumulate:
+                st.expr = operator_chain(
+                    st.expr, [wrap(self.value(p, exprs, names)) for p in g.operands(A, n)],
+                    "+", INDENT + len(st.target) + 3,
+                )
             statements.append(st)
         # a comment explains the temporaries computed for its statement, so it goes first
         run = []
@@ -429,7 +445,8 @@ class Program:
             if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
         ]
         return Function(
-            Code(name), [_comment(d) for d in doc], dim_lines, bindings, statements,
+            Code(name), [_comment(d) for d in doc if d] if len(doc) == 1 else
+            [_comment(d) for d in doc], dim_lines, bindings, statements,
             returns,
         )
 
@@ -649,8 +666,10 @@ class Program:
                     "value_and_grad",
                     roots,
                     [
-                        f"The loss {self.loss!r} and its gradient with respect to "
-                        + ", ".join(repr(w) for w in wrt) + ".",
+                        f"The loss {self.loss!r} and its gradient with respect to each "
+                        "name in WRT.",
+                        "",
+                        "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
                     ],
                     lambda names, used: fit(
                         f"return float({out_expr(self.loss, names)}), ", "{",
@@ -692,7 +711,8 @@ class Program:
                        if self.loss else [], ")", 0, tuple_=True),
             "functions": functions,
             "helpers": [Code(h) for h in helpers],
-            "summary": [Code(_comment(line)) for line in self.summary()],
+            "summary": [Code(part) for line in self.summary()
+                        for part in _wrap_comment(line, width=LINE)],
         }
 
     def unpack(self, arrays):

@@ -504,3 +504,21 @@ def test_every_backward_statement_has_a_math_comment(name, example_sources):
             assert ast.unparse(prev_target) == ast.unparse(stmt.target)
         previous = stmt
     assert checked >= 2
+
+
+BENCH_SPECS = sorted((REPO / "benchmarks" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", BENCH_SPECS, ids=lambda p: p.stem)
+def test_benchmark_modules_are_formatted_and_lint_clean(spec):
+    # wide graphs: 60 params (w4), a 16-way fan-out sum (w5), long del lists
+    text = graphgen.generate(graphgen.load(spec))
+    diff = ruff_diff(text)
+    assert not diff.strip(), f"ruff format would change {spec.name}:\n{diff[:3000]}"
+    proc = subprocess.run(
+        [str(VENV_BIN / "ruff"), "check", "--select", "E,F,W", "--output-format",
+         "concise", "--stdin-filename", f"{spec.stem}.py", "-"],
+        input=text.encode("utf-8"), capture_output=True, check=False, cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
