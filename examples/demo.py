@@ -54,7 +54,9 @@ def main():
         if step % 1500 == 0:
             print(f"   step {step:5d}  loss {loss:.5f}")
     y = tiny_net.forward(x=x, t=t, **params)["y"]
-    print("3. trained on XOR: predictions", np.round(y.ravel(), 3), "targets", t.ravel())
+    print(
+        "3. trained on XOR: predictions", np.round(y.ravel(), 3), "targets", t.ravel()
+    )
     if not loss < first / 10:
         print("training did not reduce the loss ten-fold", file=sys.stderr)
         return 1

@@ -19,11 +19,10 @@ Examples
 
 __version__ = "0.1.0"
 
-from .api import check, compile, load  # noqa: E402
-from .codegen import generate  # noqa: E402
-from .diagram import render, to_dot  # noqa: E402
-from .explain import explain  # noqa: E402
-from .errors import (  # noqa: E402
+from .api import check, compile, load
+from .codegen import generate
+from .diagram import render, to_dot
+from .errors import (
     CodegenError,
     GradientError,
     GraphError,
@@ -32,26 +31,27 @@ from .errors import (  # noqa: E402
     ShapeError,
     SpecError,
 )
-from .passes.adjoint import adjoint  # noqa: E402
-from .passes.optimize import optimize  # noqa: E402
-from .passes.shapes import prepare  # noqa: E402
+from .explain import explain
+from .passes.adjoint import adjoint
+from .passes.optimize import optimize
+from .passes.shapes import prepare
 
 __all__ = [
-    "load",
-    "prepare",
+    "CodegenError",
+    "GradientError",
+    "GraphError",
+    "GraphgenError",
+    "GraphgenWarning",
+    "ShapeError",
+    "SpecError",
     "adjoint",
-    "optimize",
-    "generate",
-    "compile",
     "check",
+    "compile",
+    "explain",
+    "generate",
+    "load",
+    "optimize",
+    "prepare",
     "render",
     "to_dot",
-    "explain",
-    "GraphgenError",
-    "SpecError",
-    "GraphError",
-    "ShapeError",
-    "GradientError",
-    "CodegenError",
-    "GraphgenWarning",
 ]

@@ -11,7 +11,7 @@ from . import spec
 from .check import check
 from .codegen import generate
 
-__all__ = ["load", "compile", "check"]
+__all__ = ["check", "compile", "load"]
 
 
 def load(path):
@@ -30,7 +30,7 @@ def load(path):
     return spec.load(os.fspath(path))
 
 
-def compile(G, backend="numpy", *, dtype=None, **options):  # noqa: A001 - the API name
+def compile(G, backend="numpy", *, dtype=None, **options):
     """Generate the module for ``G`` and import it (NumPy: without writing a file).
 
     The ``numba`` backend's module is written to a cache directory (``$GRAPHGEN_CACHE_DIR``,
@@ -62,12 +62,11 @@ def compile(G, backend="numpy", *, dtype=None, **options):  # noqa: A001 - the A
     # the module may define functions whose globals must resolve while it runs
     sys.modules.setdefault(name, module)
     try:
-        exec(code, module.__dict__)
+        exec(code, module.__dict__)  # noqa: S102 - running the code we just generated
     finally:
         if sys.modules.get(name) is module:
             del sys.modules[name]
     return module
-
 
 
 def cache_dir():

@@ -18,7 +18,9 @@ from .passes.shapes import prepare
 
 def symbol_sizes(G, sizes=None):
     """A concrete size for every symbolic dimension of ``G`` (2, 3, 4, 2, ... by name)."""
-    syms = sorted({s for n in G for d in G.nodes[n].get(g.SHAPE, ()) for s in dims.symbols(d)})
+    syms = sorted(
+        {s for n in G for d in G.nodes[n].get(g.SHAPE, ()) for s in dims.symbols(d)}
+    )
     out = {s: 2 + i % 3 for i, s in enumerate(syms)}
     out.update(sizes or {})
     return out
@@ -117,8 +119,10 @@ class CheckReport:
         return all(r.ok for r in self.rows)
 
     def format(self):
-        head = f"{'array':<16} {'shape':<14} {'checked':>7} {'max abs err':>12} " \
-               f"{'max rel err':>12}  result"
+        head = (
+            f"{'array':<16} {'shape':<14} {'checked':>7} {'max abs err':>12} "
+            f"{'max rel err':>12}  result"
+        )
         lines = [f"loss = {self.loss!r}", head, "-" * len(head)]
         for r in self.rows:
             lines.append(
@@ -126,7 +130,9 @@ class CheckReport:
                 f"{r.max_abs:>12.3e} {r.max_rel:>12.3e}  {'ok' if r.ok else 'FAIL'}"
             )
         verdict = "all gradients match" if self.ok else "gradient check FAILED"
-        lines.append(f"{verdict} (central differences, float64, tolerance {self.tol:g})")
+        lines.append(
+            f"{verdict} (central differences, float64, tolerance {self.tol:g})"
+        )
         return "\n".join(lines)
 
 
@@ -154,7 +160,9 @@ def check(G, seed=0, tol=1e-6, eps=1e-6, max_elements=64, arrays=None, module=No
     if G.graph.get("loss") is None:
         from .errors import GradientError
 
-        raise GradientError("no loss to check: set 'loss' in the spec", source=g.source_of(G))
+        raise GradientError(
+            "no loss to check: set 'loss' in the spec", source=g.source_of(G)
+        )
     mod = module or compile_module(G, dtype="float64")
     if arrays is None:
         arrays = random_arrays(G, seed=seed, dtype="float64")
@@ -169,8 +177,10 @@ def check(G, seed=0, tol=1e-6, eps=1e-6, max_elements=64, arrays=None, module=No
     for w in G.graph["wrt"]:
         x = arrays[w]
         size = x.size
-        idx = np.arange(size) if size <= max_elements else np.sort(
-            rng.choice(size, max_elements, replace=False)
+        idx = (
+            np.arange(size)
+            if size <= max_elements
+            else np.sort(rng.choice(size, max_elements, replace=False))
         )
         max_abs = max_rel = 0.0
         for i in idx:

@@ -30,17 +30,32 @@ def compile_args(p):
     p.add_argument("spec", help="the spec file (.yaml, .yml or .json)")
     p.add_argument("-o", "--output", help="where to write the module (default: stdout)")
     p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
-    p.add_argument("--dtype", choices=["float32", "float64"],
-                   help="override the spec's dtype")
-    p.add_argument("--report", action="store_true",
-                   help="print op counts per pass, the arrays saved for the backward pass "
-                        "and the planned peak memory to stderr")
-    p.add_argument("--size", action="append", default=[], metavar="NAME=N",
-                   help="a symbolic size for --report (default 32 each), e.g. batch=512")
-    p.add_argument("--parallel", action="store_true",
-                   help="numba backend: split the outer loop of each kernel over threads")
-    p.add_argument("--fastmath", action="store_true",
-                   help="numba backend: compile kernels with fastmath=True")
+    p.add_argument(
+        "--dtype", choices=["float32", "float64"], help="override the spec's dtype"
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="print op counts per pass, the arrays saved for the backward pass "
+        "and the planned peak memory to stderr",
+    )
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="a symbolic size for --report (default 32 each), e.g. batch=512",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="numba backend: split the outer loop of each kernel over threads",
+    )
+    p.add_argument(
+        "--fastmath",
+        action="store_true",
+        help="numba backend: compile kernels with fastmath=True",
+    )
 
 
 def compile_run(args):
@@ -54,13 +69,17 @@ def compile_run(args):
             if not value.isdigit():
                 raise GraphgenError(f"--size expects NAME=N, got {item!r}")
             sizes[key] = int(value)
-        print(report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
-              file=sys.stderr)
+        print(
+            report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
+            file=sys.stderr,
+        )
     name = os.path.basename(args.spec)
     options = {k: True for k in ("parallel", "fastmath") if getattr(args, k)}
     if options and args.backend != "numba":
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
-    text = generate(G, backend=args.backend, dtype=args.dtype, source_name=name, **options)
+    text = generate(
+        G, backend=args.backend, dtype=args.dtype, source_name=name, **options
+    )
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
@@ -76,17 +95,23 @@ def compile_run(args):
 def check_args(p):
     p.add_argument("spec", help="the spec file")
     p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
-    p.add_argument("--tol", type=float, default=1e-6,
-                   help="relative tolerance (default 1e-6)")
-    p.add_argument("--max-elements", type=int, default=64,
-                   help="entries checked per array at most (default 64)")
+    p.add_argument(
+        "--tol", type=float, default=1e-6, help="relative tolerance (default 1e-6)"
+    )
+    p.add_argument(
+        "--max-elements",
+        type=int,
+        default=64,
+        help="entries checked per array at most (default 64)",
+    )
 
 
 def check_run(args):
     from .check import check
 
-    report = check(_load(args.spec), seed=args.seed, tol=args.tol,
-                   max_elements=args.max_elements)
+    report = check(
+        _load(args.spec), seed=args.seed, tol=args.tol, max_elements=args.max_elements
+    )
     print(report.format())
     return 0 if report.ok else 1
 
@@ -95,10 +120,14 @@ def check_run(args):
 
 
 def ops_args(p):
-    p.add_argument("--all", action="store_true",
-                   help="also list the internal ops VJP rules use")
-    p.add_argument("--markdown", action="store_true",
-                   help="print a Markdown table (the one in the README)")
+    p.add_argument(
+        "--all", action="store_true", help="also list the internal ops VJP rules use"
+    )
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print a Markdown table (the one in the README)",
+    )
 
 
 def ops_markdown(rows):
@@ -110,11 +139,18 @@ def ops_markdown(rows):
     ]
     for op in sorted(rows, key=lambda o: (o.category, o.name)):
         attrs = ", ".join(
-            f"{k}{'' if v is ops.REQUIRED else f' ({v!r})'}" for k, v in op.attrs.items()
+            f"{k}{'' if v is ops.REQUIRED else f' ({v!r})'}"
+            for k, v in op.attrs.items()
         )
         sig = ", ".join(op.args) + ("…" if op.variadic else "")
         derivs = "; ".join(ops.plain(op, d) for d in op.derivs)
-        cells = [f"`{op.name}`", sig, attrs or "–", ops.plain(op, op.math), derivs or "–"]
+        cells = [
+            f"`{op.name}`",
+            sig,
+            attrs or "–",
+            ops.plain(op, op.math),
+            derivs or "–",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -138,14 +174,24 @@ def ops_run(args):
             for k, v in op.attrs.items()
         )
         sig = ", ".join(op.args) + ("..." if op.variadic else "")
-        print(f"  {op.name:<{width}}  {op.name}({sig})  {math}" + (f"  [{attrs}]" if attrs
-                                                                      else ""))
+        print(
+            f"  {op.name:<{width}}  {op.name}({sig})  {math}"
+            + (f"  [{attrs}]" if attrs else "")
+        )
     return 0
 
 
 COMMANDS = {
-    "compile": ("turn a spec into a standalone Python module", compile_args, compile_run),
-    "check": ("compare gradients with central finite differences", check_args, check_run),
+    "compile": (
+        "turn a spec into a standalone Python module",
+        compile_args,
+        compile_run,
+    ),
+    "check": (
+        "compare gradients with central finite differences",
+        check_args,
+        check_run,
+    ),
     "ops": ("list every op with its math", ops_args, ops_run),
 }
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -23,8 +24,8 @@ from . import __version__, dims, ops
 from . import graph as g
 from .errors import CodegenError
 from .naming import Code, Namer
-from .passes.adjoint import adjoint
 from .passes import memory
+from .passes.adjoint import adjoint
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
@@ -67,7 +68,7 @@ def _finalize(value):
     return value
 
 
-@lru_cache(maxsize=None)
+@cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
@@ -92,7 +93,7 @@ def literal(v) -> Code:
     if isinstance(v, int):
         return Code(repr(v))
     if isinstance(v, float):
-        if v != v:
+        if math.isnan(v):
             return Code("np.nan")
         if v in (float("inf"), float("-inf")):
             return Code("np.inf" if v > 0 else "-np.inf")
@@ -141,7 +142,9 @@ def operator_chain(expr, terms, op, used, indent=INDENT) -> Code:
     if used + len(expr) <= LINE:
         return Code(expr)
     pad = " " * (indent + INDENT)
-    body = "\n".join(f"{pad}{'' if i == 0 else op + ' '}{t}" for i, t in enumerate(terms))
+    body = "\n".join(
+        f"{pad}{'' if i == 0 else op + ' '}{t}" for i, t in enumerate(terms)
+    )
     return Code(f"(\n{body}\n{' ' * indent})")
 
 
@@ -203,6 +206,7 @@ class Program:
         self.loss = A.graph.get("loss")
         self.grads = A.graph.get("grads") or {}
         self.programs = {}
+        self._once = {}
         self._name_nodes()
 
     # names ------------------------------------------------------------------
@@ -215,7 +219,9 @@ class Program:
         for n in order:
             if A.nodes[n][g.KIND] == g.OPNODE and A.nodes[n][g.ROLE] == g.FORWARD:
                 nm.name(n)
-        symbols = sorted({s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)})
+        symbols = sorted(
+            {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+        )
         for s in symbols:
             nm.name(("dim", s), s)
         for n in order:
@@ -251,8 +257,10 @@ class Program:
         if op in ("sum", "mean", "max", "logsumexp"):
             axes = list(at["axis"])
             every = axes == list(range(len(in_shapes[0])))
-            out["axis"] = None if every and op != "logsumexp" else (
-                literal(axes[0]) if len(axes) == 1 else literal(tuple(axes))
+            out["axis"] = (
+                None
+                if every and op != "logsumexp"
+                else (literal(axes[0]) if len(axes) == 1 else literal(tuple(axes)))
             )
             if every and op == "logsumexp":
                 out["axis"] = Code("None")
@@ -269,7 +277,9 @@ class Program:
             nd = len(at["shape"]) if op == "unslice" else len(in_shapes[0])
             parts = [":"] * nd
             start, stop, step = at["start"], at["stop"], at["step"]
-            full = in_shapes[0][at["axis"]] if op == "slice" else at["shape"][at["axis"]]
+            full = (
+                in_shapes[0][at["axis"]] if op == "slice" else at["shape"][at["axis"]]
+            )
             s = "" if start == 0 else self.dim(start, used)
             e = "" if stop == full else self.dim(stop, used)
             parts[at["axis"]] = f"{s}:{e}" + ("" if step == 1 else f":{step}")
@@ -279,14 +289,16 @@ class Program:
             if op == "unslice":
                 out["shape"] = self.shape_code(at["shape"], used)
         elif op == "transpose":
-            out["T"] = list(at["perm"]) == list(range(len(in_shapes[0])))[::-1] and len(
-                in_shapes[0]
-            ) == 2
+            out["T"] = (
+                list(at["perm"]) == list(range(len(in_shapes[0])))[::-1]
+                and len(in_shapes[0]) == 2
+            )
             out["perm"] = literal(tuple(at["perm"]))
         elif op == "dimsize":
             size = dims.prod(at["dims"])
             out["value"] = (
-                literal(float(size)) if isinstance(size, int)
+                literal(float(size))
+                if isinstance(size, int)
                 else Code(f"float({self.dim(size, used)})")
             )
         elif op == "onehot":
@@ -299,8 +311,11 @@ class Program:
         op = self.A.nodes[n][g.OP]
         macro = getattr(self.macros, op, None)
         if macro is None:
-            raise CodegenError(f"the {self.backend} backend has no template for op {op!r}",
-                               node=n, source=g.source_of(self.A))
+            raise CodegenError(
+                f"the {self.backend} backend has no template for op {op!r}",
+                node=n,
+                source=g.source_of(self.A),
+            )
         at = self.attrs_code(n, used)
         if op in MASKS:
             at["as_bool"] = as_bool
@@ -310,9 +325,13 @@ class Program:
             text = macro(*[wrap(x) for x in args], at)
         return Code(text.strip())
 
-    @lru_cache(maxsize=None)
     def _uses_once(self, op):
         """Whether the op's template mentions each argument once (so it may be inlined)."""
+        if op not in self._once:
+            self._once[op] = self._mentions_each_argument_once(op)
+        return self._once[op]
+
+    def _mentions_each_argument_once(self, op):
         o = ops.get(op)
         if o.variadic:
             return True
@@ -355,8 +374,9 @@ class Program:
             # memory plan: drop each value after its last read; write ufunc results
             # into buffers that die here; sum fan-outs in place
             program = [(n, self._reads(n, inline)) for n in order if n not in inline]
-            buffers = dict(zip((n for n, _ in program),
-                               memory.plan_buffers(A, program, keep)))
+            buffers = dict(
+                zip((n for n, _ in program), memory.plan_buffers(A, program, keep))
+            )
             names, k = {}, 1
             temps = Namer()
             temps.taken = set(self.namer.taken)
@@ -377,8 +397,11 @@ class Program:
                 as_bool = (
                     n in inline
                     and A.nodes[consumer[n]][g.OP] == "mul"
-                    and not any(A.nodes[q].get(g.OP) in MASKS
-                                for q in g.operands(A, consumer[n]) if q != n)
+                    and not any(
+                        A.nodes[q].get(g.OP) in MASKS
+                        for q in g.operands(A, consumer[n])
+                        if q != n
+                    )
                 )
                 exprs[n] = self.render_op(n, args, used, as_bool)
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
@@ -408,13 +431,15 @@ class Program:
                 terms = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 st.expr, st.accumulate = terms[0], terms[1:]
             # a name still in use (shared by a value written into the same buffer) stays
-            live = {names[v] for v, _ in program[i + 1:]} | {names[n]}
+            live = {names[v] for v, _ in program[i + 1 :]} | {names[n]}
             dels = [names[v] for v in drops[i] if names[v] not in live]
             st.dels = unpack_line("del ", dels, "", INDENT) if dels else None
             if A.nodes[n][g.OP] == "add_n" and not st.accumulate:
                 st.expr = operator_chain(
-                    st.expr, [wrap(self.value(p, exprs, names)) for p in g.operands(A, n)],
-                    "+", INDENT + len(st.target) + 3,
+                    st.expr,
+                    [wrap(self.value(p, exprs, names)) for p in g.operands(A, n)],
+                    "+",
+                    INDENT + len(st.target) + 3,
                 )
             statements.append(st)
         # a comment explains the temporaries computed for its statement, so it goes first
@@ -430,23 +455,29 @@ class Program:
         for st in statements:
             if A.nodes[st.node][g.ROLE] == g.BACKWARD:
                 st.blank_before = True
-                st.comments = _wrap_comment(
-                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
-                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
-                ) + st.comments
+                st.comments = (
+                    _wrap_comment(
+                        f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
+                        "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
+                    )
+                    + st.comments
+                )
                 break
         returns = returns_fn(names, used)
-        dim_lines = [
-            (self.namer[("dim", s)], literal(s)) for s in sorted(used)
-        ]
+        dim_lines = [(self.namer[("dim", s)], literal(s)) for s in sorted(used)]
         bindings = [
             (self.namer[n], literal(n))
             for n in g.schedule(A, need)
             if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
         ]
         return Function(
-            Code(name), [_comment(d) for d in doc if d] if len(doc) == 1 else
-            [_comment(d) for d in doc], dim_lines, bindings, statements,
+            Code(name),
+            [_comment(d) for d in doc if d]
+            if len(doc) == 1
+            else [_comment(d) for d in doc],
+            dim_lines,
+            bindings,
+            statements,
             returns,
         )
 
@@ -479,8 +510,11 @@ class Program:
         out = set()
         for n in order:
             a = A.nodes[n]
-            if (n not in inline or a[g.OP] not in memory.UFUNCS
-                    or not memory.big_enough(a[g.SHAPE])):
+            if (
+                n not in inline
+                or a[g.OP] not in memory.UFUNCS
+                or not memory.big_enough(a[g.SHAPE])
+            ):
                 continue
             c = A.nodes[consumer[n]]
             if c[g.OP] in memory.UFUNCS and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
@@ -488,8 +522,12 @@ class Program:
                 continue
             top = at[statement_of(n)]
             for p in g.operands(A, n):
-                if (p in at and p not in keep and last.get(p) == top
-                        and tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])):
+                if (
+                    p in at
+                    and p not in keep
+                    and last.get(p) == top
+                    and tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])
+                ):
                     out.add(n)
                     break
         return out
@@ -548,7 +586,9 @@ class Program:
             if "{" + key + "}̄" in filled:
                 bar = term[1] if term and nid == term[0] else self.bar_name(nid, names)
                 filled = filled.replace("{" + key + "}̄", bar)
-        return ops.format_note(filled, {**{k: show(v) for k, v in ids.items()}, **attrs})
+        return ops.format_note(
+            filled, {**{k: show(v) for k, v in ids.items()}, **attrs}
+        )
 
     def math_of(self, n, names):
         """The forward math of op node ``n`` with code names: ``z2 = h1 @ W2``."""
@@ -557,8 +597,10 @@ class Program:
         ins = g.operands(A, n)
         text = op.math
         if op.variadic:
-            text = text.replace("{" + op.args[0] + "}",
-                                "(" + ", ".join(self.display(names)(p) for p in ins) + ")")
+            text = text.replace(
+                "{" + op.args[0] + "}",
+                "(" + ", ".join(self.display(names)(p) for p in ins) + ")",
+            )
             ids = {"y": n}
         else:
             ids = {"y": n, **dict(zip(op.args, ins))}
@@ -600,8 +642,10 @@ class Program:
             if k == self.loss or self.bar_name(k, names) == "1.0":
                 text = f"{head} = {rhs}"
             else:
-                text = f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where " \
-                       f"∂{show(k)}/∂{show(j)} = {rhs}"
+                text = (
+                    f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where "
+                    f"∂{show(k)}/∂{show(j)} = {rhs}"
+                )
         elif k in A:
             text = f"{head}; through {self.math_of(k, names)}: {deriv}"
         else:  # the successor was optimized away (a graph differentiated twice)
@@ -633,8 +677,11 @@ class Program:
                 outputs,
                 ["The forward pass: every output, by name."],
                 lambda names, used: fit(
-                    "return ", "{", [f"{literal(o)}: {out_expr(o, names)}" for o in outputs],
-                    "}", INDENT,
+                    "return ",
+                    "{",
+                    [f"{literal(o)}: {out_expr(o, names)}" for o in outputs],
+                    "}",
+                    INDENT,
                 ),
             )
         ]
@@ -653,8 +700,10 @@ class Program:
                 if a[g.KIND] == g.CONST:
                     return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
                 name = self.namer[v] if v in self.namer else names[v]
-                if v in handed_out or a[g.KIND] != g.OPNODE or a[g.OP] in (
-                    "broadcast_to", "transpose", "reshape", "slice"
+                if (
+                    v in handed_out
+                    or a[g.KIND] != g.OPNODE
+                    or a[g.OP] in ("broadcast_to", "transpose", "reshape", "slice")
                 ):
                     # a view, or an array another gradient already is: hand out a copy
                     return Code(f"np.array({name})")
@@ -666,24 +715,28 @@ class Program:
                     "value_and_grad",
                     roots,
                     [
-                        f"The loss {self.loss!r} and its gradient with respect to each "
-                        "name in WRT.",
+                        (
+                            f"The loss {self.loss!r} and its gradient with respect to "
+                            "each name in WRT."
+                        ),
                         "",
                         "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
                     ],
                     lambda names, used: fit(
-                        f"return float({out_expr(self.loss, names)}), ", "{",
+                        f"return float({out_expr(self.loss, names)}), ",
+                        "{",
                         [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
-                        "}", INDENT,
+                        "}",
+                        INDENT,
                     ),
                 )
             )
         body = "\n".join(s.expr for f in functions for s in f.statements)
         body += "\n".join(f.returns for f in functions)
         helpers = []
-        for h in HELPERS:
+        for h, deps in HELPERS.items():
             if re.search(rf"\b_{h}\(", body):
-                for dep in HELPERS[h] + (h,):
+                for dep in (*deps, h):
                     if dep not in helpers:
                         helpers.append(dep)
         helpers = [h for h in HELPERS if h in helpers]
@@ -702,17 +755,34 @@ class Program:
                 (Code("INPUTS"), table(inputs)),
                 (Code("PARAMS"), table(params)),
                 (Code("OUTPUTS"), table(outputs)),
-                (Code("DTYPES"),
-                 [(literal(n), literal(A.nodes[n][g.DTYPE])) for n in inputs + params]),
-                (Code("_INITS"), [(literal(n), literal(A.nodes[n][g.INIT])) for n in params]),
+                (
+                    Code("DTYPES"),
+                    [
+                        (literal(n), literal(A.nodes[n][g.DTYPE]))
+                        for n in inputs + params
+                    ],
+                ),
+                (
+                    Code("_INITS"),
+                    [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
+                ),
             ],
             "loss": literal(self.loss),
-            "wrt": fit("WRT = ", "(", [literal(w) for w in A.graph.get("wrt") or ()]
-                       if self.loss else [], ")", 0, tuple_=True),
+            "wrt": fit(
+                "WRT = ",
+                "(",
+                [literal(w) for w in A.graph.get("wrt") or ()] if self.loss else [],
+                ")",
+                0,
+                tuple_=True,
+            ),
             "functions": functions,
             "helpers": [Code(h) for h in helpers],
-            "summary": [Code(part) for line in self.summary()
-                        for part in _wrap_comment(line, width=LINE)],
+            "summary": [
+                Code(part)
+                for line in self.summary()
+                for part in _wrap_comment(line, width=LINE)
+            ],
         }
 
     def unpack(self, arrays):
@@ -729,16 +799,28 @@ class Program:
             a = A.nodes[n]
             dtype = Code("_INT64" if a[g.DTYPE] == "int64" else "_FLOAT")
             shape = a[g.SHAPE]
-            fresh = [(i, d) for i, d in enumerate(shape)
-                     if isinstance(d, str) and d not in bound]
-            parts = [f"not isinstance({ident}, np.ndarray)", f"{ident}.dtype != {dtype}"]
+            fresh = [
+                (i, d)
+                for i, d in enumerate(shape)
+                if isinstance(d, str) and d not in bound
+            ]
+            parts = [
+                f"not isinstance({ident}, np.ndarray)",
+                f"{ident}.dtype != {dtype}",
+            ]
             if fresh:  # bind the sizes this array fixes, once its rank is known
-                steps.append({"condition": condition(parts + [f"{ident}.ndim != {len(shape)}"])})
+                steps.append(
+                    {"condition": condition(parts + [f"{ident}.ndim != {len(shape)}"])}
+                )
                 for i, d in fresh:
                     bound.add(d)
                     symbols.append(d)
-                    steps.append({"bind": self.namer[("dim", d)],
-                                  "source": Code(f"{ident}.shape[{i}]")})
+                    steps.append(
+                        {
+                            "bind": self.namer[("dim", d)],
+                            "source": Code(f"{ident}.shape[{i}]"),
+                        }
+                    )
                 parts = []
             parts.append(f"{ident}.shape != {self.shape_code(shape, set())}")
             steps.append({"condition": condition(parts)})
@@ -746,8 +828,11 @@ class Program:
         return {
             "arrays": [(ident, literal(n)) for n, ident in zip(arrays, idents)],
             "steps": steps,
-            "returns": unpack_line("return ", names, "", INDENT) if names else Code("return ()"),
-            "call": unpack_line("", names, " = _unpack(arrays)", INDENT) if names
+            "returns": unpack_line("return ", names, "", INDENT)
+            if names
+            else Code("return ()"),
+            "call": unpack_line("", names, " = _unpack(arrays)", INDENT)
+            if names
             else Code("_unpack(arrays)"),
         }
 
@@ -759,11 +844,18 @@ class Program:
             if ns:
                 lines.append(
                     f"{label}: "
-                    + ", ".join(f"{self.namer[n]} {dims.fmt_shape(A.nodes[n][g.SHAPE])}"
-                                for n in ns)
+                    + ", ".join(
+                        f"{self.namer[n]} {dims.fmt_shape(A.nodes[n][g.SHAPE])}"
+                        for n in ns
+                    )
                 )
-        lines.append("outputs: " + ", ".join(
-            self.namer[o] if o in self.namer else literal(o) for o in A.graph["outputs"]))
+        lines.append(
+            "outputs: "
+            + ", ".join(
+                self.namer[o] if o in self.namer else literal(o)
+                for o in A.graph["outputs"]
+            )
+        )
         if self.loss is not None:
             lines.append(f"loss: {self.namer.names.get(self.loss, 'const')}")
         return lines
@@ -782,14 +874,23 @@ def _wrap_comment(text, width=LINE - INDENT - 2):
     """A comment as lines that fit the line length (continuations indented)."""
     import textwrap
 
-    lines = textwrap.wrap(str(_comment(text)), width=width, subsequent_indent="  ",
-                          break_long_words=False, break_on_hyphens=False)
+    lines = textwrap.wrap(
+        str(_comment(text)),
+        width=width,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
     return [Code(line) for line in lines]
 
 
 def _vet(value, path="context"):
     """Every string handed to a template must be vetted Code."""
-    if isinstance(value, Code) or value is None or isinstance(value, (bool, int, float)):
+    if (
+        isinstance(value, Code)
+        or value is None
+        or isinstance(value, (bool, int, float))
+    ):
         return
     if isinstance(value, str):
         raise CodegenError(f"internal: unvetted string at {path}: {value!r:.60}")
@@ -812,8 +913,10 @@ def lower(G, *, dtype=None):
     H = G.copy()
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
-            raise CodegenError(f"dtype must be float64 or float32, got {dtype!r}",
-                               source=g.source_of(G))
+            raise CodegenError(
+                f"dtype must be float64 or float32, got {dtype!r}",
+                source=g.source_of(G),
+            )
         H = _with_dtype(H, dtype)
     H = prepare(H)
     if H.graph.get("loss") is not None:
@@ -849,12 +952,16 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
     True
     """
     if backend not in BACKENDS:
-        raise CodegenError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
-                           source=g.source_of(G))
+        raise CodegenError(
+            f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
+            source=g.source_of(G),
+        )
     A = lower(G, dtype=dtype)
     if source_name is None:
         source_name = os.path.basename(g.source_of(A))
-    if backend == "numba":  # options: parallel, fastmath, cache (graphgen.backends.numba)
+    if (
+        backend == "numba"
+    ):  # options: parallel, fastmath, cache (graphgen.backends.numba)
         from .backends.numba import NumbaProgram
 
         program = NumbaProgram(A, backend, source_name, **options)
@@ -886,13 +993,18 @@ def report(G, backend="numpy", *, dtype=None, sizes=None):
     A = lower(G, dtype=dtype)
     program = Program(A, backend, os.path.basename(g.source_of(A)))
     program.context()
-    symbols = sorted({s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)})
+    symbols = sorted(
+        {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+    )
     sizes = {s: 32 for s in symbols} | dict(sizes or {})
-    lines = [f"graphgen report for {program.source_name} ({A.graph['dtype']}, "
-             + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "no symbolic sizes")
-             + ")", "",
-             f"forward graph: {sum(1 for n in forward_only if forward_only.nodes[n][g.KIND] == g.OPNODE)} ops",
-             f"{'pass':<28} {'ops before':>10} {'ops after':>10}"]
+    lines = [
+        f"graphgen report for {program.source_name} ({A.graph['dtype']}, "
+        + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "no symbolic sizes")
+        + ")",
+        "",
+        f"forward graph: {sum(1 for n in forward_only if forward_only.nodes[n][g.KIND] == g.OPNODE)} ops",
+        f"{'pass':<28} {'ops before':>10} {'ops after':>10}",
+    ]
     for name, before, after in A.graph.get("pass_stats", []):
         lines.append(f"{name:<28} {before:>10} {after:>10}")
     saved = memory.saved_for_backward(A)
@@ -902,7 +1014,7 @@ def report(G, backend="numpy", *, dtype=None, sizes=None):
         nb = memory.nbytes(A, n, sizes)
         total += nb
         shape = concrete(A.nodes[n][g.SHAPE], sizes)
-        lines.append(f"  {program.namer[n]:<24} {str(shape):<16} {nb:>12,d} bytes")
+        lines.append(f"  {program.namer[n]:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
     lines.append("")
     for fname, (prog, keep, inlined) in program.programs.items():

@@ -109,7 +109,7 @@ def exact_div(a, b):
     pb = poly(b)
     if len(pb) != 1:
         return None
-    (mb, cb), = pb.items()
+    ((mb, cb),) = pb.items()
     out: Poly = {}
     for m, c in poly(a).items():
         rest = list(m)

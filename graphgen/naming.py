@@ -35,7 +35,9 @@ MODULE_NAMES = {
     "dims",
     "rng",
 }
-RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | MODULE_NAMES
+RESERVED = (
+    set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins)) | MODULE_NAMES
+)
 
 IDENT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -46,7 +48,11 @@ class Code(str):
 
 def sanitize(name) -> str:
     """A best-effort identifier for ``name`` (not yet unique)."""
-    s = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    s = (
+        unicodedata.normalize("NFKD", str(name))
+        .encode("ascii", "ignore")
+        .decode("ascii")
+    )
     s = re.sub(r"[^A-Za-z0-9_]+", "_", s).strip("_")
     s = re.sub(r"_+", "_", s)
     if not s:

@@ -19,7 +19,9 @@ from . import graph as g
 from . import ops
 from .errors import SpecError
 
-SCHEMA = json.loads(resources.files("graphgen").joinpath("spec.schema.json").read_text())
+SCHEMA = json.loads(
+    resources.files("graphgen").joinpath("spec.schema.json").read_text()
+)
 SECTIONS = ("inputs", "params", "nodes")
 
 
@@ -33,7 +35,8 @@ class _LineLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if isinstance(key, str) and key in seen:
                 raise SpecError(
-                    f"duplicate key {key!r} (first defined on line {seen[key]})", line=line
+                    f"duplicate key {key!r} (first defined on line {seen[key]})",
+                    line=line,
                 )
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -76,7 +79,9 @@ def read(path):
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_json_keys)
         except json.JSONDecodeError as e:
-            raise SpecError(f"malformed JSON: {e.msg}", source=path, line=e.lineno) from None
+            raise SpecError(
+                f"malformed JSON: {e.msg}", source=path, line=e.lineno
+            ) from None
         except SpecError as e:
             raise e.located(path) from None
     else:
@@ -86,7 +91,9 @@ def read(path):
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             msg = f"malformed YAML: {e.problem or e.context}"
-            raise SpecError(msg, source=path, line=mark.line + 1 if mark else None) from None
+            raise SpecError(
+                msg, source=path, line=mark.line + 1 if mark else None
+            ) from None
         except yaml.YAMLError as e:
             raise SpecError(f"malformed YAML: {e}", source=path) from None
         except SpecError as e:
@@ -133,13 +140,17 @@ def from_dict(data, source="<spec>", lines=None):
     """Build the graph of a spec given as a dict (the parsed YAML/JSON)."""
     lines = lines or {}
     if not isinstance(data, dict):
-        raise SpecError("a spec must be a mapping with at least a 'nodes' key", source=source)
+        raise SpecError(
+            "a spec must be a mapping with at least a 'nodes' key", source=source
+        )
     err = _schema_error(data, source, lines)
     if err is not None:
         raise err
 
     G = nx.DiGraph()
-    stem = os.path.splitext(os.path.basename(source))[0] if source != "<spec>" else "model"
+    stem = (
+        os.path.splitext(os.path.basename(source))[0] if source != "<spec>" else "model"
+    )
     G.graph.update(
         name=data.get("name", stem),
         dtype=data.get("dtype", "float64"),
@@ -167,16 +178,24 @@ def from_dict(data, source="<spec>", lines=None):
             G.graph["lines"][name] = line_of(section, name)
 
     for name, v in (data.get("inputs") or {}).items():
-        shape, dtype = (v, fdtype) if isinstance(v, list) else (v["shape"], v.get("dtype", fdtype))
+        shape, dtype = (
+            (v, fdtype) if isinstance(v, list) else (v["shape"], v.get("dtype", fdtype))
+        )
         if dtype != "int64":
             dtype = fdtype
         define("inputs", name, kind=g.INPUT, shape=tuple(shape), dtype=dtype)
     for name, v in (data.get("params") or {}).items():
-        shape, init = (v, "glorot_uniform") if isinstance(v, list) else (
-            v["shape"],
-            v.get("init", "glorot_uniform"),
+        shape, init = (
+            (v, "glorot_uniform")
+            if isinstance(v, list)
+            else (
+                v["shape"],
+                v.get("init", "glorot_uniform"),
+            )
         )
-        define("params", name, kind=g.PARAM, shape=tuple(shape), dtype=fdtype, init=init)
+        define(
+            "params", name, kind=g.PARAM, shape=tuple(shape), dtype=fdtype, init=init
+        )
 
     nodes = data["nodes"]
     for name, spec in nodes.items():
@@ -192,7 +211,9 @@ def from_dict(data, source="<spec>", lines=None):
             )
         attrs = {k: v for k, v in spec.items() if k not in ("op", "args", "group")}
         extra = {"group": spec["group"]} if "group" in spec else {}
-        define("nodes", name, kind=g.OPNODE, op=op_name, attrs=attrs, dtype=fdtype, **extra)
+        define(
+            "nodes", name, kind=g.OPNODE, op=op_name, attrs=attrs, dtype=fdtype, **extra
+        )
 
     known = list(G.nodes)
     for name, spec in nodes.items():
@@ -206,8 +227,14 @@ def from_dict(data, source="<spec>", lines=None):
                 )
             if isinstance(arg, (int, float)):
                 cid = g.fresh_id(G, repr(float(arg)))
-                G.add_node(cid, kind=g.CONST, value=float(arg), shape=(), dtype=fdtype,
-                           **{g.SEQ: g.next_seq(G)})
+                G.add_node(
+                    cid,
+                    kind=g.CONST,
+                    value=float(arg),
+                    shape=(),
+                    dtype=fdtype,
+                    **{g.SEQ: g.next_seq(G)},
+                )
                 g.add_edge_arg(G, cid, name, pos)
                 continue
             if arg not in G or G.nodes[arg][g.KIND] == g.CONST:
@@ -227,7 +254,9 @@ def from_dict(data, source="<spec>", lines=None):
                 close = difflib.get_close_matches(n, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise SpecError(
-                    f"{key}: {n!r} is not {what}{hint}", source=source, line=lines.get(("", key))
+                    f"{key}: {n!r} is not {what}{hint}",
+                    source=source,
+                    line=lines.get(("", key)),
                 )
 
     loss = data.get("loss")
@@ -235,8 +264,9 @@ def from_dict(data, source="<spec>", lines=None):
         check_names("loss", [loss], "a node")
     outputs = list(data.get("outputs") or ([loss] if loss is not None else []))
     if not outputs:
-        raise SpecError("give 'outputs' or 'loss': the module would compute nothing",
-                        source=source)
+        raise SpecError(
+            "give 'outputs' or 'loss': the module would compute nothing", source=source
+        )
     check_names("outputs", outputs, "a node")
     if "wrt" in data:
         wrt = list(data["wrt"])

@@ -29,9 +29,16 @@ def chain_spec(layers=LAYERS):
         h = f"h{i}"
     nodes["sq"] = {"op": "square", "args": [h]}
     nodes["J"] = {"op": "sum", "args": ["sq"]}
-    params = {f"a{i}": [N] for i in range(layers)} | {f"b{i}": [N] for i in range(layers)}
-    return {"name": "chain", "inputs": {"x": [N, N]}, "params": params, "nodes": nodes,
-            "loss": "J"}
+    params = {f"a{i}": [N] for i in range(layers)} | {
+        f"b{i}": [N] for i in range(layers)
+    }
+    return {
+        "name": "chain",
+        "inputs": {"x": [N, N]},
+        "params": params,
+        "nodes": nodes,
+        "loss": "J",
+    }
 
 
 def handwritten(x, p, layers=LAYERS):
@@ -62,8 +69,8 @@ def peak(fn):
 
 @pytest.fixture(scope="module")
 def chain():
-    from graphgen.spec import from_dict
     from graphgen.passes.shapes import prepare
+    from graphgen.spec import from_dict
 
     G = prepare(from_dict(chain_spec()))
     rng = np.random.default_rng(0)
@@ -75,7 +82,7 @@ def chain():
 
 
 def test_chain_gradients_match_handwritten(chain):
-    G, model, arrays = chain
+    _G, model, arrays = chain
     loss, grads = model.value_and_grad(**arrays)
     ref_loss, ref = handwritten(arrays["x"], arrays)
     assert loss == pytest.approx(ref_loss, rel=1e-12)
@@ -84,17 +91,19 @@ def test_chain_gradients_match_handwritten(chain):
 
 
 def test_chain_peak_memory_within_1_2x_of_handwritten(chain):
-    G, model, arrays = chain
+    _G, model, arrays = chain
     model.value_and_grad(**arrays)  # warm up
     _, generated = peak(lambda: model.value_and_grad(**arrays))
     _, hand = peak(lambda: handwritten(arrays["x"], arrays))
-    print(f"peak: generated {generated:,d} B, hand-written {hand:,d} B, "
-          f"ratio {generated / hand:.3f}")
+    print(
+        f"peak: generated {generated:,d} B, hand-written {hand:,d} B, "
+        f"ratio {generated / hand:.3f}"
+    )
     assert generated <= 1.2 * hand
 
 
 def test_forward_keeps_only_what_backward_needs(chain):
-    G, model, arrays = chain
+    G, model, _arrays = chain
     A = lower(G)
     saved = set(memory.saved_for_backward(A))
     # tanh's VJP reuses its output and mul's VJP its inputs; the add results z_i are
@@ -107,7 +116,10 @@ def test_forward_keeps_only_what_backward_needs(chain):
 
 def test_fanout_sum_accumulates_in_place():
     src = graphgen.generate(graphgen.load("examples/fanout.yaml"))
-    assert "    h_bar = h_bar_via_z\n    h_bar += h_bar_via_s\n    h_bar += h_bar_via_hh\n" in src
+    assert (
+        "    h_bar = h_bar_via_z\n    h_bar += h_bar_via_s\n    h_bar += h_bar_via_hh\n"
+        in src
+    )
 
 
 def test_in_place_sum_never_overwrites_a_term_read_later():
@@ -133,9 +145,15 @@ def test_in_place_sum_never_overwrites_a_term_read_later():
 
 def test_report_lists_passes_saved_arrays_and_peak():
     text = report(graphgen.load("examples/mlp.yaml"), sizes={"batch": 512})
-    for needle in ("constant folding", "common subexpressions", "dead code",
-                   "saved for the backward pass", "h1", "(512, 128)",
-                   "planned peak of intermediates in value_and_grad()"):
+    for needle in (
+        "constant folding",
+        "common subexpressions",
+        "dead code",
+        "saved for the backward pass",
+        "h1",
+        "(512, 128)",
+        "planned peak of intermediates in value_and_grad()",
+    ):
         assert needle in text
 
 
@@ -208,5 +226,5 @@ def test_tiny_rows_skip_in_place_work():
 
 
 def test_out_buffers_keep_peak_memory_at_most_handwritten(chain):
-    G, model, arrays = chain
+    _G, model, _arrays = chain
     assert "out=" in model.__source__

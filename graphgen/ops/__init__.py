@@ -15,7 +15,7 @@ node wherever a contribution is larger than its argument.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from .. import dims
 from ..errors import ShapeError
@@ -197,4 +197,4 @@ def format_note(template, names):
     return out
 
 
-from . import defs  # noqa: E402,F401  (registers every op)
+from . import defs  # noqa: F401  (registers every op)

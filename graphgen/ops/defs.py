@@ -63,9 +63,7 @@ def unary(name, impl, vjp, math, deriv, domain="real", attrs=None):
     )
 
 
-unary(
-    "neg", np.negative, lambda b, c: [b.neg(c.g)], "{y} = −{x}", "∂{y}/∂{x} = −1"
-)
+unary("neg", np.negative, lambda b, c: [b.neg(c.g)], "{y} = −{x}", "∂{y}/∂{x} = −1")
 unary(
     "exp",
     np.exp,
@@ -272,14 +270,20 @@ binary(
 binary(
     "maximum",
     np.maximum,
-    lambda b, c: [b.mul(c.g, b.ge(c.ins[0], c.ins[1])), b.mul(c.g, b.lt(c.ins[0], c.ins[1]))],
+    lambda b, c: [
+        b.mul(c.g, b.ge(c.ins[0], c.ins[1])),
+        b.mul(c.g, b.lt(c.ins[0], c.ins[1])),
+    ],
     "{y} = max({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≥ {b} else 0", "∂{y}/∂{b} = 1 if {a} < {b} else 0"),
 )
 binary(
     "minimum",
     np.minimum,
-    lambda b, c: [b.mul(c.g, b.ge(c.ins[1], c.ins[0])), b.mul(c.g, b.lt(c.ins[1], c.ins[0]))],
+    lambda b, c: [
+        b.mul(c.g, b.ge(c.ins[1], c.ins[0])),
+        b.mul(c.g, b.lt(c.ins[1], c.ins[0])),
+    ],
     "{y} = min({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≤ {b} else 0", "∂{y}/∂{b} = 1 if {a} > {b} else 0"),
 )
@@ -403,7 +407,9 @@ register(
         args=("x",),
         shape=lambda s, a: tuple(s[0][p] for p in a["perm"]),
         impl=lambda x, perm: np.transpose(x, perm),
-        vjp=lambda b, c: [b.transpose(c.g, perm=[int(i) for i in np.argsort(c.attrs["perm"])])],
+        vjp=lambda b, c: [
+            b.transpose(c.g, perm=[int(i) for i in np.argsort(c.attrs["perm"])])
+        ],
         math="{y} = transpose({x}, {perm})",
         derivs=("{x}̄ = transpose({y}̄, inverse of {perm})",),
         attrs={"perm": None},
@@ -417,7 +423,11 @@ def _check_dim_list(value, what, allow_minus1=False):
     if not isinstance(value, (list, tuple)):
         raise ShapeError(f"{what} must be a list of dimensions, got {value!r}")
     for d in value:
-        ok = isinstance(d, int) and not isinstance(d, bool) and (d >= 0 or allow_minus1 and d == -1)
+        ok = (
+            isinstance(d, int)
+            and not isinstance(d, bool)
+            and (d >= 0 or allow_minus1 and d == -1)
+        )
         if isinstance(d, str):
             try:
                 dims.poly(d)
@@ -496,9 +506,7 @@ register(
 def sum_to_shape_axes(src, dst):
     """The axes ``sum_to_shape`` reduces: leading extra axes, then stretched size-1 axes."""
     lead = len(src) - len(dst)
-    keep = tuple(
-        lead + i for i, d in enumerate(dst) if d == 1 and src[lead + i] != 1
-    )
+    keep = tuple(lead + i for i, d in enumerate(dst) if d == 1 and src[lead + i] != 1)
     return tuple(range(lead)), keep
 
 
@@ -606,7 +614,11 @@ def _norm_slice(in_shapes, attrs):
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
         raise ShapeError(f"step must be a positive integer, got {step!r}")
     n = shape[axis]
-    if isinstance(n, int) and isinstance(start, int) and (stop is None or isinstance(stop, int)):
+    if (
+        isinstance(n, int)
+        and isinstance(start, int)
+        and (stop is None or isinstance(stop, int))
+    ):
         start, stop, step = slice(start, stop, step).indices(n)
         return {"axis": axis, "start": start, "stop": stop, "step": step}
     # symbolic: only forward bounds that need no clamping
@@ -627,7 +639,9 @@ def _slice_shape(in_shapes, attrs):
     if isinstance(size, int):
         size = max(0, -(-size // step))
     elif step != 1:
-        raise ShapeError(f"a step of {step} over a symbolic extent {size!r} is not supported")
+        raise ShapeError(
+            f"a step of {step} over a symbolic extent {size!r} is not supported"
+        )
     out[attrs["axis"]] = size
     return tuple(out)
 

@@ -18,8 +18,8 @@ import warnings
 
 import networkx as nx
 
-from .. import ops
 from .. import graph as g
+from .. import ops
 from ..errors import GradientError, GraphgenError, GraphgenWarning
 from .shapes import prepare
 
@@ -135,7 +135,9 @@ def adjoint(G, loss=None, wrt=None):
     loss, wrt = H.graph["loss"], H.graph["wrt"]
     src = g.source_of(H)
     if loss is None:
-        raise GradientError("no loss to differentiate: set 'loss' in the spec", source=src)
+        raise GradientError(
+            "no loss to differentiate: set 'loss' in the spec", source=src
+        )
 
     forward_order = g.schedule(H)
     active = relevant_nodes(H, loss, wrt)
@@ -145,7 +147,9 @@ def adjoint(G, loss=None, wrt=None):
     terms = {n: [] for n in active}  # forward node -> [(successor, position, node)]
 
     seed = b.const(1.0)
-    H.nodes[seed].update({g.ADJOINT_OF: loss, g.NOTE: ("∂{y}/∂{y} = 1", {"y": loss}, {})})
+    H.nodes[seed].update(
+        {g.ADJOINT_OF: loss, g.NOTE: ("∂{y}/∂{y} = 1", {"y": loss}, {})}
+    )
     bar[loss] = seed
 
     for n in reversed(forward_order):
@@ -226,13 +230,15 @@ def _sum_over_successors(H, b, j, contribs):
     for k, i, ct, note in contribs:
         # a contribution node may be shared (add's VJP passes ȳ through unchanged): only
         # label nodes this pass created for this term
-        if H.nodes[ct].get(g.ROLE) == g.BACKWARD and g.CONTRIB not in H.nodes[ct] and (
-            g.ADJOINT_OF not in H.nodes[ct]
+        if (
+            H.nodes[ct].get(g.ROLE) == g.BACKWARD
+            and g.CONTRIB not in H.nodes[ct]
+            and (g.ADJOINT_OF not in H.nodes[ct])
         ):
             H.nodes[ct][g.CONTRIB] = (k, j)
             H.nodes[ct][g.NOTE] = note
     if len(contribs) == 1:
-        k, i, ct, note = contribs[0]
+        k, _, ct, note = contribs[0]
         if g.ADJOINT_OF not in H.nodes[ct]:
             H.nodes[ct][g.ADJOINT_OF] = j
             H.nodes[ct].pop(g.CONTRIB, None)

@@ -79,7 +79,9 @@ MIN_INPLACE_ELEMENTS = 64
 
 def big_enough(shape):
     """Whether in-place work pays for arrays of ``shape`` (symbolic sizes count as 1)."""
-    return int(np.prod([d for d in shape if isinstance(d, int)])) >= MIN_INPLACE_ELEMENTS
+    return (
+        int(np.prod([d for d in shape if isinstance(d, int)])) >= MIN_INPLACE_ELEMENTS
+    )
 
 
 def plan_buffers(G, program, keep, ufuncs=UFUNCS):
@@ -118,15 +120,22 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
         args = g.operands(G, n)
         shape = tuple(a[g.SHAPE])
         if shape != ():
-            fits = [p for p in args
-                    if tuple(G.nodes[p][g.SHAPE]) == shape and free_at(p, i)]
-            if a[g.OP] == "add_n" and fits and args[0] == fits[0] and (
-                args.count(args[0]) == 1 or args == [args[0], args[0]]
+            fits = [
+                p for p in args if tuple(G.nodes[p][g.SHAPE]) == shape and free_at(p, i)
+            ]
+            if (
+                a[g.OP] == "add_n"
+                and fits
+                and args[0] == fits[0]
+                and (args.count(args[0]) == 1 or args == [args[0], args[0]])
             ):
-                choice = ("acc", args[0])  # add_n(t, u, t) would read t after writing it
+                choice = (
+                    "acc",
+                    args[0],
+                )  # add_n(t, u, t) would read t after writing it
             elif a[g.OP] in ufuncs and fits and big_enough(shape):
                 # prefer a temporary's buffer: the code then reads as one value updated
-                fits.sort(key=lambda p: not G.nodes[p].get(g.ROLE) == g.BACKWARD)
+                fits.sort(key=lambda p: G.nodes[p].get(g.ROLE) != g.BACKWARD)
                 choice = ("out", fits[0])
         if choice is not None:
             owner[n] = choice[1]
@@ -174,7 +183,9 @@ def saved_for_backward(G):
         if G.nodes[n].get(g.ROLE) != g.BACKWARD:
             continue
         for p in G.predecessors(n):
-            if G.nodes[p].get(g.ROLE, g.FORWARD) == g.FORWARD and G.nodes[p][g.KIND] in (
+            if G.nodes[p].get(g.ROLE, g.FORWARD) == g.FORWARD and G.nodes[p][
+                g.KIND
+            ] in (
                 g.OPNODE,
                 g.INPUT,
                 g.PARAM,

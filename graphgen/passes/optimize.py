@@ -14,8 +14,8 @@ import json
 import networkx as nx
 import numpy as np
 
-from .. import ops
 from .. import graph as g
+from .. import ops
 
 COMMUTATIVE = {"add", "mul", "add_n", "maximum", "minimum", "eq"}
 LABELS = (g.ADJOINT_OF, g.SUMS, g.CONTRIB, g.NOTE)
@@ -56,8 +56,11 @@ def _replace(G, old, new):
         a = G.nodes[n]
         note = a.get(g.NOTE)
         if note and old in note[1].values():
-            a[g.NOTE] = (note[0], {k: (new if v == old else v) for k, v in note[1].items()},
-                         note[2])
+            a[g.NOTE] = (
+                note[0],
+                {k: (new if v == old else v) for k, v in note[1].items()},
+                note[2],
+            )
         if g.SUMS in a and old in a[g.SUMS]:
             a[g.SUMS] = [new if k == old else k for k in a[g.SUMS]]
         if g.CONTRIB in a and old in a[g.CONTRIB]:
@@ -81,12 +84,16 @@ def fold_constants(G):
         if any(H.nodes[p][g.KIND] != g.CONST for p in args):
             continue
         op = ops.get(a[g.OP])
-        if op.name == "dimsize" and not all(isinstance(d, int) for d in a[g.ATTRS]["dims"]):
+        if op.name == "dimsize" and not all(
+            isinstance(d, int) for d in a[g.ATTRS]["dims"]
+        ):
             continue
         if op.name in ("zeros", "onehot"):
             continue
         with np.errstate(all="ignore"):
-            value = op.impl(*[np.float64(H.nodes[p][g.VALUE]) for p in args], **a[g.ATTRS])
+            value = op.impl(
+                *[np.float64(H.nodes[p][g.VALUE]) for p in args], **a[g.ATTRS]
+            )
         value = float(np.asarray(value))
         if not np.isfinite(value):
             continue
@@ -224,8 +231,12 @@ def dce(G):
     return H
 
 
-PASSES = (("constant folding", fold_constants), ("algebraic simplification", simplify),
-          ("common subexpressions", cse), ("dead code", dce))
+PASSES = (
+    ("constant folding", fold_constants),
+    ("algebraic simplification", simplify),
+    ("common subexpressions", cse),
+    ("dead code", dce),
+)
 
 
 def count_ops(G):

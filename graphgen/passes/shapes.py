@@ -16,20 +16,26 @@ from ..errors import GradientError, GraphError, GraphgenError, ShapeError
 
 
 def _err(cls, G, node, msg):
-    return cls(msg, node=node, source=g.source_of(G), line=G.graph.get("lines", {}).get(node))
+    return cls(
+        msg, node=node, source=g.source_of(G), line=G.graph.get("lines", {}).get(node)
+    )
 
 
 def _check_shape(G, n, shape, static=False):
     if not isinstance(shape, (tuple, list)):
-        raise _err(GraphError, G, n, f"shape must be a list of dimensions, got {shape!r}")
+        raise _err(
+            GraphError, G, n, f"shape must be a list of dimensions, got {shape!r}"
+        )
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, (int, str)):
             raise _err(GraphError, G, n, f"dimension {d!r} is not an integer or a name")
         if isinstance(d, int) and d < 0:
             raise _err(GraphError, G, n, f"dimension {d} is negative")
         if isinstance(d, str) and (static or not dims.SYMBOL_RE.match(d)):
-            what = "a param's shape must be static integers" if static else (
-                "symbolic dimensions must be identifier-like names"
+            what = (
+                "a param's shape must be static integers"
+                if static
+                else ("symbolic dimensions must be identifier-like names")
             )
             raise _err(GraphError, G, n, f"{what}, got {d!r}")
     return tuple(shape)
@@ -51,11 +57,15 @@ def prepare(G):
     H.graph.setdefault("lines", {})
     fdtype = H.graph["dtype"]
     if fdtype not in g.FLOAT_DTYPES:
-        raise GraphError(f"graph dtype must be float64 or float32, got {fdtype!r}",
-                         source=g.source_of(H))
+        raise GraphError(
+            f"graph dtype must be float64 or float32, got {fdtype!r}",
+            source=g.source_of(H),
+        )
     if not dims.SYMBOL_RE.match(str(H.graph["name"])):
-        raise GraphError(f"name must be identifier-like, got {H.graph['name']!r}",
-                         source=g.source_of(H))
+        raise GraphError(
+            f"name must be identifier-like, got {H.graph['name']!r}",
+            source=g.source_of(H),
+        )
 
     try:
         cycle = nx.find_cycle(H)
@@ -78,7 +88,9 @@ def prepare(G):
             a[g.SHAPE] = _check_shape(H, n, a.get(g.SHAPE), static=kind == g.PARAM)
             dtype = a.get(g.DTYPE, fdtype)
             if dtype not in (fdtype, "int64") or (kind == g.PARAM and dtype != fdtype):
-                raise _err(GraphError, H, n, f"dtype must be {fdtype} or int64, got {dtype!r}")
+                raise _err(
+                    GraphError, H, n, f"dtype must be {fdtype} or int64, got {dtype!r}"
+                )
             a[g.DTYPE] = dtype
             if kind == g.PARAM:
                 a.setdefault(g.INIT, "glorot_uniform")
@@ -94,8 +106,12 @@ def prepare(G):
         elif kind == g.OPNODE:
             _infer_op(H, n, fdtype)
         else:
-            raise _err(GraphError, H, n,
-                       f"kind must be input, param, const or op, got {kind!r}")
+            raise _err(
+                GraphError,
+                H,
+                n,
+                f"kind must be input, param, const or op, got {kind!r}",
+            )
         a.setdefault(g.ROLE, g.FORWARD)
 
     _check_roles(H)
@@ -115,30 +131,48 @@ def _infer_op(H, n, fdtype):
     for p in H.predecessors(n):
         pos = H.edges[p, n].get(g.POS)
         if not isinstance(pos, tuple) or not pos:
-            raise _err(GraphError, H, n,
-                       f"edge from {p!r} needs a 'pos' attribute: a tuple of argument positions")
+            raise _err(
+                GraphError,
+                H,
+                n,
+                f"edge from {p!r} needs a 'pos' attribute: a tuple of argument positions",
+            )
     args = g.operands(H, n)
     positions = sorted(i for p in H.predecessors(n) for i in H.edges[p, n][g.POS])
     if positions != list(range(len(positions))):
-        raise _err(GraphError, H, n, f"argument positions {positions} have gaps or repeats")
+        raise _err(
+            GraphError, H, n, f"argument positions {positions} have gaps or repeats"
+        )
     if not op.arity_ok(len(args)):
         want = "at least 1" if op.variadic else str(len(op.args))
         names = f" ({', '.join(op.args)})" if op.args and not op.variadic else ""
-        raise _err(GraphError, H, n,
-                   f"op {name!r} takes {want} argument(s){names}, got {len(args)}")
+        raise _err(
+            GraphError,
+            H,
+            n,
+            f"op {name!r} takes {want} argument(s){names}, got {len(args)}",
+        )
     for i, p in enumerate(args):
         dtype = H.nodes[p][g.DTYPE]
         want = "int64" if i in op.int_args else fdtype
         if dtype != want:
-            raise _err(GraphError, H, n,
-                       f"argument {i} ({op.arg_name(i)}) of {name} must be {want}, "
-                       f"but {p!r} is {dtype}")
+            raise _err(
+                GraphError,
+                H,
+                n,
+                f"argument {i} ({op.arg_name(i)}) of {name} must be {want}, "
+                f"but {p!r} is {dtype}",
+            )
     attrs = dict(a.get(g.ATTRS) or {})
     unknown = sorted(set(attrs) - set(op.attrs))
     if unknown:
         expected = ", ".join(op.attrs) or "none"
-        raise _err(GraphError, H, n,
-                   f"unknown attribute {unknown[0]!r} for op {name} (expected: {expected})")
+        raise _err(
+            GraphError,
+            H,
+            n,
+            f"unknown attribute {unknown[0]!r} for op {name} (expected: {expected})",
+        )
     for k, default in op.attrs.items():
         if k not in attrs:
             if default is ops.REQUIRED:
@@ -150,7 +184,9 @@ def _infer_op(H, n, fdtype):
             attrs = {**attrs, **op.normalize(in_shapes, attrs)}
         shape = tuple(op.shape(in_shapes, attrs))
     except GraphgenError as e:
-        shapes = ", ".join(f"{p!r} {dims.fmt_shape(s)}" for p, s in zip(args, in_shapes))
+        shapes = ", ".join(
+            f"{p!r} {dims.fmt_shape(s)}" for p, s in zip(args, in_shapes)
+        )
         msg = f"{name}: {e.message}" + (f" [arguments: {shapes}]" if shapes else "")
         raise _err(ShapeError, H, n, msg) from None
     a[g.ATTRS] = attrs
@@ -173,9 +209,13 @@ def _check_roles(H):
             raise GradientError(f"loss {loss!r} is not a node", source=src)
         shape = H.nodes[loss][g.SHAPE]
         if tuple(shape) != ():
-            raise _err(GradientError, H, loss,
-                       f"the loss must be a scalar, but its shape is {dims.fmt_shape(shape)}; "
-                       "reduce it with sum or mean")
+            raise _err(
+                GradientError,
+                H,
+                loss,
+                f"the loss must be a scalar, but its shape is {dims.fmt_shape(shape)}; "
+                "reduce it with sum or mean",
+            )
     wrt = H.graph.get("wrt")
     if wrt is None:
         wrt = [n for n in H if H.nodes[n][g.KIND] == g.PARAM]
