@@ -53,7 +53,16 @@ def _key_lines(text):
         lines[("", key)] = key_node.start_mark.line + 1
         if key in SECTIONS and isinstance(value_node, yaml.MappingNode):
             for k, _ in value_node.value:
-                lines[(key, k.value)] = k.start_mark.line + 1
+                line = k.start_mark.line + 1
+                if (key, k.value) in lines:
+                    first = lines[(key, k.value)]
+                    raise SpecError(
+                        f"defined twice in {key} (first on line {first}); YAML keeps "
+                        "only the last, so rename one",
+                        node=k.value if key == "nodes" else None,
+                        line=line,
+                    )
+                lines[(key, k.value)] = line
     return lines
 
 
@@ -97,10 +106,17 @@ def read(path):
         except yaml.YAMLError as e:
             raise SpecError(f"malformed YAML: {e}", source=path) from None
         except SpecError as e:
+            try:  # a name defined twice in a section: say which node
+                _key_lines(text)
+            except SpecError as better:
+                raise better.located(path) from None
             raise e.located(path) from None
         finally:
             loader.dispose()
-        lines = _key_lines(text)
+        try:
+            lines = _key_lines(text)
+        except SpecError as e:
+            raise e.located(path) from None
     return data, lines
 
 

@@ -180,8 +180,8 @@ def test_duplicate_yaml_key_names_both_lines(cli, tmp_path):
     """,
     )
     line = one_error_line(cli, path)
-    assert line.startswith(f"graphgen: error: {path}:5: "), line
-    assert "duplicate key 'a1'" in line
+    assert line.startswith(f"graphgen: error: {path}:5: node 'a1': "), line
+    assert "defined twice in nodes (first on line 4)" in line
     assert "line 4" in line
 
 
