@@ -206,14 +206,15 @@ def deep(tmp_path_factory):
     path = tmp_path_factory.mktemp("deep") / "deep.yaml"
     path.write_text(DEEP)
     G = graphgen.load(path)
+    # whole=False: these tests are about the per-group kernels (whole-function mode below)
     return G, graphgen.compile(G), graphgen.compile(G, backend="numba",
-                                                    transcendentals="numba")
+                                                    transcendentals="numba", whole=False)
 
 
 def test_transcendentals_stay_numpy_by_default_without_svml(deep):
     from graphgen.backends.numba import svml_available
 
-    src = graphgen.generate(deep[0], backend="numba")
+    src = graphgen.generate(deep[0], backend="numba", whole=False)
     python_level = src.split("def _check")[1]
     assert ("np.tanh(" in python_level) != svml_available()
     assert "@numba.njit(" in src  # the arithmetic around them is still fused
@@ -333,3 +334,167 @@ def test_cache_makes_the_second_process_fast(tmp_path, deep):
     print(f"\nfirst process {times[0]:.2f}s, second process (cached) {times[1]:.2f}s")
     assert list((tmp_path / "__pycache__").glob("deep_nb.*.nbi"))
     assert times[1] < times[0]
+
+
+# --------------------------------------------------------------- whole-function mode
+
+XENT = """
+name: xent_mlp
+inputs:
+  x: [batch, 6]
+  labels: {shape: [batch], dtype: int64}
+params:
+  W1: {shape: [6, 5], init: glorot_uniform}
+  b1: {shape: [5], init: normal}
+  W2: {shape: [5, 4], init: glorot_uniform}
+  b2: {shape: [4], init: normal}
+nodes:
+  z1: {op: matmul, args: [x, W1]}
+  a1: {op: add, args: [z1, b1]}
+  h1: {op: relu, args: [a1]}
+  z2: {op: matmul, args: [h1, W2]}
+  logits: {op: add, args: [z2, b2]}
+  loss: {op: softmax_cross_entropy, args: [logits, labels]}
+outputs: [logits, loss]
+loss: loss
+"""
+
+# logsumexp has no nopython form yet: the function falls back to per-group kernels
+FALLBACK = """
+name: fallback
+inputs:
+  x: [batch, 4]
+params:
+  W: {shape: [4, 3], init: glorot_uniform}
+  b: {shape: [3], init: normal}
+nodes:
+  z: {op: matmul, args: [x, W]}
+  a: {op: add, args: [z, b]}
+  h: {op: tanh, args: [a]}
+  s: {op: logsumexp, args: [h], axis: 1}
+  loss: {op: mean, args: [s]}
+outputs: [loss]
+loss: loss
+"""
+
+
+def _load_yaml(tmp_path_factory, text, name):
+    path = tmp_path_factory.mktemp(name) / f"{name}.yaml"
+    path.write_text(text)
+    return graphgen.load(path)
+
+
+@pytest.fixture(scope="module")
+def xent(tmp_path_factory):
+    G = _load_yaml(tmp_path_factory, XENT, "xent_mlp")
+    return G, graphgen.compile(G), graphgen.compile(G, backend="numba")
+
+
+def _python_level(src, fn):
+    return src.split(f"\ndef {fn}(**arrays):")[1].split("\ndef ")[0]
+
+
+def test_whole_function_mode_compiles_each_function_as_one_kernel(xent):
+    mod = xent[2]
+    src = mod.__source__
+    for fn in ("forward", "value_and_grad"):
+        assert f"def _{fn}_kernel(" in src
+        body = _python_level(src, fn)
+        assert f"= _{fn}_kernel(" in body and "_unpack(arrays)" in body
+        assert "_k_" not in body and "@" not in body  # nothing else at the Python level
+    # the softmax cross-entropy and its gradient are loops too
+    assert "_loop_softmax_cross_entropy(logits, labels)" in src
+    assert "_loop_softmax_xent_grad(logits, labels)" in src
+    assert "_softmax_xent_grad(logits, labels)" not in src.replace("_loop_softmax", "")
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+def test_whole_function_mode_agrees_with_numpy(xent, batch):
+    G, ref, mod = xent
+    arrays = random_arrays(G, seed=batch, sizes={"batch": batch})
+    f_ref, f_nb = ref.forward(**arrays), mod.forward(**arrays)
+    assert list(f_ref) == list(f_nb)
+    for k in f_ref:
+        _close(f_ref[k], f_nb[k], f"forward {k}")
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert isinstance(l2, float) and abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    assert list(g1) == list(g2)
+    for k in g1:
+        _close(g1[k], g2[k], f"gradient {k}")
+    # fresh arrays, as from the NumPy module
+    assert not any(np.shares_memory(g2[k], v) for k in g2 for v in arrays.values())
+
+
+def test_whole_function_mode_gradients_pass_finite_differences(xent):
+    G, _, mod = xent
+    report = graphgen.check(G, module=mod)
+    assert report.ok, report.format()
+
+
+def test_whole_function_mode_keeps_the_argument_checks(xent):
+    G, ref, mod = xent
+    arrays = random_arrays(G, seed=0)
+    for bad in (
+        {k: v for k, v in arrays.items() if k != "labels"},
+        {**arrays, "labels": arrays["labels"].astype(np.float64)},
+        {**arrays, "x": arrays["x"][:, :2]},
+        {**arrays, "W1": arrays["W1"].astype(np.float32)},
+        {**arrays, "b2": list(arrays["b2"])},
+    ):
+        with pytest.raises(ValueError) as e_ref:
+            ref.value_and_grad(**bad)
+        with pytest.raises(ValueError) as e_nb:
+            mod.value_and_grad(**bad)
+        assert str(e_ref.value) == str(e_nb.value)
+
+
+def test_whole_function_mode_float32(xent):
+    G = xent[0]
+    ref = graphgen.compile(G, dtype="float32")
+    mod = graphgen.compile(G, backend="numba", dtype="float32")
+    assert "def _value_and_grad_kernel(" in mod.__source__
+    arrays = random_arrays(G, seed=3, dtype="float32")
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= 1e-5 * max(1.0, abs(l1))
+    for k in g1:
+        assert g2[k].dtype == np.float32
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-5)
+    f1, f2 = ref.forward(**arrays), mod.forward(**arrays)
+    for k in f1:
+        assert np.asarray(f2[k]).dtype == np.float32
+        np.testing.assert_allclose(f2[k], f1[k], rtol=1e-4, atol=1e-5)
+
+
+def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(tmp_path_factory):
+    G = _load_yaml(tmp_path_factory, FALLBACK, "fallback")
+    src = graphgen.generate(G, backend="numba")
+    assert "_kernel(" not in src  # logsumexp: per-group kernels, NumPy in between
+    assert "_logsumexp(" in _python_level(src, "value_and_grad")
+    ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba")
+    arrays = random_arrays(G, seed=4, sizes={"batch": 5})
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], k)
+
+
+def test_whole_option(xent):
+    G = xent[0]
+    assert "_kernel(" not in graphgen.generate(G, backend="numba", whole=False)
+    # parallel kernels stay called from Python
+    assert "_kernel(" not in graphgen.generate(G, backend="numba", parallel=True)
+    with pytest.raises(graphgen.GraphgenError):
+        graphgen.generate(G, backend="numba", whole="yes")
+
+
+def test_whole_function_module_is_ruff_formatted(xent):
+    from conftest import VENV_BIN
+
+    ruff = VENV_BIN / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff not installed")
+    for G in (xent[0], graphgen.load(REPO / "examples" / "tiny.yaml")):
+        r = subprocess.run([str(ruff), "format", "--diff", "-"],
+                           input=graphgen.generate(G, backend="numba"), capture_output=True,
+                           text=True, cwd=REPO, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr

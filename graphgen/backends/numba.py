@@ -17,15 +17,30 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
 ``fastmath``
     Compile kernels with ``fastmath=True`` (reassociation; results differ in the last bits).
 ``transcendentals``
-    ``"numpy"`` leaves exp, log, tanh, sigmoid, softplus, sin, cos and pow to NumPy's SIMD
-    loops (the default without SVML), ``"numba"`` fuses them too (default with SVML).
+    ``"numpy"`` (the default without SVML) leaves exp, log, tanh, sigmoid, softplus, pow
+    (and in float32 sin, cos) to NumPy's SIMD loops; ``"numba"`` fuses them all as
+    ``np.tanh(...)`` etc., which Numba vectorizes only with SVML (the default with SVML);
+    ``"inline"`` fuses exp, tanh, sigmoid, sin and cos as branch-free vectorizable helpers
+    emitted into the module (graphgen/backends/numba_math.py; not the default yet: kernels
+    with a scalar ``sum`` tail do not vectorize without reassociation, docs/numba.md).
 ``cache``
     ``cache=True`` on every kernel (default), so a second process that imports the same
     module file loads machine code from ``__pycache__`` instead of compiling.
+``whole``
+    Whole-function mode. ``None`` (default): when every op of ``forward`` /
+    ``value_and_grad`` has a nopython form (:meth:`NumbaProgram.nopython_ok`), that
+    function becomes one ``@numba.njit`` function taking the arrays positionally and
+    returning its results as a tuple (the same statements, matmuls via BLAS or a loop,
+    the softmax cross-entropy as row loops, the fused groups' kernels called from compiled
+    code); the Python-level function only runs ``_unpack`` (the argument checks) and
+    builds the result dict. Not with ``parallel``, nor (``None`` only) when a
+    transcendental left to NumPy is large. ``True``: whenever possible; ``False``: never.
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
 from functools import cache
 
 import networkx as nx
@@ -47,12 +62,57 @@ from ..codegen import (
 from ..errors import CodegenError
 from ..naming import Code, Namer
 from ..passes import fusion
+from . import numba_math
 
 # Elementwise ops whose scalar libm call in a Numba loop is several times slower than
 # NumPy's SIMD loop when Numba has no SVML (docs/numba.md has the measurements).
 TRANSCENDENTAL = frozenset({"exp", "log", "tanh", "sigmoid", "softplus", "sin", "cos", "pow"})
 # NumPy's float64 sin and cos are scalar libm loops too: fusing them costs nothing.
 SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
+
+
+# Whole-function mode (auto) is off when a function computes one of the transcendentals
+# NumPy runs faster (SIMD_IN_NUMPY) on more than this many elements (symbolic sizes count
+# as 1): a compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
+WHOLE_TRANSCENDENTAL_LIMIT = 4096
+# Elementwise ops on arrays that stay array expressions in nopython code (not fused: e.g.
+# when an operand is an integer array).
+NOPYTHON_ARRAY_OPS = frozenset({"neg", "add", "sub", "mul", "div", "maximum", "minimum",
+                                "add_n", "abs", "sqrt", "exp", "log", "tanh", "sin", "cos",
+                                "square", "relu", "sign"})
+# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
+NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+
+
+class _Unsupported(Exception):
+    """An op without a nopython form: the function falls back to per-group kernels."""
+
+
+def _bracketed(prefix, items, suffix, indent, parens=True):
+    """``prefix(a, b)suffix`` laid out as ``ruff format`` does when it is too long: the
+    items on one indented line if they fit, else one per line with a trailing comma."""
+    open_, close = ("(", ")") if parens else ("", "")
+    one = f"{prefix}{open_}{', '.join(items)}{close}{suffix}"
+    if indent + len(one) <= LINE:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    inner = ", ".join(items)
+    if indent + INDENT + len(inner) <= LINE:
+        return Code(f"{prefix}(\n{pad}{inner}\n{' ' * indent}){suffix}")
+    body = "".join(f"{pad}{item},\n" for item in items)
+    return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
+
+
+def _assign(targets, fname, args, indent):
+    """``a, b = f(x, y)``, formatted as ``ruff format`` does."""
+    lhs = ", ".join(targets)
+    if indent + len(lhs) + 3 + len(fname) + 1 <= LINE - 1:
+        return _bracketed(f"{lhs} = {fname}", args, "", indent)
+    # ruff splits the targets first when they alone do not fit
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{t},\n" for t in targets)
+    call = _bracketed(f") = {fname}", args, "", indent)
+    return Code(f"(\n{body}{' ' * indent}{call}")
 
 
 def svml_available():
@@ -90,26 +150,31 @@ class NumbaProgram(Program):
     """A :class:`~graphgen.codegen.Program` whose functions call fused loop kernels."""
 
     def __init__(self, A, backend, source_name, *, parallel=False, fastmath=False,
-                 cache=True, fuse=True, transcendentals=None):
+                 cache=True, fuse=True, transcendentals=None, whole=None):
         super().__init__(A, backend, source_name)
         env = _env()
         self.macros = _Macros(env.get_template("numba/ops.j2").module,
                               env.get_template("numpy/ops.j2").module)
-        self.scalar = env.get_template("numba/scalar.j2").module
         self.kernel_template = env.get_template("numba/kernel.py.j2")
+        self.function_template = env.get_template("numba/function.py.j2")
         self.parallel, self.fastmath, self.cache, self.fuse = parallel, fastmath, cache, fuse
         if transcendentals is None:
             transcendentals = "numba" if svml_available() else "numpy"
-        if transcendentals not in ("numba", "numpy"):
-            raise CodegenError(f"transcendentals must be 'numba' or 'numpy', got "
+        if transcendentals not in ("numba", "numpy", "inline"):
+            raise CodegenError(f"transcendentals must be 'inline', 'numba' or 'numpy', got "
                                f"{transcendentals!r}")
-        self.exclude = (SIMD_IN_NUMPY[A.graph.get("dtype", "float64")]
-                        if transcendentals == "numpy" else frozenset())
+        self.dtype = A.graph.get("dtype", "float64")
+        self.exclude = numba_math.excluded(transcendentals, SIMD_IN_NUMPY[self.dtype],
+                                           self.dtype)
+        self.scalar = env.get_template("numba/scalar.j2").make_module(
+            {"inline_math": transcendentals == "inline"})
         self.kernels = {}  # kernel source without its name -> (name, rendered text)
         self.kernel_names = set()
+        self._init_whole(env, whole)
 
     # ------------------------------------------------------------------ schedule
-    def function(self, name, roots, doc, returns_fn):
+    def _group_function(self, name, roots, doc, returns_fn):
+        """The Python-level function: NumPy statements and calls of fused loop kernels."""
         A = self.A
         need = set()
         for r in roots:
@@ -367,8 +432,7 @@ class NumbaProgram(Program):
                     tail_index[o] = (axes, parts, arr)
                 if A.nodes[o][g.OP] == "mean":
                     count_ = " * ".join(ext[i] for i in sorted(axes)) or "1"
-                    after.append(Code(f"{arr} /= {count_}" if len(axes) == 1 else
-                                      f"{arr} /= ({count_})"))
+                    after.append(Code(f"{arr} /= {count_}"))  # x /= a * b: x / (a * b)
             else:
                 shape = Code("(" + ", ".join(ext) + ("," if R == 1 else "") + ")")
                 arrays.append((arr, Code("empty"), shape))
@@ -499,10 +563,198 @@ class NumbaProgram(Program):
                 return all(text.count(p) == 1 for p in probes)
         return True
 
+    # ---------------------------------------------------------- whole-function mode
+    def _init_whole(self, env, whole):
+        """``whole``: None (auto), True or False; see :meth:`function`."""
+        if whole not in (None, True, False):
+            raise CodegenError(f"whole must be None, True or False, got {whole!r}")
+        self.whole = whole
+        self._whole = False  # rendering a whole-function kernel right now
+        self.nopython_macros = _Macros(env.get_template("numba/nopython.j2").module,
+                                       self.macros)
+        self.whole_kernels = []  # rendered @numba.njit functions, one per function
+        self.nb_helpers = []  # helpers of templates/numba/helpers/ they call
+        self._once_whole = {}
+
+    def function(self, name, roots, doc, returns_fn):
+        """One generated function: a whole-function kernel if possible, else groups.
+
+        In whole-function mode the Python-level function checks its arguments (``_unpack``)
+        and calls one ``@numba.njit`` function that computes everything (the same
+        statements, with the non-fused ops in nopython forms and the fused groups' kernels
+        called from compiled code), then builds the result dict. Used when every op has a
+        nopython form (:meth:`nopython_ok`), ``parallel`` is off, and (auto mode) no
+        transcendental that NumPy does faster is large (:data:`WHOLE_TRANSCENDENTAL_LIMIT`).
+        """
+        if self.whole is not False and self.fuse and not self.parallel:
+            fn = self._whole_function(name, roots, doc, returns_fn)
+            if fn is not None:
+                return fn
+        return self._group_function(name, roots, doc, returns_fn)
+
+    def _whole_function(self, name, roots, doc, returns_fn):
+        A = self.A
+        need = set()
+        for r in roots:
+            need |= nx.ancestors(A, r) | {r}
+        for n in need:
+            a = A.nodes[n]
+            if a[g.KIND] in (g.INPUT, g.PARAM) and not a[g.SHAPE]:
+                return None  # 0-d arrays are not scalars in nopython code
+            if (self.whole is None and a[g.KIND] == g.OPNODE and a[g.OP] in self.exclude
+                    and dims.prod([d for d in a[g.SHAPE] if isinstance(d, int)])
+                    > WHOLE_TRANSCENDENTAL_LIMIT):
+                return None  # NumPy's SIMD loop beats a scalar libm call per element
+        saved = (self.exclude, dict(self.kernels), set(self.kernel_names))
+        self._whole, self.exclude = True, frozenset()
+        try:
+            inner = self._group_function(name, roots, doc, returns_fn)
+        except _Unsupported:
+            self.kernels, self.kernel_names = saved[1], saved[2]
+            return None
+        finally:
+            self._whole, self.exclude = False, saved[0]
+
+        kname = Code(f"_{name}_kernel")
+        while kname in self.namer.taken or kname in self.kernel_names:
+            kname = Code(kname + "_")
+        self.kernel_names.add(kname)
+        # what the Python level reads back: the op nodes among the roots, by name
+        outs = []
+        for r in roots:
+            if A.nodes[r][g.KIND] == g.OPNODE:
+                ident = self._root_name(r, inner)
+                if ident not in outs:
+                    outs.append(ident)
+        # 0-d values come back as Python floats: DTYPE them (the loss of value_and_grad
+        # is returned as float() anyway)
+        scalar_outs = [self._root_name(r, inner) for r in dict.fromkeys(roots)
+                       if A.nodes[r][g.KIND] == g.OPNODE and not A.nodes[r][g.SHAPE]
+                       and not (name == "value_and_grad" and r == self.loss
+                                and r not in self.grads.values())]
+        arrays = [n for n in g.schedule(A) if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
+        symbols = []
+        for n in arrays:
+            for d in A.nodes[n][g.SHAPE]:
+                if isinstance(d, str) and d not in symbols:
+                    symbols.append(d)
+        text = "\n".join(s.expr for s in inner.statements)
+        params = [self.namer[n] for n in arrays if n in need]
+        params += [self.namer[("dim", s)] for s in symbols
+                   if re.search(rf"\b{self.namer[('dim', s)]}\b", text)]
+        options = ["cache=True"] if self.cache else []
+        options.append('error_model="numpy"')
+        if self.fastmath:
+            options.append("fastmath=True")
+        doc_ = [Code(line) for line in textwrap.wrap(
+            f"Everything {name}() computes, compiled as one function: the arrays in, "
+            + ", ".join(outs) + " out.", width=LINE - INDENT - 3,
+            break_long_words=False, break_on_hyphens=False)]
+        self.whole_kernels.append(Code(self.function_template.render(
+            options=Code(", ".join(options)),
+            signature=_bracketed(f"def {kname}", params, ":", 0),
+            doc=doc_,
+            statements=inner.statements,
+            returns=_bracketed("return ", outs, "", INDENT, parens=False)
+            if outs else Code("return ()"),
+        ).rstrip("\n")))
+        for h in NB_HELPERS:
+            if re.search(rf"\b_{h}\(", text) and h not in self.nb_helpers:
+                self.nb_helpers.append(h)
+
+        call = _assign(outs, f"{kname}", params, INDENT) if outs else Code(f"{kname}()")
+        target, expr = call.split(" = ", 1) if outs else (Code("_"), call)
+        stmts = [Statement(Code(target), Code(expr), _wrap_comment(
+            f"one compiled function ({kname}) computes " + ", ".join(outs)
+            + (" (the forward and backward pass)" if name == "value_and_grad" else "")),
+            roots[0])]
+        for o in scalar_outs:  # numba hands back Python floats
+            stmts.append(Statement(o, Code(f"DTYPE({o})"), [], roots[0]))
+        return Function(inner.name, inner.doc, inner.dims, inner.bindings, stmts,
+                        inner.returns)
+
+    def _root_name(self, r, fn):
+        if r in self.namer:
+            return self.namer[r]
+        for s in fn.statements:
+            if s.node == r:
+                return s.target
+        raise CodegenError(f"internal: no name for root {r!r}")
+
+    def nopython_ok(self, n):
+        """Whether op node ``n`` (not fused into a group) has a nopython form."""
+        A = self.A
+        a = A.nodes[n]
+        op, shape = a[g.OP], a[g.SHAPE]
+        ins = g.operands(A, n)
+        shapes = [A.nodes[p][g.SHAPE] for p in ins]
+        for p in ins:
+            b = A.nodes[p]
+            if b[g.KIND] == g.CONST and b[g.SHAPE]:
+                return False
+        ints = [A.nodes[p][g.DTYPE] not in g.FLOAT_DTYPES for p in ins]
+        if op in ("softmax_cross_entropy", "softmax_xent_grad"):
+            return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
+        if any(ints):
+            return False
+        if ops.get(op).elementwise:
+            return not shape and op in self._scalar_ops() or op in NOPYTHON_ARRAY_OPS
+        if op == "matmul":
+            return all(1 <= len(s) <= 2 for s in shapes)
+        if op in ("sum", "mean", "max"):
+            return (sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
+                    and not a[g.ATTRS]["keepdims"])
+        return op in ("transpose", "reshape", "slice", "concat", "zeros", "dimsize", "mse")
+
+    @cache  # noqa: B019 - one Program per generate() call
+    def _scalar_ops(self):
+        return frozenset(name for name in ops.REGISTRY if getattr(self.scalar, name, None))
+
+    def render_op(self, n, args, used, as_bool=False) -> Code:
+        if not self._whole:
+            return super().render_op(n, args, used, as_bool)
+        if not self.nopython_ok(n):
+            raise _Unsupported(n)
+        a = self.A.nodes[n]
+        if ops.get(a[g.OP]).elementwise and not a[g.SHAPE]:  # a scalar in nopython code
+            return Code(self.render_scalar(n, [wrap(x) for x in args]))
+        saved, self.macros = self.macros, self.nopython_macros
+        try:
+            return super().render_op(n, args, used, as_bool)
+        finally:
+            self.macros = saved
+
+    def attrs_code(self, n, used):
+        out = super().attrs_code(n, used)
+        if self._whole and self.A.nodes[n][g.OP] == "matmul":
+            out["loops"] = all(len(self.A.nodes[p][g.SHAPE]) == 2
+                               for p in g.operands(self.A, n))
+        return out
+
+    def _uses_once(self, op):
+        if not self._whole:
+            return super()._uses_once(op)
+        if op not in self._once_whole:
+            o = ops.get(op)
+            once = True
+            if not o.variadic:
+                probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+                for n in self.A:
+                    if self.A.nodes[n].get(g.OP) == op and self.nopython_ok(n):
+                        text = self.render_op(n, probes, set())
+                        once = once and all(text.count(p) == 1 for p in probes)
+            self._once_whole[op] = once
+        return self._once_whole[op]
+
     # -------------------------------------------------------------------- module
     def context(self):
         ctx = super().context()
-        ctx["kernels"] = [text for _, text in self.kernels.values()]
+        ctx["kernels"] = (
+            [Code(self.env.get_template(f"numba/helpers/{h}.py.j2").render().rstrip("\n"))
+             for h in NB_HELPERS if h in self.nb_helpers]
+            + [text for _, text in self.kernels.values()] + self.whole_kernels
+        )
+        ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx
 
 

@@ -1,0 +1,285 @@
+"""Branch-free, loop-vectorizable exp, tanh, sigmoid, sin and cos for Numba kernels.
+
+Without Intel SVML, ``np.tanh(x)`` inside an ``@numba.njit`` loop is one scalar libm call
+per element and stops LLVM from vectorizing the loop (docs/numba.md: 7–58× slower than
+NumPy's SIMD loops). The functions here are written in plain arithmetic instead — range
+reduction, a polynomial, selects instead of branches, and ``2**k`` built from the bits of
+a float — so that, inlined into a kernel, the loop can vectorize. They are plain
+``@numba.njit`` functions that LLVM inlines (Numba-level ``inline="always"`` would compile
+them with the kernel's flags, and ``fastmath`` reassociation folds the rounding trick).
+
+The generated module must import only ``numpy`` and ``numba``, so these are not imported
+by it: :func:`helpers` returns their source, for the module's dtype, with only the ones a
+module's kernels call (and what they call). The scalar macros in
+``templates/numba/scalar.j2`` call them by name (``_nb_tanh(x)``, ...).
+
+Accuracy (float64, ``tests/test_numba_math.py`` sweeps them against NumPy): exp ≤ 1 ulp,
+tanh ≤ 2 ulp, sin/cos ≤ 1 ulp for |x| < 2**19·π/2 ≈ 8.2e5 (the Cody–Waite reduction by
+π/2 is exact there; beyond, accuracy degrades — 1e10 is off by ~1e-7 — and past
+|x| ~ 2**51 the result is garbage: NumPy's libm does a Payne–Hanek reduction, this does
+not). ±inf and NaN follow NumPy (exp(inf) = inf, exp(-inf) = 0, tanh(±inf) = ±1,
+sin(±inf) = NaN); exp overflows to inf past 709.78 and underflows gradually (subnormals)
+to 0 past -745.13. There are no float32 versions yet: a float32 module under
+``transcendentals="inline"`` leaves these ops to NumPy (``available``), and a kernel that
+calls one anyway (whole-function mode) gets the float64 version.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..naming import Code
+
+#: helper name -> the helpers it calls
+DEPS = {
+    "_nb_f2i": (),
+    "_nb_i2f": (),
+    "_nb_fma": (),
+    "_nb_exp": ("_nb_f2i", "_nb_i2f", "_nb_fma"),
+    "_nb_tanh": ("_nb_expm2",),
+    "_nb_expm2": ("_nb_f2i", "_nb_i2f", "_nb_fma"),
+    "_nb_sigmoid": ("_nb_tanh",),
+    "_nb_sin": ("_nb_f2i", "_nb_sincos_kernels"),
+    "_nb_cos": ("_nb_f2i", "_nb_sincos_kernels"),
+    "_nb_sincos_kernels": (),
+}
+
+#: op name -> the helper its scalar macro calls
+OPS = {"exp": "_nb_exp", "tanh": "_nb_tanh", "sigmoid": "_nb_sigmoid", "sin": "_nb_sin",
+       "cos": "_nb_cos"}
+
+_BITCAST = '''
+@numba.extending.intrinsic
+def {name}(typingctx, x):
+    """{doc}"""
+    sig = numba.{to}(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+'''
+
+SOURCE = {"float64": {}, "float32": {}}
+SOURCE["float64"]["_nb_f2i"] = _BITCAST.format(
+    name="_nb_f2i", to="int64", doc="The bits of a float64 as an int64 (no conversion).")
+SOURCE["float64"]["_nb_i2f"] = _BITCAST.format(
+    name="_nb_i2f", to="float64", doc="The float64 whose bits are an int64.")
+SOURCE["float32"]["_nb_f2i"] = _BITCAST.format(
+    name="_nb_f2i", to="int32", doc="The bits of a float32 as an int32 (no conversion).")
+SOURCE["float32"]["_nb_i2f"] = _BITCAST.format(
+    name="_nb_i2f", to="float32", doc="The float32 whose bits are an int32.")
+
+_FMA = '''
+@numba.extending.intrinsic
+def _nb_fma(typingctx, a, b, c):
+    """a·b + c, one rounding where the CPU has FMA (llvm.fmuladd), two where it has not."""
+    t = numba.{t}
+    sig = t(t, t, t)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fnty = builder.module.declare_intrinsic("llvm.fma", [ty, ty, ty]).function_type
+        fn = builder.module.declare_intrinsic("llvm.fmuladd", [ty], fnty)
+        return builder.call(fn, args)
+
+    return sig, codegen
+'''
+SOURCE["float64"]["_nb_fma"] = _FMA.format(t="float64")
+SOURCE["float32"]["_nb_fma"] = _FMA.format(t="float32")
+
+SOURCE["float64"]["_nb_exp"] = '''
+@numba.njit(error_model="numpy")
+def _nb_exp(x):
+    """exp(x), branch-free: x = k·ln2 + r, |r| ≤ ln2/2 (Cody–Waite), exp(r) by a degree-13
+    polynomial, 2**k as two halves built from bits (so subnormal results are right)."""
+    x = np.float64(x)
+    xc = 709.8 if x > 709.8 else x
+    xc = -745.2 if xc < -745.2 else xc
+    # k = round(x/ln2) in the low bits of t (1.5·2**52 pushes the fraction out)
+    t = xc * 1.4426950408889634 + 6755399441055744.0
+    k = _nb_f2i(t) - 0x4338000000000000
+    kf = t - 6755399441055744.0
+    r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
+    p = 1.6059043836821613e-10
+    p = _nb_fma(p, r, 2.08767569878680990e-09)
+    p = _nb_fma(p, r, 2.50521083854417188e-08)
+    p = _nb_fma(p, r, 2.75573192239858907e-07)
+    p = _nb_fma(p, r, 2.75573192239858907e-06)
+    p = _nb_fma(p, r, 2.48015873015873016e-05)
+    p = _nb_fma(p, r, 1.98412698412698413e-04)
+    p = _nb_fma(p, r, 1.38888888888888889e-03)
+    p = _nb_fma(p, r, 8.33333333333333333e-03)
+    p = _nb_fma(p, r, 4.16666666666666667e-02)
+    p = _nb_fma(p, r, 1.66666666666666667e-01)
+    p = _nb_fma(p, r, 0.5)
+    p = _nb_fma(p, r * r, r) + 1.0
+    k1 = k >> 1
+    y = p * _nb_i2f((k1 + 1023) << 52) * _nb_i2f((k - k1 + 1023) << 52)
+    y = np.inf if x > 709.782712893384 else y
+    y = 0.0 if x < -745.1332191019412 else y
+    return y
+'''
+
+SOURCE["float64"]["_nb_expm2"] = '''
+@numba.njit(error_model="numpy")
+def _nb_expm2(a):
+    """exp(-2a) for 0 ≤ a ≤ 20 (no overflow, no underflow), as in _nb_exp."""
+    x = -2.0 * a
+    t = x * 1.4426950408889634 + 6755399441055744.0
+    k = _nb_f2i(t) - 0x4338000000000000
+    kf = t - 6755399441055744.0
+    r = (x - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
+    p = 1.6059043836821613e-10
+    p = _nb_fma(p, r, 2.08767569878680990e-09)
+    p = _nb_fma(p, r, 2.50521083854417188e-08)
+    p = _nb_fma(p, r, 2.75573192239858907e-07)
+    p = _nb_fma(p, r, 2.75573192239858907e-06)
+    p = _nb_fma(p, r, 2.48015873015873016e-05)
+    p = _nb_fma(p, r, 1.98412698412698413e-04)
+    p = _nb_fma(p, r, 1.38888888888888889e-03)
+    p = _nb_fma(p, r, 8.33333333333333333e-03)
+    p = _nb_fma(p, r, 4.16666666666666667e-02)
+    p = _nb_fma(p, r, 1.66666666666666667e-01)
+    p = _nb_fma(p, r, 0.5)
+    p = _nb_fma(p, r * r, r) + 1.0
+    return p * _nb_i2f((k + 1023) << 52)
+'''
+
+SOURCE["float64"]["_nb_tanh"] = '''
+@numba.njit(error_model="numpy")
+def _nb_tanh(x):
+    """tanh(x), branch-free: |x| < 0.625 by Cephes' rational x + x·z·P(z)/Q(z), z = x²;
+    else (1 - e)/(1 + e), e = exp(-2|x|) (|x| clamped at 20, where tanh is 1.0); one
+    division for both, the sign copied back."""
+    x = np.float64(x)
+    a = abs(x)
+    a = 20.0 if a > 20.0 else a
+    z = a * a
+    P = (-9.64399179425052238628e-01 * z - 9.92877231001918586564e01) * z \\
+        - 1.61468768441708447952e03
+    Q = ((z + 1.12811678491632931402e02) * z + 2.23548839060100448583e03) * z \\
+        + 4.84406305325125486048e03
+    e = _nb_expm2(a)
+    small = a < 0.625
+    num = a * Q + (a * z) * P if small else 1.0 - e
+    den = Q if small else 1.0 + e
+    return np.copysign(num / den, x)
+'''
+
+SOURCE["float64"]["_nb_sigmoid"] = '''
+@numba.njit(error_model="numpy")
+def _nb_sigmoid(x):
+    """σ(x) = 0.5·(1 + tanh(x/2)), the NumPy module's formula."""
+    return 0.5 * (1.0 + _nb_tanh(0.5 * np.float64(x)))
+'''
+
+SOURCE["float64"]["_nb_sincos_kernels"] = '''
+@numba.njit(error_model="numpy")
+def _nb_sincos_kernels(x, y):
+    """sin(x + y) and cos(x + y) for |x| ≤ π/4, |y| ≤ ulp(x)/2 (fdlibm's kernels)."""
+    z = x * x
+    v = z * x
+    w = z * z
+    r = 8.33333333332248946124e-03 + z * (-1.98412698298579493134e-04 + z * (
+        2.75573137070700676789e-06 + z * (-2.50507602534068634195e-08
+                                          + z * 1.58969099521155010221e-10)))
+    s = x - ((z * (0.5 * y - v * r) - y) - v * -1.66666666666666324348e-01)
+    r = z * (4.16666666666666019037e-02 + z * (-1.38888888888741095749e-03
+                                               + z * 2.48015872894767294178e-05)) \\
+        + w * w * (-2.75573143513906633035e-07 + z * (2.08757232129817482790e-09
+                                                      + z * -1.13596475577881948265e-11))
+    hz = 0.5 * z
+    w = 1.0 - hz
+    c = w + (((1.0 - w) - hz) + (z * r - x * y))
+    return s, c
+'''
+
+_REDUCE64 = '''
+    x = np.float64(x)
+    # n = round(x·2/π); r = x - n·π/2 as hi + lo, π/2 in three 33-bit parts (n·part is
+    # exact for |n| < 2**20) and a tail; two-sums keep what the subtractions round off
+    t = x * 6.36619772367581382433e-01 + 6755399441055744.0
+    n = _nb_f2i(t)
+    nf = t - 6755399441055744.0
+    r1 = x - nf * 1.57079632673412561417e00
+    b = nf * 6.07710050630396597660e-11
+    r2 = r1 - b
+    e2 = (r1 - r2) - b
+    b = nf * 2.02226624871116645580e-21
+    hi = r2 - b
+    e3 = ((r2 - hi) - b) + e2 - nf * 8.47842766036889956997e-32
+    r = hi + e3
+    lo = e3 - (r - hi)
+    s, c = _nb_sincos_kernels(r, lo)
+'''
+
+SOURCE["float64"]["_nb_sin"] = f'''
+@numba.njit(error_model="numpy")
+def _nb_sin(x):
+    """sin(x), branch-free: Cody–Waite reduction by π/2, quadrant picked by selects."""{_REDUCE64}\
+    y = c if n & 1 else s
+    y = -y if n & 2 else y
+    return x if abs(x) < 1e-9 else y  # sin(x) rounds to x there; keeps sin(-0.0) = -0.0
+'''
+
+SOURCE["float64"]["_nb_cos"] = f'''
+@numba.njit(error_model="numpy")
+def _nb_cos(x):
+    """cos(x), branch-free: Cody–Waite reduction by π/2, quadrant picked by selects."""{_REDUCE64}\
+    y = s if n & 1 else c
+    return -y if (n + 1) & 2 else y
+'''
+
+
+def _closure(names):
+    out, todo = [], list(names)
+    while todo:
+        n = todo.pop()
+        if n in out:
+            continue
+        out.append(n)
+        todo.extend(DEPS[n])
+    order = list(DEPS)
+    return sorted(out, key=order.index)
+
+
+def used(texts):
+    """The helpers the kernel sources ``texts`` call."""
+    pat = re.compile(r"\b(_nb_[a-z0-9_]+)\(")
+    return {m for t in texts for m in pat.findall(t) if m in DEPS}
+
+
+def available(dtype):
+    """The ops with an inline implementation for ``dtype``."""
+    src = SOURCE["float32" if dtype == "float32" else "float64"]
+    return frozenset(op for op, h in OPS.items() if all(n in src for n in _closure([h])))
+
+
+def excluded(policy, simd_in_numpy, dtype):
+    """The ops a kernel must not fuse under the ``transcendentals`` policy: ``"numpy"``
+    all of ``simd_in_numpy``, ``"inline"`` those of them without an inline version here,
+    ``"numba"`` none."""
+    if policy == "numpy":
+        return frozenset(simd_in_numpy)
+    if policy == "inline":
+        return frozenset(simd_in_numpy) - available(dtype)
+    return frozenset()
+
+
+def helpers(texts, dtype):
+    """Source of the helpers the kernels ``texts`` call (with their dependencies), for a
+    module of ``dtype``, in definition order."""
+    names = _closure(used(texts))
+    src = SOURCE["float32" if dtype == "float32" else "float64"]
+    if not all(n in src for n in names):  # no float32 version yet: compute in float64
+        src = SOURCE["float64"]
+    return [Code(src[n].strip("\n")) for n in names]
+
+
+def module_source(dtype="float64", names=None):
+    """A standalone module defining the helpers (for tests and measurements)."""
+    names = _closure(names or [n for n in DEPS if n in SOURCE[dtype]])
+    src = SOURCE[dtype]
+    return "import numba\nimport numba.extending\nimport numpy as np\n\n\n" + "\n\n".join(
+        src[n].strip("\n") for n in names) + "\n"

@@ -1,0 +1,181 @@
+"""The vectorizable exp/tanh/sigmoid/sin/cos of graphgen/backends/numba_math.py.
+
+Accuracy sweeps (ulp error against NumPy over ranges including the extremes, ±inf, NaN,
+signed zeros and subnormals) on a standalone module built from the helpers' source, and
+agreement of a generated ``transcendentals="inline"`` module with the NumPy backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import graphgen
+from graphgen.backends import numba_math
+from graphgen.check import random_arrays
+
+OPS = ["exp", "tanh", "sigmoid", "sin", "cos"]
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+REF = {"exp": np.exp, "tanh": np.tanh, "sigmoid": _sigmoid, "sin": np.sin, "cos": np.cos}
+# max ulp distance from NumPy's own (≤ 1 ulp) result
+MAX_ULP = {"exp": 2, "tanh": 3, "sin": 2, "cos": 2}
+RANGES = {
+    "exp": [(-1, 1), (-40, 40), (-745.2, 709.9), (-760, -700)],
+    "tanh": [(-1e-6, 1e-6), (-1, 1), (0.6, 0.65), (-25, 25)],
+    "sin": [(-4, 4), (-100, 100), (-1e5, 1e5), (-8e5, 8e5)],
+    "cos": [(-4, 4), (-100, 100), (-1e5, 1e5), (-8e5, 8e5)],
+}
+SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e-310, -1e-310,
+                     2.2250738585072014e-308, 1e-300, 1e-20, 0.625, -0.625, 19.9, 20.1,
+                     700.0, 709.78, 709.79, 710.0, 1e300, -708.0, -740.0, -745.13,
+                     -745.14, -746.0, -1e300, np.pi / 2, np.pi, 1e5, -8e5])
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    src = numba_math.module_source("float64")
+    for op in OPS:
+        src += f'''
+
+@numba.njit(error_model="numpy")
+def k_{op}(x, out):
+    for i in range(x.shape[0]):
+        out[i] = _nb_{op}(x[i])
+'''
+    path = tmp_path_factory.mktemp("nbmath") / "nbmath_f64.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("nbmath_f64", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(kernels, op, x):
+    out = np.empty_like(x)
+    getattr(kernels, "k_" + op)(x, out)
+    return out
+
+
+def _ulps(got, ref):
+    """|got - ref| in units of ulp(ref); 0 where both are equal or both NaN."""
+    same = (got == ref) | (np.isnan(got) & np.isnan(ref))
+    with np.errstate(all="ignore"):
+        sp = np.spacing(np.abs(ref))
+        sp = np.where(sp == 0, 5e-324, sp)
+        e = np.abs(got - ref) / sp
+    return np.where(same, 0.0, e)
+
+
+@pytest.mark.parametrize("op", ["exp", "tanh", "sin", "cos"])
+def test_ulp_error_against_numpy(kernels, op):
+    rng = np.random.default_rng(7)
+    for lo, hi in RANGES[op]:
+        x = rng.uniform(lo, hi, 200_000)
+        with np.errstate(all="ignore"):
+            e = _ulps(_run(kernels, op, x), REF[op](x))
+        i = int(np.argmax(e))
+        assert e[i] <= MAX_ULP[op], f"{op} on [{lo}, {hi}]: {e[i]} ulp at x={x[i]!r}"
+
+
+@pytest.mark.parametrize("op", ["exp", "tanh", "sin", "cos"])
+def test_specials_match_numpy(kernels, op):
+    x = SPECIALS
+    with np.errstate(all="ignore"):
+        ref = REF[op](x)
+    got = _run(kernels, op, x)
+    if op in ("sin", "cos"):  # documented range: |x| < 2**19·π/2, and ±inf
+        keep = ~np.isfinite(x) | (np.abs(x) < 8e5)
+        x, ref, got = x[keep], ref[keep], got[keep]
+    e = _ulps(got, ref)
+    assert (np.isnan(got) == np.isnan(ref)).all()
+    assert (e <= MAX_ULP[op]).all(), list(zip(x[e > MAX_ULP[op]], got[e > MAX_ULP[op]],
+                                              ref[e > MAX_ULP[op]]))
+    # signs of zeros and infinities
+    assert (np.signbit(got[ref == 0]) == np.signbit(ref[ref == 0])).all() or op == "cos"
+
+
+def test_sigmoid_is_the_numpy_modules_formula(kernels):
+    x = np.random.default_rng(3).uniform(-30, 30, 100_000)
+    got, ref = _run(kernels, "sigmoid", x), _sigmoid(x)
+    # 1 - tanh near -1 turns an ulp of tanh into ~1e-16 absolute
+    np.testing.assert_allclose(got, ref, rtol=1e-14, atol=4e-16)
+
+
+def test_the_loop_vectorizes(kernels):
+    asm = kernels.k_tanh.inspect_asm(kernels.k_tanh.signatures[0])
+    assert re.search(r"\b[yz]mm\d", asm), "k_tanh did not vectorize"
+    # no libm call left in the loop
+    assert not re.search(r"call.*\b(tanh|exp)\b", asm)
+
+
+SPEC = """
+name: inline_math
+inputs:
+  x: [8, 16]
+params:
+  a: {shape: [16], init: normal}
+  b: {shape: [16], init: normal}
+nodes:
+  u: {op: mul, args: [x, a]}
+  v: {op: add, args: [u, b]}
+  h: {op: tanh, args: [v]}
+  e: {op: exp, args: [h]}
+  s: {op: sigmoid, args: [v]}
+  p: {op: sin, args: [v]}
+  c: {op: cos, args: [u]}
+  t: {op: add_n, args: [e, s, p, c, h]}
+  q: {op: square, args: [t]}
+  loss: {op: sum, args: [q]}
+outputs: [loss, h]
+loss: loss
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_generated_inline_module_agrees_with_numpy(tmp_path, dtype):
+    path = tmp_path / "inline_math.yaml"
+    path.write_text(SPEC.replace("name: inline_math", f"name: inline_math\ndtype: {dtype}"))
+    G = graphgen.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphgen.GraphgenWarning)
+        ref = graphgen.compile(G)
+        mod = graphgen.compile(G, backend="numba", transcendentals="inline")
+    src = mod.__source__
+    imports = {line.split()[1] for line in src.splitlines()
+               if line.startswith(("import ", "from "))}
+    assert imports == {"numba", "numpy"}
+    if dtype == "float64":
+        for op in OPS:  # emitted into the module and called by a kernel
+            assert f"def _nb_{op}(" in src and f"_nb_{op}(" in src.split("def _check")[0]
+        assert "np.tanh(" not in src
+    arrays = random_arrays(G, seed=4)
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    assert abs(l1 - l2) <= tol * max(1.0, abs(l1))
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=tol, atol=tol, err_msg=k)
+    f1, f2 = ref.forward(**arrays), mod.forward(**arrays)
+    for k in f1:
+        np.testing.assert_allclose(f2[k], f1[k], rtol=tol, atol=tol, err_msg=k)
+
+
+def test_helpers_emit_only_what_is_called():
+    texts = ["    y = _nb_sin(x[i0])"]
+    names = [re.search(r"def (\w+)\(", h).group(1) for h in numba_math.helpers(texts,
+                                                                                "float64")]
+    assert "_nb_sin" in names and "_nb_sincos_kernels" in names and "_nb_f2i" in names
+    assert "_nb_tanh" not in names and "_nb_exp" not in names
+    assert numba_math.excluded("numpy", {"exp", "log"}, "float64") == {"exp", "log"}
+    assert numba_math.excluded("inline", {"exp", "log"}, "float64") == {"log"}
+    assert numba_math.excluded("numba", {"exp", "log"}, "float64") == frozenset()
