@@ -46,8 +46,13 @@ def torch_impl(workload, arrays, params, threads=1):
 
     torch.set_num_threads(threads)
     ns = types.SimpleNamespace(
-        sigmoid=torch.sigmoid, relu=torch.relu, tanh=torch.tanh, sin=torch.sin,
-        mean=torch.mean, sum=torch.sum, xent=F.cross_entropy,
+        sigmoid=torch.sigmoid,
+        relu=torch.relu,
+        tanh=torch.tanh,
+        sin=torch.sin,
+        mean=torch.mean,
+        sum=torch.sum,
+        xent=F.cross_entropy,
     )
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     for k in params:
@@ -75,8 +80,13 @@ def jax_impl(workload, arrays, params, dtype):
         return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)
 
     ns = types.SimpleNamespace(
-        sigmoid=jax.nn.sigmoid, relu=jax.nn.relu, tanh=jnp.tanh, sin=jnp.sin,
-        mean=jnp.mean, sum=jnp.sum, xent=xent,
+        sigmoid=jax.nn.sigmoid,
+        relu=jax.nn.relu,
+        tanh=jnp.tanh,
+        sin=jnp.sin,
+        mean=jnp.mean,
+        sum=jnp.sum,
+        xent=xent,
     )
     data = {k: jnp.asarray(v) for k, v in arrays.items() if k not in params}
     ps = {k: jnp.asarray(arrays[k]) for k in params}

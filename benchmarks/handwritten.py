@@ -22,8 +22,12 @@ def w1_tiny(x, t, W1, b1, W2, b2):
     loss = float(np.mean(d * d))
     dz2 = (2.0 / d.size) * d * y * (1.0 - y)
     dz1 = (dz2 @ W2.T) * h1 * (1.0 - h1)
-    return loss, {"W1": x.T @ dz1, "b1": dz1.sum(axis=0), "W2": h1.T @ dz2,
-                  "b2": dz2.sum(axis=0)}
+    return loss, {
+        "W1": x.T @ dz1,
+        "b1": dz1.sum(axis=0),
+        "W2": h1.T @ dz2,
+        "b2": dz2.sum(axis=0),
+    }
 
 
 def _softmax_xent(logits, labels):
@@ -49,8 +53,12 @@ def w2_mlp_small(x, labels, W1, b1, W2, b2):
     loss, dl = _softmax_xent(logits, labels)
     dh1 = dl @ W2.T
     dh1 *= a1 > 0
-    return loss, {"W1": x.T @ dh1, "b1": dh1.sum(axis=0), "W2": h1.T @ dl,
-                  "b2": dl.sum(axis=0)}
+    return loss, {
+        "W1": x.T @ dh1,
+        "b1": dh1.sum(axis=0),
+        "W2": h1.T @ dl,
+        "b2": dl.sum(axis=0),
+    }
 
 
 def w3_mlp_large(x, labels, W1, b1, W2, b2, W3, b3):
@@ -67,8 +75,14 @@ def w3_mlp_large(x, labels, W1, b1, W2, b2, W3, b3):
     dh2 *= a2 > 0
     dh1 = dh2 @ W2.T
     dh1 *= a1 > 0
-    return loss, {"W1": x.T @ dh1, "b1": dh1.sum(axis=0), "W2": h1.T @ dh2,
-                  "b2": dh2.sum(axis=0), "W3": h2.T @ dl, "b3": dl.sum(axis=0)}
+    return loss, {
+        "W1": x.T @ dh1,
+        "b1": dh1.sum(axis=0),
+        "W2": h1.T @ dh2,
+        "b2": dh2.sum(axis=0),
+        "W3": h2.T @ dl,
+        "b3": dl.sum(axis=0),
+    }
 
 
 LAYERS = 30

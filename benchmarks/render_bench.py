@@ -16,8 +16,12 @@ from graphgen.spec import from_dict
 
 
 def big_spec(layers=100, width=8):
-    data = {"name": "big", "inputs": {"x": ["batch", width], "t": ["batch", width]},
-            "params": {}, "nodes": {}}
+    data = {
+        "name": "big",
+        "inputs": {"x": ["batch", width], "t": ["batch", width]},
+        "params": {},
+        "nodes": {},
+    }
     prev = "x"
     for i in range(layers):
         p = f"layer{i}"
@@ -57,8 +61,10 @@ def main(layers=105):
         t0 = time.perf_counter()
         diagram.write(G, out, view=view, collapse=True)
         dt = time.perf_counter() - t0
-        print(f"render --view {view} --collapse -> svg: {dt:.2f} s "
-              f"({os.path.getsize(out) // 1024} KiB)")
+        print(
+            f"render --view {view} --collapse -> svg: {dt:.2f} s "
+            f"({os.path.getsize(out) // 1024} KiB)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,17 +27,33 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
-WORKLOADS = ["w1_tiny", "w2_mlp_small", "w3_mlp_large", "w4_deep_elementwise", "w5_fanout"]
+WORKLOADS = [
+    "w1_tiny",
+    "w2_mlp_small",
+    "w3_mlp_large",
+    "w4_deep_elementwise",
+    "w5_fanout",
+]
 IMPLS = ["hand", "numpy", "numba", "torch", "jax"]
-LABELS = {"hand": "hand-written NumPy", "numpy": "graphgen numpy", "numba": "graphgen numba",
-          "torch": "PyTorch eager", "jax": "jax.jit(value_and_grad)"}
+LABELS = {
+    "hand": "hand-written NumPy",
+    "numpy": "graphgen numpy",
+    "numba": "graphgen numba",
+    "torch": "PyTorch eager",
+    "jax": "jax.jit(value_and_grad)",
+}
 # Targets (ratio to hand-written NumPy) from the issue.
 TARGETS = {
-    ("w1_tiny", "numpy"): 1.2, ("w1_tiny", "numba"): 0.2,
-    ("w2_mlp_small", "numpy"): 1.1, ("w2_mlp_small", "numba"): 0.8,
-    ("w3_mlp_large", "numpy"): 1.05, ("w3_mlp_large", "numba"): 1.05,
-    ("w4_deep_elementwise", "numpy"): 1.1, ("w4_deep_elementwise", "numba"): 0.5,
-    ("w5_fanout", "numpy"): 1.1, ("w5_fanout", "numba"): 0.3,
+    ("w1_tiny", "numpy"): 1.2,
+    ("w1_tiny", "numba"): 0.2,
+    ("w2_mlp_small", "numpy"): 1.1,
+    ("w2_mlp_small", "numba"): 0.8,
+    ("w3_mlp_large", "numpy"): 1.05,
+    ("w3_mlp_large", "numba"): 1.05,
+    ("w4_deep_elementwise", "numpy"): 1.1,
+    ("w4_deep_elementwise", "numba"): 0.5,
+    ("w5_fanout", "numpy"): 1.1,
+    ("w5_fanout", "numba"): 0.3,
 }
 THREADS = "1"
 ENV = {
@@ -121,8 +137,17 @@ def child(impl, workload, dtype, rounds, min_round):
         for _ in range(calls):
             f()
         times.append((time.perf_counter() - t0) / calls)
-    print(json.dumps({"median": statistics.median(times), "min": min(times),
-                      "calls": calls, "rounds": rounds, "compile": compile_s}))
+    print(
+        json.dumps(
+            {
+                "median": statistics.median(times),
+                "min": min(times),
+                "calls": calls,
+                "rounds": rounds,
+                "compile": compile_s,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------- parent
@@ -134,20 +159,28 @@ def environment_text():
 
     import numpy as np
 
-    lines = [(f"- machine: {platform.machine()}, {_cpu()}, {os.cpu_count()} CPUs; "
-              f"Python {platform.python_version()}, NumPy {np.__version__}")]
+    lines = [
+        (
+            f"- machine: {platform.machine()}, {_cpu()}, {os.cpu_count()} CPUs; "
+            f"Python {platform.python_version()}, NumPy {np.__version__}"
+        )
+    ]
     try:
         import numba
         from numba.core import config
 
-        lines.append(f"- Numba {numba.__version__}; SVML in use: {bool(config.USING_SVML)}")
+        lines.append(
+            f"- Numba {numba.__version__}; SVML in use: {bool(config.USING_SVML)}"
+        )
     except ImportError:
         lines.append("- Numba: not installed")
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg["Build Dependencies"]["blas"]
-        lines.append(f"- NumPy BLAS: {blas.get('name')} {blas.get('version', '')} "
-                     f"({blas.get('openblas configuration', '').strip()})")
+        lines.append(
+            f"- NumPy BLAS: {blas.get('name')} {blas.get('version', '')} "
+            f"({blas.get('openblas configuration', '').strip()})"
+        )
     except Exception:  # noqa: BLE001 - older NumPy: the printed form
         buf = io.StringIO()
         with redirect_stdout(buf):
@@ -157,10 +190,14 @@ def environment_text():
         from threadpoolctl import threadpool_info
 
         for p in threadpool_info():
-            lines.append(f"- threadpool: {p.get('internal_api')} {p.get('version')} "
-                         f"threads={p.get('num_threads')} ({p.get('threading_layer', '')})")
+            lines.append(
+                f"- threadpool: {p.get('internal_api')} {p.get('version')} "
+                f"threads={p.get('num_threads')} ({p.get('threading_layer', '')})"
+            )
     except ImportError:
-        lines.append("- threadpoolctl: not installed (threads pinned by env vars below)")
+        lines.append(
+            "- threadpoolctl: not installed (threads pinned by env vars below)"
+        )
     for mod in ("torch", "jax"):
         try:
             m = __import__(mod)
@@ -169,12 +206,20 @@ def environment_text():
             lines.append(f"- {mod}: not installed")
     pinned = ", ".join(f"{k}={v}" for k, v in ENV.items())
     lines.append(f"- child env (set by run.py): {pinned}")
-    inherited = {k: v for k, v in os.environ.items()
-                 if k.startswith(("MALLOC_", "OPENBLAS_CORETYPE", "GOTO", "OMP_", "MKL_"))
-                 and k not in ENV}
-    lines.append(f"- inherited: OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
-                 + (", " + ", ".join(f"{k}={v}" for k, v in inherited.items())
-                    if inherited else ""))
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("MALLOC_", "OPENBLAS_CORETYPE", "GOTO", "OMP_", "MKL_"))
+        and k not in ENV
+    }
+    lines.append(
+        f"- inherited: OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+        + (
+            ", " + ", ".join(f"{k}={v}" for k, v in inherited.items())
+            if inherited
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 
@@ -190,12 +235,31 @@ def _cpu():
 
 
 def run_one(impl, workload, dtype, rounds, min_round):
-    with tempfile.TemporaryDirectory() as cache:  # cold Numba cache: compile is measured
-        env = {**os.environ, **ENV, "GRAPHGEN_CACHE_DIR": cache, "NUMBA_CACHE_DIR": cache}
+    with (
+        tempfile.TemporaryDirectory() as cache
+    ):  # cold Numba cache: compile is measured
+        env = {
+            **os.environ,
+            **ENV,
+            "GRAPHGEN_CACHE_DIR": cache,
+            "NUMBA_CACHE_DIR": cache,
+        }
         r = subprocess.run(
-            [sys.executable, __file__, "--child", impl, workload, dtype, str(rounds),
-             str(min_round)],
-            capture_output=True, text=True, env=env, cwd=REPO, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                impl,
+                workload,
+                dtype,
+                str(rounds),
+                str(min_round),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=False,
         )
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
@@ -214,17 +278,27 @@ def fmt_time(s):
 
 def table(results, dtype, workloads, impls):
     head = "| workload | " + " | ".join(LABELS[i] for i in impls) + " |"
-    lines = [f"### {dtype}", "", ("time per value_and_grad call (median), ratio to "
-                                  "hand-written NumPy, and compile/JIT time (generation + "
-                                  "import + first call)"), "", head,
-             "|" + "---|" * (len(impls) + 1)]
+    lines = [
+        f"### {dtype}",
+        "",
+        (
+            "time per value_and_grad call (median), ratio to "
+            "hand-written NumPy, and compile/JIT time (generation + "
+            "import + first call)"
+        ),
+        "",
+        head,
+        "|" + "---|" * (len(impls) + 1),
+    ]
     for w in workloads:
         base = results.get((w, dtype, "hand"), {}).get("median")
         cells = []
         for i in impls:
             r = results.get((w, dtype, i), {})
             if "median" not in r:
-                cells.append("n/a" if "missing" in r else f"error: {r.get('error', '?')[:40]}")
+                cells.append(
+                    "n/a" if "missing" in r else f"error: {r.get('error', '?')[:40]}"
+                )
                 continue
             ratio = r["median"] / base if base else float("nan")
             target = TARGETS.get((w, i))
@@ -239,28 +313,43 @@ def table(results, dtype, workloads, impls):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 3 rounds of ~20 ms, W1/W2/W4, float64 only")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 3 rounds of ~20 ms, W1/W2/W4, float64 only",
+    )
     p.add_argument("--workloads", default=None, help="comma-separated subset")
-    p.add_argument("--impls", default=None, help="comma-separated subset of " + ",".join(IMPLS))
+    p.add_argument(
+        "--impls", default=None, help="comma-separated subset of " + ",".join(IMPLS)
+    )
     p.add_argument("--dtypes", default=None, help="float64,float32")
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--output", default=None, help="markdown file (default: RESULTS.md, "
-                   "not written with --quick)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="markdown file (default: RESULTS.md, not written with --quick)",
+    )
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         impl, w, dtype, rounds, min_round = args.child
         child(impl, w, dtype, int(rounds), float(min_round))
         return 0
-    workloads = (args.workloads.split(",") if args.workloads else
-                 ["w1_tiny", "w2_mlp_small", "w4_deep_elementwise"] if args.quick
-                 else WORKLOADS)
+    workloads = (
+        args.workloads.split(",")
+        if args.workloads
+        else ["w1_tiny", "w2_mlp_small", "w4_deep_elementwise"]
+        if args.quick
+        else WORKLOADS
+    )
     impls = args.impls.split(",") if args.impls else IMPLS
     if "hand" not in impls:
         impls = ["hand"] + impls
-    dtypes = args.dtypes.split(",") if args.dtypes else (
-        ["float64"] if args.quick else ["float64", "float32"])
+    dtypes = (
+        args.dtypes.split(",")
+        if args.dtypes
+        else (["float64"] if args.quick else ["float64", "float32"])
+    )
     rounds = args.rounds or (3 if args.quick else 15)
     min_round = 0.02 if args.quick else 0.2
     env_text = environment_text()
@@ -276,10 +365,20 @@ def main(argv=None):
         print(table(results, dtype, workloads, impls), flush=True)
     out = args.output or (None if args.quick else str(HERE / "RESULTS.md"))
     if out:
-        text = ["# Benchmark results", "", (f"`python benchmarks/run.py` on "
+        text = [
+            "# Benchmark results",
+            "",
+            (
+                f"`python benchmarks/run.py` on "
                 f"{time.strftime('%Y-%m-%d %H:%M')}; {rounds} rounds of ≥{min_round}s each, "
-                "median reported; each implementation in its own process."), "",
-                "## Environment", "", env_text, ""]
+                "median reported; each implementation in its own process."
+            ),
+            "",
+            "## Environment",
+            "",
+            env_text,
+            "",
+        ]
         for dtype in dtypes:
             text += [table(results, dtype, workloads, impls), ""]
         Path(out).write_text("\n".join(text) + "\n", encoding="utf-8")

@@ -64,10 +64,30 @@ MAGNITUDES = (
 )
 
 STYLE = {
-    g.INPUT: {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbeafe", "color": "#1d4ed8"},
-    g.PARAM: {"shape": "box", "style": "filled", "fillcolor": "#fef3c7", "color": "#b45309"},
-    g.CONST: {"shape": "box", "style": "rounded,dashed", "color": "#9ca3af", "fontsize": "10"},
-    g.OPNODE: {"shape": "box", "style": "rounded,filled", "fillcolor": "white", "color": "#374151"},
+    g.INPUT: {
+        "shape": "box",
+        "style": "rounded,filled",
+        "fillcolor": "#dbeafe",
+        "color": "#1d4ed8",
+    },
+    g.PARAM: {
+        "shape": "box",
+        "style": "filled",
+        "fillcolor": "#fef3c7",
+        "color": "#b45309",
+    },
+    g.CONST: {
+        "shape": "box",
+        "style": "rounded,dashed",
+        "color": "#9ca3af",
+        "fontsize": "10",
+    },
+    g.OPNODE: {
+        "shape": "box",
+        "style": "rounded,filled",
+        "fillcolor": "white",
+        "color": "#374151",
+    },
 }
 LOSS_STYLE = {"fillcolor": "#fee2e2", "color": "#b91c1c", "penwidth": "2"}
 GREY = {"fillcolor": "#f3f4f6", "color": "#d1d5db", "fontcolor": "#9ca3af"}
@@ -90,8 +110,10 @@ def visible(text) -> str:
     """``text`` with control characters shown as escapes (``"x\\nimport os"``)."""
 
     def one(m):
-        return repr(m.group(0))[1:-1] if m.group(0) not in "\u2028\u2029" else (
-            f"\\u{ord(m.group(0)):04x}"
+        return (
+            repr(m.group(0))[1:-1]
+            if m.group(0) not in "\u2028\u2029"
+            else (f"\\u{ord(m.group(0)):04x}")
         )
 
     return _CONTROL.sub(one, str(text))
@@ -187,7 +209,9 @@ def evaluate(A, arrays):
             out[n] = np.asarray(a[g.VALUE], dtype=np.float64)
         elif kind in (g.INPUT, g.PARAM):
             if n not in arrays:
-                raise DiagramError(f"no array given for {kind} {n!r}", source=g.source_of(A))
+                raise DiagramError(
+                    f"no array given for {kind} {n!r}", source=g.source_of(A)
+                )
             out[n] = np.asarray(arrays[n])
         else:
             attrs = {k: _concrete_attr(v, sizes) for k, v in a[g.ATTRS].items()}
@@ -210,7 +234,9 @@ def load_arrays(G, values=True, seed=0):
             with np.load(os.fspath(values)) as f:
                 given = {k: f[k] for k in f.files}
         except (OSError, ValueError) as e:
-            raise DiagramError(f"cannot read arrays from {os.fspath(values)!r}: {e}") from None
+            raise DiagramError(
+                f"cannot read arrays from {os.fspath(values)!r}: {e}"
+            ) from None
     elif isinstance(values, dict):
         given = dict(values)
     else:
@@ -290,9 +316,11 @@ class _Drawing:
         self.edges.append((src, dst, attrs))
 
     def lines(self, ids, graph_attrs):
-        out = ["\tgraph" + _attrs(graph_attrs) + "\n",
-               "\tnode" + _attrs({"fontname": "Helvetica", "fontsize": "11"}) + "\n",
-               "\tedge" + _attrs({"fontname": "Helvetica", "fontsize": "9"}) + "\n"]
+        out = [
+            "\tgraph" + _attrs(graph_attrs) + "\n",
+            "\tnode" + _attrs({"fontname": "Helvetica", "fontsize": "11"}) + "\n",
+            "\tedge" + _attrs({"fontname": "Helvetica", "fontsize": "9"}) + "\n",
+        ]
         groups = {}
         for key in self.nodes:
             groups.setdefault(self.group.get(key), []).append(key)
@@ -302,13 +330,23 @@ class _Drawing:
             indent = "\t"
             if grp is not None:
                 out.append(f"\tsubgraph cluster_{gi} {{\n")
-                out.append("\t\tgraph" + _attrs({
-                    "label": Html(f"<B>{esc(grp)}</B>"), "style": "rounded,dashed",
-                    "color": "#9ca3af"}) + "\n")
+                out.append(
+                    "\t\tgraph"
+                    + _attrs(
+                        {
+                            "label": Html(f"<B>{esc(grp)}</B>"),
+                            "style": "rounded,dashed",
+                            "color": "#9ca3af",
+                        }
+                    )
+                    + "\n"
+                )
                 indent = "\t\t"
             for key in keys:
                 label, attrs = self.nodes[key]
-                out.append(f"{indent}{ids[key]}" + _attrs({"label": label, **attrs}) + "\n")
+                out.append(
+                    f"{indent}{ids[key]}" + _attrs({"label": label, **attrs}) + "\n"
+                )
             if grp is not None:
                 out.append("\t}\n")
         for src, dst, attrs in self.edges:
@@ -318,13 +356,29 @@ class _Drawing:
                 f'<TR><TD BGCOLOR="{c}" WIDTH="18"> </TD><TD ALIGN="LEFT">{esc(t)}</TD></TR>'
                 for c, t in self.legend
             )
-            out.append("\tsubgraph cluster_legend {\n\t\tgraph" + _attrs(
-                {"label": "‖∂J/∂·‖ of the term an edge carries", "color": "#d1d5db",
-                 "fontsize": "10"}) + "\n")
-            out.append("\t\tlegend" + _attrs({
-                "shape": "plaintext",
-                "label": Html(f'<TABLE BORDER="0" CELLSPACING="2">{rows}</TABLE>'),
-            }) + "\n\t}\n")
+            out.append(
+                "\tsubgraph cluster_legend {\n\t\tgraph"
+                + _attrs(
+                    {
+                        "label": "‖∂J/∂·‖ of the term an edge carries",
+                        "color": "#d1d5db",
+                        "fontsize": "10",
+                    }
+                )
+                + "\n"
+            )
+            out.append(
+                "\t\tlegend"
+                + _attrs(
+                    {
+                        "shape": "plaintext",
+                        "label": Html(
+                            f'<TABLE BORDER="0" CELLSPACING="2">{rows}</TABLE>'
+                        ),
+                    }
+                )
+                + "\n\t}\n"
+            )
         return out
 
 
@@ -340,8 +394,11 @@ def _label(title, *rows, bar_rows=(), title_color=None):
         cells.append(
             f'<TR><TD BGCOLOR="#fef9c3"><FONT POINT-SIZE="9">{r}</FONT></TD></TR>'
         )
-    return Html('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
-                + "".join(cells) + "</TABLE>")
+    return Html(
+        '<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
+        + "".join(cells)
+        + "</TABLE>"
+    )
 
 
 def _kind_text(G, n):
@@ -414,8 +471,15 @@ def local_derivatives(G, j, k, show=str, loss="J"):
             tmpl = tmpl.replace("[i]", "")
         else:
             ids = {"y": k, **dict(zip(op.args, ins))}
-        out.append(fill(tmpl, ids, a[g.ATTRS], show=show,
-                        bar=lambda n: f"∂{show(loss)}/∂{show(n)}"))
+        out.append(
+            fill(
+                tmpl,
+                ids,
+                a[g.ATTRS],
+                show=show,
+                bar=lambda n: f"∂{show(loss)}/∂{show(n)}",
+            )
+        )
     return out
 
 
@@ -453,8 +517,10 @@ def _lowered(G):
 
     H = _forward_graph(G)
     if H.graph.get("loss") is None:
-        raise DiagramError("the adjoint view needs a loss: set 'loss' in the spec",
-                           source=g.source_of(H))
+        raise DiagramError(
+            "the adjoint view needs a loss: set 'loss' in the spec",
+            source=g.source_of(H),
+        )
     return lower(H)
 
 
@@ -488,8 +554,9 @@ def _draw_forward(H, flow, values=None, A=None):
             elif n != loss:
                 terms = gradient_terms(H, n, loss, up)
                 if len(terms) > 1:
-                    rhs = " + ".join(f"∂{J}/∂{show(k)}·∂{show(k)}/∂{show(n)}"
-                                     for k in terms)
+                    rhs = " + ".join(
+                        f"∂{J}/∂{show(k)}·∂{show(k)}/∂{show(n)}" for k in terms
+                    )
                     sums.append(esc(f"Σ  ∂{J}/∂{show(n)} = {rhs}"))
                     style.update(penwidth="2", color="#a16207")
         if values is not None and n in values:
@@ -497,26 +564,47 @@ def _draw_forward(H, flow, values=None, A=None):
             adj = adjoint_value(A, values, n) if A is not None else None
             if adj is not None and n in active:
                 rows.append(esc(f"‖∂{J}/∂{show(n)}‖ = {_fmt(norm(adj))}"))
-        D.node(n, _label(title, *rows, bar_rows=sums,
-                         title_color=GREY["fontcolor"] if style.get("fontcolor") else None),
-               **style)
-    for j, k in sorted(H.edges, key=lambda e: (H.nodes[e[0]][g.SEQ], H.nodes[e[1]][g.SEQ])):
+        D.node(
+            n,
+            _label(
+                title,
+                *rows,
+                bar_rows=sums,
+                title_color=GREY["fontcolor"] if style.get("fontcolor") else None,
+            ),
+            **style,
+        )
+    for j, k in sorted(
+        H.edges, key=lambda e: (H.nodes[e[0]][g.SEQ], H.nodes[e[1]][g.SEQ])
+    ):
         arg = _arg_label(H, j, k)
         text = _shape_text(H.nodes[j][g.SHAPE])
         label = esc(f"{arg}: {text}" if arg else text)
         grey = flow and loss is not None and not (j in active and k in active)
-        D.edge(j, k, label=Html(label), color="#d1d5db" if grey else "#4b5563",
-               fontcolor="#9ca3af" if grey else "#374151")
+        D.edge(
+            j,
+            k,
+            label=Html(label),
+            color="#d1d5db" if grey else "#4b5563",
+            fontcolor="#9ca3af" if grey else "#374151",
+        )
     if not flow or loss is None:
         return D
-    for j, k in sorted(H.edges, key=lambda e: (H.nodes[e[0]][g.SEQ], H.nodes[e[1]][g.SEQ])):
+    for j, k in sorted(
+        H.edges, key=lambda e: (H.nodes[e[0]][g.SEQ], H.nodes[e[1]][g.SEQ])
+    ):
         if j not in active or k not in active or H.nodes[k][g.KIND] != g.OPNODE:
             continue
         derivs = local_derivatives(H, j, k, show=show, loss=loss)
         if not derivs:
             continue
-        attrs = {"dir": "back", "style": "dashed", "color": GRAD_COLOR, "fontcolor": GRAD_COLOR,
-                     "arrowtail": "normal"}
+        attrs = {
+            "dir": "back",
+            "style": "dashed",
+            "color": GRAD_COLOR,
+            "fontcolor": GRAD_COLOR,
+            "arrowtail": "normal",
+        }
         if values is not None:
             t = term_value(A, values, j, k)
             attrs["color"] = attrs["fontcolor"] = "#9ca3af"
@@ -568,13 +656,17 @@ def _draw_adjoint(A, values=None):
         else:
             style.update(BACKWARD_STYLE)
             title = esc(name) if name else esc(a[g.OP])
-            what = f"{a[g.OP]} {_shape_text(a[g.SHAPE])}" if name else _shape_text(
-                a[g.SHAPE])
+            what = (
+                f"{a[g.OP]} {_shape_text(a[g.SHAPE])}"
+                if name
+                else _shape_text(a[g.SHAPE])
+            )
             if g.SUMS in a:
                 j = a[g.ADJOINT_OF]
                 succ = ", ".join(nm.get(k, visible(k)) for k in a[g.SUMS])
-                sums.append(esc(f"Σ over the successors of {nm.get(j, visible(j))}: "
-                                f"{succ}"))
+                sums.append(
+                    esc(f"Σ over the successors of {nm.get(j, visible(j))}: {succ}")
+                )
                 style.update(SUM_STYLE)
             elif g.ADJOINT_OF in a:
                 rows.append(esc(f"= ∂{J}/∂{nm.get(a[g.ADJOINT_OF], a[g.ADJOINT_OF])}"))
@@ -603,7 +695,9 @@ def _draw_adjoint(A, values=None):
             term = (a[g.CONTRIB][1], target)
         return P.note(template, ids, attrs, {}, term=term), adjoints.get(k)
 
-    for j, k in sorted(A.edges, key=lambda e: (A.nodes[e[0]][g.SEQ], A.nodes[e[1]][g.SEQ])):
+    for j, k in sorted(
+        A.edges, key=lambda e: (A.nodes[e[0]][g.SEQ], A.nodes[e[1]][g.SEQ])
+    ):
         ak = A.nodes[k]
         attrs = {}
         label = _arg_label(A, j, k)
@@ -661,7 +755,9 @@ def _focus(G, D, focus, depth):
     if focus not in G:
         close = difflib.get_close_matches(str(focus), [str(n) for n in G], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DiagramError(f"--focus: no node named {focus!r}{hint}", source=g.source_of(G))
+        raise DiagramError(
+            f"--focus: no node named {focus!r}{hint}", source=g.source_of(G)
+        )
     seeds = {focus}
     adj = (G.graph.get("adjoints") or {}).get(focus)
     if adj is not None:
@@ -702,9 +798,17 @@ def _collapse(G, D, mode):
         counts = {}
         for n in ns:
             counts[_kind_text(G, n)] = counts.get(_kind_text(G, n), 0) + 1
-        summary = ", ".join(f"{k}×{v}" if v > 1 else k for k, v in sorted(counts.items()))
-        C.node(("group", grp), _label(esc(grp + "/"), esc(f"{len(ns)} nodes"), esc(summary)),
-               shape="box3d", style="filled", fillcolor="#e0f2fe", color="#0369a1")
+        summary = ", ".join(
+            f"{k}×{v}" if v > 1 else k for k, v in sorted(counts.items())
+        )
+        C.node(
+            ("group", grp),
+            _label(esc(grp + "/"), esc(f"{len(ns)} nodes"), esc(summary)),
+            shape="box3d",
+            style="filled",
+            fillcolor="#e0f2fe",
+            color="#0369a1",
+        )
     merged = {}
     for src, dst, attrs in D.edges:
         s, d = key_of[src], key_of[dst]
@@ -725,10 +829,20 @@ def _collapse(G, D, mode):
         if grad:
             # one line drawn for both directions: forward colour, gradient colour
             colors = [a.get("color", GRAD_COLOR) for a in grad]
-            gcol = max(colors, key=lambda c: [m[1] for m in MAGNITUDES].index(c)
-                       if c in [m[1] for m in MAGNITUDES] else -1)
-            attrs.update(dir="both", arrowtail="normal", style="solid",
-                         color=f"{fwd[0]['color']}:{gcol}" if fwd else gcol)
+            gcol = max(
+                colors,
+                key=lambda c: (
+                    [m[1] for m in MAGNITUDES].index(c)
+                    if c in [m[1] for m in MAGNITUDES]
+                    else -1
+                ),
+            )
+            attrs.update(
+                dir="both",
+                arrowtail="normal",
+                style="solid",
+                color=f"{fwd[0]['color']}:{gcol}" if fwd else gcol,
+            )
             parts.append(f"{len(grad)} gradient" + ("s" if len(grad) > 1 else ""))
         if not big or len(fwd) + len(grad) > 2:
             attrs["label"] = Html(esc(", ".join(parts)))
@@ -746,8 +860,10 @@ def _build(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
     vals, A = None, None
     if values is not None and values is not False:
         if H.graph.get("loss") is None:
-            raise DiagramError("values need a loss to differentiate: set 'loss' in the spec",
-                               source=g.source_of(H))
+            raise DiagramError(
+                "values need a loss to differentiate: set 'loss' in the spec",
+                source=g.source_of(H),
+            )
         A = _lowered(H)
         vals = evaluate(A, load_arrays(H, values, seed))
     if view == "adjoint":
@@ -774,16 +890,25 @@ def _digraph(D, view):
     ids = {k: f"n{i}" for i, k in enumerate(keys)}
     name = re.sub(r"[^A-Za-z0-9_]", "_", f"{D.name}_{view}") or "graph"
     dot = graphviz.Digraph(name=name if name[0].isalpha() else f"g_{name}")
-    title = {"forward": "forward graph", "adjoint": "adjoint graph (as compiled)",
-             "flow": "gradient flow: dashed edges carry ∂J/∂· back"}[view]
+    title = {
+        "forward": "forward graph",
+        "adjoint": "adjoint graph (as compiled)",
+        "flow": "gradient flow: dashed edges carry ∂J/∂· back",
+    }[view]
     graph_attrs = {
-        "rankdir": "LR", "fontname": "Helvetica", "fontsize": "12", "newrank": "true",
-        "label": Html(esc(f"{D.name}: {title}")), "labelloc": "t", "nodesep": "0.3",
+        "rankdir": "LR",
+        "fontname": "Helvetica",
+        "fontsize": "12",
+        "newrank": "true",
+        "label": Html(esc(f"{D.name}: {title}")),
+        "labelloc": "t",
+        "nodesep": "0.3",
     }
     if len(D.nodes) + len(D.edges) > BIG:
         # bound the layout's network-simplex and crossing-minimization work
-        graph_attrs.update(nslimit="0.5", nslimit1="0.5", mclimit="0.05",
-                           searchsize="5")
+        graph_attrs.update(
+            nslimit="0.5", nslimit1="0.5", mclimit="0.05", searchsize="5"
+        )
     dot.body.extend(D.lines(ids, graph_attrs))
     return dot
 
@@ -819,8 +944,9 @@ def render(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
     >>> "∂J/∂h1" in d.source
     True
     """
-    D, _ = _build(G, view, values=values, seed=seed, collapse=collapse, focus=focus,
-                  depth=depth)
+    D, _ = _build(
+        G, view, values=values, seed=seed, collapse=collapse, focus=focus, depth=depth
+    )
     return _digraph(D, view)
 
 
@@ -875,9 +1001,12 @@ def run_dot(text, fmt):
     exe = shutil.which("dot")
     if exe is None:
         raise DiagramError(INSTALL_HINT.format(fmt=fmt.upper()))
-    proc = subprocess.run([exe, f"-T{fmt}"], input=text.encode("utf-8"),
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        [exe, f"-T{fmt}"], input=text.encode("utf-8"), capture_output=True, check=False
+    )
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise DiagramError(f"dot failed: {err[0] if err else 'exit ' + str(proc.returncode)}")
+        raise DiagramError(
+            f"dot failed: {err[0] if err else 'exit ' + str(proc.returncode)}"
+        )
     return proc.stdout

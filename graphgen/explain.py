@@ -44,8 +44,20 @@ __all__ = ["FORMATS", "explain"]
 FORMATS = ("text", "markdown", "latex")
 MAX_PATHS = 12
 TOL = 1e-10
-NONLINEAR = {"sigmoid", "tanh", "relu", "leaky_relu", "softplus", "exp", "log", "sqrt",
-             "square", "abs", "sin", "cos"}
+NONLINEAR = {
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "softplus",
+    "exp",
+    "log",
+    "sqrt",
+    "square",
+    "abs",
+    "sin",
+    "cos",
+}
 ELEMENTWISE_LINEAR = {"add", "sub", "neg"}
 
 
@@ -56,21 +68,66 @@ class ExplainError(GraphgenError):
 # ----------------------------------------------------------------------------- formats
 
 _TEX_TEXT = {
-    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "^": r"\^{}",
-    "~": r"\~{}", "$": r"\$", "&": r"\&", "#": r"\#", "%": r"\%",
-    "<": r"\textless{}", ">": r"\textgreater{}", '"': r"\textquotedbl{}",
+    "\\": r"\textbackslash{}",
+    "{": r"\{",
+    "}": r"\}",
+    "_": r"\_",
+    "^": r"\^{}",
+    "~": r"\~{}",
+    "$": r"\$",
+    "&": r"\&",
+    "#": r"\#",
+    "%": r"\%",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    '"': r"\textquotedbl{}",
     "|": r"\textbar{}",
 }
 _TEX_MATH = {
-    "∂": r"\partial ", "σ": r"\sigma ", "·": r"\cdot ", "−": "-", "²": "^{2}",
-    "ᵀ": r"^{\top}", "√": r"\sqrt ", "Σ": r"\sum ", "≥": r"\geq ", "≤": r"\leq ",
-    "×": r"\times ", "{": r"\{", "}": r"\}", "%": r"\%", "#": r"\#", "&": r"\&",
-    "$": r"\$", "~": r"\sim ", "\\": r"\backslash ", "@": r"\mathbin{@}",
-    "̄": "", "<": r"\lt ", ">": r"\gt ",
+    "∂": r"\partial ",
+    "σ": r"\sigma ",
+    "·": r"\cdot ",
+    "−": "-",
+    "²": "^{2}",
+    "ᵀ": r"^{\top}",
+    "√": r"\sqrt ",
+    "Σ": r"\sum ",
+    "≥": r"\geq ",
+    "≤": r"\leq ",
+    "×": r"\times ",
+    "{": r"\{",
+    "}": r"\}",
+    "%": r"\%",
+    "#": r"\#",
+    "&": r"\&",
+    "$": r"\$",
+    "~": r"\sim ",
+    "\\": r"\backslash ",
+    "@": r"\mathbin{@}",
+    "̄": "",
+    "<": r"\lt ",
+    ">": r"\gt ",
 }
-_FUNCS = {"exp", "log", "tanh", "mean", "max", "min", "sign", "softmax", "onehot",
-          "logsumexp", "transpose", "reshape", "broadcast_to", "sum_to_shape", "concat",
-          "sin", "cos", "zeros"}
+_FUNCS = {
+    "exp",
+    "log",
+    "tanh",
+    "mean",
+    "max",
+    "min",
+    "sign",
+    "softmax",
+    "onehot",
+    "logsumexp",
+    "transpose",
+    "reshape",
+    "broadcast_to",
+    "sum_to_shape",
+    "concat",
+    "sin",
+    "cos",
+    "zeros",
+}
 
 
 def tex_text(s) -> str:
@@ -121,8 +178,13 @@ class Text:
         return f"{x:.6g}"
 
     def template(self, tmpl, ids, attrs, loss):
-        return fill(tmpl, ids, attrs, show=self.name,
-                    bar=lambda n: self.d(self.name(loss), self.name(n)))
+        return fill(
+            tmpl,
+            ids,
+            attrs,
+            show=self.name,
+            bar=lambda n: self.d(self.name(loss), self.name(n)),
+        )
 
     def m(self, e):
         return e
@@ -151,8 +213,11 @@ class Text:
         def line(r):
             return "  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
 
-        return [line(head), "  " + "  ".join("-" * w for w in widths)] + [
-            line(r) for r in rows] + [""]
+        return (
+            [line(head), "  " + "  ".join("-" * w for w in widths)]
+            + [line(r) for r in rows]
+            + [""]
+        )
 
     def document(self, lines):
         while lines and not lines[-1]:
@@ -194,8 +259,9 @@ class Latex(Text):
         return m + (r"\times 10^{" + str(int(e)) + "}" if e else "")
 
     def template(self, tmpl, ids, attrs, loss):
-        return tex_template(tmpl, ids, attrs, self.name,
-                            lambda n: self.d(self.name(loss), self.name(n)))
+        return tex_template(
+            tmpl, ids, attrs, self.name, lambda n: self.d(self.name(loss), self.name(n))
+        )
 
     def m(self, e):
         return f"${e}$"
@@ -216,8 +282,11 @@ class Latex(Text):
         return [r"\begin{equation*}", e, r"\end{equation*}", ""]
 
     def bullets(self, items):
-        return [r"\begin{itemize}"] + [r"\item " + it for it in items] + [
-            r"\end{itemize}", ""]
+        return (
+            [r"\begin{itemize}"]
+            + [r"\item " + it for it in items]
+            + [r"\end{itemize}", ""]
+        )
 
     def table(self, head, rows):
         cols = "l" * len(head)
@@ -226,9 +295,14 @@ class Latex(Text):
         return out + [r"\end{tabular}", ""]
 
     def document(self, lines):
-        head = [r"\documentclass{article}", r"\usepackage[T1]{fontenc}",
-                r"\usepackage{amsmath}", r"\usepackage{amssymb}",
-                r"\begin{document}", ""]
+        head = [
+            r"\documentclass{article}",
+            r"\usepackage[T1]{fontenc}",
+            r"\usepackage{amsmath}",
+            r"\usepackage{amssymb}",
+            r"\begin{document}",
+            "",
+        ]
         return "\n".join(head + lines + [r"\end{document}"]) + "\n"
 
     def ok(self, good):
@@ -291,9 +365,17 @@ def md_math_name(s) -> str:
         elif ch == "\\":
             out.append(r"\backslash ")
         else:
-            out.append(rf"\unicode{{x{ord(ch):X}}}" if ord(ch) > 126 else
-                       {"*": r"\ast ", "^": r"\hat{}", "|": r"\vert ", '"': "''",
-                        "`": "'"}.get(ch, "?"))
+            out.append(
+                rf"\unicode{{x{ord(ch):X}}}"
+                if ord(ch) > 126
+                else {
+                    "*": r"\ast ",
+                    "^": r"\hat{}",
+                    "|": r"\vert ",
+                    '"': "''",
+                    "`": "'",
+                }.get(ch, "?")
+            )
     return "".join(out)
 
 
@@ -323,8 +405,11 @@ def tex_template(tmpl, ids, attrs, name, bar):
             out.append(depth.pop())
         elif len(tok) >= 2:
             word = tok.replace("_", r"\_")
-            out.append(r"\operatorname{" + word + "}" if tok in _FUNCS else
-                       r"\text{ " + word + " }")
+            out.append(
+                r"\operatorname{" + word + "}"
+                if tok in _FUNCS
+                else r"\text{ " + word + " }"
+            )
         elif tok == "^":
             out.append("^")
         elif tok in _TEX_MATH:
@@ -352,9 +437,11 @@ def _parse_wrt(H, wrt):
         if len(idx) != len(shape) or any(
             isinstance(d, int) and not 0 <= i < d for i, d in zip(idx, shape)
         ):
-            raise ExplainError(f"--wrt {wrt!r}: index out of range for shape "
-                               f"{tuple(shape)} (indices are 0-based)",
-                               source=g.source_of(H))
+            raise ExplainError(
+                f"--wrt {wrt!r}: index out of range for shape "
+                f"{tuple(shape)} (indices are 0-based)",
+                source=g.source_of(H),
+            )
         return node, idx
     close = difflib.get_close_matches(str(wrt), [str(n) for n in H], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -403,22 +490,38 @@ def _local_elementwise(H, values, j, k):
     ins = g.operands(H, k)
     for p in list(dict.fromkeys(ins)) + [k, "__g"]:
         src = k if p == "__g" else p
-        S.add_node(p, **{g.KIND: g.INPUT, g.SHAPE: H.nodes[src][g.SHAPE],
-                         g.DTYPE: "float64", g.ROLE: g.FORWARD, g.SEQ: g.next_seq(S)})
+        S.add_node(
+            p,
+            **{
+                g.KIND: g.INPUT,
+                g.SHAPE: H.nodes[src][g.SHAPE],
+                g.DTYPE: "float64",
+                g.ROLE: g.FORWARD,
+                g.SEQ: g.next_seq(S),
+            },
+        )
     S.nodes[k][g.OP] = H.nodes[k][g.OP]
     b = Builder(S)
     b.where = k
     a = H.nodes[k]
     op = ops.get(a[g.OP])
-    ctx = ops.VJPContext(ins=ins, out=k, g="__g", attrs=a[g.ATTRS],
-                         in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
-                         out_shape=a[g.SHAPE])
+    ctx = ops.VJPContext(
+        ins=ins,
+        out=k,
+        g="__g",
+        attrs=a[g.ATTRS],
+        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
+        out_shape=a[g.SHAPE],
+    )
     cts = op.vjp(b, ctx)
     arrays = {p: values[p] for p in set(ins) | {k}}
     arrays["__g"] = np.ones_like(values[k], dtype=np.float64)
     vals = evaluate(S, arrays)
-    parts = [vals[ct] if ct in vals else arrays[ct] for i, ct in enumerate(cts)
-             if ins[i] == j and ct is not None]
+    parts = [
+        vals[ct] if ct in vals else arrays[ct]
+        for i, ct in enumerate(cts)
+        if ins[i] == j and ct is not None
+    ]
     total = sum(parts[1:], parts[0])
     return np.broadcast_to(total, np.shape(values[k]))
 
@@ -459,8 +562,9 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     H = prepare(G)
     loss = H.graph.get("loss")
     if loss is None:
-        raise GradientError("nothing to explain: the spec has no loss",
-                            source=g.source_of(H))
+        raise GradientError(
+            "nothing to explain: the spec has no loss", source=g.source_of(H)
+        )
     node, index = _parse_wrt(H, wrt)
     N, L = F.name, F.name(loss)
     out = []
@@ -468,9 +572,17 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     out += F.heading(F.p("Chain rule for ", F.m(title)))
     paths, total = _paths(H, node, loss)
     if not paths:
-        out += F.para(F.p("The loss ", F.prose_name(loss), " does not depend on ",
-                          F.prose_name(node), ": no path leads from it to the loss, so ",
-                          F.m(F.eq(F.d(L, N(node)), "0")), "."))
+        out += F.para(
+            F.p(
+                "The loss ",
+                F.prose_name(loss),
+                " does not depend on ",
+                F.prose_name(node),
+                ": no path leads from it to the loss, so ",
+                F.m(F.eq(F.d(L, N(node)), "0")),
+                ".",
+            )
+        )
         return F.document(out)
 
     def factor(j, k):
@@ -479,26 +591,48 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     # 1. paths ---------------------------------------------------------------------
     out += F.heading("Every path to the loss", 2)
     many = "one path" if total == 1 else f"{total} paths"
-    out += F.para(F.p(F.prose_name(loss), " depends on ", F.prose_name(node), " along ",
-                      many, ". Along a path, the chain rule multiplies the local "
-                      "derivative of every step, from the loss back:"))
+    out += F.para(
+        F.p(
+            F.prose_name(loss),
+            " depends on ",
+            F.prose_name(node),
+            " along ",
+            many,
+            ". Along a path, the chain rule multiplies the local "
+            "derivative of every step, from the loss back:",
+        )
+    )
     products = []
     for i, p in enumerate(paths, 1):
         prod = F.dot([factor(p[t], p[t + 1]) for t in reversed(range(len(p) - 1))])
         products.append(prod)
         label = f"path {i}: " if total > 1 else ""
         out += F.para(F.p(label, F.m(F.arrow([N(n) for n in reversed(p)]))))
-        out += F.display(F.eq(F.d(L, N(node)) + (f"|_{{{i}}}" if total > 1 and
-                                                 F.name_ != "text" else ""), prod)
-                         if total > 1 and F.name_ != "text" else
-                         F.eq(F.d(L, N(node)) + (f"  (path {i})" if total > 1 else ""),
-                              prod))
+        out += F.display(
+            F.eq(
+                F.d(L, N(node))
+                + (f"|_{{{i}}}" if total > 1 and F.name_ != "text" else ""),
+                prod,
+            )
+            if total > 1 and F.name_ != "text"
+            else F.eq(F.d(L, N(node)) + (f"  (path {i})" if total > 1 else ""), prod)
+        )
     if total > 1:
         shown = "" if total <= len(paths) else f" (the first {len(paths)} shown)"
         out += F.para(F.p("The gradient is the sum over the paths", shown, ":"))
-        out += F.display(F.eq(F.d(L, N(node)), F.plus(
-            [f"({p})" for p in products] + ([r"\dots" if F.name_ != "text" else "…"]
-                                            if total > len(paths) else []))))
+        out += F.display(
+            F.eq(
+                F.d(L, N(node)),
+                F.plus(
+                    [f"({p})" for p in products]
+                    + (
+                        [r"\dots" if F.name_ != "text" else "…"]
+                        if total > len(paths)
+                        else []
+                    )
+                ),
+            )
+        )
 
     # 2. grouped at the hidden unit --------------------------------------------------
     grouped = []
@@ -508,46 +642,105 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
             grouped.append(hu)
     for z, u in grouped:
         out += F.heading(F.p("Grouped at the hidden unit ", F.m(N(u))), 2)
-        three = F.eq(F.d(L, N(node)), F.dot([F.d(L, N(u)), F.d(N(u), N(z)),
-                                            F.d(N(z), N(node))]))
-        out += F.para("Backpropagation computes the same product in three factors: the "
-                      "error arriving at the unit, the unit's slope, and what the weight "
-                      "contributes to its input:")
+        three = F.eq(
+            F.d(L, N(node)), F.dot([F.d(L, N(u)), F.d(N(u), N(z)), F.d(N(z), N(node))])
+        )
+        out += F.para(
+            "Backpropagation computes the same product in three factors: the "
+            "error arriving at the unit, the unit's slope, and what the weight "
+            "contributes to its input:"
+        )
         out += F.display(three)
         pu = next(p for p in paths if u in p)
-        seg_up = pu[pu.index(u):]
-        seg_mid = pu[pu.index(z):pu.index(u) + 1]
+        seg_up = pu[pu.index(u) :]
+        seg_mid = pu[pu.index(z) : pu.index(u) + 1]
         if len(gradient_terms(H, u, loss)) > 1:
-            parts = [F.p(F.m(F.d(L, N(u))), " is the sum over the successors of ",
-                         F.prose_name(u), " (below): the error backpropagated to it")]
+            parts = [
+                F.p(
+                    F.m(F.d(L, N(u))),
+                    " is the sum over the successors of ",
+                    F.prose_name(u),
+                    " (below): the error backpropagated to it",
+                )
+            ]
         else:
-            parts = [F.p(F.m(F.eq(F.d(L, N(u)), F.dot(
-                [factor(seg_up[t], seg_up[t + 1])
-                 for t in reversed(range(len(seg_up) - 1))]
-            ))), " (the error backpropagated to ", F.prose_name(u), ")")]
+            parts = [
+                F.p(
+                    F.m(
+                        F.eq(
+                            F.d(L, N(u)),
+                            F.dot(
+                                [
+                                    factor(seg_up[t], seg_up[t + 1])
+                                    for t in reversed(range(len(seg_up) - 1))
+                                ]
+                            ),
+                        )
+                    ),
+                    " (the error backpropagated to ",
+                    F.prose_name(u),
+                    ")",
+                )
+            ]
         if len(seg_mid) > 2:
-            parts.append(F.p(F.m(F.eq(F.d(N(u), N(z)), F.dot(
-                [factor(seg_mid[t], seg_mid[t + 1])
-                 for t in reversed(range(len(seg_mid) - 1))]))),
-                " (elementwise steps between the pre-activation and the unit)"))
+            parts.append(
+                F.p(
+                    F.m(
+                        F.eq(
+                            F.d(N(u), N(z)),
+                            F.dot(
+                                [
+                                    factor(seg_mid[t], seg_mid[t + 1])
+                                    for t in reversed(range(len(seg_mid) - 1))
+                                ]
+                            ),
+                        )
+                    ),
+                    " (elementwise steps between the pre-activation and the unit)",
+                )
+            )
         out += F.bullets(parts)
         elem = _element_case(H, node, z, index)
         if elem is not None:
             i, j = elem
             a_in = g.operands(H, z)[0]
             w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
-            out += F.para(F.p(
-                "For one weight: ", F.m(N(w)), " = ", F.prose_name(node), f"[{i}, {j}] "
-                f"(0-based) only reaches column {j} of ", F.prose_name(z),
-                ", so summing over the rows n of the batch:"))
+            out += F.para(
+                F.p(
+                    "For one weight: ",
+                    F.m(N(w)),
+                    " = ",
+                    F.prose_name(node),
+                    f"[{i}, {j}] (0-based) only reaches column {j} of ",
+                    F.prose_name(z),
+                    ", so summing over the rows n of the batch:",
+                )
+            )
             nj, ij = f"n,{j}", f"{i},{j}"
-            out += F.display(F.eq(F.d(L, N(w)), F.sum_over("n", F.dot([
-                F.d(L, N(u, nj)), F.d(N(u, nj), N(z, nj)), F.d(N(z, nj), N(node, ij))]))))
-            out += F.para(F.p("with ", F.m(F.eq(F.d(N(z, nj), N(node, ij)),
-                                                N(a_in, f"n,{i}"))),
-                              f" (since {visible(z)} = {visible(a_in)} @ "
-                              f"{visible(node)})." if F.name_ == "text" else
-                              "."))
+            out += F.display(
+                F.eq(
+                    F.d(L, N(w)),
+                    F.sum_over(
+                        "n",
+                        F.dot(
+                            [
+                                F.d(L, N(u, nj)),
+                                F.d(N(u, nj), N(z, nj)),
+                                F.d(N(z, nj), N(node, ij)),
+                            ]
+                        ),
+                    ),
+                )
+            )
+            out += F.para(
+                F.p(
+                    "with ",
+                    F.m(F.eq(F.d(N(z, nj), N(node, ij)), N(a_in, f"n,{i}"))),
+                    f" (since {visible(z)} = {visible(a_in)} @ {visible(node)})."
+                    if F.name_ == "text"
+                    else ".",
+                )
+            )
 
     # 3. sums over successors -------------------------------------------------------
     on_paths = []
@@ -559,16 +752,32 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     fan = [(n, t) for n, t in fan if len(t) > 1]
     if fan:
         out += F.heading("Sums over successors", 2)
-        out += F.para(F.p("A node that feeds several successors gets a gradient from each "
-                      "of "
-                      "them; the compiler adds them in one ", F.code("add_n"), " node:"))
+        out += F.para(
+            F.p(
+                "A node that feeds several successors gets a gradient from each "
+                "of "
+                "them; the compiler adds them in one ",
+                F.code("add_n"),
+                " node:",
+            )
+        )
         for n, terms in fan:
             succ = ", ".join(F.prose_name(k) for k in dict.fromkeys(terms))
-            out += F.para(F.p(F.prose_name(n), f" has {len(terms)} successors that send "
-                              "a gradient back (", succ, "):"))
-            out += F.display(F.eq(F.d(L, N(n)), F.sum_over(
-                "k", F.dot([F.d(L, "k"), F.d("k", N(n))])), F.plus(
-                [F.dot([F.d(L, N(k)), F.d(N(k), N(n))]) for k in terms])))
+            out += F.para(
+                F.p(
+                    F.prose_name(n),
+                    f" has {len(terms)} successors that send a gradient back (",
+                    succ,
+                    "):",
+                )
+            )
+            out += F.display(
+                F.eq(
+                    F.d(L, N(n)),
+                    F.sum_over("k", F.dot([F.d(L, "k"), F.d("k", N(n))])),
+                    F.plus([F.dot([F.d(L, N(k)), F.d(N(k), N(n))]) for k in terms]),
+                )
+            )
 
     # 4. local derivatives ----------------------------------------------------------
     edges = []
@@ -588,8 +797,12 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
         op = ops.get(a[g.OP])
         ins = g.operands(H, k)
         ids = {"y": k, **({op.args[0]: j} if op.variadic else dict(zip(op.args, ins)))}
-        math = F.template(op.math.replace("{xs}", "(…)") if op.variadic else op.math,
-                          ids, a[g.ATTRS], loss)
+        math = F.template(
+            op.math.replace("{xs}", "(…)") if op.variadic else op.math,
+            ids,
+            a[g.ATTRS],
+            loss,
+        )
         ds = []
         for i in H.edges[j, k][g.POS]:
             if not op.derivs or i in op.int_args:
@@ -600,16 +813,29 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
             continue
         note = ""
         if "̄" in op.derivs[0]:
-            note = F.p(" (a vector-Jacobian product: ", F.m(factor(j, k)),
-                       " is applied as this product)")
-        items.append(F.p(F.m(factor(j, k)), ": through ", F.m(math), ": ",
-                         ", ".join(ds), note))
+            note = F.p(
+                " (a vector-Jacobian product: ",
+                F.m(factor(j, k)),
+                " is applied as this product)",
+            )
+        items.append(
+            F.p(F.m(factor(j, k)), ": through ", F.m(math), ": ", ", ".join(ds), note)
+        )
     out += F.bullets(items)
 
     # 5. values ---------------------------------------------------------------------
     if values or arrays is not None:
-        out += _values_section(F, H, node, index, paths, fan, grouped,
-                               arrays if arrays is not None else values, seed)
+        out += _values_section(
+            F,
+            H,
+            node,
+            index,
+            paths,
+            fan,
+            grouped,
+            arrays if arrays is not None else values,
+            seed,
+        )
     return F.document(out)
 
 
@@ -620,7 +846,11 @@ def _index_text(index):
 def _element_case(H, node, z, index):
     """(i, j) when ``z = a @ node`` with a 2-D ``node``: the element-level product."""
     a = H.nodes[z]
-    if a.get(g.OP) != "matmul" or g.operands(H, z)[1] != node or g.operands(H, z)[0] == node:
+    if (
+        a.get(g.OP) != "matmul"
+        or g.operands(H, z)[1] != node
+        or g.operands(H, z)[0] == node
+    ):
         return None
     shape = H.nodes[node][g.SHAPE]
     if len(shape) != 2 or len(H.nodes[z][g.SHAPE]) != 2:
@@ -632,8 +862,11 @@ def _element_case(H, node, z, index):
 
 
 def _feed(H, arrays):
-    return {n: arrays[n] for n in H if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
-            and n in arrays}
+    return {
+        n: arrays[n]
+        for n in H
+        if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in arrays
+    }
 
 
 def _module(H, arrays):
@@ -678,70 +911,138 @@ def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
             cut_grads[n] = _module(C, arrays).value_and_grad(**feed)[1][n]
         return cut_grads[n]
 
-    out = F.heading("Numbers (one random set of arrays)" if not isinstance(
-        given, (str, dict)) else "Numbers (the given arrays)", 2)
-    out += F.para(F.p("The loss ", F.m(F.eq(L, F.num(float(J)))), f"; seed {seed}. "
-                      "Norms are Frobenius norms over the whole array."))
+    out = F.heading(
+        "Numbers (one random set of arrays)"
+        if not isinstance(given, (str, dict))
+        else "Numbers (the given arrays)",
+        2,
+    )
+    out += F.para(
+        F.p(
+            "The loss ",
+            F.m(F.eq(L, F.num(float(J)))),
+            f"; seed {seed}. Norms are Frobenius norms over the whole array.",
+        )
+    )
     rows = []
     for n in list(reversed(on_paths)):
         adj = adjoint_value(A, vals, n, np.shape(vals[n]))
-        rows.append([F.m(N(n)), F.num(norm(vals[n])),
-                     F.num(norm(adj)) if adj is not None else F.none])
-    out += F.table(["node", "‖value‖" if F.name_ == "text" else "norm of value",
-                    "‖∂J/∂node‖" if F.name_ == "text" else "norm of gradient"], rows)
+        rows.append(
+            [
+                F.m(N(n)),
+                F.num(norm(vals[n])),
+                F.num(norm(adj)) if adj is not None else F.none,
+            ]
+        )
+    out += F.table(
+        [
+            "node",
+            "‖value‖" if F.name_ == "text" else "norm of value",
+            "‖∂J/∂node‖" if F.name_ == "text" else "norm of gradient",
+        ],
+        rows,
+    )
 
     checks = []
 
     def check(label, ours, theirs):
-        diff = float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs)))) if np.size(
-            ours) else 0.0
+        diff = (
+            float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))
+            if np.size(ours)
+            else 0.0
+        )
         good = diff <= TOL
         checks.append(F.p(label, f": max |difference| = {diff:.1e} ", F.ok(good)))
         return good
 
     ours = adjoint_value(A, vals, node, np.shape(vals[node]))
     if ours is not None:
-        check(F.p(F.m(F.d(L, N(node))), " from the chain rule vs ", F.vg), ours,
-              module_grad(node))
+        check(
+            F.p(F.m(F.d(L, N(node))), " from the chain rule vs ", F.vg),
+            ours,
+            module_grad(node),
+        )
     for n, terms in fan:
         parts = [term_value(A, vals, n, k) for k in dict.fromkeys(terms)]
         if any(t is None for t in parts):
             continue
-        term_rows = [[F.m(F.dot([F.d(L, N(k)), F.d(N(k), N(n))])), F.num(norm(t))]
-                     for k, t in zip(dict.fromkeys(terms), parts)]
+        term_rows = [
+            [F.m(F.dot([F.d(L, N(k)), F.d(N(k), N(n))])), F.num(norm(t))]
+            for k, t in zip(dict.fromkeys(terms), parts)
+        ]
         out += F.para(F.p("The terms of the sum for ", F.prose_name(n), ":"))
         out += F.table(["term", "norm"], term_rows)
-        check(F.p("the sum over the successors of ", F.prose_name(n),
-                  " vs ", F.vg), sum(parts[1:], parts[0]), module_grad(n))
+        check(
+            F.p("the sum over the successors of ", F.prose_name(n), " vs ", F.vg),
+            sum(parts[1:], parts[0]),
+            module_grad(n),
+        )
     for z, u in grouped:
         elem = _element_case(H, node, z, index)
         if elem is None:
             continue
         i, j = elem
         pu = next(p for p in paths if u in p)
-        mid = pu[pu.index(z):pu.index(u) + 1]
+        mid = pu[pu.index(z) : pu.index(u) + 1]
         slope = np.ones_like(vals[z], dtype=np.float64)
         for t in range(len(mid) - 1):
             slope = slope * _local_elementwise(H, vals, mid[t], mid[t + 1])
         delta = adjoint_value(A, vals, u, np.shape(vals[u]))
         if delta is None:
             continue
-        check(F.p(F.m(F.d(L, N(u))), " vs ", F.vg, " with ", F.prose_name(u),
-                  " fed as an input"), delta, module_grad(u))
+        check(
+            F.p(
+                F.m(F.d(L, N(u))),
+                " vs ",
+                F.vg,
+                " with ",
+                F.prose_name(u),
+                " fed as an input",
+            ),
+            delta,
+            module_grad(u),
+        )
         x = vals[g.operands(H, z)[0]]
         per = delta[:, j] * slope[:, j] * x[:, i]
         w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
-        rows = [[str(r), F.num(delta[r, j]), F.num(slope[r, j]), F.num(x[r, i]),
-                 F.num(per[r])] for r in range(min(len(per), 8))]
+        rows = [
+            [
+                str(r),
+                F.num(delta[r, j]),
+                F.num(slope[r, j]),
+                F.num(x[r, i]),
+                F.num(per[r]),
+            ]
+            for r in range(min(len(per), 8))
+        ]
         out += F.para(F.p("The three factors for ", F.m(N(w)), " row by row:"))
-        out += F.table(["n", "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
-                        "slope", visible(g.operands(H, z)[0]) if F.name_ == "text"
-                        else "input", "product"], rows)
-        check(F.p(F.m(F.eq(F.sum_over("n", "…" if F.name_ == "text" else r"\dots"),
-                           F.num(float(per.sum())))),
-                  f" vs value_and_grad's {visible(node)}[{i}, {j}]" if F.name_ == "text"
-                  else F.p(" vs ", F.vg, "'s ", F.prose_name(f"{node}[{i}, {j}]"))),
-              per.sum(), module_grad(node)[i, j])
-    out += F.heading(F.p("Checks against the generated ", F.vg, " (tolerance 1e-10)"), 2)
+        out += F.table(
+            [
+                "n",
+                "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
+                "slope",
+                visible(g.operands(H, z)[0]) if F.name_ == "text" else "input",
+                "product",
+            ],
+            rows,
+        )
+        check(
+            F.p(
+                F.m(
+                    F.eq(
+                        F.sum_over("n", "…" if F.name_ == "text" else r"\dots"),
+                        F.num(float(per.sum())),
+                    )
+                ),
+                f" vs value_and_grad's {visible(node)}[{i}, {j}]"
+                if F.name_ == "text"
+                else F.p(" vs ", F.vg, "'s ", F.prose_name(f"{node}[{i}, {j}]")),
+            ),
+            per.sum(),
+            module_grad(node)[i, j],
+        )
+    out += F.heading(
+        F.p("Checks against the generated ", F.vg, " (tolerance 1e-10)"), 2
+    )
     out += F.bullets(checks)
     return out

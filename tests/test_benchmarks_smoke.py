@@ -29,9 +29,12 @@ def test_handwritten_matches_generated_gradients(workload):
     arrays = random_arrays(G, seed=0, sizes=sizes)
     arrays.update(module.init_params(0))
     loss, grads = module.value_and_grad(**arrays)
-    h_loss, h_grads = handwritten.value_and_grad(workload, {k: v.copy() for k, v in
-                                                            arrays.items()})
+    h_loss, h_grads = handwritten.value_and_grad(
+        workload, {k: v.copy() for k, v in arrays.items()}
+    )
     assert abs(h_loss - loss) <= 1e-10 * max(1.0, abs(loss))
     assert sorted(h_grads) == sorted(grads)
     for k in grads:
-        np.testing.assert_allclose(h_grads[k], grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(
+            h_grads[k], grads[k], rtol=1e-9, atol=1e-12, err_msg=k
+        )

@@ -516,9 +516,21 @@ def test_benchmark_modules_are_formatted_and_lint_clean(spec):
     diff = ruff_diff(text)
     assert not diff.strip(), f"ruff format would change {spec.name}:\n{diff[:3000]}"
     proc = subprocess.run(
-        [str(VENV_BIN / "ruff"), "check", "--select", "E,F,W", "--output-format",
-         "concise", "--stdin-filename", f"{spec.stem}.py", "-"],
-        input=text.encode("utf-8"), capture_output=True, check=False, cwd=REPO,
+        [
+            str(VENV_BIN / "ruff"),
+            "check",
+            "--select",
+            "E,F,W",
+            "--output-format",
+            "concise",
+            "--stdin-filename",
+            f"{spec.stem}.py",
+            "-",
+        ],
+        input=text.encode("utf-8"),
+        capture_output=True,
+        check=False,
+        cwd=REPO,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()

@@ -32,16 +32,20 @@ def load(name):
 
 def hostile_graph():
     x, w, h, y = HOSTILE
-    return from_dict({
-        "name": "hostile",
-        "inputs": {x: ["batch", 2], "t": ["batch", 2]},
-        "params": {w: [2, 2]},
-        "nodes": {h: {"op": "matmul", "args": [x, w]},
-                  y: {"op": "tanh", "args": [h]},
-                  "</text><script>alert(1)</script>": {"op": "sub", "args": [y, "t"]},
-                  "J": {"op": "mean", "args": ["</text><script>alert(1)</script>"]}},
-        "loss": "J",
-    })
+    return from_dict(
+        {
+            "name": "hostile",
+            "inputs": {x: ["batch", 2], "t": ["batch", 2]},
+            "params": {w: [2, 2]},
+            "nodes": {
+                h: {"op": "matmul", "args": [x, w]},
+                y: {"op": "tanh", "args": [h]},
+                "</text><script>alert(1)</script>": {"op": "sub", "args": [y, "t"]},
+                "J": {"op": "mean", "args": ["</text><script>alert(1)</script>"]},
+            },
+            "loss": "J",
+        }
+    )
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -91,8 +95,16 @@ def test_svg_well_formed_with_every_name(example, view):
 
 def test_forward_view_contents():
     text = graphgen.to_dot(load("tiny"), view="forward")
-    for piece in ["z1", "matmul", "(batch, 3)", "param (2, 3)", "a: (batch, 2)",
-                  "b: (2, 3)", "pred: (batch, 1)", "target: (batch, 1)"]:
+    for piece in [
+        "z1",
+        "matmul",
+        "(batch, 3)",
+        "param (2, 3)",
+        "a: (batch, 2)",
+        "b: (2, 3)",
+        "pred: (batch, 1)",
+        "target: (batch, 1)",
+    ]:
         assert piece in text, piece
     assert "peripheries" in text  # outputs
     assert "#fee2e2" in text  # the loss
@@ -113,7 +125,14 @@ def test_flow_view_gradient_edges_and_sums():
 def test_adjoint_view_names_like_code():
     text = graphgen.to_dot(load("fanout"), view="adjoint")
     src = graphgen.generate(load("fanout"))
-    for name in ["h_bar", "h_bar_via_z", "h_bar_via_s", "h_bar_via_hh", "u_bar", "W1_bar"]:
+    for name in [
+        "h_bar",
+        "h_bar_via_z",
+        "h_bar_via_s",
+        "h_bar_via_hh",
+        "u_bar",
+        "W1_bar",
+    ]:
         assert name in text and name in src
     assert "Σ over the successors of h: z, s, hh" in text
     assert "via z" in text and "via hh" in text
@@ -165,8 +184,9 @@ def test_interpreter_matches_module():
         loss, grads = graphgen.compile(G).value_and_grad(**arrays)
         assert abs(float(vals[A.graph["loss"]]) - loss) <= 1e-10
         for w, v in A.graph["grads"].items():
-            np.testing.assert_allclose(np.broadcast_to(vals[v], grads[w].shape), grads[w],
-                                       rtol=0, atol=1e-10)
+            np.testing.assert_allclose(
+                np.broadcast_to(vals[v], grads[w].shape), grads[w], rtol=0, atol=1e-10
+            )
 
 
 def big_graph(layers=10, width=4):
@@ -189,11 +209,18 @@ def test_collapse_groups_and_clusters():
     assert text.count("box3d") == 10
     clusters = graphgen.to_dot(G, collapse="clusters")
     assert clusters.count("subgraph cluster_") == 10
-    grouped = from_dict({
-        "inputs": {"x": [2]}, "nodes": {
-            "a": {"op": "tanh", "args": ["x"], "group": "enc"},
-            "b": {"op": "tanh", "args": ["a"], "group": "enc"},
-            "J": {"op": "sum", "args": ["b"]}}, "loss": "J", "wrt": ["x"]})
+    grouped = from_dict(
+        {
+            "inputs": {"x": [2]},
+            "nodes": {
+                "a": {"op": "tanh", "args": ["x"], "group": "enc"},
+                "b": {"op": "tanh", "args": ["a"], "group": "enc"},
+                "J": {"op": "sum", "args": ["b"]},
+            },
+            "loss": "J",
+            "wrt": ["x"],
+        }
+    )
     assert "enc/" in graphgen.to_dot(grouped, collapse=True)
 
 
@@ -226,8 +253,14 @@ def test_unknown_view():
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "graphgen", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "graphgen", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
 
 
 @needs_dot
@@ -237,8 +270,9 @@ def test_cli_render(tmp_path):
         r = run_cli("render", "examples/fanout.yaml", "-o", str(out), "--view", view)
         assert r.returncode == 0, r.stderr
         ET.fromstring(out.read_bytes())
-    r = run_cli("render", "examples/tiny.yaml", "-o", str(tmp_path / "v.png"),
-                "--values")
+    r = run_cli(
+        "render", "examples/tiny.yaml", "-o", str(tmp_path / "v.png"), "--values"
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -254,8 +288,9 @@ def test_cli_render_without_dot(tmp_path):
 
 
 def test_cli_render_bad_focus(tmp_path):
-    r = run_cli("render", "examples/tiny.yaml", "-o", str(tmp_path / "t.dot"),
-                "--focus", "nope")
+    r = run_cli(
+        "render", "examples/tiny.yaml", "-o", str(tmp_path / "t.dot"), "--focus", "nope"
+    )
     assert r.returncode == 2 and "no node named 'nope'" in r.stderr
 
 

@@ -38,8 +38,10 @@ def test_tiny_three_factor_product():
 def test_fanout_sum_over_successors():
     text = graphgen.explain(load("fanout"), "W1")
     assert "h has 3 successors that send a gradient back (z, s, hh)" in text
-    assert "∂J/∂h = Σ_k ∂J/∂k · ∂k/∂h = ∂J/∂z · ∂z/∂h + ∂J/∂s · ∂s/∂h + ∂J/∂hh · ∂hh/∂h" \
+    assert (
+        "∂J/∂h = Σ_k ∂J/∂k · ∂k/∂h = ∂J/∂z · ∂z/∂h + ∂J/∂s · ∂s/∂h + ∂J/∂hh · ∂hh/∂h"
         in text
+    )
     assert "along 3 paths" in text
     assert "The gradient is the sum over the paths" in text
 
@@ -47,9 +49,17 @@ def test_fanout_sum_over_successors():
 CHECK = re.compile(r"max \|difference\| = (\S+) (✓|✗ MISMATCH)")
 
 
-@pytest.mark.parametrize("example,wrt", [("tiny", "W1"), ("tiny", "W1[1,2]"),
-                                         ("fanout", "W1"), ("fanout", "b1"),
-                                         ("mlp", "W1"), ("tiny", "h1")])
+@pytest.mark.parametrize(
+    "example,wrt",
+    [
+        ("tiny", "W1"),
+        ("tiny", "W1[1,2]"),
+        ("fanout", "W1"),
+        ("fanout", "b1"),
+        ("mlp", "W1"),
+        ("tiny", "h1"),
+    ],
+)
 def test_values_agree_with_module(example, wrt):
     text = graphgen.explain(load(example), wrt, values=True)
     checks = CHECK.findall(text)
@@ -93,7 +103,9 @@ def balanced(s):
 
 
 def latex_ok(tex):
-    assert tex.startswith("\\documentclass") and tex.rstrip().endswith("\\end{document}")
+    assert tex.startswith("\\documentclass") and tex.rstrip().endswith(
+        "\\end{document}"
+    )
     assert balanced(tex)
     begins = re.findall(r"\\begin\{(\w+\*?)\}", tex)
     ends = re.findall(r"\\end\{(\w+\*?)\}", tex)
@@ -112,18 +124,26 @@ def test_latex_structure(example, tmp_path):
     assert "\\frac{\\partial \\text{J}}{\\partial \\text{W1}}" in tex
     if shutil.which("pdflatex"):
         (tmp_path / "e.tex").write_text(tex)
-        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "e.tex"],
-                           cwd=tmp_path, capture_output=True, check=False)
+        r = subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "e.tex"],
+            cwd=tmp_path,
+            capture_output=True,
+            check=False,
+        )
         assert r.returncode == 0, r.stdout[-2000:]
 
 
-HOSTILE = {"inputs": {"<b>": ["batch", 2], "t": ["batch", 2]},
-           "params": {'a"b': [2, 2], "{}_%$#&~^\\": [2]},
-           "nodes": {"x\nimport os": {"op": "matmul", "args": ["<b>", 'a"b']},
-                     "u": {"op": "add", "args": ["x\nimport os", "{}_%$#&~^\\"]},
-                     "h": {"op": "tanh", "args": ["u"]},
-                     "J": {"op": "mse", "args": ["h", "t"]}},
-           "loss": "J"}
+HOSTILE = {
+    "inputs": {"<b>": ["batch", 2], "t": ["batch", 2]},
+    "params": {'a"b': [2, 2], "{}_%$#&~^\\": [2]},
+    "nodes": {
+        "x\nimport os": {"op": "matmul", "args": ["<b>", 'a"b']},
+        "u": {"op": "add", "args": ["x\nimport os", "{}_%$#&~^\\"]},
+        "h": {"op": "tanh", "args": ["u"]},
+        "J": {"op": "mse", "args": ["h", "t"]},
+    },
+    "loss": "J",
+}
 
 
 def test_hostile_names_latex_and_markdown():
@@ -147,11 +167,19 @@ def test_markdown_uses_dollar_math():
 
 
 def test_no_path_and_errors():
-    G = from_dict({"inputs": {"x": [2]}, "params": {"W": [2], "V": [2]},
-                   "nodes": {"y": {"op": "mul", "args": ["x", "W"]},
-                             "J": {"op": "sum", "args": ["y"]},
-                             "k": {"op": "mul", "args": ["x", "V"]}},
-                   "outputs": ["J", "k"], "loss": "J"})
+    G = from_dict(
+        {
+            "inputs": {"x": [2]},
+            "params": {"W": [2], "V": [2]},
+            "nodes": {
+                "y": {"op": "mul", "args": ["x", "W"]},
+                "J": {"op": "sum", "args": ["y"]},
+                "k": {"op": "mul", "args": ["x", "V"]},
+            },
+            "outputs": ["J", "k"],
+            "loss": "J",
+        }
+    )
     assert "does not depend on" in graphgen.explain(G, "V")
     with pytest.raises(ExplainError, match="did you mean 'W'"):
         graphgen.explain(G, "WW")
@@ -162,8 +190,13 @@ def test_no_path_and_errors():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "graphgen", *args], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "graphgen", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_cli_explain():

@@ -71,8 +71,13 @@ def combined_graph():
     H.add_node("loss", kind="op", op="add_n", attrs={})
     for i, t in enumerate(terms):
         H.add_edge(t, "loss", pos=(i,))
-    H.graph.update(name="every_op", dtype="float64", loss="loss", outputs=outputs + ["loss"],
-                   wrt=wrt)
+    H.graph.update(
+        name="every_op",
+        dtype="float64",
+        loss="loss",
+        outputs=outputs + ["loss"],
+        wrt=wrt,
+    )
     return H, arrays
 
 
@@ -89,7 +94,9 @@ def every_op():
         # value_and_grad only (forward() would compile as many kernels again): the
         # gradient of each case's weights w is its forward value y
         out = mod.value_and_grad(**arrays)
-        print(f"\nevery-op numba module: compile + first call {time.perf_counter() - t0:.1f}s")
+        print(
+            f"\nevery-op numba module: compile + first call {time.perf_counter() - t0:.1f}s"
+        )
     return {"vg": (ref.value_and_grad(**arrays), out), "module": mod}
 
 
@@ -120,8 +127,11 @@ def test_every_op_module_fuses_elementwise_ops(every_op):
     assert src.count("@numba.njit(") >= 20
     assert "import numba" in src
     # the generated module imports numpy and numba only
-    imports = {line.split()[1] for line in src.splitlines()
-               if line.startswith(("import ", "from "))}
+    imports = {
+        line.split()[1]
+        for line in src.splitlines()
+        if line.startswith(("import ", "from "))
+    }
     assert imports == {"numba", "numpy"}
 
 
@@ -207,8 +217,11 @@ def deep(tmp_path_factory):
     path.write_text(DEEP)
     G = graphgen.load(path)
     # whole=False: these tests are about the per-group kernels (whole-function mode below)
-    return G, graphgen.compile(G), graphgen.compile(G, backend="numba",
-                                                    transcendentals="numba", whole=False)
+    return (
+        G,
+        graphgen.compile(G),
+        graphgen.compile(G, backend="numba", transcendentals="numba", whole=False),
+    )
 
 
 def test_transcendentals_stay_numpy_by_default_without_svml(deep):
@@ -270,9 +283,14 @@ def test_random_dags_agree():
 
     from graphgen import spec as spec_module
 
-    @settings(max_examples=6, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate],  # shrinking recompiles: too slow
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=6,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # shrinking recompiles: too slow
+        suppress_health_check=list(HealthCheck),
+    )
     @given(random_specs(), st.integers(0, 2**16))
     def run(spec, seed):
         G = spec_module.from_dict(spec, source="random_dag.yaml")
@@ -296,9 +314,23 @@ def test_random_dags_agree():
 def test_cli_compile_numba(tmp_path):
     out = tmp_path / "tiny_nb.py"
     r = subprocess.run(
-        [sys.executable, "-m", "graphgen", "compile", str(REPO / "examples" / "tiny.yaml"),
-         "--backend", "numba", "--parallel", "--fastmath", "-o", str(out)],
-        capture_output=True, text=True, cwd=REPO, check=False,
+        [
+            sys.executable,
+            "-m",
+            "graphgen",
+            "compile",
+            str(REPO / "examples" / "tiny.yaml"),
+            "--backend",
+            "numba",
+            "--parallel",
+            "--fastmath",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     src = out.read_text()
@@ -327,8 +359,13 @@ def test_cache_makes_the_second_process_fast(tmp_path, deep):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     times = []
     for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, check=False)
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr
         times.append(float(r.stdout.strip().splitlines()[-1]))
     print(f"\nfirst process {times[0]:.2f}s, second process (cached) {times[1]:.2f}s")
@@ -465,7 +502,9 @@ def test_whole_function_mode_float32(xent):
         np.testing.assert_allclose(f2[k], f1[k], rtol=1e-4, atol=1e-5)
 
 
-def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(tmp_path_factory):
+def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(
+    tmp_path_factory,
+):
     G = _load_yaml(tmp_path_factory, FALLBACK, "fallback")
     src = graphgen.generate(G, backend="numba")
     assert "_kernel(" not in src  # logsumexp: per-group kernels, NumPy in between
@@ -494,7 +533,12 @@ def test_whole_function_module_is_ruff_formatted(xent):
     if not ruff.exists():
         pytest.skip("ruff not installed")
     for G in (xent[0], graphgen.load(REPO / "examples" / "tiny.yaml")):
-        r = subprocess.run([str(ruff), "format", "--diff", "-"],
-                           input=graphgen.generate(G, backend="numba"), capture_output=True,
-                           text=True, cwd=REPO, check=False)
+        r = subprocess.run(
+            [str(ruff), "format", "--diff", "-"],
+            input=graphgen.generate(G, backend="numba"),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
         assert r.returncode == 0, r.stdout + r.stderr

@@ -27,7 +27,13 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-REF = {"exp": np.exp, "tanh": np.tanh, "sigmoid": _sigmoid, "sin": np.sin, "cos": np.cos}
+REF = {
+    "exp": np.exp,
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "sin": np.sin,
+    "cos": np.cos,
+}
 # max ulp distance from NumPy's own (≤ 1 ulp) result
 MAX_ULP = {"exp": 2, "tanh": 3, "sin": 2, "cos": 2}
 RANGES = {
@@ -36,23 +42,54 @@ RANGES = {
     "sin": [(-4, 4), (-100, 100), (-1e5, 1e5), (-8e5, 8e5)],
     "cos": [(-4, 4), (-100, 100), (-1e5, 1e5), (-8e5, 8e5)],
 }
-SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 1e-310, -1e-310,
-                     2.2250738585072014e-308, 1e-300, 1e-20, 0.625, -0.625, 19.9, 20.1,
-                     700.0, 709.78, 709.79, 710.0, 1e300, -708.0, -740.0, -745.13,
-                     -745.14, -746.0, -1e300, np.pi / 2, np.pi, 1e5, -8e5])
+SPECIALS = np.array(
+    [
+        0.0,
+        -0.0,
+        np.inf,
+        -np.inf,
+        np.nan,
+        5e-324,
+        -5e-324,
+        1e-310,
+        -1e-310,
+        2.2250738585072014e-308,
+        1e-300,
+        1e-20,
+        0.625,
+        -0.625,
+        19.9,
+        20.1,
+        700.0,
+        709.78,
+        709.79,
+        710.0,
+        1e300,
+        -708.0,
+        -740.0,
+        -745.13,
+        -745.14,
+        -746.0,
+        -1e300,
+        np.pi / 2,
+        np.pi,
+        1e5,
+        -8e5,
+    ]
+)
 
 
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
     src = numba_math.module_source("float64")
     for op in OPS:
-        src += f'''
+        src += f"""
 
 @numba.njit(error_model="numpy")
 def k_{op}(x, out):
     for i in range(x.shape[0]):
         out[i] = _nb_{op}(x[i])
-'''
+"""
     path = tmp_path_factory.mktemp("nbmath") / "nbmath_f64.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("nbmath_f64", path)
@@ -99,8 +136,9 @@ def test_specials_match_numpy(kernels, op):
         x, ref, got = x[keep], ref[keep], got[keep]
     e = _ulps(got, ref)
     assert (np.isnan(got) == np.isnan(ref)).all()
-    assert (e <= MAX_ULP[op]).all(), list(zip(x[e > MAX_ULP[op]], got[e > MAX_ULP[op]],
-                                              ref[e > MAX_ULP[op]]))
+    assert (e <= MAX_ULP[op]).all(), list(
+        zip(x[e > MAX_ULP[op]], got[e > MAX_ULP[op]], ref[e > MAX_ULP[op]])
+    )
     # signs of zeros and infinities
     assert (np.signbit(got[ref == 0]) == np.signbit(ref[ref == 0])).all() or op == "cos"
 
@@ -145,19 +183,26 @@ loss: loss
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_generated_inline_module_agrees_with_numpy(tmp_path, dtype):
     path = tmp_path / "inline_math.yaml"
-    path.write_text(SPEC.replace("name: inline_math", f"name: inline_math\ndtype: {dtype}"))
+    path.write_text(
+        SPEC.replace("name: inline_math", f"name: inline_math\ndtype: {dtype}")
+    )
     G = graphgen.load(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", graphgen.GraphgenWarning)
         ref = graphgen.compile(G)
         mod = graphgen.compile(G, backend="numba", transcendentals="inline")
     src = mod.__source__
-    imports = {line.split()[1] for line in src.splitlines()
-               if line.startswith(("import ", "from "))}
+    imports = {
+        line.split()[1]
+        for line in src.splitlines()
+        if line.startswith(("import ", "from "))
+    }
     assert imports == {"numba", "numpy"}
     if dtype == "float64":
         for op in OPS:  # emitted into the module and called by a kernel
-            assert f"def _nb_{op}(" in src and f"_nb_{op}(" in src.split("def _check")[0]
+            assert (
+                f"def _nb_{op}(" in src and f"_nb_{op}(" in src.split("def _check")[0]
+            )
         assert "np.tanh(" not in src
     arrays = random_arrays(G, seed=4)
     (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
@@ -172,8 +217,10 @@ def test_generated_inline_module_agrees_with_numpy(tmp_path, dtype):
 
 def test_helpers_emit_only_what_is_called():
     texts = ["    y = _nb_sin(x[i0])"]
-    names = [re.search(r"def (\w+)\(", h).group(1) for h in numba_math.helpers(texts,
-                                                                                "float64")]
+    names = [
+        re.search(r"def (\w+)\(", h).group(1)
+        for h in numba_math.helpers(texts, "float64")
+    ]
     assert "_nb_sin" in names and "_nb_sincos_kernels" in names and "_nb_f2i" in names
     assert "_nb_tanh" not in names and "_nb_exp" not in names
     assert numba_math.excluded("numpy", {"exp", "log"}, "float64") == {"exp", "log"}

@@ -66,7 +66,9 @@ from . import numba_math
 
 # Elementwise ops whose scalar libm call in a Numba loop is several times slower than
 # NumPy's SIMD loop when Numba has no SVML (docs/numba.md has the measurements).
-TRANSCENDENTAL = frozenset({"exp", "log", "tanh", "sigmoid", "softplus", "sin", "cos", "pow"})
+TRANSCENDENTAL = frozenset(
+    {"exp", "log", "tanh", "sigmoid", "softplus", "sin", "cos", "pow"}
+)
 # NumPy's float64 sin and cos are scalar libm loops too: fusing them costs nothing.
 SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
 
@@ -77,9 +79,28 @@ SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCEN
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
 # Elementwise ops on arrays that stay array expressions in nopython code (not fused: e.g.
 # when an operand is an integer array).
-NOPYTHON_ARRAY_OPS = frozenset({"neg", "add", "sub", "mul", "div", "maximum", "minimum",
-                                "add_n", "abs", "sqrt", "exp", "log", "tanh", "sin", "cos",
-                                "square", "relu", "sign"})
+NOPYTHON_ARRAY_OPS = frozenset(
+    {
+        "neg",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "add_n",
+        "abs",
+        "sqrt",
+        "exp",
+        "log",
+        "tanh",
+        "sin",
+        "cos",
+        "square",
+        "relu",
+        "sign",
+    }
+)
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
@@ -149,25 +170,47 @@ def _env():
 class NumbaProgram(Program):
     """A :class:`~graphgen.codegen.Program` whose functions call fused loop kernels."""
 
-    def __init__(self, A, backend, source_name, *, parallel=False, fastmath=False,
-                 cache=True, fuse=True, transcendentals=None, whole=None):
+    def __init__(
+        self,
+        A,
+        backend,
+        source_name,
+        *,
+        parallel=False,
+        fastmath=False,
+        cache=True,
+        fuse=True,
+        transcendentals=None,
+        whole=None,
+    ):
         super().__init__(A, backend, source_name)
         env = _env()
-        self.macros = _Macros(env.get_template("numba/ops.j2").module,
-                              env.get_template("numpy/ops.j2").module)
+        self.macros = _Macros(
+            env.get_template("numba/ops.j2").module,
+            env.get_template("numpy/ops.j2").module,
+        )
         self.kernel_template = env.get_template("numba/kernel.py.j2")
         self.function_template = env.get_template("numba/function.py.j2")
-        self.parallel, self.fastmath, self.cache, self.fuse = parallel, fastmath, cache, fuse
+        self.parallel, self.fastmath, self.cache, self.fuse = (
+            parallel,
+            fastmath,
+            cache,
+            fuse,
+        )
         if transcendentals is None:
             transcendentals = "numba" if svml_available() else "numpy"
         if transcendentals not in ("numba", "numpy", "inline"):
-            raise CodegenError(f"transcendentals must be 'inline', 'numba' or 'numpy', got "
-                               f"{transcendentals!r}")
+            raise CodegenError(
+                f"transcendentals must be 'inline', 'numba' or 'numpy', got "
+                f"{transcendentals!r}"
+            )
         self.dtype = A.graph.get("dtype", "float64")
-        self.exclude = numba_math.excluded(transcendentals, SIMD_IN_NUMPY[self.dtype],
-                                           self.dtype)
+        self.exclude = numba_math.excluded(
+            transcendentals, SIMD_IN_NUMPY[self.dtype], self.dtype
+        )
         self.scalar = env.get_template("numba/scalar.j2").make_module(
-            {"inline_math": transcendentals == "inline"})
+            {"inline_math": transcendentals == "inline"}
+        )
         self.kernels = {}  # kernel source without its name -> (name, rendered text)
         self.kernel_names = set()
         self._init_whole(env, whole)
@@ -181,8 +224,11 @@ class NumbaProgram(Program):
             need |= nx.ancestors(A, r) | {r}
         order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
         index = {n: i for i, n in enumerate(order)}
-        groups = fusion.find_groups(A, order, roots, exclude=self.exclude) if self.fuse \
+        groups = (
+            fusion.find_groups(A, order, roots, exclude=self.exclude)
+            if self.fuse
             else []
+        )
         group_of = {n: grp for grp in groups for n in grp.nodes}
 
         # units: one per fused group, one per other op node; scheduled as a DAG
@@ -208,9 +254,13 @@ class NumbaProgram(Program):
                 consumer[p] = n
         root_set = set(roots)
         inline = {
-            n for n in order
-            if n not in group_of and not self.is_named(n) and uses[n] == 1
-            and n not in root_set and consumer[n] not in group_of
+            n
+            for n in order
+            if n not in group_of
+            and not self.is_named(n)
+            and uses[n] == 1
+            and n not in root_set
+            and consumer[n] not in group_of
             and self._uses_once(A.nodes[consumer[n]][g.OP])
         }
         plain = [n for n in order if n not in group_of]
@@ -259,10 +309,13 @@ class NumbaProgram(Program):
                 stmts = self.kernel_call(grp, names, used)
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
                 backward = True
-                stmts[0].comments = _wrap_comment(
-                    f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
-                    "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
-                ) + stmts[0].comments
+                stmts[0].comments = (
+                    _wrap_comment(
+                        f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
+                        "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
+                    )
+                    + stmts[0].comments
+                )
             for s in stmts:
                 s.blank_before = bool(s.comments) and bool(statements)
                 statements.append(s)
@@ -276,8 +329,14 @@ class NumbaProgram(Program):
             for n in g.schedule(A, need)
             if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
         ]
-        return Function(Code(name), [_comment(d) for d in doc], dim_lines, bindings,
-                        statements, returns)
+        return Function(
+            Code(name),
+            [_comment(d) for d in doc],
+            dim_lines,
+            bindings,
+            statements,
+            returns,
+        )
 
     # -------------------------------------------------------------------- kernels
     def _arg_name(self, p, names):
@@ -289,19 +348,24 @@ class NumbaProgram(Program):
         targets = [names[o] for o in grp.outputs]
         show = self.display(names)
         computed = [show(n) for n in grp.nodes if n in self.namer or n in names]
-        text = (f"one fused loop over {dims.fmt_shape(grp.domain)} ({kname}) computes "
-                + ", ".join(computed))
+        text = (
+            f"one fused loop over {dims.fmt_shape(grp.domain)} ({kname}) computes "
+            + ", ".join(computed)
+        )
         call = f"{kname}({', '.join(args)})"
         target = ", ".join(targets)
         if INDENT + len(target) + 3 + len(call) > LINE:
             import textwrap
 
-            lines = textwrap.wrap(", ".join(args) + ",", width=LINE - 2 * INDENT,
-                                  break_long_words=False, break_on_hyphens=False)
+            lines = textwrap.wrap(
+                ", ".join(args) + ",",
+                width=LINE - 2 * INDENT,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
             pad = "\n" + " " * (2 * INDENT)
             call = f"{kname}({pad}{pad.join(lines)}\n{' ' * INDENT})"
-        stmts = [Statement(Code(target), Code(call),
-                           _wrap_comment(text), grp.nodes[0])]
+        stmts = [Statement(Code(target), Code(call), _wrap_comment(text), grp.nodes[0])]
         for o in grp.outputs:
             if len(self.A.nodes[o][g.SHAPE]) == 0:  # numba returns Python floats
                 stmts.append(Statement(names[o], Code(f"DTYPE({names[o]})"), [], o))
@@ -316,8 +380,10 @@ class NumbaProgram(Program):
         params = list(grp.inputs)
         pnames = {p: self._arg_name(p, names) for p in params}
         pcode = [pnames[p] for p in params]
-        call_args = [Code(f"DTYPE({pnames[p]})") if len(A.nodes[p][g.SHAPE]) == 0
-                     else pnames[p] for p in params]
+        call_args = [
+            Code(f"DTYPE({pnames[p]})") if len(A.nodes[p][g.SHAPE]) == 0 else pnames[p]
+            for p in params
+        ]
         idx = [kn.fresh(f"i{k}") for k in range(R)]
         ext = [kn.fresh(f"n{k}") for k in range(R)]
         chunked = self.parallel
@@ -348,7 +414,10 @@ class NumbaProgram(Program):
             extents.append((nt, Code(f"min({nt}, max(1, {ext[0]} // 8))")))
 
         def index_of(shape):
-            s = [Code("0") if d == 1 else idx[R - len(shape) + j] for j, d in enumerate(shape)]
+            s = [
+                Code("0") if d == 1 else idx[R - len(shape) + j]
+                for j, d in enumerate(shape)
+            ]
             return Code("[" + ", ".join(s) + "]") if s else Code("")
 
         def element(p):
@@ -368,8 +437,11 @@ class NumbaProgram(Program):
                     cons[p] = n
         out_set = set(grp.outputs)
         inline = {
-            n for n in grp.members
-            if n not in out_set and n not in self.namer and count.get(n, 0) == 1
+            n
+            for n in grp.members
+            if n not in out_set
+            and n not in self.namer
+            and count.get(n, 0) == 1
             and (cons[n] in grp.tails or self._scalar_uses_once(A.nodes[cons[n]][g.OP]))
         }
         local = {}
@@ -407,8 +479,11 @@ class NumbaProgram(Program):
             else:
                 axes = set(at["axis"])
                 kept = axes if at["keepdims"] else set()
-            parts = [Code("0") if i in kept else idx[i] for i in range(R) if i not in axes
-                     or i in kept]
+            parts = [
+                Code("0") if i in kept else idx[i]
+                for i in range(R)
+                if i not in axes or i in kept
+            ]
             tail_index[t] = (axes, parts)
             reduced_outer[t] = chunked and 0 in axes
         for o in grp.outputs:
@@ -421,8 +496,13 @@ class NumbaProgram(Program):
                     inner = shape[1:-1].rstrip(",")
                     pshape = Code(f"({nt}, {inner})" if inner else f"({nt},)")
                     arrays.append((part, Code("zeros"), pshape))
-                    after.append(Code(f"{arr} = {part}.sum(axis=0)" if parts
-                                      else f"{arr} = {part}.sum()"))
+                    after.append(
+                        Code(
+                            f"{arr} = {part}.sum(axis=0)"
+                            if parts
+                            else f"{arr} = {part}.sum()"
+                        )
+                    )
                     tail_index[o] = (axes, [c] + parts, part)
                 elif parts:
                     arrays.append((arr, Code("zeros"), shape))
@@ -450,29 +530,41 @@ class NumbaProgram(Program):
                 axes, parts, arr = tail_index[n]
                 target = Code(arr + ("[" + ", ".join(parts) + "]" if parts else ""))
                 comments = self.comments(n, show_names)
-                body.append(Statement(target, Code(f"{target} += {args[0]}"), comments, n))
+                body.append(
+                    Statement(target, Code(f"{target} += {args[0]}"), comments, n)
+                )
                 continue
             exprs[n] = self.render_scalar(n, args)
             if n in inline:
                 continue
             comments = self.comments(n, show_names)
-            body.append(Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n))
+            body.append(
+                Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n)
+            )
             if n in out_set:
-                body.append(Statement(out_array[n], Code(f"{out_array[n]}{here} = {local[n]}"),
-                                      [], n))
+                body.append(
+                    Statement(
+                        out_array[n], Code(f"{out_array[n]}{here} = {local[n]}"), [], n
+                    )
+                )
         depth = INDENT * (1 + R + (1 if chunked else 0))
         for s in body:  # re-wrap the comments for the loop body's indentation
             if s.comments:
-                s.comments = _wrap_comment(" ".join(c.strip() for c in s.comments),
-                                           width=LINE - depth - 2)
+                s.comments = _wrap_comment(
+                    " ".join(c.strip() for c in s.comments), width=LINE - depth - 2
+                )
         for s in body[1:]:
             s.blank_before = bool(s.comments)
 
         loops = []
         if chunked:
             loops.append(Code(f"for {c} in numba.prange({nt}):"))
-            loops.append(Code(f"for {idx[0]} in range({c} * {ext[0]} // {nt}, "
-                              f"({c} + 1) * {ext[0]} // {nt}):"))
+            loops.append(
+                Code(
+                    f"for {idx[0]} in range({c} * {ext[0]} // {nt}, "
+                    f"({c} + 1) * {ext[0]} // {nt}):"
+                )
+            )
         else:
             loops.append(Code(f"for {idx[0]} in range({ext[0]}):"))
         for i in range(1, R):
@@ -488,7 +580,8 @@ class NumbaProgram(Program):
         computed = [show(n) for n in grp.nodes if n in self.namer]
         doc = _wrap_comment(
             f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
-            + (", ".join(computed) or "temporaries") + "."
+            + (", ".join(computed) or "temporaries")
+            + "."
         )
         ctx = {
             "options": Code(", ".join(options)),
@@ -508,7 +601,10 @@ class NumbaProgram(Program):
         if text in self.kernels:
             return self.kernels[text][0], call_args
         kname = self._kernel_name(grp, names)
-        self.kernels[text] = (kname, Code(text.replace("KERNEL_NAME", kname, 1).rstrip("\n")))
+        self.kernels[text] = (
+            kname,
+            Code(text.replace("KERNEL_NAME", kname, 1).rstrip("\n")),
+        )
         return kname, call_args
 
     def shape_code_ext(self, shape, ext, grp, node):
@@ -521,8 +617,11 @@ class NumbaProgram(Program):
             dims_ = [Code("1") if i in keep else ext[i] for i in range(len(lead), R)]
         else:
             axes = set(at["axis"])
-            dims_ = [Code("1") if i in axes else ext[i] for i in range(R)
-                     if i not in axes or at["keepdims"]]
+            dims_ = [
+                Code("1") if i in axes else ext[i]
+                for i in range(R)
+                if i not in axes or at["keepdims"]
+            ]
         return Code("(" + ", ".join(dims_) + ("," if len(dims_) == 1 else "") + ")")
 
     def _kernel_name(self, grp, names):
@@ -543,8 +642,11 @@ class NumbaProgram(Program):
         op = self.A.nodes[n][g.OP]
         macro = getattr(self.scalar, op, None)
         if macro is None:
-            raise CodegenError(f"the numba backend cannot fuse op {op!r}", node=n,
-                               source=g.source_of(self.A))
+            raise CodegenError(
+                f"the numba backend cannot fuse op {op!r}",
+                node=n,
+                source=g.source_of(self.A),
+            )
         at = self.attrs_code(n, set())
         if ops.get(op).variadic:
             return Code(macro(list(args), at).strip())
@@ -570,8 +672,9 @@ class NumbaProgram(Program):
             raise CodegenError(f"whole must be None, True or False, got {whole!r}")
         self.whole = whole
         self._whole = False  # rendering a whole-function kernel right now
-        self.nopython_macros = _Macros(env.get_template("numba/nopython.j2").module,
-                                       self.macros)
+        self.nopython_macros = _Macros(
+            env.get_template("numba/nopython.j2").module, self.macros
+        )
         self.whole_kernels = []  # rendered @numba.njit functions, one per function
         self.nb_helpers = []  # helpers of templates/numba/helpers/ they call
         self._once_whole = {}
@@ -601,9 +704,13 @@ class NumbaProgram(Program):
             a = A.nodes[n]
             if a[g.KIND] in (g.INPUT, g.PARAM) and not a[g.SHAPE]:
                 return None  # 0-d arrays are not scalars in nopython code
-            if (self.whole is None and a[g.KIND] == g.OPNODE and a[g.OP] in self.exclude
-                    and dims.prod([d for d in a[g.SHAPE] if isinstance(d, int)])
-                    > WHOLE_TRANSCENDENTAL_LIMIT):
+            if (
+                self.whole is None
+                and a[g.KIND] == g.OPNODE
+                and a[g.OP] in self.exclude
+                and dims.prod([d for d in a[g.SHAPE] if isinstance(d, int)])
+                > WHOLE_TRANSCENDENTAL_LIMIT
+            ):
                 return None  # NumPy's SIMD loop beats a scalar libm call per element
         saved = (self.exclude, dict(self.kernels), set(self.kernel_names))
         self._whole, self.exclude = True, frozenset()
@@ -628,10 +735,17 @@ class NumbaProgram(Program):
                     outs.append(ident)
         # 0-d values come back as Python floats: DTYPE them (the loss of value_and_grad
         # is returned as float() anyway)
-        scalar_outs = [self._root_name(r, inner) for r in dict.fromkeys(roots)
-                       if A.nodes[r][g.KIND] == g.OPNODE and not A.nodes[r][g.SHAPE]
-                       and not (name == "value_and_grad" and r == self.loss
-                                and r not in self.grads.values())]
+        scalar_outs = [
+            self._root_name(r, inner)
+            for r in dict.fromkeys(roots)
+            if A.nodes[r][g.KIND] == g.OPNODE
+            and not A.nodes[r][g.SHAPE]
+            and not (
+                name == "value_and_grad"
+                and r == self.loss
+                and r not in self.grads.values()
+            )
+        ]
         arrays = [n for n in g.schedule(A) if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
         symbols = []
         for n in arrays:
@@ -640,38 +754,66 @@ class NumbaProgram(Program):
                     symbols.append(d)
         text = "\n".join(s.expr for s in inner.statements)
         params = [self.namer[n] for n in arrays if n in need]
-        params += [self.namer[("dim", s)] for s in symbols
-                   if re.search(rf"\b{self.namer[('dim', s)]}\b", text)]
+        params += [
+            self.namer[("dim", s)]
+            for s in symbols
+            if re.search(rf"\b{self.namer[('dim', s)]}\b", text)
+        ]
         options = ["cache=True"] if self.cache else []
         options.append('error_model="numpy"')
         if self.fastmath:
             options.append("fastmath=True")
-        doc_ = [Code(line) for line in textwrap.wrap(
-            f"Everything {name}() computes, compiled as one function: the arrays in, "
-            + ", ".join(outs) + " out.", width=LINE - INDENT - 3,
-            break_long_words=False, break_on_hyphens=False)]
-        self.whole_kernels.append(Code(self.function_template.render(
-            options=Code(", ".join(options)),
-            signature=_bracketed(f"def {kname}", params, ":", 0),
-            doc=doc_,
-            statements=inner.statements,
-            returns=_bracketed("return ", outs, "", INDENT, parens=False)
-            if outs else Code("return ()"),
-        ).rstrip("\n")))
+        doc_ = [
+            Code(line)
+            for line in textwrap.wrap(
+                f"Everything {name}() computes, compiled as one function: the arrays in, "
+                + ", ".join(outs)
+                + " out.",
+                width=LINE - INDENT - 3,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        ]
+        self.whole_kernels.append(
+            Code(
+                self.function_template.render(
+                    options=Code(", ".join(options)),
+                    signature=_bracketed(f"def {kname}", params, ":", 0),
+                    doc=doc_,
+                    statements=inner.statements,
+                    returns=_bracketed("return ", outs, "", INDENT, parens=False)
+                    if outs
+                    else Code("return ()"),
+                ).rstrip("\n")
+            )
+        )
         for h in NB_HELPERS:
             if re.search(rf"\b_{h}\(", text) and h not in self.nb_helpers:
                 self.nb_helpers.append(h)
 
         call = _assign(outs, f"{kname}", params, INDENT) if outs else Code(f"{kname}()")
         target, expr = call.split(" = ", 1) if outs else (Code("_"), call)
-        stmts = [Statement(Code(target), Code(expr), _wrap_comment(
-            f"one compiled function ({kname}) computes " + ", ".join(outs)
-            + (" (the forward and backward pass)" if name == "value_and_grad" else "")),
-            roots[0])]
+        stmts = [
+            Statement(
+                Code(target),
+                Code(expr),
+                _wrap_comment(
+                    f"one compiled function ({kname}) computes "
+                    + ", ".join(outs)
+                    + (
+                        " (the forward and backward pass)"
+                        if name == "value_and_grad"
+                        else ""
+                    )
+                ),
+                roots[0],
+            )
+        ]
         for o in scalar_outs:  # numba hands back Python floats
             stmts.append(Statement(o, Code(f"DTYPE({o})"), [], roots[0]))
-        return Function(inner.name, inner.doc, inner.dims, inner.bindings, stmts,
-                        inner.returns)
+        return Function(
+            inner.name, inner.doc, inner.dims, inner.bindings, stmts, inner.returns
+        )
 
     def _root_name(self, r, fn):
         if r in self.namer:
@@ -702,13 +844,25 @@ class NumbaProgram(Program):
         if op == "matmul":
             return all(1 <= len(s) <= 2 for s in shapes)
         if op in ("sum", "mean", "max"):
-            return (sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
-                    and not a[g.ATTRS]["keepdims"])
-        return op in ("transpose", "reshape", "slice", "concat", "zeros", "dimsize", "mse")
+            return (
+                sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
+                and not a[g.ATTRS]["keepdims"]
+            )
+        return op in (
+            "transpose",
+            "reshape",
+            "slice",
+            "concat",
+            "zeros",
+            "dimsize",
+            "mse",
+        )
 
     @cache  # noqa: B019 - one Program per generate() call
     def _scalar_ops(self):
-        return frozenset(name for name in ops.REGISTRY if getattr(self.scalar, name, None))
+        return frozenset(
+            name for name in ops.REGISTRY if getattr(self.scalar, name, None)
+        )
 
     def render_op(self, n, args, used, as_bool=False) -> Code:
         if not self._whole:
@@ -727,8 +881,9 @@ class NumbaProgram(Program):
     def attrs_code(self, n, used):
         out = super().attrs_code(n, used)
         if self._whole and self.A.nodes[n][g.OP] == "matmul":
-            out["loops"] = all(len(self.A.nodes[p][g.SHAPE]) == 2
-                               for p in g.operands(self.A, n))
+            out["loops"] = all(
+                len(self.A.nodes[p][g.SHAPE]) == 2 for p in g.operands(self.A, n)
+            )
         return out
 
     def _uses_once(self, op):
@@ -750,9 +905,17 @@ class NumbaProgram(Program):
     def context(self):
         ctx = super().context()
         ctx["kernels"] = (
-            [Code(self.env.get_template(f"numba/helpers/{h}.py.j2").render().rstrip("\n"))
-             for h in NB_HELPERS if h in self.nb_helpers]
-            + [text for _, text in self.kernels.values()] + self.whole_kernels
+            [
+                Code(
+                    self.env.get_template(f"numba/helpers/{h}.py.j2")
+                    .render()
+                    .rstrip("\n")
+                )
+                for h in NB_HELPERS
+                if h in self.nb_helpers
+            ]
+            + [text for _, text in self.kernels.values()]
+            + self.whole_kernels
         )
         ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx

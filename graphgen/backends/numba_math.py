@@ -45,8 +45,13 @@ DEPS = {
 }
 
 #: op name -> the helper its scalar macro calls
-OPS = {"exp": "_nb_exp", "tanh": "_nb_tanh", "sigmoid": "_nb_sigmoid", "sin": "_nb_sin",
-       "cos": "_nb_cos"}
+OPS = {
+    "exp": "_nb_exp",
+    "tanh": "_nb_tanh",
+    "sigmoid": "_nb_sigmoid",
+    "sin": "_nb_sin",
+    "cos": "_nb_cos",
+}
 
 _BITCAST = '''
 @numba.extending.intrinsic
@@ -62,13 +67,17 @@ def {name}(typingctx, x):
 
 SOURCE = {"float64": {}, "float32": {}}
 SOURCE["float64"]["_nb_f2i"] = _BITCAST.format(
-    name="_nb_f2i", to="int64", doc="The bits of a float64 as an int64 (no conversion).")
+    name="_nb_f2i", to="int64", doc="The bits of a float64 as an int64 (no conversion)."
+)
 SOURCE["float64"]["_nb_i2f"] = _BITCAST.format(
-    name="_nb_i2f", to="float64", doc="The float64 whose bits are an int64.")
+    name="_nb_i2f", to="float64", doc="The float64 whose bits are an int64."
+)
 SOURCE["float32"]["_nb_f2i"] = _BITCAST.format(
-    name="_nb_f2i", to="int32", doc="The bits of a float32 as an int32 (no conversion).")
+    name="_nb_f2i", to="int32", doc="The bits of a float32 as an int32 (no conversion)."
+)
 SOURCE["float32"]["_nb_i2f"] = _BITCAST.format(
-    name="_nb_i2f", to="float32", doc="The float32 whose bits are an int32.")
+    name="_nb_i2f", to="float32", doc="The float32 whose bits are an int32."
+)
 
 _FMA = '''
 @numba.extending.intrinsic
@@ -195,7 +204,7 @@ def _nb_sincos_kernels(x, y):
     return s, c
 '''
 
-_REDUCE64 = '''
+_REDUCE64 = """
     x = np.float64(x)
     # n = round(x·2/π); r = x - n·π/2 as hi + lo, π/2 in three 33-bit parts (n·part is
     # exact for |n| < 2**20) and a tail; two-sums keep what the subtractions round off
@@ -212,7 +221,7 @@ _REDUCE64 = '''
     r = hi + e3
     lo = e3 - (r - hi)
     s, c = _nb_sincos_kernels(r, lo)
-'''
+"""
 
 SOURCE["float64"]["_nb_sin"] = f'''
 @numba.njit(error_model="numpy")
@@ -253,7 +262,9 @@ def used(texts):
 def available(dtype):
     """The ops with an inline implementation for ``dtype``."""
     src = SOURCE["float32" if dtype == "float32" else "float64"]
-    return frozenset(op for op, h in OPS.items() if all(n in src for n in _closure([h])))
+    return frozenset(
+        op for op, h in OPS.items() if all(n in src for n in _closure([h]))
+    )
 
 
 def excluded(policy, simd_in_numpy, dtype):
@@ -281,5 +292,8 @@ def module_source(dtype="float64", names=None):
     """A standalone module defining the helpers (for tests and measurements)."""
     names = _closure(names or [n for n in DEPS if n in SOURCE[dtype]])
     src = SOURCE[dtype]
-    return "import numba\nimport numba.extending\nimport numpy as np\n\n\n" + "\n\n".join(
-        src[n].strip("\n") for n in names) + "\n"
+    return (
+        "import numba\nimport numba.extending\nimport numpy as np\n\n\n"
+        + "\n\n".join(src[n].strip("\n") for n in names)
+        + "\n"
+    )

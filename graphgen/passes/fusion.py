@@ -158,7 +158,9 @@ def find_groups(A, nodes, roots, min_size=1, exclude=()):
             continue
         joined = None
         if candidates:
-            options = [candidates] + ([[k] for k in candidates] if len(candidates) > 1 else [])
+            options = [candidates] + (
+                [[k] for k in candidates] if len(candidates) > 1 else []
+            )
             for opt in options:
                 merged = {n}
                 for k in opt:
@@ -194,16 +196,23 @@ def find_groups(A, nodes, roots, min_size=1, exclude=()):
         members_set = set(ns)
         outputs = []
         for n in ns:
-            if n in is_tail or n in roots or any(
-                s in inside and s not in members_set for s in A.successors(n)
+            if (
+                n in is_tail
+                or n in roots
+                or any(s in inside and s not in members_set for s in A.successors(n))
             ):
                 outputs.append(n)
         inputs = []
         for n in ns:
             for p in g.operands(A, n):
-                if p not in members_set and p not in inputs and A.nodes[p][g.KIND] != g.CONST:
+                if (
+                    p not in members_set
+                    and p not in inputs
+                    and A.nodes[p][g.KIND] != g.CONST
+                ):
                     inputs.append(p)
-        out.append(Group(members, tails, tuple(A.nodes[members[0]][g.SHAPE]), outputs,
-                         inputs))
+        out.append(
+            Group(members, tails, tuple(A.nodes[members[0]][g.SHAPE]), outputs, inputs)
+        )
     out.sort(key=lambda grp: index[grp.members[0]])
     return out
