@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import REPO
 
 import graphgen
 from graphgen import ops
 from graphgen.cli import ops_markdown
-
-from conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -46,7 +45,7 @@ def test_cli_table_lists_every_subcommand():
         check=True,
         cwd=REPO,
     ).stdout
-    commands = re.findall(r"^    ([a-z]+) {2,}", out, flags=re.M)
+    commands = re.findall(r"^    ([a-z]+) {2,}", out, flags=re.MULTILINE)
     assert {"compile", "check", "ops", "render", "explain"} <= set(commands), out
     for command in commands:
         assert f"`graphgen {command}" in README, command
