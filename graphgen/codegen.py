@@ -191,6 +191,7 @@ class Function:
     bindings: list  # (identifier, name literal)
     statements: list
     returns: Code
+    prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
 
 
 class Program:

@@ -437,7 +437,9 @@ def test_whole_function_mode_compiles_each_function_as_one_kernel(xent):
     for fn in ("forward", "value_and_grad"):
         assert f"def _{fn}_kernel(" in src
         body = _python_level(src, fn)
-        assert f"= _{fn}_kernel(" in body and "_unpack(arrays)" in body
+        # the typed kernel checks types and sizes; _check only explains a failure
+        assert f"= _{fn}_kernel(" in body and "_fail(arrays)" in body
+        assert "_unpack(arrays)" not in body
         assert "_k_" not in body and "@" not in body  # nothing else at the Python level
     # the softmax cross-entropy and its gradient are loops too
     assert "_loop_softmax_cross_entropy(logits, labels)" in src
@@ -542,3 +544,27 @@ def test_whole_function_module_is_ruff_formatted(xent):
             check=False,
         )
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_whole_function_mode_takes_strided_arrays(xent):
+    # the typed kernel wants C-contiguous arrays; others go through contiguous copies
+    G, ref, mod = xent
+    arrays = random_arrays(G, seed=3, sizes={"batch": 5})
+    strided = {
+        k: np.asfortranarray(v) if v.ndim == 2 else v[::-1][::-1]
+        for k, v in arrays.items()
+    }
+    strided["x"] = np.ascontiguousarray(np.repeat(arrays["x"], 2, axis=1))[:, ::2]
+    assert not strided["x"].flags.c_contiguous
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**strided)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], f"grad {k}")
+
+
+def test_whole_function_mode_rejects_a_wrong_dtype_by_name(xent):
+    G, _, mod = xent
+    arrays = random_arrays(G, seed=4, sizes={"batch": 3})
+    arrays["W1"] = arrays["W1"].astype(np.float32)
+    with pytest.raises(ValueError, match="'W1'"):
+        mod.value_and_grad(**arrays)

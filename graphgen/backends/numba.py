@@ -55,7 +55,9 @@ from ..codegen import (
     Statement,
     _comment,
     _wrap_comment,
+    condition,
     environment,
+    fit,
     literal,
     wrap,
 )
@@ -103,6 +105,12 @@ NOPYTHON_ARRAY_OPS = frozenset(
 )
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+
+
+def condition_check(conds, name):
+    """``if a or b: raise ValueError(...)`` inside a kernel, laid out like ruff format."""
+    message = literal(f"the shape of {name!r}")
+    return Code(f"if {condition(conds)}:\n{' ' * 2 * INDENT}raise ValueError({message})")
 
 
 class _Unsupported(Exception):
@@ -753,13 +761,36 @@ class NumbaProgram(Program):
                 if isinstance(d, str) and d not in symbols:
                     symbols.append(d)
         text = "\n".join(s.expr for s in inner.statements)
-        params = [self.namer[n] for n in arrays if n in need]
-        params += [
-            self.namer[("dim", s)]
-            for s in symbols
-            if re.search(rf"\b{self.namer[('dim', s)]}\b", text)
+        # every array comes in, typed: Numba's dispatcher rejects a wrong dtype, rank or
+        # type (TypeError) and the kernel checks the sizes (ValueError), so the Python
+        # level skips _unpack on the fast path and asks _check only after a failure
+        params = [self.namer[n] for n in arrays]
+        checks, bound = [], set()
+        for n in arrays:
+            ident, shape = self.namer[n], A.nodes[n][g.SHAPE]
+            conds = []
+            for i, d in enumerate(shape):
+                if isinstance(d, str) and d not in bound:
+                    bound.add(d)
+                    checks.append(Code(f"{self.namer[('dim', d)]} = {ident}.shape[{i}]"))
+                else:
+                    conds.append(f"{ident}.shape[{i}] != {self.dim(d, set())}")
+            if conds:
+                checks.append(condition_check(conds, n))
+        rest = "\n".join(checks) + "\n" + text
+        checks = [
+            c
+            for c in checks
+            if " = " not in c.split("\n")[0]
+            or re.search(rf"\b{c.split(' = ')[0]}\b", rest.replace(c, ""))
         ]
-        options = ["cache=True"] if self.cache else []
+        types = [
+            f"numba.{'int64' if A.nodes[n][g.DTYPE] == 'int64' else A.graph['dtype']}"
+            f"[{', '.join([':'] * (len(A.nodes[n][g.SHAPE]) - 1) + ['::1'])}]"
+            for n in arrays
+        ]
+        types_name = Code(f"_{name.upper()}_TYPES")
+        options = [types_name] + (["cache=True"] if self.cache else [])
         options.append('error_model="numpy"')
         if self.fastmath:
             options.append("fastmath=True")
@@ -777,8 +808,10 @@ class NumbaProgram(Program):
         self.whole_kernels.append(
             Code(
                 self.function_template.render(
-                    options=Code(", ".join(options)),
+                    decorator=_bracketed("@numba.njit", options, "", 0),
+                    types=fit(f"{types_name} = ", "(", types, ")", 0, tuple_=True),
                     signature=_bracketed(f"def {kname}", params, ":", 0),
+                    checks=checks,
                     doc=doc_,
                     statements=inner.statements,
                     returns=_bracketed("return ", outs, "", INDENT, parens=False)
@@ -791,28 +824,44 @@ class NumbaProgram(Program):
             if re.search(rf"\b_{h}\(", text) and h not in self.nb_helpers:
                 self.nb_helpers.append(h)
 
-        call = _assign(outs, f"{kname}", params, INDENT) if outs else Code(f"{kname}()")
-        target, expr = call.split(" = ", 1) if outs else (Code("_"), call)
-        stmts = [
-            Statement(
-                Code(target),
-                Code(expr),
-                _wrap_comment(
-                    f"one compiled function ({kname}) computes "
-                    + ", ".join(outs)
-                    + (
-                        " (the forward and backward pass)"
-                        if name == "value_and_grad"
-                        else ""
-                    )
-                ),
-                roots[0],
-            )
-        ]
+        args = [f"arrays[{literal(n)}]" for n in arrays]
+        call = (
+            _assign(outs, f"{kname}", args, 2 * INDENT)
+            if outs
+            else _bracketed(f"{kname}", args, "", 2 * INDENT)
+        )
+        comment = _wrap_comment(
+            f"one compiled function ({kname}) computes "
+            + ", ".join(outs)
+            + (" (the forward and backward pass)" if name == "value_and_grad" else ""),
+            width=LINE - 2 * INDENT - 2,
+        )
+        pad = " " * INDENT
+        prologue = Code(
+            f"{pad}if arrays.keys() != DTYPES.keys():\n"
+            f"{pad}    _fail(arrays)\n"
+            f"{pad}try:\n"
+            + "".join(f"{pad}    # {c}\n" for c in comment)
+            + f"{pad}    {call}\n"
+            f"{pad}except (TypeError, ValueError):  # a wrong type, rank or size, or strides\n"
+            f"{pad}    _check(arrays)  # raises the ValueError naming a wrong array\n"
+            f"{pad}    if all(a.flags.c_contiguous for a in arrays.values()):\n"
+            f"{pad}        raise\n"
+            f"{pad}    # the kernel takes C-contiguous arrays: retry with contiguous copies\n"
+            f"{pad}    return {name}(**{{k: np.ascontiguousarray(a) for k, a in "
+            "arrays.items()})"
+        )
+        stmts = []
         for o in scalar_outs:  # numba hands back Python floats
             stmts.append(Statement(o, Code(f"DTYPE({o})"), [], roots[0]))
         return Function(
-            inner.name, inner.doc, inner.dims, inner.bindings, stmts, inner.returns
+            inner.name,
+            inner.doc,
+            inner.dims,
+            inner.bindings,
+            stmts,
+            inner.returns,
+            prologue,
         )
 
     def _root_name(self, r, fn):
