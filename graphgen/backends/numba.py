@@ -110,7 +110,9 @@ NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 def condition_check(conds, name):
     """``if a or b: raise ValueError(...)`` inside a kernel, laid out like ruff format."""
     message = literal(f"the shape of {name!r}")
-    return Code(f"if {condition(conds)}:\n{' ' * 2 * INDENT}raise ValueError({message})")
+    return Code(
+        f"if {condition(conds)}:\n{' ' * 2 * INDENT}raise ValueError({message})"
+    )
 
 
 class _Unsupported(Exception):
@@ -772,7 +774,9 @@ class NumbaProgram(Program):
             for i, d in enumerate(shape):
                 if isinstance(d, str) and d not in bound:
                     bound.add(d)
-                    checks.append(Code(f"{self.namer[('dim', d)]} = {ident}.shape[{i}]"))
+                    checks.append(
+                        Code(f"{self.namer[('dim', d)]} = {ident}.shape[{i}]")
+                    )
                 else:
                     conds.append(f"{ident}.shape[{i}] != {self.dim(d, set())}")
             if conds:
