@@ -23,7 +23,7 @@ import networkx as nx
 from . import __version__, dims, ops
 from . import graph as g
 from .errors import CodegenError
-from .naming import Code, Namer
+from .naming import Code, Namer, sanitize
 from .passes import memory
 from .passes.adjoint import adjoint
 from .passes.optimize import optimize
@@ -565,27 +565,46 @@ class Program:
         def show(n):
             if n in self.namer:
                 return self.namer[n]
+            if n not in names and n not in self.A and not str(n).startswith("bwd/"):
+                return sanitize(n)  # a spec node the optimizer removed (a first loss)
             return names.get(n, "…")
 
         return show
 
-    def bar_name(self, n, names):
-        """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed)."""
-        v = (self.A.graph.get("adjoints") or {}).get(n)
+    def pass_of(self, n):
+        """(loss, adjoint map) of the adjoint pass that made node ``n``."""
+        passes = self.A.graph.get("passes") or []
+        p = self.A.nodes[n].get(g.PASS) if n in self.A else None
+        if p is not None and p < len(passes):
+            return passes[p]["loss"], passes[p]["adjoints"]
+        return self.loss, self.A.graph.get("adjoints") or {}
+
+    def bar_name(self, n, names, of=None):
+        """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed);
+        ``of``: the node whose comment this is (a twice-differentiated graph has one
+        adjoint of ``n`` per pass)."""
+        loss, adjoints = self.pass_of(of) if of is not None else (self.loss, None)
+        if adjoints is None:
+            adjoints = self.A.graph.get("adjoints") or {}
+        v = adjoints.get(n)
         if v is None or v not in self.A:  # folded into its consumers: say what it is
-            loss = self.display(names)(self.loss)
+            loss = self.display(names)(loss)
             return f"∂{loss}/∂{self.display(names)(n)}"
         if self.A.nodes[v][g.KIND] == g.CONST:
             return literal(self.A.nodes[v][g.VALUE])
         return self.display(names)(v)
 
-    def note(self, template, ids, attrs, names, term=None):
+    def note(self, template, ids, attrs, names, term=None, of=None):
         """Fill a math template; ``term`` = (node, name) names that node's adjoint term."""
         show = self.display(names)
         filled = template
         for key, nid in ids.items():
             if "{" + key + "}̄" in filled:
-                bar = term[1] if term and nid == term[0] else self.bar_name(nid, names)
+                bar = (
+                    term[1]
+                    if term and nid == term[0]
+                    else self.bar_name(nid, names, of)
+                )
                 filled = filled.replace("{" + key + "}̄", bar)
         return ops.format_note(
             filled, {**{k: show(v) for k, v in ids.items()}, **attrs}
@@ -614,7 +633,8 @@ class Program:
             if a[g.OP] in SELF_EXPLANATORY:
                 return []
             return _wrap_comment(self.math_of(n, names))
-        loss = show(self.loss) if self.loss is not None else "J"
+        pass_loss = self.pass_of(n)[0]
+        loss = show(pass_loss) if pass_loss is not None else "J"
         target = names.get(n, show(n))
         if g.SUMS in a:
             j = a[g.ADJOINT_OF]
@@ -637,14 +657,14 @@ class Program:
             return _wrap_comment(head)
         template, ids, attrs = note
         k = ids["y"]
-        deriv = self.note(template, ids, attrs, names, term=(j, target))
+        deriv = self.note(template, ids, attrs, names, term=(j, target), of=n)
         if deriv.startswith("∂") and " = " in deriv:
             rhs = deriv.split(" = ", 1)[1]
-            if k == self.loss or self.bar_name(k, names) == "1.0":
+            if k == pass_loss or self.bar_name(k, names, n) == "1.0":
                 text = f"{head} = {rhs}"
             else:
                 text = (
-                    f"{head} = {self.bar_name(k, names)} · ∂{show(k)}/∂{show(j)}, where "
+                    f"{head} = {self.bar_name(k, names, n)} · ∂{show(k)}/∂{show(j)}, where "
                     f"∂{show(k)}/∂{show(j)} = {rhs}"
                 )
         elif k in A:

@@ -55,6 +55,7 @@ SUMS = "sums"
 CONTRIB = "contrib"
 NOTE = "note"
 LINE = "line"
+PASS = "pass"  # which adjoint pass made a backward node (0 first, 1 when differentiated again)
 
 INPUT, PARAM, CONST, OPNODE = "input", "param", "const", "op"
 FORWARD, BACKWARD = "forward", "backward"

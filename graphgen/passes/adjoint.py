@@ -35,6 +35,7 @@ class Builder:
     def __init__(self, G):
         self.G = G
         self.where = None  # the forward node whose VJP is being built, for errors
+        self.pass_index = len(G.graph.get("passes") or [])
 
     def shape(self, n):
         return self.G.nodes[n][g.SHAPE]
@@ -50,6 +51,7 @@ class Builder:
                 g.DTYPE: self.G.graph["dtype"],
                 g.ROLE: g.BACKWARD,
                 g.SEQ: g.next_seq(self.G),
+                g.PASS: self.pass_index,
             },
         )
         return n
@@ -82,6 +84,7 @@ class Builder:
                 g.DTYPE: self.G.graph["dtype"],
                 g.ROLE: g.BACKWARD,
                 g.SEQ: g.next_seq(self.G),
+                g.PASS: self.pass_index,
             },
         )
         for i, a in enumerate(args):
@@ -177,6 +180,11 @@ def adjoint(G, loss=None, wrt=None):
             )
     H.graph["grads"] = grads
     H.graph["adjoints"] = bar
+    # every pass keeps its own map: a graph differentiated twice has two adjoints per node
+    H.graph["passes"] = [
+        *(H.graph.get("passes") or []),
+        {"loss": loss, "adjoints": bar},
+    ]
     return H
 
 

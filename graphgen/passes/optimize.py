@@ -51,6 +51,16 @@ def _replace(G, old, new):
         table = G.graph.get(key)
         if table:
             G.graph[key] = {w: (new if v == old else v) for w, v in table.items()}
+    if G.graph.get("passes"):  # new dicts: the input graph's must not change
+        G.graph["passes"] = [
+            {
+                **p,
+                "adjoints": {
+                    w: (new if v == old else v) for w, v in p["adjoints"].items()
+                },
+            }
+            for p in G.graph["passes"]
+        ]
     # the labels of backward nodes name the forward nodes they came through: follow the merge
     for n in G:
         a = G.nodes[n]
@@ -228,6 +238,10 @@ def dce(G):
     H.remove_nodes_from([n for n in list(H) if n not in live])
     if H.graph.get("adjoints"):
         H.graph["adjoints"] = {j: v for j, v in H.graph["adjoints"].items() if v in H}
+    H.graph["passes"] = [
+        {**p, "adjoints": {j: v for j, v in p["adjoints"].items() if v in H}}
+        for p in H.graph.get("passes") or []
+    ]
     return H
 
 

@@ -52,7 +52,8 @@ def _softmax_cross_entropy(logits, labels):
     #   = max + log Σ exp(logits − max) − logits[label]
     m = logits.max(axis=-1, keepdims=True)
     s = np.exp(logits - m).sum(axis=-1)
-    picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
     return (m[..., 0] + np.log(s) - picked).mean()
 
 
