@@ -568,3 +568,26 @@ def test_whole_function_mode_rejects_a_wrong_dtype_by_name(xent):
     arrays["W1"] = arrays["W1"].astype(np.float32)
     with pytest.raises(ValueError, match="'W1'"):
         mod.value_and_grad(**arrays)
+
+
+def test_whole_function_mode_reduction_of_a_0d_value():
+    # mean over no axes of a 0-d value: a float in nopython code has no .mean()
+    import networkx as nx
+
+    G = nx.DiGraph(name="zero_d", loss="J", wrt=["b"], outputs=["J"])
+    G.add_node("x", kind="input", shape=("batch", 3), dtype="float64")
+    G.add_node("b", kind="param", shape=(3,), dtype="float64")
+    G.add_node("s", kind="op", op="sum", attrs={})
+    G.add_edge("b", "s", pos=(0,))
+    G.add_node("m", kind="op", op="mean", attrs={})
+    G.add_edge("s", "m", pos=(0,))
+    G.add_node("p", kind="op", op="mul", attrs={})
+    G.add_edge("x", "p", pos=(0,))
+    G.add_edge("m", "p", pos=(1,))
+    G.add_node("J", kind="op", op="sum", attrs={})
+    G.add_edge("p", "J", pos=(0,))
+    ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba")
+    arrays = random_arrays(G, seed=1)
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    _close(g1["b"], g2["b"], "grad b")

@@ -897,8 +897,10 @@ class NumbaProgram(Program):
         if op == "matmul":
             return all(1 <= len(s) <= 2 for s in shapes)
         if op in ("sum", "mean", "max"):
+            # a 0-d value is a float in nopython code: it has no methods
             return (
-                sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
+                len(shapes[0]) > 0
+                and sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
                 and not a[g.ATTRS]["keepdims"]
             )
         return op in (
