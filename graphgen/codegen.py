@@ -407,14 +407,7 @@ class Program:
                 exprs[n] = self.render_op(n, args, used, as_bool)
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
-            too_long = None
-            for n in order:
-                if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
-                    continue
-                kids = self._inlined_children(n, inline)
-                if kids:
-                    too_long = max(kids, key=lambda p: len(exprs[p]))
-                    break
+            too_long = self.longest_inlined(order, inline, names, exprs)
             if too_long is None:
                 break
             inline.discard(too_long)
@@ -532,6 +525,17 @@ class Program:
                     out.add(n)
                     break
         return out
+
+    def longest_inlined(self, order, inline, names, exprs):
+        """In the first statement longer than a line, its longest inlined temporary (the
+        one to materialize next), or None when every statement fits."""
+        for n in order:
+            if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
+                continue
+            kids = self._inlined_children(n, inline)
+            if kids:
+                return max(kids, key=lambda p: len(exprs[p]))
+        return None
 
     def _reads(self, n, inline):
         """The materialized values statement ``n`` reads, through inlined temporaries."""

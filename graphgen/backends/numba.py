@@ -292,14 +292,7 @@ class NumbaProgram(Program):
             for n in plain:
                 args = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 exprs[n] = self.render_op(n, args, used)
-            too_long = None
-            for n in plain:
-                if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
-                    continue
-                kids = self._inlined_children(n, inline)
-                if kids:
-                    too_long = max(kids, key=lambda p: len(exprs[p]))
-                    break
+            too_long = self.longest_inlined(plain, inline, names, exprs)
             if too_long is None:
                 break
             inline.discard(too_long)
