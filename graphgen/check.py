@@ -84,16 +84,19 @@ def random_arrays(G, seed=0, sizes=None, dtype=None):
             high = extra if isinstance(extra, int) else sizes.get(extra, 2)
             out[n] = rng.integers(0, high, size=shape).astype(np.int64)
             continue
-        if domain == "positive":
-            v = rng.uniform(0.5, 2.0, shape)
-        elif domain == "unit":
-            v = rng.uniform(0.05, 0.95, shape)
-        elif domain == "away0":
-            v = rng.uniform(0.2, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
-        else:
-            v = rng.standard_normal(shape)
-        out[n] = np.asarray(v, dtype=fdtype)
+        out[n] = np.asarray(sample(rng, domain, shape), dtype=fdtype)
     return out
+
+
+def sample(rng, domain, shape):
+    """Random float64 values for an op argument's domain (see ``Op.domain``)."""
+    if domain == "positive":
+        return rng.uniform(0.5, 2.0, shape)
+    if domain == "unit":
+        return rng.uniform(0.05, 0.95, shape)
+    if domain == "away0":  # away from the kinks of relu, abs, ... at 0
+        return rng.uniform(0.2, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+    return rng.standard_normal(shape)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,7 @@ from conftest import assert_grad_close, build_graph, fd_gradient
 import graphgen
 from graphgen import GraphgenWarning
 from graphgen.check import random_arrays
+from graphgen.check import sample as sample_domain
 from graphgen.ops import REGISTRY
 
 
@@ -262,14 +263,8 @@ def sample(op, case, rng):
         if domain == "labels":
             depth = case.attrs["depth"] if "depth" in case.attrs else case.shapes[0][-1]
             v = rng.integers(0, depth, size=shape).astype(np.int64)
-        elif domain == "positive":
-            v = rng.uniform(0.5, 2.0, shape)
-        elif domain == "unit":
-            v = rng.uniform(0.05, 0.95, shape)
-        elif domain == "away0":
-            v = rng.uniform(0.2, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
         else:
-            v = rng.standard_normal(shape)
+            v = sample_domain(rng, domain, shape)
         arrays[f"in{j}"] = np.asarray(v)
     return arrays
 

@@ -322,10 +322,7 @@ class NumbaProgram(Program):
             for s in stmts:
                 s.blank_before = bool(s.comments) and bool(statements)
                 statements.append(s)
-        try:  # the codegen's returns_fn learnt to name the sizes it uses
-            returns = returns_fn(names, used)
-        except TypeError:
-            returns = returns_fn(names)
+        returns = returns_fn(names, used)
         dim_lines = [(self.namer[("dim", s)], literal(s)) for s in sorted(used)]
         bindings = [
             (self.namer[n], literal(n))
