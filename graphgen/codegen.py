@@ -351,10 +351,16 @@ class Program:
         for r in roots:
             need |= nx.ancestors(A, r) | {r}
         order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
+        shared = self._shared_inside(order)
+        for n, d in shared.items():  # compute the shared value first
+            order.remove(d)
+            order.insert(order.index(n), d)
         uses = {n: 0 for n in need}
         for n in order:
             for p in g.operands(A, n):
                 uses[p] += 1
+        for d in shared.values():
+            uses[d] += 1
         root_set = set(roots)
         inline = {
             n
@@ -405,6 +411,11 @@ class Program:
                     )
                 )
                 exprs[n] = self.render_op(n, args, used, as_bool)
+                if n in shared:  # the fused op reads the value the backward pass keeps
+                    d = shared[n]
+                    exprs[n] = Code(
+                        self.macros.mse_of_difference(names.get(d) or exprs[d])
+                    )
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
             too_long = self.longest_inlined(order, inline, names, exprs)
@@ -447,7 +458,10 @@ class Program:
                 run[0].blank_before, st.blank_before = st.blank_before, False
             run = []
         for st in statements:
-            if A.nodes[st.node][g.ROLE] == g.BACKWARD:
+            if (
+                A.nodes[st.node][g.ROLE] == g.BACKWARD
+                and st.node not in shared.values()
+            ):
                 st.blank_before = True
                 st.comments = (
                     _wrap_comment(
@@ -523,6 +537,27 @@ class Program:
                     and tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])
                 ):
                     out.add(n)
+                    break
+        return out
+
+    def _shared_inside(self, order):
+        """Fused ops whose internal value the backward pass builds anyway: ``mse(y, t)``
+        computes ``y − t``, and its VJP builds ``sub(y, t)``. Map each such op node to
+        that node, so the difference is computed once and the loss reads it."""
+        A = self.A
+        present = set(order)
+        out = {}
+        for n in order:
+            if A.nodes[n][g.OP] != "mse":
+                continue
+            a, b = g.operands(A, n)
+            for d in A.successors(a):
+                if (
+                    d in present
+                    and A.nodes[d].get(g.OP) == "sub"
+                    and g.operands(A, d) == [a, b]
+                ):
+                    out[n] = d
                     break
         return out
 

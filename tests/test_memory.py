@@ -228,3 +228,14 @@ def test_tiny_rows_skip_in_place_work():
 def test_out_buffers_keep_peak_memory_at_most_handwritten(chain):
     _G, model, _arrays = chain
     assert "out=" in model.__source__
+
+
+def test_backward_recomputes_nothing_the_forward_computed():
+    # mse computes y − t inside; its VJP needs y − t too: computed once, read twice
+    src = graphgen.generate(graphgen.load("examples/tiny.yaml"))
+    body = src.split("def value_and_grad", 1)[1]
+    code = [line for line in body.splitlines() if not line.strip().startswith("#")]
+    assert sum(line.count("y - t") for line in code) == 1, body
+    assert "J = np.square(t1).mean()" in body
+    # and sigmoid's gradient reuses its output instead of calling _sigmoid again
+    assert body.count("_sigmoid(") == 2

@@ -196,7 +196,9 @@ def value_and_grad(**arrays):
     del z, s
 
     # e = mean((y − t)²)
-    e = np.square(y - t).mean()
+    t1 = y - t
+    e = np.square(t1).mean()
+    del y
 
     # hh = h²
     hh = np.square(h)
@@ -215,8 +217,8 @@ def value_and_grad(**arrays):
     h_bar_via_hh = (0.01 / float(3 * batch)) * (2.0 * h)
 
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    y_bar = (y - t) * (2.0 / float(2 * batch))
-    del y
+    y_bar = t1 * (2.0 / float(2 * batch))
+    del t1
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
     #   h_bar_via_s = y_bar @ Vᵀ
