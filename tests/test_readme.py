@@ -31,7 +31,7 @@ def test_python_graph_example_runs():
 
 
 def test_generated_code_sample_is_verbatim():
-    block = README.split("exactly as\ngenerated.", 1)[1].split("```python\n", 1)[1]
+    block = README.split("exactly as generated.", 1)[1].split("```python\n", 1)[1]
     sample = block.split("    ...\n```", 1)[0]
     source = graphgen.generate(graphgen.load(REPO / "examples" / "tiny.yaml"))
     assert sample in source
