@@ -187,8 +187,6 @@ class Statement:
 class Function:
     name: str
     doc: list
-    dims: list  # (identifier, symbol literal)
-    bindings: list  # (identifier, name literal)
     statements: list
     returns: Code
     prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
@@ -463,30 +461,17 @@ class Program:
                 and st.node not in shared.values()
             ):
                 st.blank_before = True
-                st.comments = (
-                    _wrap_comment(
-                        f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
-                        "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
-                    )
-                    + st.comments
-                )
+                st.comments = self.backward_header() + st.comments
                 break
-        returns = returns_fn(names, used)
-        dim_lines = [(self.namer[("dim", s)], literal(s)) for s in sorted(used)]
-        bindings = [
-            (self.namer[n], literal(n))
-            for n in g.schedule(A, need)
-            if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
-        ]
         return Function(
-            Code(name),
-            [_comment(d) for d in doc if d]
-            if len(doc) == 1
-            else [_comment(d) for d in doc],
-            dim_lines,
-            bindings,
-            statements,
-            returns,
+            Code(name), [_comment(d) for d in doc], statements, returns_fn(names, used)
+        )
+
+    def backward_header(self):
+        """The comment that opens the backward pass: what ``v_bar`` means."""
+        return _wrap_comment(
+            f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}/∂v, "
+            "the sum over v's successors k of k_bar · ∂k/∂v."
         )
 
     def render_out(self, n, args, out) -> Code:

@@ -312,30 +312,12 @@ class NumbaProgram(Program):
                 stmts = self.kernel_call(grp, names, used)
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
                 backward = True
-                stmts[0].comments = (
-                    _wrap_comment(
-                        f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}"
-                        "/∂v, the sum over v's successors k of k_bar · ∂k/∂v."
-                    )
-                    + stmts[0].comments
-                )
+                stmts[0].comments = self.backward_header() + stmts[0].comments
             for s in stmts:
                 s.blank_before = bool(s.comments) and bool(statements)
                 statements.append(s)
-        returns = returns_fn(names, used)
-        dim_lines = [(self.namer[("dim", s)], literal(s)) for s in sorted(used)]
-        bindings = [
-            (self.namer[n], literal(n))
-            for n in g.schedule(A, need)
-            if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
-        ]
         return Function(
-            Code(name),
-            [_comment(d) for d in doc],
-            dim_lines,
-            bindings,
-            statements,
-            returns,
+            Code(name), [_comment(d) for d in doc], statements, returns_fn(names, used)
         )
 
     # -------------------------------------------------------------------- kernels
@@ -851,8 +833,6 @@ class NumbaProgram(Program):
         return Function(
             inner.name,
             inner.doc,
-            inner.dims,
-            inner.bindings,
             stmts,
             inner.returns,
             prologue,

@@ -97,19 +97,13 @@ def _nb_fma(typingctx, a, b, c):
 SOURCE["float64"]["_nb_fma"] = _FMA.format(t="float64")
 SOURCE["float32"]["_nb_fma"] = _FMA.format(t="float32")
 
-SOURCE["float64"]["_nb_exp"] = '''
-@numba.njit(error_model="numpy")
-def _nb_exp(x):
-    """exp(x), branch-free: x = k·ln2 + r, |r| ≤ ln2/2 (Cody–Waite), exp(r) by a degree-13
-    polynomial, 2**k as two halves built from bits (so subnormal results are right)."""
-    x = np.float64(x)
-    xc = 709.8 if x > 709.8 else x
-    xc = -745.2 if xc < -745.2 else xc
-    # k = round(x/ln2) in the low bits of t (1.5·2**52 pushes the fraction out)
-    t = xc * 1.4426950408889634 + 6755399441055744.0
+# exp's core, shared by _nb_exp and _nb_expm2: x = k·ln2 + r (Cody–Waite), then exp(r)
+# ≈ 1 + p(r) (degree 13), with k left in the low bits of t (1.5·2**52 pushes the
+# fraction out)
+_EXP_CORE = """    t = {x} * 1.4426950408889634 + 6755399441055744.0
     k = _nb_f2i(t) - 0x4338000000000000
     kf = t - 6755399441055744.0
-    r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
+    r = ({x} - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
     p = 1.6059043836821613e-10
     p = _nb_fma(p, r, 2.08767569878680990e-09)
     p = _nb_fma(p, r, 2.50521083854417188e-08)
@@ -123,7 +117,18 @@ def _nb_exp(x):
     p = _nb_fma(p, r, 1.66666666666666667e-01)
     p = _nb_fma(p, r, 0.5)
     p = _nb_fma(p, r * r, r) + 1.0
-    k1 = k >> 1
+"""
+
+SOURCE["float64"]["_nb_exp"] = '''
+@numba.njit(error_model="numpy")
+def _nb_exp(x):
+    """exp(x), branch-free: x = k·ln2 + r, |r| ≤ ln2/2 (Cody–Waite), exp(r) by a degree-13
+    polynomial, 2**k as two halves built from bits (so subnormal results are right)."""
+    x = np.float64(x)
+    xc = 709.8 if x > 709.8 else x
+    xc = -745.2 if xc < -745.2 else xc
+    # k = round(x/ln2) in the low bits of t (1.5·2**52 pushes the fraction out)
+{exp_core_xc}    k1 = k >> 1
     y = p * _nb_i2f((k1 + 1023) << 52) * _nb_i2f((k - k1 + 1023) << 52)
     y = np.inf if x > 709.782712893384 else y
     y = 0.0 if x < -745.1332191019412 else y
@@ -135,25 +140,13 @@ SOURCE["float64"]["_nb_expm2"] = '''
 def _nb_expm2(a):
     """exp(-2a) for 0 ≤ a ≤ 20 (no overflow, no underflow), as in _nb_exp."""
     x = -2.0 * a
-    t = x * 1.4426950408889634 + 6755399441055744.0
-    k = _nb_f2i(t) - 0x4338000000000000
-    kf = t - 6755399441055744.0
-    r = (x - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
-    p = 1.6059043836821613e-10
-    p = _nb_fma(p, r, 2.08767569878680990e-09)
-    p = _nb_fma(p, r, 2.50521083854417188e-08)
-    p = _nb_fma(p, r, 2.75573192239858907e-07)
-    p = _nb_fma(p, r, 2.75573192239858907e-06)
-    p = _nb_fma(p, r, 2.48015873015873016e-05)
-    p = _nb_fma(p, r, 1.98412698412698413e-04)
-    p = _nb_fma(p, r, 1.38888888888888889e-03)
-    p = _nb_fma(p, r, 8.33333333333333333e-03)
-    p = _nb_fma(p, r, 4.16666666666666667e-02)
-    p = _nb_fma(p, r, 1.66666666666666667e-01)
-    p = _nb_fma(p, r, 0.5)
-    p = _nb_fma(p, r * r, r) + 1.0
-    return p * _nb_i2f((k + 1023) << 52)
+{exp_core_x}    return p * _nb_i2f((k + 1023) << 52)
 '''
+
+for _name, _x in (("_nb_exp", "xc"), ("_nb_expm2", "x")):
+    SOURCE["float64"][_name] = SOURCE["float64"][_name].replace(
+        "{exp_core_" + _x + "}", _EXP_CORE.format(x=_x)
+    )
 
 SOURCE["float64"]["_nb_tanh"] = '''
 @numba.njit(error_model="numpy")
