@@ -343,11 +343,16 @@ class Program:
         return True
 
     # functions ----------------------------------------------------------------
-    def function(self, name, roots, doc, returns_fn):
-        A = self.A
+    def needed(self, roots):
+        """The roots and everything they are computed from."""
         need = set()
         for r in roots:
-            need |= nx.ancestors(A, r) | {r}
+            need |= nx.ancestors(self.A, r) | {r}
+        return need
+
+    def function(self, name, roots, doc, returns_fn):
+        A = self.A
+        need = self.needed(roots)
         order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
         shared = self._shared_inside(order)
         for n, d in shared.items():  # compute the shared value first

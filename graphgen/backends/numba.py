@@ -229,9 +229,7 @@ class NumbaProgram(Program):
     def _group_function(self, name, roots, doc, returns_fn):
         """The Python-level function: NumPy statements and calls of fused loop kernels."""
         A = self.A
-        need = set()
-        for r in roots:
-            need |= nx.ancestors(A, r) | {r}
+        need = self.needed(roots)
         order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
         index = {n: i for i, n in enumerate(order)}
         groups = (
@@ -679,9 +677,7 @@ class NumbaProgram(Program):
 
     def _whole_function(self, name, roots, doc, returns_fn):
         A = self.A
-        need = set()
-        for r in roots:
-            need |= nx.ancestors(A, r) | {r}
+        need = self.needed(roots)
         for n in need:
             a = A.nodes[n]
             if a[g.KIND] in (g.INPUT, g.PARAM) and not a[g.SHAPE]:
