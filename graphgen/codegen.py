@@ -33,24 +33,36 @@ BACKENDS = ("numpy", "numba")
 LINE = 88
 INDENT = 4
 
-# Helpers a module defines when its code calls them, with the helpers they call.
-HELPERS = {
-    "sigmoid": (),
-    "logsumexp": (),
-    "softmax": (),
-    "log_softmax": ("logsumexp",),
-    "softmax_cross_entropy": (),
-    "softmax_xent_grad": (),
-    "sigmoid_cross_entropy": (),
-    "onehot": (),
-    "unslice": (),
-}
+# Helpers a module defines when its code calls them (templates/numpy/helpers/<name>.py.j2),
+# with the helpers they call. Op families outside defs.py add theirs to ops.HELPERS.
+HELPERS = ops.HELPERS
 
 # Comparison masks: floats of the graph dtype, or booleans where a product consumes them.
 MASKS = {"step", "ge", "lt", "eq"}
 
 # Ops whose code already reads as their math: no comment above the statement.
 SELF_EXPLANATORY = {"add", "sub", "mul", "div", "neg", "matmul", "add_n", "reshape"}
+
+
+class Macros:
+    """Macro lookup over several template modules, the first that defines a name wins."""
+
+    def __init__(self, *modules):
+        self.modules = modules
+
+    def __getattr__(self, name):
+        for m in self.modules:
+            macro = getattr(m, name, None)
+            if macro is not None:
+                return macro
+        return None
+
+
+def op_macros(env, backend):
+    """``templates/<backend>/ops.j2`` and then each ``ops_<family>.j2`` beside it."""
+    root = template_dir() / backend
+    names = ["ops.j2"] + sorted(p.name for p in root.glob("ops_*.j2"))
+    return Macros(*(env.get_template(f"{backend}/{n}").module for n in names))
 
 
 def template_dir() -> Path:
@@ -199,7 +211,7 @@ class Program:
         self.A = A
         self.backend = backend
         self.env = environment()
-        self.macros = self.env.get_template(f"{backend}/ops.j2").module
+        self.macros = op_macros(self.env, "numpy")
         self.namer = Namer()
         self.source_name = source_name
         self.loss = A.graph.get("loss")

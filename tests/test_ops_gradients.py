@@ -17,6 +17,8 @@ import warnings
 import zlib
 
 import numpy as np
+import op_cases_conv
+import op_cases_nn
 import pytest
 from conftest import assert_grad_close, build_graph, fd_gradient
 
@@ -239,6 +241,11 @@ CASES = {
         Case(((2, 3),), {"depth": 3}),
     ],
 }
+
+# Op families declared outside graphgen/ops/defs.py keep their cases beside their tests.
+for _family in (op_cases_conv, op_cases_nn):
+    CASES.update(_family.CASES)
+    NO_GRADIENT.update(_family.NO_GRADIENT)
 
 DOMAIN_PRIORITY = ("labels", "positive", "unit", "away0", "real")
 

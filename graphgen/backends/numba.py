@@ -51,6 +51,7 @@ from ..codegen import (
     INDENT,
     LINE,
     Function,
+    Macros,
     Program,
     Statement,
     _comment,
@@ -59,6 +60,7 @@ from ..codegen import (
     environment,
     fit,
     literal,
+    op_macros,
     wrap,
 )
 from ..errors import CodegenError
@@ -156,20 +158,6 @@ def svml_available():
         return False
 
 
-class _Macros:
-    """The backend's own macros first, the NumPy ones for everything else."""
-
-    def __init__(self, *modules):
-        self.modules = modules
-
-    def __getattr__(self, name):
-        for m in self.modules:
-            macro = getattr(m, name, None)
-            if macro is not None:
-                return macro
-        return None
-
-
 def _env():
     env = environment()
     if "pad" not in env.filters:
@@ -195,9 +183,9 @@ class NumbaProgram(Program):
     ):
         super().__init__(A, backend, source_name)
         env = _env()
-        self.macros = _Macros(
+        self.macros = Macros(
             env.get_template("numba/ops.j2").module,
-            env.get_template("numpy/ops.j2").module,
+            op_macros(env, "numpy"),
         )
         self.kernel_template = env.get_template("numba/kernel.py.j2")
         self.function_template = env.get_template("numba/function.py.j2")
@@ -652,7 +640,7 @@ class NumbaProgram(Program):
             raise CodegenError(f"whole must be None, True or False, got {whole!r}")
         self.whole = whole
         self._whole = False  # rendering a whole-function kernel right now
-        self.nopython_macros = _Macros(
+        self.nopython_macros = Macros(
             env.get_template("numba/nopython.j2").module, self.macros
         )
         self.whole_kernels = []  # rendered @numba.njit functions, one per function

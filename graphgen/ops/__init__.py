@@ -91,6 +91,21 @@ class Op:
 
 REGISTRY: dict[str, Op] = {}
 
+# NumPy helper functions a generated module defines when its code calls ``_<name>(``
+# (templates/numpy/helpers/<name>.py.j2), each with the helpers it calls in turn.
+# Insertion order is the order they appear in a module.
+HELPERS: dict[str, tuple] = {
+    "sigmoid": (),
+    "logsumexp": (),
+    "softmax": (),
+    "log_softmax": ("logsumexp",),
+    "softmax_cross_entropy": (),
+    "softmax_xent_grad": (),
+    "sigmoid_cross_entropy": (),
+    "onehot": (),
+    "unslice": (),
+}
+
 
 def register(op: Op) -> Op:
     if op.name in REGISTRY:
@@ -197,4 +212,7 @@ def format_note(template, names):
     return out
 
 
-from . import defs  # noqa: F401  (registers every op)
+# Importing the op families registers their ops: defs (the core), conv (convolution and
+# pooling), nn (normalization, embedding and other network ops).
+from . import defs  # noqa: F401, I001  (the core first: the others build on it)
+from . import conv, nn  # noqa: F401

@@ -1,0 +1,1 @@
+"""Normalization, embedding and other network ops (filled in by the ONNX issue)."""
