@@ -19,7 +19,7 @@ Examples
 
 __version__ = "0.1.0"
 
-from .api import check, compile, load
+from .api import check, compile, load, write
 from .codegen import generate
 from .diagram import render, to_dot
 from .errors import (
@@ -54,4 +54,5 @@ __all__ = [
     "prepare",
     "render",
     "to_dot",
+    "write",
 ]

@@ -11,11 +11,15 @@ from . import spec
 from .check import check
 from .codegen import generate
 
-__all__ = ["check", "compile", "load"]
+__all__ = ["check", "compile", "load", "write"]
 
 
-def load(path):
-    """Load a spec file (``.yaml``, ``.yml`` or ``.json``) into a ``networkx.DiGraph``.
+def load(path, **onnx_options):
+    """Load a spec file (``.yaml``, ``.yml``, ``.json``) or an ONNX model (``.onnx``)
+    into a ``networkx.DiGraph``.
+
+    ``onnx_options`` (ONNX models only): ``loss``, ``labels``, ``freeze``, ``dtype``; see
+    :func:`graphgen.onnx_frontend.to_spec`.
 
     The graph is validated and every node's shape is inferred; see :mod:`graphgen.graph`
     for the attribute conventions, which a graph built by hand must follow too.
@@ -27,7 +31,14 @@ def load(path):
     >>> G.graph["loss"], G.nodes["J"]["shape"]
     ('J', ())
     """
-    return spec.load(os.fspath(path))
+    path = os.fspath(path)
+    if path.endswith(".onnx"):
+        from . import onnx_frontend
+
+        return onnx_frontend.load(path, **onnx_options)
+    if onnx_options:
+        raise TypeError(f"options {sorted(onnx_options)} apply to ONNX models only")
+    return spec.load(path)
 
 
 def compile(G, backend="numpy", *, dtype=None, **options):
@@ -53,8 +64,9 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     (2, 3)
     """
     source = generate(G, backend=backend, dtype=dtype, **options)
-    if backend == "numba":
-        return _import_cached(source, G.graph.get("name", "model"))
+    arrays = stored_arrays(G)
+    if backend == "numba" or arrays:
+        return _import_cached(source, G.graph.get("name", "model"), arrays)
     name = f"graphgen_{G.graph.get('name', 'model')}"
     module = types.ModuleType(name)
     module.__dict__["__source__"] = source
@@ -69,6 +81,47 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     return module
 
 
+def stored_arrays(G):
+    """The arrays a module of ``G`` reads from its ``.npz`` (empty when it reads none)."""
+    from .codegen import stored_weights
+    from .passes.shapes import prepare
+
+    params, consts = stored_weights(prepare(G))
+    weights = G.graph.get("weights") or {}
+    missing = [k for k in params + consts if k not in weights]
+    if missing:
+        from .errors import GraphError
+
+        raise GraphError(
+            f"no stored array for {', '.join(map(repr, missing))}",
+            source=G.graph.get("source"),
+        )
+    return {k: weights[k] for k in params + consts}
+
+
+def write(G, path, backend="numpy", *, dtype=None, **options):
+    """Write the module of ``G`` to ``path``, and its stored weights beside it.
+
+    A graph whose params or constants are stored arrays (an imported ONNX model) also
+    gets ``<path without .py>.npz``, which the module loads from its own directory.
+    Returns the paths written.
+    """
+    import numpy as np
+
+    source = generate(G, backend=backend, dtype=dtype, **options)
+    path = os.fspath(path)
+    written = [path]
+    arrays = stored_arrays(G)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source)
+    if arrays:
+        npz = os.path.splitext(path)[0] + ".npz"
+        fdtype = dtype or G.graph.get("dtype", "float64")
+        np.savez(npz, **{k: np.asarray(v, dtype=fdtype) for k, v in arrays.items()})
+        written.append(npz)
+    return written
+
+
 def cache_dir():
     """Where :func:`compile` writes modules that need a file (``$GRAPHGEN_CACHE_DIR``)."""
     d = os.environ.get("GRAPHGEN_CACHE_DIR") or os.path.join(
@@ -78,16 +131,29 @@ def cache_dir():
     return d
 
 
-def _import_cached(source, model_name):
-    """Import ``source`` from a file named by its hash (written once, never rewritten)."""
+def _import_cached(source, model_name, arrays=None):
+    """Import ``source`` from a file named by its hash (written once, never rewritten),
+    with ``arrays`` stored beside it as the module's ``.npz``."""
     import hashlib
     import importlib.util
     import re
 
-    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+    import numpy as np
+
+    h = hashlib.sha256(source.encode("utf-8"))
+    for k in sorted(arrays or {}):
+        v = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}\0{v.dtype}\0{v.shape}\0".encode())
+        h.update(v.data)
+    digest = h.hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_]", "_", str(model_name))[:40]
     name = f"graphgen_{stem}_{digest}"
     path = os.path.join(cache_dir(), name + ".py")
+    npz = os.path.join(cache_dir(), name + ".npz")
+    if arrays and not os.path.exists(npz):
+        tmp = f"{npz}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
     if not os.path.exists(path):  # same bytes, same file: Numba's cache stays valid
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:

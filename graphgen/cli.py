@@ -17,18 +17,52 @@ from . import __version__
 from .errors import GraphgenError, GraphgenWarning
 
 
-def _load(path):
+def _load(path, args=None):
     from .api import load
 
+    if os.fspath(path).endswith(".onnx"):
+        return load(path, **_onnx_options(args))
+    if args is not None and (args.loss or args.freeze):
+        raise GraphgenError("--loss, --labels and --freeze apply to ONNX models only")
     return load(path)
+
+
+def _onnx_options(args):
+    if args is None:
+        return {}
+    return {"loss": args.loss, "labels": args.labels, "freeze": tuple(args.freeze)}
+
+
+def onnx_args(p):
+    g = p.add_argument_group("ONNX models")
+    g.add_argument(
+        "--loss",
+        choices=["softmax_cross_entropy", "mse"],
+        help="append this loss on the model's output (value_and_grad then exists)",
+    )
+    g.add_argument(
+        "--labels", metavar="NAME", help="name of the loss's target input (with --loss)"
+    )
+    g.add_argument(
+        "--freeze",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="initializers to make constants instead of params",
+    )
 
 
 # ----------------------------------------------------------------------- compile
 
 
 def compile_args(p):
-    p.add_argument("spec", help="the spec file (.yaml, .yml or .json)")
-    p.add_argument("-o", "--output", help="where to write the module (default: stdout)")
+    p.add_argument("spec", help="the spec file (.yaml, .yml, .json) or an ONNX model")
+    p.add_argument(
+        "-o",
+        "--output",
+        help="where to write the module (default: stdout); a model with stored "
+        "weights also gets OUTPUT's name with .npz beside it",
+    )
     p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
     p.add_argument(
         "--dtype", choices=["float32", "float64"], help="override the spec's dtype"
@@ -56,12 +90,14 @@ def compile_args(p):
         action="store_true",
         help="numba backend: compile kernels with fastmath=True",
     )
+    onnx_args(p)
 
 
 def compile_run(args):
+    from .api import stored_arrays, write
     from .codegen import generate, report
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
     if args.report:
         sizes = {}
         for item in args.size:
@@ -77,15 +113,83 @@ def compile_run(args):
     options = {k: True for k in ("parallel", "fastmath") if getattr(args, k)}
     if options and args.backend != "numba":
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
+    if args.output:
+        written = write(
+            G, args.output, backend=args.backend, dtype=args.dtype, **options
+        )
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
+        return 0
+    if stored_arrays(G):
+        raise GraphgenError(
+            "this model's weights are stored beside its module: give -o FILE.py"
+        )
     text = generate(
         G, backend=args.backend, dtype=args.dtype, source_name=name, **options
     )
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------------ import
+
+
+def _yaml_spec(data, yaml):
+    """A spec as YAML the way examples/ write them: one line per input, param and node."""
+
+    def flow(v):
+        text = yaml.safe_dump(
+            v, default_flow_style=True, width=1 << 30, sort_keys=False
+        )
+        return text.strip().removesuffix("...").strip()
+
+    out = []
+    for key, value in data.items():
+        if key in ("inputs", "params", "nodes") and isinstance(value, dict):
+            out.append(f"{key}:")
+            out.extend(
+                f"  {flow(name)}: {flow(entry)}" for name, entry in value.items()
+            )
+        else:
+            out.append(f"{key}: {flow(value)}")
+    return "\n".join(out) + "\n"
+
+
+def import_args(p):
+    p.add_argument("model", help="the ONNX model (.onnx)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the spec to write (.yaml or .json); the weights go beside it as .npz",
+    )
+    onnx_args(p)
+
+
+def import_run(args):
+    import json
+
+    import numpy as np
+    import yaml
+
+    from .onnx_frontend import to_spec
+
+    if not args.model.endswith(".onnx"):
+        raise GraphgenError(f"{args.model}: expected an ONNX model (.onnx)")
+    data, weights = to_spec(args.model, **_onnx_options(args))
+    stem = os.path.splitext(args.output)[0]
+    written = [args.output]
+    if weights:
+        data["weights"] = os.path.basename(stem) + ".npz"
+        np.savez(stem + ".npz", **weights)
+        written.append(stem + ".npz")
+    with open(args.output, "w", encoding="utf-8") as f:
+        if args.output.endswith(".json"):
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        else:
+            f.write(f"# Imported from {os.path.basename(args.model)} by graphgen.\n")
+            f.write(_yaml_spec(data, yaml))
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -104,13 +208,17 @@ def check_args(p):
         default=64,
         help="entries checked per array at most (default 64)",
     )
+    onnx_args(p)
 
 
 def check_run(args):
     from .check import check
 
     report = check(
-        _load(args.spec), seed=args.seed, tol=args.tol, max_elements=args.max_elements
+        _load(args.spec, args),
+        seed=args.seed,
+        tol=args.tol,
+        max_elements=args.max_elements,
     )
     print(report.format())
     return 0 if report.ok else 1
@@ -191,6 +299,11 @@ COMMANDS = {
         "compare gradients with central finite differences",
         check_args,
         check_run,
+    ),
+    "import": (
+        "turn an ONNX model into a spec file (and its weights)",
+        import_args,
+        import_run,
     ),
     "ops": ("list every op with its math", ops_args, ops_run),
 }

@@ -65,6 +65,29 @@ def op_macros(env, backend):
     return Macros(*(env.get_template(f"{backend}/{n}").module for n in names))
 
 
+def constant_key(n, at):
+    """The ``_CONSTANTS`` entry of a ``constant`` node: its weights key, or its node id."""
+    return at["key"] if at["key"] is not None else str(n)
+
+
+def stored_weights(A):
+    """Names of the arrays a module reads from its ``.npz``: params, then constants."""
+    params = [
+        n
+        for n in g.schedule(A)
+        if A.nodes[n][g.KIND] == g.PARAM and A.nodes[n][g.INIT] == "weights"
+    ]
+    consts = sorted(
+        {
+            A.nodes[n][g.ATTRS]["key"]
+            for n in A
+            if A.nodes[n].get(g.OP) == "constant"
+            and A.nodes[n][g.ATTRS]["key"] is not None
+        }
+    )
+    return params, consts
+
+
 def template_dir() -> Path:
     """``graphgen/templates`` in a wheel, or ``templates/`` at the root of a checkout."""
     here = Path(__file__).resolve().parent
@@ -160,6 +183,23 @@ def operator_chain(expr, terms, op, used, indent=INDENT) -> Code:
     return Code(f"(\n{body}\n{' ' * indent})")
 
 
+def call_lines(expr, used, indent=INDENT) -> Code:
+    """A call ``f(a, b)`` too long for its line (``used``: width taken before it), laid
+    out as ``ruff format`` does: the arguments on one line of their own if they fit,
+    else one per line."""
+    if "\n" in expr or used + len(expr) <= LINE:
+        return Code(expr)
+    call = ast.parse(expr, mode="eval").body
+    if not isinstance(call, ast.Call) or not (call.args or call.keywords):
+        return Code(expr)
+    args = [ast.get_source_segment(expr, a) for a in (*call.args, *call.keywords)]
+    func = ast.get_source_segment(expr, call.func)
+    inner = ", ".join(args)
+    if indent + INDENT + len(inner) <= LINE:
+        return Code(f"{func}(\n{' ' * (indent + INDENT)}{inner}\n{' ' * indent})")
+    return fit(func, "(", args, ")", indent)
+
+
 def unpack_line(prefix, names, suffix, indent) -> Code:
     """``prefix a, b, c suffix``, with the names one per line in parentheses if too long."""
     one = f"{prefix}{', '.join(names)}{suffix}"
@@ -170,7 +210,22 @@ def unpack_line(prefix, names, suffix, indent) -> Code:
     return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
 
 
+def _parenthesized(expr) -> bool:
+    """Whether ``expr`` is one parenthesized whole: ``(a > 0)``, not ``(a) * (b)``."""
+    if not (expr.startswith("(") and expr.endswith(")")):
+        return False
+    depth = 0
+    for i, ch in enumerate(expr):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and i < len(expr) - 1:
+            return False
+    return True
+
+
 def _atomic(expr) -> bool:
+    if _parenthesized(expr):
+        return True
     node = ast.parse(expr, mode="eval").body
     if isinstance(node, ast.Constant):
         return not (isinstance(node.value, (int, float)) and node.value < 0)
@@ -202,6 +257,7 @@ class Function:
     statements: list
     returns: Code
     prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
+    signature: Code = dataclasses.field(default_factory=lambda: Code("**arrays"))
 
 
 class Program:
@@ -314,6 +370,13 @@ class Program:
             )
         elif op == "onehot":
             out["depth"] = self.dim(at["depth"], used)
+        elif op == "scatter_add":  # graphgen/ops/nn.py: dim may be a symbolic size
+            out = {"axis": literal(at["axis"]), "dim": self.dim(at["dim"], used)}
+        elif op == "constant":
+            if at["value"] is not None:
+                out["value"] = literal(at["value"])
+            else:  # one of the module's _CONSTANTS, made once at import
+                out["key"] = literal(constant_key(n, at))
         else:
             out = {k: literal(v) for k, v in at.items()}
         return out
@@ -461,6 +524,8 @@ class Program:
                     "+",
                     INDENT + len(st.target) + 3,
                 )
+            elif not st.accumulate and not st.expr.endswith(f"out={st.target})"):
+                st.expr = call_lines(st.expr, INDENT + len(st.target) + 3)
             statements.append(st)
         # a comment explains the temporaries computed for its statement, so it goes first
         run = []
@@ -720,7 +785,12 @@ class Program:
     def context(self):
         A = self.A
         nodes = [n for n in g.schedule(A)]
-        inputs = [n for n in nodes if A.nodes[n][g.KIND] == g.INPUT]
+        cotangents = A.graph.get("cotangents") or {}  # output -> its cotangent input
+        inputs = [
+            n
+            for n in nodes
+            if A.nodes[n][g.KIND] == g.INPUT and n not in cotangents.values()
+        ]
         params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
         outputs = list(A.graph["outputs"])
 
@@ -772,6 +842,9 @@ class Program:
                 handed_out.add(v)
                 return name
 
+            if cotangents:
+                functions.append(self.vjp_function(wrt, grad_expr, inputs + params))
+        if self.loss is not None and not cotangents:
             functions.append(
                 self.function(
                     "value_and_grad",
@@ -806,6 +879,25 @@ class Program:
         def table(names):
             return [(literal(n), shape_lit(n)) for n in names]
 
+        cot_table = [(literal(o), shape_lit(c)) for o, c in cotangents.items()]
+
+        stored_params, stored_consts = stored_weights(A)
+        constants = [
+            (literal(k), Code(f"_stored[{literal(k)}]")) for k in stored_consts
+        ]
+        for n in nodes:
+            at = A.nodes[n].get(g.ATTRS) or {}
+            if A.nodes[n].get(g.OP) == "constant" and at["fill"] is not None:
+                constants.append(
+                    (
+                        literal(constant_key(n, at)),
+                        Code(
+                            f"np.full({literal(tuple(at['shape']))}, "
+                            f"{literal(at['fill'])}, dtype=DTYPE)"
+                        ),
+                    )
+                )
+
         return {
             "backend": Code(self.backend),
             "title": Code(literal(A.graph["name"])[1:-1]),
@@ -817,6 +909,7 @@ class Program:
                 (Code("INPUTS"), table(inputs)),
                 (Code("PARAMS"), table(params)),
                 (Code("OUTPUTS"), table(outputs)),
+                *([(Code("COTANGENTS"), cot_table)] if cotangents else []),
                 (
                     Code("DTYPES"),
                     [
@@ -829,7 +922,7 @@ class Program:
                     [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
                 ),
             ],
-            "loss": literal(self.loss),
+            "loss": literal(None if cotangents else self.loss),
             "wrt": fit(
                 "WRT = ",
                 "(",
@@ -840,12 +933,74 @@ class Program:
             ),
             "functions": functions,
             "helpers": [Code(h) for h in helpers],
+            "stored": bool(stored_params or stored_consts),
+            "cotangents": bool(cotangents),
+            "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
+            "stored_consts": stored_consts
+            and fit(
+                "_stored = _load_weights(",
+                "(",
+                [literal(k) for k in stored_consts],
+                "))",
+                0,
+                tuple_=True,
+            ),
+            "constants": constants,
             "summary": [
                 Code(part)
                 for line in self.summary()
                 for part in _wrap_comment(line, width=LINE)
             ],
         }
+
+    def vjp_function(self, wrt, grad_expr, arrays):
+        """``vjp(cotangents, **arrays)``: the gradient of Σ_k <cotangents[k], output k>.
+
+        The graph's loss is that sum (the frontend built it over cotangent inputs); here
+        the cotangents arrive as a dict keyed by output name, checked against the output
+        shapes the arrays fixed.
+        """
+        A = self.A
+        cotangents = A.graph["cotangents"]
+        roots = [v for v in self.grads.values() if v is not None]
+        fn = self.function(
+            "vjp",
+            roots,
+            [
+                "Vector-Jacobian product: the gradient of Σ_k <cotangents[k], output k>.",
+                "",
+                "``cotangents`` maps each name in OUTPUTS to an array of its shape; returns",
+                "``{name: gradient}`` for each name in WRT (fresh arrays).",
+            ],
+            lambda names, used: fit(
+                "return ",
+                "{",
+                [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                "}",
+                INDENT,
+            ),
+        )
+        symbols = sorted(
+            {s for n in arrays for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+        )
+        sizes = fit(
+            "",
+            "{",
+            [f"{literal(s)}: {self.namer[('dim', s)]}" for s in symbols],
+            "}",
+            0,
+        )
+        cot_names = [self.namer[c] for c in cotangents.values()]
+        call = f"_cotangents(cotangents, {sizes})"
+        cot_line = (
+            f"{cot_names[0]} = {call}[0]"
+            if len(cot_names) == 1
+            else unpack_line("", cot_names, f" = {call}", INDENT)
+        )
+        pad = " " * INDENT
+        fn.prologue = Code(f"{pad}{self.unpack(arrays)['call']}\n{pad}{cot_line}")
+        fn.signature = Code("cotangents, **arrays")
+        return fn
 
     def unpack(self, arrays):
         """The fast argument check: straight-line code, one line per array.

@@ -146,14 +146,28 @@ def _schema_error(data, source, lines):
     if rest:
         where += "key " + "/".join(map(str, rest)) + ": "
     msg = err.message
+    if err.validator in ("oneOf", "anyOf"):  # say what each alternative accepts
+        wanted = []
+        for alt in err.validator_value:
+            if "enum" in alt:
+                wanted.append("one of " + ", ".join(map(str, alt["enum"])))
+            elif "type" in alt:
+                wanted.append(f"a {alt['type']}")
+        if wanted and len(wanted) == len(err.validator_value):
+            msg = f"{err.instance!r} is not valid: expected {' or '.join(wanted)}"
     if err.validator == "additionalProperties" and not path:
         known = ", ".join(SCHEMA["properties"])
         msg = f"{msg} (known keys: {known})"
     return SpecError(where + msg, node=node, source=source, line=line)
 
 
-def from_dict(data, source="<spec>", lines=None):
-    """Build the graph of a spec given as a dict (the parsed YAML/JSON)."""
+def from_dict(data, source="<spec>", lines=None, weights=None):
+    """Build the graph of a spec given as a dict (the parsed YAML/JSON).
+
+    ``weights`` maps names to the arrays of params with ``init: weights`` and of
+    ``constant`` nodes with a ``key``; by default they are read from the file the spec's
+    ``weights`` entry names (relative to the spec file).
+    """
     lines = lines or {}
     if not isinstance(data, dict):
         raise SpecError(
@@ -174,6 +188,10 @@ def from_dict(data, source="<spec>", lines=None):
         lines={},
     )
     fdtype = G.graph["dtype"]
+    if weights is None and data.get("weights"):
+        weights = _read_weights(data["weights"], source, lines)
+    if weights:
+        G.graph["weights"] = dict(weights)
 
     def line_of(section, name):
         return lines.get((section, name))
@@ -290,7 +308,24 @@ def from_dict(data, source="<spec>", lines=None):
     else:
         wrt = [n for n in G if G.nodes[n][g.KIND] == g.PARAM]
     G.graph.update(outputs=outputs, loss=loss, wrt=wrt)
+    if data.get("vjp") and loss is None:
+        G.graph["vjp"] = True
     return G
+
+
+def _read_weights(name, source, lines):
+    import numpy as np
+
+    path = os.path.join(os.path.dirname(os.path.abspath(source)), name)
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise SpecError(
+            f"weights: cannot read {name!r} ({e}); expected an .npz file beside the spec",
+            source=source,
+            line=lines.get(("", "weights")),
+        ) from None
 
 
 def load(path):

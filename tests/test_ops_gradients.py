@@ -12,48 +12,22 @@ central differences (eps 1e-6, tolerance 1e-6 · max(1, |g|)) for every float ar
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 import zlib
 
 import numpy as np
 import op_cases_conv
+import op_cases_data
 import op_cases_nn
 import pytest
 from conftest import assert_grad_close, build_graph, fd_gradient
+from opcase import Case
 
 import graphgen
 from graphgen import GraphgenWarning
 from graphgen.check import random_arrays
 from graphgen.check import sample as sample_domain
 from graphgen.ops import REGISTRY
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One way to call an op.
-
-    ``shapes`` has one shape per distinct input array; ``args`` says which input each
-    argument position uses (default: input i for argument i), so ``args=(0, 0)`` is
-    ``op(x, x)``.
-    """
-
-    shapes: tuple
-    attrs: dict = dataclasses.field(default_factory=dict)
-    args: tuple | None = None
-    label: str = ""
-
-    def arg_inputs(self):
-        return self.args if self.args is not None else tuple(range(len(self.shapes)))
-
-    def ident(self):
-        if self.label:
-            return self.label
-        shapes = "_".join("x".join(map(str, s)) or "scalar" for s in self.shapes)
-        attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
-        shared = f"args{list(self.args)}" if self.args is not None else ""
-        return "-".join(p for p in (shapes, attrs, shared) if p)
-
 
 # Ops without a VJP rule: why no gradient flows through them.
 NO_GRADIENT = {
@@ -243,7 +217,7 @@ CASES = {
 }
 
 # Op families declared outside graphgen/ops/defs.py keep their cases beside their tests.
-for _family in (op_cases_conv, op_cases_nn):
+for _family in (op_cases_conv, op_cases_data, op_cases_nn):
     CASES.update(_family.CASES)
     NO_GRADIENT.update(_family.NO_GRADIENT)
 
@@ -269,7 +243,8 @@ def sample(op, case, rng):
         domain = next(d for d in DOMAIN_PRIORITY if d in domains or d == "real")
         if domain == "labels":
             depth = case.attrs["depth"] if "depth" in case.attrs else case.shapes[0][-1]
-            v = rng.integers(0, depth, size=shape).astype(np.int64)
+            low, high = getattr(case, "labels", None) or (0, depth)
+            v = rng.integers(low, high, size=shape).astype(np.int64)
         else:
             v = sample_domain(rng, domain, shape)
         arrays[f"in{j}"] = np.asarray(v)

@@ -213,6 +213,6 @@ def format_note(template, names):
 
 
 # Importing the op families registers their ops: defs (the core), conv (convolution and
-# pooling), nn (normalization, embedding and other network ops).
+# pooling), data (tensor constants), nn (normalization, embedding and other network ops).
 from . import defs  # noqa: F401, I001  (the core first: the others build on it)
-from . import conv, nn  # noqa: F401
+from . import conv, data, nn  # noqa: F401

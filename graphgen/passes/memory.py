@@ -21,6 +21,8 @@ from .. import graph as g
 
 # Ops whose NumPy result may share memory with an argument (or be read-only).
 VIEW_OPS = {"broadcast_to", "reshape", "transpose", "slice"}
+# Ops whose result is an array the module keeps (never a buffer to write into).
+SHARED_OPS = VIEW_OPS | {"constant"}
 
 
 def last_uses(program, keep):
@@ -105,7 +107,7 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
 
     def free_at(p, i):
         a = G.nodes[p]
-        if a[g.KIND] != g.OPNODE or a[g.OP] in VIEW_OPS or p not in index:
+        if a[g.KIND] != g.OPNODE or a[g.OP] in SHARED_OPS or p not in index:
             return False
         b = base(p)
         for v in sharing.get(b, {b}):

@@ -41,6 +41,40 @@ def _check_shape(G, n, shape, static=False):
     return tuple(shape)
 
 
+INITS = ("zeros", "ones", "normal", "glorot_uniform", "weights")
+
+
+def _check_init(H, n, a):
+    """A param's init: a named scheme, a number (every entry), or ``weights`` (stored)."""
+    init = a[g.INIT]
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        if not math.isfinite(init):
+            raise _err(GraphError, H, n, f"init must be finite, got {init!r}")
+        a[g.INIT] = float(init)
+        return
+    if init not in INITS:
+        raise _err(
+            GraphError,
+            H,
+            n,
+            f"unknown init {init!r} (expected a number or one of {', '.join(INITS)})",
+        )
+    if init == "weights":
+        stored = (H.graph.get("weights") or {}).get(n)
+        if stored is None:
+            raise _err(
+                GraphError, H, n, "init is 'weights', but no stored array has its name"
+            )
+        if tuple(stored.shape) != tuple(a[g.SHAPE]):
+            raise _err(
+                GraphError,
+                H,
+                n,
+                f"the stored array has shape {list(stored.shape)}, the param "
+                f"{list(a[g.SHAPE])}",
+            )
+
+
 def prepare(G):
     """Validate ``G`` and infer the shape of every op node. Returns a new graph.
 
@@ -94,8 +128,7 @@ def prepare(G):
             a[g.DTYPE] = dtype
             if kind == g.PARAM:
                 a.setdefault(g.INIT, "glorot_uniform")
-                if a[g.INIT] not in ("zeros", "ones", "normal", "glorot_uniform"):
-                    raise _err(GraphError, H, n, f"unknown init {a[g.INIT]!r}")
+                _check_init(H, n, a)
         elif kind == g.CONST:
             v = a.get(g.VALUE)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
@@ -115,7 +148,55 @@ def prepare(G):
         a.setdefault(g.ROLE, g.FORWARD)
 
     _check_roles(H)
+    if H.graph.get("vjp") and H.graph.get("loss") is None:
+        H = _add_cotangents(H, fdtype)
     return H
+
+
+def _add_cotangents(H, fdtype):
+    """A graph with ``vjp`` and no loss: the loss becomes Σ_k sum(output_k · cotangent_k).
+
+    Each output gets a cotangent input of its shape (``G.graph["cotangents"]``); every
+    param and float input is differentiated. The NumPy and Numba modules then offer
+    ``vjp(cotangents, **arrays)`` instead of ``value_and_grad``.
+    """
+    outputs = [o for o in H.graph["outputs"] if H.nodes[o][g.DTYPE] == fdtype]
+    if not outputs:
+        raise _err(GraphError, H, None, "vjp needs at least one float output")
+    wrt = [
+        n
+        for n in H
+        if H.nodes[n][g.KIND] == g.PARAM
+        or H.nodes[n][g.KIND] == g.INPUT
+        and H.nodes[n][g.DTYPE] == fdtype
+    ]
+    cotangents, terms = {}, []
+    for o in outputs:
+        c = g.fresh_id(H, f"{o}_cotangent")
+        H.add_node(
+            c,
+            kind=g.INPUT,
+            shape=tuple(H.nodes[o][g.SHAPE]),
+            dtype=fdtype,
+            **{g.SEQ: g.next_seq(H)},
+        )
+        cotangents[o] = c
+        p = g.fresh_id(H, f"{o}_dot_cotangent")
+        H.add_node(p, kind=g.OPNODE, op="mul", attrs={}, **{g.SEQ: g.next_seq(H)})
+        g.add_edge_arg(H, o, p, 0)
+        g.add_edge_arg(H, c, p, 1)
+        s = g.fresh_id(H, f"{o}_vjp_sum")
+        H.add_node(s, kind=g.OPNODE, op="sum", attrs={}, **{g.SEQ: g.next_seq(H)})
+        g.add_edge_arg(H, p, s, 0)
+        terms.append(s)
+    loss = terms[0]
+    if len(terms) > 1:
+        loss = g.fresh_id(H, "vjp_total")
+        H.add_node(loss, kind=g.OPNODE, op="add_n", attrs={}, **{g.SEQ: g.next_seq(H)})
+        for i, t in enumerate(terms):
+            g.add_edge_arg(H, t, loss, i)
+    H.graph.update(loss=loss, wrt=wrt, cotangents=cotangents)
+    return prepare(H)
 
 
 def _infer_op(H, n, fdtype):
