@@ -4,7 +4,10 @@ Python decides what each function computes exactly as for NumPy (same naming, sa
 schedule, same comments); :func:`graphgen.passes.fusion.find_groups` then picks maximal
 groups of broadcasting elementwise ops (with the ``sum``/``mean``/``sum_to_shape``
 reductions that follow them), and each group becomes one kernel: one loop nest over the
-group's shape, read off the arrays at run time, with the math of every node in comments.
+group's shape, with the math of every node in comments. Inside the loops over the leading
+axes, the group's nodes run in *stages*, each one loop over the last axis that LLVM
+vectorizes (:meth:`NumbaProgram._stages`); reductions accumulate per column of the last
+axis into one float64 array.
 Everything else (matmul, shape ops, the softmax family, losses) stays NumPy code in the
 Python-level function: BLAS does matmuls faster than a loop, and NumPy's vectorized
 transcendentals beat Numba's scalar ones on machines without Intel SVML (docs/numba.md).
@@ -17,12 +20,13 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
 ``fastmath``
     Compile kernels with ``fastmath=True`` (reassociation; results differ in the last bits).
 ``transcendentals``
-    ``"numpy"`` (the default without SVML) leaves exp, log, tanh, sigmoid, softplus, pow
-    (and in float32 sin, cos) to NumPy's SIMD loops; ``"numba"`` fuses them all as
-    ``np.tanh(...)`` etc., which Numba vectorizes only with SVML (the default with SVML);
-    ``"inline"`` fuses exp, tanh, sigmoid, sin and cos as branch-free vectorizable helpers
-    emitted into the module (graphgen/backends/numba_math.py; not the default yet: kernels
-    with a scalar ``sum`` tail do not vectorize without reassociation, docs/numba.md).
+    ``"inline"`` (the default without SVML, unless ``parallel`` or ``fastmath``) fuses
+    exp, tanh, sigmoid, sin and cos as branch-free vectorizable helpers emitted into the
+    module (graphgen/backends/numba_math.py; float64 only: a float32 module leaves them,
+    log, softplus and pow to NumPy); ``"numpy"`` (the default with ``parallel`` or
+    ``fastmath``) leaves exp, log, tanh, sigmoid, softplus, pow (and in float32 sin, cos)
+    to NumPy's SIMD loops; ``"numba"`` fuses them all as ``np.tanh(...)`` etc., which Numba
+    vectorizes only with SVML (the default with SVML).
 ``cache``
     ``cache=True`` on every kernel (default), so a second process that imports the same
     module file loads machine code from ``__pycache__`` instead of compiling.
@@ -105,6 +109,9 @@ NOPYTHON_ARRAY_OPS = frozenset(
         "sign",
     }
 )
+# A stage of a kernel (one loop over the last axis) touches at most this many arrays
+# besides the kernel's own row buffer and accumulator (NumbaProgram._stages).
+STAGE_ARRAYS = 4
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
@@ -196,7 +203,17 @@ class NumbaProgram(Program):
             fuse,
         )
         if transcendentals is None:
-            transcendentals = "numba" if svml_available() else "numpy"
+            # the inline helpers vectorize in the staged kernels; parallel kernels keep
+            # the element-at-a-time layout (per-chunk partial sums), where they would
+            # not, and fastmath (which Numba passes on to the helpers it compiles for a
+            # kernel) folds their rounding tricks away
+            transcendentals = (
+                "numba"
+                if svml_available()
+                else "numpy"
+                if parallel or fastmath
+                else "inline"
+            )
         if transcendentals not in ("numba", "numpy", "inline"):
             raise CodegenError(
                 f"transcendentals must be 'inline', 'numba' or 'numpy', got "
@@ -362,8 +379,8 @@ class NumbaProgram(Program):
         extents = []
         for k, d in enumerate(grp.domain):
             expr = None
-            if d == 1:
-                expr = Code("1")
+            if isinstance(d, int):  # checked by the caller: a constant LLVM can use
+                expr = Code(str(d))
             else:
                 for p in params:
                     s = A.nodes[p][g.SHAPE]
@@ -404,14 +421,24 @@ class NumbaProgram(Program):
                     count[p] = count.get(p, 0) + 1
                     cons[p] = n
         out_set = set(grp.outputs)
+        staged = not chunked
+        stage = self._stages(grp, pnames) if staged else dict.fromkeys(grp.nodes, 0)
         inline = {
             n
             for n in grp.members
             if n not in out_set
             and n not in self.namer
             and count.get(n, 0) == 1
+            and stage[cons[n]] == stage[n]
             and (cons[n] in grp.tails or self._scalar_uses_once(A.nodes[cons[n]][g.OP]))
         }
+        # members read by a later stage: one row of the kernel's row buffer each
+        slot = {}
+        for n in grp.nodes:
+            for p in g.operands(A, n):
+                if p in in_group and stage[p] != stage[n] and p not in slot:
+                    slot[p] = len(slot)
+        rows, accs = kn.fresh("rows"), kn.fresh("acc")
         local = {}
         k = 1
         out_set = set(grp.outputs)
@@ -454,9 +481,35 @@ class NumbaProgram(Program):
             ]
             tail_index[t] = (axes, parts)
             reduced_outer[t] = chunked and 0 in axes
+        # tails that keep no axis but the last (or none): one row of the kernel's float64
+        # accumulator each, indexed by the last axis, so that `acc[k, i] += v` vectorizes
+        # (a scalar `+=` is a reduction LLVM may not reorder)
+        acc_slot = {}
+        if staged:
+            for t in grp.tails:
+                kept_idx = [c for c in tail_index[t][1] if c != "0"]
+                if kept_idx in ([], [idx[R - 1]]):
+                    acc_slot[t] = len(acc_slot)
         for o in grp.outputs:
             arr = out_array[o]
-            if o in grp.tails:
+            if o in acc_slot:
+                axes, parts = tail_index[o]
+                k = acc_slot[o]
+                tail_index[o] = (axes, [Code(str(k)), idx[R - 1]], accs)
+                shape = self.shape_code_ext(A.nodes[o][g.SHAPE], ext, grp, o)
+                if any(c != "0" for c in parts):  # keeps the last axis
+                    conv = f"{accs}[{k}].astype(DTYPE)"
+                    if len(A.nodes[o][g.SHAPE]) != 1:
+                        conv += f".reshape({shape})"
+                elif parts:  # keeps no axis, but keepdims
+                    conv = f"np.full({shape}, {accs}[{k}].sum(), dtype=DTYPE)"
+                else:
+                    conv = f"{accs}[{k}].sum()"
+                after.append(Code(f"{arr} = {conv}"))
+                if A.nodes[o][g.OP] == "mean":
+                    count_ = " * ".join(ext[i] for i in sorted(axes)) or "1"
+                    after.append(Code(f"{arr} /= {count_}"))
+            elif o in grp.tails:
                 axes, parts = tail_index[o]
                 shape = self.shape_code_ext(A.nodes[o][g.SHAPE], ext, grp, o)
                 if reduced_outer[o]:
@@ -486,11 +539,26 @@ class NumbaProgram(Program):
                 arrays.append((arr, Code("empty"), shape))
             returns.append(arr)
 
+        if slot:
+            arrays.insert(
+                0, (rows, Code("empty"), Code(f"({len(slot)}, {ext[R - 1]})"))
+            )
+        if acc_slot:
+            arrays.insert(
+                0, (accs, Code("zeros"), Code(f"({len(acc_slot)}, {ext[R - 1]})"))
+            )
         here = Code("[" + ", ".join(idx) + "]")
-        for n in grp.nodes:
+        bodies = [[] for _ in range(max(stage.values(), default=0) + 1)]
+        order = [m for m in grp.members]
+        for t in grp.tails:  # a tail right after the member it reads
+            order.insert(order.index(g.operands(A, t)[0]) + 1, t)
+        for n in order:
+            body = bodies[stage[n]]
             args = []
             for p in g.operands(A, n):
-                if p in exprs:
+                if p in exprs and stage[p] != stage[n]:
+                    args.append(Code(f"{rows}[{slot[p]}, {idx[R - 1]}]"))
+                elif p in exprs:
                     args.append(wrap(exprs[p]) if p in inline else local[p])
                 else:
                     args.append(wrap(element(p)))
@@ -515,14 +583,18 @@ class NumbaProgram(Program):
                         out_array[n], Code(f"{out_array[n]}{here} = {local[n]}"), [], n
                     )
                 )
+            if n in slot:
+                target = Code(f"{rows}[{slot[n]}, {idx[R - 1]}]")
+                body.append(Statement(target, Code(f"{target} = {local[n]}"), [], n))
         depth = INDENT * (1 + R + (1 if chunked else 0))
-        for s in body:  # re-wrap the comments for the loop body's indentation
-            if s.comments:
-                s.comments = _wrap_comment(
-                    " ".join(c.strip() for c in s.comments), width=LINE - depth - 2
-                )
-        for s in body[1:]:
-            s.blank_before = bool(s.comments)
+        for body in bodies:
+            for s in body:  # re-wrap the comments for the loop body's indentation
+                if s.comments:
+                    s.comments = _wrap_comment(
+                        " ".join(c.strip() for c in s.comments), width=LINE - depth - 2
+                    )
+            for s in body[1:]:
+                s.blank_before = bool(s.comments)
 
         loops = []
         if chunked:
@@ -537,6 +609,10 @@ class NumbaProgram(Program):
             loops.append(Code(f"for {idx[0]} in range({ext[0]}):"))
         for i in range(1, R):
             loops.append(Code(f"for {idx[i]} in range({ext[i]}):"))
+        stages = [{"header": None, "body": bodies[0]}]
+        if staged:  # the last axis's loop once per stage, inside the other axes' loops
+            last = loops.pop()
+            stages = [{"header": last, "body": b} for b in bodies]
 
         options = ["cache=True"] if self.cache else []
         options.append('error_model="numpy"')
@@ -560,7 +636,8 @@ class NumbaProgram(Program):
             "arrays": arrays,
             "scalars": scalars,
             "loops": loops,
-            "body": body,
+            "stages": stages,
+            "acc": accs,
             "depth": depth,
             "after": after,
             "returns": Code(", ".join(returns)),
@@ -574,6 +651,46 @@ class NumbaProgram(Program):
             Code(text.replace("KERNEL_NAME", kname, 1).rstrip("\n")),
         )
         return kname, call_args
+
+    def _stages(self, grp, pnames):
+        """Split a group's nodes into stages, each one loop over the domain's last axis.
+
+        The loop of one stage is what LLVM vectorizes: a new stage starts before a
+        transcendental that reads (through this stage) another one, so that a chain of them
+        (W4's 30 ``tanh``) runs one link over a whole row at a time instead of one element
+        down the whole chain; and before a node that would make the stage touch more than
+        :data:`STAGE_ARRAYS` arrays besides the kernel's own row buffer and accumulator
+        (each pair of them costs LLVM a run-time overlap check, and past a few it gives up
+        vectorizing). Values a later stage reads go through the row buffer. Returns
+        ``{node: stage}``; a tail is in the stage of the member it reads.
+        """
+        A = self.A
+        stage, depth = {}, {}
+        cur, touched = 0, set()
+        members = set(grp.members)
+        outs = set(grp.outputs)
+        for n in grp.members:
+            ins = g.operands(A, n)
+            arrays = {
+                p
+                for p in ins
+                if p not in members
+                and A.nodes[p][g.KIND] != g.CONST
+                and A.nodes[p][g.SHAPE]
+            }
+            if n in outs:
+                arrays.add(n)
+            trans = A.nodes[n][g.OP] in TRANSCENDENTAL
+            d = max(
+                (depth[p] for p in ins if p in members and stage[p] == cur), default=0
+            )
+            if touched and (trans and d >= 1 or len(touched | arrays) > STAGE_ARRAYS):
+                cur, touched, d = cur + 1, set(), 0
+            stage[n], depth[n] = cur, d + trans
+            touched |= arrays
+        for t in grp.tails:
+            stage[t] = stage[g.operands(A, t)[0]]
+        return stage
 
     def shape_code_ext(self, shape, ext, grp, node):
         """A tail's shape in terms of the kernel's extents (its axes are domain axes)."""
