@@ -18,7 +18,6 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
-import networkx as nx
 
 from . import __version__, dims, ops
 from . import graph as g
@@ -30,6 +29,7 @@ from .passes.optimize import optimize
 from .passes.shapes import prepare
 
 BACKENDS = ("numpy", "numba")
+UNPACK_NAME = 24  # longer names get a short alias inside _unpack
 LINE = 88
 INDENT = 4
 
@@ -157,8 +157,35 @@ def fit(prefix, open_, items, close, indent, tuple_=False) -> Code:
     if indent + len(one) <= LINE or not items:
         return Code(one)
     pad = " " * (indent + INDENT)
-    body = "".join(f"{pad}{item},\n" for item in items)
+    body = "".join(f"{pad}{_fit_item(item, indent + INDENT)},\n" for item in items)
     return Code(f"{prefix}{open_}\n{body}{' ' * indent}{close}")
+
+
+def _subscript(head, key, indent) -> Code:
+    """``head[key]``, with the key on a line of its own when too long (as ruff does)."""
+    one = f"{head}[{key}]"
+    if indent + len(one) <= LINE:
+        return Code(one)
+    return Code(f"{head}[\n{' ' * (indent + INDENT)}{key}\n{' ' * indent}]")
+
+
+def _fit_item(item, indent):
+    """One item of a bracketed list on its own line; a ``key: call(...)`` entry too long
+    for it gets the call's arguments on a line of their own, as ruff does."""
+    if "\n" in item or indent + len(item) + 1 <= LINE:
+        return item
+    try:
+        node = ast.parse("{" + item + "}", mode="eval").body
+    except SyntaxError:
+        return item
+    if not isinstance(node, ast.Dict) or len(node.keys) != 1:
+        return item
+    key = ast.get_source_segment("{" + item + "}", node.keys[0])
+    value = item[len(key) :].lstrip()
+    if not value.startswith(":"):
+        return item
+    value = value[1:].lstrip()
+    return f"{key}: {call_lines(value, indent + len(key) + 2, indent)}"
 
 
 def condition(parts, indent=INDENT) -> Code:
@@ -420,10 +447,7 @@ class Program:
     # functions ----------------------------------------------------------------
     def needed(self, roots):
         """The roots and everything they are computed from."""
-        need = set()
-        for r in roots:
-            need |= nx.ancestors(self.A, r) | {r}
-        return need
+        return g.reach(self.A, roots)
 
     def function(self, name, roots, doc, returns_fn):
         A = self.A
@@ -497,15 +521,18 @@ class Program:
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
             too_long = self.longest_inlined(order, inline, names, exprs)
-            if too_long is None:
+            if not too_long:
                 break
-            inline.discard(too_long)
+            inline.difference_update(too_long)
 
         drops = memory.frees(program, keep)
         inlined = {n: self._inlined_children(n, inline) for n, _ in program}
         self.programs[name] = (program, keep, inlined)
 
         statements = []
+        last_named = {}  # name -> the last statement that assigns or reads it
+        for i, (n, _) in enumerate(program):
+            last_named[names[n]] = i
         for i, (n, _) in enumerate(program):
             comments = self.comments(n, names)
             blank = bool(comments) and bool(statements)
@@ -514,8 +541,11 @@ class Program:
                 terms = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 st.expr, st.accumulate = terms[0], terms[1:]
             # a name still in use (shared by a value written into the same buffer) stays
-            live = {names[v] for v, _ in program[i + 1 :]} | {names[n]}
-            dels = [names[v] for v in drops[i] if names[v] not in live]
+            dels = [
+                names[v]
+                for v in drops[i]
+                if names[v] != names[n] and last_named[names[v]] <= i
+            ]
             st.dels = unpack_line("del ", dels, "", INDENT) if dels else None
             if A.nodes[n][g.OP] == "add_n" and not st.accumulate:
                 st.expr = operator_chain(
@@ -629,15 +659,20 @@ class Program:
         return out
 
     def longest_inlined(self, order, inline, names, exprs):
-        """In the first statement longer than a line, its longest inlined temporary (the
-        one to materialize next), or None when every statement fits."""
+        """In each statement longer than a line, its longest inlined temporary (the one
+        to materialize next); empty when every statement fits.
+
+        Statements inline disjoint sets of temporaries, so fixing all of them in one
+        round gives the code one statement at a time would, in far fewer rounds.
+        """
+        out = []
         for n in order:
             if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
                 continue
             kids = self._inlined_children(n, inline)
             if kids:
-                return max(kids, key=lambda p: len(exprs[p]))
-        return None
+                out.append(max(kids, key=lambda p: len(exprs[p])))
+        return out
 
     def _reads(self, n, inline):
         """The materialized values statement ``n`` reads, through inlined temporaries."""
@@ -1009,7 +1044,20 @@ class Program:
         the ValueError that names it and its expected shape.
         """
         A = self.A
-        idents = [self.namer[n] for n in arrays]
+        callers = [self.namer[n] for n in arrays]
+        # inside _unpack a long name (an ONNX tensor's, say) gets a short local alias, so
+        # that every check stays one line
+        local = Namer()
+        local.taken = set(callers) | {
+            self.namer[("dim", s)]
+            for n in arrays
+            for d in A.nodes[n][g.SHAPE]
+            for s in dims.symbols(d)
+        }
+        idents = [
+            c if len(c) <= UNPACK_NAME else local.fresh(f"a{i}")
+            for i, c in enumerate(callers)
+        ]
         steps, bound = [], set()
         symbols = []
         for n, ident in zip(arrays, idents):
@@ -1041,15 +1089,20 @@ class Program:
                 parts = []
             parts.append(f"{ident}.shape != {self.shape_code(shape, set())}")
             steps.append({"condition": condition(parts)})
-        names = idents + [self.namer[("dim", d)] for d in symbols]
+        dim_names = [self.namer[("dim", d)] for d in symbols]
+        names = idents + dim_names
+        outer = callers + dim_names
         return {
-            "arrays": [(ident, literal(n)) for n, ident in zip(arrays, idents)],
+            "arrays": [
+                _subscript(f"{ident} = arrays", literal(n), INDENT)
+                for n, ident in zip(arrays, idents)
+            ],
             "steps": steps,
             "returns": unpack_line("return ", names, "", INDENT)
             if names
             else Code("return ()"),
-            "call": unpack_line("", names, " = _unpack(arrays)", INDENT)
-            if names
+            "call": unpack_line("", outer, " = _unpack(arrays)", INDENT)
+            if outer
             else Code("_unpack(arrays)"),
         }
 
@@ -1091,8 +1144,18 @@ def _wrap_comment(text, width=LINE - INDENT - 2):
     """A comment as lines that fit the line length (continuations indented)."""
     import textwrap
 
+    words = []
+    for word in str(_comment(text)).split(" "):
+        # a token longer than a line (long names inside math) breaks after ) / ( or ·
+        while len(word) > width - 2:
+            cut = max(word.rfind(c, 0, width - 2) for c in ")/(·")
+            if cut <= 0:
+                break
+            words.append(word[: cut + 1])
+            word = word[cut + 1 :]
+        words.append(word)
     lines = textwrap.wrap(
-        str(_comment(text)),
+        " ".join(words),
         width=width,
         subsequent_indent="  ",
         break_long_words=False,

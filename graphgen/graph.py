@@ -108,3 +108,20 @@ def schedule(G, nodes=None):
 
 def source_of(G):
     return G.graph.get("source") or "<graph>"
+
+
+def reach(G, starts, backward=True):
+    """``starts`` and every node they are computed from (``backward``) or feed into.
+
+    One traversal for all starts: asking networkx for each start's ancestors separately
+    costs a pass over the graph per start (thousands, for a big model's gradients).
+    """
+    step = G.predecessors if backward else G.successors
+    seen = set(starts)
+    stack = list(seen)
+    while stack:
+        for p in step(stack.pop()):
+            if p not in seen:
+                seen.add(p)
+                stack.append(p)
+    return seen

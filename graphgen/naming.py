@@ -40,6 +40,10 @@ RESERVED = (
 )
 
 IDENT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Longer identifiers keep their start and end (scope and role): an imported model's
+# tensor names run to 70 characters, and a statement must still fit a line.
+MAX_IDENT = 40
+HEAD = 15
 
 
 class Code(str):
@@ -57,6 +61,8 @@ def sanitize(name) -> str:
     s = re.sub(r"_+", "_", s)
     if not s:
         s = "node"
+    if len(s) > MAX_IDENT:
+        s = s[:HEAD].rstrip("_") + "_" + s[-(MAX_IDENT - HEAD - 1) :].lstrip("_")
     if s[0].isdigit():
         s = "v" + s
     if s in RESERVED:

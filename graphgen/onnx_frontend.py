@@ -955,6 +955,60 @@ class Importer:
             )
         raise Unsupported("constant indices that are not a contiguous range")
 
+    def op_Slice(self, node, ins, attrs):
+        x = self.value(ins[0])
+        shape = self.shape[x]
+        if self.opset < 10:
+            starts, ends = list(attrs["starts"]), list(attrs["ends"])
+            axes = list(attrs.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts = [int(v) for v in self.need_const(ins[1], "starts")]
+            ends = [int(v) for v in self.need_const(ins[2], "ends")]
+            axes = (
+                [int(v) for v in self.need_const(ins[3], "axes")]
+                if len(ins) > 3 and ins[3]
+                else list(range(len(starts)))
+            )
+            steps = (
+                [int(v) for v in self.need_const(ins[4], "steps")]
+                if len(ins) > 4 and ins[4]
+                else [1] * len(starts)
+            )
+        out = x
+        todo = list(zip(axes, starts, ends, steps))
+        for k, (axis, start, end, step) in enumerate(todo):
+            axis %= len(shape)
+            if step < 1:
+                raise Unsupported("negative steps")
+            size = shape[axis]
+            if isinstance(size, int):
+                start, end, step = slice(start, end, step).indices(size)
+                if start == 0 and end >= size and step == 1:
+                    continue  # the whole axis
+            name = node.output[0] if k == len(todo) - 1 else f"{node.output[0]}/{k}"
+            out = self.emit(
+                "slice", [out], name, axis=axis, start=start, stop=end, step=step
+            )
+        return out
+
+    def op_Size(self, node, ins, attrs):
+        shape = self.dims_of(ins[0])
+        if not all(isinstance(d, int) for d in shape):
+            raise Unsupported("the size is symbolic (known only at run time)")
+        self.t[node.output[0]] = ("const", np.asarray(int(np.prod(shape)), np.int64))
+
+    def op_CastLike(self, node, ins, attrs):
+        kind, target = self.t[ins[1]]
+        is_float = (
+            target not in self.is_int
+            if kind == "node"
+            else np.asarray(target).dtype.kind == "f"
+        )
+        if not is_float or self.t[ins[0]][0] == "node" and self.t[ins[0]][1] in self.is_int:
+            raise Unsupported("casts other than float to float")
+        return self.value(ins[0])
+
     def op_Cast(self, node, ins, attrs):
         _, v = self.t[ins[0]]
         to = attrs.get("to")
@@ -969,7 +1023,7 @@ class Importer:
 
 
 # Ops whose handlers deal with known inputs themselves (weights, not shapes).
-NO_FOLD = {"ConstantOfShape", "Constant", "Shape"}
+NO_FOLD = {"ConstantOfShape", "Constant", "Shape", "Size"}
 
 
 def _ident(name):

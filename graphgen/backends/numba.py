@@ -296,9 +296,9 @@ class NumbaProgram(Program):
                 args = [self.value(p, exprs, names) for p in g.operands(A, n)]
                 exprs[n] = self.render_op(n, args, used)
             too_long = self.longest_inlined(plain, inline, names, exprs)
-            if too_long is None:
+            if not too_long:
                 break
-            inline.discard(too_long)
+            inline.difference_update(too_long)
 
         statements = []
         backward = False

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import warnings
 
-import networkx as nx
-
 from .. import graph as g
 from .. import ops
 from ..errors import GradientError, GraphgenError, GraphgenWarning
@@ -99,11 +97,7 @@ class Builder:
 
 def relevant_nodes(G, loss, wrt):
     """Nodes on a path from some ``wrt`` node to the loss: the only ones that get adjoints."""
-    upstream = nx.ancestors(G, loss) | {loss}
-    downstream = set()
-    for w in wrt:
-        downstream |= nx.descendants(G, w) | {w}
-    return upstream & downstream
+    return g.reach(G, [loss]) & g.reach(G, wrt, backward=False)
 
 
 def adjoint(G, loss=None, wrt=None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import networkx as nx
 import numpy as np
 
 from .. import graph as g
@@ -37,8 +36,12 @@ def _roots(G):
     return roots
 
 
-def _replace(G, old, new):
-    """Route every use of ``old`` to ``new`` and delete ``old``."""
+def _replace(G, old, new, relabel=True):
+    """Route every use of ``old`` to ``new`` and delete ``old``.
+
+    ``relabel=False`` leaves the backward nodes' labels to one :func:`_relabel` pass
+    over the graph for a whole batch of merges (CSE makes hundreds on a large model).
+    """
     for s in list(G.successors(old)):
         for i in G.edges[old, s][g.POS]:
             g.add_edge_arg(G, new, s, i)
@@ -61,21 +64,29 @@ def _replace(G, old, new):
             }
             for p in G.graph["passes"]
         ]
-    # the labels of backward nodes name the forward nodes they came through: follow the merge
+    G.remove_node(old)
+    if relabel:
+        _relabel(G, {old: new})
+
+
+def _relabel(G, merged):
+    """The labels of backward nodes name the forward nodes they came through: follow
+    the merges ``merged`` (old -> new, possibly chained)."""
+
+    def final(k):
+        while k in merged:
+            k = merged[k]
+        return k
+
     for n in G:
         a = G.nodes[n]
         note = a.get(g.NOTE)
-        if note and old in note[1].values():
-            a[g.NOTE] = (
-                note[0],
-                {k: (new if v == old else v) for k, v in note[1].items()},
-                note[2],
-            )
-        if g.SUMS in a and old in a[g.SUMS]:
-            a[g.SUMS] = [new if k == old else k for k in a[g.SUMS]]
-        if g.CONTRIB in a and old in a[g.CONTRIB]:
-            a[g.CONTRIB] = tuple(new if k == old else k for k in a[g.CONTRIB])
-    G.remove_node(old)
+        if note and any(v in merged for v in note[1].values()):
+            a[g.NOTE] = (note[0], {k: final(v) for k, v in note[1].items()}, note[2])
+        if g.SUMS in a and any(k in merged for k in a[g.SUMS]):
+            a[g.SUMS] = [final(k) for k in a[g.SUMS]]
+        if g.CONTRIB in a and any(k in merged for k in a[g.CONTRIB]):
+            a[g.CONTRIB] = tuple(final(k) for k in a[g.CONTRIB])
 
 
 def _const_value(G, n):
@@ -217,24 +228,24 @@ def cse(G):
     """Common-subexpression elimination: merge nodes computing the same op on the same args."""
     H = G.copy()
     keep = _protected(H)
-    seen = {}
+    seen, merged = {}, {}
     for n in g.schedule(H):
         key = _key(H, n)
         if key is None:
             continue
         if key in seen and n not in keep:
-            _replace(H, n, seen[key])
+            _replace(H, n, seen[key], relabel=False)
+            merged[n] = seen[key]
         else:
             seen.setdefault(key, n)
+    _relabel(H, merged)
     return H
 
 
 def dce(G):
     """Dead-code elimination: drop nodes that no output, loss or gradient needs."""
     H = G.copy()
-    live = set(_protected(H))
-    for r in _roots(H):
-        live |= nx.ancestors(H, r) | {r}
+    live = set(_protected(H)) | g.reach(H, list(_roots(H)))
     H.remove_nodes_from([n for n in list(H) if n not in live])
     if H.graph.get("adjoints"):
         H.graph["adjoints"] = {j: v for j, v in H.graph["adjoints"].items() if v in H}

@@ -101,10 +101,9 @@ def prepare(G):
             source=g.source_of(H),
         )
 
-    try:
+    cycle = None
+    if not nx.is_directed_acyclic_graph(H):  # fast; find_cycle only to report one
         cycle = nx.find_cycle(H)
-    except nx.NetworkXNoCycle:
-        cycle = None
     if cycle:
         path = " -> ".join(repr(u) for u, _ in cycle) + f" -> {cycle[0][0]!r}"
         raise _err(GraphError, H, cycle[0][0], f"the graph has a cycle: {path}")
