@@ -321,3 +321,11 @@ def test_to_spec_reports_bad_inputs_clearly(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(SpecError, match="cannot read ONNX model"):
         graphgen.load(bad)
+
+
+def test_check_and_explain_work_on_a_vjp_module(tmp_path):
+    path = save(mlp_model(), tmp_path)
+    report = graphgen.check(graphgen.load(path))
+    assert report.ok and sorted(r.name for r in report.rows) == ["W1", "W2", "b1", "x"]
+    text = graphgen.explain(graphgen.load(path), "b1", values=True)
+    assert "✓" in text and "✗" not in text
