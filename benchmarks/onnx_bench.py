@@ -108,21 +108,25 @@ def compile_times(jit):
 
 def _numba_first_call(name):
     code = (
-        "import sys, time, onnx; sys.path[:0] = [%r, %r]\n"
+        f"import sys, time, onnx; sys.path[:0] = [{str(REPO)!r}, {str(HERE)!r}]\n"
         "import graphgen, onnx_bench\n"
         "from onnx.backend.test.runner import Runner\n"
-        "p = onnx_bench.light(%r); m = onnx.load(p)\n"
+        f"p = onnx_bench.light({name!r}); m = onnx.load(p)\n"
         "mod = graphgen.compile(graphgen.load(p, vjp=False), backend='numba')\n"
         "inits = {i.name for i in m.graph.initializer}\n"
         "feeds = {x.name: Runner.generate_dummy_data(x) for x in m.graph.input "
         "if x.name not in inits}\n"
         "t = time.perf_counter(); mod.forward(**feeds, **mod.init_params())\n"
         "print(time.perf_counter() - t)\n"
-    ) % (str(REPO), str(HERE), name)
+    )
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, **ENV, "GRAPHGEN_CACHE_DIR": cache}
         out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
@@ -230,7 +234,7 @@ def run_child(impl, args, forward_only):
     ] + (["--forward"] if forward_only else [])
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, **ENV, "GRAPHGEN_CACHE_DIR": cache}
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         return None, out.stderr.strip().splitlines()[-1][:200]
     return json.loads(out.stdout.strip().splitlines()[-1]), None
@@ -264,8 +268,10 @@ def resnet50(args):
         "ort": "onnxruntime",
     }
     lines = [
-        f"ResNet-50, batch {args.batch}, 224×224, float32, {THREADS} threads; "
-        f"median of {args.rounds} rounds",
+        (
+            f"ResNet-50, batch {args.batch}, 224×224, float32, {THREADS} threads; "
+            f"median of {args.rounds} rounds"
+        ),
         "",
         "| pass | implementation | ms | ratio | compile + first call s |",
         "|---|---|---|---|---|",
