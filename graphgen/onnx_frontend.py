@@ -49,7 +49,21 @@ def _onnx():
 
 def _attrs(node):
     onnx = _onnx()
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if a.type == onnx.AttributeProto.FLOAT:
+            v = _shortest(v)
+        elif a.type == onnx.AttributeProto.FLOATS:
+            v = [_shortest(x) for x in v]
+        out[a.name] = v
+    return out
+
+
+def _shortest(v):
+    """A float32 attribute as the shortest decimal that is that float32: 1e-05, not
+    1.0000000656873453e-05 (the value a float32 computation sees is the same)."""
+    return float(str(np.float32(v)))
 
 
 def _s(v):
