@@ -60,6 +60,9 @@ def _domain(G, n):
 def random_arrays(G, seed=0, sizes=None, dtype=None):
     """Random arrays for every input and param of ``G``, keyed by name.
 
+    Params with ``init: weights`` (an imported model's) get their stored values instead:
+    a model's gradients are checked where the model is.
+
     Parameters
     ----------
     G : networkx.DiGraph
@@ -79,6 +82,9 @@ def random_arrays(G, seed=0, sizes=None, dtype=None):
         if a[g.KIND] not in (g.INPUT, g.PARAM):
             continue
         shape = concrete(a[g.SHAPE], sizes)
+        if a[g.KIND] == g.PARAM and a.get(g.INIT) == "weights":
+            out[n] = np.asarray(G.graph["weights"][n], dtype=fdtype)
+            continue
         domain, extra = _domain(G, n)
         if a[g.DTYPE] == "int64":
             high = extra if isinstance(extra, int) else sizes.get(extra, 2)
@@ -170,7 +176,9 @@ def check(G, seed=0, tol=1e-6, eps=1e-6, max_elements=64, arrays=None, module=No
     if arrays is None:
         arrays = random_arrays(G, seed=seed, dtype="float64")
     arrays = {k: np.array(v) for k, v in arrays.items()}
-    cotangents = {o: arrays.pop(c) for o, c in (G.graph.get("cotangents") or {}).items()}
+    cotangents = {
+        o: arrays.pop(c) for o, c in (G.graph.get("cotangents") or {}).items()
+    }
     if cotangents:  # a vjp module: the loss is Σ_k <cotangent_k, output_k>
         grads = mod.vjp(cotangents, **arrays)
 

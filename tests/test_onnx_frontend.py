@@ -329,3 +329,42 @@ def test_check_and_explain_work_on_a_vjp_module(tmp_path):
     assert report.ok and sorted(r.name for r in report.rows) == ["W1", "W2", "b1", "x"]
     text = graphgen.explain(graphgen.load(path), "b1", values=True)
     assert "✓" in text and "✗" not in text
+
+
+def test_lenet_example_is_current_compiles_and_checks(tmp_path):
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import make_lenet_onnx
+    finally:
+        sys.path.pop(0)
+    path = REPO / "examples" / "lenet.onnx"
+    assert path.read_bytes() == make_lenet_onnx.lenet().SerializeToString()
+    out = tmp_path / "lenet.py"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graphgen.cli",
+            "compile",
+            str(path),
+            "-o",
+            str(out),
+            "--loss",
+            "softmax_cross_entropy",
+            "--labels",
+            "digit",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    G = graphgen.load(path, loss="softmax_cross_entropy", labels="digit")
+    assert graphgen.check(G).ok
+    m = graphgen.compile(G)
+    x = np.random.default_rng(7).random((3, 1, 28, 28), dtype=np.float32)
+    want = ReferenceEvaluator(make_lenet_onnx.lenet()).run(None, {"image": x})[0]
+    got = m.forward(image=x, digit=np.array([1, 2, 3]), **m.init_params())["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
