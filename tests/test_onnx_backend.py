@@ -100,8 +100,6 @@ EXCLUDED = {
     "supports opsets 7 and newer",
     r"^test_identity_(opt|sequence)": "optional and sequence types",
     r"_bool_inputs": "boolean tensors",
-    r"^test_batchnorm_.*training_mode": "BatchNormalization training mode with "
-    "saved mean/inv-std outputs (the running statistics are supported)",
     r"^test_gather_elements|^test_gathernd": "GatherElements and GatherND are "
     "different ops",
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
