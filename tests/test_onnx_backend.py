@@ -67,6 +67,8 @@ SUPPORTED = {
     "Shape": "shape",
     "Sigmoid": "sigmoid",
     "Sin": "sin",
+    "Size": "size",
+    "Slice": "slice",
     "Softmax": "softmax",
     "Softplus": "softplus",
     "Split": "split",
@@ -85,10 +87,12 @@ EXCLUDED = {
     "computes and differentiates float tensors (int64 only as labels and indices)",
     r"_(float16|bfloat16|fp16)": "float16/bfloat16: graphgen modules are float32 "
     "or float64",
-    r"^test_shape(_|$)": "a Shape whose result is a model output: shapes are folded "
-    "at compile time and a module's outputs are float tensors",
-    r"^test_constantofshape_": "the shape is a run-time input of int32 or produces "
-    "integers; inside models ConstantOfShape of a constant shape is supported",
+    r"^test_(shape|size)(_|$)": "a Shape or Size whose result is a model output: "
+    "shapes are folded at compile time and a module's outputs are float tensors",
+    r"^test_constantofshape_int": "ConstantOfShape producing integers as the model's "
+    "output (a module's outputs are float tensors)",
+    r"^test_slice_neg_steps": "Slice with negative steps (graphgen's slice steps "
+    "forward)",
     r"^test_(clip|leakyrelu)\w*_expanded": "expanded function bodies built from "
     "Less and Where (boolean tensors)",
     r"^test_dropout_default_mask|^test_training_dropout": "Dropout in training mode "
