@@ -1019,7 +1019,11 @@ class Importer:
             if kind == "node"
             else np.asarray(target).dtype.kind == "f"
         )
-        if not is_float or self.t[ins[0]][0] == "node" and self.t[ins[0]][1] in self.is_int:
+        if (
+            not is_float
+            or self.t[ins[0]][0] == "node"
+            and self.t[ins[0]][1] in self.is_int
+        ):
             raise Unsupported("casts other than float to float")
         return self.value(ins[0])
 

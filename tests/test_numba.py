@@ -226,15 +226,23 @@ def deep(tmp_path_factory):
 
 def test_transcendentals_default_without_svml(deep):
     """Without SVML, float64 tanh/sigmoid are fused as the inline helpers (they vectorize
-    in the staged kernels); float32, parallel and fastmath modules leave them to NumPy."""
+    in the staged kernels); float32 ones too with transcendentals="inline" (by default
+    only float32 sin/cos are); parallel and fastmath modules leave them to NumPy."""
     from graphgen.backends.numba import svml_available
 
     if svml_available():
         pytest.skip("with SVML every transcendental is fused as np.*")
-    src = graphgen.generate(deep[0], backend="numba", whole=False)
-    python_level = src.split("def _check")[1]
-    assert "np.tanh(" not in python_level and "_nb_tanh(" in src
-    for options in ({"dtype": "float32"}, {"parallel": True}, {"fastmath": True}):
+    for dtype, options in (("float64", {}), ("float32", {"transcendentals": "inline"})):
+        src = graphgen.generate(
+            deep[0], backend="numba", whole=False, dtype=dtype, **options
+        )
+        python_level = src.split("def _check")[1]
+        assert "np.tanh(" not in python_level and "_nb_tanh(" in src
+        assert ("_nb_i2f(np.int32(" in src) == (dtype == "float32")  # float32 helpers
+    # float32 by default: sin and cos inline, exp/tanh/sigmoid NumPy's
+    src = graphgen.generate(deep[0], backend="numba", whole=False, dtype="float32")
+    assert "np.tanh(" in src.split("def _check")[1] and "_nb_tanh(" not in src
+    for options in ({"parallel": True}, {"fastmath": True}):
         src = graphgen.generate(deep[0], backend="numba", whole=False, **options)
         python_level = src.split("def _check")[1]
         assert "np.tanh(" in python_level and "_nb_tanh(" not in src, options
@@ -666,3 +674,59 @@ def test_whole_function_mode_reduction_of_a_0d_value():
     (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
     assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
     _close(g1["b"], g2["b"], "grad b")
+
+
+SHARED = """
+name: shared
+inputs:
+  x: [4, 8]
+  y: [batch, 8]
+params:
+  a: {shape: [8], init: normal}
+  b: {shape: [8], init: normal}
+nodes:
+  u: {op: mul, args: [x, a]}
+  r: {op: relu, args: [u]}
+  v: {op: mul, args: [y, b]}
+  s: {op: relu, args: [v]}
+  p: {op: sum, args: [r]}
+  q: {op: sum, args: [s]}
+  loss: {op: add, args: [p, q]}
+loss: loss
+outputs: [loss, r, s]
+"""
+
+
+def test_identical_kernels_are_emitted_once(tmp_path):
+    """Groups whose kernels differ only in names and sizes share one generically named
+    kernel (compiled once by Numba), whose docstring lists the groups it serves."""
+    import re
+
+    path = tmp_path / "shared.yaml"
+    path.write_text(SHARED)
+    G = graphgen.load(path)
+    ref = graphgen.compile(G)
+    for whole in (True, False):
+        mod = graphgen.compile(G, backend="numba", whole=whole)
+        src = mod.__source__
+        kernels = src.split("def _check")[0]
+        names = re.findall(r"^def (_k_\w+)\(", kernels, re.MULTILINE)
+        assert len(names) == len(set(names))
+        shared = [n for n in names if n.startswith("_k_shared")]
+        assert shared, src
+        doc = " ".join(kernels.split(f"def {shared[0]}(")[1].split('"""')[1].split())
+        assert "shared by 2 fused groups" in doc
+        assert re.search(r"\br\b.* over \(4, 8\); .*\bs\b.* over \(batch, 8\)", doc)
+        assert src.count(f"{shared[0]}(") >= 3  # defined once, called for both
+        for batch in (1, 5):
+            arrays = random_arrays(G, seed=batch, sizes={"batch": batch})
+            (l1, g1), (l2, g2) = (
+                ref.value_and_grad(**arrays),
+                mod.value_and_grad(**arrays),
+            )
+            assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+            for k in g1:
+                _close(g1[k], g2[k], k)
+            f1, f2 = ref.forward(**arrays), mod.forward(**arrays)
+            for k in f1:
+                _close(f1[k], f2[k], k)

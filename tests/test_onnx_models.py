@@ -145,6 +145,7 @@ def test_imported_model_code_is_formatted_and_lint_clean(name):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout.decode()[:3000]
+
     def width(line):  # combining marks (the bar of x̄) take no column
         return sum(not unicodedata.combining(c) for c in line)
 

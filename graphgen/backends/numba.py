@@ -4,7 +4,9 @@ Python decides what each function computes exactly as for NumPy (same naming, sa
 schedule, same comments); :func:`graphgen.passes.fusion.find_groups` then picks maximal
 groups of broadcasting elementwise ops (with the ``sum``/``mean``/``sum_to_shape``
 reductions that follow them), and each group becomes one kernel: one loop nest over the
-group's shape, with the math of every node in comments. Inside the loops over the leading
+group's shape, with the math of every node in comments. Groups whose kernels are the same
+but for names and sizes (the relu of every layer of a CNN) share one kernel, emitted once
+with generic names, so Numba compiles it once. Inside the loops over the leading
 axes, the group's nodes run in *stages*, each one loop over the last axis that LLVM
 vectorizes (:meth:`NumbaProgram._stages`); reductions accumulate per column of the last
 axis into one float64 array.
@@ -22,8 +24,8 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
 ``transcendentals``
     ``"inline"`` (the default without SVML, unless ``parallel`` or ``fastmath``) fuses
     exp, tanh, sigmoid, sin and cos as branch-free vectorizable helpers emitted into the
-    module (graphgen/backends/numba_math.py; float64 only: a float32 module leaves them,
-    log, softplus and pow to NumPy); ``"numpy"`` (the default with ``parallel`` or
+    module (graphgen/backends/numba_math.py, in float64 or float32 as the module; log,
+    softplus and pow stay NumPy calls); ``"numpy"`` (the default with ``parallel`` or
     ``fastmath``) leaves exp, log, tanh, sigmoid, softplus, pow (and in float32 sin, cos)
     to NumPy's SIMD loops; ``"numba"`` fuses them all as ``np.tanh(...)`` etc., which Numba
     vectorizes only with SVML (the default with SVML).
@@ -43,6 +45,7 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from functools import cache
@@ -80,6 +83,9 @@ TRANSCENDENTAL = frozenset(
 # NumPy's float64 sin and cos are scalar libm loops too: fusing them costs nothing.
 SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
 
+
+# float32 ops left to NumPy under the default policy even though they have inline helpers
+FLOAT32_NUMPY_BY_DEFAULT = frozenset({"exp", "tanh", "sigmoid"})
 
 # Whole-function mode (auto) is off when a function computes one of the transcendentals
 # NumPy runs faster (SIMD_IN_NUMPY) on more than this many elements (symbolic sizes count
@@ -202,6 +208,7 @@ class NumbaProgram(Program):
             cache,
             fuse,
         )
+        default = transcendentals is None
         if transcendentals is None:
             # the inline helpers vectorize in the staged kernels; parallel kernels keep
             # the element-at-a-time layout (per-chunk partial sums), where they would
@@ -223,10 +230,16 @@ class NumbaProgram(Program):
         self.exclude = numba_math.excluded(
             transcendentals, SIMD_IN_NUMPY[self.dtype], self.dtype
         )
+        if default and transcendentals == "inline" and self.dtype == "float32":
+            # by default only sin and cos: the float32 exp/tanh helpers are as fast as
+            # NumPy's in a plain loop, but W4's staged float32 kernels ran ~2x slower
+            # with them than with NumPy's tanh (docs/numba.md)
+            self.exclude |= FLOAT32_NUMPY_BY_DEFAULT
         self.scalar = env.get_template("numba/scalar.j2").make_module(
             {"inline_math": transcendentals == "inline"}
         )
-        self.kernels = {}  # kernel source without its name -> (name, rendered text)
+        # generic kernel text -> (name, the first group's text, the groups it serves)
+        self.kernels = {}
         self.kernel_names = set()
         self._init_whole(env, whole)
 
@@ -357,16 +370,47 @@ class NumbaProgram(Program):
         return stmts
 
     def kernel(self, grp, names, used):
-        """Render the kernel of ``grp`` (once per distinct body); its name and call args."""
+        """The kernel of ``grp``, its name and call args: one kernel per distinct body.
+
+        The kernel is rendered twice: as it reads (the group's names, its math in
+        comments) and with generic names and no comments, the key. Groups with the same
+        key (e.g. the relu of every layer of a CNN) share one kernel, so Numba compiles it
+        once; :meth:`context` emits a kernel that serves several groups in its generic form
+        under a generic name, with the groups it serves in its docstring.
+        """
+        text, call_args = self._render_kernel(grp, names, used, False)
+        key, _ = self._render_kernel(grp, names, used, True)
+        show = self.display(names)
+        served = (
+            dims.fmt_shape(grp.domain),
+            Code("/".join(show(n) for n in grp.outputs)),
+        )
+        entry = self.kernels.get(key)
+        if entry is None:
+            entry = (self._kernel_name(grp, names), text, ())
+        if served not in entry[2]:
+            entry = (entry[0], entry[1], entry[2] + (served,))
+        self.kernels[key] = entry
+        return entry[0], call_args
+
+    def _render_kernel(self, grp, names, used, generic):
+        """The text of ``grp``'s kernel (named KERNEL_NAME) and its call args; ``generic``:
+        parameters and locals named a0, t1, ..., no comments (the key for sharing)."""
         A = self.A
         R = len(grp.domain)
         kn = Namer()
-        kn.taken = set(self.namer.taken) | set(names.values())
         params = list(grp.inputs)
-        pnames = {p: self._arg_name(p, names) for p in params}
+        if generic:
+            kn.taken = {"DTYPE", "np", "numba"}
+            pnames = {p: kn.fresh(f"a{k}") for k, p in enumerate(params)}
+        else:
+            kn.taken = set(self.namer.taken) | set(names.values())
+            pnames = {p: self._arg_name(p, names) for p in params}
         pcode = [pnames[p] for p in params]
         call_args = [
-            Code(f"DTYPE({pnames[p]})") if len(A.nodes[p][g.SHAPE]) == 0 else pnames[p]
+            Code(f"DTYPE({self._arg_name(p, names)})")
+            if len(A.nodes[p][g.SHAPE]) == 0
+            else self._arg_name(p, names)
             for p in params
         ]
         idx = [kn.fresh(f"i{k}") for k in range(R)]
@@ -375,28 +419,27 @@ class NumbaProgram(Program):
         if chunked:
             nt, c = kn.fresh("nt"), kn.fresh("c")
 
-        # the extent of each axis, read off an input that has it
+        # the extent of each axis, read off an input that has it; a size the spec fixes
+        # is (also) a constant, which LLVM can use (the caller has checked it): see below
         extents = []
         for k, d in enumerate(grp.domain):
             expr = None
-            if isinstance(d, int):  # checked by the caller: a constant LLVM can use
-                expr = Code(str(d))
-            else:
-                for p in params:
-                    s = A.nodes[p][g.SHAPE]
-                    j = k - (R - len(s))
-                    if 0 <= j < len(s) and s[j] == d:
-                        expr = Code(f"{pnames[p]}.shape[{j}]")
-                        break
-            if expr is None:  # a size only an attribute names (broadcast_to): pass it
-                pcode.append(ext[k])
+            for p in params:
+                s = A.nodes[p][g.SHAPE]
+                j = k - (R - len(s))
+                if 0 <= j < len(s) and s[j] == d:
+                    expr = Code(f"{pnames[p]}.shape[{j}]")
+                    break
+            const = Code(str(d)) if isinstance(d, int) else None
+            if expr is None and const is None:  # a size only an attribute names
+                pcode.append(ext[k])  # (broadcast_to): pass it
                 call_args.append(self.dim(d, used))
                 continue
-            extents.append((ext[k], expr))
+            extents.append((ext[k], const, expr))
         if chunked:  # Numba's thread count, read by the caller (cache=True-safe)
             pcode.append(nt)
             call_args.append(Code("numba.get_num_threads()"))
-            extents.append((nt, Code(f"min({nt}, max(1, {ext[0]} // 8))")))
+            extents.append((nt, None, Code(f"min({nt}, max(1, {ext[0]} // 8))")))
 
         def index_of(shape):
             s = [
@@ -407,8 +450,11 @@ class NumbaProgram(Program):
 
         def element(p):
             a = A.nodes[p]
-            if a[g.KIND] == g.CONST:
-                return literal(float(a[g.VALUE]))
+            if a[g.KIND] == g.CONST:  # a float32 one in float32 modules, as in NumPy
+                value = literal(float(a[g.VALUE]))  # (a bare literal is a float64 in
+                if self.dtype == "float32":  # Numba, which widens the arithmetic)
+                    return Code(f"np.float32({value})")
+                return value
             shape = a[g.SHAPE]
             return Code(pnames[p] + index_of(shape)) if shape else pnames[p]
 
@@ -427,7 +473,7 @@ class NumbaProgram(Program):
             n
             for n in grp.members
             if n not in out_set
-            and n not in self.namer
+            and (generic or n not in self.namer)
             and count.get(n, 0) == 1
             and stage[cons[n]] == stage[n]
             and (cons[n] in grp.tails or self._scalar_uses_once(A.nodes[cons[n]][g.OP]))
@@ -445,7 +491,10 @@ class NumbaProgram(Program):
         for n in grp.members:
             if n in inline:
                 continue
-            if n in self.namer:
+            if generic:
+                local[n] = kn.fresh(f"t{k}")
+                k += 1
+            elif n in self.namer:
                 local[n] = self.namer[n]
             elif n in out_set:
                 local[n] = names[n]
@@ -459,7 +508,9 @@ class NumbaProgram(Program):
         arrays, scalars, after, body, returns = [], [], [], [], []
         out_array = {}
         for o in grp.outputs:
-            if o in grp.tails:
+            if o in grp.tails and generic:
+                out_array[o] = kn.fresh(f"r{len(out_array)}")
+            elif o in grp.tails:
                 out_array[o] = self.namer[o] if o in self.namer else names[o]
             else:
                 out_array[o] = kn.fresh(f"{local[o]}_out")
@@ -565,7 +616,7 @@ class NumbaProgram(Program):
             if n in grp.tails:
                 axes, parts, arr = tail_index[n]
                 target = Code(arr + ("[" + ", ".join(parts) + "]" if parts else ""))
-                comments = self.comments(n, show_names)
+                comments = [] if generic else self.comments(n, show_names)
                 body.append(
                     Statement(target, Code(f"{target} += {args[0]}"), comments, n)
                 )
@@ -573,7 +624,7 @@ class NumbaProgram(Program):
             exprs[n] = self.render_scalar(n, args)
             if n in inline:
                 continue
-            comments = self.comments(n, show_names)
+            comments = [] if generic else self.comments(n, show_names)
             body.append(
                 Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n)
             )
@@ -622,11 +673,31 @@ class NumbaProgram(Program):
             options.append("parallel=True")
         show = self.display(show_names)
         computed = [show(n) for n in grp.nodes if n in self.namer]
-        doc = _wrap_comment(
-            f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
-            + (", ".join(computed) or "temporaries")
-            + "."
+        doc = (
+            [Code("KERNEL_DOC")]
+            if generic
+            else _wrap_comment(
+                f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
+                + (", ".join(computed) or "temporaries")
+                + "."
+            )
         )
+        # a fixed size of the last axis is written as a constant where the kernel has a
+        # row buffer or an accumulator (with a constant row length LLVM proves their rows
+        # do not overlap); other sizes are read off the arrays, so that kernels doing the
+        # same on different sizes are one kernel (compiled once)
+        extents = [
+            (
+                e,
+                const
+                if expr is None
+                or const is not None
+                and e == ext[R - 1]
+                and (slot or acc_slot)
+                else expr,
+            )
+            for e, const, expr in extents
+        ]
         ctx = {
             "options": Code(", ".join(options)),
             "name": Code("KERNEL_NAME"),
@@ -642,15 +713,7 @@ class NumbaProgram(Program):
             "after": after,
             "returns": Code(", ".join(returns)),
         }
-        text = self.kernel_template.render(**ctx)
-        if text in self.kernels:
-            return self.kernels[text][0], call_args
-        kname = self._kernel_name(grp, names)
-        self.kernels[text] = (
-            kname,
-            Code(text.replace("KERNEL_NAME", kname, 1).rstrip("\n")),
-        )
-        return kname, call_args
+        return Code(self.kernel_template.render(**ctx).rstrip("\n")), call_args
 
     def _stages(self, grp, pnames):
         """Split a group's nodes into stages, each one loop over the domain's last axis.
@@ -1030,6 +1093,36 @@ class NumbaProgram(Program):
     # -------------------------------------------------------------------- module
     def context(self):
         ctx = super().context()
+        renames, texts = {}, []
+        for key, (name, text, served) in self.kernels.items():
+            if len(served) == 1:
+                texts.append(Code(text.replace("KERNEL_NAME", name, 1)))
+                continue
+            # one kernel for several groups: generic names, the groups in its docstring
+            shared, k = Code("_k_shared"), 2
+            while shared in self.kernel_names or shared in self.namer.taken:
+                shared, k = Code(f"_k_shared{k}"), k + 1
+            self.kernel_names.add(shared)
+            renames[name] = shared
+            by_domain = {}
+            for domain, outs in served:
+                by_domain.setdefault(domain, []).append(outs)
+            doc = _wrap_comment(
+                f"One loop nest shared by {len(served)} fused groups: computing "
+                + "; ".join(f"{', '.join(o)} over {d}" for d, o in by_domain.items())
+                + "."
+            )
+            texts.append(
+                Code(
+                    key.replace("KERNEL_NAME", shared, 1).replace(
+                        "KERNEL_DOC", "\n    ".join(doc), 1
+                    )
+                )
+            )
+        if renames:
+            pat = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+            ctx["functions"] = _renamed(ctx["functions"], pat, renames)
+            self.whole_kernels = [_renamed(k, pat, renames) for k in self.whole_kernels]
         ctx["kernels"] = (
             [
                 Code(
@@ -1040,11 +1133,25 @@ class NumbaProgram(Program):
                 for h in NB_HELPERS
                 if h in self.nb_helpers
             ]
-            + [text for _, text in self.kernels.values()]
+            + texts
             + self.whole_kernels
         )
         ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx
+
+
+def _renamed(value, pat, renames):
+    """``value`` (Code, lists of it, Functions and Statements) with the kernel names
+    ``renames`` maps replaced (whole identifiers only)."""
+    if isinstance(value, Code):
+        return Code(pat.sub(lambda m: renames[m.group(1)], value))
+    if isinstance(value, list):
+        return [_renamed(v, pat, renames) for v in value]
+    if isinstance(value, (Function, Statement)):
+        for f in dataclasses.fields(value):
+            if f.name != "node":
+                setattr(value, f.name, _renamed(getattr(value, f.name), pat, renames))
+    return value
 
 
 def fusable_ops():
