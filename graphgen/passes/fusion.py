@@ -66,6 +66,19 @@ def tail_of(A, n):
     if a[g.KIND] != g.OPNODE or a[g.OP] not in TAIL_OPS:
         return None
     (p,) = g.operands(A, n)
+    # A reduction that keeps an axis other than the last (a per-channel sum over
+    # N, H, W) would accumulate into memory element by element inside the loop nest,
+    # which does not vectorize; NumPy's pairwise reduction after the loop is faster.
+    rank = len(A.nodes[p][g.SHAPE])
+    if a[g.OP] == "sum_to_shape":
+        lead, keep = ops.defs.sum_to_shape_axes(
+            tuple(A.nodes[p][g.SHAPE]), tuple(a[g.ATTRS]["shape"])
+        )
+        reduced = set(lead) | set(keep)
+    else:
+        reduced = set(a[g.ATTRS]["axis"])
+    if not set(range(rank)) - reduced <= {rank - 1}:
+        return None
     return p
 
 
