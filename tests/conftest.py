@@ -121,3 +121,19 @@ def cli(capsys):
         return status, out.out, out.err
 
     return run
+
+
+def add_weighted_loss(G, out="y", weight="w", dtype=None):
+    """Give ``G`` the loss ``sum(weight · out)`` with ``weight`` a new input of ``out``'s
+    shape (a random weight makes every entry of ``out`` matter); returns that shape."""
+    import graphgen
+
+    dtype = dtype or G.graph.get("dtype", "float64")
+    shape = graphgen.prepare(G).nodes[out]["shape"]
+    G.add_node(weight, kind="input", shape=shape, dtype=dtype)
+    G.add_node("weighted", kind="op", op="mul", attrs={})
+    G.add_edge(out, "weighted", pos=(0,))
+    G.add_edge(weight, "weighted", pos=(1,))
+    G.add_node("loss", kind="op", op="sum", attrs={})
+    G.add_edge("weighted", "loss", pos=(0,))
+    return shape

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, VENV_BIN, build_graph
+from conftest import REPO, VENV_BIN, add_weighted_loss, build_graph
 
 import graphgen
 from graphgen.errors import GraphError, ShapeError
@@ -26,13 +26,7 @@ def conv_model(x_shape, w_shape, op="conv", attrs=None, dtype="float64", name="m
         args.append("w")
     nodes = [("y", op, args, attrs or {})]
     G = build_graph(arrays, nodes, outputs=["y"], dtype=dtype, name=name)
-    y_shape = graphgen.prepare(G).nodes["y"]["shape"]
-    G.add_node("r", kind="input", shape=y_shape, dtype=dtype)
-    G.add_node("yr", kind="op", op="mul", attrs={})
-    G.add_edge("y", "yr", pos=(0,))
-    G.add_edge("r", "yr", pos=(1,))
-    G.add_node("loss", kind="op", op="sum", attrs={})
-    G.add_edge("yr", "loss", pos=(0,))
+    y_shape = add_weighted_loss(G, weight="r", dtype=dtype)
     G.graph.update(loss="loss", outputs=["y", "loss"], wrt=args)
     return G, y_shape
 

@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, VENV_BIN, build_graph
+from conftest import REPO, VENV_BIN, add_weighted_loss, build_graph
 
 import graphgen
 from graphgen import spec as spec_module
@@ -33,13 +33,7 @@ def op_module(op, shapes, attrs=None, dtype="float64", int_inputs=(), wrt=None):
         outputs=["y"],
         dtype=dtype,
     )
-    y_shape = graphgen.prepare(G).nodes["y"]["shape"]
-    G.add_node("w", kind="input", shape=y_shape, dtype=dtype)
-    G.add_node("wy", kind="op", op="mul", attrs={})
-    G.add_edge("y", "wy", pos=(0,))
-    G.add_edge("w", "wy", pos=(1,))
-    G.add_node("loss", kind="op", op="sum", attrs={})
-    G.add_edge("wy", "loss", pos=(0,))
+    y_shape = add_weighted_loss(G, dtype=dtype)
     if wrt is None:
         wrt = [f"in{j}" for j in range(len(shapes)) if j not in int_inputs]
     G.graph.update(loss="loss", outputs=["y", "loss"], wrt=wrt)

@@ -20,7 +20,7 @@ import op_cases_conv
 import op_cases_data
 import op_cases_nn
 import pytest
-from conftest import assert_grad_close, build_graph, fd_gradient
+from conftest import add_weighted_loss, assert_grad_close, build_graph, fd_gradient
 from opcase import Case
 
 import graphgen
@@ -265,13 +265,7 @@ def op_graph(op, case, arrays, dtype="float64"):
         outputs=["y"],
         dtype=dtype,
     )
-    y_shape = graphgen.prepare(G).nodes["y"]["shape"]
-    G.add_node("w", kind="input", shape=y_shape, dtype=dtype)
-    G.add_node("wy", kind="op", op="mul", attrs={})
-    G.add_edge("y", "wy", pos=(0,))
-    G.add_edge("w", "wy", pos=(1,))
-    G.add_node("loss", kind="op", op="sum", attrs={})
-    G.add_edge("wy", "loss", pos=(0,))
+    y_shape = add_weighted_loss(G, dtype=dtype)
     G.graph.update(loss="loss", outputs=["y", "loss"], wrt=wrt)
     return G, y_shape, wrt
 
@@ -390,13 +384,7 @@ def test_float32_extreme_logits_give_finite_values_and_gradients(op_name):
         if "t" in extra:
             spec["t"] = ("input", (2, 3), dtype)
         G = build_graph(spec, nodes, outputs=["y"], dtype=dtype)
-        y_shape = graphgen.prepare(G).nodes["y"]["shape"]
-        G.add_node("w", kind="input", shape=y_shape, dtype=dtype)
-        G.add_node("wy", kind="op", op="mul", attrs={})
-        G.add_edge("y", "wy", pos=(0,))
-        G.add_edge("w", "wy", pos=(1,))
-        G.add_node("loss", kind="op", op="sum", attrs={})
-        G.add_edge("wy", "loss", pos=(0,))
+        y_shape = add_weighted_loss(G, dtype=dtype)
         G.graph.update(loss="loss", outputs=["y", "loss"], wrt=["x"])
         module = graphgen.compile(G, dtype=dtype)
         arrays = {
