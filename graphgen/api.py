@@ -84,9 +84,8 @@ def compile(G, backend="numpy", *, dtype=None, **options):
 def stored_arrays(G):
     """The arrays a module of ``G`` reads from its ``.npz`` (empty when it reads none)."""
     from .codegen import stored_weights
-    from .passes.shapes import prepare
 
-    params, consts = stored_weights(prepare(G))
+    params, consts = stored_weights(G)  # no prepare: compile runs it anyway
     weights = G.graph.get("weights") or {}
     missing = [k for k in params + consts if k not in weights]
     if missing:

@@ -71,18 +71,20 @@ def constant_key(n, at):
 
 
 def stored_weights(A):
-    """Names of the arrays a module reads from its ``.npz``: params, then constants."""
+    """Names of the arrays a module reads from its ``.npz``: params, then constants.
+
+    Reads only what a spec sets, so it works on a graph before ``prepare`` too."""
     params = [
         n
-        for n in g.schedule(A)
-        if A.nodes[n][g.KIND] == g.PARAM and A.nodes[n][g.INIT] == "weights"
+        for n in A
+        if A.nodes[n].get(g.KIND) == g.PARAM and A.nodes[n].get(g.INIT) == "weights"
     ]
     consts = sorted(
         {
             A.nodes[n][g.ATTRS]["key"]
             for n in A
             if A.nodes[n].get(g.OP) == "constant"
-            and A.nodes[n][g.ATTRS]["key"] is not None
+            and (A.nodes[n].get(g.ATTRS) or {}).get("key") is not None
         }
     )
     return params, consts

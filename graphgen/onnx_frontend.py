@@ -73,7 +73,7 @@ def _s(v):
 class Importer:
     """One ONNX model -> (spec dict, weights dict)."""
 
-    def __init__(self, model, source, freeze=(), dtype=None, constants=None):
+    def __init__(self, model, source, freeze=(), constants=None):
         onnx = _onnx()
         self.onnx = onnx
         self.model = model
@@ -89,7 +89,6 @@ class Importer:
                 f"opset {self.opset} is not supported (expected {MIN_OPSET} to {newest})",
                 source=source,
             )
-        self.dtype = dtype
         self.known = dict(constants or {})  # graph inputs whose values are given
         self.inputs = {}
         self.params = {}
@@ -148,9 +147,6 @@ class Importer:
     def used(self, name):
         """Whether tensor ``name`` is read by a node or is a graph output."""
         return bool(name) and name in self.consumed
-
-    def has(self, name):
-        return bool(name) and name in self.t
 
     def const(self, name):
         kind, v = self.t[name]
@@ -564,8 +560,6 @@ class Importer:
     def op_MaxPool(self, node, ins, attrs):
         if len(node.output) > 1 and self.used(node.output[1]):
             raise Unsupported("its Indices output is used")
-        if attrs.get("storage_order", 0):
-            pass  # only affects the Indices output
         at = self._spatial_attrs(
             attrs,
             ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad"),
@@ -1080,7 +1074,7 @@ def to_spec(
             raise SpecError(f"cannot read ONNX model: {e}", source=source) from None
     elif isinstance(model, bytes):
         model = onnx.load_from_string(model)
-    imp = Importer(model, source, freeze=freeze, dtype=dtype, constants=constants)
+    imp = Importer(model, source, freeze=freeze, constants=constants)
     outputs = imp.run()
     first_type = next(
         (
