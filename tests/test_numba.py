@@ -587,6 +587,35 @@ def test_whole_function_mode_float32(xent):
         np.testing.assert_allclose(f2[k], f1[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_whole_function_matmul_calls_numpys_blas(xent, dtype):
+    # NumPy's wheels bundle OpenBLAS; the kernels call it by name, not Numba's np.dot
+    mod = graphgen.compile(xent[0], backend="numba", dtype=dtype)
+    bundled = os.path.dirname(np.__file__) + ".libs"
+    if os.path.isdir(bundled) and any("openblas64_" in f for f in os.listdir(bundled)):
+        assert mod._numpy_blas() is True
+        assert "scipy_cblas_sgemm64_" in mod.__source__
+    rng = np.random.default_rng(0)
+    t = np.dtype(dtype)
+    a = rng.standard_normal((40, 70)).astype(t)
+    b = rng.standard_normal((70, 30)).astype(t)
+    tol = 1e-12 if dtype == "float64" else 1e-4
+    # C, F (a transposed C array) and strided operands; empty products are zeros
+    for x, y in [
+        (a, b),
+        (np.asfortranarray(a), b),
+        (a, np.asfortranarray(b)),
+        (np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T),
+        (a[:, ::2], b[::2]),
+        (a[::3, :], b[:, 1::2]),
+    ]:
+        got = mod._gemm(x, y)
+        assert got.dtype == t and got.flags.c_contiguous
+        np.testing.assert_allclose(got, x @ y, rtol=tol, atol=tol)
+    assert np.array_equal(mod._gemm(a[:, :0], b[:0]), np.zeros((40, 30), t))
+    assert mod._gemm(a[:0], b).shape == (0, 30)
+
+
 def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(
     tmp_path_factory,
 ):
