@@ -8,6 +8,7 @@ one Numba module), and the tests check their slice of its results.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -227,8 +228,9 @@ def deep(tmp_path_factory):
 def test_transcendentals_default_without_svml(deep):
     """Without SVML, float64 tanh/sigmoid are fused as the inline helpers (they vectorize
     in the staged kernels); float32 ones too with transcendentals="inline" (by default
-    only float32 sin/cos are); parallel and fastmath modules leave them to NumPy."""
-    from graphgen.backends.numba import svml_available
+    only float32 sin/cos are, where NumPy has AVX-512); parallel and fastmath modules
+    leave them to NumPy."""
+    from graphgen.backends.numba import numpy_simd_float32, svml_available
 
     if svml_available():
         pytest.skip("with SVML every transcendental is fused as np.*")
@@ -239,9 +241,11 @@ def test_transcendentals_default_without_svml(deep):
         python_level = src.split("def _check")[1]
         assert "np.tanh(" not in python_level and "_nb_tanh(" in src
         assert ("_nb_i2f(np.int32(" in src) == (dtype == "float32")  # float32 helpers
-    # float32 by default: sin and cos inline, exp/tanh/sigmoid NumPy's
+    # float32 by default: sin and cos inline; exp/tanh/sigmoid NumPy's where NumPy has
+    # AVX-512 SIMD loops for them, else inline too
     src = graphgen.generate(deep[0], backend="numba", whole=False, dtype="float32")
-    assert "np.tanh(" in src.split("def _check")[1] and "_nb_tanh(" not in src
+    numpy_tanh = "np.tanh(" in src.split("def _check")[1] and "_nb_tanh(" not in src
+    assert numpy_tanh == numpy_simd_float32()
     for options in ({"parallel": True}, {"fastmath": True}):
         src = graphgen.generate(deep[0], backend="numba", whole=False, **options)
         python_level = src.split("def _check")[1]
@@ -759,3 +763,46 @@ def test_identical_kernels_are_emitted_once(tmp_path):
             f1, f2 = ref.forward(**arrays), mod.forward(**arrays)
             for k in f1:
                 _close(f1[k], f2[k], k)
+
+
+FANOUT = """
+name: fanout
+inputs:
+  x: [rows, 24]
+nodes:
+"""
+for _k in range(1, 9):
+    FANOUT += (
+        f"  p{_k}: {{op: mul, args: [x, {_k / 4}]}}\n"
+        f"  s{_k}: {{op: sin, args: [p{_k}]}}\n"
+        f"  r{_k}: {{op: sum, args: [s{_k}], axis: [0, 1]}}\n"
+    )
+FANOUT += "  loss: {op: add_n, args: [%s]}\n" % ", ".join(f"r{k}" for k in range(1, 9))
+FANOUT += "loss: loss\noutputs: [loss]\nwrt: [x]\n"
+
+
+def test_float32_fanout_kernels_stage_and_sum_in_blocks(tmp_path_factory):
+    """Eight sin (and their cos) of one input: at most STAGE_TRANSCENDENTALS arguments
+    per stage, sin(p) and cos(p) in the same stage; float32 partial sums go into float64
+    ones every ACC_BLOCK rows, so a sum over many rows stays as accurate as NumPy's."""
+    from graphgen.backends.numba import ACC_BLOCK, STAGE_TRANSCENDENTALS
+
+    G = _load_yaml(tmp_path_factory, FANOUT, "fanout")
+    src = graphgen.generate(G, backend="numba", dtype="float32", whole=False)
+    kernel = src.split("def _k_")[-1].split("\ndef ")[0]
+    stages = kernel.split("for i1 in range(n1):")[1:]
+    assert len(stages) >= 8 // STAGE_TRANSCENDENTALS
+    for body in stages:
+        sins = set(re.findall(r"_nb_sin\((\w+)\)", body))
+        assert len(sins) <= STAGE_TRANSCENDENTALS
+        assert sins == set(re.findall(r"_nb_cos\((\w+)\)", body))
+    assert f"if nrow == {ACC_BLOCK}:" in kernel and "acc += part" in kernel
+    ref = graphgen.compile(G, dtype="float64")
+    mod = graphgen.compile(G, backend="numba", dtype="float32")
+    x = np.random.default_rng(0).uniform(-3, 3, (1000, 24))
+    (l64, g64), (l32, g32) = (
+        ref.value_and_grad(x=x),
+        mod.value_and_grad(x=x.astype(np.float32)),
+    )
+    assert abs(l32 - l64) <= 2e-6 * np.abs(np.sin(x)).sum() * 8
+    np.testing.assert_allclose(g32["x"], g64["x"], rtol=1e-5, atol=1e-5)

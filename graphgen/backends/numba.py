@@ -84,7 +84,8 @@ TRANSCENDENTAL = frozenset(
 SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
 
 
-# float32 ops left to NumPy under the default policy even though they have inline helpers
+# float32 ops left to NumPy under the default policy, even though they have inline
+# helpers, where NumPy runs them as AVX-512 SIMD loops (numpy_simd_float32)
 FLOAT32_NUMPY_BY_DEFAULT = frozenset({"exp", "tanh", "sigmoid"})
 
 # Whole-function mode (auto) is off when a function computes one of the transcendentals
@@ -118,6 +119,11 @@ NOPYTHON_ARRAY_OPS = frozenset(
 # A stage of a kernel (one loop over the last axis) touches at most this many arrays
 # besides the kernel's own row buffer and accumulator (NumbaProgram._stages).
 STAGE_ARRAYS = 4
+# ... and calls transcendentals on at most this many distinct arguments: past that, LLVM
+# stopped vectorizing W5's stage (16 sin and 16 cos: 1.3 ms a call, 4 per stage 0.25 ms)
+STAGE_TRANSCENDENTALS = 4
+# float32 kernels' partial sums: rows added in float32 before they go into float64
+ACC_BLOCK = 16
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
@@ -169,6 +175,21 @@ def svml_available():
         return bool(config.USING_SVML)
     except ImportError:
         return False
+
+
+def numpy_simd_float32():
+    """Whether NumPy's float32 exp and tanh are SIMD loops on this CPU: its AVX-512
+    kernels (0.26 ns per float32 tanh on an AVX-512 Intel Rocket Lake). With AVX2 only
+    they are not (5.1 ns for tanh, 2.3 for exp on an AMD EPYC, where the inline helpers
+    take about 0.5), so there the kernels fuse the helpers (docs/numba.md)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return False
+    return bool(__cpu_features__.get("AVX512_SKX"))
 
 
 def _env():
@@ -230,10 +251,15 @@ class NumbaProgram(Program):
         self.exclude = numba_math.excluded(
             transcendentals, SIMD_IN_NUMPY[self.dtype], self.dtype
         )
-        if default and transcendentals == "inline" and self.dtype == "float32":
-            # by default only sin and cos: the float32 exp/tanh helpers are as fast as
-            # NumPy's in a plain loop, but W4's staged float32 kernels ran ~2x slower
-            # with them than with NumPy's tanh (docs/numba.md)
+        if (
+            default
+            and transcendentals == "inline"
+            and self.dtype == "float32"
+            and numpy_simd_float32()
+        ):
+            # with AVX-512, by default only sin and cos: W4's staged float32 kernels
+            # ran ~2x slower with the exp/tanh helpers than with NumPy's SIMD tanh
+            # (docs/numba.md)
             self.exclude |= FLOAT32_NUMPY_BY_DEFAULT
         self.scalar = env.get_template("numba/scalar.j2").make_module(
             {"inline_math": transcendentals == "inline"}
@@ -541,12 +567,18 @@ class NumbaProgram(Program):
                 kept_idx = [c for c in tail_index[t][1] if c != "0"]
                 if kept_idx in ([], [idx[R - 1]]):
                     acc_slot[t] = len(acc_slot)
+        # float32: the loops add into float32 partial sums (8 lanes per vector, where a
+        # float64 accumulator halves every vector of the stage), which go into the
+        # float64 accumulator every ACC_BLOCK rows: each partial sum adds at most
+        # ACC_BLOCK values, about the error of NumPy's pairwise float32 sums
+        blocked = bool(acc_slot) and R >= 2 and self.dtype == "float32"
+        part, nrow = (kn.fresh("part"), kn.fresh("nrow")) if blocked else (None, None)
         for o in grp.outputs:
             arr = out_array[o]
             if o in acc_slot:
                 axes, parts = tail_index[o]
                 k = acc_slot[o]
-                tail_index[o] = (axes, [Code(str(k)), idx[R - 1]], accs)
+                tail_index[o] = (axes, [Code(str(k)), idx[R - 1]], part or accs)
                 shape = self.shape_code_ext(A.nodes[o][g.SHAPE], ext, grp, o)
                 if any(c != "0" for c in parts):  # keeps the last axis
                     conv = f"{accs}[{k}].astype(DTYPE)"
@@ -595,9 +627,11 @@ class NumbaProgram(Program):
                 0, (rows, Code("empty"), Code(f"({len(slot)}, {ext[R - 1]})"))
             )
         if acc_slot:
-            arrays.insert(
-                0, (accs, Code("zeros"), Code(f"({len(acc_slot)}, {ext[R - 1]})"))
-            )
+            acc_shape = Code(f"({len(acc_slot)}, {ext[R - 1]})")
+            if blocked:
+                arrays.insert(0, (part, Code("zeros"), acc_shape))
+                after[:0] = [Code(f"{accs} += {part}")]
+            arrays.insert(0, (accs, Code("zeros"), acc_shape))
         here = Code("[" + ", ".join(idx) + "]")
         bodies = [[] for _ in range(max(stage.values(), default=0) + 1)]
         order = [m for m in grp.members]
@@ -709,6 +743,9 @@ class NumbaProgram(Program):
             "loops": loops,
             "stages": stages,
             "acc": accs,
+            "block": (
+                {"part": part, "nrow": nrow, "size": ACC_BLOCK} if blocked else None
+            ),
             "depth": depth,
             "after": after,
             "returns": Code(", ".join(returns)),
@@ -729,7 +766,10 @@ class NumbaProgram(Program):
         """
         A = self.A
         stage, depth = {}, {}
-        cur, touched = 0, set()
+        cur, touched, calls = 0, set(), set()
+        # the stage of a transcendental's arguments: sin(p) and cos(p) share one, where
+        # LLVM computes their common range reduction once
+        by_args = {}
         members = set(grp.members)
         outs = set(grp.outputs)
         for n in grp.members:
@@ -744,13 +784,24 @@ class NumbaProgram(Program):
             if n in outs:
                 arrays.add(n)
             trans = A.nodes[n][g.OP] in TRANSCENDENTAL
+            key = tuple(ins)
+            if trans and key in by_args:
+                stage[n], depth[n] = by_args[key]
+                continue
             d = max(
                 (depth[p] for p in ins if p in members and stage[p] == cur), default=0
             )
-            if touched and (trans and d >= 1 or len(touched | arrays) > STAGE_ARRAYS):
-                cur, touched, d = cur + 1, set(), 0
+            if touched and (
+                trans
+                and (d >= 1 or len(calls) >= STAGE_TRANSCENDENTALS)
+                or len(touched | arrays) > STAGE_ARRAYS
+            ):
+                cur, touched, calls, d = cur + 1, set(), set(), 0
             stage[n], depth[n] = cur, d + trans
             touched |= arrays
+            if trans:
+                calls.add(key)
+                by_args[key] = (cur, depth[n])
         for t in grp.tails:
             stage[t] = stage[g.operands(A, t)[0]]
         return stage

@@ -25,8 +25,8 @@ to 0 past -745.13.
 
 float32 modules get float32 versions (``SOURCE["float32"]``: float32 arithmetic, 8 lanes
 per 256-bit vector, float32 polynomials — Cephes' expf/sinf/cosf — and every constant an
-``np.float32``); sin and cos reduce the argument in float64 (exact for |x| < 8e5), then
-round it to float32 once. Accuracy (``tests/test_numba_math.py``): within 1 ulp (exp) /
+``np.float32``); sin and cos reduce the argument in float32 with exact FMAs (π/2 in
+three parts; within 1.7 ulp on every float32 in [0, 8e5]). Accuracy (``tests/test_numba_math.py``): within 1 ulp (exp) /
 2 ulp (tanh, sin, cos) of the correctly rounded result, where NumPy's own float32 functions
 are within 2 / 1 ulp; ≤ 3 ulp from NumPy's float32 result (tanh ≤ 4).
 """
@@ -312,28 +312,43 @@ def _nb_sincos_kernels(x):
     return s, c
 '''
 
-SOURCE["float32"]["_nb_f2i64"] = _BITCAST.format(
-    name="_nb_f2i64",
-    to="int64",
-    doc="The bits of a float64 as an int64 (no conversion).",
-)
+_FMA_EXACT = '''
+@numba.extending.intrinsic
+def _nb_fma1(typingctx, a, b, c):
+    """a·b + c with one rounding (llvm.fma: the FMA instruction, or libm's fmaf on a CPU
+    without one, slow but still exact)."""
+    t = numba.float32
+    sig = t(t, t, t)
 
-# reduced in float64 (every float32 is a float64; π/2 in two parts, n·part exact for
-# |n| < 2**20), r rounded to float32 once, the polynomials in float32
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.fma", [args[0].type])
+        return builder.call(fn, args)
+
+    return sig, codegen
+'''
+SOURCE["float32"]["_nb_fma1"] = _FMA_EXACT
+
+# x = n·π/2 + r in float32 (Cody–Waite, π/2 in three float32 parts, each product
+# subtracted with one rounding): r0 = x − n·P1 is exact (P1 has x's ulp or a finer one,
+# and r0 is small), then −n·P2 and −n·P3 round once each. Checked on every float32 in
+# [0, 8e5] (tests/test_numba_math.py sweeps, and docs/numba.md): sin and cos within
+# 1.7 ulp of the exact value. All float32 arithmetic, so a loop runs 8 lanes per
+# 256-bit vector; n (≤ 2**22 in magnitude) stays in the low bits of t.
 _REDUCE32 = """
     x = np.float32(x)
-    xd = np.float64(x)
-    t = xd * 6.36619772367581382433e-01 + 6755399441055744.0
-    n = _nb_f2i64(t)
-    nf = t - 6755399441055744.0
-    r = (xd - nf * 1.57079632673412561417e00) - nf * 6.07710050650619224932e-11
-    s, c = _nb_sincos_kernels(np.float32(r))
+    t = _nb_fma(x, np.float32(0.636619772), np.float32(12582912.0))
+    n = _nb_f2i(t)
+    nf = t - np.float32(12582912.0)
+    r = _nb_fma1(nf, np.float32(-1.5707963705062866), x)
+    r = _nb_fma1(nf, np.float32(4.371139000186241e-8), r)
+    r = _nb_fma1(nf, np.float32(1.7151245100059164e-15), r)
+    s, c = _nb_sincos_kernels(r)
 """
 
 SOURCE["float32"]["_nb_sin"] = f'''
 @numba.njit(error_model="numpy")
 def _nb_sin(x):
-    """sin(x) in float32: reduction by π/2 in float64, polynomials in float32."""{_REDUCE32}\
+    """sin(x) in float32: reduction by π/2 and polynomials in float32."""{_REDUCE32}\
     y = c if n & 1 else s
     y = -y if n & 2 else y
     return x if abs(x) < np.float32(1e-4) else y  # sin(x) rounds to x; sin(-0.0) = -0.0
@@ -342,15 +357,24 @@ def _nb_sin(x):
 SOURCE["float32"]["_nb_cos"] = f'''
 @numba.njit(error_model="numpy")
 def _nb_cos(x):
-    """cos(x) in float32: reduction by π/2 in float64, polynomials in float32."""{_REDUCE32}\
+    """cos(x) in float32: reduction by π/2 and polynomials in float32."""{_REDUCE32}\
     y = s if n & 1 else c
     return -y if (n + 1) & 2 else y
 '''
 
 
-#: float32: sin and cos reduce in float64 (the int64 bits of a float64)
-DEPS32 = dict(DEPS, _nb_f2i64=())
-DEPS32["_nb_sin"] = DEPS32["_nb_cos"] = ("_nb_f2i64", "_nb_sincos_kernels")
+#: float32: sin and cos reduce with exact FMAs
+DEPS32 = {}
+for _name, _deps in DEPS.items():
+    DEPS32[_name] = _deps
+    if _name == "_nb_fma":
+        DEPS32["_nb_fma1"] = ()
+DEPS32["_nb_sin"] = DEPS32["_nb_cos"] = (
+    "_nb_f2i",
+    "_nb_fma",
+    "_nb_fma1",
+    "_nb_sincos_kernels",
+)
 DEPS32["_nb_sincos_kernels"] = ("_nb_fma",)
 
 
