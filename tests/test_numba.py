@@ -777,7 +777,8 @@ for _k in range(1, 9):
         f"  s{_k}: {{op: sin, args: [p{_k}]}}\n"
         f"  r{_k}: {{op: sum, args: [s{_k}], axis: [0, 1]}}\n"
     )
-FANOUT += "  loss: {op: add_n, args: [%s]}\n" % ", ".join(f"r{k}" for k in range(1, 9))
+_terms = ", ".join(f"r{k}" for k in range(1, 9))
+FANOUT += f"  loss: {{op: add_n, args: [{_terms}]}}\n"
 FANOUT += "loss: loss\noutputs: [loss]\nwrt: [x]\n"
 
 
