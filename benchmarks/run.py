@@ -276,6 +276,16 @@ def fmt_time(s):
     return f"{s:.2f} s"
 
 
+def pick_workload(parser, name):
+    """A workload by its full name or its prefix, any case: ``W4`` is w4_deep_elementwise."""
+    found = [w for w in WORKLOADS if w == name or w.startswith(name.lower() + "_")]
+    if len(found) != 1:
+        parser.error(
+            f"unknown workload {name!r}; expected one of {', '.join(WORKLOADS)}"
+        )
+    return found[0]
+
+
 def table(results, dtype, workloads, impls):
     head = "| workload | " + " | ".join(LABELS[i] for i in impls) + " |"
     lines = [
@@ -336,7 +346,7 @@ def main(argv=None):
         child(impl, w, dtype, int(rounds), float(min_round))
         return 0
     workloads = (
-        args.workloads.split(",")
+        [pick_workload(p, w) for w in args.workloads.split(",")]
         if args.workloads
         else ["w1_tiny", "w2_mlp_small", "w4_deep_elementwise"]
         if args.quick

@@ -226,26 +226,17 @@ def deep(tmp_path_factory):
 
 
 def test_transcendentals_default_without_svml(deep):
-    """Without SVML, float64 tanh/sigmoid are fused as the inline helpers (they vectorize
-    in the staged kernels); float32 ones too with transcendentals="inline" (by default
-    only float32 sin/cos are, where NumPy has AVX-512); parallel and fastmath modules
-    leave them to NumPy."""
-    from graphgen.backends.numba import numpy_simd_float32, svml_available
+    """Without SVML, tanh/sigmoid are fused as the inline helpers in both dtypes (in
+    staged kernels, as row calls); parallel and fastmath modules leave them to NumPy."""
+    from graphgen.backends.numba import svml_available
 
     if svml_available():
         pytest.skip("with SVML every transcendental is fused as np.*")
-    for dtype, options in (("float64", {}), ("float32", {"transcendentals": "inline"})):
-        src = graphgen.generate(
-            deep[0], backend="numba", whole=False, dtype=dtype, **options
-        )
+    for dtype in ("float64", "float32"):
+        src = graphgen.generate(deep[0], backend="numba", whole=False, dtype=dtype)
         python_level = src.split("def _check")[1]
         assert "np.tanh(" not in python_level and "_nb_tanh(" in src
         assert ("_nb_i2f(np.int32(" in src) == (dtype == "float32")  # float32 helpers
-    # float32 by default: sin and cos inline; exp/tanh/sigmoid NumPy's where NumPy has
-    # AVX-512 SIMD loops for them, else inline too
-    src = graphgen.generate(deep[0], backend="numba", whole=False, dtype="float32")
-    numpy_tanh = "np.tanh(" in src.split("def _check")[1] and "_nb_tanh(" not in src
-    assert numpy_tanh == numpy_simd_float32()
     for options in ({"parallel": True}, {"fastmath": True}):
         src = graphgen.generate(deep[0], backend="numba", whole=False, **options)
         python_level = src.split("def _check")[1]
@@ -807,3 +798,51 @@ def test_float32_fanout_kernels_stage_and_sum_in_blocks(tmp_path_factory):
     )
     assert abs(l32 - l64) <= 2e-6 * np.abs(np.sin(x)).sum() * 8
     np.testing.assert_allclose(g32["x"], g64["x"], rtol=1e-5, atol=1e-5)
+
+
+ROW_CHAIN = """
+name: row_chain
+inputs:
+  x: [rows, 40]
+params:
+  a1: {shape: [40], init: normal}
+  a2: {shape: [40], init: normal}
+  a3: {shape: [40], init: normal}
+nodes:
+  u1: {op: mul, args: [x, a1]}
+  h1: {op: tanh, args: [u1]}
+  u2: {op: mul, args: [h1, a2]}
+  h2: {op: sigmoid, args: [u2]}
+  u3: {op: mul, args: [h2, a3]}
+  h3: {op: exp, args: [u3]}
+  h4: {op: tanh, args: [h3]}
+  loss: {op: sum, args: [h4], axis: [0, 1]}
+loss: loss
+outputs: [loss]
+wrt: [x, a1, a2, a3]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_staged_tanh_exp_sigmoid_are_row_calls(tmp_path_factory, dtype):
+    """In a staged kernel tanh, exp and sigmoid of an earlier stage's row run as one call
+    of a shared row loop (ROW_CALLS) each, not as a copy of the loop per stage."""
+    G = _load_yaml(tmp_path_factory, ROW_CHAIN, "row_chain")
+    src = graphgen.generate(
+        G, backend="numba", dtype=dtype, whole=False, transcendentals="inline"
+    )
+    forward = src.split("def _k_")[1].split("\ndef ")[0]
+    calls = re.findall(r"_nb_(\w+)_row\(\w+\[\d+\], \w+\[\d+\]\)", forward)
+    assert calls == ["tanh", "sigmoid", "exp", "tanh"], forward
+    assert "(a whole row)" in forward
+    ref = graphgen.compile(G, dtype="float64")
+    mod = graphgen.compile(G, backend="numba", dtype=dtype, transcendentals="inline")
+    rng = np.random.default_rng(1)
+    arrays = {"x": rng.uniform(-1, 1, (37, 40))}
+    arrays.update({f"a{k}": rng.uniform(-0.5, 0.5, 40) for k in (1, 2, 3)})
+    (l1, g1) = ref.value_and_grad(**arrays)
+    (l2, g2) = mod.value_and_grad(**{k: v.astype(dtype) for k, v in arrays.items()})
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    assert abs(l1 - l2) <= tol * abs(l1)
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=tol, atol=tol)

@@ -84,10 +84,6 @@ TRANSCENDENTAL = frozenset(
 SIMD_IN_NUMPY = {"float64": TRANSCENDENTAL - {"sin", "cos"}, "float32": TRANSCENDENTAL}
 
 
-# float32 ops left to NumPy under the default policy, even though they have inline
-# helpers, where NumPy runs them as AVX-512 SIMD loops (numpy_simd_float32)
-FLOAT32_NUMPY_BY_DEFAULT = frozenset({"exp", "tanh", "sigmoid"})
-
 # Whole-function mode (auto) is off when a function computes one of the transcendentals
 # NumPy runs faster (SIMD_IN_NUMPY) on more than this many elements (symbolic sizes count
 # as 1): a compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
@@ -124,6 +120,11 @@ STAGE_ARRAYS = 4
 STAGE_TRANSCENDENTALS = 4
 # float32 kernels' partial sums: rows added in float32 before they go into float64
 ACC_BLOCK = 16
+# In a staged kernel these apply to a whole row by one call of a shared loop
+# (numba_math's _nb_<op>_row) instead of being inlined into the stage: W4's 30 inlined
+# vectorized tanh loops overflowed the instruction cache (2.1-3.0 ns per element and
+# layer, against 1.1 ns for 30 calls of one loop).
+ROW_CALLS = frozenset({"tanh", "exp", "sigmoid"})
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
@@ -177,21 +178,6 @@ def svml_available():
         return False
 
 
-def numpy_simd_float32():
-    """Whether NumPy's float32 exp and tanh are SIMD loops on this CPU: its AVX-512
-    kernels (0.26 ns per float32 tanh on an AVX-512 Intel Rocket Lake). With AVX2 only
-    they are not (5.1 ns for tanh, 2.3 for exp on an AMD EPYC, where the inline helpers
-    take about 0.5), so there the kernels fuse the helpers (docs/numba.md)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__
-    except ImportError:  # NumPy < 2
-        try:
-            from numpy.core._multiarray_umath import __cpu_features__
-        except ImportError:
-            return False
-    return bool(__cpu_features__.get("AVX512_SKX"))
-
-
 def _env():
     env = environment()
     if "pad" not in env.filters:
@@ -229,7 +215,6 @@ class NumbaProgram(Program):
             cache,
             fuse,
         )
-        default = transcendentals is None
         if transcendentals is None:
             # the inline helpers vectorize in the staged kernels; parallel kernels keep
             # the element-at-a-time layout (per-chunk partial sums), where they would
@@ -251,16 +236,7 @@ class NumbaProgram(Program):
         self.exclude = numba_math.excluded(
             transcendentals, SIMD_IN_NUMPY[self.dtype], self.dtype
         )
-        if (
-            default
-            and transcendentals == "inline"
-            and self.dtype == "float32"
-            and numpy_simd_float32()
-        ):
-            # with AVX-512, by default only sin and cos: W4's staged float32 kernels
-            # ran ~2x slower with the exp/tanh helpers than with NumPy's SIMD tanh
-            # (docs/numba.md)
-            self.exclude |= FLOAT32_NUMPY_BY_DEFAULT
+        self.inline_math = transcendentals == "inline"
         self.scalar = env.get_template("numba/scalar.j2").make_module(
             {"inline_math": transcendentals == "inline"}
         )
@@ -494,7 +470,12 @@ class NumbaProgram(Program):
                     cons[p] = n
         out_set = set(grp.outputs)
         staged = not chunked
-        stage = self._stages(grp, pnames) if staged else dict.fromkeys(grp.nodes, 0)
+        row_calls = self._row_calls(grp) if staged else set()
+        stage = (
+            self._stages(grp, pnames, row_calls)
+            if staged
+            else dict.fromkeys(grp.nodes, 0)
+        )
         inline = {
             n
             for n in grp.members
@@ -510,6 +491,8 @@ class NumbaProgram(Program):
             for p in g.operands(A, n):
                 if p in in_group and stage[p] != stage[n] and p not in slot:
                     slot[p] = len(slot)
+            if n in row_calls and n not in slot:
+                slot[n] = len(slot)
         rows, accs = kn.fresh("rows"), kn.fresh("acc")
         local = {}
         k = 1
@@ -634,6 +617,7 @@ class NumbaProgram(Program):
             arrays.insert(0, (accs, Code("zeros"), acc_shape))
         here = Code("[" + ", ".join(idx) + "]")
         bodies = [[] for _ in range(max(stage.values(), default=0) + 1)]
+        pre = [[] for _ in bodies]  # row calls before a stage's loop
         order = [m for m in grp.members]
         for t in grp.tails:  # a tail right after the member it reads
             order.insert(order.index(g.operands(A, t)[0]) + 1, t)
@@ -655,10 +639,27 @@ class NumbaProgram(Program):
                     Statement(target, Code(f"{target} += {args[0]}"), comments, n)
                 )
                 continue
+            comments = [] if generic else self.comments(n, show_names)
+            if n in row_calls:  # the whole row, before the stage's loop
+                op = A.nodes[n][g.OP]
+                src = g.operands(A, n)[0]
+                call = f"_nb_{op}_row({rows}[{slot[src]}], {rows}[{slot[n]}])"
+                pre[stage[n]].append(Statement(Code(""), Code(call), comments, n))
+                # read straight from the row wherever it is used: no loop of its own
+                exprs[n] = local[n] = Code(f"{rows}[{slot[n]}, {idx[R - 1]}]")
+                if n in out_set:
+                    body.append(
+                        Statement(
+                            out_array[n],
+                            Code(f"{out_array[n]}{here} = {local[n]}"),
+                            [],
+                            n,
+                        )
+                    )
+                continue
             exprs[n] = self.render_scalar(n, args)
             if n in inline:
                 continue
-            comments = [] if generic else self.comments(n, show_names)
             body.append(
                 Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n)
             )
@@ -680,6 +681,13 @@ class NumbaProgram(Program):
                     )
             for s in body[1:]:
                 s.blank_before = bool(s.comments)
+        for calls in pre:
+            for s in calls:
+                if s.comments:
+                    s.comments = _wrap_comment(
+                        " ".join(c.strip() for c in s.comments) + " (a whole row)",
+                        width=LINE - depth + 2,
+                    )
 
         loops = []
         if chunked:
@@ -694,10 +702,13 @@ class NumbaProgram(Program):
             loops.append(Code(f"for {idx[0]} in range({ext[0]}):"))
         for i in range(1, R):
             loops.append(Code(f"for {idx[i]} in range({ext[i]}):"))
-        stages = [{"header": None, "body": bodies[0]}]
+        stages = [{"header": None, "body": bodies[0], "pre": []}]
         if staged:  # the last axis's loop once per stage, inside the other axes' loops
             last = loops.pop()
-            stages = [{"header": last, "body": b} for b in bodies]
+            stages = [  # a stage with only row calls has no loop
+                {"header": last if b else None, "body": b, "pre": c}
+                for b, c in zip(bodies, pre)
+            ]
 
         options = ["cache=True"] if self.cache else []
         options.append('error_model="numpy"')
@@ -752,7 +763,21 @@ class NumbaProgram(Program):
         }
         return Code(self.kernel_template.render(**ctx).rstrip("\n")), call_args
 
-    def _stages(self, grp, pnames):
+    def _row_calls(self, grp):
+        """The members of a staged kernel computed by a row call: a ROW_CALLS op of a
+        member (whose row the previous stage leaves in the row buffer), inline math."""
+        A, members = self.A, set(grp.members)
+        if not self.inline_math:
+            return set()
+        return {
+            n
+            for n in grp.members
+            if A.nodes[n][g.OP] in ROW_CALLS
+            and A.nodes[n][g.OP] not in self.exclude
+            and g.operands(A, n)[0] in members
+        }
+
+    def _stages(self, grp, pnames, row_calls=frozenset()):
         """Split a group's nodes into stages, each one loop over the domain's last axis.
 
         The loop of one stage is what LLVM vectorizes: a new stage starts before a
@@ -785,13 +810,19 @@ class NumbaProgram(Program):
                 arrays.add(n)
             trans = A.nodes[n][g.OP] in TRANSCENDENTAL
             key = tuple(ins)
+            if n in row_calls:  # computed before its stage's loop, from a row
+                if touched or any(v == cur for v in stage.values()):
+                    cur, touched, calls = cur + 1, set(), set()
+                stage[n], depth[n] = cur, 0
+                touched |= arrays
+                continue
             if trans and key in by_args:
                 stage[n], depth[n] = by_args[key]
                 continue
             d = max(
                 (depth[p] for p in ins if p in members and stage[p] == cur), default=0
             )
-            if touched and (
+            if any(v == cur for v in stage.values()) and (
                 trans
                 and (d >= 1 or len(calls) >= STAGE_TRANSCENDENTALS)
                 or len(touched | arrays) > STAGE_ARRAYS

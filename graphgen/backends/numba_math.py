@@ -49,6 +49,9 @@ DEPS = {
     "_nb_sin": ("_nb_f2i", "_nb_sincos_kernels"),
     "_nb_cos": ("_nb_f2i", "_nb_sincos_kernels"),
     "_nb_sincos_kernels": (),
+    "_nb_exp_row": ("_nb_exp",),
+    "_nb_tanh_row": ("_nb_tanh",),
+    "_nb_sigmoid_row": ("_nb_sigmoid",),
 }
 
 #: op name -> the helper its scalar macro calls
@@ -362,6 +365,19 @@ def _nb_cos(x):
     return -y if (n + 1) & 2 else y
 '''
 
+
+# out[i] = f(x[i]) over one row of a staged kernel's row buffer: one loop that every stage
+# calls (numba.py's ROW_CALLS), instead of one inlined copy per stage
+_ROW = '''
+@numba.njit(error_model="numpy")
+def _nb_{op}_row(x, out):
+    """out[i] = {op}(x[i]) for a row (one shared loop, called by the kernels' stages)."""
+    for i in range(x.shape[0]):
+        out[i] = _nb_{op}(x[i])
+'''
+for _dtype in ("float64", "float32"):
+    for _op in ("exp", "tanh", "sigmoid"):
+        SOURCE[_dtype][f"_nb_{_op}_row"] = _ROW.format(op=_op)
 
 #: float32: sin and cos reduce with exact FMAs
 DEPS32 = {}
