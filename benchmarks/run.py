@@ -209,8 +209,7 @@ def environment_text():
     inherited = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith(("MALLOC_", "OPENBLAS_CORETYPE", "GOTO", "OMP_", "MKL_"))
-        and k not in ENV
+        if k.startswith(("MALLOC_", "GOTO", "OMP_", "MKL_")) and k not in ENV
     }
     lines.append(
         f"- inherited: OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
