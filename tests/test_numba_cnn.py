@@ -98,6 +98,10 @@ CONVS = [
     conv((1, 3, 8, 7), (2, 3, 3, 3), pads=[0, 1, 2, 0]),
     conv((2, 3, 8, 8), (4, 3, 2, 2), auto_pad="SAME_UPPER"),
     conv((2, 3, 7, 7), (4, 3, 3, 3), pads=[3, 0, 0, 3], strides=[3, 2]),
+    # stride 1, as wide as x: im2col's shifted plane copies (with width dilation too)
+    conv((2, 3, 9, 9), (4, 3, 3, 3), dilations=[1, 2], pads=[1, 2, 1, 2]),
+    conv((2, 3, 6, 5), (2, 3, 5, 3), pads=[3, 1, 0, 1]),
+    conv((1, 2, 4, 4), (2, 2, 3, 3), pads=[5, 1, 5, 1]),
     # per-sample path (>= 2048 output positions, batch > 1)
     conv((2, 3, 46, 46), (4, 3, 3, 3), pads=[1, 1, 1, 1]),
     conv((2, 4, 46, 48), (6, 2, 3, 3), groups=2, pads=[2, 0, 1, 2], dilations=[2, 1]),
@@ -107,6 +111,7 @@ CONVS = [
     # 1-D (batched and per-sample), 3-D (NumPy's path)
     conv((2, 3, 11), (4, 3, 3), pads=[1, 2], strides=[2]),
     conv((2, 3, 2100), (2, 3, 5), dilations=[2], pads=[3, 0]),
+    conv((2, 3, 2100), (2, 3, 3), pads=[1, 1]),
     conv((2, 4, 2100), (4, 2, 1), groups=2),
     conv((2, 2, 4, 5, 4), (3, 2, 2, 3, 2), pads=[1, 0, 1, 0, 1, 1]),
 ]
