@@ -238,7 +238,7 @@ class NumbaProgram(Program):
         )
         self.inline_math = transcendentals == "inline"
         self.scalar = env.get_template("numba/scalar.j2").make_module(
-            {"inline_math": transcendentals == "inline"}
+            {"inline_math": self.inline_math}
         )
         # generic kernel text -> (name, the first group's text, the groups it serves)
         self.kernels = {}
@@ -791,7 +791,8 @@ class NumbaProgram(Program):
         """
         A = self.A
         stage, depth = {}, {}
-        cur, touched, calls = 0, set(), set()
+        # filled: how many nodes the current stage holds
+        cur, touched, calls, filled = 0, set(), set(), 0
         # the stage of a transcendental's arguments: sin(p) and cos(p) share one, where
         # LLVM computes their common range reduction once
         by_args = {}
@@ -811,24 +812,26 @@ class NumbaProgram(Program):
             trans = A.nodes[n][g.OP] in TRANSCENDENTAL
             key = tuple(ins)
             if n in row_calls:  # computed before its stage's loop, from a row
-                if touched or any(v == cur for v in stage.values()):
+                if filled:
                     cur, touched, calls = cur + 1, set(), set()
-                stage[n], depth[n] = cur, 0
+                stage[n], depth[n], filled = cur, 0, 1
                 touched |= arrays
                 continue
             if trans and key in by_args:
                 stage[n], depth[n] = by_args[key]
+                filled += stage[n] == cur
                 continue
             d = max(
                 (depth[p] for p in ins if p in members and stage[p] == cur), default=0
             )
-            if any(v == cur for v in stage.values()) and (
+            if filled and (
                 trans
                 and (d >= 1 or len(calls) >= STAGE_TRANSCENDENTALS)
                 or len(touched | arrays) > STAGE_ARRAYS
             ):
-                cur, touched, calls, d = cur + 1, set(), set(), 0
+                cur, touched, calls, d, filled = cur + 1, set(), set(), 0, 0
             stage[n], depth[n] = cur, d + trans
+            filled += 1
             touched |= arrays
             if trans:
                 calls.add(key)
