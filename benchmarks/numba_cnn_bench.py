@@ -4,6 +4,7 @@ both alike).
 
     python benchmarks/numba_cnn_bench.py                 # batch 8, float32, 2 threads
     python benchmarks/numba_cnn_bench.py --batch 2 --rounds 3 --layers 10
+    python benchmarks/numba_cnn_bench.py --per-layer     # and each conv's three times
 
 Each helper is rendered from its template (templates/numpy/helpers/ and the Numba
 overrides in templates/numba/helpers/). The NumPy helpers get their inputs in the layout
@@ -121,6 +122,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layers", type=int, default=None, help="only the first N convs")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--per-layer", action="store_true", help="also print each conv's times (ms)"
+    )
     args = ap.parse_args()
     dt = np.dtype(args.dtype)
     npy, nb = helpers("numpy", dt), helpers("numba", dt)
@@ -130,6 +134,10 @@ def main():
     def add(op, a, b):
         ta, tb = totals.get(op, (0.0, 0.0))
         totals[op] = (ta + a, tb + b)
+        if args.per_layer and op.startswith("conv"):
+            print(
+                f"  {op:17s} {xs} {ws} s{st} p{pd}: NumPy {a * 1e3:7.2f}  Numba {b * 1e3:7.2f}"
+            )
 
     layers = resnet50_layers(args.batch)[: args.layers]
     for xs, ws, st, pd in layers:

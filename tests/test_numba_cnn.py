@@ -108,6 +108,13 @@ CONVS = [
     conv((2, 3, 45, 47), (4, 3, 1, 1)),
     conv((2, 3, 91, 47), (4, 3, 1, 1), strides=[2, 1]),
     conv((3, 4, 48, 48), (4, 2, 3, 3), groups=2),
+    # the thresholds between them: an unpadded 1x1 stride-1 kernel is per sample at any
+    # size (its weight gradient from 512 positions), an input gradient from 128
+    conv((2, 6, 5, 5), (4, 3, 1, 1), groups=2),
+    conv((2, 3, 12, 14), (4, 3, 1, 1)),
+    conv((2, 3, 24, 25), (4, 3, 1, 1)),
+    conv((2, 3, 14, 14), (4, 3, 3, 3), pads=[1, 1, 1, 1]),
+    conv((3, 4, 23, 9), (4, 2, 2, 3), groups=2, strides=[1, 2], pads=[0, 1, 1, 0]),
     # 1-D (batched and per-sample), 3-D (NumPy's path)
     conv((2, 3, 11), (4, 3, 3), pads=[1, 2], strides=[2]),
     conv((2, 3, 2100), (2, 3, 5), dilations=[2], pads=[3, 0]),
