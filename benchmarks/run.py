@@ -153,6 +153,29 @@ def child(impl, workload, dtype, rounds, min_round):
 # --------------------------------------------------------------------------- parent
 
 
+def _openblas_core():
+    """The OpenBLAS kernel family NumPy's BLAS chose at load time ("SkylakeX", "Haswell",
+    ...). The build configuration names only the oldest target of a DYNAMIC_ARCH build;
+    the family in use follows the CPU and OPENBLAS_CORETYPE."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    root = os.path.dirname(np.__file__)
+    for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "openblas_get_corename64_"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return "unknown"
+
+
 def environment_text():
     import io
     from contextlib import redirect_stdout
@@ -179,7 +202,8 @@ def environment_text():
         blas = cfg["Build Dependencies"]["blas"]
         lines.append(
             f"- NumPy BLAS: {blas.get('name')} {blas.get('version', '')} "
-            f"({blas.get('openblas configuration', '').strip()})"
+            f"({blas.get('openblas configuration', '').strip()}); "
+            f"kernels in use: {_openblas_core()}"
         )
     except Exception:  # noqa: BLE001 - older NumPy: the printed form
         buf = io.StringIO()
