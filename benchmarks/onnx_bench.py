@@ -2,13 +2,14 @@
 
     python benchmarks/onnx_bench.py compile          # the nine models, both backends
     python benchmarks/onnx_bench.py resnet50         # batch 8, 224x224, float32
-    python benchmarks/onnx_bench.py resnet50 --batch 2 --rounds 2   # a quick look
+    python benchmarks/onnx_bench.py resnet50 --batch 2 --rounds 2 --passes 1  # a quick look
 
 ``resnet50`` times forward + backward (softmax cross-entropy on the logits, gradients of
 every weight; batch-norm running statistics frozen) for graphgen's NumPy and Numba modules
 and PyTorch eager autograd on the same graph (benchmarks/onnx_torch.py), and forward
 alone against onnxruntime. Each implementation runs in its own process with the thread
-settings printed above the table; times are medians over rounds after a warm-up call.
+settings printed above the table; times are medians over rounds after a warm-up call,
+pooled over --passes turns of all implementations (each pass's median is listed too).
 """
 
 from __future__ import annotations
@@ -241,26 +242,39 @@ def run_child(impl, args, forward_only):
 
 
 def resnet50(args):
+    # The implementations' processes run in turn, and the whole turn repeats --passes
+    # times: a machine whose speed drifts over minutes (shared hosts do) then slows
+    # every implementation alike instead of whichever ran last. The table pools the
+    # rounds of all passes and lists each pass's median beside them.
     rows = []
     for forward_only, impls, base in (
         (False, ["torch", "numpy", "numba"], "torch"),
         (True, ["ort", "torch", "numpy", "numba"], "ort"),
     ):
-        results = {}
-        for impl in impls:
-            res, err = run_child(impl, args, forward_only)
-            results[impl] = res
-            if err:
-                print(f"{impl}: {err}", file=sys.stderr)
+        results = {impl: None for impl in impls}
+        for _ in range(args.passes):
+            for impl in impls:
+                res, err = run_child(impl, args, forward_only)
+                if err:
+                    print(f"{impl}: {err}", file=sys.stderr)
+                    continue
+                if results[impl] is None:
+                    results[impl] = {
+                        "compile": res["compile"],
+                        "times": [],
+                        "passes": [],
+                    }
+                results[impl]["times"] += res["times"]
+                results[impl]["passes"].append(statistics.median(res["times"]))
         ref = results.get(base)
         for impl in impls:
             res = results[impl]
             if res is None:
-                rows.append((forward_only, impl, None, None, None))
+                rows.append((forward_only, impl, None, None, None, None))
                 continue
             med = statistics.median(res["times"])
             ratio = med / statistics.median(ref["times"]) if ref else float("nan")
-            rows.append((forward_only, impl, med, ratio, res["compile"]))
+            rows.append((forward_only, impl, med, ratio, res["compile"], res["passes"]))
     labels = {
         "torch": "PyTorch eager",
         "numpy": "graphgen numpy",
@@ -270,23 +284,25 @@ def resnet50(args):
     lines = [
         (
             f"ResNet-50, batch {args.batch}, 224×224, float32, {THREADS} threads; "
-            f"median of {args.rounds} rounds"
+            f"median of {args.passes} passes × {args.rounds} rounds"
         ),
         "",
-        "| pass | implementation | ms | ratio | compile + first call s |",
-        "|---|---|---|---|---|",
+        "| pass | implementation | ms | ratio | each pass's median, ms | compile + first call s |",
+        "|---|---|---|---|---|---|",
     ]
-    for forward_only, impl, med, ratio, comp in rows:
+    for forward_only, impl, med, ratio, comp, passes in rows:
         what = (
             "forward (ratio to onnxruntime)"
             if forward_only
             else ("forward + backward (ratio to PyTorch)")
         )
         if med is None:
-            lines.append(f"| {what} | {labels[impl]} | failed | | |")
+            lines.append(f"| {what} | {labels[impl]} | failed | | | |")
         else:
+            each = ", ".join(f"{t * 1e3:.0f}" for t in passes)
             lines.append(
-                f"| {what} | {labels[impl]} | {med * 1e3:.0f} | {ratio:.2f} | {comp:.1f} |"
+                f"| {what} | {labels[impl]} | {med * 1e3:.0f} | {ratio:.2f} | {each} "
+                f"| {comp:.1f} |"
             )
     return "\n".join(lines)
 
@@ -299,6 +315,12 @@ def main():
     r = sub.add_parser("resnet50")
     r.add_argument("--batch", type=int, default=8)
     r.add_argument("--rounds", type=int, default=5)
+    r.add_argument(
+        "--passes",
+        type=int,
+        default=2,
+        help="run every implementation this many times, in turn (default 2)",
+    )
     ch = sub.add_parser("child")
     ch.add_argument("impl")
     ch.add_argument("--batch", type=int, default=8)

@@ -153,6 +153,20 @@ def child(impl, workload, dtype, rounds, min_round):
 # --------------------------------------------------------------------------- parent
 
 
+HAND_WRITTEN = "## Targets met and missed"
+
+
+def _hand_written(path):
+    """The analysis section a person wrote at the end of an earlier results file (from
+    its heading on), kept when the tables above it are rewritten; "" if there is none."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    at = old.find(HAND_WRITTEN)
+    return "\n" + old[at:] if at >= 0 else ""
+
+
 def _openblas_core():
     """The OpenBLAS kernel family NumPy's BLAS chose at load time ("SkylakeX", "Haswell",
     ...). The build configuration names only the oldest target of a DYNAMIC_ARCH build;
@@ -414,7 +428,9 @@ def main(argv=None):
         ]
         for dtype in dtypes:
             text += [table(results, dtype, workloads, impls), ""]
-        Path(out).write_text("\n".join(text) + "\n", encoding="utf-8")
+        Path(out).write_text(
+            "\n".join(text) + "\n" + _hand_written(Path(out)), encoding="utf-8"
+        )
         print(f"wrote {out}")
     return 0
 
