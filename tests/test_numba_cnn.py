@@ -115,6 +115,14 @@ CONVS = [
     conv((2, 3, 24, 25), (4, 3, 1, 1)),
     conv((2, 3, 14, 14), (4, 3, 3, 3), pads=[1, 1, 1, 1]),
     conv((3, 4, 23, 9), (4, 2, 2, 3), groups=2, strides=[1, 2], pads=[0, 1, 1, 0]),
+    # column stride > 1, kernel wider than it, >= 16 output columns: im2col splits each
+    # row of x into its phases (batched, per sample, with dilation, 1-D)
+    conv((2, 3, 20, 37), (4, 3, 3, 5), strides=[1, 2], pads=[1, 2, 0, 1]),
+    conv(
+        (2, 2, 9, 60), (3, 2, 2, 4), strides=[2, 3], dilations=[1, 2], pads=[0, 3, 1, 0]
+    ),
+    conv((2, 3, 70, 130), (4, 3, 3, 3), strides=[1, 2], pads=[1, 1, 1, 1]),
+    conv((2, 3, 50), (4, 3, 5), strides=[2], pads=[2, 1]),
     # 1-D (batched and per-sample), 3-D (NumPy's path)
     conv((2, 3, 11), (4, 3, 3), pads=[1, 2], strides=[2]),
     conv((2, 3, 2100), (2, 3, 5), dilations=[2], pads=[3, 0]),
