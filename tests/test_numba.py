@@ -677,6 +677,95 @@ def test_whole_function_mode_rejects_a_wrong_dtype_by_name(xent):
         mod.value_and_grad(**arrays)
 
 
+def test_whole_function_kernels_compile_at_their_first_call(tmp_path_factory):
+    # a fresh module: nothing compiled at import; value_and_grad compiles its kernel
+    # alone, for exactly the declared types, even when its first call is wrong
+    G = _load_yaml(tmp_path_factory, XENT, "xent_lazy")
+    mod = graphgen.compile(G, backend="numba")
+    assert not mod._forward_kernel.overloads
+    assert not mod._value_and_grad_kernel.overloads
+    arrays = random_arrays(G, seed=5, sizes={"batch": 3})
+    bad = {**arrays, "W1": arrays["W1"].astype(np.float32)}
+    with pytest.raises(ValueError, match="'W1'"):
+        mod.value_and_grad(**bad)
+    [sig] = mod._value_and_grad_kernel.signatures
+    assert all(
+        t.dtype == numba.from_dtype(a.dtype) for t, a in zip(sig, arrays.values())
+    )
+    assert not mod._forward_kernel.overloads  # a training loop never compiles forward
+    ref = graphgen.compile(G)
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], f"grad {k}")
+    assert len(mod._value_and_grad_kernel.signatures) == 1
+
+
+def test_whole_function_first_calls_from_two_threads(tmp_path_factory):
+    import threading
+
+    G = _load_yaml(tmp_path_factory, XENT, "xent_threads")
+    mod = graphgen.compile(G, backend="numba")
+    arrays = random_arrays(G, seed=6, sizes={"batch": 4})
+    want = graphgen.compile(G).value_and_grad(**arrays)[0]
+    results, errors = [], []
+
+    def first_call():
+        try:
+            results.append(mod.value_and_grad(**arrays)[0])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 2
+    assert all(abs(r - want) <= TOL * max(1.0, abs(want)) for r in results)
+    assert len(mod._value_and_grad_kernel.signatures) == 1
+
+
+ONE_KERNEL = """
+name: one_kernel
+inputs:
+  x: [batch, 6]
+params:
+  a1: {shape: [6], init: normal}
+  b1: {shape: [6], init: normal}
+  a2: {shape: [6], init: normal}
+nodes:
+  m1: {op: mul, args: [x, a1]}
+  u1: {op: add, args: [m1, b1]}
+  h1: {op: tanh, args: [u1]}
+  m2: {op: mul, args: [h1, a2]}
+  h2: {op: sigmoid, args: [m2]}
+  s: {op: square, args: [h2]}
+  loss: {op: sum, args: [s]}
+loss: loss
+outputs: [loss]
+"""
+
+
+def test_one_kernel_function_stays_python_level(tmp_path_factory):
+    # a function that is one fused kernel's call gains nothing from a compiled caller,
+    # which would optimize the kernel's code a second time; whole=True still makes one
+    G = _load_yaml(tmp_path_factory, ONE_KERNEL, "one_kernel")
+    src = graphgen.generate(G, backend="numba")
+    assert src.count("one fused loop over") == 2  # forward, value_and_grad
+    assert "_kernel(" not in src
+    assert "_compile(" not in src and "import threading" not in src
+    forced = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _value_and_grad_kernel(" in forced and "def _forward_kernel(" in forced
+    ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba")
+    arrays = random_arrays(G, seed=2, sizes={"batch": 3})
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], f"grad {k}")
+
+
 def test_whole_function_mode_reduction_of_a_0d_value():
     # mean over no axes of a 0-d value: a float in nopython code has no .mean()
     import networkx as nx

@@ -952,6 +952,11 @@ class NumbaProgram(Program):
             return None
         finally:
             self._whole, self.exclude = False, saved[0]
+        if self.whole is None and self._one_kernel_call(inner):
+            # nothing to save but one dispatch, and compiling the kernel into a caller
+            # optimizes its code a second time (W4: 17 s against 7 s; docs/numba.md)
+            self.kernels, self.kernel_names = saved[1], saved[2]
+            return None
 
         kname = Code(f"_{name}_kernel")
         while kname in self.namer.taken or kname in self.kernel_names:
@@ -1015,7 +1020,8 @@ class NumbaProgram(Program):
             for n in arrays
         ]
         types_name = Code(f"_{name.upper()}_TYPES")
-        options = [types_name] + (["cache=True"] if self.cache else [])
+        # compiled at the first call of the function (_compile), not at import
+        options = ["cache=True"] if self.cache else []
         options.append('error_model="numpy"')
         if self.fastmath:
             options.append("fastmath=True")
@@ -1065,6 +1071,8 @@ class NumbaProgram(Program):
         prologue = Code(
             f"{pad}if arrays.keys() != DTYPES.keys():\n"
             f"{pad}    _fail(arrays)\n"
+            f"{pad}if not {kname}.overloads:  # the first call compiles it\n"
+            f"{pad}    _compile({kname}, {types_name})\n"
             f"{pad}try:\n"
             + "".join(f"{pad}    # {c}\n" for c in comment)
             + f"{pad}    {call}\n"
@@ -1086,6 +1094,14 @@ class NumbaProgram(Program):
             inner.returns,
             prologue,
         )
+
+    def _one_kernel_call(self, fn):
+        """Whether ``fn``'s statements are one fused kernel's call (and the DTYPE
+        conversions of its 0-d results)."""
+        kernels = {name for name, _, _ in self.kernels.values()}
+        calls = [s for s in fn.statements if s.expr.split("(", 1)[0] in kernels]
+        rest = [s for s in fn.statements if s not in calls]
+        return len(calls) == 1 and all(s.expr.startswith("DTYPE(") for s in rest)
 
     def _root_name(self, r, fn):
         if r in self.namer:
@@ -1221,6 +1237,11 @@ class NumbaProgram(Program):
             + texts
             + self.whole_kernels
         )
+        ctx["lazy_compile"] = bool(self.whole_kernels)
+        if self.whole_kernels:
+            ctx["kernels"].insert(
+                0, Code(self.env.get_template("numba/helpers/compile.py.j2").render())
+            )
         ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx
 
