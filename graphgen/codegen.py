@@ -117,7 +117,27 @@ def environment() -> jinja2.Environment:
         finalize=_finalize,
     )
     env.filters["joincode"] = lambda items, sep: Code(sep.join(items))
+    env.tests["power_operand"] = _power_operand
     return env
+
+
+def _power_operand(expr) -> bool:
+    """Whether ruff format hugs ``**`` around ``expr`` (``x**2.0``, ``x**-y``): a name, a
+    number, a dotted name, or one of them with a unary minus, plus or invert."""
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return False
+    if _parenthesized(expr):
+        return False
+    while isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.Not):
+        node = node.operand
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name) or (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (int, float, complex, bool, type(None)))
+    )
 
 
 # ----------------------------------------------------------------------- literals
@@ -1142,8 +1162,9 @@ def _comment(text) -> Code:
     return Code(text)
 
 
-def _wrap_comment(text, width=LINE - INDENT - 2):
-    """A comment as lines that fit the line length (continuations indented)."""
+def _wrap_comment(text, width=LINE - INDENT - 2, indent="  "):
+    """A comment as lines that fit the line length (continuations indented by ``indent``;
+    ``indent=""`` for a docstring, whose lines ruff aligns)."""
     import textwrap
 
     words = []
@@ -1159,7 +1180,7 @@ def _wrap_comment(text, width=LINE - INDENT - 2):
     lines = textwrap.wrap(
         " ".join(words),
         width=width,
-        subsequent_indent="  ",
+        subsequent_indent=indent,
         break_long_words=False,
         break_on_hyphens=False,
     )

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import textwrap
 from functools import cache
 
 import networkx as nx
@@ -71,6 +70,7 @@ from ..codegen import (
     wrap,
 )
 from ..errors import CodegenError
+from ..layout import value as _rhs
 from ..naming import Code, Namer
 from ..passes import fusion
 from . import numba_math
@@ -143,25 +143,30 @@ class _Unsupported(Exception):
 
 def _bracketed(prefix, items, suffix, indent, parens=True):
     """``prefix(a, b)suffix`` laid out as ``ruff format`` does when it is too long: the
-    items on one indented line if they fit, else one per line with a trailing comma."""
+    items on one indented line if they fit, else one per line with a trailing comma.
+    ``parens=False``: a bare tuple (``return a, b``), which ruff splits one per line."""
     open_, close = ("(", ")") if parens else ("", "")
     one = f"{prefix}{open_}{', '.join(items)}{close}{suffix}"
-    if indent + len(one) <= LINE:
+    if indent + len(one) <= LINE or not items:
         return Code(one)
     pad = " " * (indent + INDENT)
     inner = ", ".join(items)
-    if indent + INDENT + len(inner) <= LINE:
+    if indent + INDENT + len(inner) <= LINE and (parens or len(items) == 1):
         return Code(f"{prefix}(\n{pad}{inner}\n{' ' * indent}){suffix}")
     body = "".join(f"{pad}{item},\n" for item in items)
     return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
 
 
 def _assign(targets, fname, args, indent):
-    """``a, b = f(x, y)``, formatted as ``ruff format`` does."""
+    """``a, b = f(x, y)``, formatted as ``ruff format`` does: the call's arguments split
+    if ``a, b = f(`` fits, else the call in parentheses if ``a, b = (`` does, else the
+    targets one per line."""
     lhs = ", ".join(targets)
-    if indent + len(lhs) + 3 + len(fname) + 1 <= LINE - 1:
+    if indent + len(lhs) + 3 + len(fname) + 1 <= LINE:
         return _bracketed(f"{lhs} = {fname}", args, "", indent)
-    # ruff splits the targets first when they alone do not fit
+    if indent + len(lhs) + 4 <= LINE or len(targets) == 1:
+        call = _bracketed(fname, args, "", indent + INDENT)
+        return Code(f"{lhs} = (\n{' ' * (indent + INDENT)}{call}\n{' ' * indent})")
     pad = " " * (indent + INDENT)
     body = "".join(f"{pad}{t},\n" for t in targets)
     call = _bracketed(f") = {fname}", args, "", indent)
@@ -243,6 +248,8 @@ class NumbaProgram(Program):
         # generic kernel text -> (name, the first group's text, the groups it serves)
         self.kernels = {}
         self.kernel_names = set()
+        # (statement, targets, kernel name, args) of each kernel call, for context()
+        self.kernel_calls = []
         self._init_whole(env, whole)
 
     # ------------------------------------------------------------------ schedule
@@ -323,7 +330,8 @@ class NumbaProgram(Program):
                 if n in inline:
                     continue
                 comments = self.comments(n, names)
-                stmts = [Statement(names[n], exprs[n], comments, n, False)]
+                expr = _rhs(exprs[n], INDENT + len(names[n]) + 3)
+                stmts = [Statement(names[n], expr, comments, n, False)]
             else:
                 grp = groups[u[1]]
                 n = grp.nodes[0]
@@ -352,23 +360,16 @@ class NumbaProgram(Program):
             f"one fused loop over {dims.fmt_shape(grp.domain)} ({kname}) computes "
             + ", ".join(computed)
         )
-        call = f"{kname}({', '.join(args)})"
-        target = ", ".join(targets)
-        if INDENT + len(target) + 3 + len(call) > LINE:
-            import textwrap
-
-            lines = textwrap.wrap(
-                ", ".join(args) + ",",
-                width=LINE - 2 * INDENT,
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-            pad = "\n" + " " * (2 * INDENT)
-            call = f"{kname}({pad}{pad.join(lines)}\n{' ' * INDENT})"
-        stmts = [Statement(Code(target), Code(call), _wrap_comment(text), grp.nodes[0])]
+        # on one line for now: laid out by context(), when the kernel's name is final
+        call = Code(f"{kname}({', '.join(args)})")
+        stmts = [
+            Statement(Code(", ".join(targets)), call, _wrap_comment(text), grp.nodes[0])
+        ]
+        self.kernel_calls.append((stmts[0], targets, kname, args))
         for o in grp.outputs:
             if len(self.A.nodes[o][g.SHAPE]) == 0:  # numba returns Python floats
-                stmts.append(Statement(names[o], Code(f"DTYPE({names[o]})"), [], o))
+                expr = _rhs(f"DTYPE({names[o]})", INDENT + len(names[o]) + 3)
+                stmts.append(Statement(names[o], expr, [], o))
         return stmts
 
     def kernel(self, grp, names, used):
@@ -621,6 +622,11 @@ class NumbaProgram(Program):
         order = [m for m in grp.members]
         for t in grp.tails:  # a tail right after the member it reads
             order.insert(order.index(g.operands(A, t)[0]) + 1, t)
+        depth = INDENT * (1 + R + (1 if chunked else 0))  # the loop bodies' indentation
+
+        def line(head, rhs):  # a statement of a loop body, laid out as ruff does
+            return Code(head + _rhs(rhs, depth + len(head), depth))
+
         for n in order:
             body = bodies[stage[n]]
             args = []
@@ -636,7 +642,7 @@ class NumbaProgram(Program):
                 target = Code(arr + ("[" + ", ".join(parts) + "]" if parts else ""))
                 comments = [] if generic else self.comments(n, show_names)
                 body.append(
-                    Statement(target, Code(f"{target} += {args[0]}"), comments, n)
+                    Statement(target, line(f"{target} += ", args[0]), comments, n)
                 )
                 continue
             comments = [] if generic else self.comments(n, show_names)
@@ -651,7 +657,7 @@ class NumbaProgram(Program):
                     body.append(
                         Statement(
                             out_array[n],
-                            Code(f"{out_array[n]}{here} = {local[n]}"),
+                            line(f"{out_array[n]}{here} = ", local[n]),
                             [],
                             n,
                         )
@@ -661,18 +667,17 @@ class NumbaProgram(Program):
             if n in inline:
                 continue
             body.append(
-                Statement(local[n], Code(f"{local[n]} = {exprs[n]}"), comments, n)
+                Statement(local[n], line(f"{local[n]} = ", exprs[n]), comments, n)
             )
             if n in out_set:
                 body.append(
                     Statement(
-                        out_array[n], Code(f"{out_array[n]}{here} = {local[n]}"), [], n
+                        out_array[n], line(f"{out_array[n]}{here} = ", local[n]), [], n
                     )
                 )
             if n in slot:
                 target = Code(f"{rows}[{slot[n]}, {idx[R - 1]}]")
-                body.append(Statement(target, Code(f"{target} = {local[n]}"), [], n))
-        depth = INDENT * (1 + R + (1 if chunked else 0))
+                body.append(Statement(target, line(f"{target} = ", local[n]), [], n))
         for body in bodies:
             for s in body:  # re-wrap the comments for the loop body's indentation
                 if s.comments:
@@ -721,7 +726,7 @@ class NumbaProgram(Program):
         doc = (
             [Code("KERNEL_DOC")]
             if generic
-            else _wrap_comment(
+            else _docstring(
                 f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
                 + (", ".join(computed) or "temporaries")
                 + "."
@@ -749,7 +754,13 @@ class NumbaProgram(Program):
             "params": pcode,
             "doc": doc,
             "extents": extents,
-            "arrays": arrays,
+            "arrays": [
+                _statement(
+                    f"{ident} = np.{init}({shape}, dtype="
+                    + ("np.float64)" if ident == accs else "DTYPE)")
+                )
+                for ident, init, shape in arrays
+            ],
             "scalars": scalars,
             "loops": loops,
             "stages": stages,
@@ -758,8 +769,8 @@ class NumbaProgram(Program):
                 {"part": part, "nrow": nrow, "size": ACC_BLOCK} if blocked else None
             ),
             "depth": depth,
-            "after": after,
-            "returns": Code(", ".join(returns)),
+            "after": [_statement(line) for line in after],
+            "returns": _bracketed("return ", returns, "", INDENT, parens=False),
         }
         return Code(self.kernel_template.render(**ctx).rstrip("\n")), call_args
 
@@ -1027,13 +1038,10 @@ class NumbaProgram(Program):
             options.append("fastmath=True")
         doc_ = [
             Code(line)
-            for line in textwrap.wrap(
+            for line in _docstring(
                 f"Everything {name}() computes, compiled as one function: the arrays in, "
                 + ", ".join(outs)
-                + " out.",
-                width=LINE - INDENT - 3,
-                break_long_words=False,
-                break_on_hyphens=False,
+                + " out."
             )
         ]
         self.whole_kernels.append(
@@ -1197,7 +1205,7 @@ class NumbaProgram(Program):
         renames, texts = {}, []
         for key, (name, text, served) in self.kernels.items():
             if len(served) == 1:
-                texts.append(Code(text.replace("KERNEL_NAME", name, 1)))
+                texts.append(_named(text, name))
                 continue
             # one kernel for several groups: generic names, the groups in its docstring
             shared, k = Code("_k_shared"), 2
@@ -1208,22 +1216,37 @@ class NumbaProgram(Program):
             by_domain = {}
             for domain, outs in served:
                 by_domain.setdefault(domain, []).append(outs)
-            doc = _wrap_comment(
+            doc = _docstring(
                 f"One loop nest shared by {len(served)} fused groups: computing "
                 + "; ".join(f"{', '.join(o)} over {d}" for d, o in by_domain.items())
                 + "."
             )
             texts.append(
-                Code(
-                    key.replace("KERNEL_NAME", shared, 1).replace(
-                        "KERNEL_DOC", "\n    ".join(doc), 1
-                    )
-                )
+                Code(_named(key, shared).replace("KERNEL_DOC", "\n    ".join(doc), 1))
             )
         if renames:
             pat = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
             ctx["functions"] = _renamed(ctx["functions"], pat, renames)
             self.whole_kernels = [_renamed(k, pat, renames) for k in self.whole_kernels]
+        # the Python-level statements laid out as ruff does (whole-function mode's
+        # DTYPE(...) of 0-d results among them), then the kernel calls for their kernels'
+        # final names (a shared kernel's is only known now), there and in whole-function
+        # kernels (where function.py.j2 has put them one line each, as at the Python level)
+        for fn in ctx["functions"]:
+            for st in fn.statements:
+                st.expr = _rhs(st.expr, INDENT + len(st.target) + 3)
+        pad = " " * INDENT
+        for st, targets, kname, args in self.kernel_calls:
+            kname = renames.get(kname, kname)
+            flat = f"{', '.join(targets)} = {kname}({', '.join(args)})"
+            laid = _assign(targets, kname, args, INDENT)
+            target, expr = laid.split(" = ", 1)
+            st.target, st.expr = Code(target), Code(expr)
+            if laid != flat:
+                self.whole_kernels = [
+                    Code(k.replace(f"\n{pad}{flat}\n", f"\n{pad}{laid}\n"))
+                    for k in self.whole_kernels
+                ]
         ctx["kernels"] = (
             [
                 Code(
@@ -1244,6 +1267,32 @@ class NumbaProgram(Program):
             )
         ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx
+
+
+def _statement(text, indent=INDENT):
+    """One of our one-line statements ``t = value`` (``+=``, ``/=``) at ``indent``, its
+    value laid out as ruff does."""
+    target, op, value = re.fullmatch(r"(\S+) ([+/]?=) (.*)", text).groups()
+    head = f"{target} {op} "
+    return Code(head + _rhs(value, indent + len(head), indent))
+
+
+def _docstring(text):
+    """A kernel's docstring as lines: its continuation lines not indented (ruff aligns
+    them with the quotes), each line within the line length with its quotes."""
+    lines = _wrap_comment(text, width=LINE - INDENT - 3, indent="")
+    if len(lines) == 1 and len(lines[0]) > LINE - INDENT - 6:  # both quotes on it
+        lines = _wrap_comment(text, width=LINE - INDENT - 6, indent="")
+    return lines
+
+
+def _named(text, name):
+    """A kernel's text (``def KERNEL_NAME(a, b):``) with its name, the ``def`` line laid
+    out for that name as ruff does."""
+    head, rest = text.split("def KERNEL_NAME(", 1)
+    params, rest = rest.split("):\n", 1)
+    signature = _bracketed(f"def {name}", params.split(", ") if params else [], ":", 0)
+    return Code(f"{head}{signature}\n{rest}")
 
 
 def _renamed(value, pat, renames):

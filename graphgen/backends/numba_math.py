@@ -92,7 +92,7 @@ SOURCE["float32"]["_nb_i2f"] = _BITCAST.format(
 _FMA = '''
 @numba.extending.intrinsic
 def _nb_fma(typingctx, a, b, c):
-    """a·b + c, one rounding where the CPU has FMA (llvm.fmuladd), two where it has not."""
+    """a·b + c: one rounding where the CPU has FMA (llvm.fmuladd), else two."""
     t = numba.{t}
     sig = t(t, t, t)
 
@@ -189,14 +189,22 @@ def _nb_sincos_kernels(x, y):
     z = x * x
     v = z * x
     w = z * z
-    r = 8.33333333332248946124e-03 + z * (-1.98412698298579493134e-04 + z * (
-        2.75573137070700676789e-06 + z * (-2.50507602534068634195e-08
-                                          + z * 1.58969099521155010221e-10)))
+    r = 8.33333333332248946124e-03 + z * (
+        -1.98412698298579493134e-04
+        + z
+        * (
+            2.75573137070700676789e-06
+            + z * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)
+        )
+    )
     s = x - ((z * (0.5 * y - v * r) - y) - v * -1.66666666666666324348e-01)
-    r = z * (4.16666666666666019037e-02 + z * (-1.38888888888741095749e-03
-                                               + z * 2.48015872894767294178e-05)) \\
-        + w * w * (-2.75573143513906633035e-07 + z * (2.08757232129817482790e-09
-                                                      + z * -1.13596475577881948265e-11))
+    r = z * (
+        4.16666666666666019037e-02
+        + z * (-1.38888888888741095749e-03 + z * 2.48015872894767294178e-05)
+    ) + w * w * (
+        -2.75573143513906633035e-07
+        + z * (2.08757232129817482790e-09 + z * -1.13596475577881948265e-11)
+    )
     hz = 0.5 * z
     w = 1.0 - hz
     c = w + (((1.0 - w) - hz) + (z * r - x * y))
@@ -371,7 +379,7 @@ def _nb_cos(x):
 _ROW = '''
 @numba.njit(error_model="numpy")
 def _nb_{op}_row(x, out):
-    """out[i] = {op}(x[i]) for a row (one shared loop, called by the kernels' stages)."""
+    """out[i] = {op}(x[i]) over a row, one shared loop the kernels' stages call."""
     for i in range(x.shape[0]):
         out[i] = _nb_{op}(x[i])
 '''
