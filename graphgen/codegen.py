@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__, dims, ops
+from . import __version__, dims, layout, ops
 from . import graph as g
 from .errors import CodegenError
 from .naming import Code, Namer, sanitize
@@ -218,18 +218,6 @@ def condition(parts, indent=INDENT) -> Code:
     pad = " " * (indent + INDENT)
     lines = [f"{pad}{parts[0]}"] + [f"{pad}or {p}" for p in parts[1:]]
     return Code("(\n" + "\n".join(lines) + "\n" + " " * indent + ")")
-
-
-def operator_chain(expr, terms, op, used, indent=INDENT) -> Code:
-    """``expr`` (``a + b + c``), or its ``terms`` one per line in parentheses when the
-    line is too long, as ``ruff format`` lays it out; ``used``: width taken before it."""
-    if used + len(expr) <= LINE:
-        return Code(expr)
-    pad = " " * (indent + INDENT)
-    body = "\n".join(
-        f"{pad}{'' if i == 0 else op + ' '}{t}" for i, t in enumerate(terms)
-    )
-    return Code(f"(\n{body}\n{' ' * indent})")
 
 
 def call_lines(expr, used, indent=INDENT) -> Code:
@@ -569,15 +557,8 @@ class Program:
                 if names[v] != names[n] and last_named[names[v]] <= i
             ]
             st.dels = unpack_line("del ", dels, "", INDENT) if dels else None
-            if A.nodes[n][g.OP] == "add_n" and not st.accumulate:
-                st.expr = operator_chain(
-                    st.expr,
-                    [wrap(self.value(p, exprs, names)) for p in g.operands(A, n)],
-                    "+",
-                    INDENT + len(st.target) + 3,
-                )
-            elif not st.accumulate and not st.expr.endswith(f"out={st.target})"):
-                st.expr = call_lines(st.expr, INDENT + len(st.target) + 3)
+            if not st.accumulate and not st.expr.endswith(f"out={st.target})"):
+                st.expr = layout.value(st.expr, INDENT + len(st.target) + 3)
             statements.append(st)
         # a comment explains the temporaries computed for its statement, so it goes first
         run = []
