@@ -1094,7 +1094,8 @@ class NumbaProgram(Program):
         )
         stmts = []
         for o in scalar_outs:  # numba hands back Python floats
-            stmts.append(Statement(o, Code(f"DTYPE({o})"), [], roots[0]))
+            expr = _rhs(f"DTYPE({o})", INDENT + len(o) + 3)
+            stmts.append(Statement(o, expr, [], roots[0]))
         return Function(
             inner.name,
             inner.doc,
@@ -1228,13 +1229,10 @@ class NumbaProgram(Program):
             pat = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
             ctx["functions"] = _renamed(ctx["functions"], pat, renames)
             self.whole_kernels = [_renamed(k, pat, renames) for k in self.whole_kernels]
-        # the Python-level statements laid out as ruff does (whole-function mode's
-        # DTYPE(...) of 0-d results among them), then the kernel calls for their kernels'
-        # final names (a shared kernel's is only known now), there and in whole-function
-        # kernels (where function.py.j2 has put them one line each, as at the Python level)
-        for fn in ctx["functions"]:
-            for st in fn.statements:
-                st.expr = _rhs(st.expr, INDENT + len(st.target) + 3)
+        # the kernel calls laid out for their kernels' final names (a shared kernel's is
+        # only known now), at the Python level and in whole-function kernels (where
+        # function.py.j2 has put them one line each); every other statement was laid out
+        # where it was made
         pad = " " * INDENT
         for st, targets, kname, args in self.kernel_calls:
             kname = renames.get(kname, kname)
