@@ -611,6 +611,88 @@ def test_whole_function_matmul_calls_numpys_blas(xent, dtype):
     assert mod._gemm(a[:0], b).shape == (0, 30)
 
 
+# (n, k, m) of products that take each path of _matmul on an AVX-512 host: the loop
+# (n·k·m ≤ 4096), register tiles (with and without a tail of rows, b = Wᵀ copied), BLAS
+# (width not a multiple of the tile's, a short tail of rows, over 2**24 multiply-adds)
+SIMD_SHAPES = [(64, 100, 64), (67, 30, 96), (32, 784, 128), (8, 20, 32), (200, 3, 32)]
+BLAS_SHAPES = [(32, 128, 10), (33, 100, 64), (16, 20, 20), (256, 1024, 128)]
+TINY_SHAPES = [(4, 5, 6), (1, 1, 1)]
+
+
+def _operands(rng, n, k, m, t):
+    a = rng.standard_normal((n, k)).astype(t)
+    b = rng.standard_normal((k, m)).astype(t)
+    # C, F (a transposed C array, as x.T), a strided view, b = Wᵀ and strided columns
+    yield a, b
+    yield np.asfortranarray(a), b
+    yield np.ascontiguousarray(np.repeat(a, 2, axis=1))[:, ::2], b
+    yield a, np.asfortranarray(b)
+    yield a, np.ascontiguousarray(np.repeat(b, 2, axis=1))[:, ::2]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matmul_paths_agree_with_numpy(xent, dtype):
+    mod = graphgen.compile(xent[0], backend="numba", dtype=dtype)
+    rng = np.random.default_rng(1)
+    t = np.dtype(dtype)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for n, k, m in SIMD_SHAPES + BLAS_SHAPES + TINY_SHAPES:
+        for a, b in _operands(rng, n, k, m, t):
+            want = a.astype(np.float64) @ b.astype(np.float64)
+            scale = max(1.0, float(np.abs(want).max()))
+            # _simd_matmul hands products whose width is not a multiple to BLAS
+            for f in (mod._matmul, mod._simd_matmul):
+                got = f(a, b)
+                assert got.dtype == t and got.flags.c_contiguous and got.shape == (n, m)
+                np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale * k)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matmul_runs_mid_sized_products_in_register_tiles(xent, dtype):
+    mod = graphgen.compile(xent[0], backend="numba", dtype=dtype)
+    if not mod._LANES:
+        assert mod._simd_matmul is mod._gemm  # no AVX-512 here: BLAS
+        pytest.skip("this host's compiled code has no AVX-512")
+    assert mod._LANES == 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(2)
+    t = np.dtype(dtype)
+    differs = False
+    for n, k, m in SIMD_SHAPES + BLAS_SHAPES:
+        a = rng.standard_normal((n, k)).astype(t)
+        b = rng.standard_normal((k, m)).astype(t)
+        tiles, blas = mod._simd_matmul(a, b), mod._gemm(a, b)
+        want = tiles if (n, k, m) in SIMD_SHAPES else blas
+        # the same bits as the path the rule picks
+        assert np.array_equal(mod._matmul(a, b), want), (n, k, m)
+        differs |= not np.array_equal(tiles, blas)
+    assert differs  # the two paths round differently, so the check above can fail
+
+
+def test_matmul_without_avx512_is_blas(xent, tmp_path):
+    # NUMBA_CPU_NAME picks a target other than this host (a cache shared between
+    # machines): no 512-bit registers assumed, and the module still computes
+    path = tmp_path / "xent_mlp.py"
+    path.write_text(graphgen.generate(xent[0], backend="numba"))
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import xent_mlp as m\n"
+        "assert m._LANES == 0 and m._simd_matmul is m._gemm\n"
+        "a, b = np.ones((32, 64)), np.ones((64, 32))\n"
+        "assert (m._matmul(a, b) == 64).all()\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(
     tmp_path_factory,
 ):
