@@ -505,6 +505,15 @@ def xent(tmp_path_factory):
     return G, graphgen.compile(G), graphgen.compile(G, backend="numba")
 
 
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    # z1 is 64 wide: a multiple of the register tiles' width in both dtypes
+    text = XENT.replace("name: xent_mlp", "name: wide_mlp")
+    text = text.replace("[6, 5]", "[6, 64]").replace("[5]", "[64]")
+    text = text.replace("[5, 4]", "[64, 4]")
+    return _load_yaml(tmp_path_factory, text, "wide_mlp")
+
+
 def _python_level(src, fn):
     return src.split(f"\ndef {fn}(**arrays):")[1].split("\ndef ")[0]
 
@@ -631,8 +640,8 @@ def _operands(rng, n, k, m, t):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_matmul_paths_agree_with_numpy(xent, dtype):
-    mod = graphgen.compile(xent[0], backend="numba", dtype=dtype)
+def test_matmul_paths_agree_with_numpy(wide, dtype):
+    mod = graphgen.compile(wide, backend="numba", dtype=dtype)
     rng = np.random.default_rng(1)
     t = np.dtype(dtype)
     tol = 1e-12 if dtype == "float64" else 2e-5
@@ -648,8 +657,8 @@ def test_matmul_paths_agree_with_numpy(xent, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_matmul_runs_mid_sized_products_in_register_tiles(xent, dtype):
-    mod = graphgen.compile(xent[0], backend="numba", dtype=dtype)
+def test_matmul_runs_mid_sized_products_in_register_tiles(wide, dtype):
+    mod = graphgen.compile(wide, backend="numba", dtype=dtype)
     if not mod._LANES:
         assert mod._simd_matmul is mod._gemm  # no AVX-512 here: BLAS
         pytest.skip("this host's compiled code has no AVX-512")
@@ -668,15 +677,24 @@ def test_matmul_runs_mid_sized_products_in_register_tiles(xent, dtype):
     assert differs  # the two paths round differently, so the check above can fail
 
 
-def test_matmul_without_avx512_is_blas(xent, tmp_path):
+def test_register_tiles_only_where_a_product_may_use_them(xent, wide):
+    # xent's products are 5 and 4 wide: no _simd_matmul to compile at import
+    src = graphgen.generate(xent[0], backend="numba")
+    assert "def _matmul(" in src and "_simd_matmul(" not in src
+    for dtype in ("float64", "float32"):
+        src = graphgen.generate(wide, backend="numba", dtype=dtype)
+        assert "def _simd_matmul(" in src and "return _simd_matmul(a, b)" in src
+
+
+def test_matmul_without_avx512_is_blas(wide, tmp_path):
     # NUMBA_CPU_NAME picks a target other than this host (a cache shared between
     # machines): no 512-bit registers assumed, and the module still computes
-    path = tmp_path / "xent_mlp.py"
-    path.write_text(graphgen.generate(xent[0], backend="numba"))
+    path = tmp_path / "wide_mlp.py"
+    path.write_text(graphgen.generate(wide, backend="numba"))
     code = (
         "import sys, numpy as np\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "import xent_mlp as m\n"
+        "import wide_mlp as m\n"
         "assert m._LANES == 0 and m._simd_matmul is m._gemm\n"
         "a, b = np.ones((32, 64)), np.ones((64, 32))\n"
         "assert (m._matmul(a, b) == 64).all()\n"

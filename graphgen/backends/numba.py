@@ -921,6 +921,9 @@ class NumbaProgram(Program):
         )
         self.whole_kernels = []  # rendered @numba.njit functions, one per function
         self.nb_helpers = []  # helpers of templates/numba/helpers/ they call
+        # whether some _matmul product may be wide enough for register tiles: if none
+        # is, the module leaves _simd_matmul out and does not compile it (W1: 0.8 s)
+        self.matmul_tiles = False
         self._once_whole = {}
 
     def function(self, name, roots, doc, returns_fn):
@@ -1183,6 +1186,11 @@ class NumbaProgram(Program):
             out["loops"] = all(
                 len(self.A.nodes[p][g.SHAPE]) == 2 for p in g.operands(self.A, n)
             )
+            # tiles are two 512-bit registers wide (matmul.py.j2, _matmul's rule)
+            width = self.A.nodes[n][g.SHAPE][-1]
+            tile = {"float64": 16, "float32": 32}[self.dtype]
+            if out["loops"] and (not isinstance(width, int) or width % tile == 0):
+                self.matmul_tiles = True
         return out
 
     def _uses_once(self, op):
@@ -1249,7 +1257,7 @@ class NumbaProgram(Program):
             [
                 Code(
                     self.env.get_template(f"numba/helpers/{h}.py.j2")
-                    .render()
+                    .render(tiles=self.matmul_tiles)
                     .rstrip("\n")
                 )
                 for h in NB_HELPERS
