@@ -429,6 +429,17 @@ print(time.perf_counter() - t0)
 """
 
 
+def _run_python(code, env):
+    """Run ``code`` in a fresh interpreter with ``env``; the finished process."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
 def test_cache_makes_the_second_process_fast(tmp_path, deep):
     G = deep[0]
     src = graphgen.generate(G, backend="numba")
@@ -437,13 +448,7 @@ def test_cache_makes_the_second_process_fast(tmp_path, deep):
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     times = []
     for _ in range(2):
-        r = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
+        r = _run_python(code, env)
         assert r.returncode == 0, r.stderr
         times.append(float(r.stdout.strip().splitlines()[-1]))
     print(f"\nfirst process {times[0]:.2f}s, second process (cached) {times[1]:.2f}s")
@@ -701,13 +706,7 @@ def test_matmul_without_avx512_is_blas(wide, tmp_path):
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    r = _run_python(code, env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
