@@ -691,6 +691,20 @@ def test_register_tiles_only_where_a_product_may_use_them(xent, wide):
         assert "def _simd_matmul(" in src and "return _simd_matmul(a, b)" in src
 
 
+def test_register_tiles_agree_with_numpy_end_to_end(wide):
+    # batch 64: x @ W1 (64×6 @ 6×64) and logits_bar @ W2ᵀ (b copied) take the tiles
+    # on an AVX-512 host, xᵀ @ a1_bar (6 rows) BLAS; gradients match the NumPy module
+    # and central differences
+    ref, mod = graphgen.compile(wide), graphgen.compile(wide, backend="numba")
+    arrays = random_arrays(wide, seed=5, sizes={"batch": 64})
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], f"gradient {k}")
+    report = graphgen.check(wide, module=mod, arrays=arrays)
+    assert report.ok, report.format()
+
+
 def test_matmul_without_avx512_is_blas(wide, tmp_path):
     # NUMBA_CPU_NAME picks a target other than this host (a cache shared between
     # machines): no 512-bit registers assumed, and the module still computes
