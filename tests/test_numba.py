@@ -626,9 +626,17 @@ def test_whole_function_matmul_calls_numpys_blas(xent, dtype):
 
 
 # (n, k, m) of products that take each path of _matmul on an AVX-512 host: the loop
-# (n·k·m ≤ 4096), register tiles (with and without a tail of rows, b = Wᵀ copied), BLAS
-# (width not a multiple of the tile's, a short tail of rows, over 2**24 multiply-adds)
-SIMD_SHAPES = [(64, 100, 64), (67, 30, 96), (32, 784, 128), (8, 20, 32), (200, 3, 32)]
+# (n·k·m ≤ 4096), register tiles (whole tiles; ragged rows and columns covered by
+# overlapping tiles; b = Wᵀ copied), BLAS (a narrow ragged width, a short ragged column
+# of rows, over 2**24 multiply-adds)
+SIMD_SHAPES = [
+    (64, 100, 64),
+    (67, 30, 96),
+    (70, 50, 136),
+    (32, 784, 128),
+    (8, 20, 32),
+    (200, 3, 32),
+]
 BLAS_SHAPES = [(32, 128, 10), (33, 100, 64), (16, 20, 20), (256, 1024, 128)]
 TINY_SHAPES = [(4, 5, 6), (1, 1, 1)]
 

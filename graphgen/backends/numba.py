@@ -1189,7 +1189,8 @@ class NumbaProgram(Program):
             # tiles are two 512-bit registers wide (matmul.py.j2, _matmul's rule)
             width = self.A.nodes[n][g.SHAPE][-1]
             tile = {"float64": 16, "float32": 32}[self.dtype]
-            if out["loops"] and (not isinstance(width, int) or width % tile == 0):
+            fits = not isinstance(width, int) or width % tile == 0 or width >= 4 * tile
+            if out["loops"] and fits:
                 self.matmul_tiles = True
         return out
 
