@@ -108,6 +108,15 @@ def _close(a, b, what):
     np.testing.assert_allclose(b, a, rtol=TOL, atol=TOL, err_msg=what)
 
 
+def _grads_agree(ref, mod, arrays):
+    """The NumPy module ``ref`` and the Numba module ``mod`` give the same loss and
+    gradients for ``arrays``, to TOL."""
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for k in g1:
+        _close(g1[k], g2[k], f"gradient {k}")
+
+
 @pytest.mark.parametrize("op_name", list(REGISTRY))
 def test_numba_agrees_with_numpy_on_every_op(every_op, op_name):
     assert op_name in CASES, f"no cases for op {op_name!r}"
@@ -705,10 +714,7 @@ def test_register_tiles_agree_with_numpy_end_to_end(wide):
     # and central differences
     ref, mod = graphgen.compile(wide), graphgen.compile(wide, backend="numba")
     arrays = random_arrays(wide, seed=5, sizes={"batch": 64})
-    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
-    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-    for k in g1:
-        _close(g1[k], g2[k], f"gradient {k}")
+    _grads_agree(ref, mod, arrays)
     report = graphgen.check(wide, module=mod, arrays=arrays)
     assert report.ok, report.format()
 
@@ -741,10 +747,7 @@ def test_whole_function_mode_falls_back_when_an_op_has_no_nopython_form(
     assert "_logsumexp(" in _python_level(src, "value_and_grad")
     ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba")
     arrays = random_arrays(G, seed=4, sizes={"batch": 5})
-    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
-    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-    for k in g1:
-        _close(g1[k], g2[k], k)
+    _grads_agree(ref, mod, arrays)
 
 
 def test_whole_option(xent):
@@ -815,10 +818,7 @@ def test_whole_function_kernels_compile_at_their_first_call(tmp_path_factory):
     )
     assert not mod._forward_kernel.overloads  # a training loop never compiles forward
     ref = graphgen.compile(G)
-    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
-    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-    for k in g1:
-        _close(g1[k], g2[k], f"grad {k}")
+    _grads_agree(ref, mod, arrays)
     assert len(mod._value_and_grad_kernel.signatures) == 1
 
 
@@ -881,10 +881,7 @@ def test_one_kernel_function_stays_python_level(tmp_path_factory):
     assert "def _value_and_grad_kernel(" in forced and "def _forward_kernel(" in forced
     ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba")
     arrays = random_arrays(G, seed=2, sizes={"batch": 3})
-    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
-    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-    for k in g1:
-        _close(g1[k], g2[k], f"grad {k}")
+    _grads_agree(ref, mod, arrays)
 
 
 def test_whole_function_mode_reduction_of_a_0d_value():
