@@ -58,7 +58,7 @@ HELPERS = [
 
 def helpers(backend, dtype):
     """The helper functions of one backend's module, as a namespace."""
-    from graphgen.codegen import environment
+    from graphgen.codegen.render import environment
 
     env = environment()
     parts = []

@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 
-from graphgen import diagram
-from graphgen.spec import from_dict
+from graphgen.views import diagram
+from graphgen.frontends.spec import from_dict
 
 
 def big_spec(layers=100, width=8):

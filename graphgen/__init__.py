@@ -17,11 +17,8 @@ Examples
 ['W1', 'W2', 'b1']
 """
 
-__version__ = "0.1.0"
-
-from .api import check, compile, load, write
-from .codegen import generate
-from .diagram import render, to_dot
+from .api import compile, generate, load, write
+from .check import check
 from .errors import (
     CodegenError,
     GradientError,
@@ -31,10 +28,12 @@ from .errors import (
     ShapeError,
     SpecError,
 )
-from .explain import explain
 from .passes.adjoint import adjoint
 from .passes.optimize import optimize
 from .passes.shapes import prepare
+from .version import __version__  # noqa: F401
+from .views.diagram import render, to_dot
+from .views.explain import explain
 
 __all__ = [
     "CodegenError",

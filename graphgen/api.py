@@ -1,4 +1,13 @@
-"""The public Python API: load, compile, check (generate and adjoint live with their passes)."""
+"""The pipeline and the public Python API around it.
+
+::
+
+    load (frontends) -> lower: prepare, adjoint, optimize (passes)
+         -> generate: a backend's Program renders the module -> compile / write
+
+:func:`report` says what the compiler did. Gradient checking (:mod:`graphgen.check`),
+the views and the CLI sit on top of this module; it imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +16,24 @@ import os
 import sys
 import types
 
-from . import spec
-from .check import check
-from .codegen import generate
+from . import dims
+from . import graph as g
+from .backends.numba.program import NumbaProgram
+from .backends.numpy import memory
+from .backends.numpy.program import NumpyProgram
+from .codegen.program import stored_weights
+from .codegen.render import render_module
+from .errors import CodegenError, GraphError
+from .frontends import onnx as onnx_frontend
+from .frontends import spec
+from .passes.adjoint import adjoint
+from .passes.optimize import optimize
+from .passes.shapes import prepare
 
-__all__ = ["check", "compile", "load", "write"]
+__all__ = ["compile", "generate", "load", "lower", "report", "write"]
+
+# backend name -> its Program (each renders templates/<name>/module.py.j2)
+BACKENDS = {"numpy": NumpyProgram, "numba": NumbaProgram}
 
 
 def load(path, **onnx_options):
@@ -33,8 +55,6 @@ def load(path, **onnx_options):
     """
     path = os.fspath(path)
     if path.endswith(".onnx"):
-        from . import onnx_frontend
-
         return onnx_frontend.load(path, **onnx_options)
     if onnx_options:
         raise TypeError(f"options {sorted(onnx_options)} apply to ONNX models only")
@@ -83,14 +103,10 @@ def compile(G, backend="numpy", *, dtype=None, **options):
 
 def stored_arrays(G):
     """The arrays a module of ``G`` reads from its ``.npz`` (empty when it reads none)."""
-    from .codegen import stored_weights
-
     params, consts = stored_weights(G)  # no prepare: compile runs it anyway
     weights = G.graph.get("weights") or {}
     missing = [k for k in params + consts if k not in weights]
     if missing:
-        from .errors import GraphError
-
         raise GraphError(
             f"no stored array for {', '.join(map(repr, missing))}",
             source=G.graph.get("source"),
@@ -168,3 +184,112 @@ def _import_cached(source, model_name, arrays=None):
         del sys.modules[name]
         raise
     return module
+
+
+def lower(G, *, dtype=None):
+    """Prepare, differentiate and optimize: the graph a backend renders."""
+    H = G.copy()
+    if dtype is not None:
+        if dtype not in g.FLOAT_DTYPES:
+            raise CodegenError(
+                f"dtype must be float64 or float32, got {dtype!r}",
+                source=g.source_of(G),
+            )
+        H = _with_dtype(H, dtype)
+    H = prepare(H)
+    if H.graph.get("loss") is not None:
+        H = adjoint(H)
+    return optimize(H)
+
+
+def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
+    """Render the standalone Python module for ``G``.
+
+    Parameters
+    ----------
+    G : networkx.DiGraph
+        A graphgen graph (:func:`graphgen.load` or built by hand).
+    backend : {"numpy", "numba"}
+        The code generator to use.
+    dtype : {"float64", "float32"}, optional
+        Override the spec's dtype.
+    source_name : str, optional
+        The name shown in the module docstring (default: the spec file's base name).
+
+    Returns
+    -------
+    str
+        Python source that imports only NumPy. It is deterministic: the same graph gives
+        the same bytes.
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> src = graphgen.generate(graphgen.load("examples/tiny.yaml"))
+    >>> "def value_and_grad(**arrays):" in src
+    True
+    """
+    if backend not in BACKENDS:
+        raise CodegenError(
+            f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
+            source=g.source_of(G),
+        )
+    A = lower(G, dtype=dtype)
+    if source_name is None:
+        source_name = os.path.basename(g.source_of(A))
+    if backend == "numpy" and options:
+        raise CodegenError(f"the {backend} backend takes no options {sorted(options)}")
+    # numba options: parallel, fastmath, cache, whole, transcendentals
+    program = BACKENDS[backend](A, backend, source_name, **options)
+    return render_module(program.env, f"{backend}/module.py.j2", program.context())
+
+
+def report(G, backend="numpy", *, dtype=None, sizes=None):
+    """What the compiler did, for ``graphgen compile --report``.
+
+    Per pass, the op count before and after; the forward values saved for the backward
+    pass with their sizes; and the planned peak bytes of intermediates of each generated
+    function, with symbolic sizes set from ``sizes`` (default 32 each).
+    """
+    forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
+    A = lower(G, dtype=dtype)
+    program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)))
+    program.context()
+    symbols = sorted(
+        {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+    )
+    sizes = {s: 32 for s in symbols} | dict(sizes or {})
+    lines = [
+        f"graphgen report for {program.source_name} ({A.graph['dtype']}, "
+        + (", ".join(f"{k}={v}" for k, v in sizes.items()) or "no symbolic sizes")
+        + ")",
+        "",
+        f"forward graph: {sum(1 for n in forward_only if forward_only.nodes[n][g.KIND] == g.OPNODE)} ops",
+        f"{'pass':<28} {'ops before':>10} {'ops after':>10}",
+    ]
+    for name, before, after in A.graph.get("pass_stats", []):
+        lines.append(f"{name:<28} {before:>10} {after:>10}")
+    saved = memory.saved_for_backward(A)
+    lines += ["", f"saved for the backward pass ({len(saved)} arrays):"]
+    total = 0
+    for n in saved:
+        nb = memory.nbytes(A, n, sizes)
+        total += nb
+        shape = dims.concrete(A.nodes[n][g.SHAPE], sizes)
+        lines.append(f"  {program.namer[n]:<24} {shape!s:<16} {nb:>12,d} bytes")
+    lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
+    lines.append("")
+    for fname, (prog, keep, inlined) in program.programs.items():
+        peak = memory.peak_bytes(A, prog, keep, sizes, inlined)
+        lines.append(f"planned peak of intermediates in {fname}(): {peak:,d} bytes")
+    return "\n".join(lines)
+
+
+def _with_dtype(G, dtype):
+    H = G.copy()
+    old = H.graph.get("dtype", "float64")
+    H.graph["dtype"] = dtype
+    for n in H:
+        if H.nodes[n].get(g.DTYPE, old) == old:
+            H.nodes[n][g.DTYPE] = dtype
+    return H

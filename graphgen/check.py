@@ -26,13 +26,6 @@ def symbol_sizes(G, sizes=None):
     return out
 
 
-def concrete(shape, sizes):
-    return tuple(
-        d if isinstance(d, int) else int(eval(dims.render(d, lambda s: str(sizes[s]))))
-        for d in shape
-    )
-
-
 def _domain(G, n):
     """Where the data of input/param ``n`` should be sampled, judged by its consumers."""
     found = []
@@ -81,7 +74,7 @@ def random_arrays(G, seed=0, sizes=None, dtype=None):
         a = G.nodes[n]
         if a[g.KIND] not in (g.INPUT, g.PARAM):
             continue
-        shape = concrete(a[g.SHAPE], sizes)
+        shape = dims.concrete(a[g.SHAPE], sizes)
         if a[g.KIND] == g.PARAM and a.get(g.INIT) == "weights":
             out[n] = np.asarray(G.graph["weights"][n], dtype=fdtype)
             continue

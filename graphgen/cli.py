@@ -13,8 +13,8 @@ import os
 import sys
 import warnings
 
-from . import __version__
 from .errors import GraphgenError, GraphgenWarning
+from .version import __version__
 
 
 def _load(path, args=None):
@@ -94,8 +94,7 @@ def compile_args(p):
 
 
 def compile_run(args):
-    from .api import stored_arrays, write
-    from .codegen import generate, report
+    from .api import generate, report, stored_arrays, write
 
     G = _load(args.spec, args)
     if args.report:
@@ -171,7 +170,7 @@ def import_run(args):
     import numpy as np
     import yaml
 
-    from .onnx_frontend import to_spec
+    from .frontends.onnx import to_spec
 
     if not args.model.endswith(".onnx"):
         raise GraphgenError(f"{args.model}: expected an ONNX model (.onnx)")

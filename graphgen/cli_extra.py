@@ -51,7 +51,7 @@ def render_args(p):
 
 
 def render_run(args):
-    from .diagram import write
+    from .views.diagram import write
 
     G = cli._load(args.spec)
     write(
@@ -91,7 +91,7 @@ def explain_args(p):
 
 
 def explain_run(args):
-    from .explain import explain
+    from .views.explain import explain
 
     G = cli._load(args.spec)
     values = args.values

@@ -147,3 +147,19 @@ def fmt_shape(shape) -> str:
     if len(shape) == 1:
         return f"({shape[0]},)"
     return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def value(d, sizes) -> int:
+    """The integer ``d`` is once its symbols have the sizes ``sizes`` (``KeyError`` names a
+    symbol ``sizes`` lacks)."""
+    total = 0
+    for monomial, c in poly(d).items():
+        for s in monomial:
+            c *= sizes[s]
+        total += c
+    return total
+
+
+def concrete(shape, sizes) -> tuple:
+    """A shape with every symbolic size set from ``sizes``."""
+    return tuple(d if isinstance(d, int) else value(d, sizes) for d in shape)

@@ -1,7 +1,7 @@
 """graphgen as an ONNX backend, so ONNX's own conformance tests can judge it.
 
 ``onnx.backend.test.BackendTest(graphgen.onnx_backend, __name__)`` runs ONNX's node and
-model tests through :func:`prepare`: the model is imported (:mod:`graphgen.onnx_frontend`),
+model tests through :func:`prepare`: the model is imported (:mod:`graphgen.frontends.onnx`),
 compiled to a NumPy module (or a Numba one: ``GRAPHGEN_ONNX_BACKEND=numba``), and
 ``run`` calls its ``forward`` with the stored weights. tests/test_onnx_backend.py lists
 which tests run and why the others are excluded.
@@ -14,8 +14,10 @@ import os
 import numpy as np
 from onnx.backend.base import Backend, BackendRep
 
-from . import api, onnx_frontend, spec
+from . import api
 from .errors import SpecError
+from .frontends import onnx as onnx_frontend
+from .frontends import spec
 
 
 def _compile(model, constants=None):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import graphgen
-from graphgen import diagram
-from graphgen.spec import from_dict
+from graphgen.views import diagram
+from graphgen.frontends.spec import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "dot"
@@ -174,7 +174,7 @@ def test_values_annotations_and_legend(tmp_path):
 
 def test_interpreter_matches_module():
     from graphgen.check import random_arrays
-    from graphgen.codegen import lower
+    from graphgen.api import lower
 
     for ex in EXAMPLES:
         G = load(ex)

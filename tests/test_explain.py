@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import graphgen
-from graphgen.explain import ExplainError
-from graphgen.spec import from_dict
+from graphgen.views.explain import ExplainError
+from graphgen.frontends.spec import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,9 @@ import pytest
 
 import graphgen
 from graphgen import graph as g
-from graphgen.codegen import Program, lower, report
-from graphgen.passes import memory
+from graphgen.api import lower, report
+from graphgen.backends.numpy.program import NumpyProgram as Program
+from graphgen.backends.numpy import memory
 
 LAYERS = 100
 N = 128
@@ -70,7 +71,7 @@ def peak(fn):
 @pytest.fixture(scope="module")
 def chain():
     from graphgen.passes.shapes import prepare
-    from graphgen.spec import from_dict
+    from graphgen.frontends.spec import from_dict
 
     G = prepare(from_dict(chain_spec()))
     rng = np.random.default_rng(0)

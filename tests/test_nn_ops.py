@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, VENV_BIN, add_weighted_loss, build_graph
 
 import graphgen
-from graphgen import spec as spec_module
+from graphgen.frontends import spec as spec_module
 from graphgen.check import random_arrays
 from graphgen.errors import ShapeError
 

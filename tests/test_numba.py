@@ -237,7 +237,7 @@ def deep(tmp_path_factory):
 def test_transcendentals_default_without_svml(deep):
     """Without SVML, tanh/sigmoid are fused as the inline helpers in both dtypes (in
     staged kernels, as row calls); parallel and fastmath modules leave them to NumPy."""
-    from graphgen.backends.numba import svml_available
+    from graphgen.backends.numba.program import svml_available
 
     if svml_available():
         pytest.skip("with SVML every transcendental is fused as np.*")
@@ -368,7 +368,7 @@ def test_random_dags_agree():
     from hypothesis import strategies as st
     from test_random_dags import random_specs
 
-    from graphgen import spec as spec_module
+    from graphgen.frontends import spec as spec_module
 
     @settings(
         max_examples=6,
@@ -984,7 +984,7 @@ def test_float32_fanout_kernels_stage_and_sum_in_blocks(tmp_path_factory):
     """Eight sin (and their cos) of one input: at most STAGE_TRANSCENDENTALS arguments
     per stage, sin(p) and cos(p) in the same stage; float32 partial sums go into float64
     ones every ACC_BLOCK rows, so a sum over many rows stays as accurate as NumPy's."""
-    from graphgen.backends.numba import ACC_BLOCK, STAGE_TRANSCENDENTALS
+    from graphgen.backends.numba.program import ACC_BLOCK, STAGE_TRANSCENDENTALS
 
     G = _load_yaml(tmp_path_factory, FANOUT, "fanout")
     src = graphgen.generate(G, backend="numba", dtype="float32", whole=False)

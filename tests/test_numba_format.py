@@ -17,7 +17,7 @@ from conftest import EXAMPLES, REPO, VENV_BIN, build_graph
 from test_codegen import hostile_graph, many_params_graph, ruff_diff
 
 import graphgen
-from graphgen import layout
+from graphgen.codegen import layout
 
 SPECS = sorted((REPO / "benchmarks" / "specs").glob("*.yaml")) + sorted(
     EXAMPLES.glob("*.yaml")

@@ -1,4 +1,4 @@
-"""The vectorizable exp/tanh/sigmoid/sin/cos of graphgen/backends/numba_math.py.
+"""The vectorizable exp/tanh/sigmoid/sin/cos of graphgen/backends/numba/vecmath.py.
 
 Accuracy sweeps (ulp error against NumPy over ranges including the extremes, ±inf, NaN,
 signed zeros and subnormals) on a standalone module built from the helpers' source, and
@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("numba")
 
 import graphgen
-from graphgen.backends import numba_math
+from graphgen.backends.numba import vecmath as numba_math
 from graphgen.check import random_arrays
 
 OPS = ["exp", "tanh", "sigmoid", "sin", "cos"]

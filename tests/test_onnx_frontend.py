@@ -19,7 +19,7 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 from onnx.reference import ReferenceEvaluator
 
-from graphgen import onnx_frontend
+from graphgen.frontends import onnx as onnx_frontend
 
 
 def mlp_model(elem=TensorProto.DOUBLE, opset=13, names=None):

@@ -578,7 +578,7 @@ SYMBOLIC_SPEC = {
 
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_shape_ops_with_symbolic_sizes(batch):
-    from graphgen import spec as spec_module
+    from graphgen.frontends import spec as spec_module
 
     G = graphgen.prepare(spec_module.from_dict(SYMBOLIC_SPEC, source="symbolic.yaml"))
     assert G.nodes["s0"]["shape"] == ("batch", 4)

@@ -121,7 +121,7 @@ def test_wheel_contains_templates_and_schema(wheel: Path) -> None:
     assert any(n.endswith(".j2") for n in templates), (
         f"no .j2 templates under graphgen/templates/ in {wheel.name}: {names}"
     )
-    assert "graphgen/spec.schema.json" in names, names
+    assert "graphgen/frontends/spec.schema.json" in names, names
     assert "graphgen/__init__.py" in names, names
     assert "graphgen/cli.py" in names, names
     # Nothing from the repo root other than the package should leak in.
@@ -174,7 +174,7 @@ def test_wheel_installs_and_compiles_tiny(wheel: Path, tmp_path: Path) -> None:
     # The shipped templates and schema are reachable from the installed package.
     pkg_dir = vsite_path / "graphgen"
     assert any((pkg_dir / "templates").rglob("*.j2"))
-    assert (pkg_dir / "spec.schema.json").is_file()
+    assert (pkg_dir / "frontends" / "spec.schema.json").is_file()
 
     # 5. Console script compiles the tiny example.
     cli = _venv_bin(venv, "graphgen")

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 import graphgen
-from graphgen import spec as spec_module
+from graphgen.frontends import spec as spec_module
 
 N = 3
 UNARY = ["tanh", "sigmoid", "sin", "cos", "neg", "softplus", "square", "exp"]

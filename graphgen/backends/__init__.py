@@ -1,5 +1,8 @@
-"""Backends other than the reference NumPy one (which lives in :mod:`graphgen.codegen`).
+"""The backends: sibling packages, each a :class:`graphgen.codegen.program.Program`
+subclass plus the templates under ``templates/<backend>/``.
 
-Each backend module provides a :class:`graphgen.codegen.Program` subclass; the code
-generator picks it by name (``generate(G, backend="numba")``).
+``numpy``: one NumPy statement per value, planned for memory. ``numba``: the same
+statements with the elementwise groups fused into ``@numba.njit`` loop kernels, or a
+whole function compiled as one. :data:`graphgen.api.BACKENDS` maps each name to its
+program.
 """

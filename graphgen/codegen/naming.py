@@ -14,6 +14,9 @@ import keyword
 import re
 import unicodedata
 
+from .. import dims
+from .. import graph as g
+
 # Names the generated modules define or import at module level or inside functions.
 MODULE_NAMES = {
     "np",
@@ -97,3 +100,32 @@ class Namer:
 
     def __contains__(self, key):
         return key in self.names
+
+
+def node_names(A) -> Namer:
+    """The code name of every input, param, symbolic size (key ``("dim", s)``) and op node
+    of a lowered graph that gets one: inputs and params first, then forward values, then
+    each adjoint ``v_bar`` and each term ``v_bar_via_k``, in schedule order."""
+    nm = Namer()
+    order = g.schedule(A)
+    for n in order:
+        if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
+            nm.name(n)
+    for n in order:
+        if A.nodes[n][g.KIND] == g.OPNODE and A.nodes[n][g.ROLE] == g.FORWARD:
+            nm.name(n)
+    symbols = sorted(
+        {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+    )
+    for s in symbols:
+        nm.name(("dim", s), s)
+    for n in order:
+        a = A.nodes[n]
+        if a[g.ROLE] != g.BACKWARD or a[g.KIND] != g.OPNODE:
+            continue
+        if g.ADJOINT_OF in a:
+            nm.name(n, f"{nm.names.get(a[g.ADJOINT_OF], a[g.ADJOINT_OF])}_bar")
+        elif g.CONTRIB in a:
+            k, j = a[g.CONTRIB]
+            nm.name(n, f"{nm.names.get(j, j)}_bar_via_{nm.names.get(k, k)}")
+    return nm

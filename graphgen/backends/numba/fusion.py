@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import graph as g
-from .. import ops
+from ... import graph as g
+from ... import ops
 
 TAIL_OPS = ("sum", "mean", "sum_to_shape")
 

@@ -26,8 +26,8 @@ import os
 
 import numpy as np
 
-from . import dims, ops
-from .errors import GraphgenError, ShapeError, SpecError
+from .. import dims, ops
+from ..errors import GraphgenError, ShapeError, SpecError
 
 MIN_OPSET = 7
 SMALL_CONSTANT = 64  # entries; larger constants live in the weights file
@@ -1137,8 +1137,8 @@ def to_spec(
 
 def load(model, **options):
     """An ONNX model -> the validated, shape-inferred ``networkx.DiGraph``."""
+    from ..passes.shapes import prepare
     from . import spec as specmod
-    from .passes.shapes import prepare
 
     data, weights = to_spec(model, **options)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<onnx>"

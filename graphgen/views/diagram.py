@@ -7,7 +7,7 @@ Every picture is drawn from the compiler's own graphs, never from a separate mod
     shape, edges labelled with the tensor shape (and the argument name for
     non-commutative ops such as ``sub``, ``div``, ``matmul``).
 ``adjoint``
-    The lowered graph (:func:`graphgen.codegen.lower`: prepare, adjoint, optimize), with
+    The lowered graph (:func:`graphgen.api.lower`: prepare, adjoint, optimize), with
     backward nodes named like the generated code (``h1_bar``); each fan-out ``add_n``
     is highlighted with the successors it sums, and edges carry the local derivative.
 ``flow`` (the default)
@@ -37,9 +37,11 @@ import subprocess
 import networkx as nx
 import numpy as np
 
-from . import dims, ops
-from . import graph as g
-from .errors import GraphgenError
+from .. import dims, ops
+from .. import graph as g
+from ..codegen.comments import Comments
+from ..codegen.naming import node_names
+from ..errors import GraphgenError
 
 __all__ = ["VIEWS", "DiagramError", "evaluate", "render", "to_dot", "write"]
 
@@ -163,8 +165,8 @@ def _concrete_attr(v, sizes):
     def dim(d):
         if isinstance(d, str):
             try:
-                return int(eval(dims.render(d, lambda s: str(sizes[s]))))
-            except (KeyError, ValueError, SyntaxError, NameError, TypeError):
+                return dims.value(d, sizes)
+            except (KeyError, ValueError, SyntaxError):
                 return d
         return d
 
@@ -181,7 +183,7 @@ def evaluate(A, arrays):
     Parameters
     ----------
     A : networkx.DiGraph
-        A prepared graph, or the lowered graph of :func:`graphgen.codegen.lower`.
+        A prepared graph, or the lowered graph of :func:`graphgen.api.lower`.
     arrays : dict
         An array for every input and param.
 
@@ -194,7 +196,7 @@ def evaluate(A, arrays):
     --------
     >>> import graphgen
     >>> from graphgen.check import random_arrays
-    >>> from graphgen.codegen import lower
+    >>> from graphgen.api import lower
     >>> A = lower(graphgen.load("examples/tiny.yaml"))
     >>> v = evaluate(A, random_arrays(A))
     >>> v[A.graph["grads"]["W1"]].shape
@@ -226,7 +228,7 @@ def evaluate(A, arrays):
 
 def load_arrays(G, values=True, seed=0):
     """The arrays a ``values`` option asks for: random, a dict, or an ``.npz`` file."""
-    from .check import random_arrays
+    from ..check import random_arrays
 
     arrays = random_arrays(G, seed=seed, dtype="float64")
     if isinstance(values, (str, os.PathLike)):
@@ -507,13 +509,13 @@ def gradient_terms(G, j, loss, up=None):
 
 
 def _forward_graph(G):
-    from .passes.shapes import prepare
+    from ..passes.shapes import prepare
 
     return prepare(G)
 
 
 def _lowered(G):
-    from .codegen import lower
+    from ..api import lower
 
     H = _forward_graph(G)
     if H.graph.get("loss") is None:
@@ -526,7 +528,7 @@ def _lowered(G):
 
 def _draw_forward(H, flow, values=None, A=None):
     """The forward and flow views (``flow``: add the reversed gradient edges)."""
-    from .passes.adjoint import relevant_nodes
+    from ..passes.adjoint import relevant_nodes
 
     D = _Drawing(H.graph.get("name", "model"))
     loss = H.graph.get("loss")
@@ -622,10 +624,9 @@ def _draw_forward(H, flow, values=None, A=None):
 
 
 def _draw_adjoint(A, values=None):
-    from .codegen import Program
-
-    P = Program(A, "numpy", g.source_of(A))
-    nm = P.namer.names
+    namer = node_names(A)
+    notes = Comments(A, namer, A.graph.get("loss"))
+    nm = namer.names
     loss = A.graph.get("loss")
     J = nm.get(loss, visible(loss))
     D = _Drawing(A.graph.get("name", "model"))
@@ -693,7 +694,7 @@ def _draw_adjoint(A, values=None):
         term = None
         if target and g.CONTRIB in a:
             term = (a[g.CONTRIB][1], target)
-        return P.note(template, ids, attrs, {}, term=term), adjoints.get(k)
+        return notes.note(template, ids, attrs, {}, term=term), adjoints.get(k)
 
     for j, k in sorted(
         A.edges, key=lambda e: (A.nodes[e[0]][g.SEQ], A.nodes[e[1]][g.SEQ])
@@ -870,9 +871,7 @@ def _build(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
         A = A if A is not None else _lowered(H)
         D, base = _draw_adjoint(A, vals), A
         if focus is not None and focus not in A:
-            from .codegen import Program
-
-            byname = {v: k for k, v in Program(A, "numpy", "").namer.names.items()}
+            byname = {v: k for k, v in node_names(A).names.items()}
             focus = byname.get(focus, focus)
     else:
         D, base = _draw_forward(H, view == "flow", vals, A), H
@@ -921,7 +920,7 @@ def render(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
     G : networkx.DiGraph
         A graphgen graph (:func:`graphgen.load`).
     view : {"flow", "forward", "adjoint"}
-        What to draw (see :mod:`graphgen.diagram`).
+        What to draw (see :mod:`graphgen.views.diagram`).
     values : bool, dict, str or None
         Annotate with values and gradient norms: True for random arrays
         (:func:`graphgen.check.random_arrays` with ``seed``), a dict of arrays, or the

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 
-from ..naming import Code
+from ...codegen.naming import Code
 
 #: helper name -> the helpers it calls
 DEPS = {

@@ -22,9 +22,13 @@ it is, and the target is never split (ruff splits a subscript target, ``x[\n i\n
 
 from __future__ import annotations
 
+import ast
 import io
+import math
+import re
 import tokenize
 
+from ..errors import CodegenError
 from .naming import Code
 
 LINE = 88
@@ -399,3 +403,209 @@ def _value(expr, used, indent):
     pad = " " * (indent + INDENT)
     inner = _render(_doc(tree, True), indent + INDENT, indent + INDENT)
     return f"(\n{pad}{inner}\n{' ' * indent})"
+
+
+def power_operand(expr) -> bool:
+    """Whether ruff format hugs ``**`` around ``expr`` (``x**2.0``, ``x**-y``): a name, a
+    number, a dotted name, or one of them with a unary minus, plus or invert."""
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return False
+    if _parenthesized(expr):
+        return False
+    while isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.Not):
+        node = node.operand
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name) or (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (int, float, complex, bool, type(None)))
+    )
+
+
+def literal(v) -> Code:
+    """A Python literal for a number, None, bool, string or (nested) list/tuple."""
+    if v is None or isinstance(v, bool):
+        return Code(repr(v))
+    if isinstance(v, int):
+        return Code(repr(v))
+    if isinstance(v, float):
+        if math.isnan(v):
+            return Code("np.nan")
+        if v in (float("inf"), float("-inf")):
+            return Code("np.inf" if v > 0 else "-np.inf")
+        return Code(repr(float(v)))
+    if isinstance(v, str):
+        if '"' in v and "'" not in v:
+            return Code(repr(v))  # single quotes spare the escapes, as ruff prefers
+        body = "".join(
+            '\\"' if ch == '"' else "'" if ch == "'" else repr(ch)[1:-1] for ch in v
+        )
+        return Code(f'"{body}"')
+    if isinstance(v, (list, tuple)):
+        items = [literal(x) for x in v]
+        return Code("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+    raise CodegenError(f"no literal for {v!r}")
+
+
+def fit(prefix, open_, items, close, indent, tuple_=False) -> Code:
+    """``prefix + open_ items close`` on one line if it fits, else one item per line.
+
+    This is how ``ruff format`` lays out a bracketed list that is too long.
+    """
+    items = list(items)
+    inner = ", ".join(items) + ("," if tuple_ and len(items) == 1 else "")
+    one = f"{prefix}{open_}{inner}{close}"
+    if indent + len(one) <= LINE or not items:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{_fit_item(item, indent + INDENT)},\n" for item in items)
+    return Code(f"{prefix}{open_}\n{body}{' ' * indent}{close}")
+
+
+def subscript(head, key, indent) -> Code:
+    """``head[key]``, with the key on a line of its own when too long (as ruff does)."""
+    one = f"{head}[{key}]"
+    if indent + len(one) <= LINE:
+        return Code(one)
+    return Code(f"{head}[\n{' ' * (indent + INDENT)}{key}\n{' ' * indent}]")
+
+
+def _fit_item(item, indent):
+    """One item of a bracketed list on its own line; a ``key: call(...)`` entry too long
+    for it gets the call's arguments on a line of their own, as ruff does."""
+    if "\n" in item or indent + len(item) + 1 <= LINE:
+        return item
+    try:
+        node = ast.parse("{" + item + "}", mode="eval").body
+    except SyntaxError:
+        return item
+    if not isinstance(node, ast.Dict) or len(node.keys) != 1:
+        return item
+    key = ast.get_source_segment("{" + item + "}", node.keys[0])
+    value = item[len(key) :].lstrip()
+    if not value.startswith(":"):
+        return item
+    value = value[1:].lstrip()
+    return f"{key}: {call_lines(value, indent + len(key) + 2, indent)}"
+
+
+def condition(parts, indent=INDENT) -> Code:
+    """``a or b or c`` for an ``if``, parenthesized one per line when it is too long."""
+    one = " or ".join(parts)
+    if indent + len(f"if {one}:") <= LINE:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    lines = [f"{pad}{parts[0]}"] + [f"{pad}or {p}" for p in parts[1:]]
+    return Code("(\n" + "\n".join(lines) + "\n" + " " * indent + ")")
+
+
+def call_lines(expr, used, indent=INDENT) -> Code:
+    """A call ``f(a, b)`` too long for its line (``used``: width taken before it), laid
+    out as ``ruff format`` does: the arguments on one line of their own if they fit,
+    else one per line."""
+    if "\n" in expr or used + len(expr) <= LINE:
+        return Code(expr)
+    call = ast.parse(expr, mode="eval").body
+    if not isinstance(call, ast.Call) or not (call.args or call.keywords):
+        return Code(expr)
+    args = [ast.get_source_segment(expr, a) for a in (*call.args, *call.keywords)]
+    func = ast.get_source_segment(expr, call.func)
+    inner = ", ".join(args)
+    if indent + INDENT + len(inner) <= LINE:
+        return Code(f"{func}(\n{' ' * (indent + INDENT)}{inner}\n{' ' * indent})")
+    return fit(func, "(", args, ")", indent)
+
+
+def unpack_line(prefix, names, suffix, indent) -> Code:
+    """``prefix a, b, c suffix``, with the names one per line in parentheses if too long."""
+    one = f"{prefix}{', '.join(names)}{suffix}"
+    if indent + len(one) <= LINE:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{n},\n" for n in names)
+    return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
+
+
+def _parenthesized(expr) -> bool:
+    """Whether ``expr`` is one parenthesized whole: ``(a > 0)``, not ``(a) * (b)``."""
+    if not (expr.startswith("(") and expr.endswith(")")):
+        return False
+    depth = 0
+    for i, ch in enumerate(expr):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and i < len(expr) - 1:
+            return False
+    return True
+
+
+def _atomic(expr) -> bool:
+    if _parenthesized(expr):
+        return True
+    node = ast.parse(expr, mode="eval").body
+    if isinstance(node, ast.Constant):
+        return not (isinstance(node.value, (int, float)) and node.value < 0)
+    return isinstance(node, (ast.Name, ast.Call, ast.Attribute, ast.Subscript))
+
+
+def wrap(expr) -> Code:
+    return Code(expr if _atomic(expr) else f"({expr})")
+
+
+def condition_check(conds, name):
+    """``if a or b: raise ValueError(...)`` inside a kernel, laid out like ruff format."""
+    message = literal(f"the shape of {name!r}")
+    return Code(
+        f"if {condition(conds)}:\n{' ' * 2 * INDENT}raise ValueError({message})"
+    )
+
+
+def bracketed(prefix, items, suffix, indent, parens=True):
+    """``prefix(a, b)suffix`` laid out as ``ruff format`` does when it is too long: the
+    items on one indented line if they fit, else one per line with a trailing comma.
+    ``parens=False``: a bare tuple (``return a, b``), which ruff splits one per line."""
+    open_, close = ("(", ")") if parens else ("", "")
+    one = f"{prefix}{open_}{', '.join(items)}{close}{suffix}"
+    if indent + len(one) <= LINE or not items:
+        return Code(one)
+    pad = " " * (indent + INDENT)
+    inner = ", ".join(items)
+    if indent + INDENT + len(inner) <= LINE and (parens or len(items) == 1):
+        return Code(f"{prefix}(\n{pad}{inner}\n{' ' * indent}){suffix}")
+    body = "".join(f"{pad}{item},\n" for item in items)
+    return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
+
+
+def assign(targets, fname, args, indent):
+    """``a, b = f(x, y)``, formatted as ``ruff format`` does: the call's arguments split
+    if ``a, b = f(`` fits, else the call in parentheses if ``a, b = (`` does, else the
+    targets one per line."""
+    lhs = ", ".join(targets)
+    if indent + len(lhs) + 3 + len(fname) + 1 <= LINE:
+        return bracketed(f"{lhs} = {fname}", args, "", indent)
+    if indent + len(lhs) + 4 <= LINE or len(targets) == 1:
+        call = bracketed(fname, args, "", indent + INDENT)
+        return Code(f"{lhs} = (\n{' ' * (indent + INDENT)}{call}\n{' ' * indent})")
+    pad = " " * (indent + INDENT)
+    body = "".join(f"{pad}{t},\n" for t in targets)
+    call = bracketed(f") = {fname}", args, "", indent)
+    return Code(f"(\n{body}{' ' * indent}{call}")
+
+
+def statement(text, indent=INDENT):
+    """One of our one-line statements ``t = value`` (``+=``, ``/=``) at ``indent``, its
+    value laid out as ruff does."""
+    target, op, rhs = re.fullmatch(r"(\S+) ([+/]?=) (.*)", text).groups()
+    head = f"{target} {op} "
+    return Code(head + value(rhs, indent + len(head), indent))
+
+
+def named(text, name):
+    """A kernel's text (``def KERNEL_NAME(a, b):``) with its name, the ``def`` line laid
+    out for that name as ruff does."""
+    head, rest = text.split("def KERNEL_NAME(", 1)
+    params, rest = rest.split("):\n", 1)
+    signature = bracketed(f"def {name}", params.split(", ") if params else [], ":", 0)
+    return Code(f"{head}{signature}\n{rest}")

@@ -25,8 +25,9 @@ import re
 import networkx as nx
 import numpy as np
 
-from . import graph as g
-from . import ops
+from .. import graph as g
+from .. import ops
+from ..errors import GradientError, GraphgenError
 from .diagram import (
     adjoint_value,
     evaluate,
@@ -37,7 +38,6 @@ from .diagram import (
     term_value,
     visible,
 )
-from .errors import GradientError, GraphgenError
 
 __all__ = ["FORMATS", "explain"]
 
@@ -483,7 +483,7 @@ def _hidden_unit(H, path):
 
 def _local_elementwise(H, values, j, k):
     """∂k/∂j elementwise (for an elementwise op), by applying k's VJP rule to ones."""
-    from .passes.adjoint import Builder
+    from ..passes.adjoint import Builder
 
     S = nx.DiGraph()
     S.graph.update(dtype="float64", name="scratch", source=g.source_of(H))
@@ -554,7 +554,7 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     >>> "∂J/∂W1 = ∂J/∂h1 · ∂h1/∂z1 · ∂z1/∂W1" in text
     True
     """
-    from .passes.shapes import prepare
+    from ..passes.shapes import prepare
 
     if format not in FORMATS:
         raise ExplainError(f"unknown format {format!r} (known: {', '.join(FORMATS)})")
@@ -870,7 +870,7 @@ def _feed(H, arrays):
 
 
 def _module(H, arrays):
-    from .api import compile as compile_module
+    from ..api import compile as compile_module
 
     if H.graph.get("cotangents"):  # a vjp graph: its loss over cotangent inputs
         H = H.copy()
@@ -894,7 +894,7 @@ def _cut(H, n):
 
 
 def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
-    from .codegen import lower
+    from ..api import lower
 
     loss = H.graph["loss"]
     N, L = F.name, F.name(loss)

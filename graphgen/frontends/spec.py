@@ -15,12 +15,12 @@ from importlib import resources
 import networkx as nx
 import yaml
 
-from . import graph as g
-from . import ops
-from .errors import SpecError
+from .. import graph as g
+from .. import ops
+from ..errors import SpecError
 
 SCHEMA = json.loads(
-    resources.files("graphgen").joinpath("spec.schema.json").read_text()
+    resources.files("graphgen.frontends").joinpath("spec.schema.json").read_text()
 )
 SECTIONS = ("inputs", "params", "nodes")
 
@@ -338,7 +338,7 @@ def load(path):
     >>> G.nodes["h1"]["op"], G.nodes["h1"]["shape"]
     ('sigmoid', ('batch', 3))
     """
-    from .passes.shapes import prepare
+    from ..passes.shapes import prepare
 
     data, lines = read(path)
     G = from_dict(data, source=os.fspath(path), lines=lines)

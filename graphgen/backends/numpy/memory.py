@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import graph as g
+from ... import dims
+from ... import graph as g
 
 # Ops whose NumPy result may share memory with an argument (or be read-only).
 VIEW_OPS = {"broadcast_to", "reshape", "transpose", "slice"}
@@ -150,10 +151,9 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
 
 
 def nbytes(G, n, sizes):
-    from ..check import concrete
 
     a = G.nodes[n]
-    shape = concrete(a[g.SHAPE], sizes)
+    shape = dims.concrete(a[g.SHAPE], sizes)
     itemsize = np.dtype(a[g.DTYPE]).itemsize
     return int(np.prod(shape, dtype=np.int64)) * itemsize
 

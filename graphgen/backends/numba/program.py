@@ -51,29 +51,28 @@ from functools import cache
 
 import networkx as nx
 
-from .. import dims, ops
-from .. import graph as g
-from ..codegen import (
+from ... import dims, ops
+from ... import graph as g
+from ...codegen.comments import docstring_lines, safe_comment, wrap_comment
+from ...codegen.layout import (
     INDENT,
     LINE,
-    Function,
-    Macros,
-    Program,
-    Statement,
-    _comment,
-    _wrap_comment,
-    condition,
-    environment,
+    assign,
+    bracketed,
+    condition_check,
     fit,
     literal,
-    op_macros,
+    named,
+    statement,
     wrap,
 )
-from ..errors import CodegenError
-from ..layout import value as _rhs
-from ..naming import Code, Namer
-from ..passes import fusion
-from . import numba_math
+from ...codegen.layout import value as _rhs
+from ...codegen.naming import Code, Namer
+from ...codegen.program import Function, Program, Statement
+from ...codegen.render import Macros, environment, op_macros
+from ...errors import CodegenError
+from . import fusion
+from . import vecmath as numba_math
 
 # Elementwise ops whose scalar libm call in a Numba loop is several times slower than
 # NumPy's SIMD loop when Numba has no SVML (docs/numba.md has the measurements).
@@ -129,48 +128,8 @@ ROW_CALLS = frozenset({"tanh", "exp", "sigmoid"})
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
 
-def condition_check(conds, name):
-    """``if a or b: raise ValueError(...)`` inside a kernel, laid out like ruff format."""
-    message = literal(f"the shape of {name!r}")
-    return Code(
-        f"if {condition(conds)}:\n{' ' * 2 * INDENT}raise ValueError({message})"
-    )
-
-
 class _Unsupported(Exception):
     """An op without a nopython form: the function falls back to per-group kernels."""
-
-
-def _bracketed(prefix, items, suffix, indent, parens=True):
-    """``prefix(a, b)suffix`` laid out as ``ruff format`` does when it is too long: the
-    items on one indented line if they fit, else one per line with a trailing comma.
-    ``parens=False``: a bare tuple (``return a, b``), which ruff splits one per line."""
-    open_, close = ("(", ")") if parens else ("", "")
-    one = f"{prefix}{open_}{', '.join(items)}{close}{suffix}"
-    if indent + len(one) <= LINE or not items:
-        return Code(one)
-    pad = " " * (indent + INDENT)
-    inner = ", ".join(items)
-    if indent + INDENT + len(inner) <= LINE and (parens or len(items) == 1):
-        return Code(f"{prefix}(\n{pad}{inner}\n{' ' * indent}){suffix}")
-    body = "".join(f"{pad}{item},\n" for item in items)
-    return Code(f"{prefix}(\n{body}{' ' * indent}){suffix}")
-
-
-def _assign(targets, fname, args, indent):
-    """``a, b = f(x, y)``, formatted as ``ruff format`` does: the call's arguments split
-    if ``a, b = f(`` fits, else the call in parentheses if ``a, b = (`` does, else the
-    targets one per line."""
-    lhs = ", ".join(targets)
-    if indent + len(lhs) + 3 + len(fname) + 1 <= LINE:
-        return _bracketed(f"{lhs} = {fname}", args, "", indent)
-    if indent + len(lhs) + 4 <= LINE or len(targets) == 1:
-        call = _bracketed(fname, args, "", indent + INDENT)
-        return Code(f"{lhs} = (\n{' ' * (indent + INDENT)}{call}\n{' ' * indent})")
-    pad = " " * (indent + INDENT)
-    body = "".join(f"{pad}{t},\n" for t in targets)
-    call = _bracketed(f") = {fname}", args, "", indent)
-    return Code(f"(\n{body}{' ' * indent}{call}")
 
 
 def svml_available():
@@ -329,7 +288,7 @@ class NumbaProgram(Program):
                 n = u[1]
                 if n in inline:
                     continue
-                comments = self.comments(n, names)
+                comments = self.notes.comments(n, names)
                 expr = _rhs(exprs[n], INDENT + len(names[n]) + 3)
                 stmts = [Statement(names[n], expr, comments, n, False)]
             else:
@@ -338,12 +297,15 @@ class NumbaProgram(Program):
                 stmts = self.kernel_call(grp, names, used)
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
                 backward = True
-                stmts[0].comments = self.backward_header() + stmts[0].comments
+                stmts[0].comments = self.notes.backward_header() + stmts[0].comments
             for s in stmts:
                 s.blank_before = bool(s.comments) and bool(statements)
                 statements.append(s)
         return Function(
-            Code(name), [_comment(d) for d in doc], statements, returns_fn(names, used)
+            Code(name),
+            [safe_comment(d) for d in doc],
+            statements,
+            returns_fn(names, used),
         )
 
     # -------------------------------------------------------------------- kernels
@@ -354,7 +316,7 @@ class NumbaProgram(Program):
         """The Python-level statements that run one fused group."""
         kname, args = self.kernel(grp, names, used)
         targets = [names[o] for o in grp.outputs]
-        show = self.display(names)
+        show = self.notes.display(names)
         computed = [show(n) for n in grp.nodes if n in self.namer or n in names]
         text = (
             f"one fused loop over {dims.fmt_shape(grp.domain)} ({kname}) computes "
@@ -363,7 +325,7 @@ class NumbaProgram(Program):
         # on one line for now: laid out by context(), when the kernel's name is final
         call = Code(f"{kname}({', '.join(args)})")
         stmts = [
-            Statement(Code(", ".join(targets)), call, _wrap_comment(text), grp.nodes[0])
+            Statement(Code(", ".join(targets)), call, wrap_comment(text), grp.nodes[0])
         ]
         self.kernel_calls.append((stmts[0], targets, kname, args))
         for o in grp.outputs:
@@ -383,7 +345,7 @@ class NumbaProgram(Program):
         """
         text, call_args = self._render_kernel(grp, names, used, False)
         key, _ = self._render_kernel(grp, names, used, True)
-        show = self.display(names)
+        show = self.notes.display(names)
         served = (
             dims.fmt_shape(grp.domain),
             Code("/".join(show(n) for n in grp.outputs)),
@@ -640,12 +602,12 @@ class NumbaProgram(Program):
             if n in grp.tails:
                 axes, parts, arr = tail_index[n]
                 target = Code(arr + ("[" + ", ".join(parts) + "]" if parts else ""))
-                comments = [] if generic else self.comments(n, show_names)
+                comments = [] if generic else self.notes.comments(n, show_names)
                 body.append(
                     Statement(target, line(f"{target} += ", args[0]), comments, n)
                 )
                 continue
-            comments = [] if generic else self.comments(n, show_names)
+            comments = [] if generic else self.notes.comments(n, show_names)
             if n in row_calls:  # the whole row, before the stage's loop
                 op = A.nodes[n][g.OP]
                 src = g.operands(A, n)[0]
@@ -681,7 +643,7 @@ class NumbaProgram(Program):
         for body in bodies:
             for s in body:  # re-wrap the comments for the loop body's indentation
                 if s.comments:
-                    s.comments = _wrap_comment(
+                    s.comments = wrap_comment(
                         " ".join(c.strip() for c in s.comments), width=LINE - depth - 2
                     )
             for s in body[1:]:
@@ -689,7 +651,7 @@ class NumbaProgram(Program):
         for calls in pre:
             for s in calls:
                 if s.comments:
-                    s.comments = _wrap_comment(
+                    s.comments = wrap_comment(
                         " ".join(c.strip() for c in s.comments) + " (a whole row)",
                         width=LINE - depth + 2,
                     )
@@ -721,12 +683,12 @@ class NumbaProgram(Program):
             options.append("fastmath=True")
         if self.parallel:
             options.append("parallel=True")
-        show = self.display(show_names)
+        show = self.notes.display(show_names)
         computed = [show(n) for n in grp.nodes if n in self.namer]
         doc = (
             [Code("KERNEL_DOC")]
             if generic
-            else _docstring(
+            else docstring_lines(
                 f"One loop nest over {dims.fmt_shape(grp.domain)} computing "
                 + (", ".join(computed) or "temporaries")
                 + "."
@@ -755,7 +717,7 @@ class NumbaProgram(Program):
             "doc": doc,
             "extents": extents,
             "arrays": [
-                _statement(
+                statement(
                     f"{ident} = np.{init}({shape}, dtype="
                     + ("np.float64)" if ident == accs else "DTYPE)")
                 )
@@ -769,8 +731,8 @@ class NumbaProgram(Program):
                 {"part": part, "nrow": nrow, "size": ACC_BLOCK} if blocked else None
             ),
             "depth": depth,
-            "after": [_statement(line) for line in after],
-            "returns": _bracketed("return ", returns, "", INDENT, parens=False),
+            "after": [statement(line) for line in after],
+            "returns": bracketed("return ", returns, "", INDENT, parens=False),
         }
         return Code(self.kernel_template.render(**ctx).rstrip("\n")), call_args
 
@@ -869,7 +831,7 @@ class NumbaProgram(Program):
         return Code("(" + ", ".join(dims_) + ("," if len(dims_) == 1 else "") + ")")
 
     def _kernel_name(self, grp, names):
-        show = self.display(names)
+        show = self.notes.display(names)
         outs = [show(o) for o in grp.outputs]
         base = "_k_" + "_".join(outs[:3])
         if len(outs) > 3:
@@ -1041,7 +1003,7 @@ class NumbaProgram(Program):
             options.append("fastmath=True")
         doc_ = [
             Code(line)
-            for line in _docstring(
+            for line in docstring_lines(
                 f"Everything {name}() computes, compiled as one function: the arrays in, "
                 + ", ".join(outs)
                 + " out."
@@ -1050,13 +1012,13 @@ class NumbaProgram(Program):
         self.whole_kernels.append(
             Code(
                 self.function_template.render(
-                    decorator=_bracketed("@numba.njit", options, "", 0),
+                    decorator=bracketed("@numba.njit", options, "", 0),
                     types=fit(f"{types_name} = ", "(", types, ")", 0, tuple_=True),
-                    signature=_bracketed(f"def {kname}", params, ":", 0),
+                    signature=bracketed(f"def {kname}", params, ":", 0),
                     checks=checks,
                     doc=doc_,
                     statements=inner.statements,
-                    returns=_bracketed("return ", outs, "", INDENT, parens=False)
+                    returns=bracketed("return ", outs, "", INDENT, parens=False)
                     if outs
                     else Code("return ()"),
                 ).rstrip("\n")
@@ -1068,11 +1030,11 @@ class NumbaProgram(Program):
 
         args = [f"arrays[{literal(n)}]" for n in arrays]
         call = (
-            _assign(outs, f"{kname}", args, 2 * INDENT)
+            assign(outs, f"{kname}", args, 2 * INDENT)
             if outs
-            else _bracketed(f"{kname}", args, "", 2 * INDENT)
+            else bracketed(f"{kname}", args, "", 2 * INDENT)
         )
-        comment = _wrap_comment(
+        comment = wrap_comment(
             f"one compiled function ({kname}) computes "
             + ", ".join(outs)
             + (" (the forward and backward pass)" if name == "value_and_grad" else ""),
@@ -1215,7 +1177,7 @@ class NumbaProgram(Program):
         renames, texts = {}, []
         for key, (name, text, served) in self.kernels.items():
             if len(served) == 1:
-                texts.append(_named(text, name))
+                texts.append(named(text, name))
                 continue
             # one kernel for several groups: generic names, the groups in its docstring
             shared, k = Code("_k_shared"), 2
@@ -1226,13 +1188,13 @@ class NumbaProgram(Program):
             by_domain = {}
             for domain, outs in served:
                 by_domain.setdefault(domain, []).append(outs)
-            doc = _docstring(
+            doc = docstring_lines(
                 f"One loop nest shared by {len(served)} fused groups: computing "
                 + "; ".join(f"{', '.join(o)} over {d}" for d, o in by_domain.items())
                 + "."
             )
             texts.append(
-                Code(_named(key, shared).replace("KERNEL_DOC", "\n    ".join(doc), 1))
+                Code(named(key, shared).replace("KERNEL_DOC", "\n    ".join(doc), 1))
             )
         if renames:
             pat = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
@@ -1246,7 +1208,7 @@ class NumbaProgram(Program):
         for st, targets, kname, args in self.kernel_calls:
             kname = renames.get(kname, kname)
             flat = f"{', '.join(targets)} = {kname}({', '.join(args)})"
-            laid = _assign(targets, kname, args, INDENT)
+            laid = assign(targets, kname, args, INDENT)
             target, expr = laid.split(" = ", 1)
             st.target, st.expr = Code(target), Code(expr)
             if laid != flat:
@@ -1274,32 +1236,6 @@ class NumbaProgram(Program):
             )
         ctx["kernels"][:0] = numba_math.helpers(ctx["kernels"], self.dtype)
         return ctx
-
-
-def _statement(text, indent=INDENT):
-    """One of our one-line statements ``t = value`` (``+=``, ``/=``) at ``indent``, its
-    value laid out as ruff does."""
-    target, op, value = re.fullmatch(r"(\S+) ([+/]?=) (.*)", text).groups()
-    head = f"{target} {op} "
-    return Code(head + _rhs(value, indent + len(head), indent))
-
-
-def _docstring(text):
-    """A kernel's docstring as lines: its continuation lines not indented (ruff aligns
-    them with the quotes), each line within the line length with its quotes."""
-    lines = _wrap_comment(text, width=LINE - INDENT - 3, indent="")
-    if len(lines) == 1 and len(lines[0]) > LINE - INDENT - 6:  # both quotes on it
-        lines = _wrap_comment(text, width=LINE - INDENT - 6, indent="")
-    return lines
-
-
-def _named(text, name):
-    """A kernel's text (``def KERNEL_NAME(a, b):``) with its name, the ``def`` line laid
-    out for that name as ruff does."""
-    head, rest = text.split("def KERNEL_NAME(", 1)
-    params, rest = rest.split("):\n", 1)
-    signature = _bracketed(f"def {name}", params.split(", ") if params else [], ":", 0)
-    return Code(f"{head}{signature}\n{rest}")
 
 
 def _renamed(value, pat, renames):

@@ -1,0 +1,192 @@
+"""Comments of generated code: the math of each forward statement, the local derivative of
+each backward one, and the sum over successors of each fan-out.
+
+Comment text is made safe here (:func:`safe_comment`: one line, no control characters, no
+closing quotes) and wrapped to the line length (:func:`wrap_comment`).
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+from .. import graph as g
+from .. import ops
+from .layout import INDENT, LINE, literal
+from .naming import Code, sanitize
+
+# Ops whose code already reads as their math: no comment above the statement.
+SELF_EXPLANATORY = {"add", "sub", "mul", "div", "neg", "matmul", "add_n", "reshape"}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def safe_comment(text) -> Code:
+    """Text that is safe inside a ``#`` comment or a docstring: one line, no quotes run."""
+    text = _CONTROL.sub(" ", str(text)).replace('"""', "'''").replace("\\", "/")
+    return Code(text)
+
+
+def wrap_comment(text, width=LINE - INDENT - 2, indent="  "):
+    """A comment as lines that fit the line length (continuations indented by ``indent``;
+    ``indent=""`` for a docstring, whose lines ruff aligns)."""
+    words = []
+    for word in str(safe_comment(text)).split(" "):
+        # a token longer than a line (long names inside math) breaks after ) / ( or ·
+        while len(word) > width - 2:
+            cut = max(word.rfind(c, 0, width - 2) for c in ")/(·")
+            if cut <= 0:
+                break
+            words.append(word[: cut + 1])
+            word = word[cut + 1 :]
+        words.append(word)
+    lines = textwrap.wrap(
+        " ".join(words),
+        width=width,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return [Code(line) for line in lines]
+
+
+def docstring_lines(text):
+    """A kernel's docstring as lines: its continuation lines not indented (ruff aligns
+    them with the quotes), each line within the line length with its quotes."""
+    lines = wrap_comment(text, width=LINE - INDENT - 3, indent="")
+    if len(lines) == 1 and len(lines[0]) > LINE - INDENT - 6:  # both quotes on it
+        lines = wrap_comment(text, width=LINE - INDENT - 6, indent="")
+    return lines
+
+
+class Comments:
+    """The comments of one module's statements, from the graph's own records: the forward
+    math of an op node, and for a backward node the local derivative (``NOTE``) or the
+    successors it sums (``SUMS``)."""
+
+    def __init__(self, A, namer, loss):
+        self.A = A
+        self.namer = namer
+        self.loss = loss
+
+    def display(self, names):
+        def show(n):
+            if n in self.namer:
+                return self.namer[n]
+            if n not in names and n not in self.A and not str(n).startswith("bwd/"):
+                return sanitize(n)  # a spec node the optimizer removed (a first loss)
+            return names.get(n, "…")
+
+        return show
+
+    def pass_of(self, n):
+        """(loss, adjoint map) of the adjoint pass that made node ``n``."""
+        passes = self.A.graph.get("passes") or []
+        p = self.A.nodes[n].get(g.PASS) if n in self.A else None
+        if p is not None and p < len(passes):
+            return passes[p]["loss"], passes[p]["adjoints"]
+        return self.loss, self.A.graph.get("adjoints") or {}
+
+    def bar_name(self, n, names, of=None):
+        """How the adjoint of forward node ``n`` reads in code (``1`` for the loss's seed);
+        ``of``: the node whose comment this is (a twice-differentiated graph has one
+        adjoint of ``n`` per pass)."""
+        loss, adjoints = self.pass_of(of) if of is not None else (self.loss, None)
+        if adjoints is None:
+            adjoints = self.A.graph.get("adjoints") or {}
+        v = adjoints.get(n)
+        if v is None or v not in self.A:  # folded into its consumers: say what it is
+            loss = self.display(names)(loss)
+            return f"∂{loss}/∂{self.display(names)(n)}"
+        if self.A.nodes[v][g.KIND] == g.CONST:
+            return literal(self.A.nodes[v][g.VALUE])
+        return self.display(names)(v)
+
+    def note(self, template, ids, attrs, names, term=None, of=None):
+        """Fill a math template; ``term`` = (node, name) names that node's adjoint term."""
+        show = self.display(names)
+        filled = template
+        for key, nid in ids.items():
+            if "{" + key + "}̄" in filled:
+                bar = (
+                    term[1]
+                    if term and nid == term[0]
+                    else self.bar_name(nid, names, of)
+                )
+                filled = filled.replace("{" + key + "}̄", bar)
+        return ops.format_note(
+            filled, {**{k: show(v) for k, v in ids.items()}, **attrs}
+        )
+
+    def math_of(self, n, names):
+        """The forward math of op node ``n`` with code names: ``z2 = h1 @ W2``."""
+        A = self.A
+        op = ops.get(A.nodes[n][g.OP])
+        ins = g.operands(A, n)
+        text = op.math
+        if op.variadic:
+            text = text.replace(
+                "{" + op.args[0] + "}",
+                "(" + ", ".join(self.display(names)(p) for p in ins) + ")",
+            )
+            ids = {"y": n}
+        else:
+            ids = {"y": n, **dict(zip(op.args, ins))}
+        return self.note(text, ids, A.nodes[n][g.ATTRS], names)
+
+    def comments(self, n, names):
+        A, a = self.A, self.A.nodes[n]
+        show = self.display(names)
+        if a[g.ROLE] == g.FORWARD:
+            if a[g.OP] in SELF_EXPLANATORY:
+                return []
+            return wrap_comment(self.math_of(n, names))
+        pass_loss = self.pass_of(n)[0]
+        loss = show(pass_loss) if pass_loss is not None else "J"
+        target = names.get(n, show(n))
+        if g.SUMS in a:
+            j = a[g.ADJOINT_OF]
+            succ = ", ".join(show(k) for k in a[g.SUMS])
+            text = (
+                f"{target} = ∂{loss}/∂{show(j)} = Σ_k ∂{loss}/∂k · ∂k/∂{show(j)}, summed "
+                f"over the successors k of {show(j)}: {succ}"
+            )
+            return wrap_comment(text)
+        if g.ADJOINT_OF in a:
+            j = a[g.ADJOINT_OF]
+            head = f"{target} = ∂{loss}/∂{show(j)}"
+        elif g.CONTRIB in a:
+            k, j = a[g.CONTRIB]
+            head = f"{target} = the term of ∂{loss}/∂{show(j)} that flows through {show(k)}"
+        else:
+            return []
+        note = a.get(g.NOTE)
+        if not note or not note[0] or note[1].get("y") in (None, j):
+            return wrap_comment(head)
+        template, ids, attrs = note
+        k = ids["y"]
+        deriv = self.note(template, ids, attrs, names, term=(j, target), of=n)
+        if deriv.startswith("∂") and " = " in deriv:
+            rhs = deriv.split(" = ", 1)[1]
+            if k == pass_loss or self.bar_name(k, names, n) == "1.0":
+                text = f"{head} = {rhs}"
+            else:
+                text = (
+                    f"{head} = {self.bar_name(k, names, n)} · ∂{show(k)}/∂{show(j)}, where "
+                    f"∂{show(k)}/∂{show(j)} = {rhs}"
+                )
+        elif k in A:
+            text = f"{head}; through {self.math_of(k, names)}: {deriv}"
+        else:  # the successor was optimized away (a graph differentiated twice)
+            text = f"{head}: {deriv}"
+        if a[g.OP] == "sum_to_shape":
+            text += " (summed over the axes broadcasting stretched)"
+        return wrap_comment(text)
+
+    def backward_header(self):
+        """The comment that opens the backward pass: what ``v_bar`` means."""
+        return wrap_comment(
+            f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}/∂v, "
+            "the sum over v's successors k of k_bar · ∂k/∂v."
+        )

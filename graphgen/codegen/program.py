@@ -1,0 +1,591 @@
+"""The program of one generated module: its names, statements and tables.
+
+:class:`Program` is what every backend shares: it names every value once (one
+:class:`~graphgen.codegen.naming.Namer`), lowers op attributes to code, builds the tables
+(``INPUTS``, ``PARAMS``, ...), the argument checks (``_unpack``) and the ``vjp`` wrapper,
+and the template context. A backend subclass says how one function's statements are made
+(:meth:`Program.function`). Python decides *what* to emit; the templates in
+``templates/<backend>/`` decide *how it looks*. Every value a template prints is a
+:class:`~graphgen.codegen.naming.Code` string or a number, checked by the environment's
+``finalize``; spec names only ever reach the output as ``repr()`` literals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .. import dims, ops
+from .. import graph as g
+from ..errors import CodegenError
+from ..version import __version__
+from .comments import Comments, safe_comment, wrap_comment
+from .layout import (
+    INDENT,
+    LINE,
+    condition,
+    fit,
+    literal,
+    subscript,
+    unpack_line,
+    wrap,
+)
+from .naming import Code, Namer, node_names
+from .render import environment, op_macros
+
+UNPACK_NAME = 24  # longer names get a short alias inside _unpack
+
+# Helpers a module defines when its code calls them (templates/numpy/helpers/<name>.py.j2),
+# with the helpers they call. Op families outside defs.py add theirs to ops.HELPERS.
+HELPERS = ops.HELPERS
+
+# Comparison masks: floats of the graph dtype, or booleans where a product consumes them.
+MASKS = {"step", "ge", "lt", "eq"}
+
+
+def constant_key(n, at):
+    """The ``_CONSTANTS`` entry of a ``constant`` node: its weights key, or its node id."""
+    return at["key"] if at["key"] is not None else str(n)
+
+
+def stored_weights(A):
+    """Names of the arrays a module reads from its ``.npz``: params, then constants.
+
+    Reads only what a spec sets, so it works on a graph before ``prepare`` too."""
+    params = [
+        n
+        for n in A
+        if A.nodes[n].get(g.KIND) == g.PARAM and A.nodes[n].get(g.INIT) == "weights"
+    ]
+    consts = sorted(
+        {
+            A.nodes[n][g.ATTRS]["key"]
+            for n in A
+            if A.nodes[n].get(g.OP) == "constant"
+            and (A.nodes[n].get(g.ATTRS) or {}).get("key") is not None
+        }
+    )
+    return params, consts
+
+
+# ----------------------------------------------------------------------- literals
+
+
+# ---------------------------------------------------------------------- the program
+
+
+@dataclasses.dataclass
+class Statement:
+    target: Code
+    expr: Code
+    comments: list
+    node: str
+    blank_before: bool = False
+    accumulate: list = dataclasses.field(default_factory=list)  # v += term, in place
+    dels: list = dataclasses.field(default_factory=list)  # dropped after their last use
+
+
+@dataclasses.dataclass
+class Function:
+    name: str
+    doc: list
+    statements: list
+    returns: Code
+    prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
+    signature: Code = dataclasses.field(default_factory=lambda: Code("**arrays"))
+
+
+class Program:
+    """Everything the templates need for one module, all of it vetted ``Code``."""
+
+    def __init__(self, A, backend, source_name):
+        self.A = A
+        self.backend = backend
+        self.env = environment()
+        self.macros = op_macros(self.env, "numpy")
+        self.namer = node_names(A)
+        self.source_name = source_name
+        self.loss = A.graph.get("loss")
+        self.grads = A.graph.get("grads") or {}
+        self.programs = {}
+        self._once = {}
+        self.notes = Comments(A, self.namer, self.loss)
+
+    # names ------------------------------------------------------------------
+    def is_named(self, n):
+        return n in self.namer
+
+    def dim(self, d, used) -> Code:
+        for s in dims.symbols(d):
+            used.add(s)
+        return Code(dims.render(d, lambda s: self.namer[("dim", s)]))
+
+    def shape_code(self, shape, used) -> Code:
+        items = [self.dim(d, used) for d in shape]
+        return Code("(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")")
+
+    # expressions --------------------------------------------------------------
+    def attrs_code(self, n, used):
+        """The op's attributes as the templates want them (Python decides the forms)."""
+        a = self.A.nodes[n]
+        op, at = a[g.OP], a[g.ATTRS]
+        ins = g.operands(self.A, n)
+        in_shapes = [self.A.nodes[p][g.SHAPE] for p in ins]
+        out = {}
+        if op in ("sum", "mean", "max", "logsumexp"):
+            axes = list(at["axis"])
+            every = axes == list(range(len(in_shapes[0])))
+            out["axis"] = (
+                None
+                if every and op != "logsumexp"
+                else (literal(axes[0]) if len(axes) == 1 else literal(tuple(axes)))
+            )
+            if every and op == "logsumexp":
+                out["axis"] = Code("None")
+            out["keepdims"] = bool(at["keepdims"])
+        elif op in ("reshape", "broadcast_to", "zeros"):
+            out["shape"] = self.shape_code(at["shape"], used)
+        elif op == "sum_to_shape":
+            lead, keep = ops.defs.sum_to_shape_axes(in_shapes[0], tuple(at["shape"]))
+            axes = tuple(lead + keep)
+            out["axes"] = literal(axes[0]) if len(axes) == 1 else literal(axes)
+            out["form"] = "lead" if not keep else ("keep" if not lead else "both")
+            out["shape"] = self.shape_code(at["shape"], used)
+        elif op in ("slice", "unslice"):
+            nd = len(at["shape"]) if op == "unslice" else len(in_shapes[0])
+            parts = [":"] * nd
+            start, stop, step = at["start"], at["stop"], at["step"]
+            full = (
+                in_shapes[0][at["axis"]] if op == "slice" else at["shape"][at["axis"]]
+            )
+            s = "" if start == 0 else self.dim(start, used)
+            e = "" if stop == full else self.dim(stop, used)
+            parts[at["axis"]] = f"{s}:{e}" + ("" if step == 1 else f":{step}")
+            while len(parts) > 1 and parts[-1] == ":":
+                parts.pop()
+            out["index"] = Code("[" + ", ".join(parts) + "]")
+            if op == "unslice":
+                out["shape"] = self.shape_code(at["shape"], used)
+        elif op == "transpose":
+            out["T"] = (
+                list(at["perm"]) == list(range(len(in_shapes[0])))[::-1]
+                and len(in_shapes[0]) == 2
+            )
+            out["perm"] = literal(tuple(at["perm"]))
+        elif op == "dimsize":
+            size = dims.prod(at["dims"])
+            out["value"] = (
+                literal(float(size))
+                if isinstance(size, int)
+                else Code(f"float({self.dim(size, used)})")
+            )
+        elif op == "onehot":
+            out["depth"] = self.dim(at["depth"], used)
+        elif op == "scatter_add":  # graphgen/ops/nn.py: dim may be a symbolic size
+            out = {"axis": literal(at["axis"]), "dim": self.dim(at["dim"], used)}
+        elif op == "constant":
+            if at["value"] is not None:
+                out["value"] = literal(at["value"])
+            else:  # one of the module's _CONSTANTS, made once at import
+                out["key"] = literal(constant_key(n, at))
+        else:
+            out = {k: literal(v) for k, v in at.items()}
+        return out
+
+    def render_op(self, n, args, used, as_bool=False) -> Code:
+        op = self.A.nodes[n][g.OP]
+        macro = getattr(self.macros, op, None)
+        if macro is None:
+            raise CodegenError(
+                f"the {self.backend} backend has no template for op {op!r}",
+                node=n,
+                source=g.source_of(self.A),
+            )
+        at = self.attrs_code(n, used)
+        if op in MASKS:
+            at["as_bool"] = as_bool
+        if ops.get(op).variadic:
+            text = macro([wrap(x) for x in args], at)
+        else:
+            text = macro(*[wrap(x) for x in args], at)
+        return Code(text.strip())
+
+    def _uses_once(self, op):
+        """Whether the op's template mentions each argument once (so it may be inlined)."""
+        if op not in self._once:
+            self._once[op] = self._mentions_each_argument_once(op)
+        return self._once[op]
+
+    def _mentions_each_argument_once(self, op):
+        o = ops.get(op)
+        if o.variadic:
+            return True
+        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+        # attributes do not change how often arguments appear; use a representative node
+        for n in self.A:
+            if self.A.nodes[n].get(g.OP) == op:
+                text = self.render_op(n, probes, set())
+                return all(text.count(p) == 1 for p in probes)
+        return True
+
+    # functions ----------------------------------------------------------------
+    def needed(self, roots):
+        """The roots and everything they are computed from."""
+        return g.reach(self.A, roots)
+
+    def longest_inlined(self, order, inline, names, exprs):
+        """In each statement longer than a line, its longest inlined temporary (the one
+        to materialize next); empty when every statement fits.
+
+        Statements inline disjoint sets of temporaries, so fixing all of them in one
+        round gives the code one statement at a time would, in far fewer rounds.
+        """
+        out = []
+        for n in order:
+            if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
+                continue
+            kids = self._inlined_children(n, inline)
+            if kids:
+                out.append(max(kids, key=lambda p: len(exprs[p])))
+        return out
+
+    def _reads(self, n, inline):
+        """The materialized values statement ``n`` reads, through inlined temporaries."""
+        out = []
+        for p in g.operands(self.A, n):
+            if p in inline:
+                out.extend(q for q in self._reads(p, inline) if q not in out)
+            elif self.A.nodes[p][g.KIND] == g.OPNODE and p not in out:
+                out.append(p)
+        return out
+
+    def _inlined_children(self, n, inline):
+        out = []
+        stack = [p for p in g.operands(self.A, n) if p in inline]
+        while stack:
+            p = stack.pop()
+            out.append(p)
+            stack.extend(q for q in g.operands(self.A, p) if q in inline)
+        return out
+
+    def value(self, n, exprs, names) -> Code:
+        a = self.A.nodes[n]
+        if a[g.KIND] == g.CONST:
+            return literal(a[g.VALUE])
+        if a[g.KIND] in (g.INPUT, g.PARAM):
+            return self.namer[n]
+        return names.get(n) or exprs[n]
+
+    # the module ----------------------------------------------------------------
+    def context(self):
+        A = self.A
+        nodes = [n for n in g.schedule(A)]
+        cotangents = A.graph.get("cotangents") or {}  # output -> its cotangent input
+        inputs = [
+            n
+            for n in nodes
+            if A.nodes[n][g.KIND] == g.INPUT and n not in cotangents.values()
+        ]
+        params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
+        outputs = list(A.graph["outputs"])
+
+        def shape_lit(n):
+            return literal(tuple(A.nodes[n][g.SHAPE]))
+
+        def out_expr(n, names):
+            a = A.nodes[n]
+            if a[g.KIND] == g.CONST:
+                return Code(f"np.asarray({literal(a[g.VALUE])}, dtype=DTYPE)")
+            return self.namer[n] if n in self.namer else names[n]
+
+        functions = [
+            self.function(
+                "forward",
+                outputs,
+                ["The forward pass: every output, by name."],
+                lambda names, used: fit(
+                    "return ",
+                    "{",
+                    [f"{literal(o)}: {out_expr(o, names)}" for o in outputs],
+                    "}",
+                    INDENT,
+                ),
+            )
+        ]
+        if self.loss is not None:
+            wrt = list(A.graph["wrt"])
+            roots = [self.loss] + [v for v in self.grads.values() if v is not None]
+
+            handed_out = set()
+
+            def grad_expr(w, names, used):
+                v = self.grads.get(w)
+                shape = self.shape_code(A.nodes[w][g.SHAPE], used)
+                if v is None:
+                    return Code(f"np.zeros({shape}, dtype=DTYPE)")
+                a = A.nodes[v]
+                if a[g.KIND] == g.CONST:
+                    return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
+                name = self.namer[v] if v in self.namer else names[v]
+                if (
+                    v in handed_out
+                    or a[g.KIND] != g.OPNODE
+                    or a[g.OP] in ("broadcast_to", "transpose", "reshape", "slice")
+                ):
+                    # a view, or an array another gradient already is: hand out a copy
+                    return Code(f"np.array({name})")
+                handed_out.add(v)
+                return name
+
+            if cotangents:
+                functions.append(self.vjp_function(wrt, grad_expr, inputs + params))
+        if self.loss is not None and not cotangents:
+            functions.append(
+                self.function(
+                    "value_and_grad",
+                    roots,
+                    [
+                        (
+                            f"The loss {self.loss!r} and its gradient with respect to "
+                            "each name in WRT."
+                        ),
+                        "",
+                        "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
+                    ],
+                    lambda names, used: fit(
+                        f"return float({out_expr(self.loss, names)}), ",
+                        "{",
+                        [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                        "}",
+                        INDENT,
+                    ),
+                )
+            )
+        body = "\n".join(s.expr for f in functions for s in f.statements)
+        body += "\n".join(f.returns for f in functions)
+        helpers = []
+        for h, deps in HELPERS.items():
+            if re.search(rf"\b_{h}\(", body):
+                for dep in (*deps, h):
+                    if dep not in helpers:
+                        helpers.append(dep)
+        helpers = [h for h in HELPERS if h in helpers]
+
+        def table(names):
+            return [(literal(n), shape_lit(n)) for n in names]
+
+        cot_table = [(literal(o), shape_lit(c)) for o, c in cotangents.items()]
+
+        stored_params, stored_consts = stored_weights(A)
+        constants = [
+            (literal(k), Code(f"_stored[{literal(k)}]")) for k in stored_consts
+        ]
+        for n in nodes:
+            at = A.nodes[n].get(g.ATTRS) or {}
+            if A.nodes[n].get(g.OP) == "constant" and at["fill"] is not None:
+                constants.append(
+                    (
+                        literal(constant_key(n, at)),
+                        Code(
+                            f"np.full({literal(tuple(at['shape']))}, "
+                            f"{literal(at['fill'])}, dtype=DTYPE)"
+                        ),
+                    )
+                )
+
+        return {
+            "backend": Code(self.backend),
+            "title": Code(literal(A.graph["name"])[1:-1]),
+            "version": Code(__version__),
+            "source": Code(safe_comment(self.source_name)),
+            "dtype": Code(A.graph["dtype"]),
+            "unpack": self.unpack(inputs + params),
+            "tables": [
+                (Code("INPUTS"), table(inputs)),
+                (Code("PARAMS"), table(params)),
+                (Code("OUTPUTS"), table(outputs)),
+                *([(Code("COTANGENTS"), cot_table)] if cotangents else []),
+                (
+                    Code("DTYPES"),
+                    [
+                        (literal(n), literal(A.nodes[n][g.DTYPE]))
+                        for n in inputs + params
+                    ],
+                ),
+                (
+                    Code("_INITS"),
+                    [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
+                ),
+            ],
+            "loss": literal(None if cotangents else self.loss),
+            "wrt": fit(
+                "WRT = ",
+                "(",
+                [literal(w) for w in A.graph.get("wrt") or ()] if self.loss else [],
+                ")",
+                0,
+                tuple_=True,
+            ),
+            "functions": functions,
+            "helpers": [Code(h) for h in helpers],
+            "stored": bool(stored_params or stored_consts),
+            "cotangents": bool(cotangents),
+            "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
+            "stored_consts": stored_consts
+            and fit(
+                "_stored = _load_weights(",
+                "(",
+                [literal(k) for k in stored_consts],
+                "))",
+                0,
+                tuple_=True,
+            ),
+            "constants": constants,
+            "summary": [
+                Code(part)
+                for line in self.summary()
+                for part in wrap_comment(line, width=LINE)
+            ],
+        }
+
+    def vjp_function(self, wrt, grad_expr, arrays):
+        """``vjp(cotangents, **arrays)``: the gradient of Σ_k <cotangents[k], output k>.
+
+        The graph's loss is that sum (the frontend built it over cotangent inputs); here
+        the cotangents arrive as a dict keyed by output name, checked against the output
+        shapes the arrays fixed.
+        """
+        A = self.A
+        cotangents = A.graph["cotangents"]
+        roots = [v for v in self.grads.values() if v is not None]
+        fn = self.function(
+            "vjp",
+            roots,
+            [
+                "Vector-Jacobian product: the gradient of Σ_k <cotangents[k], output k>.",
+                "",
+                "``cotangents`` maps each name in OUTPUTS to an array of its shape; returns",
+                "``{name: gradient}`` for each name in WRT (fresh arrays).",
+            ],
+            lambda names, used: fit(
+                "return ",
+                "{",
+                [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                "}",
+                INDENT,
+            ),
+        )
+        symbols = sorted(
+            {s for n in arrays for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+        )
+        sizes = fit(
+            "",
+            "{",
+            [f"{literal(s)}: {self.namer[('dim', s)]}" for s in symbols],
+            "}",
+            0,
+        )
+        cot_names = [self.namer[c] for c in cotangents.values()]
+        call = f"_cotangents(cotangents, {sizes})"
+        cot_line = (
+            f"{cot_names[0]} = {call}[0]"
+            if len(cot_names) == 1
+            else unpack_line("", cot_names, f" = {call}", INDENT)
+        )
+        pad = " " * INDENT
+        fn.prologue = Code(f"{pad}{self.unpack(arrays)['call']}\n{pad}{cot_line}")
+        fn.signature = Code("cotangents, **arrays")
+        return fn
+
+    def unpack(self, arrays):
+        """The fast argument check: straight-line code, one line per array.
+
+        Any failure falls back to ``_check``, which finds the first wrong array and raises
+        the ValueError that names it and its expected shape.
+        """
+        A = self.A
+        callers = [self.namer[n] for n in arrays]
+        # inside _unpack a long name (an ONNX tensor's, say) gets a short local alias, so
+        # that every check stays one line
+        local = Namer()
+        local.taken = set(callers) | {
+            self.namer[("dim", s)]
+            for n in arrays
+            for d in A.nodes[n][g.SHAPE]
+            for s in dims.symbols(d)
+        }
+        idents = [
+            c if len(c) <= UNPACK_NAME else local.fresh(f"a{i}")
+            for i, c in enumerate(callers)
+        ]
+        steps, bound = [], set()
+        symbols = []
+        for n, ident in zip(arrays, idents):
+            a = A.nodes[n]
+            dtype = Code("_INT64" if a[g.DTYPE] == "int64" else "_FLOAT")
+            shape = a[g.SHAPE]
+            fresh = [
+                (i, d)
+                for i, d in enumerate(shape)
+                if isinstance(d, str) and d not in bound
+            ]
+            parts = [
+                f"not isinstance({ident}, np.ndarray)",
+                f"{ident}.dtype != {dtype}",
+            ]
+            if fresh:  # bind the sizes this array fixes, once its rank is known
+                steps.append(
+                    {"condition": condition(parts + [f"{ident}.ndim != {len(shape)}"])}
+                )
+                for i, d in fresh:
+                    bound.add(d)
+                    symbols.append(d)
+                    steps.append(
+                        {
+                            "bind": self.namer[("dim", d)],
+                            "source": Code(f"{ident}.shape[{i}]"),
+                        }
+                    )
+                parts = []
+            parts.append(f"{ident}.shape != {self.shape_code(shape, set())}")
+            steps.append({"condition": condition(parts)})
+        dim_names = [self.namer[("dim", d)] for d in symbols]
+        names = idents + dim_names
+        outer = callers + dim_names
+        return {
+            "arrays": [
+                subscript(f"{ident} = arrays", literal(n), INDENT)
+                for n, ident in zip(arrays, idents)
+            ],
+            "steps": steps,
+            "returns": unpack_line("return ", names, "", INDENT)
+            if names
+            else Code("return ()"),
+            "call": unpack_line("", outer, " = _unpack(arrays)", INDENT)
+            if outer
+            else Code("_unpack(arrays)"),
+        }
+
+    def summary(self):
+        A = self.A
+        lines = []
+        for kind, label in ((g.INPUT, "inputs"), (g.PARAM, "params")):
+            ns = [n for n in g.schedule(A) if A.nodes[n][g.KIND] == kind]
+            if ns:
+                lines.append(
+                    f"{label}: "
+                    + ", ".join(
+                        f"{self.namer[n]} {dims.fmt_shape(A.nodes[n][g.SHAPE])}"
+                        for n in ns
+                    )
+                )
+        lines.append(
+            "outputs: "
+            + ", ".join(
+                self.namer[o] if o in self.namer else literal(o)
+                for o in A.graph["outputs"]
+            )
+        )
+        if self.loss is not None:
+            lines.append(f"loss: {self.namer.names.get(self.loss, 'const')}")
+        return lines
