@@ -6,6 +6,8 @@ Every error carries the spec file and, where there is one, the node, so the CLI 
 
 from __future__ import annotations
 
+import difflib
+
 
 class GraphgenError(Exception):
     """Base of every error graphgen reports to a user.
@@ -70,5 +72,23 @@ class CodegenError(GraphgenError):
     """A graph cannot be rendered for the requested backend."""
 
 
+class DiagramError(GraphgenError):
+    """A diagram cannot be drawn or written (bad view, unknown node, no Graphviz)."""
+
+
+class ExplainError(GraphgenError):
+    """The requested gradient cannot be explained (unknown node, no loss)."""
+
+
 class GraphgenWarning(UserWarning):
     """Something is suspicious but a module can still be generated."""
+
+
+def did_you_mean(word, choices) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``word``, or ``""``.
+
+    >>> did_you_mean("sigmod", ["sigmoid", "tanh"])
+    " (did you mean 'sigmoid'?)"
+    """
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import graphgen
-from graphgen.views import diagram
 from graphgen.frontends.spec import from_dict
+from graphgen.views import diagram
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "dot"
@@ -173,8 +173,8 @@ def test_values_annotations_and_legend(tmp_path):
 
 
 def test_interpreter_matches_module():
-    from graphgen.check import random_arrays
     from graphgen.api import lower
+    from graphgen.check import random_arrays
 
     for ex in EXAMPLES:
         G = load(ex)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import graphgen
-from graphgen.views.explain import ExplainError
+from graphgen.errors import ExplainError
 from graphgen.frontends.spec import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import pytest
 import graphgen
 from graphgen import graph as g
 from graphgen.api import lower, report
-from graphgen.backends.numpy.program import NumpyProgram as Program
 from graphgen.backends.numpy import memory
+from graphgen.backends.numpy.program import NumpyProgram as Program
 
 LAYERS = 100
 N = 128
@@ -70,8 +70,8 @@ def peak(fn):
 
 @pytest.fixture(scope="module")
 def chain():
-    from graphgen.passes.shapes import prepare
     from graphgen.frontends.spec import from_dict
+    from graphgen.passes.shapes import prepare
 
     G = prepare(from_dict(chain_spec()))
     rng = np.random.default_rng(0)

@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO, VENV_BIN, add_weighted_loss, build_graph
 
 import graphgen
-from graphgen.frontends import spec as spec_module
 from graphgen.check import random_arrays
 from graphgen.errors import ShapeError
+from graphgen.frontends import spec as spec_module
 
 
 def op_module(op, shapes, attrs=None, dtype="float64", int_inputs=(), wrt=None):

@@ -7,7 +7,6 @@ attributes an op knows) and records line numbers so errors can point into the fi
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from importlib import resources
@@ -17,7 +16,7 @@ import yaml
 
 from .. import graph as g
 from .. import ops
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 
 SCHEMA = json.loads(
     resources.files("graphgen.frontends").joinpath("spec.schema.json").read_text()
@@ -235,8 +234,7 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     for name, spec in nodes.items():
         op_name = spec["op"]
         if op_name not in ops.REGISTRY:
-            close = difflib.get_close_matches(op_name, list(ops.REGISTRY), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(op_name, list(ops.REGISTRY))
             raise SpecError(
                 f"unknown op {op_name!r}{hint}; `graphgen ops` lists them",
                 node=name,
@@ -272,8 +270,7 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
                 g.add_edge_arg(G, cid, name, pos)
                 continue
             if arg not in G or G.nodes[arg][g.KIND] == g.CONST:
-                close = difflib.get_close_matches(arg, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(arg, known)
                 raise SpecError(
                     f"argument {pos} names {arg!r}, which is not an input, param or node{hint}",
                     node=name,
@@ -285,8 +282,7 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     def check_names(key, names, what):
         for n in names:
             if n not in G or G.nodes[n][g.KIND] == g.CONST:
-                close = difflib.get_close_matches(n, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(n, known)
                 raise SpecError(
                     f"{key}: {n!r} is not {what}{hint}",
                     source=source,

@@ -59,6 +59,32 @@ class Op:
         Broadcasting elementwise op (fusable by the Numba backend).
     internal : bool
         Introduced by VJP rules; usable in specs but not part of the documented vocabulary.
+
+    The facts below are what passes, backends and views ask about an op; each is declared
+    here, on the op, and nowhere else.
+
+    commutative : bool
+        ``f(a, b) == f(b, a)`` (for a variadic op: any order of its arguments). The
+        optimizer's common-subexpression pass and the diagrams sort such arguments.
+    linear : bool
+        Linear in each argument together (``add``, ``sub``, ``neg``, ``add_n``): explain
+        walks through such ops to find the pre-activation of a hidden unit.
+    activation : bool
+        An elementwise nonlinearity (a unit's activation, in the textbook sense).
+    transcendental : bool
+        Calls exp, log, tanh, sin, ... per element: the Numba backend weighs NumPy's SIMD
+        loops against its own loops for these.
+    mask : bool
+        A 0/1 comparison mask (``step``, ``ge``, ``lt``, ``eq``): a backend may keep it
+        boolean where a product consumes it.
+    view : bool
+        NumPy's result may share memory with its argument (or be read-only).
+    ufunc : tuple
+        ``(function, arg, ...)`` when one NumPy ufunc call computes the op, so that it can
+        write into an existing buffer (``out=``): each ``arg`` is an argument name or a
+        literal, e.g. ``("np.maximum", "x", "0.0")`` for ``relu``.
+    reads_as_code : bool
+        Its code already reads as its math (``a + b``, ``h @ W``): no comment above it.
     """
 
     name: str
@@ -76,6 +102,14 @@ class Op:
     elementwise: bool = False
     internal: bool = False
     category: str = ""
+    commutative: bool = False
+    linear: bool = False
+    activation: bool = False
+    transcendental: bool = False
+    mask: bool = False
+    view: bool = False
+    ufunc: tuple = ()
+    reads_as_code: bool = False
 
     def arity_ok(self, n):
         return n >= 1 if self.variadic else n == len(self.args)

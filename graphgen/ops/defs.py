@@ -45,7 +45,7 @@ def _softmax(x, axis=-1):
 # ------------------------------------------------------------------ unary elementwise
 
 
-def unary(name, impl, vjp, math, deriv, domain="real", attrs=None):
+def unary(name, impl, vjp, math, deriv, domain="real", attrs=None, **facts):
     return register(
         Op(
             name=name,
@@ -59,17 +59,30 @@ def unary(name, impl, vjp, math, deriv, domain="real", attrs=None):
             domain=(domain,),
             elementwise=True,
             category="unary",
+            **facts,
         )
     )
 
 
-unary("neg", np.negative, lambda b, c: [b.neg(c.g)], "{y} = −{x}", "∂{y}/∂{x} = −1")
+unary(
+    "neg",
+    np.negative,
+    lambda b, c: [b.neg(c.g)],
+    "{y} = −{x}",
+    "∂{y}/∂{x} = −1",
+    linear=True,
+    ufunc=("np.negative", "x"),
+    reads_as_code=True,
+)
 unary(
     "exp",
     np.exp,
     lambda b, c: [b.mul(c.g, c.out)],
     "{y} = exp({x})",
     "∂{y}/∂{x} = exp({x}) = {y}",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.exp", "x"),
 )
 unary(
     "log",
@@ -78,6 +91,9 @@ unary(
     "{y} = log({x})",
     "∂{y}/∂{x} = 1/{x}",
     domain="positive",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.log", "x"),
 )
 unary(
     "sqrt",
@@ -86,6 +102,8 @@ unary(
     "{y} = √{x}",
     "∂{y}/∂{x} = 1/(2√{x}) = 1/(2·{y})",
     domain="positive",
+    activation=True,
+    ufunc=("np.sqrt", "x"),
 )
 unary(
     "square",
@@ -93,6 +111,8 @@ unary(
     lambda b, c: [b.mul(c.g, b.mul(2.0, c.ins[0]))],
     "{y} = {x}²",
     "∂{y}/∂{x} = 2·{x}",
+    activation=True,
+    ufunc=("np.square", "x"),
 )
 unary(
     "abs",
@@ -101,6 +121,8 @@ unary(
     "{y} = |{x}|",
     "∂{y}/∂{x} = sign({x})",
     domain="away0",
+    activation=True,
+    ufunc=("np.absolute", "x"),
 )
 unary(
     "tanh",
@@ -108,6 +130,9 @@ unary(
     lambda b, c: [b.mul(c.g, b.sub(1.0, b.square(c.out)))],
     "{y} = tanh({x})",
     "∂{y}/∂{x} = 1 − tanh²({x}) = 1 − {y}²",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.tanh", "x"),
 )
 unary(
     "sigmoid",
@@ -115,6 +140,8 @@ unary(
     lambda b, c: [b.mul(c.g, b.mul(c.out, b.sub(1.0, c.out)))],
     "{y} = σ({x}) = 1/(1 + exp(−{x}))",
     "∂{y}/∂{x} = σ({x})·(1 − σ({x})) = {y}·(1 − {y})",
+    activation=True,
+    transcendental=True,
 )
 unary(
     "relu",
@@ -123,6 +150,8 @@ unary(
     "{y} = max({x}, 0)",
     "∂{y}/∂{x} = 1 if {x} > 0 else 0",
     domain="away0",
+    activation=True,
+    ufunc=("np.maximum", "x", "0.0"),
 )
 
 
@@ -154,6 +183,7 @@ register(
         domain=("away0",),
         elementwise=True,
         category="unary",
+        activation=True,
     )
 )
 unary(
@@ -162,6 +192,9 @@ unary(
     lambda b, c: [b.mul(c.g, b.sigmoid(c.ins[0]))],
     "{y} = log(1 + exp({x}))",
     "∂{y}/∂{x} = σ({x})",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.logaddexp", "0.0", "x"),
 )
 unary(
     "sin",
@@ -169,6 +202,9 @@ unary(
     lambda b, c: [b.mul(c.g, b.cos(c.ins[0]))],
     "{y} = sin({x})",
     "∂{y}/∂{x} = cos({x})",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.sin", "x"),
 )
 unary(
     "cos",
@@ -176,12 +212,15 @@ unary(
     lambda b, c: [b.mul(c.g, b.neg(b.sin(c.ins[0])))],
     "{y} = cos({x})",
     "∂{y}/∂{x} = −sin({x})",
+    activation=True,
+    transcendental=True,
+    ufunc=("np.cos", "x"),
 )
 
 # Masks: non-differentiable ops the VJP rules use. They produce floats of the graph dtype.
-for _name, _impl, _math in [
-    ("step", lambda x: (x > 0).astype(x.dtype), "{y} = 1 if {x} > 0 else 0"),
-    ("sign", np.sign, "{y} = sign({x})"),
+for _name, _impl, _math, _mask in [
+    ("step", lambda x: (x > 0).astype(x.dtype), "{y} = 1 if {x} > 0 else 0", True),
+    ("sign", np.sign, "{y} = sign({x})", False),
 ]:
     register(
         Op(
@@ -196,6 +235,7 @@ for _name, _impl, _math in [
             elementwise=True,
             internal=True,
             category="unary",
+            mask=_mask,
         )
     )
 
@@ -203,7 +243,9 @@ for _name, _impl, _math in [
 # ----------------------------------------------------------------- binary elementwise
 
 
-def binary(name, impl, vjp, math, derivs, domain=("real", "real"), internal=False):
+def binary(
+    name, impl, vjp, math, derivs, domain=("real", "real"), internal=False, **facts
+):
     return register(
         Op(
             name=name,
@@ -217,6 +259,7 @@ def binary(name, impl, vjp, math, derivs, domain=("real", "real"), internal=Fals
             elementwise=True,
             internal=internal,
             category="binary",
+            **facts,
         )
     )
 
@@ -227,6 +270,10 @@ binary(
     lambda b, c: [c.g, c.g],
     "{y} = {a} + {b}",
     ("∂{y}/∂{a} = 1", "∂{y}/∂{b} = 1"),
+    commutative=True,
+    linear=True,
+    ufunc=("np.add", "a", "b"),
+    reads_as_code=True,
 )
 binary(
     "sub",
@@ -234,6 +281,9 @@ binary(
     lambda b, c: [c.g, b.neg(c.g)],
     "{y} = {a} − {b}",
     ("∂{y}/∂{a} = 1", "∂{y}/∂{b} = −1"),
+    linear=True,
+    ufunc=("np.subtract", "a", "b"),
+    reads_as_code=True,
 )
 binary(
     "mul",
@@ -241,6 +291,9 @@ binary(
     lambda b, c: [b.mul(c.g, c.ins[1]), b.mul(c.g, c.ins[0])],
     "{y} = {a}·{b}",
     ("∂{y}/∂{a} = {b}", "∂{y}/∂{b} = {a}"),
+    commutative=True,
+    ufunc=("np.multiply", "a", "b"),
+    reads_as_code=True,
 )
 binary(
     "div",
@@ -249,6 +302,8 @@ binary(
     "{y} = {a}/{b}",
     ("∂{y}/∂{a} = 1/{b}", "∂{y}/∂{b} = −{a}/{b}² = −{y}/{b}"),
     domain=("real", "away0"),
+    ufunc=("np.divide", "a", "b"),
+    reads_as_code=True,
 )
 
 
@@ -266,6 +321,8 @@ binary(
     "{y} = {a}^{b}",
     ("∂{y}/∂{a} = {b}·{a}^({b} − 1)", "∂{y}/∂{b} = {a}^{b}·log({a}) = {y}·log({a})"),
     domain=("positive", "real"),
+    transcendental=True,
+    ufunc=("np.power", "a", "b"),
 )
 binary(
     "maximum",
@@ -276,6 +333,8 @@ binary(
     ],
     "{y} = max({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≥ {b} else 0", "∂{y}/∂{b} = 1 if {a} < {b} else 0"),
+    commutative=True,
+    ufunc=("np.maximum", "a", "b"),
 )
 binary(
     "minimum",
@@ -286,6 +345,8 @@ binary(
     ],
     "{y} = min({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≤ {b} else 0", "∂{y}/∂{b} = 1 if {a} > {b} else 0"),
+    commutative=True,
+    ufunc=("np.minimum", "a", "b"),
 )
 for _name, _impl, _math in [
     ("ge", lambda a, b: np.greater_equal(a, b).astype(np.result_type(a, b)), "≥"),
@@ -299,6 +360,8 @@ for _name, _impl, _math in [
         "{y} = 1 if {a} " + _math + " {b} else 0",
         ("0", "0"),
         internal=True,
+        mask=True,
+        commutative=_name == "eq",
     )
 
 
@@ -314,6 +377,9 @@ register(
         variadic=True,
         elementwise=True,
         category="binary",
+        commutative=True,
+        linear=True,
+        reads_as_code=True,
     )
 )
 
@@ -382,6 +448,7 @@ register(
         math="{y} = {a} @ {b}",
         derivs=("{a}̄ = {y}̄ @ {b}ᵀ", "{b}̄ = {a}ᵀ @ {y}̄"),
         category="linear algebra",
+        reads_as_code=True,
     )
 )
 
@@ -415,6 +482,7 @@ register(
         attrs={"perm": None},
         normalize=_norm_transpose,
         category="shape",
+        view=True,
     )
 )
 
@@ -473,6 +541,8 @@ register(
         attrs={"shape": REQUIRED},
         normalize=_norm_reshape,
         category="shape",
+        view=True,
+        reads_as_code=True,
     )
 )
 
@@ -499,6 +569,7 @@ register(
         attrs={"shape": REQUIRED},
         normalize=_norm_broadcast_to,
         category="shape",
+        view=True,
     )
 )
 
@@ -664,6 +735,7 @@ register(
         attrs={"axis": 0, "start": None, "stop": None, "step": 1},
         normalize=_norm_slice,
         category="shape",
+        view=True,
     )
 )
 

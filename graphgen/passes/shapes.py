@@ -12,7 +12,13 @@ import networkx as nx
 
 from .. import dims, ops
 from .. import graph as g
-from ..errors import GradientError, GraphError, GraphgenError, ShapeError
+from ..errors import (
+    GradientError,
+    GraphError,
+    GraphgenError,
+    ShapeError,
+    did_you_mean,
+)
 
 
 def _err(cls, G, node, msg):
@@ -202,10 +208,7 @@ def _infer_op(H, n, fdtype):
     a = H.nodes[n]
     name = a.get(g.OP)
     if name not in ops.REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(ops.REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), list(ops.REGISTRY))
         raise _err(GraphError, H, n, f"unknown op {name!r}{hint}")
     op = ops.REGISTRY[name]
     for p in H.predecessors(n):

@@ -26,7 +26,6 @@ name reaches the DOT text only inside an HTML-like label, escaped with :func:`ht
 
 from __future__ import annotations
 
-import difflib
 import html
 import math
 import os
@@ -41,7 +40,7 @@ from .. import dims, ops
 from .. import graph as g
 from ..codegen.comments import Comments
 from ..codegen.naming import node_names
-from ..errors import GraphgenError
+from ..errors import DiagramError, did_you_mean
 
 __all__ = ["VIEWS", "DiagramError", "evaluate", "render", "to_dot", "write"]
 
@@ -97,10 +96,6 @@ BACKWARD_STYLE = {"fillcolor": "#ede9fe", "color": "#6d28d9"}
 SUM_STYLE = {"fillcolor": "#fef08a", "color": "#a16207", "penwidth": "2"}
 GRAD_COLOR = "#7c3aed"
 BIG = 300  # nodes + edges above which the layout effort is bounded
-
-
-class DiagramError(GraphgenError):
-    """A diagram cannot be drawn or written (bad view, unknown node, no Graphviz)."""
 
 
 # --------------------------------------------------------------------------- escaping
@@ -754,8 +749,7 @@ def group_of(G, n):
 
 def _focus(G, D, focus, depth):
     if focus not in G:
-        close = difflib.get_close_matches(str(focus), [str(n) for n in G], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(focus), [str(n) for n in G])
         raise DiagramError(
             f"--focus: no node named {focus!r}{hint}", source=g.source_of(G)
         )

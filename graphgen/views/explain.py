@@ -19,7 +19,6 @@ standalone document).
 
 from __future__ import annotations
 
-import difflib
 import re
 
 import networkx as nx
@@ -27,7 +26,7 @@ import numpy as np
 
 from .. import graph as g
 from .. import ops
-from ..errors import GradientError, GraphgenError
+from ..errors import ExplainError, GradientError, did_you_mean
 from .diagram import (
     adjoint_value,
     evaluate,
@@ -59,10 +58,6 @@ NONLINEAR = {
     "cos",
 }
 ELEMENTWISE_LINEAR = {"add", "sub", "neg"}
-
-
-class ExplainError(GraphgenError):
-    """The requested gradient cannot be explained (unknown node, no loss)."""
 
 
 # ----------------------------------------------------------------------------- formats
@@ -443,8 +438,7 @@ def _parse_wrt(H, wrt):
                 source=g.source_of(H),
             )
         return node, idx
-    close = difflib.get_close_matches(str(wrt), [str(n) for n in H], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(str(wrt), [str(n) for n in H])
     raise ExplainError(f"--wrt: no node named {wrt!r}{hint}", source=g.source_of(H))
 
 
