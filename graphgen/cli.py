@@ -2,8 +2,9 @@
 
 Every user-facing failure is a :class:`~graphgen.errors.GraphgenError`; ``main`` turns it
 into one line ``graphgen: error: FILE: node 'a1': ...`` and exit status 2. Gradient-check
-failures exit 1. Subcommands are registered in ``COMMANDS``: each has an ``add_arguments``
-and a ``run`` function.
+failures exit 1. Every subcommand is one entry of ``COMMANDS``: its help text, the function
+that adds its arguments and the one that runs it. The modules a subcommand needs are
+imported when it runs, so that ``graphgen --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -288,6 +289,107 @@ def ops_run(args):
     return 0
 
 
+# ------------------------------------------------------------------------ render
+
+
+def render_args(p):
+    p.add_argument("spec", help="the spec file")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where to write the diagram: .svg, .png, .pdf or .dot",
+    )
+    p.add_argument(
+        "--view",
+        choices=["forward", "adjoint", "flow"],
+        default="flow",
+        help="what to draw (default: flow, the forward graph with the gradient edges)",
+    )
+    p.add_argument(
+        "--values",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="FILE.npz",
+        help="annotate with value and gradient norms for random arrays, or "
+        "the arrays in FILE.npz",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    p.add_argument(
+        "--collapse",
+        nargs="?",
+        const="groups",
+        default=None,
+        choices=["groups", "clusters"],
+        help="group nodes by 'group' attribute or name prefix (layer3/...): "
+        "one box per group (groups, the default) or boxes around them "
+        "(clusters)",
+    )
+    p.add_argument(
+        "--focus", metavar="NODE", help="draw only the neighbourhood of NODE"
+    )
+    p.add_argument(
+        "--depth", type=int, default=2, help="hops around --focus to draw (default 2)"
+    )
+
+
+def render_run(args):
+    from .views.diagram import write
+
+    G = _load(args.spec)
+    write(
+        G,
+        args.output,
+        view=args.view,
+        values=args.values,
+        seed=args.seed,
+        collapse=args.collapse or False,
+        focus=args.focus,
+        depth=args.depth,
+    )
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------- explain
+
+
+def explain_args(p):
+    p.add_argument("spec", help="the spec file")
+    p.add_argument(
+        "--wrt",
+        required=True,
+        metavar="NAME",
+        help="the node to explain the gradient of (e.g. W1, or W1[0,1] "
+        "for one element, 0-based)",
+    )
+    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text")
+    p.add_argument(
+        "--values",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FILE.npz",
+        help="add numbers for random arrays (or FILE.npz) and check them "
+        "against the generated value_and_grad",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+
+
+def explain_run(args):
+    from .views.explain import explain
+
+    G = _load(args.spec)
+    values = args.values
+    if isinstance(values, str):
+        values = os.fspath(values)
+    sys.stdout.write(
+        explain(G, args.wrt, format=args.format, values=values, seed=args.seed)
+    )
+    return 0
+
+
 COMMANDS = {
     "compile": (
         "turn a spec into a standalone Python module",
@@ -305,19 +407,20 @@ COMMANDS = {
         import_run,
     ),
     "ops": ("list every op with its math", ops_args, ops_run),
+    "render": (
+        "draw the forward, adjoint or gradient-flow graph",
+        render_args,
+        render_run,
+    ),
+    "explain": (
+        "explain one gradient with the chain rule",
+        explain_args,
+        explain_run,
+    ),
 }
 
 
-def _register_optional():
-    """Subcommands that live in their own modules (diagrams, explanations)."""
-    try:
-        from . import cli_extra  # noqa: F401
-    except ImportError:
-        pass
-
-
 def parser():
-    _register_optional()
     p = argparse.ArgumentParser(
         prog="graphgen",
         description="Compile NetworkX dataflow graphs into standalone NumPy gradient code.",
