@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import dims
 from ..errors import ShapeError
-from . import HELPERS, REQUIRED, Op, register
+from .base import HELPERS, REQUIRED, Op, register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from . import REQUIRED, Op, register
+from .base import REQUIRED, Op, register
 
 
 def _norm_constant(in_shapes, attrs):

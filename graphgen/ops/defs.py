@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import dims
 from ..errors import ShapeError
-from . import (
+from .base import (
     REQUIRED,
     Op,
     broadcast_rule,

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import dims
 from ..errors import ShapeError
-from . import (
+from .base import (
     HELPERS,
     REQUIRED,
     Op,

@@ -1,0 +1,239 @@
+"""The core of the op registry: :class:`Op`, the registry itself and the helpers the op
+families (``defs``, ``conv``, ``data``, ``nn``) build their declarations with.
+
+The families import from here, never from the package: ``graphgen.ops`` imports the
+families, so importing back from it would be a circle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from .. import dims
+from ..errors import ShapeError
+
+REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """The declaration of one op.
+
+    Attributes
+    ----------
+    name : str
+        The name used in specs (``op: sigmoid``).
+    args : tuple of str
+        Argument names, used in math text and errors; ``("xs",)`` with ``variadic``.
+    shape : callable
+        ``shape(in_shapes, attrs) -> out_shape``; raises :class:`ShapeError`.
+    impl : callable
+        ``impl(*arrays, **attrs) -> ndarray``, the NumPy reference semantics.
+    vjp : callable or None
+        ``vjp(b, ctx) -> list`` of cotangent nodes, one per argument (None: no gradient).
+    math : str
+        The forward math, with ``{y}`` for the output and argument names in braces.
+    derivs : tuple of str
+        Per argument, the local derivative (or the VJP it applies) in the same notation.
+    attrs : dict
+        Attribute name -> default (``REQUIRED`` when it has none).
+    normalize : callable, optional
+        ``normalize(in_shapes, attrs) -> attrs`` run before ``shape`` (resolves defaults
+        that depend on rank, negative axes, ...).
+    variadic : bool
+        Takes one or more arguments.
+    int_args : tuple of int
+        Argument positions that take int64 labels (never differentiated).
+    domain : tuple of str
+        Per argument, where finite-difference tests sample it: ``"real"``, ``"positive"``,
+        ``"unit"`` (0..1), ``"labels"`` or ``"away0"`` (|x| >= 0.1, for kinks at 0).
+    elementwise : bool
+        Broadcasting elementwise op (fusable by the Numba backend).
+    internal : bool
+        Introduced by VJP rules; usable in specs but not part of the documented vocabulary.
+
+    The facts below are what passes, backends and views ask about an op; each is declared
+    here, on the op, and nowhere else.
+
+    commutative : bool
+        ``f(a, b) == f(b, a)`` (for a variadic op: any order of its arguments). The
+        optimizer's common-subexpression pass and the diagrams sort such arguments.
+    linear : bool
+        Linear in each argument together (``add``, ``sub``, ``neg``, ``add_n``): explain
+        walks through such ops to find the pre-activation of a hidden unit.
+    activation : bool
+        An elementwise nonlinearity (a unit's activation, in the textbook sense).
+    transcendental : bool
+        Calls exp, log, tanh, sin, ... per element: the Numba backend weighs NumPy's SIMD
+        loops against its own loops for these.
+    mask : bool
+        A 0/1 comparison mask (``step``, ``ge``, ``lt``, ``eq``): a backend may keep it
+        boolean where a product consumes it.
+    view : bool
+        NumPy's result may share memory with its argument (or be read-only).
+    ufunc : tuple
+        ``(function, arg, ...)`` when one NumPy ufunc call computes the op, so that it can
+        write into an existing buffer (``out=``): each ``arg`` is an argument name or a
+        literal, e.g. ``("np.maximum", "x", "0.0")`` for ``relu``.
+    reads_as_code : bool
+        Its code already reads as its math (``a + b``, ``h @ W``): no comment above it.
+    """
+
+    name: str
+    args: tuple
+    shape: Callable
+    impl: Callable
+    vjp: Callable | None
+    math: str
+    derivs: tuple = ()
+    attrs: dict = dataclasses.field(default_factory=dict)
+    normalize: Callable | None = None
+    variadic: bool = False
+    int_args: tuple = ()
+    domain: tuple = ()
+    elementwise: bool = False
+    internal: bool = False
+    category: str = ""
+    commutative: bool = False
+    linear: bool = False
+    activation: bool = False
+    transcendental: bool = False
+    mask: bool = False
+    view: bool = False
+    ufunc: tuple = ()
+    reads_as_code: bool = False
+
+    def arity_ok(self, n):
+        return n >= 1 if self.variadic else n == len(self.args)
+
+    def arg_name(self, i):
+        return f"{self.args[0]}[{i}]" if self.variadic else self.args[i]
+
+    def arg_domain(self, i):
+        if not self.domain:
+            return "real"
+        return self.domain[0] if self.variadic else self.domain[i]
+
+
+REGISTRY: dict[str, Op] = {}
+
+# NumPy helper functions a generated module defines when its code calls ``_<name>(``
+# (templates/numpy/helpers/<name>.py.j2), each with the helpers it calls in turn.
+# Insertion order is the order they appear in a module.
+HELPERS: dict[str, tuple] = {
+    "sigmoid": (),
+    "logsumexp": (),
+    "softmax": (),
+    "log_softmax": ("logsumexp",),
+    "softmax_cross_entropy": (),
+    "softmax_xent_grad": (),
+    "sigmoid_cross_entropy": (),
+    "onehot": (),
+    "unslice": (),
+}
+
+
+def register(op: Op) -> Op:
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def get(name) -> Op:
+    return REGISTRY[name]
+
+
+@dataclasses.dataclass
+class VJPContext:
+    """What a VJP rule sees of the node it differentiates.
+
+    ``ins`` are the argument node ids, ``out`` the node itself, ``g`` the node holding the
+    output's adjoint; shapes are the inferred (possibly symbolic) shapes.
+    """
+
+    ins: list
+    out: str
+    g: str
+    attrs: dict
+    in_shapes: list
+    out_shape: tuple
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def broadcast_shapes(*shapes):
+    """NumPy broadcasting of shapes whose entries may be symbolic; None if impossible."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(1, ndim + 1):
+        ds = [s[-i] for s in shapes if len(s) >= i]
+        non1 = []
+        for d in ds:
+            if d != 1 and d not in non1:
+                non1.append(d)
+        if len(non1) > 1:
+            return None
+        out.append(non1[0] if non1 else 1)
+    return tuple(reversed(out))
+
+
+def broadcast_rule(in_shapes, attrs):
+    out = broadcast_shapes(*in_shapes)
+    if out is None:
+        raise ShapeError(
+            "arguments do not broadcast: "
+            + " vs ".join(dims.fmt_shape(s) for s in in_shapes)
+        )
+    return out
+
+
+def same_shape(in_shapes, attrs):
+    return tuple(in_shapes[0])
+
+
+def scalar_shape(in_shapes, attrs):
+    return ()
+
+
+def norm_axis(axis, ndim, what="axis"):
+    """One axis in range, made non-negative."""
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise ShapeError(f"{what} must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"{what} {axis} is out of range for rank {ndim}")
+    return axis % ndim
+
+
+def norm_axes(axis, ndim):
+    """``axis`` as a sorted tuple of non-negative axes; None means every axis."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (list, tuple)):
+        out = tuple(sorted({norm_axis(a, ndim) for a in axis}))
+        if len(out) != len(axis):
+            raise ShapeError(f"axis {list(axis)} names an axis twice")
+        return out
+    return (norm_axis(axis, ndim),)
+
+
+def reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def plain(op, template):
+    """A math template with its placeholders read as the argument names: ``y = σ(x)``."""
+    names = {"y": "y", **{a: a for a in op.args}, **{k: k for k in op.attrs}}
+    return format_note(template, names)
+
+
+def format_note(template, names):
+    """Fill a math/derivative template's ``{placeholders}`` with display names."""
+    out = template
+    for key, value in names.items():
+        out = out.replace("{" + key + "}", str(value))
+    return out
