@@ -119,15 +119,10 @@ class Importer:
         """Add ``out = op(args, **attrs)`` to the spec; return its id (shape inferred now)."""
         op = ops.get(op_name)
         in_shapes = [self.shape_of(a) for a in args]
-        full = dict(attrs)
-        for k, default in op.attrs.items():
-            if k not in full:
-                if default is ops.REQUIRED:
-                    raise Unsupported(f"{op_name} needs attribute {k!r}")
-                full[k] = default
         try:
-            norm = op.normalize(in_shapes, full) if op.normalize else full
-            shape = tuple(op.shape(in_shapes, {**full, **norm}))
+            _, shape = ops.infer(op, in_shapes, attrs)
+        except ops.MissingAttribute as e:
+            raise Unsupported(f"{op_name} needs attribute {e.attr!r}") from None
         except ShapeError as e:
             raise Unsupported(f"shapes do not fit {op_name}: {e}") from None
         nid = self.fresh(out)

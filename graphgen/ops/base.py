@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 
 from .. import dims
-from ..errors import ShapeError
+from ..errors import GraphError, ShapeError
 
 REQUIRED = object()
 
@@ -143,6 +143,43 @@ def register(op: Op) -> Op:
 
 def get(name) -> Op:
     return REGISTRY[name]
+
+
+class MissingAttribute(GraphError):
+    """:func:`infer` found no value for a required attribute (``attr``)."""
+
+    def __init__(self, op, attr):
+        super().__init__(f"op {op} needs attribute {attr!r}")
+        self.op = op
+        self.attr = attr
+
+
+def infer(op: Op, in_shapes, attrs) -> tuple[dict, tuple]:
+    """``(attrs, shape)`` of ``op`` applied to arguments of shapes ``in_shapes``.
+
+    The one place an op's attributes are completed and its shape rule is run: ``attrs``
+    as given, then each missing attribute's default (in declaration order), then what
+    ``normalize`` resolves; ``shape`` is the shape rule's result on those.
+
+    Raises :class:`GraphError` for an attribute the op does not declare,
+    :class:`MissingAttribute` (a ``GraphError``) for a required one not given, and
+    :class:`ShapeError` when the arguments do not fit. Callers add the node and file.
+    """
+    unknown = sorted(set(attrs) - set(op.attrs))
+    if unknown:
+        expected = ", ".join(op.attrs) or "none"
+        raise GraphError(
+            f"unknown attribute {unknown[0]!r} for op {op.name} (expected: {expected})"
+        )
+    full = dict(attrs)
+    for k, default in op.attrs.items():
+        if k not in full:
+            if default is REQUIRED:
+                raise MissingAttribute(op.name, k)
+            full[k] = default
+    if op.normalize is not None:
+        full = {**full, **op.normalize(in_shapes, full)}
+    return full, tuple(op.shape(in_shapes, full))
 
 
 @dataclasses.dataclass

@@ -57,13 +57,9 @@ class Builder:
     def node(self, op_name, *args, **attrs):
         op = ops.get(op_name)
         args = [a if isinstance(a, str) else self.const(a) for a in args]
-        full = {k: v for k, v in op.attrs.items() if v is not ops.REQUIRED}
-        full.update(attrs)
         in_shapes = [self.shape(a) for a in args]
         try:
-            if op.normalize is not None:
-                full = {**full, **op.normalize(in_shapes, full)}
-            shape = tuple(op.shape(in_shapes, full))
+            full, shape = ops.infer(op, in_shapes, attrs)
         except GraphgenError as e:
             raise GradientError(
                 f"the VJP rule of {self.G.nodes[self.where][g.OP]!r} built an ill-shaped "

@@ -246,26 +246,11 @@ def _infer_op(H, n, fdtype):
                 f"argument {i} ({op.arg_name(i)}) of {name} must be {want}, "
                 f"but {p!r} is {dtype}",
             )
-    attrs = dict(a.get(g.ATTRS) or {})
-    unknown = sorted(set(attrs) - set(op.attrs))
-    if unknown:
-        expected = ", ".join(op.attrs) or "none"
-        raise _err(
-            GraphError,
-            H,
-            n,
-            f"unknown attribute {unknown[0]!r} for op {name} (expected: {expected})",
-        )
-    for k, default in op.attrs.items():
-        if k not in attrs:
-            if default is ops.REQUIRED:
-                raise _err(GraphError, H, n, f"op {name} needs attribute {k!r}")
-            attrs[k] = default
     in_shapes = [H.nodes[p][g.SHAPE] for p in args]
     try:
-        if op.normalize is not None:
-            attrs = {**attrs, **op.normalize(in_shapes, attrs)}
-        shape = tuple(op.shape(in_shapes, attrs))
+        attrs, shape = ops.infer(op, in_shapes, dict(a.get(g.ATTRS) or {}))
+    except GraphError as e:  # an attribute unknown to the op, or a required one missing
+        raise _err(GraphError, H, n, e.message) from None
     except GraphgenError as e:
         shapes = ", ".join(
             f"{p!r} {dims.fmt_shape(s)}" for p, s in zip(args, in_shapes)
