@@ -560,34 +560,92 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
             "nothing to explain: the spec has no loss", source=g.source_of(H)
         )
     node, index = _parse_wrt(H, wrt)
-    N, L = F.name, F.name(loss)
-    out = []
-    title = F.d(L, N(node, _index_text(index)))
-    out += F.heading(F.p("Chain rule for ", F.m(title)))
+    title = F.d(F.name(loss), F.name(node, _index_text(index)))
+    out = F.heading(F.p("Chain rule for ", F.m(title)))
     paths, total = _paths(H, node, loss)
+    c = _Case(F, H, loss, node, index, paths)
     if not paths:
-        out += F.para(
-            F.p(
-                "The loss ",
-                F.prose_name(loss),
-                " does not depend on ",
-                F.prose_name(node),
-                ": no path leads from it to the loss, so ",
-                F.m(F.eq(F.d(L, N(node)), "0")),
-                ".",
-            )
+        return F.document(out + _no_path(c))
+    grouped = _grouped(H, paths)
+    fan = _fan(H, paths, loss)
+    out += _paths_section(c, total)
+    out += _grouped_section(c, grouped)
+    out += _sums_section(c, fan)
+    out += _local_section(c, fan)
+    if values or arrays is not None:
+        given = arrays if arrays is not None else values
+        out += _values_section(c, fan, grouped, given, seed)
+    return F.document(out)
+
+
+class _Case:
+    """What every section reads: the format, the graph, ∂``loss``/∂``node`` and its
+    paths to the loss."""
+
+    def __init__(self, F, H, loss, node, index, paths):
+        self.F, self.H, self.loss, self.node, self.index = F, H, loss, node, index
+        self.paths = paths
+        self.N, self.L = F.name, F.name(loss)
+
+    def factor(self, j, k):
+        """∂k/∂j."""
+        return self.F.d(self.N(k), self.N(j))
+
+    def chain(self, seg):
+        """The product of the local derivatives along ``seg``, from its end back."""
+        return self.F.dot(
+            [self.factor(seg[t], seg[t + 1]) for t in reversed(range(len(seg) - 1))]
         )
-        return F.document(out)
 
-    def factor(j, k):
-        return F.d(N(k), N(j))
 
-    # 1. paths ---------------------------------------------------------------------
-    out += F.heading("Every path to the loss", 2)
+def _grouped(H, paths):
+    """The (pre-activation, unit) pairs the paths pass through, in path order."""
+    grouped = []
+    for p in paths:
+        hu = _hidden_unit(H, p)
+        if hu and hu not in grouped:
+            grouped.append(hu)
+    return grouped
+
+
+def _fan(H, paths, loss):
+    """(node, successors) for each node on the paths that has several successors."""
+    on_paths = []
+    for p in paths:
+        for n in p[:-1]:
+            if n not in on_paths:
+                on_paths.append(n)
+    fan = [(n, gradient_terms(H, n, loss)) for n in on_paths]
+    return [(n, t) for n, t in fan if len(t) > 1]
+
+
+def _weight_name(i, j):
+    return f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
+
+
+def _no_path(c):
+    F, N, L = c.F, c.N, c.L
+    return F.para(
+        F.p(
+            "The loss ",
+            F.prose_name(c.loss),
+            " does not depend on ",
+            F.prose_name(c.node),
+            ": no path leads from it to the loss, so ",
+            F.m(F.eq(F.d(L, N(c.node)), "0")),
+            ".",
+        )
+    )
+
+
+def _paths_section(c, total):
+    """1. Every path to the loss, as a product, and their sum."""
+    F, N, L, node, paths = c.F, c.N, c.L, c.node, c.paths
+    out = F.heading("Every path to the loss", 2)
     many = "one path" if total == 1 else f"{total} paths"
     out += F.para(
         F.p(
-            F.prose_name(loss),
+            F.prose_name(c.loss),
             " depends on ",
             F.prose_name(node),
             " along ",
@@ -598,7 +656,7 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     )
     products = []
     for i, p in enumerate(paths, 1):
-        prod = F.dot([factor(p[t], p[t + 1]) for t in reversed(range(len(p) - 1))])
+        prod = c.chain(p)
         products.append(prod)
         label = f"path {i}: " if total > 1 else ""
         out += F.para(F.p(label, F.m(F.arrow([N(n) for n in reversed(p)]))))
@@ -627,13 +685,13 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
                 ),
             )
         )
+    return out
 
-    # 2. grouped at the hidden unit --------------------------------------------------
-    grouped = []
-    for p in paths:
-        hu = _hidden_unit(H, p)
-        if hu and hu not in grouped:
-            grouped.append(hu)
+
+def _grouped_section(c, grouped):
+    """2. The product grouped at each hidden unit, and for one weight."""
+    F, N, L, H, node = c.F, c.N, c.L, c.H, c.node
+    out = []
     for z, u in grouped:
         out += F.heading(F.p("Grouped at the hidden unit ", F.m(N(u))), 2)
         three = F.eq(
@@ -645,10 +703,10 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
             "contributes to its input:"
         )
         out += F.display(three)
-        pu = next(p for p in paths if u in p)
+        pu = next(p for p in c.paths if u in p)
         seg_up = pu[pu.index(u) :]
         seg_mid = pu[pu.index(z) : pu.index(u) + 1]
-        if len(gradient_terms(H, u, loss)) > 1:
+        if len(gradient_terms(H, u, c.loss)) > 1:
             parts = [
                 F.p(
                     F.m(F.d(L, N(u))),
@@ -660,17 +718,7 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
         else:
             parts = [
                 F.p(
-                    F.m(
-                        F.eq(
-                            F.d(L, N(u)),
-                            F.dot(
-                                [
-                                    factor(seg_up[t], seg_up[t + 1])
-                                    for t in reversed(range(len(seg_up) - 1))
-                                ]
-                            ),
-                        )
-                    ),
+                    F.m(F.eq(F.d(L, N(u)), c.chain(seg_up))),
                     " (the error backpropagated to ",
                     F.prose_name(u),
                     ")",
@@ -679,103 +727,103 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
         if len(seg_mid) > 2:
             parts.append(
                 F.p(
-                    F.m(
-                        F.eq(
-                            F.d(N(u), N(z)),
-                            F.dot(
-                                [
-                                    factor(seg_mid[t], seg_mid[t + 1])
-                                    for t in reversed(range(len(seg_mid) - 1))
-                                ]
-                            ),
-                        )
-                    ),
+                    F.m(F.eq(F.d(N(u), N(z)), c.chain(seg_mid))),
                     " (elementwise steps between the pre-activation and the unit)",
                 )
             )
         out += F.bullets(parts)
-        elem = _element_case(H, node, z, index)
-        if elem is not None:
-            i, j = elem
-            a_in = g.operands(H, z)[0]
-            w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
-            out += F.para(
-                F.p(
-                    "For one weight: ",
-                    F.m(N(w)),
-                    " = ",
-                    F.prose_name(node),
-                    f"[{i}, {j}] (0-based) only reaches column {j} of ",
-                    F.prose_name(z),
-                    ", so summing over the rows n of the batch:",
-                )
-            )
-            nj, ij = f"n,{j}", f"{i},{j}"
-            out += F.display(
-                F.eq(
-                    F.d(L, N(w)),
-                    F.sum_over(
-                        "n",
-                        F.dot(
-                            [
-                                F.d(L, N(u, nj)),
-                                F.d(N(u, nj), N(z, nj)),
-                                F.d(N(z, nj), N(node, ij)),
-                            ]
-                        ),
-                    ),
-                )
-            )
-            out += F.para(
-                F.p(
-                    "with ",
-                    F.m(F.eq(F.d(N(z, nj), N(node, ij)), N(a_in, f"n,{i}"))),
-                    f" (since {visible(z)} = {visible(a_in)} @ {visible(node)})."
-                    if F.name_ == "text"
-                    else ".",
-                )
-            )
+        out += _one_weight(c, z, u)
+    return out
 
-    # 3. sums over successors -------------------------------------------------------
-    on_paths = []
-    for p in paths:
-        for n in p[:-1]:
-            if n not in on_paths:
-                on_paths.append(n)
-    fan = [(n, gradient_terms(H, n, loss)) for n in on_paths]
-    fan = [(n, t) for n, t in fan if len(t) > 1]
-    if fan:
-        out += F.heading("Sums over successors", 2)
+
+def _one_weight(c, z, u):
+    """The element-level product for one weight of ``z = a @ node``."""
+    F, N, L, H, node = c.F, c.N, c.L, c.H, c.node
+    elem = _element_case(H, node, z, c.index)
+    if elem is None:
+        return []
+    i, j = elem
+    a_in = g.operands(H, z)[0]
+    w = _weight_name(i, j)
+    out = F.para(
+        F.p(
+            "For one weight: ",
+            F.m(N(w)),
+            " = ",
+            F.prose_name(node),
+            f"[{i}, {j}] (0-based) only reaches column {j} of ",
+            F.prose_name(z),
+            ", so summing over the rows n of the batch:",
+        )
+    )
+    nj, ij = f"n,{j}", f"{i},{j}"
+    out += F.display(
+        F.eq(
+            F.d(L, N(w)),
+            F.sum_over(
+                "n",
+                F.dot(
+                    [
+                        F.d(L, N(u, nj)),
+                        F.d(N(u, nj), N(z, nj)),
+                        F.d(N(z, nj), N(node, ij)),
+                    ]
+                ),
+            ),
+        )
+    )
+    out += F.para(
+        F.p(
+            "with ",
+            F.m(F.eq(F.d(N(z, nj), N(node, ij)), N(a_in, f"n,{i}"))),
+            f" (since {visible(z)} = {visible(a_in)} @ {visible(node)})."
+            if F.name_ == "text"
+            else ".",
+        )
+    )
+    return out
+
+
+def _sums_section(c, fan):
+    """3. The sum over successors of each node on the paths that fans out."""
+    F, N, L = c.F, c.N, c.L
+    if not fan:
+        return []
+    out = F.heading("Sums over successors", 2)
+    out += F.para(
+        F.p(
+            "A node that feeds several successors gets a gradient from each "
+            "of "
+            "them; the compiler adds them in one ",
+            F.code("add_n"),
+            " node:",
+        )
+    )
+    for n, terms in fan:
+        succ = ", ".join(F.prose_name(k) for k in dict.fromkeys(terms))
         out += F.para(
             F.p(
-                "A node that feeds several successors gets a gradient from each "
-                "of "
-                "them; the compiler adds them in one ",
-                F.code("add_n"),
-                " node:",
+                F.prose_name(n),
+                f" has {len(terms)} successors that send a gradient back (",
+                succ,
+                "):",
             )
         )
-        for n, terms in fan:
-            succ = ", ".join(F.prose_name(k) for k in dict.fromkeys(terms))
-            out += F.para(
-                F.p(
-                    F.prose_name(n),
-                    f" has {len(terms)} successors that send a gradient back (",
-                    succ,
-                    "):",
-                )
+        out += F.display(
+            F.eq(
+                F.d(L, N(n)),
+                F.sum_over("k", F.dot([F.d(L, "k"), F.d("k", N(n))])),
+                F.plus([F.dot([F.d(L, N(k)), F.d(N(k), N(n))]) for k in terms]),
             )
-            out += F.display(
-                F.eq(
-                    F.d(L, N(n)),
-                    F.sum_over("k", F.dot([F.d(L, "k"), F.d("k", N(n))])),
-                    F.plus([F.dot([F.d(L, N(k)), F.d(N(k), N(n))]) for k in terms]),
-                )
-            )
+        )
+    return out
 
-    # 4. local derivatives ----------------------------------------------------------
+
+def _local_section(c, fan):
+    """4. Each local derivative on the paths and sums, in closed form."""
+    F, H, loss = c.F, c.H, c.loss
     edges = []
-    for p in paths:
+    for p in c.paths:
         for t in range(len(p) - 1):
             if (p[t], p[t + 1]) not in edges:
                 edges.append((p[t], p[t + 1]))
@@ -784,7 +832,7 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
             if (n, k) not in edges:
                 edges.append((n, k))
     edges.sort(key=lambda e: (-H.nodes[e[1]][g.SEQ], H.nodes[e[0]][g.SEQ]))
-    out += F.heading("Local derivatives (from each op's math)", 2)
+    out = F.heading("Local derivatives (from each op's math)", 2)
     items = []
     for j, k in edges:
         a = H.nodes[k]
@@ -809,28 +857,14 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
         if "̄" in op.derivs[0]:
             note = F.p(
                 " (a vector-Jacobian product: ",
-                F.m(factor(j, k)),
+                F.m(c.factor(j, k)),
                 " is applied as this product)",
             )
         items.append(
-            F.p(F.m(factor(j, k)), ": through ", F.m(math), ": ", ", ".join(ds), note)
+            F.p(F.m(c.factor(j, k)), ": through ", F.m(math), ": ", ", ".join(ds), note)
         )
     out += F.bullets(items)
-
-    # 5. values ---------------------------------------------------------------------
-    if values or arrays is not None:
-        out += _values_section(
-            F,
-            H,
-            node,
-            index,
-            paths,
-            fan,
-            grouped,
-            arrays if arrays is not None else values,
-            seed,
-        )
-    return F.document(out)
+    return out
 
 
 def _index_text(index):
@@ -887,28 +921,16 @@ def _cut(H, n):
     return C
 
 
-def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
+def _values_section(c, fan, grouped, given, seed):
+    """5. The numbers for one set of arrays, checked against the generated module."""
     from ..api import lower
 
-    loss = H.graph["loss"]
-    N, L = F.name, F.name(loss)
+    F, N, L, H = c.F, c.N, c.L, c.H
     arrays = load_arrays(H, True if given is True or given is None else given, seed)
-    on_paths = list(dict.fromkeys(n for p in paths for n in p[:-1]))
+    on_paths = list(dict.fromkeys(n for p in c.paths for n in p[:-1]))
     A = lower(H)
     vals = evaluate(A, arrays)
-    J, grads = _module(H, arrays).value_and_grad(**_feed(H, arrays))
-    cut_grads = {}
-
-    def module_grad(n):
-        """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
-        if n in grads:
-            return grads[n]
-        if n not in cut_grads:
-            C = _cut(H, n)
-            feed = {**_feed(C, arrays), n: np.array(vals[n], dtype=np.float64)}
-            cut_grads[n] = _module(C, arrays).value_and_grad(**feed)[1][n]
-        return cut_grads[n]
-
+    module = _ModuleGradients(H, arrays, vals)
     out = F.heading(
         "Numbers (one random set of arrays)"
         if not isinstance(given, (str, dict))
@@ -918,10 +940,73 @@ def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
     out += F.para(
         F.p(
             "The loss ",
-            F.m(F.eq(L, F.num(float(J)))),
+            F.m(F.eq(L, F.num(float(module.loss)))),
             f"; seed {seed}. Norms are Frobenius norms over the whole array.",
         )
     )
+    out += _norms_table(c, A, vals, on_paths)
+    checks = _Checks(F)
+    ours = adjoint_value(A, vals, c.node, np.shape(vals[c.node]))
+    if ours is not None:
+        checks(
+            F.p(F.m(F.d(L, N(c.node))), " from the chain rule vs ", F.vg),
+            ours,
+            module(c.node),
+        )
+    for n, terms in fan:
+        out += _sum_terms(c, A, vals, n, terms, checks, module)
+    for z, u in grouped:
+        out += _weight_factors(c, A, vals, z, u, checks, module)
+    out += F.heading(
+        F.p("Checks against the generated ", F.vg, " (tolerance 1e-10)"), 2
+    )
+    out += F.bullets(checks.lines)
+    return out
+
+
+class _Checks:
+    """Our numbers against the generated module's, one line each."""
+
+    def __init__(self, F):
+        self.F = F
+        self.lines = []
+
+    def __call__(self, label, ours, theirs):
+        diff = (
+            float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))
+            if np.size(ours)
+            else 0.0
+        )
+        good = diff <= TOL
+        self.lines.append(
+            self.F.p(label, f": max |difference| = {diff:.1e} ", self.F.ok(good))
+        )
+        return good
+
+
+class _ModuleGradients:
+    """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
+
+    def __init__(self, H, arrays, vals):
+        self.H, self.arrays, self.vals = H, arrays, vals
+        self.loss, self.grads = _module(H, arrays).value_and_grad(**_feed(H, arrays))
+        self.cut = {}
+
+    def __call__(self, n):
+        if n in self.grads:
+            return self.grads[n]
+        if n not in self.cut:
+            C = _cut(self.H, n)
+            feed = {
+                **_feed(C, self.arrays),
+                n: np.array(self.vals[n], dtype=np.float64),
+            }
+            self.cut[n] = _module(C, self.arrays).value_and_grad(**feed)[1][n]
+        return self.cut[n]
+
+
+def _norms_table(c, A, vals, on_paths):
+    F, N = c.F, c.N
     rows = []
     for n in list(reversed(on_paths)):
         adj = adjoint_value(A, vals, n, np.shape(vals[n]))
@@ -932,7 +1017,7 @@ def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
                 F.num(norm(adj)) if adj is not None else F.none,
             ]
         )
-    out += F.table(
+    return F.table(
         [
             "node",
             "‖value‖" if F.name_ == "text" else "norm of value",
@@ -941,106 +1026,92 @@ def _values_section(F, H, node, index, paths, fan, grouped, given, seed):
         rows,
     )
 
-    checks = []
 
-    def check(label, ours, theirs):
-        diff = (
-            float(np.max(np.abs(np.asarray(ours) - np.asarray(theirs))))
-            if np.size(ours)
-            else 0.0
-        )
-        good = diff <= TOL
-        checks.append(F.p(label, f": max |difference| = {diff:.1e} ", F.ok(good)))
-        return good
-
-    ours = adjoint_value(A, vals, node, np.shape(vals[node]))
-    if ours is not None:
-        check(
-            F.p(F.m(F.d(L, N(node))), " from the chain rule vs ", F.vg),
-            ours,
-            module_grad(node),
-        )
-    for n, terms in fan:
-        parts = [term_value(A, vals, n, k) for k in dict.fromkeys(terms)]
-        if any(t is None for t in parts):
-            continue
-        term_rows = [
-            [F.m(F.dot([F.d(L, N(k)), F.d(N(k), N(n))])), F.num(norm(t))]
-            for k, t in zip(dict.fromkeys(terms), parts)
-        ]
-        out += F.para(F.p("The terms of the sum for ", F.prose_name(n), ":"))
-        out += F.table(["term", "norm"], term_rows)
-        check(
-            F.p("the sum over the successors of ", F.prose_name(n), " vs ", F.vg),
-            sum(parts[1:], parts[0]),
-            module_grad(n),
-        )
-    for z, u in grouped:
-        elem = _element_case(H, node, z, index)
-        if elem is None:
-            continue
-        i, j = elem
-        pu = next(p for p in paths if u in p)
-        mid = pu[pu.index(z) : pu.index(u) + 1]
-        slope = np.ones_like(vals[z], dtype=np.float64)
-        for t in range(len(mid) - 1):
-            slope = slope * _local_elementwise(H, vals, mid[t], mid[t + 1])
-        delta = adjoint_value(A, vals, u, np.shape(vals[u]))
-        if delta is None:
-            continue
-        check(
-            F.p(
-                F.m(F.d(L, N(u))),
-                " vs ",
-                F.vg,
-                " with ",
-                F.prose_name(u),
-                " fed as an input",
-            ),
-            delta,
-            module_grad(u),
-        )
-        x = vals[g.operands(H, z)[0]]
-        per = delta[:, j] * slope[:, j] * x[:, i]
-        w = f"w{i + 1}{j + 1}" if i < 9 and j < 9 else f"w_{i + 1},{j + 1}"
-        rows = [
-            [
-                str(r),
-                F.num(delta[r, j]),
-                F.num(slope[r, j]),
-                F.num(x[r, i]),
-                F.num(per[r]),
-            ]
-            for r in range(min(len(per), 8))
-        ]
-        out += F.para(F.p("The three factors for ", F.m(N(w)), " row by row:"))
-        out += F.table(
-            [
-                "n",
-                "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
-                "slope",
-                visible(g.operands(H, z)[0]) if F.name_ == "text" else "input",
-                "product",
-            ],
-            rows,
-        )
-        check(
-            F.p(
-                F.m(
-                    F.eq(
-                        F.sum_over("n", "…" if F.name_ == "text" else r"\dots"),
-                        F.num(float(per.sum())),
-                    )
-                ),
-                f" vs value_and_grad's {visible(node)}[{i}, {j}]"
-                if F.name_ == "text"
-                else F.p(" vs ", F.vg, "'s ", F.prose_name(f"{node}[{i}, {j}]")),
-            ),
-            per.sum(),
-            module_grad(node)[i, j],
-        )
-    out += F.heading(
-        F.p("Checks against the generated ", F.vg, " (tolerance 1e-10)"), 2
+def _sum_terms(c, A, vals, n, terms, check, module):
+    """The terms of the sum over the successors of ``n``, and their sum checked."""
+    F, N, L = c.F, c.N, c.L
+    parts = [term_value(A, vals, n, k) for k in dict.fromkeys(terms)]
+    if any(t is None for t in parts):
+        return []
+    term_rows = [
+        [F.m(F.dot([F.d(L, N(k)), F.d(N(k), N(n))])), F.num(norm(t))]
+        for k, t in zip(dict.fromkeys(terms), parts)
+    ]
+    out = F.para(F.p("The terms of the sum for ", F.prose_name(n), ":"))
+    out += F.table(["term", "norm"], term_rows)
+    check(
+        F.p("the sum over the successors of ", F.prose_name(n), " vs ", F.vg),
+        sum(parts[1:], parts[0]),
+        module(n),
     )
-    out += F.bullets(checks)
+    return out
+
+
+def _weight_factors(c, A, vals, z, u, check, module):
+    """The three factors of one weight's gradient row by row, and their sum checked."""
+    F, N, L, H, node = c.F, c.N, c.L, c.H, c.node
+    elem = _element_case(H, node, z, c.index)
+    if elem is None:
+        return []
+    i, j = elem
+    pu = next(p for p in c.paths if u in p)
+    mid = pu[pu.index(z) : pu.index(u) + 1]
+    slope = np.ones_like(vals[z], dtype=np.float64)
+    for t in range(len(mid) - 1):
+        slope = slope * _local_elementwise(H, vals, mid[t], mid[t + 1])
+    delta = adjoint_value(A, vals, u, np.shape(vals[u]))
+    if delta is None:
+        return []
+    check(
+        F.p(
+            F.m(F.d(L, N(u))),
+            " vs ",
+            F.vg,
+            " with ",
+            F.prose_name(u),
+            " fed as an input",
+        ),
+        delta,
+        module(u),
+    )
+    x = vals[g.operands(H, z)[0]]
+    per = delta[:, j] * slope[:, j] * x[:, i]
+    rows = [
+        [
+            str(r),
+            F.num(delta[r, j]),
+            F.num(slope[r, j]),
+            F.num(x[r, i]),
+            F.num(per[r]),
+        ]
+        for r in range(min(len(per), 8))
+    ]
+    out = F.para(
+        F.p("The three factors for ", F.m(N(_weight_name(i, j))), " row by row:")
+    )
+    out += F.table(
+        [
+            "n",
+            "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
+            "slope",
+            visible(g.operands(H, z)[0]) if F.name_ == "text" else "input",
+            "product",
+        ],
+        rows,
+    )
+    check(
+        F.p(
+            F.m(
+                F.eq(
+                    F.sum_over("n", "…" if F.name_ == "text" else r"\dots"),
+                    F.num(float(per.sum())),
+                )
+            ),
+            f" vs value_and_grad's {visible(node)}[{i}, {j}]"
+            if F.name_ == "text"
+            else F.p(" vs ", F.vg, "'s ", F.prose_name(f"{node}[{i}, {j}]")),
+        ),
+        per.sum(),
+        module(node)[i, j],
+    )
     return out
