@@ -13,6 +13,8 @@ import numpy as np
 
 from . import dims, ops
 from . import graph as g
+from .api import compile as compile_module
+from .errors import GradientError
 from .passes.shapes import prepare
 
 
@@ -36,10 +38,11 @@ def _domain(G, n):
         op = ops.get(a[g.OP])
         for i in G.edges[n, s][g.POS]:
             d = op.arg_domain(i)
-            if d == "labels":
+            if d == "labels":  # class indices: below the op's depth attribute if it
+                # declares one (onehot), else below its first argument's last axis
                 depth = (
                     a[g.ATTRS]["depth"]
-                    if op.name == "onehot"
+                    if "depth" in op.attrs
                     else G.nodes[g.operands(G, s)[0]][g.SHAPE][-1]
                 )
                 return ("labels", depth)
@@ -156,12 +159,8 @@ def check(G, seed=0, tol=1e-6, eps=1e-6, max_elements=64, arrays=None, module=No
     >>> graphgen.check(graphgen.load("examples/tiny.yaml")).ok
     True
     """
-    from .api import compile as compile_module
-
     G = prepare(G)
     if G.graph.get("loss") is None:
-        from .errors import GradientError
-
         raise GradientError(
             "no loss to check: set 'loss' in the spec", source=g.source_of(G)
         )

@@ -139,7 +139,14 @@ def test_every_module_imports_in_a_fresh_interpreter(module):
 
 # Comparisons of an op's name to a string literal that stay outside ops/, each with the
 # reason it is not an op fact.
-ALLOWED = {}
+ALLOWED = {
+    ("graphgen/cli.py", "mse"): (
+        "the choices of --loss: a loss option is named after the op that computes it"
+    ),
+    ("graphgen/cli.py", "softmax_cross_entropy"): (
+        "the choices of --loss: a loss option is named after the op that computes it"
+    ),
+}
 
 
 def _op_literals():
