@@ -40,6 +40,8 @@ on it).
 
 from __future__ import annotations
 
+import weakref
+
 KIND = "kind"
 OP = "op"
 ATTRS = "attrs"
@@ -88,14 +90,49 @@ def next_seq(G):
     return seq
 
 
-def fresh_id(G, base):
-    """A node id starting with ``base`` that ``G`` does not use yet."""
-    if base not in G:
+class FreshNames:
+    """Fresh names: ``base`` if ``taken`` lacks it, else ``base<sep>k`` for the smallest
+    ``k >= 2`` that ``taken`` lacks. ``taken`` is anything that answers ``in`` (a graph, a
+    set, a dict) and is read at each call; the caller adds the name it uses.
+
+    Per base, a counter remembers where the last search ended, so a run of names costs
+    O(1) each instead of a scan from 2 every time. The names are those of that scan as
+    long as ``taken`` only grows: a name removed from it is not handed out again.
+    """
+
+    def __init__(self, taken, sep="#"):
+        self.taken = taken
+        self.sep = sep
+        self.counters = {}
+
+    def __call__(self, base):
+        return _fresh(self.taken, base, self.counters, self.sep)
+
+
+def _fresh(taken, base, counters, sep):
+    if base not in taken:
         return base
-    k = 2
-    while f"{base}#{k}" in G:
+    k = counters.get(base, 2)
+    while f"{base}{sep}{k}" in taken:
         k += 1
-    return f"{base}#{k}"
+    counters[base] = k  # not k + 1: the caller may not use the name
+    return f"{base}{sep}{k}"
+
+
+# graph -> {base: counter} for fresh_id. Kept beside the graph, not in G.graph: a copy
+# starts afresh (G.copy() would share the dict, and a pass that removes nodes from a
+# copy would leave gaps that a stale counter skips). The weak keys let graphs go.
+_COUNTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fresh_id(G, base):
+    """A node id starting with ``base`` that ``G`` does not use yet: ``base``, else
+    ``base#2``, ``base#3``, ... (the first free one). O(1) per call on average for the
+    nodes a pass adds to ``G``; see :class:`FreshNames`."""
+    counters = _COUNTERS.get(G)
+    if counters is None:
+        counters = _COUNTERS[G] = {}
+    return _fresh(G, base, counters, "#")
 
 
 def schedule(G, nodes=None):

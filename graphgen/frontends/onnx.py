@@ -27,6 +27,7 @@ import os
 import numpy as np
 
 from .. import dims, ops
+from .. import graph as g
 from ..errors import GraphgenError, ShapeError, SpecError
 
 MIN_OPSET = 7
@@ -97,7 +98,9 @@ class Importer:
         self.shape = {}  # graph node id -> shape
         self.is_int = set()  # graph node ids holding int64
         self.t = {}  # tensor name -> ("node", id) | ("const", ndarray)
-        self.used_ids = set()
+        self.used_ids = set()  # node ids of the spec, and names reserved for it
+        self.fresh_ids = g.FreshNames(self.used_ids, sep="_")
+        self.fresh_keys = g.FreshNames(self.weights, sep="_")  # keys of stored arrays
         self.softmax_of = {}  # node id of a softmax over the last axis -> its logits id
         self.unsupported = collections.defaultdict(collections.Counter)
         self.failed = {}  # tensor name -> (op_type, reason) of the node that failed
@@ -107,11 +110,7 @@ class Importer:
 
     # ------------------------------------------------------------------ helpers
     def fresh(self, base):
-        base = base or "t"
-        name, i = base, 1
-        while name in self.used_ids:
-            i += 1
-            name = f"{base}_{i}"
+        name = self.fresh_ids(base or "t")
         self.used_ids.add(name)
         return name
 
@@ -172,16 +171,9 @@ class Importer:
         shape = list(arr.shape)
         if arr.size <= SMALL_CONSTANT:
             return self.emit("constant", [], name, shape=shape, value=arr.tolist())
-        key = self.fresh_key(name)
+        key = self.fresh_keys(name)
         self.weights[key] = arr
         return self.emit("constant", [], name, shape=shape, key=key)
-
-    def fresh_key(self, name):
-        key, i = name, 1
-        while key in self.weights:
-            i += 1
-            key = f"{name}_{i}"
-        return key
 
     def rank(self, name):
         kind, v = self.t[name]
