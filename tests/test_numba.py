@@ -984,7 +984,7 @@ def test_float32_fanout_kernels_stage_and_sum_in_blocks(tmp_path_factory):
     """Eight sin (and their cos) of one input: at most STAGE_TRANSCENDENTALS arguments
     per stage, sin(p) and cos(p) in the same stage; float32 partial sums go into float64
     ones every ACC_BLOCK rows, so a sum over many rows stays as accurate as NumPy's."""
-    from graphgen.backends.numba.program import ACC_BLOCK, STAGE_TRANSCENDENTALS
+    from graphgen.backends.numba.kernels import ACC_BLOCK, STAGE_TRANSCENDENTALS
 
     G = _load_yaml(tmp_path_factory, FANOUT, "fanout")
     src = graphgen.generate(G, backend="numba", dtype="float32", whole=False)

@@ -600,12 +600,3 @@ def statement(text, indent=INDENT):
     target, op, rhs = re.fullmatch(r"(\S+) ([+/]?=) (.*)", text).groups()
     head = f"{target} {op} "
     return Code(head + value(rhs, indent + len(head), indent))
-
-
-def named(text, name):
-    """A kernel's text (``def KERNEL_NAME(a, b):``) with its name, the ``def`` line laid
-    out for that name as ruff does."""
-    head, rest = text.split("def KERNEL_NAME(", 1)
-    params, rest = rest.split("):\n", 1)
-    signature = bracketed(f"def {name}", params.split(", ") if params else [], ":", 0)
-    return Code(f"{head}{signature}\n{rest}")

@@ -83,6 +83,8 @@ class Statement:
     blank_before: bool = False
     accumulate: list = dataclasses.field(default_factory=list)  # v += term, in place
     dels: list = dataclasses.field(default_factory=list)  # dropped after their last use
+    # a kernel call, laid out once its kernel's name is final: (key, targets, args)
+    call: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -93,6 +95,64 @@ class Function:
     returns: Code
     prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
     signature: Code = dataclasses.field(default_factory=lambda: Code("**arrays"))
+    sizes: set = dataclasses.field(default_factory=set)  # symbolic sizes it reads
+
+
+class OpForms:
+    """How op nodes read as code in one dialect: each op a macro of the backend's
+    templates (the first of ``macros`` that defines it), given the op's arguments and its
+    attributes as :meth:`Program.attrs_code` lowers them."""
+
+    def __init__(self, program, macros):
+        self.program = program
+        self.macros = macros
+        self._once = {}
+
+    def attrs(self, n, used):
+        return self.program.attrs_code(n, used)
+
+    def render(self, n, args, used, as_bool=False) -> Code:
+        A = self.program.A
+        op = A.nodes[n][g.OP]
+        macro = getattr(self.macros, op, None)
+        if macro is None:
+            raise CodegenError(
+                f"the {self.program.backend} backend has no template for op {op!r}",
+                node=n,
+                source=g.source_of(A),
+            )
+        at = self.attrs(n, used)
+        if ops.get(op).mask:
+            at["as_bool"] = as_bool
+        if ops.get(op).variadic:
+            text = macro([wrap(x) for x in args], at)
+        else:
+            text = macro(*[wrap(x) for x in args], at)
+        return Code(text.strip())
+
+    def uses_once(self, op):
+        """Whether the op's template mentions each argument once (so that a temporary
+        folds into it without being computed twice)."""
+        if op not in self._once:
+            self._once[op] = self._mentions_each_argument_once(op)
+        return self._once[op]
+
+    def probe(self, n):
+        """Whether node ``n`` may stand for its op when probing the template."""
+        return True
+
+    def _mentions_each_argument_once(self, op):
+        o = ops.get(op)
+        if o.variadic:
+            return True
+        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+        # attributes do not change how often arguments appear; use a representative node
+        A = self.program.A
+        for n in A:
+            if A.nodes[n].get(g.OP) == op and self.probe(n):
+                text = self.render(n, probes, set())
+                return all(text.count(p) == 1 for p in probes)
+        return True
 
 
 class Program:
@@ -101,14 +161,13 @@ class Program:
     def __init__(self, A, backend, source_name):
         self.A = A
         self.backend = backend
-        self.env = environment()
-        self.macros = op_macros(self.env, "numpy")
+        self.env = environment(backend)
         self.namer = node_names(A)
+        self.forms = OpForms(self, op_macros(self.env, "numpy"))
         self.source_name = source_name
         self.loss = A.graph.get("loss")
         self.grads = A.graph.get("grads") or {}
         self.programs = {}
-        self._once = {}
         self.notes = Comments(A, self.namer, self.loss)
 
     # names ------------------------------------------------------------------
@@ -193,80 +252,10 @@ class Program:
         return out
 
     def render_op(self, n, args, used, as_bool=False) -> Code:
-        op = self.A.nodes[n][g.OP]
-        macro = getattr(self.macros, op, None)
-        if macro is None:
-            raise CodegenError(
-                f"the {self.backend} backend has no template for op {op!r}",
-                node=n,
-                source=g.source_of(self.A),
-            )
-        at = self.attrs_code(n, used)
-        if op in MASKS:
-            at["as_bool"] = as_bool
-        if ops.get(op).variadic:
-            text = macro([wrap(x) for x in args], at)
-        else:
-            text = macro(*[wrap(x) for x in args], at)
-        return Code(text.strip())
+        return self.forms.render(n, args, used, as_bool)
 
-    def _uses_once(self, op):
-        """Whether the op's template mentions each argument once (so it may be inlined)."""
-        if op not in self._once:
-            self._once[op] = self._mentions_each_argument_once(op)
-        return self._once[op]
-
-    def _mentions_each_argument_once(self, op):
-        o = ops.get(op)
-        if o.variadic:
-            return True
-        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
-        # attributes do not change how often arguments appear; use a representative node
-        for n in self.A:
-            if self.A.nodes[n].get(g.OP) == op:
-                text = self.render_op(n, probes, set())
-                return all(text.count(p) == 1 for p in probes)
-        return True
-
-    # functions ----------------------------------------------------------------
-    def needed(self, roots):
-        """The roots and everything they are computed from."""
-        return g.reach(self.A, roots)
-
-    def longest_inlined(self, order, inline, names, exprs):
-        """In each statement longer than a line, its longest inlined temporary (the one
-        to materialize next); empty when every statement fits.
-
-        Statements inline disjoint sets of temporaries, so fixing all of them in one
-        round gives the code one statement at a time would, in far fewer rounds.
-        """
-        out = []
-        for n in order:
-            if n in inline or INDENT + len(names[n]) + 3 + len(exprs[n]) <= LINE:
-                continue
-            kids = self._inlined_children(n, inline)
-            if kids:
-                out.append(max(kids, key=lambda p: len(exprs[p])))
-        return out
-
-    def _reads(self, n, inline):
-        """The materialized values statement ``n`` reads, through inlined temporaries."""
-        out = []
-        for p in g.operands(self.A, n):
-            if p in inline:
-                out.extend(q for q in self._reads(p, inline) if q not in out)
-            elif self.A.nodes[p][g.KIND] == g.OPNODE and p not in out:
-                out.append(p)
-        return out
-
-    def _inlined_children(self, n, inline):
-        out = []
-        stack = [p for p in g.operands(self.A, n) if p in inline]
-        while stack:
-            p = stack.pop()
-            out.append(p)
-            stack.extend(q for q in g.operands(self.A, p) if q in inline)
-        return out
+    def uses_once(self, op):
+        return self.forms.uses_once(op)
 
     def value(self, n, exprs, names) -> Code:
         a = self.A.nodes[n]

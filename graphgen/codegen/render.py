@@ -74,6 +74,10 @@ def environment() -> jinja2.Environment:
     return env
 
 
+# dataclass fields of the program that templates never print
+BOOKKEEPING = frozenset({"node", "call", "sizes"})
+
+
 def vet(value, path="context"):
     """Every string handed to a template must be vetted Code."""
     if (
@@ -92,7 +96,7 @@ def vet(value, path="context"):
             vet(v, f"{path}[{i}]")
     elif dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
-            if f.name != "node":
+            if f.name not in BOOKKEEPING:
                 vet(getattr(value, f.name), f"{path}.{f.name}")
     else:
         raise CodegenError(f"internal: cannot render {type(value).__name__} at {path}")

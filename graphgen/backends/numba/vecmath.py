@@ -54,6 +54,9 @@ DEPS = {
     "_nb_sigmoid_row": ("_nb_sigmoid",),
 }
 
+#: the ops a staged kernel applies to a whole row by one call of ``_nb_<op>_row``
+ROW_OPS = frozenset(h[len("_nb_") : -len("_row")] for h in DEPS if h.endswith("_row"))
+
 #: op name -> the helper its scalar macro calls
 OPS = {
     "exp": "_nb_exp",

@@ -17,13 +17,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import dims
+from ... import dims, ops
 from ... import graph as g
 
-# Ops whose NumPy result may share memory with an argument (or be read-only).
-VIEW_OPS = {"broadcast_to", "reshape", "transpose", "slice"}
-# Ops whose result is an array the module keeps (never a buffer to write into).
-SHARED_OPS = VIEW_OPS | {"constant"}
+
+def is_view(a) -> bool:
+    """Whether node attributes ``a`` are an op whose NumPy result may share memory with
+    its argument (or be read-only): ``reshape``, ``transpose``, ..."""
+    return a.get(g.KIND) == g.OPNODE and ops.get(a[g.OP]).view
+
+
+def has_ufunc(a) -> bool:
+    """Whether one NumPy ufunc computes the op, so that it can write into a buffer."""
+    return a.get(g.KIND) == g.OPNODE and bool(ops.get(a[g.OP]).ufunc)
+
+
+def kept_by_module(a) -> bool:
+    """Whether the op's result is an array the module keeps (a view, or one of its
+    constants): never a buffer to write into."""
+    return is_view(a) or a[g.OP] == "constant"
 
 
 def last_uses(program, keep):
@@ -51,29 +63,6 @@ def frees(program, keep):
     return out
 
 
-# Ops computed by one NumPy ufunc, which can write into an existing buffer (``out=``).
-UFUNCS = {
-    "add": "np.add",
-    "sub": "np.subtract",
-    "mul": "np.multiply",
-    "div": "np.divide",
-    "pow": "np.power",
-    "neg": "np.negative",
-    "exp": "np.exp",
-    "log": "np.log",
-    "sqrt": "np.sqrt",
-    "square": "np.square",
-    "abs": "np.absolute",
-    "tanh": "np.tanh",
-    "sin": "np.sin",
-    "cos": "np.cos",
-    "maximum": "np.maximum",
-    "minimum": "np.minimum",
-    "softplus": "np.logaddexp",
-    "relu": "np.maximum",
-}
-
-
 # Writing into an existing buffer saves an allocation but costs a keyword argument and,
 # for a chain, a statement: worth it only for arrays with at least this many elements
 # per unit of every symbolic size (tiny per-row arrays are dominated by call overhead).
@@ -87,7 +76,7 @@ def big_enough(shape):
     )
 
 
-def plan_buffers(G, program, keep, ufuncs=UFUNCS):
+def plan_buffers(G, program, keep):
     """Per statement: ``("acc", t)``, ``("out", p)`` or None.
 
     ``("acc", t)``: a fan-out ``add_n`` that adds into its first term ``t``'s buffer.
@@ -108,7 +97,7 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
 
     def free_at(p, i):
         a = G.nodes[p]
-        if a[g.KIND] != g.OPNODE or a[g.OP] in SHARED_OPS or p not in index:
+        if a[g.KIND] != g.OPNODE or kept_by_module(a) or p not in index:
             return False
         b = base(p)
         for v in sharing.get(b, {b}):
@@ -136,13 +125,13 @@ def plan_buffers(G, program, keep, ufuncs=UFUNCS):
                     "acc",
                     args[0],
                 )  # add_n(t, u, t) would read t after writing it
-            elif a[g.OP] in ufuncs and fits and big_enough(shape):
+            elif has_ufunc(a) and fits and big_enough(shape):
                 # prefer a temporary's buffer: the code then reads as one value updated
                 fits.sort(key=lambda p: G.nodes[p].get(g.ROLE) != g.BACKWARD)
                 choice = ("out", fits[0])
         if choice is not None:
             owner[n] = choice[1]
-        elif a.get(g.OP) in VIEW_OPS and args:
+        elif is_view(a) and args:
             owner[n] = args[0]
         b = base(n)
         sharing.setdefault(b, {b}).add(n)
@@ -168,12 +157,12 @@ def peak_bytes(G, program, keep, sizes, inlined=()):
     live, peak = 0, 0
     for i, (node, reads) in enumerate(program):
         a = G.nodes[node]
-        own = 0 if a[g.OP] in VIEW_OPS else nbytes(G, node, sizes)
+        own = 0 if is_view(a) else nbytes(G, node, sizes)
         transient = sum(nbytes(G, t, sizes) for t in inlined.get(node, ()))
         peak = max(peak, live + own + transient)
         live += own
         for v in drop[i]:
-            if G.nodes[v].get(g.OP) not in VIEW_OPS:
+            if not is_view(G.nodes[v]):
                 live -= nbytes(G, v, sizes)
     return peak
 

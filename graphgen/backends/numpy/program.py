@@ -10,11 +10,13 @@ it work in place.
 from __future__ import annotations
 
 from ... import graph as g
+from ... import ops
 from ...codegen import layout
 from ...codegen.comments import safe_comment
 from ...codegen.layout import INDENT, unpack_line
-from ...codegen.naming import Code, Namer
-from ...codegen.program import MASKS, Function, Program, Statement
+from ...codegen.naming import Code
+from ...codegen.program import Function, Program, Statement
+from ...codegen.schedule import Schedule, open_backward
 from . import memory
 
 
@@ -23,84 +25,82 @@ class NumpyProgram(Program):
 
     def function(self, name, roots, doc, returns_fn):
         A = self.A
-        need = self.needed(roots)
-        order = [n for n in g.schedule(A, need) if A.nodes[n][g.KIND] == g.OPNODE]
-        shared = self._shared_inside(order)
+        s = Schedule(self, roots)
+        shared = self._shared_inside(s.order)
         for n, d in shared.items():  # compute the shared value first
-            order.remove(d)
-            order.insert(order.index(n), d)
-        uses = {n: 0 for n in need}
-        for n in order:
-            for p in g.operands(A, n):
-                uses[p] += 1
-        for d in shared.values():
-            uses[d] += 1
-        root_set = set(roots)
-        inline = {
-            n
-            for n in order
-            if not self.is_named(n) and uses[n] == 1 and n not in root_set
-        }
-        consumer = {}
-        for n in order:
-            for p in g.operands(A, n):
-                if p in inline:
-                    consumer[p] = n
-        inline = {p for p in inline if self._uses_once(A.nodes[consumer[p]][g.OP])}
+            s.move_before(d, n)
+        s.count_uses(extra=shared.values())
+        inline = {n for n in s.order if s.foldable(n)}
+        keep = s.root_set | {n for n in s.need if A.nodes[n][g.KIND] != g.OPNODE}
+        inline -= self._in_place_chains(s, inline, keep)
 
-        keep = root_set | {n for n in need if A.nodes[n][g.KIND] != g.OPNODE}
-        inline -= self._in_place_chains(order, inline, keep)
+        plan = {}
 
-        while True:
+        def attempt(inline):
             # memory plan: drop each value after its last read; write ufunc results
             # into buffers that die here; sum fan-outs in place
-            program = [(n, self._reads(n, inline)) for n in order if n not in inline]
+            program = [(n, s.reads(n, inline)) for n in s.order if n not in inline]
             buffers = dict(
                 zip((n for n, _ in program), memory.plan_buffers(A, program, keep))
             )
-            names, k = {}, 1
-            temps = Namer()
-            temps.taken = set(self.namer.taken)
-            for n in order:
-                if n in inline:
-                    continue
-                if self.is_named(n):
-                    names[n] = self.namer[n]
-                elif buffers[n] and not self.is_named(buffers[n][1]):
-                    names[n] = names[buffers[n][1]]  # same buffer, same temporary
-                else:
-                    names[n] = temps.fresh(f"t{k}")
-                    k += 1
+
+            def alias(n, names):  # same buffer, same temporary
+                if buffers[n] and not self.is_named(buffers[n][1]):
+                    return names[buffers[n][1]]
+                return None
+
+            names = s.name_temporaries(s.order, inline, alias)
             used, exprs = set(), {}
-            for n in order:
-                args = [self.value(p, exprs, names) for p in g.operands(A, n)]
-                # a mask multiplied in place of use stays boolean: no float copy
-                as_bool = (
-                    n in inline
-                    and A.nodes[consumer[n]][g.OP] == "mul"
-                    and not any(
-                        A.nodes[q].get(g.OP) in MASKS
-                        for q in g.operands(A, consumer[n])
-                        if q != n
-                    )
-                )
-                exprs[n] = self.render_op(n, args, used, as_bool)
-                if n in shared:  # the fused op reads the value the backward pass keeps
-                    d = shared[n]
-                    exprs[n] = Code(
-                        self.macros.mse_of_difference(names.get(d) or exprs[d])
-                    )
+            for n in s.order:
+                exprs[n] = self._expr(s, n, inline, shared, names, exprs, used)
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
+                    args = [self.value(p, exprs, names) for p in g.operands(A, n)]
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
-            too_long = self.longest_inlined(order, inline, names, exprs)
-            if not too_long:
-                break
-            inline.difference_update(too_long)
+            plan.update(program=program, buffers=buffers, used=used)
+            return s.order, names, exprs
 
-        drops = memory.frees(program, keep)
-        inlined = {n: self._inlined_children(n, inline) for n, _ in program}
+        names, exprs = s.settle(inline, attempt)
+        program, buffers = plan["program"], plan["buffers"]
+        inlined = {n: s.inlined_children(n, inline) for n, _ in program}
         self.programs[name] = (program, keep, inlined)
+        statements = self._statements(program, buffers, keep, names, exprs)
+        open_backward(
+            A, statements, self.notes.backward_header(), skip=set(shared.values())
+        )
+        return Function(
+            Code(name),
+            [safe_comment(d) for d in doc],
+            statements,
+            returns_fn(names, plan["used"]),
+        )
 
+    def _expr(self, s, n, inline, shared, names, exprs, used):
+        """The expression of op node ``n`` (its temporaries folded in)."""
+        A = self.A
+        args = [self.value(p, exprs, names) for p in g.operands(A, n)]
+        # a mask multiplied in place of use stays boolean: no float copy
+        consumer = s.consumer.get(n)
+        as_bool = (
+            n in inline
+            and A.nodes[consumer][g.OP] == "mul"
+            and not any(
+                ops.get(A.nodes[q][g.OP]).mask
+                for q in g.operands(A, consumer)
+                if q != n and A.nodes[q][g.KIND] == g.OPNODE
+            )
+        )
+        if n in shared:  # the fused op reads the value the backward pass keeps
+            d = shared[n]
+            self.render_op(n, args, used, as_bool)  # records the sizes it reads
+            return Code(self.forms.macros.mse_of_difference(names.get(d) or exprs[d]))
+        return self.render_op(n, args, used, as_bool)
+
+    def _statements(self, program, buffers, keep, names, exprs):
+        """The statements of a planned function: ``+=`` sums, ``del`` after last reads,
+        each value laid out as ruff does, each comment above the temporaries it
+        explains."""
+        A = self.A
+        drops = memory.frees(program, keep)
         statements = []
         last_named = {}  # name -> the last statement that assigns or reads it
         for i, (n, _) in enumerate(program):
@@ -132,58 +132,42 @@ class NumpyProgram(Program):
                 run[0].comments, st.comments = st.comments, []
                 run[0].blank_before, st.blank_before = st.blank_before, False
             run = []
-        for st in statements:
-            if (
-                A.nodes[st.node][g.ROLE] == g.BACKWARD
-                and st.node not in shared.values()
-            ):
-                st.blank_before = True
-                st.comments = self.notes.backward_header() + st.comments
-                break
-        return Function(
-            Code(name),
-            [safe_comment(d) for d in doc],
-            statements,
-            returns_fn(names, used),
-        )
+        return statements
 
     def render_out(self, n, args, out) -> Code:
         """``np.<ufunc>(args..., out=buffer)``: the op writing into a free buffer."""
-        op = self.A.nodes[n][g.OP]
-        args = list(args)
-        if op == "relu":
-            args = args + [Code("0.0")]
-        elif op == "softplus":
-            args = [Code("0.0")] + args
-        text = self.macros.ufunc_out(Code(memory.UFUNCS[op]), args, out)
+        op = ops.get(self.A.nodes[n][g.OP])
+        fn, *spec = op.ufunc
+        by_name = dict(zip(op.args, args))
+        call_args = [by_name[a] if a in by_name else Code(a) for a in spec]
+        text = self.forms.macros.ufunc_out(Code(fn), call_args, out)
         return Code(text.strip())
 
-    def _in_place_chains(self, order, inline, keep):
-        """Inlined ufuncs to materialize so that they, or their consumer, can work in
+    def _in_place_chains(self, s, inline, keep):
+        """Folded ufuncs to make statements so that they, or their consumer, can work in
         place: an elementwise chain ``1.0 - np.square(h)`` becomes two statements
         sharing one buffer instead of two fresh temporaries."""
         A = self.A
-        program = [(n, self._reads(n, inline)) for n in order if n not in inline]
+        program = [(n, s.reads(n, inline)) for n in s.order if n not in inline]
         last = memory.last_uses(program, keep)
         at = {n: i for i, (n, _) in enumerate(program)}
-        consumer = {p: n for n in order for p in g.operands(A, n) if p in inline}
 
         def statement_of(n):
             while n in inline:
-                n = consumer[n]
+                n = s.consumer[n]
             return n
 
         out = set()
-        for n in order:
+        for n in s.order:
             a = A.nodes[n]
             if (
                 n not in inline
-                or a[g.OP] not in memory.UFUNCS
+                or not memory.has_ufunc(a)
                 or not memory.big_enough(a[g.SHAPE])
             ):
                 continue
-            c = A.nodes[consumer[n]]
-            if c[g.OP] in memory.UFUNCS and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
+            c = A.nodes[s.consumer[n]]
+            if memory.has_ufunc(c) and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
                 out.add(n)
                 continue
             top = at[statement_of(n)]

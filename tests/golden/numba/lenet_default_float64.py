@@ -1103,8 +1103,7 @@ def forward(**arrays):
     )
     conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
 
-    # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv,
-    #   relu2_Relu
+    # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv, relu2_Relu
     relu2_Relu = _k_shared(conv2_Conv_conv, conv2_Conv_bias)
 
     # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
@@ -1162,8 +1161,8 @@ def vjp(cotangents, **arrays):
     conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
     conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
 
-    # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv,
-    #   relu1_Relu, t1
+    # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv, relu1_Relu,
+    #   t1
     relu1_Relu, t1 = _k_shared3(conv1_Conv_conv, conv1_Conv_bias)
 
     # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
@@ -1179,8 +1178,8 @@ def vjp(cotangents, **arrays):
     )
     conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
 
-    # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv,
-    #   relu2_Relu, t2
+    # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv, relu2_Relu,
+    #   t2
     relu2_Relu, t2 = _k_shared3(conv2_Conv_conv, conv2_Conv_bias)
 
     # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel

@@ -1,0 +1,376 @@
+"""Whole-function mode: a generated function compiled as one ``@numba.njit`` function.
+
+The Python-level function checks its arguments (``_unpack``'s fast path is the compiled
+function's own typed signature and size checks) and calls one compiled function that
+computes everything: the same statements as the Python-level function would have, with
+the non-fused ops in their nopython forms (``templates/numba/nopython.j2``, then the
+NumPy forms Numba compiles as they are) and the fused groups' kernels called from
+compiled code. The result dict is built at the Python level.
+
+It is used when every op of the function has a nopython form (:func:`nopython_ok`),
+``parallel`` is off, and (automatic mode) no transcendental that NumPy does faster is
+large (:data:`WHOLE_TRANSCENDENTAL_LIMIT`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ... import dims, ops
+from ... import graph as g
+from ...codegen.comments import docstring_lines, wrap_comment
+from ...codegen.layout import (
+    INDENT,
+    LINE,
+    assign,
+    bracketed,
+    condition_check,
+    fit,
+    literal,
+    wrap,
+)
+from ...codegen.layout import value as layout_value
+from ...codegen.naming import Code
+from ...codegen.program import Function, OpForms, Statement
+
+# Whole-function mode (auto) is off when a function computes one of the transcendentals
+# NumPy runs faster on more than this many elements (symbolic sizes count as 1): a
+# compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
+WHOLE_TRANSCENDENTAL_LIMIT = 4096
+# Elementwise ops on arrays that stay array expressions in nopython code (not fused: e.g.
+# when an operand is an integer array): the ops whose NumPy form Numba compiles.
+NOPYTHON_ARRAY_OPS = frozenset(
+    {
+        "neg",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "maximum",
+        "minimum",
+        "add_n",
+        "abs",
+        "sqrt",
+        "exp",
+        "log",
+        "tanh",
+        "sin",
+        "cos",
+        "square",
+        "relu",
+        "sign",
+    }
+)
+# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
+NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+
+
+class Unsupported(Exception):
+    """An op without a nopython form: the function falls back to per-group kernels."""
+
+
+def nopython_ok(prog, n):
+    """Whether op node ``n`` (not fused into a group) has a nopython form."""
+    A = prog.A
+    a = A.nodes[n]
+    op, shape = a[g.OP], a[g.SHAPE]
+    ins = g.operands(A, n)
+    shapes = [A.nodes[p][g.SHAPE] for p in ins]
+    for p in ins:
+        b = A.nodes[p]
+        if b[g.KIND] == g.CONST and b[g.SHAPE]:
+            return False
+    ints = [A.nodes[p][g.DTYPE] not in g.FLOAT_DTYPES for p in ins]
+    if op in ("softmax_cross_entropy", "softmax_xent_grad"):
+        return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
+    if any(ints):
+        return False
+    if ops.get(op).elementwise:
+        return not shape and op in prog.scalar_ops() or op in NOPYTHON_ARRAY_OPS
+    if op == "matmul":
+        return all(1 <= len(s) <= 2 for s in shapes)
+    if op in ("sum", "mean", "max"):
+        # a 0-d value is a float in nopython code: it has no methods
+        return (
+            len(shapes[0]) > 0
+            and sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
+            and not a[g.ATTRS]["keepdims"]
+        )
+    return op in (
+        "transpose",
+        "reshape",
+        "slice",
+        "concat",
+        "zeros",
+        "dimsize",
+        "mse",
+    )
+
+
+def matmul_tiles(prog, n):
+    """Whether matmul ``n`` (loops form) may be wide enough for the register tiles of
+    ``_simd_matmul``: two 512-bit registers wide (matmul.py.j2, ``_matmul``'s rule)."""
+    width = prog.A.nodes[n][g.SHAPE][-1]
+    tile = {"float64": 16, "float32": 32}[prog.dtype]
+    return not isinstance(width, int) or width % tile == 0 or width >= 4 * tile
+
+
+class NopythonForms(OpForms):
+    """How op nodes read inside a whole-function kernel: their nopython forms, 0-d
+    elementwise ops as scalar arithmetic. An op without one raises :class:`Unsupported`.
+    """
+
+    def __init__(self, program, macros):
+        super().__init__(program, macros)
+        self.tiles = False  # some matmul may use the register tiles
+
+    def attrs(self, n, used):
+        A = self.program.A
+        out = super().attrs(n, used)
+        if A.nodes[n][g.OP] == "matmul":
+            out["loops"] = all(len(A.nodes[p][g.SHAPE]) == 2 for p in g.operands(A, n))
+            if out["loops"] and matmul_tiles(self.program, n):
+                self.tiles = True
+        return out
+
+    def render(self, n, args, used, as_bool=False) -> Code:
+        prog = self.program
+        if not nopython_ok(prog, n):
+            raise Unsupported(n)
+        a = prog.A.nodes[n]
+        if ops.get(a[g.OP]).elementwise and not a[g.SHAPE]:  # a scalar in nopython code
+            return Code(prog.render_scalar(n, [wrap(x) for x in args]))
+        return super().render(n, args, used, as_bool)
+
+    def probe(self, n):
+        return nopython_ok(self.program, n)
+
+    def _mentions_each_argument_once(self, op):
+        o = ops.get(op)
+        if o.variadic:
+            return True
+        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
+        A = self.program.A
+        once = True
+        for n in A:
+            if A.nodes[n].get(g.OP) == op and self.probe(n):
+                text = self.render(n, probes, set())
+                once = once and all(text.count(p) == 1 for p in probes)
+        return once
+
+
+@dataclasses.dataclass
+class WholeKernel:
+    """A whole-function kernel, printed when the kernels' names are final."""
+
+    name: Code
+    types: Code
+    decorator: Code
+    signature: Code
+    checks: list
+    doc: list
+    statements: list
+    returns: Code
+    helpers: list  # the templates/numba/helpers it calls
+
+
+def too_costly(prog, need):
+    """Why ``need`` cannot (or, automatically, should not) be one compiled function."""
+    A = prog.A
+    for n in need:
+        a = A.nodes[n]
+        if a[g.KIND] in (g.INPUT, g.PARAM) and not a[g.SHAPE]:
+            return True  # 0-d arrays are not scalars in nopython code
+        if (
+            prog.whole is None
+            and a[g.KIND] == g.OPNODE
+            and a[g.OP] in prog.exclude
+            and dims.prod([d for d in a[g.SHAPE] if isinstance(d, int)])
+            > WHOLE_TRANSCENDENTAL_LIMIT
+        ):
+            return True  # NumPy's SIMD loop beats a scalar libm call per element
+    return False
+
+
+def whole_function(prog, name, roots, doc, returns_fn):
+    """``name`` as a whole-function kernel and the Python-level function that calls it,
+    or None when it cannot or should not be one."""
+    A = prog.A
+    if too_costly(prog, g.reach(A, roots)):
+        return None
+    saved = prog.kernels.snapshot()
+    forms = NopythonForms(prog, prog.nopython_macros)
+    try:
+        inner = prog.group_function(
+            name, roots, doc, returns_fn, forms=forms, exclude=frozenset()
+        )
+    except Unsupported:
+        prog.kernels.restore(saved)
+        return None
+    if prog.whole is None and _one_kernel_call(inner):
+        # nothing to save but one dispatch, and compiling the kernel into a caller
+        # optimizes its code a second time (W4: 17 s against 7 s; docs/numba.md)
+        prog.kernels.restore(saved)
+        return None
+    prog.matmul_tiles = prog.matmul_tiles or forms.tiles
+
+    kname = Code(f"_{name}_kernel")
+    while kname in prog.namer.taken or kname in prog.kernels.names:
+        kname = Code(kname + "_")
+    prog.kernels.names.add(kname)
+    # what the Python level reads back: the op nodes among the roots, by name
+    outs = []
+    for r in roots:
+        if A.nodes[r][g.KIND] == g.OPNODE:
+            ident = _root_name(prog, r, inner)
+            if ident not in outs:
+                outs.append(ident)
+    arrays = [n for n in g.schedule(A) if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
+    kernel = WholeKernel(
+        name=kname,
+        types=_types(prog, name, arrays),
+        decorator=bracketed("@numba.njit", _options(prog), "", 0),
+        signature=bracketed(f"def {kname}", [prog.namer[n] for n in arrays], ":", 0),
+        checks=_checks(prog, arrays, inner.sizes),
+        doc=[
+            Code(line)
+            for line in docstring_lines(
+                f"Everything {name}() computes, compiled as one function: the arrays "
+                "in, " + ", ".join(outs) + " out."
+            )
+        ],
+        statements=inner.statements,
+        returns=bracketed("return ", outs, "", INDENT, parens=False)
+        if outs
+        else Code("return ()"),
+        helpers=_helpers(inner),
+    )
+    prog.whole_kernels.append(kernel)
+    return Function(
+        inner.name,
+        inner.doc,
+        _scalar_results(prog, name, roots, inner),
+        inner.returns,
+        _prologue(prog, name, kname, outs, arrays),
+    )
+
+
+def _one_kernel_call(fn):
+    """Whether ``fn``'s statements are one fused kernel's call (and the DTYPE
+    conversions of its 0-d results)."""
+    calls = [s for s in fn.statements if s.call is not None]
+    rest = [s for s in fn.statements if s.call is None]
+    return len(calls) == 1 and all(s.expr.startswith("DTYPE(") for s in rest)
+
+
+def _root_name(prog, r, fn):
+    if r in prog.namer:
+        return prog.namer[r]
+    for s in fn.statements:
+        if s.node == r:
+            return s.target
+    raise AssertionError(f"internal: no name for root {r!r}")
+
+
+def _types(prog, name, arrays):
+    """``_<NAME>_TYPES``: the argument types the kernel compiles for at its first call."""
+    A = prog.A
+    types = [
+        f"numba.{'int64' if A.nodes[n][g.DTYPE] == 'int64' else A.graph['dtype']}"
+        f"[{', '.join([':'] * (len(A.nodes[n][g.SHAPE]) - 1) + ['::1'])}]"
+        for n in arrays
+    ]
+    return fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True)
+
+
+def _options(prog):
+    options = ["cache=True"] if prog.cache else []
+    options.append('error_model="numpy"')
+    if prog.fastmath:
+        options.append("fastmath=True")
+    return options
+
+
+def _checks(prog, arrays, used):
+    """The kernel's own size checks: each symbolic size bound from the first array that
+    has it (where something reads it), every other size compared."""
+    A = prog.A
+    checks, bound, read = [], set(), set(used)
+    binds = []
+    for n in arrays:
+        ident, shape = prog.namer[n], A.nodes[n][g.SHAPE]
+        conds = []
+        for i, d in enumerate(shape):
+            if isinstance(d, str) and d not in bound:
+                bound.add(d)
+                binds.append((len(checks), d))
+                checks.append(Code(f"{prog.namer[('dim', d)]} = {ident}.shape[{i}]"))
+            else:
+                read.update(dims.symbols(d))
+                conds.append(f"{ident}.shape[{i}] != {prog.dim(d, set())}")
+        if conds:
+            checks.append(condition_check(conds, n))
+    unread = {i for i, d in binds if d not in read}
+    return [c for i, c in enumerate(checks) if i not in unread]
+
+
+def _helpers(fn):
+    """The templates/numba/helpers the kernel's statements call."""
+    text = "\n".join(s.expr for s in fn.statements if s.call is None)
+    return [h for h in NB_HELPERS if re.search(rf"\b_{h}\(", text)]
+
+
+def _scalar_results(prog, name, roots, inner):
+    """``t = DTYPE(t)`` for each 0-d result: numba hands back Python floats (the loss of
+    value_and_grad is returned as float() anyway)."""
+    A = prog.A
+    stmts = []
+    for r in dict.fromkeys(roots):
+        if (
+            A.nodes[r][g.KIND] != g.OPNODE
+            or A.nodes[r][g.SHAPE]
+            or name == "value_and_grad"
+            and r == prog.loss
+            and r not in prog.grads.values()
+        ):
+            continue
+        o = _root_name(prog, r, inner)
+        expr = layout_value(f"DTYPE({o})", INDENT + len(o) + 3)
+        stmts.append(Statement(o, expr, [], roots[0]))
+    return stmts
+
+
+def _prologue(prog, name, kname, outs, arrays):
+    """The Python-level function's body before its return: compile at the first call,
+    run the kernel, and explain (or retry with contiguous copies) what it rejects."""
+    args = [f"arrays[{literal(n)}]" for n in arrays]
+    call = (
+        assign(outs, f"{kname}", args, 2 * INDENT)
+        if outs
+        else bracketed(f"{kname}", args, "", 2 * INDENT)
+    )
+    comment = wrap_comment(
+        f"one compiled function ({kname}) computes "
+        + ", ".join(outs)
+        + (" (the forward and backward pass)" if name == "value_and_grad" else ""),
+        width=LINE - 2 * INDENT - 2,
+    )
+    types_name = f"_{name.upper()}_TYPES"
+    pad = " " * INDENT
+    return Code(
+        f"{pad}if arrays.keys() != DTYPES.keys():\n"
+        f"{pad}    _fail(arrays)\n"
+        f"{pad}if not {kname}.overloads:  # the first call compiles it\n"
+        f"{pad}    _compile({kname}, {types_name})\n"
+        f"{pad}try:\n"
+        + "".join(f"{pad}    # {c}\n" for c in comment)
+        + f"{pad}    {call}\n"
+        f"{pad}except (TypeError, ValueError):  # a wrong type, rank or size, or strides\n"
+        f"{pad}    _check(arrays)  # raises the ValueError naming a wrong array\n"
+        f"{pad}    if all(a.flags.c_contiguous for a in arrays.values()):\n"
+        f"{pad}        raise\n"
+        f"{pad}    # the kernel takes C-contiguous arrays: retry with contiguous copies\n"
+        f"{pad}    return {name}(**{{k: np.ascontiguousarray(a) for k, a in "
+        "arrays.items()})"
+    )
