@@ -175,12 +175,13 @@ def test_values_annotations_and_legend(tmp_path):
 def test_interpreter_matches_module():
     from graphgen.api import lower
     from graphgen.check import random_arrays
+    from graphgen.views.values import evaluate
 
     for ex in EXAMPLES:
         G = load(ex)
         arrays = random_arrays(G, seed=1)
         A = lower(G)
-        vals = diagram.evaluate(A, arrays)
+        vals = evaluate(A, arrays)
         loss, grads = graphgen.compile(G).value_and_grad(**arrays)
         assert abs(float(vals[A.graph["loss"]]) - loss) <= 1e-10
         for w, v in A.graph["grads"].items():

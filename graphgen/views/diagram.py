@@ -17,8 +17,9 @@ Every picture is drawn from the compiler's own graphs, never from a separate mod
     are greyed out.
 
 With ``values`` the lowered graph is evaluated node by node with each op's NumPy
-``impl`` (:func:`evaluate`), so every forward value and every adjoint is known; nodes are
-annotated with norms and gradient edges coloured by magnitude on a log scale.
+``impl`` (:func:`graphgen.views.values.evaluate`), so every forward value and every
+adjoint is known; nodes are annotated with norms and gradient edges coloured by magnitude
+on a log scale.
 
 The DOT text is deterministic. Node ids are synthetic (``n0``, ``n1``, ...) and every
 name reaches the DOT text only inside an HTML-like label, escaped with :func:`html.escape`.
@@ -34,15 +35,15 @@ import shutil
 import subprocess
 
 import networkx as nx
-import numpy as np
 
 from .. import dims, ops
 from .. import graph as g
 from ..codegen.comments import Comments
 from ..codegen.naming import node_names
 from ..errors import DiagramError, did_you_mean
+from .values import adjoint_value, evaluate, load_arrays, norm, term_value
 
-__all__ = ["VIEWS", "DiagramError", "evaluate", "render", "to_dot", "write"]
+__all__ = ["VIEWS", "DiagramError", "render", "to_dot", "write"]
 
 VIEWS = ("forward", "adjoint", "flow")
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -142,143 +143,6 @@ def _shape_text(shape) -> str:
 
 
 # ------------------------------------------------------------------------ evaluation
-
-
-def _sizes(A, arrays):
-    """Concrete sizes of the symbolic dimensions, read off the given arrays."""
-    sizes = {}
-    for n, v in arrays.items():
-        if n not in A:
-            continue
-        for d, k in zip(A.nodes[n][g.SHAPE], np.shape(v)):
-            if isinstance(d, str) and dims.SYMBOL_RE.match(d):
-                sizes.setdefault(d, int(k))
-    return sizes
-
-
-def _concrete_attr(v, sizes):
-    def dim(d):
-        if isinstance(d, str):
-            try:
-                return dims.value(d, sizes)
-            except (KeyError, ValueError, SyntaxError):
-                return d
-        return d
-
-    if isinstance(v, str):
-        return dim(v)
-    if isinstance(v, (list, tuple)) and any(isinstance(d, str) for d in v):
-        return type(v)(dim(d) for d in v)
-    return v
-
-
-def evaluate(A, arrays):
-    """Evaluate every node of a (forward or lowered) graph with the ops' NumPy ``impl``.
-
-    Parameters
-    ----------
-    A : networkx.DiGraph
-        A prepared graph, or the lowered graph of :func:`graphgen.api.lower`.
-    arrays : dict
-        An array for every input and param.
-
-    Returns
-    -------
-    dict
-        Node id -> ``numpy.ndarray`` (forward values and, in a lowered graph, adjoints).
-
-    Examples
-    --------
-    >>> import graphgen
-    >>> from graphgen.check import random_arrays
-    >>> from graphgen.api import lower
-    >>> A = lower(graphgen.load("examples/tiny.yaml"))
-    >>> v = evaluate(A, random_arrays(A))
-    >>> v[A.graph["grads"]["W1"]].shape
-    (2, 3)
-    """
-    sizes = _sizes(A, arrays)
-    out = {}
-    for n in g.schedule(A):
-        a = A.nodes[n]
-        kind = a[g.KIND]
-        if kind == g.CONST:
-            out[n] = np.asarray(a[g.VALUE], dtype=np.float64)
-        elif kind in (g.INPUT, g.PARAM):
-            if n not in arrays:
-                raise DiagramError(
-                    f"no array given for {kind} {n!r}", source=g.source_of(A)
-                )
-            out[n] = np.asarray(arrays[n])
-        else:
-            attrs = {k: _concrete_attr(v, sizes) for k, v in a[g.ATTRS].items()}
-            if a[g.OP] == "dimsize":
-                out[n] = np.float64(math.prod(int(d) for d in attrs["dims"]))
-                continue
-            args = [out[p] for p in g.operands(A, n)]
-            with np.errstate(all="ignore"):
-                out[n] = np.asarray(ops.get(a[g.OP]).impl(*args, **attrs))
-    return out
-
-
-def load_arrays(G, values=True, seed=0):
-    """The arrays a ``values`` option asks for: random, a dict, or an ``.npz`` file."""
-    from ..check import random_arrays
-
-    arrays = random_arrays(G, seed=seed, dtype="float64")
-    if isinstance(values, (str, os.PathLike)):
-        try:
-            with np.load(os.fspath(values)) as f:
-                given = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as e:
-            raise DiagramError(
-                f"cannot read arrays from {os.fspath(values)!r}: {e}"
-            ) from None
-    elif isinstance(values, dict):
-        given = dict(values)
-    else:
-        given = {}
-    unknown = sorted(set(given) - set(arrays))
-    if unknown:
-        raise DiagramError(
-            f"arrays for unknown inputs/params: {', '.join(map(repr, unknown))} "
-            f"(expected some of {', '.join(map(repr, arrays))})",
-            source=g.source_of(G),
-        )
-    arrays.update(given)
-    return arrays
-
-
-def norm(v) -> float:
-    """The Frobenius norm of an array, as a float."""
-    return float(np.linalg.norm(np.asarray(v, dtype=np.float64).reshape(-1)))
-
-
-def adjoint_value(A, values, j, shape=None):
-    """The value of ∂J/∂j in the lowered graph ``A`` (None when not computed)."""
-    v = (A.graph.get("adjoints") or {}).get(j)
-    if v is None or v not in values:
-        return None
-    out = values[v]
-    if shape is not None and np.shape(out) != tuple(shape):
-        out = np.broadcast_to(out, shape)
-    return out
-
-
-def term_value(A, values, j, k):
-    """The term ∂J/∂k · ∂k/∂j that flows from successor ``k`` back to ``j``."""
-    adj = (A.graph.get("adjoints") or {}).get(j)
-    if adj is None or adj not in values:
-        return None
-    a = A.nodes[adj]
-    if g.SUMS in a and k in a[g.SUMS]:
-        terms = g.operands(A, adj)
-        if len(terms) == len(a[g.SUMS]):
-            parts = [values[t] for t, s in zip(terms, a[g.SUMS]) if s == k]
-            return sum(parts[1:], parts[0])
-    if g.SUMS in a:
-        return None
-    return values[adj]
 
 
 def magnitude_color(x):

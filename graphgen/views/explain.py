@@ -27,15 +27,15 @@ import numpy as np
 from .. import graph as g
 from .. import ops
 from ..errors import ExplainError, GradientError, did_you_mean
-from .diagram import (
+from .diagram import fill, gradient_terms, visible
+from .values import (
+    ModuleGradients,
     adjoint_value,
     evaluate,
-    fill,
-    gradient_terms,
     load_arrays,
+    local_elementwise,
     norm,
     term_value,
-    visible,
 )
 
 __all__ = ["FORMATS", "explain"]
@@ -475,51 +475,6 @@ def _hidden_unit(H, path):
     return None
 
 
-def _local_elementwise(H, values, j, k):
-    """∂k/∂j elementwise (for an elementwise op), by applying k's VJP rule to ones."""
-    from ..passes.adjoint import Builder
-
-    S = nx.DiGraph()
-    S.graph.update(dtype="float64", name="scratch", source=g.source_of(H))
-    ins = g.operands(H, k)
-    for p in list(dict.fromkeys(ins)) + [k, "__g"]:
-        src = k if p == "__g" else p
-        S.add_node(
-            p,
-            **{
-                g.KIND: g.INPUT,
-                g.SHAPE: H.nodes[src][g.SHAPE],
-                g.DTYPE: "float64",
-                g.ROLE: g.FORWARD,
-                g.SEQ: g.next_seq(S),
-            },
-        )
-    S.nodes[k][g.OP] = H.nodes[k][g.OP]
-    b = Builder(S)
-    b.where = k
-    a = H.nodes[k]
-    op = ops.get(a[g.OP])
-    ctx = ops.VJPContext(
-        ins=ins,
-        out=k,
-        g="__g",
-        attrs=a[g.ATTRS],
-        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
-        out_shape=a[g.SHAPE],
-    )
-    cts = op.vjp(b, ctx)
-    arrays = {p: values[p] for p in set(ins) | {k}}
-    arrays["__g"] = np.ones_like(values[k], dtype=np.float64)
-    vals = evaluate(S, arrays)
-    parts = [
-        vals[ct] if ct in vals else arrays[ct]
-        for i, ct in enumerate(cts)
-        if ins[i] == j and ct is not None
-    ]
-    total = sum(parts[1:], parts[0])
-    return np.broadcast_to(total, np.shape(values[k]))
-
-
 # ------------------------------------------------------------------------------ explain
 
 
@@ -889,38 +844,6 @@ def _element_case(H, node, z, index):
     return (0, 1) if cols > 1 else (0, 0)
 
 
-def _feed(H, arrays):
-    return {
-        n: arrays[n]
-        for n in H
-        if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in arrays
-    }
-
-
-def _module(H, arrays):
-    from ..api import compile as compile_module
-
-    if H.graph.get("cotangents"):  # a vjp graph: its loss over cotangent inputs
-        H = H.copy()
-        del H.graph["cotangents"]
-        H.graph.pop("vjp", None)
-    return compile_module(H, dtype="float64")
-
-
-def _cut(H, n):
-    """``H`` with node ``n`` turned into an input (its inputs cut), differentiated
-    with respect to ``n`` alone: its gradient is the reverse-mode adjoint of ``n``."""
-    C = H.copy()
-    C.remove_edges_from(list(C.in_edges(n)))
-    a = C.nodes[n]
-    for key in (g.OP, g.ATTRS, "group"):
-        a.pop(key, None)
-    a[g.KIND] = g.INPUT
-    a[g.DTYPE] = "float64"
-    C.graph["wrt"] = [n]
-    return C
-
-
 def _values_section(c, fan, grouped, given, seed):
     """5. The numbers for one set of arrays, checked against the generated module."""
     from ..api import lower
@@ -930,7 +853,7 @@ def _values_section(c, fan, grouped, given, seed):
     on_paths = list(dict.fromkeys(n for p in c.paths for n in p[:-1]))
     A = lower(H)
     vals = evaluate(A, arrays)
-    module = _ModuleGradients(H, arrays, vals)
+    module = ModuleGradients(H, arrays, vals)
     out = F.heading(
         "Numbers (one random set of arrays)"
         if not isinstance(given, (str, dict))
@@ -982,27 +905,6 @@ class _Checks:
             self.F.p(label, f": max |difference| = {diff:.1e} ", self.F.ok(good))
         )
         return good
-
-
-class _ModuleGradients:
-    """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
-
-    def __init__(self, H, arrays, vals):
-        self.H, self.arrays, self.vals = H, arrays, vals
-        self.loss, self.grads = _module(H, arrays).value_and_grad(**_feed(H, arrays))
-        self.cut = {}
-
-    def __call__(self, n):
-        if n in self.grads:
-            return self.grads[n]
-        if n not in self.cut:
-            C = _cut(self.H, n)
-            feed = {
-                **_feed(C, self.arrays),
-                n: np.array(self.vals[n], dtype=np.float64),
-            }
-            self.cut[n] = _module(C, self.arrays).value_and_grad(**feed)[1][n]
-        return self.cut[n]
 
 
 def _norms_table(c, A, vals, on_paths):
@@ -1058,7 +960,7 @@ def _weight_factors(c, A, vals, z, u, check, module):
     mid = pu[pu.index(z) : pu.index(u) + 1]
     slope = np.ones_like(vals[z], dtype=np.float64)
     for t in range(len(mid) - 1):
-        slope = slope * _local_elementwise(H, vals, mid[t], mid[t + 1])
+        slope = slope * local_elementwise(H, vals, mid[t], mid[t + 1])
     delta = adjoint_value(A, vals, u, np.shape(vals[u]))
     if delta is None:
         return []

@@ -1,0 +1,267 @@
+"""The numbers behind diagrams and explanations: a reference interpreter that evaluates
+every node of the compiler's graphs with the ops' NumPy ``impl``, and the gradients of the
+generated module to check those numbers against.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import networkx as nx
+import numpy as np
+
+from .. import dims, ops
+from .. import graph as g
+from ..errors import DiagramError
+
+__all__ = [
+    "ModuleGradients",
+    "adjoint_value",
+    "evaluate",
+    "load_arrays",
+    "local_elementwise",
+    "norm",
+    "term_value",
+]
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def _sizes(A, arrays):
+    """Concrete sizes of the symbolic dimensions, read off the given arrays."""
+    sizes = {}
+    for n, v in arrays.items():
+        if n not in A:
+            continue
+        for d, k in zip(A.nodes[n][g.SHAPE], np.shape(v)):
+            if isinstance(d, str) and dims.SYMBOL_RE.match(d):
+                sizes.setdefault(d, int(k))
+    return sizes
+
+
+def _concrete_attr(v, sizes):
+    def dim(d):
+        if isinstance(d, str):
+            try:
+                return dims.value(d, sizes)
+            except (KeyError, ValueError, SyntaxError):
+                return d
+        return d
+
+    if isinstance(v, str):
+        return dim(v)
+    if isinstance(v, (list, tuple)) and any(isinstance(d, str) for d in v):
+        return type(v)(dim(d) for d in v)
+    return v
+
+
+def evaluate(A, arrays):
+    """Evaluate every node of a (forward or lowered) graph with the ops' NumPy ``impl``.
+
+    Parameters
+    ----------
+    A : networkx.DiGraph
+        A prepared graph, or the lowered graph of :func:`graphgen.api.lower`.
+    arrays : dict
+        An array for every input and param.
+
+    Returns
+    -------
+    dict
+        Node id -> ``numpy.ndarray`` (forward values and, in a lowered graph, adjoints).
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> from graphgen.check import random_arrays
+    >>> from graphgen.api import lower
+    >>> A = lower(graphgen.load("examples/tiny.yaml"))
+    >>> v = evaluate(A, random_arrays(A))
+    >>> v[A.graph["grads"]["W1"]].shape
+    (2, 3)
+    """
+    sizes = _sizes(A, arrays)
+    out = {}
+    for n in g.schedule(A):
+        a = A.nodes[n]
+        kind = a[g.KIND]
+        if kind == g.CONST:
+            out[n] = np.asarray(a[g.VALUE], dtype=np.float64)
+        elif kind in (g.INPUT, g.PARAM):
+            if n not in arrays:
+                raise DiagramError(
+                    f"no array given for {kind} {n!r}", source=g.source_of(A)
+                )
+            out[n] = np.asarray(arrays[n])
+        else:
+            attrs = {k: _concrete_attr(v, sizes) for k, v in a[g.ATTRS].items()}
+            if a[g.OP] == "dimsize":
+                out[n] = np.float64(math.prod(int(d) for d in attrs["dims"]))
+                continue
+            args = [out[p] for p in g.operands(A, n)]
+            with np.errstate(all="ignore"):
+                out[n] = np.asarray(ops.get(a[g.OP]).impl(*args, **attrs))
+    return out
+
+
+def load_arrays(G, values=True, seed=0):
+    """The arrays a ``values`` option asks for: random, a dict, or an ``.npz`` file."""
+    from ..check import random_arrays
+
+    arrays = random_arrays(G, seed=seed, dtype="float64")
+    if isinstance(values, (str, os.PathLike)):
+        try:
+            with np.load(os.fspath(values)) as f:
+                given = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as e:
+            raise DiagramError(
+                f"cannot read arrays from {os.fspath(values)!r}: {e}"
+            ) from None
+    elif isinstance(values, dict):
+        given = dict(values)
+    else:
+        given = {}
+    unknown = sorted(set(given) - set(arrays))
+    if unknown:
+        raise DiagramError(
+            f"arrays for unknown inputs/params: {', '.join(map(repr, unknown))} "
+            f"(expected some of {', '.join(map(repr, arrays))})",
+            source=g.source_of(G),
+        )
+    arrays.update(given)
+    return arrays
+
+
+def norm(v) -> float:
+    """The Frobenius norm of an array, as a float."""
+    return float(np.linalg.norm(np.asarray(v, dtype=np.float64).reshape(-1)))
+
+
+def adjoint_value(A, values, j, shape=None):
+    """The value of ∂J/∂j in the lowered graph ``A`` (None when not computed)."""
+    v = (A.graph.get("adjoints") or {}).get(j)
+    if v is None or v not in values:
+        return None
+    out = values[v]
+    if shape is not None and np.shape(out) != tuple(shape):
+        out = np.broadcast_to(out, shape)
+    return out
+
+
+def term_value(A, values, j, k):
+    """The term ∂J/∂k · ∂k/∂j that flows from successor ``k`` back to ``j``."""
+    adj = (A.graph.get("adjoints") or {}).get(j)
+    if adj is None or adj not in values:
+        return None
+    a = A.nodes[adj]
+    if g.SUMS in a and k in a[g.SUMS]:
+        terms = g.operands(A, adj)
+        if len(terms) == len(a[g.SUMS]):
+            parts = [values[t] for t, s in zip(terms, a[g.SUMS]) if s == k]
+            return sum(parts[1:], parts[0])
+    if g.SUMS in a:
+        return None
+    return values[adj]
+
+
+def local_elementwise(H, values, j, k):
+    """∂k/∂j elementwise (for an elementwise op), by applying k's VJP rule to ones."""
+    from ..passes.adjoint import Builder
+
+    S = nx.DiGraph()
+    S.graph.update(dtype="float64", name="scratch", source=g.source_of(H))
+    ins = g.operands(H, k)
+    for p in list(dict.fromkeys(ins)) + [k, "__g"]:
+        src = k if p == "__g" else p
+        S.add_node(
+            p,
+            **{
+                g.KIND: g.INPUT,
+                g.SHAPE: H.nodes[src][g.SHAPE],
+                g.DTYPE: "float64",
+                g.ROLE: g.FORWARD,
+                g.SEQ: g.next_seq(S),
+            },
+        )
+    S.nodes[k][g.OP] = H.nodes[k][g.OP]
+    b = Builder(S)
+    b.where = k
+    a = H.nodes[k]
+    op = ops.get(a[g.OP])
+    ctx = ops.VJPContext(
+        ins=ins,
+        out=k,
+        g="__g",
+        attrs=a[g.ATTRS],
+        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
+        out_shape=a[g.SHAPE],
+    )
+    cts = op.vjp(b, ctx)
+    arrays = {p: values[p] for p in set(ins) | {k}}
+    arrays["__g"] = np.ones_like(values[k], dtype=np.float64)
+    vals = evaluate(S, arrays)
+    parts = [
+        vals[ct] if ct in vals else arrays[ct]
+        for i, ct in enumerate(cts)
+        if ins[i] == j and ct is not None
+    ]
+    total = sum(parts[1:], parts[0])
+    return np.broadcast_to(total, np.shape(values[k]))
+
+
+# ---------------------------------------------------------------- the generated module
+
+
+def _feed(H, arrays):
+    return {
+        n: arrays[n]
+        for n in H
+        if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in arrays
+    }
+
+
+def _module(H):
+    from ..api import compile as compile_module
+
+    if H.graph.get("cotangents"):  # a vjp graph: its loss over cotangent inputs
+        H = H.copy()
+        del H.graph["cotangents"]
+        H.graph.pop("vjp", None)
+    return compile_module(H, dtype="float64")
+
+
+def _cut(H, n):
+    """``H`` with node ``n`` turned into an input (its inputs cut), differentiated
+    with respect to ``n`` alone: its gradient is the reverse-mode adjoint of ``n``."""
+    C = H.copy()
+    C.remove_edges_from(list(C.in_edges(n)))
+    a = C.nodes[n]
+    for key in (g.OP, g.ATTRS, "group"):
+        a.pop(key, None)
+    a[g.KIND] = g.INPUT
+    a[g.DTYPE] = "float64"
+    C.graph["wrt"] = [n]
+    return C
+
+
+class ModuleGradients:
+    """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
+
+    def __init__(self, H, arrays, vals):
+        self.H, self.arrays, self.vals = H, arrays, vals
+        self.loss, self.grads = _module(H).value_and_grad(**_feed(H, arrays))
+        self.cut = {}
+
+    def __call__(self, n):
+        if n in self.grads:
+            return self.grads[n]
+        if n not in self.cut:
+            C = _cut(self.H, n)
+            feed = {
+                **_feed(C, self.arrays),
+                n: np.array(self.vals[n], dtype=np.float64),
+            }
+            self.cut[n] = _module(C).value_and_grad(**feed)[1][n]
+        return self.cut[n]
