@@ -36,11 +36,32 @@ class Macros:
         return None
 
 
+# The backend each backend's templates derive from (Brian2's ``Templater.derive``): the
+# Numba module is the NumPy module plus kernels, so templates/numba/ holds only what
+# differs from templates/numpy/.
+DERIVES_FROM = {"numba": "numpy"}
+
+
+def search_path(backend):
+    """``backend``'s template directories, most derived first (``numba``, ``numpy``)."""
+    path = [backend]
+    while path[-1] in DERIVES_FROM:
+        path.append(DERIVES_FROM[path[-1]])
+    return path
+
+
 def op_macros(env, backend):
-    """``templates/<backend>/ops.j2`` and then each ``ops_<family>.j2`` beside it."""
-    root = template_dir() / backend
-    names = ["ops.j2"] + sorted(p.name for p in root.glob("ops_*.j2"))
-    return Macros(*(env.get_template(f"{backend}/{n}").module for n in names))
+    """The op macros of ``backend``: ``ops.j2`` and then each ``ops_<family>.j2`` of
+    ``templates/<backend>/``, then of each directory it derives from (see
+    :func:`search_path`); the first module that defines a macro wins, so a backend
+    overrides single macros where template files override whole files."""
+    modules = []
+    for name in search_path(backend):
+        root = template_dir() / name
+        files = ["ops.j2"] if (root / "ops.j2").is_file() else []
+        files += sorted(p.name for p in root.glob("ops_*.j2"))
+        modules += [env.get_template(f"{name}/{f}").module for f in files]
+    return Macros(*modules)
 
 
 def template_dir() -> Path:
@@ -58,10 +79,25 @@ def _finalize(value):
     return value
 
 
+def environment(backend="numpy") -> jinja2.Environment:
+    """The environment ``backend``'s templates render in (one per backend).
+
+    A name such as ``"helpers/conv.py.j2"`` is looked up in ``templates/<backend>/``,
+    then in each directory the backend derives from (:func:`search_path`): the first
+    file found wins. A name with its directory (``"numpy/module.py.j2"``) is that file,
+    for a template that extends or includes the one it overrides.
+    """
+    return _environment(backend)
+
+
 @cache
-def environment() -> jinja2.Environment:
+def _environment(backend) -> jinja2.Environment:
+    root = template_dir()
+    loaders = [
+        jinja2.FileSystemLoader(str(root / name)) for name in search_path(backend)
+    ]
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir())),
+        loader=jinja2.ChoiceLoader([*loaders, jinja2.FileSystemLoader(str(root))]),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
