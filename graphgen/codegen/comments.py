@@ -15,10 +15,6 @@ from .. import ops
 from .layout import INDENT, LINE, literal
 from .naming import Code, sanitize
 
-# Ops whose code already reads as their math: no comment above the statement.
-SELF_EXPLANATORY = {"add", "sub", "mul", "div", "neg", "matmul", "add_n", "reshape"}
-
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
@@ -139,7 +135,7 @@ class Comments:
         A, a = self.A, self.A.nodes[n]
         show = self.display(names)
         if a[g.ROLE] == g.FORWARD:
-            if a[g.OP] in SELF_EXPLANATORY:
+            if ops.get(a[g.OP]).reads_as_code:  # no comment needed
                 return []
             return wrap_comment(self.math_of(n, names))
         pass_loss = self.pass_of(n)[0]

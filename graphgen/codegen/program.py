@@ -19,6 +19,8 @@ from .. import dims, ops
 from .. import graph as g
 from ..errors import CodegenError
 from ..version import __version__
+from . import attrs
+from .attrs import constant_key
 from .comments import Comments, safe_comment, wrap_comment
 from .layout import (
     INDENT,
@@ -38,14 +40,6 @@ UNPACK_NAME = 24  # longer names get a short alias inside _unpack
 # Helpers a module defines when its code calls them (templates/numpy/helpers/<name>.py.j2),
 # with the helpers they call. Op families outside defs.py add theirs to ops.HELPERS.
 HELPERS = ops.HELPERS
-
-# Comparison masks: floats of the graph dtype, or booleans where a product consumes them.
-MASKS = {"step", "ge", "lt", "eq"}
-
-
-def constant_key(n, at):
-    """The ``_CONSTANTS`` entry of a ``constant`` node: its weights key, or its node id."""
-    return at["key"] if at["key"] is not None else str(n)
 
 
 def stored_weights(A):
@@ -185,71 +179,8 @@ class Program:
 
     # expressions --------------------------------------------------------------
     def attrs_code(self, n, used):
-        """The op's attributes as the templates want them (Python decides the forms)."""
-        a = self.A.nodes[n]
-        op, at = a[g.OP], a[g.ATTRS]
-        ins = g.operands(self.A, n)
-        in_shapes = [self.A.nodes[p][g.SHAPE] for p in ins]
-        out = {}
-        if op in ("sum", "mean", "max", "logsumexp"):
-            axes = list(at["axis"])
-            every = axes == list(range(len(in_shapes[0])))
-            out["axis"] = (
-                None
-                if every and op != "logsumexp"
-                else (literal(axes[0]) if len(axes) == 1 else literal(tuple(axes)))
-            )
-            if every and op == "logsumexp":
-                out["axis"] = Code("None")
-            out["keepdims"] = bool(at["keepdims"])
-        elif op in ("reshape", "broadcast_to", "zeros"):
-            out["shape"] = self.shape_code(at["shape"], used)
-        elif op == "sum_to_shape":
-            lead, keep = ops.defs.sum_to_shape_axes(in_shapes[0], tuple(at["shape"]))
-            axes = tuple(lead + keep)
-            out["axes"] = literal(axes[0]) if len(axes) == 1 else literal(axes)
-            out["form"] = "lead" if not keep else ("keep" if not lead else "both")
-            out["shape"] = self.shape_code(at["shape"], used)
-        elif op in ("slice", "unslice"):
-            nd = len(at["shape"]) if op == "unslice" else len(in_shapes[0])
-            parts = [":"] * nd
-            start, stop, step = at["start"], at["stop"], at["step"]
-            full = (
-                in_shapes[0][at["axis"]] if op == "slice" else at["shape"][at["axis"]]
-            )
-            s = "" if start == 0 else self.dim(start, used)
-            e = "" if stop == full else self.dim(stop, used)
-            parts[at["axis"]] = f"{s}:{e}" + ("" if step == 1 else f":{step}")
-            while len(parts) > 1 and parts[-1] == ":":
-                parts.pop()
-            out["index"] = Code("[" + ", ".join(parts) + "]")
-            if op == "unslice":
-                out["shape"] = self.shape_code(at["shape"], used)
-        elif op == "transpose":
-            out["T"] = (
-                list(at["perm"]) == list(range(len(in_shapes[0])))[::-1]
-                and len(in_shapes[0]) == 2
-            )
-            out["perm"] = literal(tuple(at["perm"]))
-        elif op == "dimsize":
-            size = dims.prod(at["dims"])
-            out["value"] = (
-                literal(float(size))
-                if isinstance(size, int)
-                else Code(f"float({self.dim(size, used)})")
-            )
-        elif op == "onehot":
-            out["depth"] = self.dim(at["depth"], used)
-        elif op == "scatter_add":  # graphgen/ops/nn.py: dim may be a symbolic size
-            out = {"axis": literal(at["axis"]), "dim": self.dim(at["dim"], used)}
-        elif op == "constant":
-            if at["value"] is not None:
-                out["value"] = literal(at["value"])
-            else:  # one of the module's _CONSTANTS, made once at import
-                out["key"] = literal(constant_key(n, at))
-        else:
-            out = {k: literal(v) for k, v in at.items()}
-        return out
+        """The op's attributes as the templates want them (:mod:`.attrs`)."""
+        return attrs.lower(self, n, used)
 
     def render_op(self, n, args, used, as_bool=False) -> Code:
         return self.forms.render(n, args, used, as_bool)
@@ -266,9 +197,10 @@ class Program:
         return names.get(n) or exprs[n]
 
     # the module ----------------------------------------------------------------
-    def context(self):
+    def arrays(self):
+        """The module's inputs (but cotangents), params and outputs, in order."""
         A = self.A
-        nodes = [n for n in g.schedule(A)]
+        nodes = g.schedule(A)
         cotangents = A.graph.get("cotangents") or {}  # output -> its cotangent input
         inputs = [
             n
@@ -276,17 +208,19 @@ class Program:
             if A.nodes[n][g.KIND] == g.INPUT and n not in cotangents.values()
         ]
         params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
-        outputs = list(A.graph["outputs"])
+        return inputs, params, list(A.graph["outputs"])
 
-        def shape_lit(n):
-            return literal(tuple(A.nodes[n][g.SHAPE]))
+    def out_expr(self, n, names):
+        """How value ``n`` reads where a function returns it."""
+        a = self.A.nodes[n]
+        if a[g.KIND] == g.CONST:
+            return Code(f"np.asarray({literal(a[g.VALUE])}, dtype=DTYPE)")
+        return self.namer[n] if n in self.namer else names[n]
 
-        def out_expr(n, names):
-            a = A.nodes[n]
-            if a[g.KIND] == g.CONST:
-                return Code(f"np.asarray({literal(a[g.VALUE])}, dtype=DTYPE)")
-            return self.namer[n] if n in self.namer else names[n]
-
+    def functions(self):
+        """``forward``, then ``value_and_grad`` (or ``vjp``) when the graph has a loss."""
+        A = self.A
+        inputs, params, outputs = self.arrays()
         functions = [
             self.function(
                 "forward",
@@ -295,61 +229,65 @@ class Program:
                 lambda names, used: fit(
                     "return ",
                     "{",
-                    [f"{literal(o)}: {out_expr(o, names)}" for o in outputs],
+                    [f"{literal(o)}: {self.out_expr(o, names)}" for o in outputs],
                     "}",
                     INDENT,
                 ),
             )
         ]
-        if self.loss is not None:
-            wrt = list(A.graph["wrt"])
-            roots = [self.loss] + [v for v in self.grads.values() if v is not None]
-
-            handed_out = set()
-
-            def grad_expr(w, names, used):
-                v = self.grads.get(w)
-                shape = self.shape_code(A.nodes[w][g.SHAPE], used)
-                if v is None:
-                    return Code(f"np.zeros({shape}, dtype=DTYPE)")
-                a = A.nodes[v]
-                if a[g.KIND] == g.CONST:
-                    return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
-                name = self.namer[v] if v in self.namer else names[v]
-                if (
-                    v in handed_out
-                    or a[g.KIND] != g.OPNODE
-                    or a[g.OP] in ("broadcast_to", "transpose", "reshape", "slice")
-                ):
-                    # a view, or an array another gradient already is: hand out a copy
-                    return Code(f"np.array({name})")
-                handed_out.add(v)
-                return name
-
-            if cotangents:
-                functions.append(self.vjp_function(wrt, grad_expr, inputs + params))
-        if self.loss is not None and not cotangents:
-            functions.append(
-                self.function(
-                    "value_and_grad",
-                    roots,
-                    [
-                        (
-                            f"The loss {self.loss!r} and its gradient with respect to "
-                            "each name in WRT."
-                        ),
-                        "",
-                        "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
-                    ],
-                    lambda names, used: fit(
-                        f"return float({out_expr(self.loss, names)}), ",
-                        "{",
-                        [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
-                        "}",
-                        INDENT,
-                    ),
-                )
+        if self.loss is None:
+            return functions
+        wrt = list(A.graph["wrt"])
+        grad_expr = self._grad_expr()
+        if A.graph.get("cotangents"):
+            functions.append(self.vjp_function(wrt, grad_expr, inputs + params))
+            return functions
+        roots = [self.loss] + [v for v in self.grads.values() if v is not None]
+        doc = [
+            f"The loss {self.loss!r} and its gradient with respect to each name in WRT.",
+            "",
+            "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
+        ]
+        functions.append(
+            self.function(
+                "value_and_grad",
+                roots,
+                doc,
+                lambda names, used: fit(
+                    f"return float({self.out_expr(self.loss, names)}), ",
+                    "{",
+                    [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                    "}",
+                    INDENT,
+                ),
             )
+        )
+        return functions
+
+    def _grad_expr(self):
+        """``grad_expr(w, names, used)``: how the gradient of ``w`` is handed out."""
+        A = self.A
+        handed_out = set()
+
+        def grad_expr(w, names, used):
+            v = self.grads.get(w)
+            shape = self.shape_code(A.nodes[w][g.SHAPE], used)
+            if v is None:
+                return Code(f"np.zeros({shape}, dtype=DTYPE)")
+            a = A.nodes[v]
+            if a[g.KIND] == g.CONST:
+                return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
+            name = self.namer[v] if v in self.namer else names[v]
+            if v in handed_out or a[g.KIND] != g.OPNODE or ops.get(a[g.OP]).view:
+                # a view, or an array another gradient already is: hand out a copy
+                return Code(f"np.array({name})")
+            handed_out.add(v)
+            return name
+
+        return grad_expr
+
+    def helpers(self, functions):
+        """The helpers (templates/<backend>/helpers/) the functions call, with theirs."""
         body = "\n".join(s.expr for f in functions for s in f.statements)
         body += "\n".join(f.returns for f in functions)
         helpers = []
@@ -358,30 +296,58 @@ class Program:
                 for dep in (*deps, h):
                     if dep not in helpers:
                         helpers.append(dep)
-        helpers = [h for h in HELPERS if h in helpers]
+        return [Code(h) for h in HELPERS if h in helpers]
+
+    def tables(self, inputs, params, outputs):
+        """``INPUTS``, ``PARAMS``, ``OUTPUTS`` (``COTANGENTS``), ``DTYPES``, ``_INITS``."""
+        A = self.A
+        cotangents = A.graph.get("cotangents") or {}
+
+        def shape_lit(n):
+            return literal(tuple(A.nodes[n][g.SHAPE]))
 
         def table(names):
             return [(literal(n), shape_lit(n)) for n in names]
 
         cot_table = [(literal(o), shape_lit(c)) for o, c in cotangents.items()]
+        return [
+            (Code("INPUTS"), table(inputs)),
+            (Code("PARAMS"), table(params)),
+            (Code("OUTPUTS"), table(outputs)),
+            *([(Code("COTANGENTS"), cot_table)] if cotangents else []),
+            (
+                Code("DTYPES"),
+                [(literal(n), literal(A.nodes[n][g.DTYPE])) for n in inputs + params],
+            ),
+            (
+                Code("_INITS"),
+                [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
+            ),
+        ]
 
-        stored_params, stored_consts = stored_weights(A)
+    def constants(self, stored_consts):
+        """``_CONSTANTS``: the stored ones, then the filled ones, made once at import."""
+        A = self.A
         constants = [
             (literal(k), Code(f"_stored[{literal(k)}]")) for k in stored_consts
         ]
-        for n in nodes:
+        for n in g.schedule(A):
             at = A.nodes[n].get(g.ATTRS) or {}
             if A.nodes[n].get(g.OP) == "constant" and at["fill"] is not None:
-                constants.append(
-                    (
-                        literal(constant_key(n, at)),
-                        Code(
-                            f"np.full({literal(tuple(at['shape']))}, "
-                            f"{literal(at['fill'])}, dtype=DTYPE)"
-                        ),
-                    )
+                fill = (
+                    f"np.full({literal(tuple(at['shape']))}, "
+                    f"{literal(at['fill'])}, dtype=DTYPE)"
                 )
+                constants.append((literal(constant_key(n, at)), Code(fill)))
+        return constants
 
+    def context(self):
+        """Everything the module template prints."""
+        A = self.A
+        inputs, params, outputs = self.arrays()
+        cotangents = A.graph.get("cotangents") or {}
+        functions = self.functions()
+        stored_params, stored_consts = stored_weights(A)
         return {
             "backend": Code(self.backend),
             "title": Code(literal(A.graph["name"])[1:-1]),
@@ -389,23 +355,7 @@ class Program:
             "source": Code(safe_comment(self.source_name)),
             "dtype": Code(A.graph["dtype"]),
             "unpack": self.unpack(inputs + params),
-            "tables": [
-                (Code("INPUTS"), table(inputs)),
-                (Code("PARAMS"), table(params)),
-                (Code("OUTPUTS"), table(outputs)),
-                *([(Code("COTANGENTS"), cot_table)] if cotangents else []),
-                (
-                    Code("DTYPES"),
-                    [
-                        (literal(n), literal(A.nodes[n][g.DTYPE]))
-                        for n in inputs + params
-                    ],
-                ),
-                (
-                    Code("_INITS"),
-                    [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
-                ),
-            ],
+            "tables": self.tables(inputs, params, outputs),
             "loss": literal(None if cotangents else self.loss),
             "wrt": fit(
                 "WRT = ",
@@ -416,7 +366,7 @@ class Program:
                 tuple_=True,
             ),
             "functions": functions,
-            "helpers": [Code(h) for h in helpers],
+            "helpers": self.helpers(functions),
             "stored": bool(stored_params or stored_consts),
             "cotangents": bool(cotangents),
             "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
@@ -429,7 +379,7 @@ class Program:
                 0,
                 tuple_=True,
             ),
-            "constants": constants,
+            "constants": self.constants(stored_consts),
             "summary": [
                 Code(part)
                 for line in self.summary()

@@ -104,71 +104,96 @@ def find_groups(A, nodes, roots, min_size=1, exclude=()):
     list of Group
         In schedule order of their first node.
     """
-    order = list(nodes)
-    index = {n: i for i, n in enumerate(order)}
-    inside = set(order)
-    gid = {}  # node -> group id
-    groups = {}  # group id -> list of nodes
-    is_tail = set()
+    grouping = _Grouping(A, nodes, exclude)
+    for n in grouping.order:
+        grouping.add(n)
+    return grouping.groups_of(set(roots), min_size)
 
-    def unit(n):
-        return ("g", gid[n]) if n in gid else ("n", n)
 
-    def members_of(u):
-        return groups[u[1]] if u[0] == "g" else [u[1]]
+class _Grouping:
+    """Groups grown greedily in schedule order (see the module docstring)."""
 
-    def succ_units(u):
+    def __init__(self, A, nodes, exclude):
+        self.A = A
+        self.exclude = exclude
+        self.order = list(nodes)
+        self.index = {n: i for i, n in enumerate(self.order)}
+        self.inside = set(self.order)
+        self.gid = {}  # node -> group id
+        self.groups = {}  # group id -> list of nodes
+        self.is_tail = set()
+        self.next_id = 0
+
+    def unit(self, n):
+        return ("g", self.gid[n]) if n in self.gid else ("n", n)
+
+    def members_of(self, u):
+        return self.groups[u[1]] if u[0] == "g" else [u[1]]
+
+    def succ_units(self, u):
         out = set()
-        for m in members_of(u):
-            for s in A.successors(m):
-                if s in inside:
-                    out.add(unit(s))
+        for m in self.members_of(u):
+            for s in self.A.successors(m):
+                if s in self.inside:
+                    out.add(self.unit(s))
         return out
 
-    def acyclic_with(merged, limit):
+    def acyclic_with(self, merged, limit):
         """Would contracting ``merged`` (a set of nodes) into one unit keep a DAG?"""
+        A, index = self.A, self.index
         for m in merged:
-            if any(p in is_tail and p in merged for p in A.predecessors(m)):
+            if any(p in self.is_tail and p in merged for p in A.predecessors(m)):
                 return False  # a member would read a tail before the loop completes it
         start = set()
         for m in merged:
             for s in A.successors(m):
-                if s in inside and s not in merged and index[s] <= limit:
-                    start.add(unit(s))
+                if s in self.inside and s not in merged and index[s] <= limit:
+                    start.add(self.unit(s))
         seen = set(start)
         stack = list(start)
         while stack:
             u = stack.pop()
-            for m in members_of(u):
+            for m in self.members_of(u):
                 if m in merged:
                     return False
-            for v in succ_units(u):
+            for v in self.succ_units(u):
                 if v in seen:
                     continue
-                if all(index[m] > limit for m in members_of(v)):
+                if all(index[m] > limit for m in self.members_of(v)):
                     continue
                 seen.add(v)
                 stack.append(v)
         return True
 
-    next_id = 0
-    for n in order:
+    def candidates(self, n, tail_src):
+        """The groups ``n`` could join, or None when it joins none and starts none."""
+        A, gid = self.A, self.gid
         a = A.nodes[n]
         candidates = []
-        tail_src = tail_of(A, n)
-        if fusable(A, n, exclude):
+        if fusable(A, n, self.exclude):
             for p in g.operands(A, n):
-                if p in gid and p not in is_tail and A.nodes[p][g.SHAPE] == a[g.SHAPE]:
+                if (
+                    p in gid
+                    and p not in self.is_tail
+                    and A.nodes[p][g.SHAPE] == a[g.SHAPE]
+                ):
                     k = gid[p]
                     if k not in candidates:
                         candidates.append(k)
             # never read a tail of the group being joined
-            tails_read = {gid[p] for p in g.operands(A, n) if p in is_tail}
-            candidates = [k for k in candidates if k not in tails_read]
-        elif tail_src is not None and tail_src in gid and tail_src not in is_tail:
-            candidates = [gid[tail_src]]
-        else:
-            continue
+            tails_read = {gid[p] for p in g.operands(A, n) if p in self.is_tail}
+            return [k for k in candidates if k not in tails_read]
+        if tail_src is not None and tail_src in gid and tail_src not in self.is_tail:
+            return [gid[tail_src]]
+        return None
+
+    def add(self, n):
+        """Put node ``n`` into a group: join (and merge) its predecessors' groups where
+        the result stays schedulable, else start a group of its own."""
+        tail_src = tail_of(self.A, n)
+        candidates = self.candidates(n, tail_src)
+        if candidates is None:
+            return
         joined = None
         if candidates:
             options = [candidates] + (
@@ -177,55 +202,58 @@ def find_groups(A, nodes, roots, min_size=1, exclude=()):
             for opt in options:
                 merged = {n}
                 for k in opt:
-                    merged.update(groups[k])
-                if acyclic_with(merged, index[n]):
+                    merged.update(self.groups[k])
+                if self.acyclic_with(merged, self.index[n]):
                     joined = opt
                     break
+        fusable_ = fusable(self.A, n, self.exclude)
         if joined is None:
-            if tail_src is not None and not fusable(A, n, exclude):
-                continue  # a reduction of something unfused stays NumPy
-            groups[next_id] = [n]
-            gid[n] = next_id
-            next_id += 1
-            continue
+            if tail_src is not None and not fusable_:
+                return  # a reduction of something unfused stays NumPy
+            self.groups[self.next_id] = [n]
+            self.gid[n] = self.next_id
+            self.next_id += 1
+            return
         keep = joined[0]
         for k in joined[1:]:
-            for m in groups.pop(k):
-                gid[m] = keep
-                groups[keep].append(m)
-        groups[keep].append(n)
-        gid[n] = keep
-        if tail_src is not None and not fusable(A, n, exclude):
-            is_tail.add(n)
+            for m in self.groups.pop(k):
+                self.gid[m] = keep
+                self.groups[keep].append(m)
+        self.groups[keep].append(n)
+        self.gid[n] = keep
+        if tail_src is not None and not fusable_:
+            self.is_tail.add(n)
 
-    roots = set(roots)
-    out = []
-    for k, ns in groups.items():
-        ns = sorted(ns, key=index.get)
-        if len(ns) < min_size or all(A.nodes[n][g.OP] == "broadcast_to" for n in ns):
-            continue  # a lone broadcast stays a NumPy view
-        members = [n for n in ns if n not in is_tail]
-        tails = [n for n in ns if n in is_tail]
-        members_set = set(ns)
-        outputs = []
-        for n in ns:
-            if (
-                n in is_tail
+    def groups_of(self, roots, min_size):
+        """The groups, each with its outputs and inputs, in schedule order."""
+        A, index = self.A, self.index
+        out = []
+        for ns in self.groups.values():
+            ns = sorted(ns, key=index.get)
+            if len(ns) < min_size or all(ops.get(A.nodes[n][g.OP]).view for n in ns):
+                continue  # a lone broadcast stays a NumPy view
+            members = [n for n in ns if n not in self.is_tail]
+            tails = [n for n in ns if n in self.is_tail]
+            members_set = set(ns)
+            outputs = [
+                n
+                for n in ns
+                if n in self.is_tail
                 or n in roots
-                or any(s in inside and s not in members_set for s in A.successors(n))
-            ):
-                outputs.append(n)
-        inputs = []
-        for n in ns:
-            for p in g.operands(A, n):
-                if (
-                    p not in members_set
-                    and p not in inputs
-                    and A.nodes[p][g.KIND] != g.CONST
-                ):
-                    inputs.append(p)
-        out.append(
-            Group(members, tails, tuple(A.nodes[members[0]][g.SHAPE]), outputs, inputs)
-        )
-    out.sort(key=lambda grp: index[grp.members[0]])
-    return out
+                or any(
+                    s in self.inside and s not in members_set for s in A.successors(n)
+                )
+            ]
+            inputs = []
+            for n in ns:
+                for p in g.operands(A, n):
+                    if (
+                        p not in members_set
+                        and p not in inputs
+                        and A.nodes[p][g.KIND] != g.CONST
+                    ):
+                        inputs.append(p)
+            domain = tuple(A.nodes[members[0]][g.SHAPE])
+            out.append(Group(members, tails, domain, outputs, inputs))
+        out.sort(key=lambda grp: index[grp.members[0]])
+        return out

@@ -38,30 +38,6 @@ from ...codegen.program import Function, OpForms, Statement
 # NumPy runs faster on more than this many elements (symbolic sizes count as 1): a
 # compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
-# Elementwise ops on arrays that stay array expressions in nopython code (not fused: e.g.
-# when an operand is an integer array): the ops whose NumPy form Numba compiles.
-NOPYTHON_ARRAY_OPS = frozenset(
-    {
-        "neg",
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "maximum",
-        "minimum",
-        "add_n",
-        "abs",
-        "sqrt",
-        "exp",
-        "log",
-        "tanh",
-        "sin",
-        "cos",
-        "square",
-        "relu",
-        "sign",
-    }
-)
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
 NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
 
@@ -70,42 +46,71 @@ class Unsupported(Exception):
     """An op without a nopython form: the function falls back to per-group kernels."""
 
 
+# op -> whether a node of it, not fused into a group, has a nopython form:
+# ``form(attrs, argument shapes, which arguments are integer arrays) -> bool``
+NOPYTHON = {}
+
+
+def nopython(*names):
+    """Register the decorated predicate as the nopython form of the ops ``names``."""
+
+    def register(form):
+        for name in names:
+            assert name in ops.REGISTRY, name
+            NOPYTHON[name] = form
+        return form
+
+    return register
+
+
+@nopython(
+    "neg", "add", "sub", "mul", "div", "maximum", "minimum", "add_n",
+    "abs", "sqrt", "exp", "log", "tanh", "sin", "cos", "square", "relu", "sign",
+)  # fmt: skip
+@nopython("transpose", "reshape", "slice", "concat", "zeros", "dimsize", "mse")
+def _floats(at, shapes, ints):
+    """Elementwise ops on arrays (not fused: e.g. beside an integer array) and shape
+    ops: their NumPy forms, which Numba compiles as they are."""
+    return not any(ints)
+
+
+@nopython("softmax_cross_entropy", "softmax_xent_grad")
+def _row_loop(at, shapes, ints):
+    """templates/numba/helpers/loop_*.py.j2: (batch, classes) logits, int labels."""
+    return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
+
+
+@nopython("matmul")
+def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
+    return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
+
+
+@nopython("sum", "mean", "max")
+def _full_reduction(at, shapes, ints):
+    # a 0-d value is a float in nopython code: it has no methods
+    return (
+        not any(ints)
+        and len(shapes[0]) > 0
+        and sorted(at["axis"]) == list(range(len(shapes[0])))
+        and not at["keepdims"]
+    )
+
+
 def nopython_ok(prog, n):
-    """Whether op node ``n`` (not fused into a group) has a nopython form."""
+    """Whether op node ``n`` (not fused into a group) has a nopython form: 0-d
+    elementwise ops as scalar arithmetic, other ops as :data:`NOPYTHON` says."""
     A = prog.A
     a = A.nodes[n]
-    op, shape = a[g.OP], a[g.SHAPE]
-    ins = g.operands(A, n)
-    shapes = [A.nodes[p][g.SHAPE] for p in ins]
-    for p in ins:
-        b = A.nodes[p]
-        if b[g.KIND] == g.CONST and b[g.SHAPE]:
-            return False
-    ints = [A.nodes[p][g.DTYPE] not in g.FLOAT_DTYPES for p in ins]
-    if op in ("softmax_cross_entropy", "softmax_xent_grad"):
-        return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
-    if any(ints):
+    op, ins = a[g.OP], g.operands(A, n)
+    if any(A.nodes[p][g.KIND] == g.CONST and A.nodes[p][g.SHAPE] for p in ins):
         return False
-    if ops.get(op).elementwise:
-        return not shape and op in prog.scalar_ops() or op in NOPYTHON_ARRAY_OPS
-    if op == "matmul":
-        return all(1 <= len(s) <= 2 for s in shapes)
-    if op in ("sum", "mean", "max"):
-        # a 0-d value is a float in nopython code: it has no methods
-        return (
-            len(shapes[0]) > 0
-            and sorted(a[g.ATTRS]["axis"]) == list(range(len(shapes[0])))
-            and not a[g.ATTRS]["keepdims"]
-        )
-    return op in (
-        "transpose",
-        "reshape",
-        "slice",
-        "concat",
-        "zeros",
-        "dimsize",
-        "mse",
-    )
+    shapes = [A.nodes[p][g.SHAPE] for p in ins]
+    ints = [A.nodes[p][g.DTYPE] not in g.FLOAT_DTYPES for p in ins]
+    scalar = ops.get(op).elementwise and not a[g.SHAPE] and not any(ints)
+    if scalar and op in prog.scalar_ops():
+        return True
+    form = NOPYTHON.get(op)
+    return form is not None and form(a[g.ATTRS], shapes, ints)
 
 
 def matmul_tiles(prog, n):

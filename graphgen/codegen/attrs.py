@@ -1,0 +1,161 @@
+"""Op attributes as the templates want them: Python decides the forms, once per op.
+
+A template macro receives its op's attributes lowered to code: an axis tuple as a literal,
+a shape as a tuple over the module's size names, a slice as its index expression. Most
+ops take each attribute as a literal (:func:`lower`'s default); an op whose template wants
+another form registers its lowering here with :func:`lowers`, the way PyTensor's Numba
+backend registers one form per op.
+"""
+
+from __future__ import annotations
+
+from .. import dims, ops
+from .. import graph as g
+from .layout import literal
+from .naming import Code
+
+LOWERINGS = {}
+
+
+def lowers(*names):
+    """Register the decorated ``f(c, n, at, in_shapes) -> dict`` as the lowering of the
+    attributes of the ops ``names``."""
+
+    def register(f):
+        for name in names:
+            assert name in ops.REGISTRY, name
+            LOWERINGS[name] = f
+        return f
+
+    return register
+
+
+class Lowering:
+    """What a lowering can ask of the module: its size names and literals."""
+
+    def __init__(self, program, used):
+        self.program = program
+        self.used = used  # the symbolic sizes the lowered code reads
+
+    def dim(self, d) -> Code:
+        return self.program.dim(d, self.used)
+
+    def shape(self, shape) -> Code:
+        return self.program.shape_code(shape, self.used)
+
+
+def lower(program, n, used):
+    """The attributes of op node ``n`` as its template wants them."""
+    A = program.A
+    a = A.nodes[n]
+    at = a[g.ATTRS]
+    in_shapes = [A.nodes[p][g.SHAPE] for p in g.operands(A, n)]
+    f = LOWERINGS.get(a[g.OP])
+    if f is None:
+        return {k: literal(v) for k, v in at.items()}
+    return f(Lowering(program, used), n, at, in_shapes)
+
+
+def constant_key(n, at):
+    """The ``_CONSTANTS`` entry of a ``constant`` node: its weights key, or its node id."""
+    return at["key"] if at["key"] is not None else str(n)
+
+
+def _axes_literal(axes):
+    return literal(axes[0]) if len(axes) == 1 else literal(tuple(axes))
+
+
+@lowers("sum", "mean", "max")
+def _reduction(c, n, at, in_shapes):
+    axes = list(at["axis"])
+    every = axes == list(range(len(in_shapes[0])))
+    return {
+        "axis": None if every else _axes_literal(axes),
+        "keepdims": bool(at["keepdims"]),
+    }
+
+
+@lowers("logsumexp")
+def _logsumexp(c, n, at, in_shapes):
+    axes = list(at["axis"])
+    every = axes == list(range(len(in_shapes[0])))
+    return {
+        "axis": Code("None") if every else _axes_literal(axes),
+        "keepdims": bool(at["keepdims"]),
+    }
+
+
+@lowers("reshape", "broadcast_to", "zeros")
+def _shape(c, n, at, in_shapes):
+    return {"shape": c.shape(at["shape"])}
+
+
+@lowers("sum_to_shape")
+def _sum_to_shape(c, n, at, in_shapes):
+    lead, keep = ops.defs.sum_to_shape_axes(in_shapes[0], tuple(at["shape"]))
+    return {
+        "axes": _axes_literal(tuple(lead + keep)),
+        "form": "lead" if not keep else ("keep" if not lead else "both"),
+        "shape": c.shape(at["shape"]),
+    }
+
+
+def _index(c, nd, full, at):
+    """``[:, s:e:k]``: the slice of ``at`` over an array of rank ``nd``."""
+    parts = [":"] * nd
+    start, stop, step = at["start"], at["stop"], at["step"]
+    s = "" if start == 0 else c.dim(start)
+    e = "" if stop == full else c.dim(stop)
+    parts[at["axis"]] = f"{s}:{e}" + ("" if step == 1 else f":{step}")
+    while len(parts) > 1 and parts[-1] == ":":
+        parts.pop()
+    return Code("[" + ", ".join(parts) + "]")
+
+
+@lowers("slice")
+def _slice(c, n, at, in_shapes):
+    full = in_shapes[0][at["axis"]]
+    return {"index": _index(c, len(in_shapes[0]), full, at)}
+
+
+@lowers("unslice")
+def _unslice(c, n, at, in_shapes):
+    full = at["shape"][at["axis"]]
+    return {
+        "index": _index(c, len(at["shape"]), full, at),
+        "shape": c.shape(at["shape"]),
+    }
+
+
+@lowers("transpose")
+def _transpose(c, n, at, in_shapes):
+    rank = len(in_shapes[0])
+    return {
+        "T": list(at["perm"]) == list(range(rank))[::-1] and rank == 2,
+        "perm": literal(tuple(at["perm"])),
+    }
+
+
+@lowers("dimsize")
+def _dimsize(c, n, at, in_shapes):
+    size = dims.prod(at["dims"])
+    if isinstance(size, int):
+        return {"value": literal(float(size))}
+    return {"value": Code(f"float({c.dim(size)})")}
+
+
+@lowers("onehot")
+def _onehot(c, n, at, in_shapes):
+    return {"depth": c.dim(at["depth"])}
+
+
+@lowers("scatter_add")
+def _scatter_add(c, n, at, in_shapes):  # dim may be a symbolic size
+    return {"axis": literal(at["axis"]), "dim": c.dim(at["dim"])}
+
+
+@lowers("constant")
+def _constant(c, n, at, in_shapes):
+    if at["value"] is not None:
+        return {"value": literal(at["value"])}
+    return {"key": literal(constant_key(n, at))}  # one of the module's _CONSTANTS
