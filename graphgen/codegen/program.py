@@ -34,6 +34,7 @@ from .layout import (
 )
 from .naming import Code, Namer, node_names
 from .render import environment, op_macros
+from .schedule import temp_stem
 
 UNPACK_NAME = 24  # longer names get a short alias inside _unpack
 
@@ -163,6 +164,8 @@ class Program:
         self.grads = A.graph.get("grads") or {}
         self.programs = {}
         self.notes = Comments(A, self.namer, self.loss)
+        # temporaries' names: t1, t2, ... unless the module has a name like them
+        self.temp_stem = temp_stem(self.namer.taken)
 
     # names ------------------------------------------------------------------
     def is_named(self, n):

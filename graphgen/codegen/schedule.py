@@ -13,13 +13,24 @@ values share buffers, and what may fold (:meth:`Schedule.foldable` takes its vet
 
 from __future__ import annotations
 
+import re
+
 from .. import graph as g
 from .layout import INDENT, LINE
 from .naming import Namer
 
-# the stem of temporaries' names: t1, t2, ... (or the next stem, when a name of the
-# module could be read as one of them)
-TEMP_STEMS = ("t",)
+# the stems of temporaries' names, t1, t2, ...: the first that no name of the module
+# could be confused with (beside an input ``t``, temporaries are tmp1, tmp2, ...)
+TEMP_STEMS = ("t", "tmp", "temp", "u")
+
+
+def temp_stem(taken):
+    """The first of :data:`TEMP_STEMS` no name in ``taken`` reads like (``t``, ``t1``)."""
+    for stem in TEMP_STEMS:
+        pattern = re.compile(rf"{stem}[0-9]*")
+        if not any(pattern.fullmatch(name) for name in taken):
+            return stem
+    return TEMP_STEMS[-1] + "_"
 
 
 class Schedule:
@@ -130,7 +141,7 @@ class Schedule:
             if shared is not None:
                 names[n] = shared
             else:
-                names[n] = temps.fresh(f"{TEMP_STEMS[0]}{k}")
+                names[n] = temps.fresh(f"{program.temp_stem}{k}")
                 k += 1
         return names
 

@@ -196,8 +196,8 @@ def value_and_grad(**arrays):
     del z, s
 
     # e = mean((y − t)²)
-    t1 = y - t
-    e = np.square(t1).mean()
+    tmp1 = y - t
+    e = np.square(tmp1).mean()
     del y
 
     # hh = h²
@@ -217,8 +217,8 @@ def value_and_grad(**arrays):
     h_bar_via_hh = (0.01 / float(3 * batch)) * (2.0 * h)
 
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    y_bar = t1 * (2.0 / float(2 * batch))
-    del t1
+    y_bar = tmp1 * (2.0 / float(2 * batch))
+    del tmp1
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
     #   h_bar_via_s = y_bar @ Vᵀ

@@ -186,14 +186,14 @@ def value_and_grad(**arrays):
     del z2
 
     # J = mean((y − t)²)
-    t1 = y - t
-    J = np.square(t1).mean()
+    tmp1 = y - t
+    J = np.square(tmp1).mean()
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    y_bar = t1 * (2.0 / float(batch))
-    del t1
+    y_bar = tmp1 * (2.0 / float(batch))
+    del tmp1
 
     # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) = y·(1 − y)
     z2_bar = y_bar * (y * (1.0 - y))

@@ -336,7 +336,7 @@ class KernelText:
             elif n in self.out_set:
                 self.local[n] = self.names[n]
             else:
-                self.local[n] = kn.fresh(f"t{k}")
+                self.local[n] = kn.fresh(f"{prog.temp_stem}{k}")
                 k += 1
         self.show_names = dict(self.names)
         self.show_names.update(

@@ -213,7 +213,7 @@ def _k_y(z, s):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_h_r_h_bar_via_hh_and_1_more(a, b1, t1):
+def _k_h_r_h_bar_via_hh_and_1_more(a, b1, tmp1):
     """One loop nest over (batch, 3) computing u, h, hh, h_bar_via_hh, r."""
     n0 = a.shape[0]
     n1 = 3
@@ -221,7 +221,7 @@ def _k_h_r_h_bar_via_hh_and_1_more(a, b1, t1):
     rows = np.empty((1, n1), dtype=DTYPE)
     h_out = np.empty((n0, n1), dtype=DTYPE)
     h_bar_via_hh_out = np.empty((n0, n1), dtype=DTYPE)
-    t2_out = np.empty((n0, n1), dtype=DTYPE)
+    tmp2_out = np.empty((n0, n1), dtype=DTYPE)
     for i0 in range(n0):
         for i1 in range(n1):
             u = a[i0, i1] + b1[i1]
@@ -239,19 +239,19 @@ def _k_h_r_h_bar_via_hh_and_1_more(a, b1, t1):
 
             # h_bar_via_hh = the term of ∂J/∂h that flows through hh = ∂J/∂hh · ∂hh/∂h,
             #   where ∂hh/∂h = 2·h
-            h_bar_via_hh = t1 * (2.0 * h)
+            h_bar_via_hh = tmp1 * (2.0 * h)
             h_bar_via_hh_out[i0, i1] = h_bar_via_hh
 
         for i1 in range(n1):
-            t2 = 1.0 - rows[0, i1]
-            t2_out[i0, i1] = t2
+            tmp2 = 1.0 - rows[0, i1]
+            tmp2_out[i0, i1] = tmp2
     r = acc[0].sum()
     r /= n0 * n1
-    return h_out, r, h_bar_via_hh_out, t2_out
+    return h_out, r, h_bar_via_hh_out, tmp2_out
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_y_y_bar(z, s, t, t3):
+def _k_y_y_bar(z, s, t, tmp3):
     """One loop nest over (batch, 2) computing y, y_bar."""
     n0 = z.shape[0]
     n1 = 2
@@ -262,18 +262,18 @@ def _k_y_y_bar(z, s, t, t3):
         for i1 in range(n1):
             y = z[i0, i1] + s[i0, i1]
             y_out[i0, i1] = y
-            t1_2 = y - t[i0, i1]
-            rows[0, i1] = t1_2
+            tmp1_2 = y - t[i0, i1]
+            rows[0, i1] = tmp1_2
 
         for i1 in range(n1):
             # y_bar = ∂J/∂y = 2·(y − t)/N
-            y_bar = rows[0, i1] * t3
+            y_bar = rows[0, i1] * tmp3
             y_bar_out[i0, i1] = y_bar
     return y_out, y_bar_out
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, t2):
+def _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, tmp2):
     """One loop nest over (batch, 3) computing h_bar, u_bar, b1_bar."""
     n0 = h_bar_via_z.shape[0]
     n1 = 3
@@ -289,7 +289,7 @@ def _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, t2):
 
         for i1 in range(n1):
             # u_bar = ∂J/∂u = h_bar · ∂h/∂u, where ∂h/∂u = 1 − tanh²(u) = 1 − h²
-            u_bar = rows[0, i1] * t2[i0, i1]
+            u_bar = rows[0, i1] * tmp2[i0, i1]
             u_bar_out[i0, i1] = u_bar
 
             # b1_bar = ∂J/∂b1 = u_bar · ∂u/∂b1, where ∂u/∂b1 = 1 (summed over the axes
@@ -379,19 +379,19 @@ def _value_and_grad_kernel(x, t, W1, b1, W2, V):
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    t1 = 0.01 / float(3 * batch)
+    tmp1 = 0.01 / float(3 * batch)
 
     # one fused loop over (batch, 3) (_k_h_r_h_bar_via_hh_and_1_more) computes u, h, hh,
-    #   h_bar_via_hh, t2, r
-    h, r, h_bar_via_hh, t2 = _k_h_r_h_bar_via_hh_and_1_more(a, b1, DTYPE(t1))
+    #   h_bar_via_hh, tmp2, r
+    h, r, h_bar_via_hh, tmp2 = _k_h_r_h_bar_via_hh_and_1_more(a, b1, DTYPE(tmp1))
     r = DTYPE(r)
     z = _matmul(h, W2)
     s = _matmul(h, V)
     rw = r * 0.01
-    t3 = 2.0 / float(2 * batch)
+    tmp3 = 2.0 / float(2 * batch)
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
-    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(t3))
+    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp3))
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
@@ -409,7 +409,7 @@ def _value_and_grad_kernel(x, t, W1, b1, W2, V):
     h_bar_via_z = _matmul(y_bar, W2.T)
 
     # one fused loop over (batch, 3) (_k_u_bar_b1_bar) computes h_bar, u_bar, b1_bar
-    u_bar, b1_bar = _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, t2)
+    u_bar, b1_bar = _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, tmp2)
 
     # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
     W1_bar = _matmul(x.T, u_bar)

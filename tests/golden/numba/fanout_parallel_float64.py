@@ -99,7 +99,7 @@ def _k_r(h, nt):
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_y_y_bar(z, s, t, t2, nt):
+def _k_y_y_bar(z, s, t, tmp2, nt):
     """One loop nest over (batch, 2) computing y, y_bar."""
     n0 = z.shape[0]
     n1 = z.shape[1]
@@ -113,13 +113,13 @@ def _k_y_y_bar(z, s, t, t2, nt):
                 y_out[i0, i1] = y
 
                 # y_bar = ∂J/∂y = 2·(y − t)/N
-                y_bar = (y - t[i0, i1]) * t2
+                y_bar = (y - t[i0, i1]) * tmp2
                 y_bar_out[i0, i1] = y_bar
     return y_out, y_bar_out
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_r_u_bar_b1_bar(h, t1, h_bar_via_z, h_bar_via_s, nt):
+def _k_r_u_bar_b1_bar(h, tmp1, h_bar_via_z, h_bar_via_s, nt):
     """One loop nest over (batch, 3) computing hh, h_bar_via_hh, h_bar, u_bar, r,
     b1_bar."""
     n0 = h.shape[0]
@@ -139,7 +139,7 @@ def _k_r_u_bar_b1_bar(h, t1, h_bar_via_z, h_bar_via_s, nt):
 
                 # h_bar_via_hh = the term of ∂J/∂h that flows through hh = ∂J/∂hh ·
                 #   ∂hh/∂h, where ∂hh/∂h = 2·h
-                h_bar_via_hh = t1 * (2.0 * h[i0, i1])
+                h_bar_via_hh = tmp1 * (2.0 * h[i0, i1])
 
                 # h_bar = ∂J/∂h = Σ_k ∂J/∂k · ∂k/∂h, summed over the successors k of h:
                 #   z, s, hh
@@ -301,11 +301,11 @@ def value_and_grad(**arrays):
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    t1 = 0.01 / float(3 * batch)
-    t2 = 2.0 / float(2 * batch)
+    tmp1 = 0.01 / float(3 * batch)
+    tmp2 = 2.0 / float(2 * batch)
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
-    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(t2), numba.get_num_threads())
+    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp2), numba.get_num_threads())
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
@@ -324,7 +324,7 @@ def value_and_grad(**arrays):
     # one fused loop over (batch, 3) (_k_r_u_bar_b1_bar) computes hh, h_bar_via_hh,
     #   h_bar, u_bar, r, b1_bar
     r, u_bar, b1_bar = _k_r_u_bar_b1_bar(
-        h, DTYPE(t1), h_bar_via_z, h_bar_via_s, numba.get_num_threads()
+        h, DTYPE(tmp1), h_bar_via_z, h_bar_via_s, numba.get_num_threads()
     )
     r = DTYPE(r)
     rw = r * 0.01

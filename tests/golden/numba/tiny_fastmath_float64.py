@@ -202,12 +202,12 @@ def _k_y(z2):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_h1_t1(z1, b1):
+def _k_h1_tmp1(z1, b1):
     """One loop nest over (batch, 3) computing a1, h1."""
     n0 = z1.shape[0]
     n1 = z1.shape[1]
     h1_out = np.empty((n0, n1), dtype=DTYPE)
-    t1_out = np.empty((n0, n1), dtype=DTYPE)
+    tmp1_out = np.empty((n0, n1), dtype=DTYPE)
     for i0 in range(n0):
         for i1 in range(n1):
             a1 = z1[i0, i1] + b1[i1]
@@ -215,13 +215,13 @@ def _k_h1_t1(z1, b1):
             # h1 = σ(a1) = 1/(1 + exp(−a1))
             h1 = 0.5 * (1.0 + np.tanh(0.5 * a1))
             h1_out[i0, i1] = h1
-            t1 = h1 * (1.0 - h1)
-            t1_out[i0, i1] = t1
-    return h1_out, t1_out
+            tmp1 = h1 * (1.0 - h1)
+            tmp1_out[i0, i1] = tmp1
+    return h1_out, tmp1_out
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_y_z2_bar(z2, t, t2):
+def _k_y_z2_bar(z2, t, tmp2):
     """One loop nest over (batch, 1) computing y, y_bar, z2_bar."""
     n0 = z2.shape[0]
     n1 = z2.shape[1]
@@ -234,7 +234,7 @@ def _k_y_z2_bar(z2, t, t2):
             y_out[i0, i1] = y
 
             # y_bar = ∂J/∂y = 2·(y − t)/N
-            y_bar = (y - t[i0, 0]) * t2
+            y_bar = (y - t[i0, 0]) * tmp2
 
             # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) = y·(1
             #   − y)
@@ -244,7 +244,7 @@ def _k_y_z2_bar(z2, t, t2):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_a1_bar_b1_bar(h1_bar, t1):
+def _k_a1_bar_b1_bar(h1_bar, tmp1):
     """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]
     n1 = 3
@@ -254,7 +254,7 @@ def _k_a1_bar_b1_bar(h1_bar, t1):
         for i1 in range(n1):
             # a1_bar = ∂J/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = σ(a1)·(1 − σ(a1)) =
             #   h1·(1 − h1)
-            a1_bar = h1_bar[i0, i1] * t1[i0, i1]
+            a1_bar = h1_bar[i0, i1] * tmp1[i0, i1]
             a1_bar_out[i0, i1] = a1_bar
 
             # b1_bar = ∂J/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the
@@ -332,16 +332,16 @@ def _value_and_grad_kernel(x, t, W1, b1, W2):
         raise ValueError("the shape of 'W2'")
     z1 = _matmul(x, W1)
 
-    # one fused loop over (batch, 3) (_k_h1_t1) computes a1, h1, t1
-    h1, t1 = _k_h1_t1(z1, b1)
+    # one fused loop over (batch, 3) (_k_h1_tmp1) computes a1, h1, tmp1
+    h1, tmp1 = _k_h1_tmp1(z1, b1)
     z2 = _matmul(h1, W2)
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    t2 = 2.0 / float(batch)
+    tmp2 = 2.0 / float(batch)
 
     # one fused loop over (batch, 1) (_k_y_z2_bar) computes y, y_bar, z2_bar
-    y, z2_bar = _k_y_z2_bar(z2, t, DTYPE(t2))
+    y, z2_bar = _k_y_z2_bar(z2, t, DTYPE(tmp2))
 
     # J = mean((y − t)²)
     J = np.square(y - t).mean()
@@ -353,7 +353,7 @@ def _value_and_grad_kernel(x, t, W1, b1, W2):
     W2_bar = _matmul(h1.T, z2_bar)
 
     # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
-    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, t1)
+    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, tmp1)
 
     # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = _matmul(x.T, a1_bar)

@@ -66,7 +66,7 @@ def _k_a1(z1, b1, nt):
 
 
 @numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_z2_bar(y, t, t1, nt):
+def _k_z2_bar(y, t, tmp1, nt):
     """One loop nest over (batch, 1) computing y_bar, z2_bar."""
     n0 = y.shape[0]
     n1 = y.shape[1]
@@ -76,7 +76,7 @@ def _k_z2_bar(y, t, t1, nt):
         for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
             for i1 in range(n1):
                 # y_bar = ∂J/∂y = 2·(y − t)/N
-                y_bar = (y[i0, 0] - t[i0, 0]) * t1
+                y_bar = (y[i0, 0] - t[i0, 0]) * tmp1
 
                 # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) =
                 #   y·(1 − y)
@@ -246,10 +246,10 @@ def value_and_grad(**arrays):
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    t1 = 2.0 / float(batch)
+    tmp1 = 2.0 / float(batch)
 
     # one fused loop over (batch, 1) (_k_z2_bar) computes y_bar, z2_bar
-    z2_bar = _k_z2_bar(y, t, DTYPE(t1), numba.get_num_threads())
+    z2_bar = _k_z2_bar(y, t, DTYPE(tmp1), numba.get_num_threads())
 
     # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
     h1_bar = z2_bar @ W2.T
