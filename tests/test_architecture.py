@@ -146,6 +146,15 @@ ALLOWED = {
     ("graphgen/cli.py", "softmax_cross_entropy"): (
         "the choices of --loss: a loss option is named after the op that computes it"
     ),
+    ("graphgen/frontends/onnx.py", "mse"): (
+        "to_spec's loss option: a loss option is named after the op that computes it"
+    ),
+    ("graphgen/frontends/onnx.py", "softmax_cross_entropy"): (
+        "to_spec's loss option: a loss option is named after the op that computes it"
+    ),
+    ("graphgen/frontends/onnx.py", "constant"): (
+        "ONNX Pad's mode 'constant' (a padding mode, not graphgen's constant op)"
+    ),
 }
 
 

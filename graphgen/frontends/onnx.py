@@ -443,16 +443,24 @@ class Importer:
     op_Div = _binary("div")
     op_Pow = _binary("pow")
 
-    def _variadic(graphgen_op):
+    def op_Sum(self, node, ins, attrs):
+        args = [self.value(i) for i in ins]
+        if len(args) == 1:
+            return args[0]
+        return self.emit("add_n", args, node.output[0])
+
+    def op_Mean(self, node, ins, attrs):
+        args = [self.value(i) for i in ins]
+        if len(args) == 1:
+            return args[0]
+        total = self.emit("add_n", args, f"{node.output[0]}/sum")
+        return self.emit("div", [total, float(len(args))], node.output[0])
+
+    def _chain(graphgen_op):
+        """A variadic ONNX op as a chain of a binary graphgen op: max(a, b, c)."""
+
         def handler(self, node, ins, attrs):
             args = [self.value(i) for i in ins]
-            if len(args) == 1:
-                return args[0]
-            if graphgen_op == "add_n":
-                return self.emit("add_n", args, node.output[0])
-            if graphgen_op == "mean":
-                total = self.emit("add_n", args, f"{node.output[0]}/sum")
-                return self.emit("div", [total, float(len(args))], node.output[0])
             out = args[0]
             for k, a in enumerate(args[1:], 1):
                 name = node.output[0] if k == len(args) - 1 else f"{node.output[0]}/{k}"
@@ -461,10 +469,8 @@ class Importer:
 
         return handler
 
-    op_Sum = _variadic("add_n")
-    op_Mean = _variadic("mean")
-    op_Max = _variadic("maximum")
-    op_Min = _variadic("minimum")
+    op_Max = _chain("maximum")
+    op_Min = _chain("minimum")
 
     def op_Clip(self, node, ins, attrs):
         lo, hi = attrs.get("min"), attrs.get("max")
@@ -683,7 +689,10 @@ class Importer:
             bias=float(attrs.get("bias", 1.0)),
         )
 
-    def _softmax(graphgen_op):
+    def _softmax(graphgen_op, probabilities=False):
+        """``probabilities``: the op's output is a softmax, whose logits
+        ``--loss softmax_cross_entropy`` takes instead."""
+
         def handler(self, node, ins, attrs):
             out = node.output[0]
             x = self.value(ins[0])
@@ -702,13 +711,13 @@ class Importer:
                 )
                 s = self.emit(graphgen_op, [flat], f"{out}/softmax2d", axis=1)
                 y = self.emit("reshape", [s], out, shape=list(shape))
-            if graphgen_op == "softmax" and nd == 2 and axis == nd - 1:
+            if probabilities and nd == 2 and axis == nd - 1:
                 self.softmax_of[y] = x
             return y
 
         return handler
 
-    op_Softmax = _softmax("softmax")
+    op_Softmax = _softmax("softmax", probabilities=True)
     op_LogSoftmax = _softmax("log_softmax")
 
     def op_Concat(self, node, ins, attrs):

@@ -78,6 +78,19 @@ class Op:
         literal, e.g. ``("np.maximum", "x", "0.0")`` for ``relu``.
     reads_as_code : bool
         Its code already reads as its math (``a + b``, ``h @ W``): no comment above it.
+    folds : bool or callable
+        Constant folding may evaluate it (with ``impl``) where its result is a scalar and
+        every argument a constant; a callable ``folds(attrs) -> bool`` decides per node.
+    broadcasts : bool
+        Its result is its argument broadcast to a larger shape (``broadcast_to``): an
+        elementwise consumer may read the argument instead and broadcast it itself.
+    identities : tuple of callables
+        The algebraic identities the optimizer applies, first match wins: each
+        ``rule(site)`` returns the node this one can be replaced by (``x·1 -> x``), or
+        None. ``site`` shows the node: ``op``, ``args``, ``attrs``; ``same(p)`` (node
+        ``p`` has this node's shape), ``const(p)`` (``p``'s value if it is a constant,
+        else None), ``op_of(p)`` and ``args_of(p)``. :func:`unit`, :func:`involution`,
+        :func:`lone_argument` and :func:`same_shape_no_op` make the common ones.
     """
 
     name: str
@@ -103,6 +116,9 @@ class Op:
     view: bool = False
     ufunc: tuple = ()
     reads_as_code: bool = False
+    folds: bool | Callable = True
+    broadcasts: bool = False
+    identities: tuple = ()
 
     def arity_ok(self, n):
         return n >= 1 if self.variadic else n == len(self.args)
@@ -114,6 +130,10 @@ class Op:
         if not self.domain:
             return "real"
         return self.domain[0] if self.variadic else self.domain[i]
+
+    def can_fold(self, attrs):
+        """Whether constant folding may evaluate a node of this op with ``attrs``."""
+        return self.folds(attrs) if callable(self.folds) else self.folds
 
 
 REGISTRY: dict[str, Op] = {}
@@ -274,3 +294,36 @@ def format_note(template, names):
     for key, value in names.items():
         out = out.replace("{" + key + "}", str(value))
     return out
+
+
+# ------------------------------------------------------------------------ identities
+# Rules for ``Op.identities`` (see :class:`Op`); each returns a node id or None.
+
+
+def unit(value, at):
+    """``op(x, c) -> x`` where argument ``at`` (of two) is the constant ``value``:
+    ``x·1``, ``x + 0``, ``x − 0``, ``x/1``."""
+
+    def rule(site):
+        x = site.args[1 - at]
+        return x if site.const(site.args[at]) == value and site.same(x) else None
+
+    return rule
+
+
+def involution(site):
+    """``op(op(x)) -> x``: ``−(−x)``."""
+    (a,) = site.args
+    return site.args_of(a)[0] if site.op_of(a) == site.op else None
+
+
+def lone_argument(site):
+    """A variadic op of one argument is that argument: ``add_n(x) -> x``."""
+    x = site.args[0]
+    return x if len(site.args) == 1 and site.same(x) else None
+
+
+def same_shape_no_op(site):
+    """A shape op that leaves its argument's shape as it is: ``reshape(x) -> x``."""
+    x = site.args[0]
+    return x if site.same(x) else None

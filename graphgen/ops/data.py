@@ -71,5 +71,6 @@ register(
         attrs={"shape": REQUIRED, "value": None, "fill": None, "key": None},
         normalize=_norm_constant,
         category="shape",
+        folds=False,
     )
 )

@@ -16,12 +16,16 @@ from .base import (
     Op,
     broadcast_rule,
     broadcast_shapes,
+    involution,
+    lone_argument,
     norm_axes,
     norm_axis,
     reduced_shape,
     register,
     same_shape,
+    same_shape_no_op,
     scalar_shape,
+    unit,
 )
 
 
@@ -73,6 +77,7 @@ unary(
     linear=True,
     ufunc=("np.negative", "x"),
     reads_as_code=True,
+    identities=(involution,),
 )
 unary(
     "exp",
@@ -274,6 +279,7 @@ binary(
     linear=True,
     ufunc=("np.add", "a", "b"),
     reads_as_code=True,
+    identities=(unit(0.0, at=1), unit(0.0, at=0)),
 )
 binary(
     "sub",
@@ -284,6 +290,7 @@ binary(
     linear=True,
     ufunc=("np.subtract", "a", "b"),
     reads_as_code=True,
+    identities=(unit(0.0, at=1),),
 )
 binary(
     "mul",
@@ -294,6 +301,7 @@ binary(
     commutative=True,
     ufunc=("np.multiply", "a", "b"),
     reads_as_code=True,
+    identities=(unit(1.0, at=1), unit(1.0, at=0)),
 )
 binary(
     "div",
@@ -304,6 +312,7 @@ binary(
     domain=("real", "away0"),
     ufunc=("np.divide", "a", "b"),
     reads_as_code=True,
+    identities=(unit(1.0, at=1),),
 )
 
 
@@ -380,6 +389,7 @@ register(
         commutative=True,
         linear=True,
         reads_as_code=True,
+        identities=(lone_argument,),
     )
 )
 
@@ -468,6 +478,12 @@ def _norm_transpose(in_shapes, attrs):
     return {"perm": [norm_axis(p, nd) for p in perm]}
 
 
+def _identity_perm(site):
+    """``transpose(x, perm) -> x`` when ``perm`` leaves every axis where it is."""
+    perm = site.attrs["perm"]
+    return site.args[0] if list(perm) == sorted(perm) else None
+
+
 register(
     Op(
         name="transpose",
@@ -483,6 +499,7 @@ register(
         normalize=_norm_transpose,
         category="shape",
         view=True,
+        identities=(_identity_perm,),
     )
 )
 
@@ -543,6 +560,7 @@ register(
         category="shape",
         view=True,
         reads_as_code=True,
+        identities=(same_shape_no_op,),
     )
 )
 
@@ -570,6 +588,8 @@ register(
         normalize=_norm_broadcast_to,
         category="shape",
         view=True,
+        broadcasts=True,
+        identities=(same_shape_no_op,),
     )
 )
 
@@ -611,6 +631,7 @@ register(
         normalize=_norm_sum_to_shape,
         internal=True,
         category="shape",
+        identities=(same_shape_no_op,),
     )
 )
 
@@ -785,6 +806,7 @@ register(
         normalize=lambda s, a: {"shape": _check_dim_list(a["shape"], "shape")},
         internal=True,
         category="shape",
+        folds=False,
     )
 )
 
@@ -807,6 +829,7 @@ register(
         normalize=lambda s, a: {"dims": _check_dim_list(a["dims"], "dims")},
         internal=True,
         category="shape",
+        folds=lambda a: all(isinstance(d, int) for d in a["dims"]),  # sizes known
     )
 )
 
@@ -1091,5 +1114,6 @@ register(
         domain=("labels",),
         internal=True,
         category="loss",
+        folds=False,
     )
 )

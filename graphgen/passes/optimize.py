@@ -16,7 +16,6 @@ import numpy as np
 from .. import graph as g
 from .. import ops
 
-COMMUTATIVE = {"add", "mul", "add_n", "maximum", "minimum", "eq"}
 LABELS = (g.ADJOINT_OF, g.SUMS, g.CONTRIB, g.NOTE)
 
 
@@ -105,11 +104,7 @@ def fold_constants(G):
         if any(H.nodes[p][g.KIND] != g.CONST for p in args):
             continue
         op = ops.get(a[g.OP])
-        if op.name == "dimsize" and not all(
-            isinstance(d, int) for d in a[g.ATTRS]["dims"]
-        ):
-            continue
-        if op.name in ("zeros", "onehot", "constant"):
+        if not op.can_fold(a[g.ATTRS]):
             continue
         with np.errstate(all="ignore"):
             value = op.impl(
@@ -127,41 +122,40 @@ def fold_constants(G):
     return H
 
 
-def _is_const(G, n, value):
-    v = _const_value(G, n)
-    return v is not None and v == value
+class _Site:
+    """One op node as the ops' identity rules see it (``Op.identities``)."""
+
+    def __init__(self, G, n):
+        a = G.nodes[n]
+        self.G = G
+        self.op, self.attrs, self.shape = a[g.OP], a[g.ATTRS], tuple(a[g.SHAPE])
+        self.args = g.operands(G, n)
+
+    def same(self, p):
+        return tuple(self.G.nodes[p][g.SHAPE]) == self.shape
+
+    def const(self, p):
+        return _const_value(self.G, p)
+
+    def op_of(self, p):
+        return self.G.nodes[p].get(g.OP)
+
+    def args_of(self, p):
+        return g.operands(self.G, p)
 
 
 def _simplify_one(G, n):
-    """The node ``n`` can be replaced by, or None."""
+    """The node ``n`` can be replaced by, or None: the first of its op's identities
+    that holds."""
     a = G.nodes[n]
     if a[g.KIND] != g.OPNODE:
         return None
-    op, args, shape = a[g.OP], g.operands(G, n), tuple(a[g.SHAPE])
-
-    def same(p):
-        return tuple(G.nodes[p][g.SHAPE]) == shape
-
-    if op == "mul":
-        for x, c in ((args[0], args[1]), (args[1], args[0])):
-            if _is_const(G, c, 1.0) and same(x):
-                return x
-    if op == "add":
-        for x, c in ((args[0], args[1]), (args[1], args[0])):
-            if _is_const(G, c, 0.0) and same(x):
-                return x
-    if op == "sub" and _is_const(G, args[1], 0.0) and same(args[0]):
-        return args[0]
-    if op == "div" and _is_const(G, args[1], 1.0) and same(args[0]):
-        return args[0]
-    if op == "neg" and G.nodes[args[0]].get(g.OP) == "neg":
-        return g.operands(G, args[0])[0]
-    if op == "add_n" and len(args) == 1 and same(args[0]):
-        return args[0]
-    if op in ("reshape", "broadcast_to", "sum_to_shape") and same(args[0]):
-        return args[0]
-    if op == "transpose" and list(a[g.ATTRS]["perm"]) == sorted(a[g.ATTRS]["perm"]):
-        return args[0]
+    rules = ops.get(a[g.OP]).identities
+    site = _Site(G, n) if rules else None
+    for rule in rules:
+        new = rule(site)
+        if new is not None:
+            return new
     return None
 
 
@@ -183,7 +177,8 @@ def _drop_broadcasts(G, n):
         return False
     args = g.operands(G, n)
     for i, p in enumerate(args):
-        if G.nodes[p].get(g.OP) != "broadcast_to":
+        op = G.nodes[p].get(g.OP)
+        if op is None or not ops.get(op).broadcasts:
             continue
         v = g.operands(G, p)[0]
         shapes = [G.nodes[q][g.SHAPE] for q in args]
@@ -195,8 +190,9 @@ def _drop_broadcasts(G, n):
 
 
 def simplify(G):
-    """Algebraic identities: x·1, 1·x, x+0, x−0, x/1, −(−x), one-term add_n, no-op reshapes,
-    and explicit broadcasts that an elementwise consumer would do anyway."""
+    """Algebraic identities, each declared on its op (``Op.identities``: x·1, 1·x, x+0,
+    x−0, x/1, −(−x), one-term add_n, no-op reshapes, ...), and explicit broadcasts that an
+    elementwise consumer would do anyway (``Op.broadcasts``)."""
     H = G.copy()
     keep = _protected(H)
     for n in g.schedule(H):
@@ -219,7 +215,7 @@ def _key(G, n):
     if a[g.KIND] != g.OPNODE:
         return None
     args = g.operands(G, n)
-    if a[g.OP] in COMMUTATIVE:
+    if ops.get(a[g.OP]).commutative:
         args = sorted(args, key=lambda p: G.nodes[p][g.SEQ])
     return (a[g.OP], json.dumps(a[g.ATTRS], sort_keys=True, default=str), tuple(args))
 
