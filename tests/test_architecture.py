@@ -29,7 +29,7 @@ PACKAGE = REPO / "graphgen"
 
 LAYERS = [
     ("graphgen.errors", "graphgen.version", "graphgen.dims", "graphgen.graph"),
-    ("graphgen.ops",),
+    ("graphgen.ops", "graphgen.notes"),
     ("graphgen.passes", "graphgen.frontends"),
     ("graphgen.codegen",),
     ("graphgen.backends",),

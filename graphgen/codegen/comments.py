@@ -12,6 +12,7 @@ import textwrap
 
 from .. import graph as g
 from .. import ops
+from ..notes import fill, partial, product, sum_over
 from .layout import INDENT, LINE, literal
 from .naming import Code, sanitize
 
@@ -94,26 +95,18 @@ class Comments:
         v = adjoints.get(n)
         if v is None or v not in self.A:  # folded into its consumers: say what it is
             loss = self.display(names)(loss)
-            return f"∂{loss}/∂{self.display(names)(n)}"
+            return partial(loss, self.display(names)(n))
         if self.A.nodes[v][g.KIND] == g.CONST:
             return literal(self.A.nodes[v][g.VALUE])
         return self.display(names)(v)
 
     def note(self, template, ids, attrs, names, term=None, of=None):
         """Fill a math template; ``term`` = (node, name) names that node's adjoint term."""
-        show = self.display(names)
-        filled = template
-        for key, nid in ids.items():
-            if "{" + key + "}̄" in filled:
-                bar = (
-                    term[1]
-                    if term and nid == term[0]
-                    else self.bar_name(nid, names, of)
-                )
-                filled = filled.replace("{" + key + "}̄", bar)
-        return ops.format_note(
-            filled, {**{k: show(v) for k, v in ids.items()}, **attrs}
-        )
+
+        def bar(nid):
+            return term[1] if term and nid == term[0] else self.bar_name(nid, names, of)
+
+        return fill(template, ids, attrs, show=self.display(names), bar=bar)
 
     def math_of(self, n, names):
         """The forward math of op node ``n`` with code names: ``z2 = h1 @ W2``."""
@@ -144,17 +137,19 @@ class Comments:
         if g.SUMS in a:
             j = a[g.ADJOINT_OF]
             succ = ", ".join(show(k) for k in a[g.SUMS])
+            each = sum_over("k", product([partial(loss, "k"), partial("k", show(j))]))
             text = (
-                f"{target} = ∂{loss}/∂{show(j)} = Σ_k ∂{loss}/∂k · ∂k/∂{show(j)}, summed "
+                f"{target} = {partial(loss, show(j))} = {each}, summed "
                 f"over the successors k of {show(j)}: {succ}"
             )
             return wrap_comment(text)
         if g.ADJOINT_OF in a:
             j = a[g.ADJOINT_OF]
-            head = f"{target} = ∂{loss}/∂{show(j)}"
+            head = f"{target} = {partial(loss, show(j))}"
         elif g.CONTRIB in a:
             k, j = a[g.CONTRIB]
-            head = f"{target} = the term of ∂{loss}/∂{show(j)} that flows through {show(k)}"
+            term = partial(loss, show(j))
+            head = f"{target} = the term of {term} that flows through {show(k)}"
         else:
             return []
         note = a.get(g.NOTE)
@@ -168,10 +163,9 @@ class Comments:
             if k == pass_loss or self.bar_name(k, names, n) == "1.0":
                 text = f"{head} = {rhs}"
             else:
-                text = (
-                    f"{head} = {self.bar_name(k, names, n)} · ∂{show(k)}/∂{show(j)}, where "
-                    f"∂{show(k)}/∂{show(j)} = {rhs}"
-                )
+                local = partial(show(k), show(j))
+                chain = product([self.bar_name(k, names, n), local])
+                text = f"{head} = {chain}, where {local} = {rhs}"
         elif k in A:
             text = f"{head}; through {self.math_of(k, names)}: {deriv}"
         else:  # the successor was optimized away (a graph differentiated twice)
@@ -182,7 +176,8 @@ class Comments:
 
     def backward_header(self):
         """The comment that opens the backward pass: what ``v_bar`` means."""
+        v_bar = partial(self.namer[self.loss], "v")
         return wrap_comment(
-            f"Backward pass, from the loss back: v_bar = ∂{self.namer[self.loss]}/∂v, "
+            f"Backward pass, from the loss back: v_bar = {v_bar}, "
             "the sum over v's successors k of k_bar · ∂k/∂v."
         )

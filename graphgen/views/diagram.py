@@ -41,6 +41,7 @@ from .. import graph as g
 from ..codegen.comments import Comments
 from ..codegen.naming import node_names
 from ..errors import DiagramError, did_you_mean
+from ..notes import fill, local_templates, partial
 from .values import adjoint_value, evaluate, load_arrays, norm, term_value
 
 __all__ = ["VIEWS", "DiagramError", "render", "to_dot", "write"]
@@ -293,55 +294,20 @@ def _arg_label(G, src, dst):
     return ", ".join(op.arg_name(i) for i in G.edges[src, dst][g.POS])
 
 
-def fill(template, ids, attrs=None, show=str, bar=None):
-    """Fill an op's math/derivative template with display names.
-
-    ``{x}̄`` (an adjoint) becomes ``bar(x)``; ``{x}`` becomes ``show(x)``.
-
-    Examples
-    --------
-    >>> fill("∂{y}/∂{x} = 1 − {y}²", {"y": "h", "x": "u"})
-    '∂h/∂u = 1 − h²'
-    >>> fill("{a}̄ = {y}̄ @ {b}ᵀ", {"y": "z", "a": "h", "b": "W"},
-    ...      bar=lambda n: f"∂J/∂{n}")
-    '∂J/∂h = ∂J/∂z @ Wᵀ'
-    """
-    out = template
-    if bar is not None:
-        for key, nid in ids.items():
-            out = out.replace("{" + key + "}̄", bar(nid))
-    names = {k: show(v) for k, v in ids.items()}
-    names.update({k: str(v) for k, v in (attrs or {}).items() if k not in names})
-    return ops.format_note(out, names)
-
-
 def local_derivatives(G, j, k, show=str, loss="J"):
     """The derivative text of every argument position at which ``j`` feeds ``k``."""
-    a = G.nodes[k]
-    op = ops.get(a[g.OP])
-    ins = g.operands(G, k)
-    out = []
-    for i in G.edges[j, k][g.POS]:
-        if not op.derivs:
-            continue
-        tmpl = op.derivs[0 if op.variadic else i]
-        if tmpl in ("none", "0") or i in op.int_args:
-            continue
-        if op.variadic:
-            ids = {"y": k, op.args[0]: j}
-            tmpl = tmpl.replace("[i]", "")
-        else:
-            ids = {"y": k, **dict(zip(op.args, ins))}
-        out.append(
-            fill(
-                tmpl,
-                ids,
-                a[g.ATTRS],
-                show=show,
-                bar=lambda n: f"∂{show(loss)}/∂{show(n)}",
-            )
+    ids, templates = local_templates(G, j, k)
+    return [
+        fill(
+            tmpl,
+            ids,
+            G.nodes[k][g.ATTRS],
+            show=show,
+            bar=lambda n: partial(show(loss), show(n)),
         )
-    return out
+        for tmpl in templates
+        if tmpl not in ("none", "0")
+    ]
 
 
 def gradient_terms(G, j, loss, up=None):
@@ -416,15 +382,16 @@ def _draw_forward(H, flow, values=None, A=None):
                 terms = gradient_terms(H, n, loss, up)
                 if len(terms) > 1:
                     rhs = " + ".join(
-                        f"∂{J}/∂{show(k)}·∂{show(k)}/∂{show(n)}" for k in terms
+                        partial(J, show(k)) + "·" + partial(show(k), show(n))
+                        for k in terms
                     )
-                    sums.append(esc(f"Σ  ∂{J}/∂{show(n)} = {rhs}"))
+                    sums.append(esc(f"Σ  {partial(J, show(n))} = {rhs}"))
                     style.update(penwidth="2", color="#a16207")
         if values is not None and n in values:
             rows.append(esc(f"‖{show(n)}‖ = {_fmt(norm(values[n]))}"))
             adj = adjoint_value(A, values, n) if A is not None else None
             if adj is not None and n in active:
-                rows.append(esc(f"‖∂{J}/∂{show(n)}‖ = {_fmt(norm(adj))}"))
+                rows.append(esc(f"‖{partial(J, show(n))}‖ = {_fmt(norm(adj))}"))
         D.node(
             n,
             _label(
@@ -484,7 +451,7 @@ def _draw_forward(H, flow, values=None, A=None):
 
 def _draw_adjoint(A, values=None):
     namer = node_names(A)
-    notes = Comments(A, namer, A.graph.get("loss"))
+    comments = Comments(A, namer, A.graph.get("loss"))
     nm = namer.names
     loss = A.graph.get("loss")
     J = nm.get(loss, visible(loss))
@@ -505,7 +472,9 @@ def _draw_adjoint(A, values=None):
         if a[g.KIND] == g.CONST:
             title = esc(f"{a[g.VALUE]:g}")
             if n in bar_of:
-                rows.append(esc(f"= ∂{J}/∂{nm.get(bar_of[n], visible(bar_of[n]))}"))
+                rows.append(
+                    esc("= " + partial(J, nm.get(bar_of[n], visible(bar_of[n]))))
+                )
         elif a[g.ROLE] == g.FORWARD:
             title = esc(name or n)
             if name and name != n:
@@ -529,10 +498,12 @@ def _draw_adjoint(A, values=None):
                 )
                 style.update(SUM_STYLE)
             elif g.ADJOINT_OF in a:
-                rows.append(esc(f"= ∂{J}/∂{nm.get(a[g.ADJOINT_OF], a[g.ADJOINT_OF])}"))
+                of = a[g.ADJOINT_OF]
+                rows.append(esc("= " + partial(J, nm.get(of, of))))
             elif g.CONTRIB in a:
                 k, j = a[g.CONTRIB]
-                rows.append(esc(f"term of ∂{J}/∂{nm.get(j, j)} via {nm.get(k, k)}"))
+                term = partial(J, nm.get(j, j))
+                rows.append(esc(f"term of {term} via {nm.get(k, k)}"))
             if not name:
                 style.update(fontsize="9", fillcolor="#f5f3ff")
             rows.append(esc(what))
@@ -553,7 +524,7 @@ def _draw_adjoint(A, values=None):
         term = None
         if target and g.CONTRIB in a:
             term = (a[g.CONTRIB][1], target)
-        return notes.note(template, ids, attrs, {}, term=term), adjoints.get(k)
+        return comments.note(template, ids, attrs, {}, term=term), adjoints.get(k)
 
     for j, k in sorted(
         A.edges, key=lambda e: (A.nodes[e[0]][g.SEQ], A.nodes[e[1]][g.SEQ])

@@ -27,7 +27,8 @@ import numpy as np
 from .. import graph as g
 from .. import ops
 from ..errors import ExplainError, GradientError, did_you_mean
-from .diagram import fill, gradient_terms, visible
+from ..notes import fill, local_templates, partial, product, sum_over
+from .diagram import gradient_terms, visible
 from .values import (
     ModuleGradients,
     adjoint_value,
@@ -152,10 +153,10 @@ class Text:
         return visible(n) + (f"[{index}]" if index else "")
 
     def d(self, num, den):
-        return f"∂{num}/∂{den}"
+        return partial(num, den)
 
     def dot(self, parts):
-        return " · ".join(parts)
+        return product(parts)
 
     def plus(self, parts):
         return " + ".join(parts)
@@ -167,7 +168,7 @@ class Text:
         return " → ".join(nodes)
 
     def sum_over(self, var, body):
-        return f"Σ_{var} {body}"
+        return sum_over(var, body)
 
     def num(self, x):
         return f"{x:.6g}"
@@ -178,7 +179,7 @@ class Text:
             ids,
             attrs,
             show=self.name,
-            bar=lambda n: self.d(self.name(loss), self.name(n)),
+            bar=lambda n: partial(self.name(loss), self.name(n)),
         )
 
     def m(self, e):
@@ -790,24 +791,15 @@ def _local_section(c, fan):
     out = F.heading("Local derivatives (from each op's math)", 2)
     items = []
     for j, k in edges:
-        a = H.nodes[k]
-        op = ops.get(a[g.OP])
-        ins = g.operands(H, k)
-        ids = {"y": k, **({op.args[0]: j} if op.variadic else dict(zip(op.args, ins)))}
-        math = F.template(
-            op.math.replace("{xs}", "(…)") if op.variadic else op.math,
-            ids,
-            a[g.ATTRS],
-            loss,
-        )
-        ds = []
-        for i in H.edges[j, k][g.POS]:
-            if not op.derivs or i in op.int_args:
-                continue
-            tmpl = op.derivs[0 if op.variadic else i].replace("[i]", "")
-            ds.append(F.m(F.template(tmpl, ids, a[g.ATTRS], loss)))
-        if not ds:
+        ids, templates = local_templates(H, j, k)
+        if not templates:
             continue
+        attrs = H.nodes[k][g.ATTRS]
+        op = ops.get(H.nodes[k][g.OP])
+        math = F.template(
+            op.math.replace("{xs}", "(…)") if op.variadic else op.math, ids, attrs, loss
+        )
+        ds = [F.m(F.template(tmpl, ids, attrs, loss)) for tmpl in templates]
         note = ""
         if "̄" in op.derivs[0]:
             note = F.p(
@@ -994,7 +986,7 @@ def _weight_factors(c, A, vals, z, u, check, module):
     out += F.table(
         [
             "n",
-            "∂J/∂" + visible(u) if F.name_ == "text" else "dJ/du",
+            partial("J", visible(u)) if F.name_ == "text" else "dJ/du",
             "slope",
             visible(g.operands(H, z)[0]) if F.name_ == "text" else "input",
             "product",

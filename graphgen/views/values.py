@@ -1,6 +1,6 @@
 """The numbers behind diagrams and explanations: a reference interpreter that evaluates
-every node of the compiler's graphs with the ops' NumPy ``impl``, and the gradients of the
-generated module to check those numbers against.
+every node of the compiler's graphs with the ops' NumPy ``impl``, and the generated
+module's gradients to check those numbers against.
 """
 
 from __future__ import annotations
