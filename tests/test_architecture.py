@@ -93,9 +93,9 @@ def _layer(module):
     best = None
     for rank, names in enumerate(LAYERS):
         for name in names:
-            if module == name or module.startswith(name + "."):
-                if best is None or len(name) > best[1]:
-                    best = (rank, len(name))
+            inside = module == name or module.startswith(name + ".")
+            if inside and (best is None or len(name) > best[1]):
+                best = (rank, len(name))
     assert best is not None, f"{module} is in no layer: add it to LAYERS"
     return best[0]
 
@@ -131,6 +131,7 @@ def test_every_module_imports_in_a_fresh_interpreter(module):
         capture_output=True,
         text=True,
         cwd=REPO,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
 
@@ -151,6 +152,27 @@ ALLOWED = {
     ),
     ("graphgen/frontends/onnx.py", "softmax_cross_entropy"): (
         "to_spec's loss option: a loss option is named after the op that computes it"
+    ),
+    ("graphgen/backends/numba/program.py", "sin"): (
+        "NumPy's float64 sin and cos are scalar libm loops: a fact about NumPy's loops "
+        "(which the Numba backend fuses rather than leaves to NumPy), not about the ops"
+    ),
+    ("graphgen/backends/numba/program.py", "cos"): (
+        "NumPy's float64 sin and cos are scalar libm loops: a fact about NumPy's loops "
+        "(which the Numba backend fuses rather than leaves to NumPy), not about the ops"
+    ),
+    ("graphgen/backends/numba/program.py", "pad"): (
+        "not the op: the Jinja filter 'pad' (indentation) the kernel template uses"
+    ),
+    ("graphgen/codegen/layout.py", "sub"): (
+        "not the op: the layout parser's node kind 'sub' (a subscript)"
+    ),
+    ("graphgen/backends/numpy/program.py", "mul"): (
+        "a mask folded into a product stays boolean: NumPy's multiply reads a bool "
+        "array as 0/1, a property of mul's NumPy form"
+    ),
+    ("graphgen/codegen/comments.py", "sum_to_shape"): (
+        "the comment of the backward sum that undoes broadcasting says which axes it sums"
     ),
     ("graphgen/frontends/onnx.py", "constant"): (
         "ONNX Pad's mode 'constant' (a padding mode, not graphgen's constant op)"

@@ -81,9 +81,7 @@ def test_numba_module_matches_golden_file(name, variant, dtype):
     if name == "lenet":
         pytest.importorskip("onnx")
     G = graphgen.load(EXAMPLES / NUMBA_MODELS[name])
-    text = graphgen.generate(
-        G, backend="numba", dtype=dtype, **NUMBA_VARIANTS[variant]
-    )
+    text = graphgen.generate(G, backend="numba", dtype=dtype, **NUMBA_VARIANTS[variant])
     _compare(
         text,
         GOLDEN / "numba" / f"{name}_{variant}_{dtype}.py",

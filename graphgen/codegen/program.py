@@ -56,7 +56,8 @@ def stored_weights(A):
         {
             A.nodes[n][g.ATTRS]["key"]
             for n in A
-            if A.nodes[n].get(g.OP) == "constant"
+            if A.nodes[n].get(g.OP) in ops.REGISTRY
+            and ops.get(A.nodes[n][g.OP]).kept
             and (A.nodes[n].get(g.ATTRS) or {}).get("key") is not None
         }
     )
@@ -336,7 +337,7 @@ class Program:
         ]
         for n in g.schedule(A):
             at = A.nodes[n].get(g.ATTRS) or {}
-            if A.nodes[n].get(g.OP) == "constant" and at["fill"] is not None:
+            if at.get("fill") is not None and ops.get(A.nodes[n][g.OP]).kept:
                 fill = (
                     f"np.full({literal(tuple(at['shape']))}, "
                     f"{literal(at['fill'])}, dtype=DTYPE)"

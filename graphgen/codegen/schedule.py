@@ -157,9 +157,10 @@ class Schedule:
 
 
 def open_backward(A, statements, header, skip=()):
-    """Put the backward pass's opening comment (``header``) above its first statement."""
+    """Put the backward pass's opening comment (``header()``) above its first
+    statement."""
     for st in statements:
         if A.nodes[st.node][g.ROLE] == g.BACKWARD and st.node not in skip:
             st.blank_before = True
-            st.comments = header + st.comments
+            st.comments = header() + st.comments
             return

@@ -91,6 +91,16 @@ class Op:
         ``p`` has this node's shape), ``const(p)`` (``p``'s value if it is a constant,
         else None), ``op_of(p)`` and ``args_of(p)``. :func:`unit`, :func:`involution`,
         :func:`lone_argument` and :func:`same_shape_no_op` make the common ones.
+    sums : bool
+        Adds its arguments up (``add_n``, the sum over successors): a backend may
+        accumulate it into its first term's buffer.
+    shares : str
+        An op that this one computes on its arguments on the way (``mse(y, t)`` computes
+        ``sub(y, t)``): where the backward pass builds that node anyway, a backend
+        computes it once and the op reads it, through the macro ``<op>_from_<shares>``.
+    kept : bool
+        Its value is an array the module makes once and keeps (``constant``): never a
+        buffer to write into.
     """
 
     name: str
@@ -119,6 +129,9 @@ class Op:
     folds: bool | Callable = True
     broadcasts: bool = False
     identities: tuple = ()
+    sums: bool = False
+    shares: str = ""
+    kept: bool = False
 
     def arity_ok(self, n):
         return n >= 1 if self.variadic else n == len(self.args)

@@ -72,5 +72,6 @@ register(
         normalize=_norm_constant,
         category="shape",
         folds=False,
+        kept=True,
     )
 )

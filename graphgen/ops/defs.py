@@ -390,6 +390,7 @@ register(
         linear=True,
         reads_as_code=True,
         identities=(lone_argument,),
+        sums=True,
     )
 )
 
@@ -994,6 +995,7 @@ register(
             "∂{y}/∂{target} = −2·({pred} − {target})/N",
         ),
         category="loss",
+        shares="sub",
     )
 )
 

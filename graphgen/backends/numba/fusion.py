@@ -22,7 +22,46 @@ import dataclasses
 from ... import graph as g
 from ... import ops
 
-TAIL_OPS = ("sum", "mean", "sum_to_shape")
+# The reductions a loop nest accumulates (its tails), each with its rule:
+# ``axes(in_shape, attrs) -> (reduced axes, axes kept as size 1)`` and whether the sum
+# is divided by the count afterwards.
+TAILS = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tail:
+    axes: object
+    mean: bool = False
+
+
+def tail(*names, mean=False):
+    """Register the decorated ``axes(in_shape, attrs)`` as the tail rule of ``names``."""
+
+    def register(axes):
+        for name in names:
+            assert name in ops.REGISTRY, name
+            TAILS[name] = Tail(axes, mean)
+        return axes
+
+    return register
+
+
+@tail("sum")
+@tail("mean", mean=True)
+def _axis_reduction(in_shape, at):
+    axes = set(at["axis"])
+    return axes, (axes if at["keepdims"] else set())
+
+
+@tail("sum_to_shape")
+def _sum_to_shape(in_shape, at):  # the sum that undoes broadcasting
+    lead, keep = ops.defs.sum_to_shape_axes(tuple(in_shape), tuple(at["shape"]))
+    return set(lead) | set(keep), set(keep)
+
+
+def reduced_axes(A, t, in_shape):
+    """Tail ``t``'s reduced axes of ``in_shape`` and the axes it keeps as size 1."""
+    return TAILS[A.nodes[t][g.OP]].axes(in_shape, A.nodes[t][g.ATTRS])
 
 
 @dataclasses.dataclass
@@ -48,13 +87,14 @@ class Group:
 def fusable(A, n, exclude=()):
     """An elementwise op of rank >= 1 (scalar arithmetic is cheaper left to NumPy).
 
-    ``broadcast_to`` counts too: in a loop nest it is just the index arithmetic every
-    input gets anyway."""
+    An explicit broadcast (``Op.broadcasts``) counts too: in a loop nest it is just the
+    index arithmetic every input gets anyway."""
     a = A.nodes[n]
+    op = a.get(g.OP)
     return (
         a[g.KIND] == g.OPNODE
-        and a[g.OP] not in exclude
-        and (ops.get(a[g.OP]).elementwise or a[g.OP] == "broadcast_to")
+        and op not in exclude
+        and (ops.get(op).elementwise or ops.get(op).broadcasts)
         and len(a[g.SHAPE]) >= 1
         and all(A.nodes[p][g.DTYPE] in g.FLOAT_DTYPES for p in g.operands(A, n))
     )
@@ -63,20 +103,14 @@ def fusable(A, n, exclude=()):
 def tail_of(A, n):
     """The member a reduction ``n`` could be accumulated from, or None."""
     a = A.nodes[n]
-    if a[g.KIND] != g.OPNODE or a[g.OP] not in TAIL_OPS:
+    if a[g.KIND] != g.OPNODE or a[g.OP] not in TAILS:
         return None
     (p,) = g.operands(A, n)
     # A reduction that keeps an axis other than the last (a per-channel sum over
     # N, H, W) would accumulate into memory element by element inside the loop nest,
     # which does not vectorize; NumPy's pairwise reduction after the loop is faster.
     rank = len(A.nodes[p][g.SHAPE])
-    if a[g.OP] == "sum_to_shape":
-        lead, keep = ops.defs.sum_to_shape_axes(
-            tuple(A.nodes[p][g.SHAPE]), tuple(a[g.ATTRS]["shape"])
-        )
-        reduced = set(lead) | set(keep)
-    else:
-        reduced = set(a[g.ATTRS]["axis"])
+    reduced, _ = reduced_axes(A, n, A.nodes[p][g.SHAPE])
     if not set(range(rank)) - reduced <= {rank - 1}:
         return None
     return p

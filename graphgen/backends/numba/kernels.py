@@ -25,6 +25,7 @@ from ...codegen.layout import INDENT, LINE, bracketed, literal, statement, wrap
 from ...codegen.layout import value as layout_value
 from ...codegen.naming import Code, Namer
 from ...codegen.program import Statement
+from . import fusion
 
 # A stage of a kernel (one loop over the last axis) touches at most this many arrays
 # besides the kernel's own row buffer and accumulator (:func:`stages`).
@@ -114,16 +115,6 @@ def stages(prog, grp, calls=frozenset()):
     return stage
 
 
-def reduced_axes(A, t, domain):
-    """A tail's reduced axes and the axes it keeps as size 1."""
-    op, at = A.nodes[t][g.OP], A.nodes[t][g.ATTRS]
-    if op == "sum_to_shape":
-        lead, keep = ops.defs.sum_to_shape_axes(domain, tuple(at["shape"]))
-        return set(lead) | set(keep), set(keep)
-    axes = set(at["axis"])
-    return axes, (axes if at["keepdims"] else set())
-
-
 @dataclasses.dataclass
 class Plan:
     """Every decision about one group's kernel that does not depend on names."""
@@ -157,7 +148,7 @@ def plan(prog, grp, exclude):
                 slot[p] = len(slot)
         if n in calls and n not in slot:
             slot[n] = len(slot)
-    axes = {t: reduced_axes(A, t, grp.domain) for t in grp.tails}
+    axes = {t: fusion.reduced_axes(A, t, grp.domain) for t in grp.tails}
     # tails that keep no axis but the last (or none): one row of the kernel's float64
     # accumulator each, indexed by the last axis, so that `acc[k, i] += v` vectorizes
     # (a scalar `+=` is a reduction LLVM may not reorder)
@@ -435,24 +426,19 @@ class KernelText:
         self._mean(o, arr, axes)
 
     def _mean(self, o, arr, axes):
-        if self.A.nodes[o][g.OP] == "mean":
+        if fusion.TAILS[self.A.nodes[o][g.OP]].mean:
             count = " * ".join(self.ext[i] for i in sorted(axes)) or "1"
             self.after.append(Code(f"{arr} /= {count}"))  # x /= a * b: x / (a * b)
 
     def tail_shape(self, node):
         """A tail's shape in terms of the kernel's extents (its axes are domain axes)."""
-        A, R, ext = self.A, self.R, self.ext
-        at = A.nodes[node][g.ATTRS]
-        if A.nodes[node][g.OP] == "sum_to_shape":
-            lead, keep = ops.defs.sum_to_shape_axes(self.grp.domain, tuple(at["shape"]))
-            dims_ = [Code("1") if i in keep else ext[i] for i in range(len(lead), R)]
-        else:
-            axes = set(at["axis"])
-            dims_ = [
-                Code("1") if i in axes else ext[i]
-                for i in range(R)
-                if i not in axes or at["keepdims"]
-            ]
+        R, ext = self.R, self.ext
+        reduced, kept = self.p.axes[node]
+        dims_ = [
+            Code("1") if i in kept else ext[i]
+            for i in range(R)
+            if i not in reduced or i in kept
+        ]
         return Code("(" + ", ".join(dims_) + ("," if len(dims_) == 1 else "") + ")")
 
     # the loop bodies ------------------------------------------------------------------

@@ -378,7 +378,7 @@ def _nb_cos(x):
 
 
 # out[i] = f(x[i]) over one row of a staged kernel's row buffer: one loop that every stage
-# calls (numba.py's ROW_CALLS), instead of one inlined copy per stage
+# calls (kernels.row_calls), instead of one inlined copy per stage
 _ROW = '''
 @numba.njit(error_model="numpy")
 def _nb_{op}_row(x, out):
@@ -387,7 +387,7 @@ def _nb_{op}_row(x, out):
         out[i] = _nb_{op}(x[i])
 '''
 for _dtype in ("float64", "float32"):
-    for _op in ("exp", "tanh", "sigmoid"):
+    for _op in ROW_OPS:  # (SOURCE's order does not reach a module)
         SOURCE[_dtype][f"_nb_{_op}_row"] = _ROW.format(op=_op)
 
 #: float32: sin and cos reduce with exact FMAs

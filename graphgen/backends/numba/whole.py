@@ -51,13 +51,20 @@ class Unsupported(Exception):
 NOPYTHON = {}
 
 
-def nopython(*names):
-    """Register the decorated predicate as the nopython form of the ops ``names``."""
+# op -> ``attrs(forms, n) -> dict``: what its nopython macro reads beyond its attributes
+NOPYTHON_ATTRS = {}
+
+
+def nopython(*names, attrs=None):
+    """Register the decorated predicate as the nopython form of the ops ``names`` (and
+    ``attrs``, what their macro reads beyond their attributes)."""
 
     def register(form):
         for name in names:
             assert name in ops.REGISTRY, name
             NOPYTHON[name] = form
+            if attrs is not None:
+                NOPYTHON_ATTRS[name] = attrs
         return form
 
     return register
@@ -80,7 +87,7 @@ def _row_loop(at, shapes, ints):
     return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
 
 
-@nopython("matmul")
+@nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
 def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
     return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
 
@@ -113,6 +120,16 @@ def nopython_ok(prog, n):
     return form is not None and form(a[g.ATTRS], shapes, ints)
 
 
+def _matmul_attrs(forms, n):
+    """``loops``: _matmul's loops (two matrices) or np.dot; notes whether the module
+    needs the register tiles."""
+    A = forms.program.A
+    loops = all(len(A.nodes[p][g.SHAPE]) == 2 for p in g.operands(A, n))
+    if loops and matmul_tiles(forms.program, n):
+        forms.tiles = True
+    return {"loops": loops}
+
+
 def matmul_tiles(prog, n):
     """Whether matmul ``n`` (loops form) may be wide enough for the register tiles of
     ``_simd_matmul``: two 512-bit registers wide (matmul.py.j2, ``_matmul``'s rule)."""
@@ -131,12 +148,10 @@ class NopythonForms(OpForms):
         self.tiles = False  # some matmul may use the register tiles
 
     def attrs(self, n, used):
-        A = self.program.A
         out = super().attrs(n, used)
-        if A.nodes[n][g.OP] == "matmul":
-            out["loops"] = all(len(A.nodes[p][g.SHAPE]) == 2 for p in g.operands(A, n))
-            if out["loops"] and matmul_tiles(self.program, n):
-                self.tiles = True
+        more = NOPYTHON_ATTRS.get(self.program.A.nodes[n][g.OP])
+        if more is not None:
+            out.update(more(self, n))
         return out
 
     def render(self, n, args, used, as_bool=False) -> Code:

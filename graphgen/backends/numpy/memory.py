@@ -35,7 +35,7 @@ def has_ufunc(a) -> bool:
 def kept_by_module(a) -> bool:
     """Whether the op's result is an array the module keeps (a view, or one of its
     constants): never a buffer to write into."""
-    return is_view(a) or a[g.OP] == "constant"
+    return is_view(a) or ops.get(a[g.OP]).kept
 
 
 def last_uses(program, keep):
@@ -116,7 +116,7 @@ def plan_buffers(G, program, keep):
                 p for p in args if tuple(G.nodes[p][g.SHAPE]) == shape and free_at(p, i)
             ]
             if (
-                a[g.OP] == "add_n"
+                ops.get(a[g.OP]).sums
                 and fits
                 and args[0] == fits[0]
                 and (args.count(args[0]) == 1 or args == [args[0], args[0]])

@@ -65,7 +65,7 @@ class NumpyProgram(Program):
         self.programs[name] = (program, keep, inlined)
         statements = self._statements(program, buffers, keep, names, exprs)
         open_backward(
-            A, statements, self.notes.backward_header(), skip=set(shared.values())
+            A, statements, self.notes.backward_header, skip=set(shared.values())
         )
         return Function(
             Code(name),
@@ -92,7 +92,9 @@ class NumpyProgram(Program):
         if n in shared:  # the fused op reads the value the backward pass keeps
             d = shared[n]
             self.render_op(n, args, used, as_bool)  # records the sizes it reads
-            return Code(self.forms.macros.mse_of_difference(names.get(d) or exprs[d]))
+            op, shares = A.nodes[n][g.OP], A.nodes[d][g.OP]
+            macro = getattr(self.forms.macros, f"{op}_from_{shares}")
+            return Code(macro(names.get(d) or exprs[d]))
         return self.render_op(n, args, used, as_bool)
 
     def _statements(self, program, buffers, keep, names, exprs):
@@ -183,21 +185,22 @@ class NumpyProgram(Program):
         return out
 
     def _shared_inside(self, order):
-        """Fused ops whose internal value the backward pass builds anyway: ``mse(y, t)``
-        computes ``y − t``, and its VJP builds ``sub(y, t)``. Map each such op node to
-        that node, so the difference is computed once and the loss reads it."""
+        """Op nodes whose internal value the backward pass builds anyway (``Op.shares``):
+        ``mse(y, t)`` computes ``y − t``, and its VJP builds ``sub(y, t)``. Map each such
+        op node to that node, so the value is computed once and the op reads it."""
         A = self.A
         present = set(order)
         out = {}
         for n in order:
-            if A.nodes[n][g.OP] != "mse":
+            shares = ops.get(A.nodes[n][g.OP]).shares
+            if not shares:
                 continue
-            a, b = g.operands(A, n)
-            for d in A.successors(a):
+            args = g.operands(A, n)
+            for d in A.successors(args[0]):
                 if (
                     d in present
-                    and A.nodes[d].get(g.OP) == "sub"
-                    and g.operands(A, d) == [a, b]
+                    and A.nodes[d].get(g.OP) == shares
+                    and g.operands(A, d) == args
                 ):
                     out[n] = d
                     break
