@@ -13,7 +13,6 @@ and the template context. A backend subclass says how one function's statements 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from .. import dims, ops
 from .. import graph as g
@@ -33,7 +32,7 @@ from .layout import (
     wrap,
 )
 from .naming import Code, Namer, node_names
-from .render import environment, op_macros
+from .render import environment, op_macros, recording
 from .schedule import temp_stem
 
 UNPACK_NAME = 24  # longer names get a short alias inside _unpack
@@ -92,6 +91,7 @@ class Function:
     prologue: Code | None = None  # replaces the ``_unpack(arrays)`` line when set
     signature: Code = dataclasses.field(default_factory=lambda: Code("**arrays"))
     sizes: set = dataclasses.field(default_factory=set)  # symbolic sizes it reads
+    helpers: set = dataclasses.field(default_factory=set)  # the helpers it calls
 
 
 class OpForms:
@@ -146,7 +146,8 @@ class OpForms:
         A = self.program.A
         for n in A:
             if A.nodes[n].get(g.OP) == op and self.probe(n):
-                text = self.render(n, probes, set())
+                with recording(None):  # a probe: its helpers are not the module's
+                    text = self.render(n, probes, set())
                 return all(text.count(p) == 1 for p in probes)
         return True
 
@@ -226,7 +227,7 @@ class Program:
         A = self.A
         inputs, params, outputs = self.arrays()
         functions = [
-            self.function(
+            self.make_function(
                 "forward",
                 outputs,
                 ["The forward pass: every output, by name."],
@@ -253,7 +254,7 @@ class Program:
             "Returns ``(loss, {name: gradient})``; gradients are fresh arrays.",
         ]
         functions.append(
-            self.function(
+            self.make_function(
                 "value_and_grad",
                 roots,
                 doc,
@@ -290,16 +291,20 @@ class Program:
 
         return grad_expr
 
+    def make_function(self, name, roots, doc, returns_fn):
+        """:meth:`function`, noting the helpers its code calls (``Function.helpers``)."""
+        with recording() as used:
+            fn = self.function(name, roots, doc, returns_fn)
+        fn.helpers = used
+        return fn
+
     def helpers(self, functions):
         """The helpers (templates/<backend>/helpers/) the functions call, with theirs."""
-        body = "\n".join(s.expr for f in functions for s in f.statements)
-        body += "\n".join(f.returns for f in functions)
-        helpers = []
+        called = set().union(*(f.helpers for f in functions))
+        helpers = set()
         for h, deps in HELPERS.items():
-            if re.search(rf"\b_{h}\(", body):
-                for dep in (*deps, h):
-                    if dep not in helpers:
-                        helpers.append(dep)
+            if h in called:
+                helpers.update((*deps, h))
         return [Code(h) for h in HELPERS if h in helpers]
 
     def tables(self, inputs, params, outputs):
@@ -401,7 +406,7 @@ class Program:
         A = self.A
         cotangents = A.graph["cotangents"]
         roots = [v for v in self.grads.values() if v is not None]
-        fn = self.function(
+        fn = self.make_function(
             "vjp",
             roots,
             [

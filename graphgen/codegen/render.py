@@ -10,6 +10,8 @@ derives from, so a backend's templates override only what differs.
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import dataclasses
 import re
 from functools import cache
@@ -107,11 +109,49 @@ def _environment(backend) -> jinja2.Environment:
     )
     env.filters["joincode"] = lambda items, sep: Code(sep.join(items))
     env.tests["power_operand"] = power_operand
+    env.globals["helper"] = helper
     return env
 
 
+# The helpers the code rendered in the innermost open recording() calls: templates name a
+# module helper through helper("sigmoid") -> _sigmoid, so that which helpers a module
+# defines is known from what was rendered, never searched for in the text.
+_RECORDING = contextvars.ContextVar("graphgen_helpers", default=None)
+
+
+def helper(name) -> Code:
+    """The name of the module helper ``name`` (``_name``), noted as used."""
+    used = _RECORDING.get()
+    if used is not None:
+        used.add(name)
+    return Code(f"_{name}")
+
+
+def note_helpers(names):
+    """Note ``names`` as used, as if the code that calls them had been rendered here."""
+    used = _RECORDING.get()
+    if used is not None:
+        used.update(names)
+
+
+@contextlib.contextmanager
+def recording(merge=True):
+    """Collect the helpers the code rendered inside calls into a set (yielded). With
+    ``merge``, an enclosing recording gets them too when the block ends without an
+    exception; ``recording(None)`` records nothing (a probe of a template)."""
+    outer = _RECORDING.get()
+    used = set()
+    token = _RECORDING.set(None if merge is None else used)
+    try:
+        yield used
+    finally:
+        _RECORDING.reset(token)
+    if merge and outer is not None:
+        outer |= used
+
+
 # dataclass fields of the program that templates never print
-BOOKKEEPING = frozenset({"node", "call", "sizes"})
+BOOKKEEPING = frozenset({"node", "call", "sizes", "helpers"})
 
 
 def vet(value, path="context"):

@@ -25,6 +25,7 @@ from ...codegen.layout import INDENT, LINE, bracketed, literal, statement, wrap
 from ...codegen.layout import value as layout_value
 from ...codegen.naming import Code, Namer
 from ...codegen.program import Statement
+from ...codegen.render import helper
 from . import fusion
 
 # A stage of a kernel (one loop over the last axis) touches at most this many arrays
@@ -519,7 +520,8 @@ class KernelText:
         if n in p.calls:  # the whole row, before the stage's loop
             op = A.nodes[n][g.OP]
             src = g.operands(A, n)[0]
-            call = f"_nb_{op}_row({self.rows}[{p.slot[src]}], {self.rows}[{p.slot[n]}])"
+            row = helper(f"nb_{op}_row")
+            call = f"{row}({self.rows}[{p.slot[src]}], {self.rows}[{p.slot[n]}])"
             self.pre[p.stage[n]].append(Statement(Code(""), Code(call), comments, n))
             # read straight from the row wherever it is used: no loop of its own
             self.exprs[n] = self.local[n] = Code(

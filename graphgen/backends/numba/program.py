@@ -56,7 +56,7 @@ from ...codegen.layout import INDENT, assign
 from ...codegen.layout import value as layout_value
 from ...codegen.naming import Code
 from ...codegen.program import Function, OpForms, Program, Statement
-from ...codegen.render import Macros, environment, op_macros
+from ...codegen.render import Macros, environment, op_macros, recording
 from ...codegen.schedule import Schedule
 from ...errors import CodegenError
 from . import fusion, kernels, vecmath, whole
@@ -340,7 +340,8 @@ class NumbaProgram(Program):
         probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
         for n in self.A:
             if self.A.nodes[n].get(g.OP) == op:
-                text = macro(*probes, self.attrs_code(n, set()))
+                with recording(None):  # a probe: its helpers are not the module's
+                    text = macro(*probes, self.attrs_code(n, set()))
                 return all(text.count(p) == 1 for p in probes)
         return True
 
@@ -359,19 +360,19 @@ class NumbaProgram(Program):
         for k in self.whole_kernels:
             _lay_out_calls(k.statements, final)
         texts = []
-        for key, entry in self.kernels.entries.items():
-            if len(entry.served) == 1:
-                kt = kernels.KernelText(self, entry.plan, entry.names, entry.name, None)
-                kt.doc = kernels.own_doc(self, kt)
-            else:  # one kernel for several groups: generic names, the groups it serves
-                doc = kernels.shared_doc(entry.served)
-                kt = kernels.KernelText(self, entry.plan, None, final[key], doc)
-            texts.append(kt.render(self.kernel_template))
-        helpers = [
-            h
-            for h in whole.NB_HELPERS
-            if any(h in k.helpers for k in self.whole_kernels)
-        ]
+        with recording() as used:
+            for key, entry in self.kernels.entries.items():
+                if len(entry.served) == 1:
+                    kt = kernels.KernelText(
+                        self, entry.plan, entry.names, entry.name, None
+                    )
+                    kt.doc = kernels.own_doc(self, kt)
+                else:  # one kernel for several groups: generic names, what it serves
+                    doc = kernels.shared_doc(entry.served)
+                    kt = kernels.KernelText(self, entry.plan, None, final[key], doc)
+                texts.append(kt.render(self.kernel_template))
+        used = used.union(*(f.helpers for f in ctx["functions"]))
+        helpers = [h for h in whole.NB_HELPERS if h in used]
         ctx["kernels"] = (
             [
                 Code(
@@ -389,7 +390,9 @@ class NumbaProgram(Program):
             ctx["kernels"].insert(
                 0, Code(self.env.get_template("numba/helpers/compile.py.j2").render())
             )
-        ctx["kernels"][:0] = vecmath.helpers(ctx["kernels"], self.dtype)
+        ctx["kernels"][:0] = vecmath.helpers(
+            [f"_{h}" for h in used if h.startswith("nb_")], self.dtype
+        )
         return ctx
 
     def _final_names(self):

@@ -33,8 +33,6 @@ are within 2 / 1 ulp; ≤ 3 ulp from NumPy's float32 result (tanh ≤ 4).
 
 from __future__ import annotations
 
-import re
-
 from ...codegen.naming import Code
 
 #: helper name -> the helpers it calls
@@ -418,12 +416,6 @@ def _closure(names, dtype="float64"):
     return sorted(out, key=order.index)
 
 
-def used(texts):
-    """The helpers the kernel sources ``texts`` call."""
-    pat = re.compile(r"\b(_nb_[a-z0-9_]+)\(")
-    return {m for t in texts for m in pat.findall(t) if m in DEPS32}
-
-
 def available(dtype):
     """The ops with an inline implementation for ``dtype``."""
     src = SOURCE["float32" if dtype == "float32" else "float64"]
@@ -443,11 +435,11 @@ def excluded(policy, simd_in_numpy, dtype):
     return frozenset()
 
 
-def helpers(texts, dtype):
-    """Source of the helpers the kernels ``texts`` call (with their dependencies), for a
+def helpers(called, dtype):
+    """Source of the helpers ``called`` (``_nb_tanh``, ...) with their dependencies, for a
     module of ``dtype``, in definition order."""
     dtype = "float32" if dtype == "float32" else "float64"
-    names = _closure(used(texts), dtype)
+    names = _closure([n for n in called if n in DEPS32], dtype)
     return [Code(SOURCE[dtype][n].strip("\n")) for n in names]
 
 

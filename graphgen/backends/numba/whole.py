@@ -15,7 +15,6 @@ large (:data:`WHOLE_TRANSCENDENTAL_LIMIT`).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from ... import dims, ops
 from ... import graph as g
@@ -33,6 +32,7 @@ from ...codegen.layout import (
 from ...codegen.layout import value as layout_value
 from ...codegen.naming import Code
 from ...codegen.program import Function, OpForms, Statement
+from ...codegen.render import note_helpers, recording
 
 # Whole-function mode (auto) is off when a function computes one of the transcendentals
 # NumPy runs faster on more than this many elements (symbolic sizes count as 1): a
@@ -175,7 +175,8 @@ class NopythonForms(OpForms):
         once = True
         for n in A:
             if A.nodes[n].get(g.OP) == op and self.probe(n):
-                text = self.render(n, probes, set())
+                with recording(None):  # a probe: its helpers are not the module's
+                    text = self.render(n, probes, set())
                 once = once and all(text.count(p) == 1 for p in probes)
         return once
 
@@ -221,18 +222,20 @@ def whole_function(prog, name, roots, doc, returns_fn):
         return None
     saved = prog.kernels.snapshot()
     forms = NopythonForms(prog, prog.nopython_macros)
-    try:
-        inner = prog.group_function(
-            name, roots, doc, returns_fn, forms=forms, exclude=frozenset()
-        )
-    except Unsupported:
-        prog.kernels.restore(saved)
-        return None
+    with recording(merge=False) as used:
+        try:
+            inner = prog.group_function(
+                name, roots, doc, returns_fn, forms=forms, exclude=frozenset()
+            )
+        except Unsupported:
+            prog.kernels.restore(saved)
+            return None
     if prog.whole is None and _one_kernel_call(inner):
         # nothing to save but one dispatch, and compiling the kernel into a caller
-        # optimizes its code a second time (W4: 17 s against 7 s; docs/numba.md)
+        # optimizes its code a second time (W4: 17 s against 7 s)
         prog.kernels.restore(saved)
         return None
+    note_helpers(used)
     prog.matmul_tiles = prog.matmul_tiles or forms.tiles
 
     kname = Code(f"_{name}_kernel")
@@ -264,7 +267,7 @@ def whole_function(prog, name, roots, doc, returns_fn):
         returns=bracketed("return ", outs, "", INDENT, parens=False)
         if outs
         else Code("return ()"),
-        helpers=_helpers(inner),
+        helpers=[h for h in NB_HELPERS if h in used],
     )
     prog.whole_kernels.append(kernel)
     return Function(
@@ -333,12 +336,6 @@ def _checks(prog, arrays, used):
             checks.append(condition_check(conds, n))
     unread = {i for i, d in binds if d not in read}
     return [c for i, c in enumerate(checks) if i not in unread]
-
-
-def _helpers(fn):
-    """The templates/numba/helpers the kernel's statements call."""
-    text = "\n".join(s.expr for s in fn.statements if s.call is None)
-    return [h for h in NB_HELPERS if re.search(rf"\b_{h}\(", text)]
 
 
 def _scalar_results(prog, name, roots, inner):
