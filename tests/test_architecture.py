@@ -177,6 +177,61 @@ ALLOWED = {
     ("graphgen/frontends/onnx.py", "constant"): (
         "ONNX Pad's mode 'constant' (a padding mode, not graphgen's constant op)"
     ),
+    ("graphgen/views/explain.py", "matmul"): (
+        "the one-weight walkthrough (W[i, j] reaches only column j of z) reads a matrix "
+        "product, z = a @ W"
+    ),
+    ("graphgen/views/explain.py", "broadcast_to"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "concat"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "cos"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "exp"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "log"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "logsumexp"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "max"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "mean"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "onehot"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "reshape"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "sign"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "sin"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "softmax"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "sum_to_shape"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "tanh"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "transpose"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
+    ("graphgen/views/explain.py", "zeros"): (
+        "a function name in the ops' math text, set upright in LaTeX (typesetting)"
+    ),
 }
 
 

@@ -48,7 +48,6 @@ __all__ = ["VIEWS", "DiagramError", "render", "to_dot", "write"]
 
 VIEWS = ("forward", "adjoint", "flow")
 FORMATS = ("svg", "png", "pdf", "dot")
-COMMUTATIVE = {"add", "mul", "add_n", "maximum", "minimum", "eq"}
 INSTALL_HINT = (
     "the Graphviz 'dot' program is needed to write {fmt} files but was not found on "
     "PATH; install Graphviz (apt install graphviz, brew install graphviz or conda "
@@ -289,7 +288,7 @@ def _arg_label(G, src, dst):
     if a[g.KIND] != g.OPNODE:
         return ""
     op = ops.get(a[g.OP])
-    if op.name in COMMUTATIVE or (not op.variadic and len(op.args) < 2):
+    if op.commutative or (not op.variadic and len(op.args) < 2):
         return ""
     return ", ".join(op.arg_name(i) for i in G.edges[src, dst][g.POS])
 

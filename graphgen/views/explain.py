@@ -44,21 +44,6 @@ __all__ = ["FORMATS", "explain"]
 FORMATS = ("text", "markdown", "latex")
 MAX_PATHS = 12
 TOL = 1e-10
-NONLINEAR = {
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "softplus",
-    "exp",
-    "log",
-    "sqrt",
-    "square",
-    "abs",
-    "sin",
-    "cos",
-}
-ELEMENTWISE_LINEAR = {"add", "sub", "neg"}
 
 
 # ----------------------------------------------------------------------------- formats
@@ -466,12 +451,12 @@ def _hidden_unit(H, path):
         return None
     shape = tuple(H.nodes[path[1]][g.SHAPE])
     for n in path[2:-1]:
-        op = H.nodes[n][g.OP]
+        op = ops.get(H.nodes[n][g.OP])
         if tuple(H.nodes[n][g.SHAPE]) != shape:
             return None
-        if op in NONLINEAR:
+        if op.activation:
             return path[1], n
-        if op not in ELEMENTWISE_LINEAR:
+        if not op.linear:
             return None
     return None
 
