@@ -188,7 +188,7 @@ def _numpy_im2col(x, kernel, strides, pads, dilations, out, group):
 # When a convolution over a batch (N > 1) runs one BLAS product per sample rather than
 # one over the whole batch. The batch product needs the batch's im2col matrix (C·K, N·O)
 # and its result copied from (M, N, O) to (N, M, O); per sample, the products are
-# smaller. Measured on ResNet-50's layers (benchmarks/numba_cnn_bench.py --per-layer):
+# smaller. Measured on ResNet-50's layers, one at a time:
 # - through im2col, per sample from 2048 output positions on (below, the batch product
 #   was up to 2x faster for 3x3 kernels);
 # - an unpadded 1x1 stride-1 kernel (no im2col: x[n] is the matrix) always per sample,

@@ -57,7 +57,7 @@ def _compile(kernel, types):
     """Compile a whole-function kernel for ``types`` alone, at its first call.
 
     Not at import: a program that only calls value_and_grad never pays for forward's
-    kernel (W2: 1.4 of 4.2 s). Other argument types are then Numba's TypeError, which
+    kernel (for a small MLP, 1.4 of 4.2 s). Other argument types are then Numba's TypeError, which
     the caller explains; the lock keeps a second thread from calling it in between.
     """
     with _COMPILING:
@@ -70,8 +70,8 @@ def _numpy_blas():
     """Make NumPy's own BLAS callable by name from compiled code; False if absent.
 
     Numba's np.dot calls SciPy's BLAS (scipy.linalg.cython_blas), a second OpenBLAS
-    built apart from NumPy's: on an AMD EPYC its float32 GEMM took 130 µs for a
-    32×784 @ 784×128 product that NumPy's did in 83 µs (docs/numba.md, "Matmul").
+    built apart from NumPy's, whose float32 GEMM was measured at 130 µs for a
+    32×784 @ 784×128 product that NumPy's did in 83 µs.
     NumPy's wheels bundle OpenBLAS as libscipy_openblas64_; loading it by path returns
     the copy NumPy already uses (the same threads). Declared by name, not by address,
     the calls keep the kernels cacheable. NumPy built against another BLAS: np.dot.
@@ -170,10 +170,10 @@ def _simd_lanes():
 
 # Mid-sized products (see _matmul) run in _simd_matmul: tiles of out, 8 rows by two
 # registers, accumulated in 16 registers, one fused multiply-add per lane and step of
-# the inner sum, and no packing, which OpenBLAS does on every call. On a Zen 4 EPYC:
+# the inner sum, and no packing, which OpenBLAS does on every call. On an AVX-512 core:
 # 32×784 @ 784×128 in 114 µs against OpenBLAS's 151 (float64; 56 against 76 µs in
 # float32), 64…256-sized products 0.81–0.92×, but 512×784×1024 no faster and wider
-# products slower, so BLAS keeps those (docs/numba.md, "Matmul"). Each entry of out is
+# products slower, so BLAS keeps those. Each entry of out is
 # the same sequence of roundings, over k in order, on every host.
 _ITEMSIZE = np.dtype(DTYPE).itemsize
 _LANES = _simd_lanes()

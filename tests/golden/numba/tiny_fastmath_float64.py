@@ -54,7 +54,7 @@ def _compile(kernel, types):
     """Compile a whole-function kernel for ``types`` alone, at its first call.
 
     Not at import: a program that only calls value_and_grad never pays for forward's
-    kernel (W2: 1.4 of 4.2 s). Other argument types are then Numba's TypeError, which
+    kernel (for a small MLP, 1.4 of 4.2 s). Other argument types are then Numba's TypeError, which
     the caller explains; the lock keeps a second thread from calling it in between.
     """
     with _COMPILING:
@@ -67,8 +67,8 @@ def _numpy_blas():
     """Make NumPy's own BLAS callable by name from compiled code; False if absent.
 
     Numba's np.dot calls SciPy's BLAS (scipy.linalg.cython_blas), a second OpenBLAS
-    built apart from NumPy's: on an AMD EPYC its float32 GEMM took 130 µs for a
-    32×784 @ 784×128 product that NumPy's did in 83 µs (docs/numba.md, "Matmul").
+    built apart from NumPy's, whose float32 GEMM was measured at 130 µs for a
+    32×784 @ 784×128 product that NumPy's did in 83 µs.
     NumPy's wheels bundle OpenBLAS as libscipy_openblas64_; loading it by path returns
     the copy NumPy already uses (the same threads). Declared by name, not by address,
     the calls keep the kernels cacheable. NumPy built against another BLAS: np.dot.
