@@ -137,3 +137,13 @@ def add_weighted_loss(G, out="y", weight="w", dtype=None):
     G.add_node("loss", kind="op", op="sum", attrs={})
     G.add_edge("weighted", "loss", pos=(0,))
     return shape
+
+
+def python_level(src):
+    """The Python-level functions of a generated module (forward ... its last one)."""
+    return src.split("\ndef forward(", 1)[1].split("\ndef init_params(", 1)[0]
+
+
+def compiled_part(src):
+    """What a generated module defines after its argument checks: helpers, kernels."""
+    return src.split("\ndef _fail(", 1)[1]

@@ -21,7 +21,8 @@ import pytest
 
 numba = pytest.importorskip("numba")
 
-from conftest import EXAMPLE_SPECS, REPO
+from conftest import EXAMPLE_SPECS, REPO, compiled_part
+from conftest import python_level as conftest_python_level
 from test_ops_gradients import CASES, op_graph, sample
 
 import graphgen
@@ -243,12 +244,12 @@ def test_transcendentals_default_without_svml(deep):
         pytest.skip("with SVML every transcendental is fused as np.*")
     for dtype in ("float64", "float32"):
         src = graphgen.generate(deep[0], backend="numba", whole=False, dtype=dtype)
-        python_level = src.split("def _check")[1]
+        python_level = conftest_python_level(src)
         assert "np.tanh(" not in python_level and "_nb_tanh(" in src
         assert ("_nb_i2f(np.int32(" in src) == (dtype == "float32")  # float32 helpers
     for options in ({"parallel": True}, {"fastmath": True}):
         src = graphgen.generate(deep[0], backend="numba", whole=False, **options)
-        python_level = src.split("def _check")[1]
+        python_level = conftest_python_level(src)
         assert "np.tanh(" in python_level and "_nb_tanh(" not in src, options
         assert "@numba.njit(" in src  # the arithmetic around them is still fused
 
@@ -298,7 +299,7 @@ def test_staged_kernels_vectorize_and_agree(tmp_path):
     for whole in (True, False):
         mod = graphgen.compile(G, backend="numba", whole=whole)
         src = mod.__source__
-        kernels = src.split("def _check")[0]
+        kernels = compiled_part(src)
         assert "n1 = 16" in kernels
         assert re.search(r"rows\w*\[\d+, i1\] = ", kernels)
         assert re.search(r"acc\[\d+, i1\] \+= ", kernels)
@@ -328,7 +329,7 @@ def test_a_chain_fuses_forward_and_backward_into_few_kernels(deep):
     assert 1 <= kernels <= 3, src
     assert "for i0 in range(n0):" in src and "for i1 in range(n1):" in src
     # sum_to_shape of the broadcast params is a loop accumulation, not np.sum
-    assert "np.sum" not in src.split("def _check")[0]
+    assert "np.sum" not in compiled_part(src)
     arrays = random_arrays(G, seed=2, sizes={"batch": 6})
     (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
     assert abs(l1 - l2) <= TOL
@@ -940,7 +941,7 @@ def test_identical_kernels_are_emitted_once(tmp_path):
     for whole in (True, False):
         mod = graphgen.compile(G, backend="numba", whole=whole)
         src = mod.__source__
-        kernels = src.split("def _check")[0]
+        kernels = compiled_part(src)
         names = re.findall(r"^def (_k_\w+)\(", kernels, re.MULTILINE)
         assert len(names) == len(set(names))
         shared = [n for n in names if n.startswith("_k_shared")]

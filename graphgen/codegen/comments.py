@@ -174,6 +174,29 @@ class Comments:
             text += " (summed over the axes broadcasting stretched)"
         return wrap_comment(text)
 
+    def value_text(self, n, names):
+        """The formula of backward node ``n``'s value (``hᵀ @ y_bar``), where the local
+        derivative it applies says it; else None."""
+        a = self.A.nodes[n]
+        note = a.get(g.NOTE)
+        if g.ADJOINT_OF in a:
+            j = a[g.ADJOINT_OF]
+        elif g.CONTRIB in a:
+            j = a[g.CONTRIB][1]
+        else:
+            return None
+        if not note or not note[0] or note[1].get("y") in (None, j):
+            return None
+        template, ids, attrs = note
+        target = names.get(n, self.display(names)(n))
+        deriv = self.note(template, ids, attrs, names, term=(j, target), of=n)
+        if " = " not in deriv:
+            return None
+        rhs = deriv.split(" = ", 1)[1]
+        if deriv.startswith("∂") and ids["y"] != self.pass_of(n)[0]:
+            return None  # a local derivative, not the value
+        return rhs
+
     def backward_header(self):
         """The comment that opens the backward pass: what ``v_bar`` means."""
         v_bar = partial(self.namer[self.loss], "v")

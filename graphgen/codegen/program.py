@@ -17,6 +17,7 @@ import dataclasses
 from .. import dims, ops
 from .. import graph as g
 from ..errors import CodegenError
+from ..notes import partial
 from ..version import __version__
 from . import attrs
 from .attrs import constant_key
@@ -80,6 +81,7 @@ class Statement:
     dels: list = dataclasses.field(default_factory=list)  # dropped after their last use
     # a kernel call, laid out once its kernel's name is final: (key, targets, args)
     call: tuple | None = None
+    note: Code | None = None  # a comment at the end of the line
 
 
 @dataclasses.dataclass
@@ -92,6 +94,8 @@ class Function:
     signature: Code = dataclasses.field(default_factory=lambda: Code("**arrays"))
     sizes: set = dataclasses.field(default_factory=set)  # symbolic sizes it reads
     helpers: set = dataclasses.field(default_factory=set)  # the helpers it calls
+    names: dict = dataclasses.field(default_factory=dict)  # node -> its name in code
+    unpacks: bool = True  # calls _unpack (a whole-function kernel checks for itself)
 
 
 class OpForms:
@@ -243,9 +247,8 @@ class Program:
         if self.loss is None:
             return functions
         wrt = list(A.graph["wrt"])
-        grad_expr = self._grad_expr()
         if A.graph.get("cotangents"):
-            functions.append(self.vjp_function(wrt, grad_expr, inputs + params))
+            functions.append(self.vjp_function(wrt, inputs + params))
             return functions
         roots = [self.loss] + [v for v in self.grads.values() if v is not None]
         doc = [
@@ -261,7 +264,7 @@ class Program:
                 lambda names, used: fit(
                     f"return float({self.out_expr(self.loss, names)}), ",
                     "{",
-                    [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                    self.gradients(wrt, names, used),
                     "}",
                     INDENT,
                 ),
@@ -269,33 +272,56 @@ class Program:
         )
         return functions
 
-    def _grad_expr(self):
-        """``grad_expr(w, names, used)``: how the gradient of ``w`` is handed out."""
-        A = self.A
-        handed_out = set()
+    def gradients(self, wrt, names, used):
+        """The ``name: gradient`` items a function returns, one per name in ``wrt``.
 
-        def grad_expr(w, names, used):
+        Every gradient is a fresh array: a view, or an array another gradient already
+        is, is handed out as a copy. A gradient that is another value (the optimizer
+        found it equal to one already computed) is handed out under its own name, through
+        an alias statement that says so (:attr:`aliases`).
+        """
+        A = self.A
+        handed_out, items = set(), []
+        for w in wrt:
             v = self.grads.get(w)
             shape = self.shape_code(A.nodes[w][g.SHAPE], used)
             if v is None:
-                return Code(f"np.zeros({shape}, dtype=DTYPE)")
-            a = A.nodes[v]
-            if a[g.KIND] == g.CONST:
-                return Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
-            name = self.namer[v] if v in self.namer else names[v]
-            if v in handed_out or a[g.KIND] != g.OPNODE or ops.get(a[g.OP]).view:
-                # a view, or an array another gradient already is: hand out a copy
-                return Code(f"np.array({name})")
-            handed_out.add(v)
-            return name
+                expr = Code(f"np.zeros({shape}, dtype=DTYPE)")
+            elif A.nodes[v][g.KIND] == g.CONST:
+                value = literal(A.nodes[v][g.VALUE])
+                expr = Code(f"np.full({shape}, {value}, dtype=DTYPE)")
+            else:
+                a = A.nodes[v]
+                expr = self.namer[v] if v in self.namer else names[v]
+                if a[g.KIND] == g.OPNODE and a.get(g.ADJOINT_OF, w) != w:
+                    alias = self.namer.name(("alias", w), f"{self.namer[w]}_bar")
+                    self.aliases[w] = (alias, expr, v)
+                    expr = alias
+                if v in handed_out or a[g.KIND] != g.OPNODE or ops.get(a[g.OP]).view:
+                    expr = Code(f"np.array({expr})")
+                handed_out.add(v)
+            items.append(f"{literal(w)}: {expr}")
+        return items
 
-        return grad_expr
+    def alias_statements(self, names):
+        """``W2_bar = V_bar``: a gradient that is another value gets its own name."""
+        out = []
+        loss = self.notes.display(names)(self.loss)
+        for w, (alias, value, v) in self.aliases.items():
+            formula = self.notes.value_text(v, names)
+            why = f" (both are {formula})" if formula else ""
+            grad = partial(loss, self.namer[w])
+            comments = wrap_comment(f"{alias} = {grad} = {value}: the same value{why}")
+            out.append(Statement(alias, value, comments, v, blank_before=True))
+        return out
 
     def make_function(self, name, roots, doc, returns_fn):
         """:meth:`function`, noting the helpers its code calls (``Function.helpers``)."""
+        self.aliases = {}  # what gradients() hands out under names of their own
         with recording() as used:
             fn = self.function(name, roots, doc, returns_fn)
         fn.helpers = used
+        fn.statements += self.alias_statements(fn.names)
         return fn
 
     def helpers(self, functions):
@@ -375,6 +401,7 @@ class Program:
                 tuple_=True,
             ),
             "functions": functions,
+            "unpack_used": any(f.unpacks for f in functions),
             "helpers": self.helpers(functions),
             "stored": bool(stored_params or stored_consts),
             "cotangents": bool(cotangents),
@@ -396,7 +423,7 @@ class Program:
             ],
         }
 
-    def vjp_function(self, wrt, grad_expr, arrays):
+    def vjp_function(self, wrt, arrays):
         """``vjp(cotangents, **arrays)``: the gradient of Σ_k <cotangents[k], output k>.
 
         The graph's loss is that sum (the frontend built it over cotangent inputs); here
@@ -418,7 +445,7 @@ class Program:
             lambda names, used: fit(
                 "return ",
                 "{",
-                [f"{literal(w)}: {grad_expr(w, names, used)}" for w in wrt],
+                self.gradients(wrt, names, used),
                 "}",
                 INDENT,
             ),

@@ -151,7 +151,7 @@ def recording(merge=True):
 
 
 # dataclass fields of the program that templates never print
-BOOKKEEPING = frozenset({"node", "call", "sizes", "helpers"})
+BOOKKEEPING = frozenset({"node", "call", "sizes", "helpers", "names", "unpacks"})
 
 
 def vet(value, path="context"):

@@ -47,23 +47,95 @@ LOSS = "loss"
 WRT = ("W1", "b1", "W2", "b2")
 
 
-def _softmax_cross_entropy(logits, labels):
-    # mean over the batch of −log softmax(logits)[label]
-    #   = max + log Σ exp(logits − max) − logits[label]
-    m = logits.max(axis=-1, keepdims=True)
-    s = np.exp(logits - m).sum(axis=-1)
-    rows = logits.reshape(-1, logits.shape[-1])
-    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
-    return (m[..., 0] + np.log(s) - picked).mean()
+def forward(**arrays):
+    """The forward pass: every output, by name."""
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
+    z1 = x @ W1
+    a1 = np.add(z1, b1, out=z1)  # a1 reuses z1's buffer
+    del z1
+
+    # h1 = max(a1, 0)
+    h1 = np.maximum(a1, 0.0, out=a1)  # h1 reuses a1's buffer
+    del a1
+    z2 = h1 @ W2
+    del h1
+    logits = z2 + b2
+    del z2
+
+    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
+    loss = _softmax_cross_entropy(logits, labels)
+    return {"logits": logits, "loss": loss}
 
 
-def _softmax_xent_grad(logits, labels):
-    # softmax(logits) − onehot(labels), with one exp and no one-hot array
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    e /= e.sum(axis=-1, keepdims=True)
-    rows = e.reshape(-1, e.shape[-1])
-    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
-    return e
+def value_and_grad(**arrays):
+    """The loss 'loss' and its gradient with respect to each name in WRT.
+
+    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
+    """
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
+    z1 = x @ W1
+    a1 = np.add(z1, b1, out=z1)  # a1 reuses z1's buffer
+    del z1
+
+    # h1 = max(a1, 0)
+    h1 = np.maximum(a1, 0.0)
+    z2 = h1 @ W2
+    logits = z2 + b2
+    del z2
+
+    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
+    loss = _softmax_cross_entropy(logits, labels)
+
+    # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
+    #   of k_bar · ∂k/∂v.
+    # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
+    logits_bar = _softmax_xent_grad(logits, labels) * (1.0 / float(batch))
+    del logits
+
+    # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1 (summed over
+    #   the axes broadcasting stretched)
+    b2_bar = logits_bar.sum(axis=0)
+
+    # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
+    h1_bar = logits_bar @ W2.T
+
+    # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
+    W2_bar = h1.T @ logits_bar
+    del h1, logits_bar
+
+    # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0 else 0
+    a1_bar = np.multiply(h1_bar, (a1 > 0), out=h1_bar)  # a1_bar reuses h1_bar's buffer
+    del a1, h1_bar
+
+    # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
+    #   broadcasting stretched)
+    b1_bar = a1_bar.sum(axis=0)
+
+    # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
+    W1_bar = x.T @ a1_bar
+    del a1_bar
+    return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
+
+
+def init_params(seed=0):
+    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
+
+
+def _init(rng, kind, shape):
+    if kind == "zeros":
+        return np.zeros(shape, dtype=DTYPE)
+    if kind == "ones":
+        return np.ones(shape, dtype=DTYPE)
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(DTYPE)
+    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    fan_in = (shape[0] if len(shape) else 1) * receptive
+    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(DTYPE)
 
 
 def _check(arrays):
@@ -144,95 +216,23 @@ def _unpack(arrays):
 
 def _fail(arrays):
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
 
 
-def init_params(seed=0):
-    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
+def _softmax_cross_entropy(logits, labels):
+    # mean over the batch of −log softmax(logits)[label]
+    #   = max + log Σ exp(logits − max) − logits[label]
+    m = logits.max(axis=-1, keepdims=True)
+    s = np.exp(logits - m).sum(axis=-1)
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
+    return (m[..., 0] + np.log(s) - picked).mean()
 
 
-def _init(rng, kind, shape):
-    if kind == "zeros":
-        return np.zeros(shape, dtype=DTYPE)
-    if kind == "ones":
-        return np.ones(shape, dtype=DTYPE)
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(DTYPE)
-    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_in = (shape[0] if len(shape) else 1) * receptive
-    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(DTYPE)
-
-
-def forward(**arrays):
-    """The forward pass: every output, by name."""
-    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
-    z1 = x @ W1
-    a1 = np.add(z1, b1, out=z1)
-    del z1
-
-    # h1 = max(a1, 0)
-    h1 = np.maximum(a1, 0.0, out=a1)
-    del a1
-    z2 = h1 @ W2
-    del h1
-    logits = z2 + b2
-    del z2
-
-    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = _softmax_cross_entropy(logits, labels)
-    return {"logits": logits, "loss": loss}
-
-
-def value_and_grad(**arrays):
-    """The loss 'loss' and its gradient with respect to each name in WRT.
-
-    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
-    """
-    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
-    z1 = x @ W1
-    a1 = np.add(z1, b1, out=z1)
-    del z1
-
-    # h1 = max(a1, 0)
-    h1 = np.maximum(a1, 0.0)
-    z2 = h1 @ W2
-    logits = z2 + b2
-    del z2
-
-    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = _softmax_cross_entropy(logits, labels)
-
-    # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
-    #   of k_bar · ∂k/∂v.
-    # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
-    logits_bar = _softmax_xent_grad(logits, labels) * (1.0 / float(batch))
-    del logits
-
-    # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1 (summed over
-    #   the axes broadcasting stretched)
-    b2_bar = logits_bar.sum(axis=0)
-
-    # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
-    h1_bar = logits_bar @ W2.T
-
-    # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
-    W2_bar = h1.T @ logits_bar
-    del h1, logits_bar
-
-    # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0 else 0
-    a1_bar = np.multiply(h1_bar, (a1 > 0), out=h1_bar)
-    del a1, h1_bar
-
-    # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the axes
-    #   broadcasting stretched)
-    b1_bar = a1_bar.sum(axis=0)
-
-    # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
-    W1_bar = x.T @ a1_bar
-    del a1_bar
-    return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
+def _softmax_xent_grad(logits, labels):
+    # softmax(logits) − onehot(labels), with one exp and no one-hot array
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    rows = e.reshape(-1, e.shape[-1])
+    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
+    return e

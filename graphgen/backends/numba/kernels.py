@@ -610,9 +610,11 @@ class KernelText:
         return Code(template.render(**ctx).rstrip("\n"))
 
     def computed(self):
-        """The named values the kernel computes, as its docstring lists them."""
+        """What the kernel computes, as its docstring lists it: its named values and
+        every output it returns."""
         show = self.prog.notes.display(self.show_names)
-        return [show(n) for n in self.grp.nodes if n in self.prog.namer]
+        outs = set(self.grp.outputs)
+        return [show(n) for n in self.grp.nodes if n in self.prog.namer or n in outs]
 
 
 def own_doc(prog, text_):

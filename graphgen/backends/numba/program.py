@@ -267,6 +267,7 @@ class NumbaProgram(Program):
             statements,
             returns_fn(names, used),
             sizes=sizes,
+            names=names,
         )
 
     # -------------------------------------------------------------------- kernels

@@ -276,6 +276,8 @@ def whole_function(prog, name, roots, doc, returns_fn):
         _scalar_results(prog, name, roots, inner),
         inner.returns,
         _prologue(prog, name, kname, outs, arrays),
+        names=inner.names,
+        unpacks=False,
     )
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from ... import graph as g
 from ... import ops
 from ...codegen import layout
-from ...codegen.comments import safe_comment
-from ...codegen.layout import INDENT, unpack_line
+from ...codegen.comments import safe_comment, wrap_comment
+from ...codegen.layout import INDENT, LINE, unpack_line
 from ...codegen.naming import Code
 from ...codegen.program import Function, Program, Statement
 from ...codegen.schedule import Schedule, open_backward
@@ -72,6 +72,7 @@ class NumpyProgram(Program):
             [safe_comment(d) for d in doc],
             statements,
             returns_fn(names, plan["used"]),
+            names=names,
         )
 
     def _expr(self, s, n, inline, shared, names, exprs, used):
@@ -134,7 +135,22 @@ class NumpyProgram(Program):
                 run[0].comments, st.comments = st.comments, []
                 run[0].blank_before, st.blank_before = st.blank_before, False
             run = []
+        for (n, _), st in zip(program, statements):
+            if buffers[n] and buffers[n][0] == "out":
+                self._say_reused(st, names[buffers[n][1]])
         return statements
+
+    def _say_reused(self, st, owner):
+        """``a1 = np.add(z1, b1, out=z1)  # a1 reuses z1's buffer``: once, where it is
+        reused (a line above when it does not fit at the end)."""
+        if owner == st.target:
+            return  # one temporary updated in place: the code says it
+        note = f"{st.target} reuses {owner}'s buffer"
+        one_line = INDENT + len(st.target) + 3 + len(st.expr) + 4 + len(note)
+        if "\n" not in st.expr and one_line <= LINE:
+            st.note = Code(note)
+        else:
+            st.comments = st.comments + wrap_comment(note)
 
     def render_out(self, n, args, out) -> Code:
         """``np.<ufunc>(args..., out=buffer)``: the op writing into a free buffer."""

@@ -48,6 +48,186 @@ LOSS = "J"
 WRT = ("W1", "b1", "W2", "V")
 
 
+def forward(**arrays):
+    """The forward pass: every output, by name."""
+    x, t, W1, b1, W2, V, batch = _unpack(arrays)
+    a = x @ W1
+
+    # one fused loop over (batch, 3) (_k_u) computes u
+    u = _k_u(a, b1, numba.get_num_threads())
+
+    # h = tanh(u)
+    h = np.tanh(u)
+    z = h @ W2
+    s = h @ V
+
+    # one fused loop over (batch, 2) (_k_y) computes y
+    y = _k_y(z, s, numba.get_num_threads())
+
+    # e = mean((y − t)²)
+    e = np.square(y - t).mean()
+
+    # one fused loop over (batch, 3) (_k_r) computes hh, r
+    r = _k_r(h, numba.get_num_threads())
+    r = DTYPE(r)
+    rw = r * 0.01
+    J = e + rw
+    return {"y": y, "J": J}
+
+
+def value_and_grad(**arrays):
+    """The loss 'J' and its gradient with respect to each name in WRT.
+
+    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
+    """
+    x, t, W1, b1, W2, V, batch = _unpack(arrays)
+    a = x @ W1
+
+    # one fused loop over (batch, 3) (_k_u) computes u
+    u = _k_u(a, b1, numba.get_num_threads())
+
+    # h = tanh(u)
+    h = np.tanh(u)
+    z = h @ W2
+    s = h @ V
+
+    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
+    #   k_bar · ∂k/∂v.
+    tmp1 = 0.01 / float(3 * batch)
+    tmp2 = 2.0 / float(2 * batch)
+
+    # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
+    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp2), numba.get_num_threads())
+
+    # e = mean((y − t)²)
+    e = np.square(y - t).mean()
+
+    # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
+    #   h_bar_via_s = y_bar @ Vᵀ
+    h_bar_via_s = y_bar @ V.T
+
+    # V_bar = ∂J/∂V; through s = h @ V: V_bar = hᵀ @ y_bar
+    V_bar = h.T @ y_bar
+
+    # h_bar_via_z = the term of ∂J/∂h that flows through z; through z = h @ W2:
+    #   h_bar_via_z = y_bar @ W2ᵀ
+    h_bar_via_z = y_bar @ W2.T
+
+    # one fused loop over (batch, 3) (_k_r_u_bar_b1_bar) computes hh, h_bar_via_hh,
+    #   h_bar, u_bar, r, b1_bar
+    r, u_bar, b1_bar = _k_r_u_bar_b1_bar(
+        h, DTYPE(tmp1), h_bar_via_z, h_bar_via_s, numba.get_num_threads()
+    )
+    r = DTYPE(r)
+    rw = r * 0.01
+    J = e + rw
+
+    # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
+    W1_bar = x.T @ u_bar
+
+    # W2_bar = ∂J/∂W2 = V_bar: the same value (both are hᵀ @ y_bar)
+    W2_bar = V_bar
+    return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "V": np.array(V_bar)}
+
+
+def init_params(seed=0):
+    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
+
+
+def _init(rng, kind, shape):
+    if kind == "zeros":
+        return np.zeros(shape, dtype=DTYPE)
+    if kind == "ones":
+        return np.ones(shape, dtype=DTYPE)
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(DTYPE)
+    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    fan_in = (shape[0] if len(shape) else 1) * receptive
+    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(DTYPE)
+
+
+def _check(arrays):
+    """Check the arrays' names, types and shapes; return the symbolic sizes they fix."""
+    if len(arrays) != len(DTYPES) or not all(name in arrays for name in DTYPES):
+        missing = {
+            name: INPUTS[name] if name in INPUTS else PARAMS[name]
+            for name in DTYPES
+            if name not in arrays
+        }
+        extra = [name for name in arrays if name not in DTYPES]
+        raise ValueError(
+            f"missing arrays {missing} (name: expected shape), unexpected arrays "
+            f"{extra}; expected exactly {list(DTYPES)}"
+        )
+    sizes = {}
+    for name, shape, dtype in _SIGNATURE:
+        a = arrays[name]
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+            _reject(name, a, shape, sizes)
+        for want, have in zip(shape, a.shape):
+            if want.__class__ is str:
+                want = sizes.setdefault(want, have)
+            if want != have:
+                _reject(name, a, shape, sizes)
+    return sizes
+
+
+def _reject(name, a, shape, sizes):
+    dtype = DTYPES[name]
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(
+            f"{name!r}: expected a {dtype} array of shape {shape}, got {got}"
+        )
+    known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
+    fixed = f" with {known} (fixed by earlier arrays)" if known else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+
+
+_SIGNATURE = tuple(
+    (name, INPUTS[name] if name in INPUTS else PARAMS[name], np.dtype(dtype))
+    for name, dtype in DTYPES.items()
+)
+
+
+def _unpack(arrays):
+    """The arrays in signature order, then the symbolic sizes, after checking them."""
+    if arrays.keys() != DTYPES.keys():
+        _fail(arrays)
+    x = arrays["x"]
+    t = arrays["t"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    V = arrays["V"]
+    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
+        _fail(arrays)
+    batch = x.shape[0]
+    if x.shape != (batch, 4):
+        _fail(arrays)
+    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 2):
+        _fail(arrays)
+    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (4, 3):
+        _fail(arrays)
+    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
+        _fail(arrays)
+    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 2):
+        _fail(arrays)
+    if not isinstance(V, np.ndarray) or V.dtype != _FLOAT or V.shape != (3, 2):
+        _fail(arrays)
+    return x, t, W1, b1, W2, V, batch
+
+
+def _fail(arrays):
+    _check(arrays)  # raises the ValueError that names the first wrong array
+    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+
+
 @numba.njit(cache=True, error_model="numpy", parallel=True)
 def _k_u(a, b1, nt):
     """One loop nest over (batch, 3) computing u."""
@@ -156,180 +336,3 @@ def _k_r_u_bar_b1_bar(h, tmp1, h_bar_via_z, h_bar_via_s, nt):
     r /= n0 * n1
     b1_bar = b1_bar_part.sum(axis=0)
     return r, u_bar_out, b1_bar
-
-
-def _check(arrays):
-    """Check the arrays' names, types and shapes; return the symbolic sizes they fix."""
-    if len(arrays) != len(DTYPES) or not all(name in arrays for name in DTYPES):
-        missing = {
-            name: INPUTS[name] if name in INPUTS else PARAMS[name]
-            for name in DTYPES
-            if name not in arrays
-        }
-        extra = [name for name in arrays if name not in DTYPES]
-        raise ValueError(
-            f"missing arrays {missing} (name: expected shape), unexpected arrays "
-            f"{extra}; expected exactly {list(DTYPES)}"
-        )
-    sizes = {}
-    for name, shape, dtype in _SIGNATURE:
-        a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
-            _reject(name, a, shape, sizes)
-        for want, have in zip(shape, a.shape):
-            if want.__class__ is str:
-                want = sizes.setdefault(want, have)
-            if want != have:
-                _reject(name, a, shape, sizes)
-    return sizes
-
-
-def _reject(name, a, shape, sizes):
-    dtype = DTYPES[name]
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise ValueError(
-            f"{name!r}: expected a {dtype} array of shape {shape}, got {got}"
-        )
-    known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
-    fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
-
-
-_SIGNATURE = tuple(
-    (name, INPUTS[name] if name in INPUTS else PARAMS[name], np.dtype(dtype))
-    for name, dtype in DTYPES.items()
-)
-
-
-def _unpack(arrays):
-    """The arrays in signature order, then the symbolic sizes, after checking them."""
-    if arrays.keys() != DTYPES.keys():
-        _fail(arrays)
-    x = arrays["x"]
-    t = arrays["t"]
-    W1 = arrays["W1"]
-    b1 = arrays["b1"]
-    W2 = arrays["W2"]
-    V = arrays["V"]
-    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
-        _fail(arrays)
-    batch = x.shape[0]
-    if x.shape != (batch, 4):
-        _fail(arrays)
-    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 2):
-        _fail(arrays)
-    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (4, 3):
-        _fail(arrays)
-    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
-        _fail(arrays)
-    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 2):
-        _fail(arrays)
-    if not isinstance(V, np.ndarray) or V.dtype != _FLOAT or V.shape != (3, 2):
-        _fail(arrays)
-    return x, t, W1, b1, W2, V, batch
-
-
-def _fail(arrays):
-    _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
-
-
-def init_params(seed=0):
-    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
-
-
-def _init(rng, kind, shape):
-    if kind == "zeros":
-        return np.zeros(shape, dtype=DTYPE)
-    if kind == "ones":
-        return np.ones(shape, dtype=DTYPE)
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(DTYPE)
-    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_in = (shape[0] if len(shape) else 1) * receptive
-    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(DTYPE)
-
-
-def forward(**arrays):
-    """The forward pass: every output, by name."""
-    x, t, W1, b1, W2, V, batch = _unpack(arrays)
-    a = x @ W1
-
-    # one fused loop over (batch, 3) (_k_u) computes u
-    u = _k_u(a, b1, numba.get_num_threads())
-
-    # h = tanh(u)
-    h = np.tanh(u)
-    z = h @ W2
-    s = h @ V
-
-    # one fused loop over (batch, 2) (_k_y) computes y
-    y = _k_y(z, s, numba.get_num_threads())
-
-    # e = mean((y − t)²)
-    e = np.square(y - t).mean()
-
-    # one fused loop over (batch, 3) (_k_r) computes hh, r
-    r = _k_r(h, numba.get_num_threads())
-    r = DTYPE(r)
-    rw = r * 0.01
-    J = e + rw
-    return {"y": y, "J": J}
-
-
-def value_and_grad(**arrays):
-    """The loss 'J' and its gradient with respect to each name in WRT.
-
-    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
-    """
-    x, t, W1, b1, W2, V, batch = _unpack(arrays)
-    a = x @ W1
-
-    # one fused loop over (batch, 3) (_k_u) computes u
-    u = _k_u(a, b1, numba.get_num_threads())
-
-    # h = tanh(u)
-    h = np.tanh(u)
-    z = h @ W2
-    s = h @ V
-
-    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
-    #   k_bar · ∂k/∂v.
-    tmp1 = 0.01 / float(3 * batch)
-    tmp2 = 2.0 / float(2 * batch)
-
-    # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
-    y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp2), numba.get_num_threads())
-
-    # e = mean((y − t)²)
-    e = np.square(y - t).mean()
-
-    # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
-    #   h_bar_via_s = y_bar @ Vᵀ
-    h_bar_via_s = y_bar @ V.T
-
-    # V_bar = ∂J/∂V; through s = h @ V: V_bar = hᵀ @ y_bar
-    V_bar = h.T @ y_bar
-
-    # h_bar_via_z = the term of ∂J/∂h that flows through z; through z = h @ W2:
-    #   h_bar_via_z = y_bar @ W2ᵀ
-    h_bar_via_z = y_bar @ W2.T
-
-    # one fused loop over (batch, 3) (_k_r_u_bar_b1_bar) computes hh, h_bar_via_hh,
-    #   h_bar, u_bar, r, b1_bar
-    r, u_bar, b1_bar = _k_r_u_bar_b1_bar(
-        h, DTYPE(tmp1), h_bar_via_z, h_bar_via_s, numba.get_num_threads()
-    )
-    r = DTYPE(r)
-    rw = r * 0.01
-    J = e + rw
-
-    # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
-    W1_bar = x.T @ u_bar
-    return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": V_bar, "V": np.array(V_bar)}

@@ -93,6 +93,492 @@ def _load_weights(names):
         return {name: np.ascontiguousarray(stored[name], dtype=DTYPE) for name in names}
 
 
+def forward(**arrays):
+    """The forward pass: every output, by name."""
+    (
+        image,
+        conv1_weight,
+        conv1_bias,
+        conv2_weight,
+        conv2_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        fc3_weight,
+        fc3_bias,
+        N,
+    ) = _unpack(arrays)
+    # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
+    #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
+    conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
+    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
+
+    # one fused loop over (N, 6, 28, 28) (_k_shared) computes conv1_Conv, relu1_Relu
+    relu1_Relu = _k_shared(conv1_Conv_conv, conv1_Conv_bias)
+
+    # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
+    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
+    #   ceil_mode 0)
+    pool1_MaxPool = _max_pool(relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+
+    # conv2_Conv_conv[n, m, o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d −
+    #   p]·conv2_weight[m, c, k] (strides s = [1, 1], pads p = [0, 0, 0, 0], dilations d
+    #   = [1, 1], groups 1)
+    conv2_Conv_conv = _conv(
+        pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
+    )
+    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
+
+    # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv, relu2_Relu
+    relu2_Relu = _k_shared(conv2_Conv_conv, conv2_Conv_bias)
+
+    # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
+    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
+    #   ceil_mode 0)
+    pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+    Flatten = np.reshape(pool2_MaxPool, (N, 400))
+
+    # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
+    fc1_Gemm_B_T = fc1_weight.T
+    fc1_Gemm_AB = Flatten @ fc1_Gemm_B_T
+
+    # one fused loop over (N, 120) (_k_shared2) computes fc1_Gemm, relu3_Relu
+    relu3_Relu = _k_shared2(fc1_Gemm_AB, fc1_bias)
+
+    # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
+    fc2_Gemm_B_T = fc2_weight.T
+    fc2_Gemm_AB = relu3_Relu @ fc2_Gemm_B_T
+
+    # one fused loop over (N, 84) (_k_shared2) computes fc2_Gemm, relu4_Relu
+    relu4_Relu = _k_shared2(fc2_Gemm_AB, fc2_bias)
+
+    # logits_B_T = transpose(fc3_weight, [1, 0])
+    logits_B_T = fc3_weight.T
+    logits_AB = relu4_Relu @ logits_B_T
+
+    # one fused loop over (N, 10) (_k_logits) computes logits
+    logits = _k_logits(logits_AB, fc3_bias)
+    return {"logits": logits}
+
+
+def vjp(cotangents, **arrays):
+    """Vector-Jacobian product: the gradient of Σ_k <cotangents[k], output k>.
+
+    ``cotangents`` maps each name in OUTPUTS to an array of its shape; returns
+    ``{name: gradient}`` for each name in WRT (fresh arrays).
+    """
+    (
+        image,
+        conv1_weight,
+        conv1_bias,
+        conv2_weight,
+        conv2_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        fc3_weight,
+        fc3_bias,
+        N,
+    ) = _unpack(arrays)
+    logits_cotangent = _cotangents(cotangents, {"N": N})[0]
+    # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
+    #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
+    conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
+    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
+
+    # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv, relu1_Relu,
+    #   t1
+    relu1_Relu, t1 = _k_shared3(conv1_Conv_conv, conv1_Conv_bias)
+
+    # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
+    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
+    #   ceil_mode 0)
+    pool1_MaxPool = _max_pool(relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+
+    # conv2_Conv_conv[n, m, o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d −
+    #   p]·conv2_weight[m, c, k] (strides s = [1, 1], pads p = [0, 0, 0, 0], dilations d
+    #   = [1, 1], groups 1)
+    conv2_Conv_conv = _conv(
+        pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
+    )
+    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
+
+    # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv, relu2_Relu,
+    #   t2
+    relu2_Relu, t2 = _k_shared3(conv2_Conv_conv, conv2_Conv_bias)
+
+    # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
+    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
+    #   ceil_mode 0)
+    pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+    Flatten = np.reshape(pool2_MaxPool, (N, 400))
+
+    # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
+    fc1_Gemm_B_T = fc1_weight.T
+    fc1_Gemm_AB = Flatten @ fc1_Gemm_B_T
+
+    # one fused loop over (N, 120) (_k_relu3_Relu_t3) computes fc1_Gemm, relu3_Relu, t3
+    relu3_Relu, t3 = _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias)
+
+    # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
+    fc2_Gemm_B_T = fc2_weight.T
+    fc2_Gemm_AB = relu3_Relu @ fc2_Gemm_B_T
+
+    # logits_B_T = transpose(fc3_weight, [1, 0])
+    logits_B_T = fc3_weight.T
+
+    # Backward pass, from the loss back: v_bar = ∂logits_vjp_sum/∂v, the sum over v's
+    #   successors k of k_bar · ∂k/∂v.
+    # fc3_bias_bar = ∂logits_vjp_sum/∂fc3_bias = logits_cotangent · ∂logits/∂fc3_bias,
+    #   where ∂logits/∂fc3_bias = 1 (summed over the axes broadcasting stretched)
+    fc3_bias_bar = logits_cotangent.sum(axis=0)
+
+    # relu4_Relu_bar = ∂logits_vjp_sum/∂relu4_Relu; through logits_AB = relu4_Relu @
+    #   logits_B_T: relu4_Relu_bar = logits_cotangent @ logits_B_Tᵀ
+    relu4_Relu_bar = logits_cotangent @ logits_B_T.T
+
+    # one fused loop over (N, 84) (_k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar) computes
+    #   fc2_Gemm, relu4_Relu, fc2_Gemm_bar, fc2_bias_bar
+    relu4_Relu, fc2_Gemm_bar, fc2_bias_bar = _k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar(
+        fc2_Gemm_AB, fc2_bias, relu4_Relu_bar
+    )
+
+    # logits_B_T_bar = ∂logits_vjp_sum/∂logits_B_T; through logits_AB = relu4_Relu @
+    #   logits_B_T: logits_B_T_bar = relu4_Reluᵀ @ logits_cotangent
+    logits_B_T_bar = relu4_Relu.T @ logits_cotangent
+
+    # fc3_weight_bar = ∂logits_vjp_sum/∂fc3_weight; through logits_B_T =
+    #   transpose(fc3_weight, [1, 0]): fc3_weight_bar = transpose(logits_B_T_bar,
+    #   inverse of [1, 0])
+    fc3_weight_bar = logits_B_T_bar.T
+
+    # relu3_Relu_bar = ∂logits_vjp_sum/∂relu3_Relu; through fc2_Gemm_AB = relu3_Relu @
+    #   fc2_Gemm_B_T: relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_Tᵀ
+    relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_T.T
+
+    # fc2_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc2_Gemm_B_T; through fc2_Gemm_AB = relu3_Relu
+    #   @ fc2_Gemm_B_T: fc2_Gemm_B_T_bar = relu3_Reluᵀ @ fc2_Gemm_bar
+    fc2_Gemm_B_T_bar = relu3_Relu.T @ fc2_Gemm_bar
+
+    # fc2_weight_bar = ∂logits_vjp_sum/∂fc2_weight; through fc2_Gemm_B_T =
+    #   transpose(fc2_weight, [1, 0]): fc2_weight_bar = transpose(fc2_Gemm_B_T_bar,
+    #   inverse of [1, 0])
+    fc2_weight_bar = fc2_Gemm_B_T_bar.T
+
+    # one fused loop over (N, 120) (_k_fc1_Gemm_bar_fc1_bias_bar) computes fc1_Gemm_bar,
+    #   fc1_bias_bar
+    fc1_Gemm_bar, fc1_bias_bar = _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3)
+
+    # Flatten_bar = ∂logits_vjp_sum/∂Flatten; through fc1_Gemm_AB = Flatten @
+    #   fc1_Gemm_B_T: Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_Tᵀ
+    Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_T.T
+
+    # fc1_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc1_Gemm_B_T; through fc1_Gemm_AB = Flatten @
+    #   fc1_Gemm_B_T: fc1_Gemm_B_T_bar = Flattenᵀ @ fc1_Gemm_bar
+    fc1_Gemm_B_T_bar = Flatten.T @ fc1_Gemm_bar
+
+    # fc1_weight_bar = ∂logits_vjp_sum/∂fc1_weight; through fc1_Gemm_B_T =
+    #   transpose(fc1_weight, [1, 0]): fc1_weight_bar = transpose(fc1_Gemm_B_T_bar,
+    #   inverse of [1, 0])
+    fc1_weight_bar = fc1_Gemm_B_T_bar.T
+
+    # pool2_MaxPool_bar = ∂logits_vjp_sum/∂pool2_MaxPool; through Flatten =
+    #   reshape(pool2_MaxPool, ['N', 400]): pool2_MaxPool_bar = reshape(Flatten_bar,
+    #   shape of pool2_MaxPool)
+    pool2_MaxPool_bar = np.reshape(Flatten_bar, (N, 16, 5, 5))
+
+    # relu2_Relu_bar = ∂logits_vjp_sum/∂relu2_Relu; through pool2_MaxPool[n, c, o] =
+    #   max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
+    #   [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1], ceil_mode 0):
+    #   relu2_Relu_bar = max_pool_grad(pool2_MaxPool_bar, relu2_Relu):
+    #   pool2_MaxPool_bar[n, c, o] goes to its window's first maximum
+    relu2_Relu_bar = _max_pool_grad(
+        pool2_MaxPool_bar, relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
+    )
+
+    # one fused loop over (N, 16, 10, 10) (_k_shared4) computes conv2_Conv_bar
+    conv2_Conv_bar = _k_shared4(relu2_Relu_bar, t2)
+
+    # conv2_Conv_bias_bar = ∂logits_vjp_sum/∂conv2_Conv_bias = conv2_Conv_bar ·
+    #   ∂conv2_Conv/∂conv2_Conv_bias, where ∂conv2_Conv/∂conv2_Conv_bias = 1 (summed
+    #   over the axes broadcasting stretched)
+    conv2_Conv_bias_bar = conv2_Conv_bar.sum(axis=(0, 2, 3), keepdims=True).reshape(
+        (16, 1, 1)
+    )
+
+    # conv2_bias_bar = ∂logits_vjp_sum/∂conv2_bias; through conv2_Conv_bias =
+    #   reshape(conv2_bias, [16, 1, 1]): conv2_bias_bar = reshape(conv2_Conv_bias_bar,
+    #   shape of conv2_bias)
+    conv2_bias_bar = np.reshape(conv2_Conv_bias_bar, (16,))
+
+    # pool1_MaxPool_bar = ∂logits_vjp_sum/∂pool1_MaxPool; through conv2_Conv_conv[n, m,
+    #   o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
+    #   [1, 1], pads p = [0, 0, 0, 0], dilations d = [1, 1], groups 1):
+    #   pool1_MaxPool_bar = conv_grad_input(conv2_Conv_bar, conv2_weight):
+    #   pool1_MaxPool_bar[n, c, o·s + k·d − p] += Σ_m conv2_Conv_bar[n, m,
+    #   o]·conv2_weight[m, c, k] (a transposed convolution)
+    pool1_MaxPool_bar = _conv_grad_input(
+        conv2_Conv_bar, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1, (14, 14)
+    )
+
+    # conv2_weight_bar = ∂logits_vjp_sum/∂conv2_weight; through conv2_Conv_conv[n, m, o]
+    #   = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
+    #   [1, 1], pads p = [0, 0, 0, 0], dilations d = [1, 1], groups 1): conv2_weight_bar
+    #   = conv_grad_weight(pool1_MaxPool, conv2_Conv_bar): conv2_weight_bar[m, c, k] =
+    #   Σ_n,o conv2_Conv_bar[n, m, o]·pool1_MaxPool[n, c, o·s + k·d − p]
+    conv2_weight_bar = _conv_grad_weight(
+        pool1_MaxPool, conv2_Conv_bar, (1, 1), (0, 0, 0, 0), (1, 1), 1, (5, 5)
+    )
+
+    # relu1_Relu_bar = ∂logits_vjp_sum/∂relu1_Relu; through pool1_MaxPool[n, c, o] =
+    #   max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
+    #   [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1], ceil_mode 0):
+    #   relu1_Relu_bar = max_pool_grad(pool1_MaxPool_bar, relu1_Relu):
+    #   pool1_MaxPool_bar[n, c, o] goes to its window's first maximum
+    relu1_Relu_bar = _max_pool_grad(
+        pool1_MaxPool_bar, relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
+    )
+
+    # one fused loop over (N, 6, 28, 28) (_k_shared4) computes conv1_Conv_bar
+    conv1_Conv_bar = _k_shared4(relu1_Relu_bar, t1)
+
+    # conv1_Conv_bias_bar = ∂logits_vjp_sum/∂conv1_Conv_bias = conv1_Conv_bar ·
+    #   ∂conv1_Conv/∂conv1_Conv_bias, where ∂conv1_Conv/∂conv1_Conv_bias = 1 (summed
+    #   over the axes broadcasting stretched)
+    conv1_Conv_bias_bar = conv1_Conv_bar.sum(axis=(0, 2, 3), keepdims=True).reshape(
+        (6, 1, 1)
+    )
+
+    # conv1_bias_bar = ∂logits_vjp_sum/∂conv1_bias; through conv1_Conv_bias =
+    #   reshape(conv1_bias, [6, 1, 1]): conv1_bias_bar = reshape(conv1_Conv_bias_bar,
+    #   shape of conv1_bias)
+    conv1_bias_bar = np.reshape(conv1_Conv_bias_bar, (6,))
+
+    # image_bar = ∂logits_vjp_sum/∂image; through conv1_Conv_conv[n, m, o] = Σ_c,k
+    #   image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1], pads p =
+    #   [2, 2, 2, 2], dilations d = [1, 1], groups 1): image_bar =
+    #   conv_grad_input(conv1_Conv_bar, conv1_weight): image_bar[n, c, o·s + k·d − p] +=
+    #   Σ_m conv1_Conv_bar[n, m, o]·conv1_weight[m, c, k] (a transposed convolution)
+    image_bar = _conv_grad_input(
+        conv1_Conv_bar, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1, (28, 28)
+    )
+
+    # conv1_weight_bar = ∂logits_vjp_sum/∂conv1_weight; through conv1_Conv_conv[n, m, o]
+    #   = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1],
+    #   pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1): conv1_weight_bar =
+    #   conv_grad_weight(image, conv1_Conv_bar): conv1_weight_bar[m, c, k] = Σ_n,o
+    #   conv1_Conv_bar[n, m, o]·image[n, c, o·s + k·d − p]
+    conv1_weight_bar = _conv_grad_weight(
+        image, conv1_Conv_bar, (1, 1), (2, 2, 2, 2), (1, 1), 1, (5, 5)
+    )
+    return {
+        "image": image_bar,
+        "conv1.weight": conv1_weight_bar,
+        "conv1.bias": np.array(conv1_bias_bar),
+        "conv2.weight": conv2_weight_bar,
+        "conv2.bias": np.array(conv2_bias_bar),
+        "fc1.weight": np.array(fc1_weight_bar),
+        "fc1.bias": fc1_bias_bar,
+        "fc2.weight": np.array(fc2_weight_bar),
+        "fc2.bias": fc2_bias_bar,
+        "fc3.weight": np.array(fc3_weight_bar),
+        "fc3.bias": fc3_bias_bar,
+    }
+
+
+def init_params(seed=0):
+    """Parameters as ``{name: array}``: stored weights, the rest fresh from ``seed``."""
+    rng = np.random.default_rng(seed)
+    stored = _load_weights([name for name, kind in _INITS.items() if kind == "weights"])
+    return {
+        name: stored[name] if kind == "weights" else _init(rng, kind, PARAMS[name])
+        for name, kind in _INITS.items()
+    }
+
+
+def _init(rng, kind, shape):
+    if kind == "zeros":
+        return np.zeros(shape, dtype=DTYPE)
+    if kind == "ones":
+        return np.ones(shape, dtype=DTYPE)
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(DTYPE)
+    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    fan_in = (shape[0] if len(shape) else 1) * receptive
+    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(DTYPE)
+
+
+def _check(arrays):
+    """Check the arrays' names, types and shapes; return the symbolic sizes they fix."""
+    if len(arrays) != len(DTYPES) or not all(name in arrays for name in DTYPES):
+        missing = {
+            name: INPUTS[name] if name in INPUTS else PARAMS[name]
+            for name in DTYPES
+            if name not in arrays
+        }
+        extra = [name for name in arrays if name not in DTYPES]
+        raise ValueError(
+            f"missing arrays {missing} (name: expected shape), unexpected arrays "
+            f"{extra}; expected exactly {list(DTYPES)}"
+        )
+    sizes = {}
+    for name, shape, dtype in _SIGNATURE:
+        a = arrays[name]
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+            _reject(name, a, shape, sizes)
+        for want, have in zip(shape, a.shape):
+            if want.__class__ is str:
+                want = sizes.setdefault(want, have)
+            if want != have:
+                _reject(name, a, shape, sizes)
+    return sizes
+
+
+def _reject(name, a, shape, sizes):
+    dtype = DTYPES[name]
+    if not isinstance(a, np.ndarray) or a.dtype != dtype:
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(
+            f"{name!r}: expected a {dtype} array of shape {shape}, got {got}"
+        )
+    known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
+    fixed = f" with {known} (fixed by earlier arrays)" if known else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+
+
+_SIGNATURE = tuple(
+    (name, INPUTS[name] if name in INPUTS else PARAMS[name], np.dtype(dtype))
+    for name, dtype in DTYPES.items()
+)
+
+
+def _unpack(arrays):
+    """The arrays in signature order, then the symbolic sizes, after checking them."""
+    if arrays.keys() != DTYPES.keys():
+        _fail(arrays)
+    image = arrays["image"]
+    conv1_weight = arrays["conv1.weight"]
+    conv1_bias = arrays["conv1.bias"]
+    conv2_weight = arrays["conv2.weight"]
+    conv2_bias = arrays["conv2.bias"]
+    fc1_weight = arrays["fc1.weight"]
+    fc1_bias = arrays["fc1.bias"]
+    fc2_weight = arrays["fc2.weight"]
+    fc2_bias = arrays["fc2.bias"]
+    fc3_weight = arrays["fc3.weight"]
+    fc3_bias = arrays["fc3.bias"]
+    if not isinstance(image, np.ndarray) or image.dtype != _FLOAT or image.ndim != 4:
+        _fail(arrays)
+    N = image.shape[0]
+    if image.shape != (N, 1, 28, 28):
+        _fail(arrays)
+    if (
+        not isinstance(conv1_weight, np.ndarray)
+        or conv1_weight.dtype != _FLOAT
+        or conv1_weight.shape != (6, 1, 5, 5)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(conv1_bias, np.ndarray)
+        or conv1_bias.dtype != _FLOAT
+        or conv1_bias.shape != (6,)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(conv2_weight, np.ndarray)
+        or conv2_weight.dtype != _FLOAT
+        or conv2_weight.shape != (16, 6, 5, 5)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(conv2_bias, np.ndarray)
+        or conv2_bias.dtype != _FLOAT
+        or conv2_bias.shape != (16,)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc1_weight, np.ndarray)
+        or fc1_weight.dtype != _FLOAT
+        or fc1_weight.shape != (120, 400)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc1_bias, np.ndarray)
+        or fc1_bias.dtype != _FLOAT
+        or fc1_bias.shape != (120,)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc2_weight, np.ndarray)
+        or fc2_weight.dtype != _FLOAT
+        or fc2_weight.shape != (84, 120)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc2_bias, np.ndarray)
+        or fc2_bias.dtype != _FLOAT
+        or fc2_bias.shape != (84,)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc3_weight, np.ndarray)
+        or fc3_weight.dtype != _FLOAT
+        or fc3_weight.shape != (10, 84)
+    ):
+        _fail(arrays)
+    if (
+        not isinstance(fc3_bias, np.ndarray)
+        or fc3_bias.dtype != _FLOAT
+        or fc3_bias.shape != (10,)
+    ):
+        _fail(arrays)
+    return (
+        image,
+        conv1_weight,
+        conv1_bias,
+        conv2_weight,
+        conv2_bias,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        fc3_weight,
+        fc3_bias,
+        N,
+    )
+
+
+def _fail(arrays):
+    _check(arrays)  # raises the ValueError that names the first wrong array
+    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+
+
+def _cotangents(cotangents, sizes):
+    """The cotangent of each output, in OUTPUTS order, checked like the arrays."""
+    if not isinstance(cotangents, dict) or cotangents.keys() != COTANGENTS.keys():
+        got = list(cotangents) if isinstance(cotangents, dict) else type(cotangents)
+        raise ValueError(
+            f"cotangents: expected a dict with keys {list(COTANGENTS)}, got {got}"
+        )
+    out = []
+    for name, shape in COTANGENTS.items():
+        want = tuple(sizes[d] if isinstance(d, str) else d for d in shape)
+        a = cotangents[name]
+        if not isinstance(a, np.ndarray) or a.dtype != _FLOAT or a.shape != want:
+            got = (a.dtype, a.shape) if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(
+                f"cotangents[{name!r}]: expected a {_FLOAT} array of shape {want}, "
+                f"got {got}"
+            )
+        out.append(a)
+    return out
+
+
 def _out_size(spatial, kernel, strides, pads, dilations, ceil_mode):
     # windows per spatial axis: ⌊(size + pads − (k − 1)·d − 1)/s⌋ + 1 (⌈⌉ in ceil
     # mode, where the last window must still start inside x or its begin padding)
@@ -782,7 +1268,7 @@ def _k_shared3(a0, a1):
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
 def _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias):
-    """One loop nest over (N, 120) computing fc1_Gemm, relu3_Relu."""
+    """One loop nest over (N, 120) computing fc1_Gemm, relu3_Relu, t3."""
     n0 = fc1_Gemm_AB.shape[0]
     n1 = fc1_Gemm_AB.shape[1]
     relu3_Relu_out = np.empty((n0, n1), dtype=DTYPE)
@@ -893,489 +1379,3 @@ def _k_shared4(a0, a1):
                     t1 = a0[i0, i1, i2, i3] * a1[i0, i1, i2, i3]
                     t1_out[i0, i1, i2, i3] = t1
     return t1_out
-
-
-def _check(arrays):
-    """Check the arrays' names, types and shapes; return the symbolic sizes they fix."""
-    if len(arrays) != len(DTYPES) or not all(name in arrays for name in DTYPES):
-        missing = {
-            name: INPUTS[name] if name in INPUTS else PARAMS[name]
-            for name in DTYPES
-            if name not in arrays
-        }
-        extra = [name for name in arrays if name not in DTYPES]
-        raise ValueError(
-            f"missing arrays {missing} (name: expected shape), unexpected arrays "
-            f"{extra}; expected exactly {list(DTYPES)}"
-        )
-    sizes = {}
-    for name, shape, dtype in _SIGNATURE:
-        a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
-            _reject(name, a, shape, sizes)
-        for want, have in zip(shape, a.shape):
-            if want.__class__ is str:
-                want = sizes.setdefault(want, have)
-            if want != have:
-                _reject(name, a, shape, sizes)
-    return sizes
-
-
-def _reject(name, a, shape, sizes):
-    dtype = DTYPES[name]
-    if not isinstance(a, np.ndarray) or a.dtype != dtype:
-        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-        raise ValueError(
-            f"{name!r}: expected a {dtype} array of shape {shape}, got {got}"
-        )
-    known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
-    fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
-
-
-_SIGNATURE = tuple(
-    (name, INPUTS[name] if name in INPUTS else PARAMS[name], np.dtype(dtype))
-    for name, dtype in DTYPES.items()
-)
-
-
-def _unpack(arrays):
-    """The arrays in signature order, then the symbolic sizes, after checking them."""
-    if arrays.keys() != DTYPES.keys():
-        _fail(arrays)
-    image = arrays["image"]
-    conv1_weight = arrays["conv1.weight"]
-    conv1_bias = arrays["conv1.bias"]
-    conv2_weight = arrays["conv2.weight"]
-    conv2_bias = arrays["conv2.bias"]
-    fc1_weight = arrays["fc1.weight"]
-    fc1_bias = arrays["fc1.bias"]
-    fc2_weight = arrays["fc2.weight"]
-    fc2_bias = arrays["fc2.bias"]
-    fc3_weight = arrays["fc3.weight"]
-    fc3_bias = arrays["fc3.bias"]
-    if not isinstance(image, np.ndarray) or image.dtype != _FLOAT or image.ndim != 4:
-        _fail(arrays)
-    N = image.shape[0]
-    if image.shape != (N, 1, 28, 28):
-        _fail(arrays)
-    if (
-        not isinstance(conv1_weight, np.ndarray)
-        or conv1_weight.dtype != _FLOAT
-        or conv1_weight.shape != (6, 1, 5, 5)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(conv1_bias, np.ndarray)
-        or conv1_bias.dtype != _FLOAT
-        or conv1_bias.shape != (6,)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(conv2_weight, np.ndarray)
-        or conv2_weight.dtype != _FLOAT
-        or conv2_weight.shape != (16, 6, 5, 5)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(conv2_bias, np.ndarray)
-        or conv2_bias.dtype != _FLOAT
-        or conv2_bias.shape != (16,)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc1_weight, np.ndarray)
-        or fc1_weight.dtype != _FLOAT
-        or fc1_weight.shape != (120, 400)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc1_bias, np.ndarray)
-        or fc1_bias.dtype != _FLOAT
-        or fc1_bias.shape != (120,)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc2_weight, np.ndarray)
-        or fc2_weight.dtype != _FLOAT
-        or fc2_weight.shape != (84, 120)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc2_bias, np.ndarray)
-        or fc2_bias.dtype != _FLOAT
-        or fc2_bias.shape != (84,)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc3_weight, np.ndarray)
-        or fc3_weight.dtype != _FLOAT
-        or fc3_weight.shape != (10, 84)
-    ):
-        _fail(arrays)
-    if (
-        not isinstance(fc3_bias, np.ndarray)
-        or fc3_bias.dtype != _FLOAT
-        or fc3_bias.shape != (10,)
-    ):
-        _fail(arrays)
-    return (
-        image,
-        conv1_weight,
-        conv1_bias,
-        conv2_weight,
-        conv2_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        fc3_weight,
-        fc3_bias,
-        N,
-    )
-
-
-def _fail(arrays):
-    _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
-
-
-def _cotangents(cotangents, sizes):
-    """The cotangent of each output, in OUTPUTS order, checked like the arrays."""
-    if not isinstance(cotangents, dict) or cotangents.keys() != COTANGENTS.keys():
-        got = list(cotangents) if isinstance(cotangents, dict) else type(cotangents)
-        raise ValueError(
-            f"cotangents: expected a dict with keys {list(COTANGENTS)}, got {got}"
-        )
-    out = []
-    for name, shape in COTANGENTS.items():
-        want = tuple(sizes[d] if isinstance(d, str) else d for d in shape)
-        a = cotangents[name]
-        if not isinstance(a, np.ndarray) or a.dtype != _FLOAT or a.shape != want:
-            got = (a.dtype, a.shape) if isinstance(a, np.ndarray) else type(a).__name__
-            raise ValueError(
-                f"cotangents[{name!r}]: expected a {_FLOAT} array of shape {want}, "
-                f"got {got}"
-            )
-        out.append(a)
-    return out
-
-
-def init_params(seed=0):
-    """Parameters as ``{name: array}``: stored weights, the rest fresh from ``seed``."""
-    rng = np.random.default_rng(seed)
-    stored = _load_weights([name for name, kind in _INITS.items() if kind == "weights"])
-    return {
-        name: stored[name] if kind == "weights" else _init(rng, kind, PARAMS[name])
-        for name, kind in _INITS.items()
-    }
-
-
-def _init(rng, kind, shape):
-    if kind == "zeros":
-        return np.zeros(shape, dtype=DTYPE)
-    if kind == "ones":
-        return np.ones(shape, dtype=DTYPE)
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(DTYPE)
-    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_in = (shape[0] if len(shape) else 1) * receptive
-    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(DTYPE)
-
-
-def forward(**arrays):
-    """The forward pass: every output, by name."""
-    (
-        image,
-        conv1_weight,
-        conv1_bias,
-        conv2_weight,
-        conv2_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        fc3_weight,
-        fc3_bias,
-        N,
-    ) = _unpack(arrays)
-    # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
-    #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
-    conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
-    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
-
-    # one fused loop over (N, 6, 28, 28) (_k_shared) computes conv1_Conv, relu1_Relu
-    relu1_Relu = _k_shared(conv1_Conv_conv, conv1_Conv_bias)
-
-    # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
-    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
-    #   ceil_mode 0)
-    pool1_MaxPool = _max_pool(relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-
-    # conv2_Conv_conv[n, m, o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d −
-    #   p]·conv2_weight[m, c, k] (strides s = [1, 1], pads p = [0, 0, 0, 0], dilations d
-    #   = [1, 1], groups 1)
-    conv2_Conv_conv = _conv(
-        pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
-    )
-    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
-
-    # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv, relu2_Relu
-    relu2_Relu = _k_shared(conv2_Conv_conv, conv2_Conv_bias)
-
-    # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
-    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
-    #   ceil_mode 0)
-    pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-    Flatten = np.reshape(pool2_MaxPool, (N, 400))
-
-    # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
-    fc1_Gemm_B_T = fc1_weight.T
-    fc1_Gemm_AB = Flatten @ fc1_Gemm_B_T
-
-    # one fused loop over (N, 120) (_k_shared2) computes fc1_Gemm, relu3_Relu
-    relu3_Relu = _k_shared2(fc1_Gemm_AB, fc1_bias)
-
-    # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
-    fc2_Gemm_B_T = fc2_weight.T
-    fc2_Gemm_AB = relu3_Relu @ fc2_Gemm_B_T
-
-    # one fused loop over (N, 84) (_k_shared2) computes fc2_Gemm, relu4_Relu
-    relu4_Relu = _k_shared2(fc2_Gemm_AB, fc2_bias)
-
-    # logits_B_T = transpose(fc3_weight, [1, 0])
-    logits_B_T = fc3_weight.T
-    logits_AB = relu4_Relu @ logits_B_T
-
-    # one fused loop over (N, 10) (_k_logits) computes logits
-    logits = _k_logits(logits_AB, fc3_bias)
-    return {"logits": logits}
-
-
-def vjp(cotangents, **arrays):
-    """Vector-Jacobian product: the gradient of Σ_k <cotangents[k], output k>.
-
-    ``cotangents`` maps each name in OUTPUTS to an array of its shape; returns
-    ``{name: gradient}`` for each name in WRT (fresh arrays).
-    """
-    (
-        image,
-        conv1_weight,
-        conv1_bias,
-        conv2_weight,
-        conv2_bias,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        fc3_weight,
-        fc3_bias,
-        N,
-    ) = _unpack(arrays)
-    logits_cotangent = _cotangents(cotangents, {"N": N})[0]
-    # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
-    #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
-    conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
-    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
-
-    # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv, relu1_Relu,
-    #   t1
-    relu1_Relu, t1 = _k_shared3(conv1_Conv_conv, conv1_Conv_bias)
-
-    # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
-    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
-    #   ceil_mode 0)
-    pool1_MaxPool = _max_pool(relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-
-    # conv2_Conv_conv[n, m, o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d −
-    #   p]·conv2_weight[m, c, k] (strides s = [1, 1], pads p = [0, 0, 0, 0], dilations d
-    #   = [1, 1], groups 1)
-    conv2_Conv_conv = _conv(
-        pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
-    )
-    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
-
-    # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv, relu2_Relu,
-    #   t2
-    relu2_Relu, t2 = _k_shared3(conv2_Conv_conv, conv2_Conv_bias)
-
-    # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
-    #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
-    #   ceil_mode 0)
-    pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-    Flatten = np.reshape(pool2_MaxPool, (N, 400))
-
-    # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
-    fc1_Gemm_B_T = fc1_weight.T
-    fc1_Gemm_AB = Flatten @ fc1_Gemm_B_T
-
-    # one fused loop over (N, 120) (_k_relu3_Relu_t3) computes fc1_Gemm, relu3_Relu, t3
-    relu3_Relu, t3 = _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias)
-
-    # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
-    fc2_Gemm_B_T = fc2_weight.T
-    fc2_Gemm_AB = relu3_Relu @ fc2_Gemm_B_T
-
-    # logits_B_T = transpose(fc3_weight, [1, 0])
-    logits_B_T = fc3_weight.T
-
-    # Backward pass, from the loss back: v_bar = ∂logits_vjp_sum/∂v, the sum over v's
-    #   successors k of k_bar · ∂k/∂v.
-    # fc3_bias_bar = ∂logits_vjp_sum/∂fc3_bias = logits_cotangent · ∂logits/∂fc3_bias,
-    #   where ∂logits/∂fc3_bias = 1 (summed over the axes broadcasting stretched)
-    fc3_bias_bar = logits_cotangent.sum(axis=0)
-
-    # relu4_Relu_bar = ∂logits_vjp_sum/∂relu4_Relu; through logits_AB = relu4_Relu @
-    #   logits_B_T: relu4_Relu_bar = logits_cotangent @ logits_B_Tᵀ
-    relu4_Relu_bar = logits_cotangent @ logits_B_T.T
-
-    # one fused loop over (N, 84) (_k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar) computes
-    #   fc2_Gemm, relu4_Relu, fc2_Gemm_bar, fc2_bias_bar
-    relu4_Relu, fc2_Gemm_bar, fc2_bias_bar = _k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar(
-        fc2_Gemm_AB, fc2_bias, relu4_Relu_bar
-    )
-
-    # logits_B_T_bar = ∂logits_vjp_sum/∂logits_B_T; through logits_AB = relu4_Relu @
-    #   logits_B_T: logits_B_T_bar = relu4_Reluᵀ @ logits_cotangent
-    logits_B_T_bar = relu4_Relu.T @ logits_cotangent
-
-    # fc3_weight_bar = ∂logits_vjp_sum/∂fc3_weight; through logits_B_T =
-    #   transpose(fc3_weight, [1, 0]): fc3_weight_bar = transpose(logits_B_T_bar,
-    #   inverse of [1, 0])
-    fc3_weight_bar = logits_B_T_bar.T
-
-    # relu3_Relu_bar = ∂logits_vjp_sum/∂relu3_Relu; through fc2_Gemm_AB = relu3_Relu @
-    #   fc2_Gemm_B_T: relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_Tᵀ
-    relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_T.T
-
-    # fc2_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc2_Gemm_B_T; through fc2_Gemm_AB = relu3_Relu
-    #   @ fc2_Gemm_B_T: fc2_Gemm_B_T_bar = relu3_Reluᵀ @ fc2_Gemm_bar
-    fc2_Gemm_B_T_bar = relu3_Relu.T @ fc2_Gemm_bar
-
-    # fc2_weight_bar = ∂logits_vjp_sum/∂fc2_weight; through fc2_Gemm_B_T =
-    #   transpose(fc2_weight, [1, 0]): fc2_weight_bar = transpose(fc2_Gemm_B_T_bar,
-    #   inverse of [1, 0])
-    fc2_weight_bar = fc2_Gemm_B_T_bar.T
-
-    # one fused loop over (N, 120) (_k_fc1_Gemm_bar_fc1_bias_bar) computes fc1_Gemm_bar,
-    #   fc1_bias_bar
-    fc1_Gemm_bar, fc1_bias_bar = _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3)
-
-    # Flatten_bar = ∂logits_vjp_sum/∂Flatten; through fc1_Gemm_AB = Flatten @
-    #   fc1_Gemm_B_T: Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_Tᵀ
-    Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_T.T
-
-    # fc1_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc1_Gemm_B_T; through fc1_Gemm_AB = Flatten @
-    #   fc1_Gemm_B_T: fc1_Gemm_B_T_bar = Flattenᵀ @ fc1_Gemm_bar
-    fc1_Gemm_B_T_bar = Flatten.T @ fc1_Gemm_bar
-
-    # fc1_weight_bar = ∂logits_vjp_sum/∂fc1_weight; through fc1_Gemm_B_T =
-    #   transpose(fc1_weight, [1, 0]): fc1_weight_bar = transpose(fc1_Gemm_B_T_bar,
-    #   inverse of [1, 0])
-    fc1_weight_bar = fc1_Gemm_B_T_bar.T
-
-    # pool2_MaxPool_bar = ∂logits_vjp_sum/∂pool2_MaxPool; through Flatten =
-    #   reshape(pool2_MaxPool, ['N', 400]): pool2_MaxPool_bar = reshape(Flatten_bar,
-    #   shape of pool2_MaxPool)
-    pool2_MaxPool_bar = np.reshape(Flatten_bar, (N, 16, 5, 5))
-
-    # relu2_Relu_bar = ∂logits_vjp_sum/∂relu2_Relu; through pool2_MaxPool[n, c, o] =
-    #   max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
-    #   [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1], ceil_mode 0):
-    #   relu2_Relu_bar = max_pool_grad(pool2_MaxPool_bar, relu2_Relu):
-    #   pool2_MaxPool_bar[n, c, o] goes to its window's first maximum
-    relu2_Relu_bar = _max_pool_grad(
-        pool2_MaxPool_bar, relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
-    )
-
-    # one fused loop over (N, 16, 10, 10) (_k_shared4) computes conv2_Conv_bar
-    conv2_Conv_bar = _k_shared4(relu2_Relu_bar, t2)
-
-    # conv2_Conv_bias_bar = ∂logits_vjp_sum/∂conv2_Conv_bias = conv2_Conv_bar ·
-    #   ∂conv2_Conv/∂conv2_Conv_bias, where ∂conv2_Conv/∂conv2_Conv_bias = 1 (summed
-    #   over the axes broadcasting stretched)
-    conv2_Conv_bias_bar = conv2_Conv_bar.sum(axis=(0, 2, 3), keepdims=True).reshape(
-        (16, 1, 1)
-    )
-
-    # conv2_bias_bar = ∂logits_vjp_sum/∂conv2_bias; through conv2_Conv_bias =
-    #   reshape(conv2_bias, [16, 1, 1]): conv2_bias_bar = reshape(conv2_Conv_bias_bar,
-    #   shape of conv2_bias)
-    conv2_bias_bar = np.reshape(conv2_Conv_bias_bar, (16,))
-
-    # pool1_MaxPool_bar = ∂logits_vjp_sum/∂pool1_MaxPool; through conv2_Conv_conv[n, m,
-    #   o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
-    #   [1, 1], pads p = [0, 0, 0, 0], dilations d = [1, 1], groups 1):
-    #   pool1_MaxPool_bar = conv_grad_input(conv2_Conv_bar, conv2_weight):
-    #   pool1_MaxPool_bar[n, c, o·s + k·d − p] += Σ_m conv2_Conv_bar[n, m,
-    #   o]·conv2_weight[m, c, k] (a transposed convolution)
-    pool1_MaxPool_bar = _conv_grad_input(
-        conv2_Conv_bar, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1, (14, 14)
-    )
-
-    # conv2_weight_bar = ∂logits_vjp_sum/∂conv2_weight; through conv2_Conv_conv[n, m, o]
-    #   = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
-    #   [1, 1], pads p = [0, 0, 0, 0], dilations d = [1, 1], groups 1): conv2_weight_bar
-    #   = conv_grad_weight(pool1_MaxPool, conv2_Conv_bar): conv2_weight_bar[m, c, k] =
-    #   Σ_n,o conv2_Conv_bar[n, m, o]·pool1_MaxPool[n, c, o·s + k·d − p]
-    conv2_weight_bar = _conv_grad_weight(
-        pool1_MaxPool, conv2_Conv_bar, (1, 1), (0, 0, 0, 0), (1, 1), 1, (5, 5)
-    )
-
-    # relu1_Relu_bar = ∂logits_vjp_sum/∂relu1_Relu; through pool1_MaxPool[n, c, o] =
-    #   max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
-    #   [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1], ceil_mode 0):
-    #   relu1_Relu_bar = max_pool_grad(pool1_MaxPool_bar, relu1_Relu):
-    #   pool1_MaxPool_bar[n, c, o] goes to its window's first maximum
-    relu1_Relu_bar = _max_pool_grad(
-        pool1_MaxPool_bar, relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
-    )
-
-    # one fused loop over (N, 6, 28, 28) (_k_shared4) computes conv1_Conv_bar
-    conv1_Conv_bar = _k_shared4(relu1_Relu_bar, t1)
-
-    # conv1_Conv_bias_bar = ∂logits_vjp_sum/∂conv1_Conv_bias = conv1_Conv_bar ·
-    #   ∂conv1_Conv/∂conv1_Conv_bias, where ∂conv1_Conv/∂conv1_Conv_bias = 1 (summed
-    #   over the axes broadcasting stretched)
-    conv1_Conv_bias_bar = conv1_Conv_bar.sum(axis=(0, 2, 3), keepdims=True).reshape(
-        (6, 1, 1)
-    )
-
-    # conv1_bias_bar = ∂logits_vjp_sum/∂conv1_bias; through conv1_Conv_bias =
-    #   reshape(conv1_bias, [6, 1, 1]): conv1_bias_bar = reshape(conv1_Conv_bias_bar,
-    #   shape of conv1_bias)
-    conv1_bias_bar = np.reshape(conv1_Conv_bias_bar, (6,))
-
-    # image_bar = ∂logits_vjp_sum/∂image; through conv1_Conv_conv[n, m, o] = Σ_c,k
-    #   image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1], pads p =
-    #   [2, 2, 2, 2], dilations d = [1, 1], groups 1): image_bar =
-    #   conv_grad_input(conv1_Conv_bar, conv1_weight): image_bar[n, c, o·s + k·d − p] +=
-    #   Σ_m conv1_Conv_bar[n, m, o]·conv1_weight[m, c, k] (a transposed convolution)
-    image_bar = _conv_grad_input(
-        conv1_Conv_bar, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1, (28, 28)
-    )
-
-    # conv1_weight_bar = ∂logits_vjp_sum/∂conv1_weight; through conv1_Conv_conv[n, m, o]
-    #   = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1],
-    #   pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1): conv1_weight_bar =
-    #   conv_grad_weight(image, conv1_Conv_bar): conv1_weight_bar[m, c, k] = Σ_n,o
-    #   conv1_Conv_bar[n, m, o]·image[n, c, o·s + k·d − p]
-    conv1_weight_bar = _conv_grad_weight(
-        image, conv1_Conv_bar, (1, 1), (2, 2, 2, 2), (1, 1), 1, (5, 5)
-    )
-    return {
-        "image": image_bar,
-        "conv1.weight": conv1_weight_bar,
-        "conv1.bias": np.array(conv1_bias_bar),
-        "conv2.weight": conv2_weight_bar,
-        "conv2.bias": np.array(conv2_bias_bar),
-        "fc1.weight": np.array(fc1_weight_bar),
-        "fc1.bias": fc1_bias_bar,
-        "fc2.weight": np.array(fc2_weight_bar),
-        "fc2.bias": fc2_bias_bar,
-        "fc3.weight": np.array(fc3_weight_bar),
-        "fc3.bias": fc3_bias_bar,
-    }

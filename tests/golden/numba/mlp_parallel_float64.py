@@ -48,122 +48,82 @@ LOSS = "loss"
 WRT = ("W1", "b1", "W2", "b2")
 
 
-def _softmax_cross_entropy(logits, labels):
-    # mean over the batch of −log softmax(logits)[label]
-    #   = max + log Σ exp(logits − max) − logits[label]
-    m = logits.max(axis=-1, keepdims=True)
-    s = np.exp(logits - m).sum(axis=-1)
-    rows = logits.reshape(-1, logits.shape[-1])
-    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
-    return (m[..., 0] + np.log(s) - picked).mean()
+def forward(**arrays):
+    """The forward pass: every output, by name."""
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
+    z1 = x @ W1
+
+    # one fused loop over (batch, 128) (_k_h1) computes a1, h1
+    h1 = _k_h1(z1, b1, numba.get_num_threads())
+    z2 = h1 @ W2
+
+    # one fused loop over (batch, 10) (_k_logits) computes logits
+    logits = _k_logits(z2, b2, numba.get_num_threads())
+
+    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
+    loss = _softmax_cross_entropy(logits, labels)
+    return {"logits": logits, "loss": loss}
 
 
-def _softmax_xent_grad(logits, labels):
-    # softmax(logits) − onehot(labels), with one exp and no one-hot array
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    e /= e.sum(axis=-1, keepdims=True)
-    rows = e.reshape(-1, e.shape[-1])
-    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
-    return e
+def value_and_grad(**arrays):
+    """The loss 'loss' and its gradient with respect to each name in WRT.
+
+    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
+    """
+    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
+    z1 = x @ W1
+
+    # one fused loop over (batch, 128) (_k_h1_t1) computes a1, h1, t1
+    h1, t1 = _k_h1_t1(z1, b1, numba.get_num_threads())
+    z2 = h1 @ W2
+
+    # one fused loop over (batch, 10) (_k_logits) computes logits
+    logits = _k_logits(z2, b2, numba.get_num_threads())
+
+    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
+    loss = _softmax_cross_entropy(logits, labels)
+
+    # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
+    #   of k_bar · ∂k/∂v.
+    t2 = 1.0 / float(batch)
+    t3 = _softmax_xent_grad(logits, labels)
+
+    # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
+    logits_bar, b2_bar = _k_logits_bar_b2_bar(t3, DTYPE(t2), numba.get_num_threads())
+
+    # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
+    h1_bar = logits_bar @ W2.T
+
+    # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
+    W2_bar = h1.T @ logits_bar
+
+    # one fused loop over (batch, 128) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
+    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, t1, numba.get_num_threads())
+
+    # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
+    W1_bar = x.T @ a1_bar
+    return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_h1(z1, b1, nt):
-    """One loop nest over (batch, 128) computing a1, h1."""
-    n0 = z1.shape[0]
-    n1 = z1.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    h1_out = np.empty((n0, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                a1 = z1[i0, i1] + b1[i1]
-
-                # h1 = max(a1, 0)
-                h1 = np.maximum(a1, 0.0)
-                h1_out[i0, i1] = h1
-    return h1_out
+def init_params(seed=0):
+    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_logits(z2, b2, nt):
-    """One loop nest over (batch, 10) computing logits."""
-    n0 = z2.shape[0]
-    n1 = z2.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    logits_out = np.empty((n0, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                logits = z2[i0, i1] + b2[i1]
-                logits_out[i0, i1] = logits
-    return logits_out
-
-
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_h1_t1(z1, b1, nt):
-    """One loop nest over (batch, 128) computing a1, h1."""
-    n0 = z1.shape[0]
-    n1 = z1.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    h1_out = np.empty((n0, n1), dtype=DTYPE)
-    t1_out = np.empty((n0, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                a1 = z1[i0, i1] + b1[i1]
-
-                # h1 = max(a1, 0)
-                h1 = np.maximum(a1, 0.0)
-                h1_out[i0, i1] = h1
-                t1 = 1.0 if a1 > 0 else 0.0
-                t1_out[i0, i1] = t1
-    return h1_out, t1_out
-
-
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_logits_bar_b2_bar(t3, t2, nt):
-    """One loop nest over (batch, 10) computing logits_bar, b2_bar."""
-    n0 = t3.shape[0]
-    n1 = t3.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    logits_bar_out = np.empty((n0, n1), dtype=DTYPE)
-    b2_bar_part = np.zeros((nt, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
-                logits_bar = t3[i0, i1] * t2
-                logits_bar_out[i0, i1] = logits_bar
-
-                # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1
-                #   (summed over the axes broadcasting stretched)
-                b2_bar_part[c, i1] += logits_bar
-    b2_bar = b2_bar_part.sum(axis=0)
-    return logits_bar_out, b2_bar
-
-
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_a1_bar_b1_bar(h1_bar, t1, nt):
-    """One loop nest over (batch, 128) computing a1_bar, b1_bar."""
-    n0 = h1_bar.shape[0]
-    n1 = h1_bar.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    a1_bar_out = np.empty((n0, n1), dtype=DTYPE)
-    b1_bar_part = np.zeros((nt, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0
-                #   else 0
-                a1_bar = h1_bar[i0, i1] * t1[i0, i1]
-                a1_bar_out[i0, i1] = a1_bar
-
-                # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over
-                #   the axes broadcasting stretched)
-                b1_bar_part[c, i1] += a1_bar
-    b1_bar = b1_bar_part.sum(axis=0)
-    return a1_bar_out, b1_bar
+def _init(rng, kind, shape):
+    if kind == "zeros":
+        return np.zeros(shape, dtype=DTYPE)
+    if kind == "ones":
+        return np.ones(shape, dtype=DTYPE)
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(DTYPE)
+    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    fan_in = (shape[0] if len(shape) else 1) * receptive
+    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(DTYPE)
 
 
 def _check(arrays):
@@ -244,82 +204,122 @@ def _unpack(arrays):
 
 def _fail(arrays):
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
 
 
-def init_params(seed=0):
-    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
+def _softmax_cross_entropy(logits, labels):
+    # mean over the batch of −log softmax(logits)[label]
+    #   = max + log Σ exp(logits − max) − logits[label]
+    m = logits.max(axis=-1, keepdims=True)
+    s = np.exp(logits - m).sum(axis=-1)
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
+    return (m[..., 0] + np.log(s) - picked).mean()
 
 
-def _init(rng, kind, shape):
-    if kind == "zeros":
-        return np.zeros(shape, dtype=DTYPE)
-    if kind == "ones":
-        return np.ones(shape, dtype=DTYPE)
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(DTYPE)
-    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_in = (shape[0] if len(shape) else 1) * receptive
-    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(DTYPE)
+def _softmax_xent_grad(logits, labels):
+    # softmax(logits) − onehot(labels), with one exp and no one-hot array
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    rows = e.reshape(-1, e.shape[-1])
+    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
+    return e
 
 
-def forward(**arrays):
-    """The forward pass: every output, by name."""
-    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
-    z1 = x @ W1
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_h1(z1, b1, nt):
+    """One loop nest over (batch, 128) computing a1, h1."""
+    n0 = z1.shape[0]
+    n1 = z1.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    h1_out = np.empty((n0, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                a1 = z1[i0, i1] + b1[i1]
 
-    # one fused loop over (batch, 128) (_k_h1) computes a1, h1
-    h1 = _k_h1(z1, b1, numba.get_num_threads())
-    z2 = h1 @ W2
-
-    # one fused loop over (batch, 10) (_k_logits) computes logits
-    logits = _k_logits(z2, b2, numba.get_num_threads())
-
-    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = _softmax_cross_entropy(logits, labels)
-    return {"logits": logits, "loss": loss}
+                # h1 = max(a1, 0)
+                h1 = np.maximum(a1, 0.0)
+                h1_out[i0, i1] = h1
+    return h1_out
 
 
-def value_and_grad(**arrays):
-    """The loss 'loss' and its gradient with respect to each name in WRT.
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_logits(z2, b2, nt):
+    """One loop nest over (batch, 10) computing logits."""
+    n0 = z2.shape[0]
+    n1 = z2.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    logits_out = np.empty((n0, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                logits = z2[i0, i1] + b2[i1]
+                logits_out[i0, i1] = logits
+    return logits_out
 
-    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
-    """
-    x, labels, W1, b1, W2, b2, batch = _unpack(arrays)
-    z1 = x @ W1
 
-    # one fused loop over (batch, 128) (_k_h1_t1) computes a1, h1, t1
-    h1, t1 = _k_h1_t1(z1, b1, numba.get_num_threads())
-    z2 = h1 @ W2
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_h1_t1(z1, b1, nt):
+    """One loop nest over (batch, 128) computing a1, h1, t1."""
+    n0 = z1.shape[0]
+    n1 = z1.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    h1_out = np.empty((n0, n1), dtype=DTYPE)
+    t1_out = np.empty((n0, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                a1 = z1[i0, i1] + b1[i1]
 
-    # one fused loop over (batch, 10) (_k_logits) computes logits
-    logits = _k_logits(z2, b2, numba.get_num_threads())
+                # h1 = max(a1, 0)
+                h1 = np.maximum(a1, 0.0)
+                h1_out[i0, i1] = h1
+                t1 = 1.0 if a1 > 0 else 0.0
+                t1_out[i0, i1] = t1
+    return h1_out, t1_out
 
-    # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = _softmax_cross_entropy(logits, labels)
 
-    # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
-    #   of k_bar · ∂k/∂v.
-    t2 = 1.0 / float(batch)
-    t3 = _softmax_xent_grad(logits, labels)
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_logits_bar_b2_bar(t3, t2, nt):
+    """One loop nest over (batch, 10) computing logits_bar, b2_bar."""
+    n0 = t3.shape[0]
+    n1 = t3.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    logits_bar_out = np.empty((n0, n1), dtype=DTYPE)
+    b2_bar_part = np.zeros((nt, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                # logits_bar = ∂loss/∂logits = (softmax(logits) − onehot(labels))/N
+                logits_bar = t3[i0, i1] * t2
+                logits_bar_out[i0, i1] = logits_bar
 
-    # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
-    logits_bar, b2_bar = _k_logits_bar_b2_bar(t3, DTYPE(t2), numba.get_num_threads())
+                # b2_bar = ∂loss/∂b2 = logits_bar · ∂logits/∂b2, where ∂logits/∂b2 = 1
+                #   (summed over the axes broadcasting stretched)
+                b2_bar_part[c, i1] += logits_bar
+    b2_bar = b2_bar_part.sum(axis=0)
+    return logits_bar_out, b2_bar
 
-    # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
-    h1_bar = logits_bar @ W2.T
 
-    # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
-    W2_bar = h1.T @ logits_bar
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_a1_bar_b1_bar(h1_bar, t1, nt):
+    """One loop nest over (batch, 128) computing a1_bar, b1_bar."""
+    n0 = h1_bar.shape[0]
+    n1 = h1_bar.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    a1_bar_out = np.empty((n0, n1), dtype=DTYPE)
+    b1_bar_part = np.zeros((nt, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0
+                #   else 0
+                a1_bar = h1_bar[i0, i1] * t1[i0, i1]
+                a1_bar_out[i0, i1] = a1_bar
 
-    # one fused loop over (batch, 128) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
-    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, t1, numba.get_num_threads())
-
-    # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
-    W1_bar = x.T @ a1_bar
-    return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
+                # b1_bar = ∂loss/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over
+                #   the axes broadcasting stretched)
+                b1_bar_part[c, i1] += a1_bar
+    b1_bar = b1_bar_part.sum(axis=0)
+    return a1_bar_out, b1_bar

@@ -45,67 +45,87 @@ LOSS = "J"
 WRT = ("W1", "b1", "W2")
 
 
-def _sigmoid(x):
-    # σ(x) = 1/(1 + exp(−x)), in the tanh form that cannot overflow
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+def forward(**arrays):
+    """The forward pass: every output, by name."""
+    x, t, W1, b1, W2, batch = _unpack(arrays)
+    z1 = x @ W1
+
+    # one fused loop over (batch, 3) (_k_a1) computes a1
+    a1 = _k_a1(z1, b1, numba.get_num_threads())
+
+    # h1 = σ(a1) = 1/(1 + exp(−a1))
+    h1 = _sigmoid(a1)
+    z2 = h1 @ W2
+
+    # y = σ(z2) = 1/(1 + exp(−z2))
+    y = _sigmoid(z2)
+
+    # J = mean((y − t)²)
+    J = np.square(y - t).mean()
+    return {"y": y, "J": J}
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_a1(z1, b1, nt):
-    """One loop nest over (batch, 3) computing a1."""
-    n0 = z1.shape[0]
-    n1 = z1.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    a1_out = np.empty((n0, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                a1 = z1[i0, i1] + b1[i1]
-                a1_out[i0, i1] = a1
-    return a1_out
+def value_and_grad(**arrays):
+    """The loss 'J' and its gradient with respect to each name in WRT.
+
+    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
+    """
+    x, t, W1, b1, W2, batch = _unpack(arrays)
+    z1 = x @ W1
+
+    # one fused loop over (batch, 3) (_k_a1) computes a1
+    a1 = _k_a1(z1, b1, numba.get_num_threads())
+
+    # h1 = σ(a1) = 1/(1 + exp(−a1))
+    h1 = _sigmoid(a1)
+    z2 = h1 @ W2
+
+    # y = σ(z2) = 1/(1 + exp(−z2))
+    y = _sigmoid(z2)
+
+    # J = mean((y − t)²)
+    J = np.square(y - t).mean()
+
+    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
+    #   k_bar · ∂k/∂v.
+    tmp1 = 2.0 / float(batch)
+
+    # one fused loop over (batch, 1) (_k_z2_bar) computes y_bar, z2_bar
+    z2_bar = _k_z2_bar(y, t, DTYPE(tmp1), numba.get_num_threads())
+
+    # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
+    h1_bar = z2_bar @ W2.T
+
+    # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
+    W2_bar = h1.T @ z2_bar
+
+    # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
+    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1, h1_bar, numba.get_num_threads())
+
+    # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
+    W1_bar = x.T @ a1_bar
+    return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar}
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_z2_bar(y, t, tmp1, nt):
-    """One loop nest over (batch, 1) computing y_bar, z2_bar."""
-    n0 = y.shape[0]
-    n1 = y.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    z2_bar_out = np.empty((n0, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                # y_bar = ∂J/∂y = 2·(y − t)/N
-                y_bar = (y[i0, 0] - t[i0, 0]) * tmp1
-
-                # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) =
-                #   y·(1 − y)
-                z2_bar = y_bar * (y[i0, 0] * (1.0 - y[i0, 0]))
-                z2_bar_out[i0, i1] = z2_bar
-    return z2_bar_out
+def init_params(seed=0):
+    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
-def _k_a1_bar_b1_bar(h1, h1_bar, nt):
-    """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
-    n0 = h1.shape[0]
-    n1 = h1.shape[1]
-    nt = min(nt, max(1, n0 // 8))
-    a1_bar_out = np.empty((n0, n1), dtype=DTYPE)
-    b1_bar_part = np.zeros((nt, n1), dtype=DTYPE)
-    for c in numba.prange(nt):
-        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
-            for i1 in range(n1):
-                # a1_bar = ∂J/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = σ(a1)·(1 − σ(a1))
-                #   = h1·(1 − h1)
-                a1_bar = h1_bar[i0, i1] * (h1[i0, i1] * (1.0 - h1[i0, i1]))
-                a1_bar_out[i0, i1] = a1_bar
-
-                # b1_bar = ∂J/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the
-                #   axes broadcasting stretched)
-                b1_bar_part[c, i1] += a1_bar
-    b1_bar = b1_bar_part.sum(axis=0)
-    return a1_bar_out, b1_bar
+def _init(rng, kind, shape):
+    if kind == "zeros":
+        return np.zeros(shape, dtype=DTYPE)
+    if kind == "ones":
+        return np.ones(shape, dtype=DTYPE)
+    if kind == "normal":
+        return rng.standard_normal(shape).astype(DTYPE)
+    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    fan_in = (shape[0] if len(shape) else 1) * receptive
+    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(DTYPE)
 
 
 def _check(arrays):
@@ -179,87 +199,67 @@ def _unpack(arrays):
 
 def _fail(arrays):
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: _unpack and _check disagree; please report this")
+    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
 
 
-def init_params(seed=0):
-    """Fresh parameters as ``{name: array}``, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {name: _init(rng, kind, PARAMS[name]) for name, kind in _INITS.items()}
+def _sigmoid(x):
+    # σ(x) = 1/(1 + exp(−x)), in the tanh form that cannot overflow
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _init(rng, kind, shape):
-    if kind == "zeros":
-        return np.zeros(shape, dtype=DTYPE)
-    if kind == "ones":
-        return np.ones(shape, dtype=DTYPE)
-    if kind == "normal":
-        return rng.standard_normal(shape).astype(DTYPE)
-    # glorot_uniform: U(−a, a), a = sqrt(6 / (fan_in + fan_out))
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_in = (shape[0] if len(shape) else 1) * receptive
-    fan_out = (shape[1] if len(shape) > 1 else fan_in) * receptive
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape).astype(DTYPE)
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_a1(z1, b1, nt):
+    """One loop nest over (batch, 3) computing a1."""
+    n0 = z1.shape[0]
+    n1 = z1.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    a1_out = np.empty((n0, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                a1 = z1[i0, i1] + b1[i1]
+                a1_out[i0, i1] = a1
+    return a1_out
 
 
-def forward(**arrays):
-    """The forward pass: every output, by name."""
-    x, t, W1, b1, W2, batch = _unpack(arrays)
-    z1 = x @ W1
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_z2_bar(y, t, tmp1, nt):
+    """One loop nest over (batch, 1) computing y_bar, z2_bar."""
+    n0 = y.shape[0]
+    n1 = y.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    z2_bar_out = np.empty((n0, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                # y_bar = ∂J/∂y = 2·(y − t)/N
+                y_bar = (y[i0, 0] - t[i0, 0]) * tmp1
 
-    # one fused loop over (batch, 3) (_k_a1) computes a1
-    a1 = _k_a1(z1, b1, numba.get_num_threads())
-
-    # h1 = σ(a1) = 1/(1 + exp(−a1))
-    h1 = _sigmoid(a1)
-    z2 = h1 @ W2
-
-    # y = σ(z2) = 1/(1 + exp(−z2))
-    y = _sigmoid(z2)
-
-    # J = mean((y − t)²)
-    J = np.square(y - t).mean()
-    return {"y": y, "J": J}
+                # z2_bar = ∂J/∂z2 = y_bar · ∂y/∂z2, where ∂y/∂z2 = σ(z2)·(1 − σ(z2)) =
+                #   y·(1 − y)
+                z2_bar = y_bar * (y[i0, 0] * (1.0 - y[i0, 0]))
+                z2_bar_out[i0, i1] = z2_bar
+    return z2_bar_out
 
 
-def value_and_grad(**arrays):
-    """The loss 'J' and its gradient with respect to each name in WRT.
+@numba.njit(cache=True, error_model="numpy", parallel=True)
+def _k_a1_bar_b1_bar(h1, h1_bar, nt):
+    """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
+    n0 = h1.shape[0]
+    n1 = h1.shape[1]
+    nt = min(nt, max(1, n0 // 8))
+    a1_bar_out = np.empty((n0, n1), dtype=DTYPE)
+    b1_bar_part = np.zeros((nt, n1), dtype=DTYPE)
+    for c in numba.prange(nt):
+        for i0 in range(c * n0 // nt, (c + 1) * n0 // nt):
+            for i1 in range(n1):
+                # a1_bar = ∂J/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = σ(a1)·(1 − σ(a1))
+                #   = h1·(1 − h1)
+                a1_bar = h1_bar[i0, i1] * (h1[i0, i1] * (1.0 - h1[i0, i1]))
+                a1_bar_out[i0, i1] = a1_bar
 
-    Returns ``(loss, {name: gradient})``; gradients are fresh arrays.
-    """
-    x, t, W1, b1, W2, batch = _unpack(arrays)
-    z1 = x @ W1
-
-    # one fused loop over (batch, 3) (_k_a1) computes a1
-    a1 = _k_a1(z1, b1, numba.get_num_threads())
-
-    # h1 = σ(a1) = 1/(1 + exp(−a1))
-    h1 = _sigmoid(a1)
-    z2 = h1 @ W2
-
-    # y = σ(z2) = 1/(1 + exp(−z2))
-    y = _sigmoid(z2)
-
-    # J = mean((y − t)²)
-    J = np.square(y - t).mean()
-
-    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
-    #   k_bar · ∂k/∂v.
-    tmp1 = 2.0 / float(batch)
-
-    # one fused loop over (batch, 1) (_k_z2_bar) computes y_bar, z2_bar
-    z2_bar = _k_z2_bar(y, t, DTYPE(tmp1), numba.get_num_threads())
-
-    # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
-    h1_bar = z2_bar @ W2.T
-
-    # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
-    W2_bar = h1.T @ z2_bar
-
-    # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
-    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1, h1_bar, numba.get_num_threads())
-
-    # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
-    W1_bar = x.T @ a1_bar
-    return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar}
+                # b1_bar = ∂J/∂b1 = a1_bar · ∂a1/∂b1, where ∂a1/∂b1 = 1 (summed over the
+                #   axes broadcasting stretched)
+                b1_bar_part[c, i1] += a1_bar
+    b1_bar = b1_bar_part.sum(axis=0)
+    return a1_bar_out, b1_bar
