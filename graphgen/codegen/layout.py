@@ -1,4 +1,9 @@
-"""Assignments laid out as ``ruff format`` lays them out, without running ruff.
+"""All layout of generated code: statements laid out as ``ruff format`` lays them out,
+without running ruff.
+
+graphgen follows one ruff minor version (the test extra pins it: ``ruff==0.17.*``), so
+that the bytes of a module never depend on the formatter installed beside it; moving the
+pin is a deliberate change, checked by the formatting tests.
 
 Generated code must be formatted: ``ruff format`` (line length 88) leaves it unchanged.
 Most statements fit on one line as graphgen writes them; :func:`value` lays out the

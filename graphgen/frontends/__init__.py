@@ -1,0 +1,1 @@
+"""Files in, one validated ``nx.DiGraph`` out: specs (YAML/JSON) and ONNX models."""

@@ -1,0 +1,1 @@
+"""Graph passes, ``G -> G``: shapes (prepare), adjoint, optimize."""

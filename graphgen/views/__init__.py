@@ -1,0 +1,1 @@
+"""What reads the compiler's graphs for people: diagrams, explanations, values."""

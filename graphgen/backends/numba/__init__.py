@@ -1,0 +1,1 @@
+"""The Numba backend: fused loop kernels and whole-function kernels."""
