@@ -141,19 +141,25 @@ class OpForms:
         """Whether node ``n`` may stand for its op when probing the template."""
         return True
 
+    # every node of the op is probed (True), or the first stands for all: attributes do
+    # not change how often an argument appears in a NumPy form
+    probe_every = False
+
     def _mentions_each_argument_once(self, op):
         o = ops.get(op)
         if o.variadic:
             return True
         probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
-        # attributes do not change how often arguments appear; use a representative node
         A = self.program.A
+        once = True
         for n in A:
             if A.nodes[n].get(g.OP) == op and self.probe(n):
                 with recording(None):  # a probe: its helpers are not the module's
                     text = self.render(n, probes, set())
-                return all(text.count(p) == 1 for p in probes)
-        return True
+                once = once and all(text.count(p) == 1 for p in probes)
+                if not self.probe_every:
+                    break
+        return once
 
 
 class Program:

@@ -163,22 +163,10 @@ class NopythonForms(OpForms):
             return Code(prog.render_scalar(n, [wrap(x) for x in args]))
         return super().render(n, args, used, as_bool)
 
+    probe_every = True  # a nopython form may depend on the node's shapes
+
     def probe(self, n):
         return nopython_ok(self.program, n)
-
-    def _mentions_each_argument_once(self, op):
-        o = ops.get(op)
-        if o.variadic:
-            return True
-        probes = [Code(f"ARG{i}_") for i in range(len(o.args))]
-        A = self.program.A
-        once = True
-        for n in A:
-            if A.nodes[n].get(g.OP) == op and self.probe(n):
-                with recording(None):  # a probe: its helpers are not the module's
-                    text = self.render(n, probes, set())
-                once = once and all(text.count(p) == 1 for p in probes)
-        return once
 
 
 @dataclasses.dataclass
