@@ -174,7 +174,7 @@ ALLOWED = {
     ("graphgen/codegen/comments.py", "sum_to_shape"): (
         "the comment of the backward sum that undoes broadcasting says which axes it sums"
     ),
-    ("graphgen/frontends/onnx.py", "constant"): (
+    ("graphgen/frontends/onnx_tensors.py", "constant"): (
         "ONNX Pad's mode 'constant' (a padding mode, not graphgen's constant op)"
     ),
     ("graphgen/views/explain.py", "matmul"): (

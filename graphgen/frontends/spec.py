@@ -175,7 +175,17 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     err = _schema_error(data, source, lines)
     if err is not None:
         raise err
+    G = _new_graph(data, source, lines, weights)
+    _add_inputs_and_params(G, data, lines)
+    _add_nodes(G, data["nodes"], lines)
+    known = list(G.nodes)
+    _add_args(G, data["nodes"], lines, known)
+    _add_outputs(G, data, lines, known)
+    return G
 
+
+def _new_graph(data, source, lines, weights):
+    """The empty graph of a spec: its name, dtype, source and weights."""
     G = nx.DiGraph()
     stem = (
         os.path.splitext(os.path.basename(source))[0] if source != "<spec>" else "model"
@@ -186,37 +196,40 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
         source=source,
         lines={},
     )
-    fdtype = G.graph["dtype"]
     if weights is None and data.get("weights"):
         weights = _read_weights(data["weights"], source, lines)
     if weights:
         G.graph["weights"] = dict(weights)
+    return G
 
-    def line_of(section, name):
-        return lines.get((section, name))
 
-    def define(section, name, **attrs):
-        if name in G:
-            first = G.nodes[name][g.KIND]
-            raise SpecError(
-                f"name defined twice (already an {first})"
-                if first == "input"
-                else f"name defined twice (already a {first})",
-                node=name,
-                source=source,
-                line=line_of(section, name),
-            )
-        G.add_node(name, **attrs, **{g.SEQ: g.next_seq(G)})
-        if line_of(section, name) is not None:
-            G.graph["lines"][name] = line_of(section, name)
+def _define(G, lines, section, name, **attrs):
+    """Add node ``name`` of ``section`` (a name is defined once across the sections)."""
+    line = lines.get((section, name))
+    if name in G:
+        first = G.nodes[name][g.KIND]
+        raise SpecError(
+            f"name defined twice (already an {first})"
+            if first == "input"
+            else f"name defined twice (already a {first})",
+            node=name,
+            source=G.graph["source"],
+            line=line,
+        )
+    G.add_node(name, **attrs, **{g.SEQ: g.next_seq(G)})
+    if line is not None:
+        G.graph["lines"][name] = line
 
+
+def _add_inputs_and_params(G, data, lines):
+    fdtype = G.graph["dtype"]
     for name, v in (data.get("inputs") or {}).items():
         shape, dtype = (
             (v, fdtype) if isinstance(v, list) else (v["shape"], v.get("dtype", fdtype))
         )
         if dtype != "int64":
             dtype = fdtype
-        define("inputs", name, kind=g.INPUT, shape=tuple(shape), dtype=dtype)
+        _define(G, lines, "inputs", name, kind=g.INPUT, shape=tuple(shape), dtype=dtype)
     for name, v in (data.get("params") or {}).items():
         shape, init = (
             (v, "glorot_uniform")
@@ -226,11 +239,20 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
                 v.get("init", "glorot_uniform"),
             )
         )
-        define(
-            "params", name, kind=g.PARAM, shape=tuple(shape), dtype=fdtype, init=init
+        _define(
+            G,
+            lines,
+            "params",
+            name,
+            kind=g.PARAM,
+            shape=tuple(shape),
+            dtype=fdtype,
+            init=init,
         )
 
-    nodes = data["nodes"]
+
+def _add_nodes(G, nodes, lines):
+    """One op node per entry of ``nodes`` (their arguments come after: any order)."""
     for name, spec in nodes.items():
         op_name = spec["op"]
         if op_name not in ops.REGISTRY:
@@ -238,16 +260,27 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
             raise SpecError(
                 f"unknown op {op_name!r}{hint}; `graphgen ops` lists them",
                 node=name,
-                source=source,
-                line=line_of("nodes", name),
+                source=G.graph["source"],
+                line=lines.get(("nodes", name)),
             )
         attrs = {k: v for k, v in spec.items() if k not in ("op", "args", "group")}
         extra = {"group": spec["group"]} if "group" in spec else {}
-        define(
-            "nodes", name, kind=g.OPNODE, op=op_name, attrs=attrs, dtype=fdtype, **extra
+        _define(
+            G,
+            lines,
+            "nodes",
+            name,
+            kind=g.OPNODE,
+            op=op_name,
+            attrs=attrs,
+            dtype=G.graph["dtype"],
+            **extra,
         )
 
-    known = list(G.nodes)
+
+def _add_args(G, nodes, lines, known):
+    """The edges of each node's arguments; a number becomes a constant node."""
+    source, fdtype = G.graph["source"], G.graph["dtype"]
     for name, spec in nodes.items():
         for pos, arg in enumerate(spec.get("args", [])):
             if isinstance(arg, bool):
@@ -255,7 +288,7 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
                     f"argument {pos} is a boolean; use a number or a node name",
                     node=name,
                     source=source,
-                    line=line_of("nodes", name),
+                    line=lines.get(("nodes", name)),
                 )
             if isinstance(arg, (int, float)):
                 cid = g.fresh_id(G, repr(float(arg)))
@@ -275,9 +308,13 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
                     f"argument {pos} names {arg!r}, which is not an input, param or node{hint}",
                     node=name,
                     source=source,
-                    line=line_of("nodes", name),
+                    line=lines.get(("nodes", name)),
                 )
             g.add_edge_arg(G, arg, name, pos)
+
+
+def _add_outputs(G, data, lines, known):
+    """The graph's outputs, loss and wrt (and vjp), each name checked."""
 
     def check_names(key, names, what):
         for n in names:
@@ -285,7 +322,7 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
                 hint = did_you_mean(n, known)
                 raise SpecError(
                     f"{key}: {n!r} is not {what}{hint}",
-                    source=source,
+                    source=G.graph["source"],
                     line=lines.get(("", key)),
                 )
 
@@ -295,7 +332,8 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     outputs = list(data.get("outputs") or ([loss] if loss is not None else []))
     if not outputs:
         raise SpecError(
-            "give 'outputs' or 'loss': the module would compute nothing", source=source
+            "give 'outputs' or 'loss': the module would compute nothing",
+            source=G.graph["source"],
         )
     check_names("outputs", outputs, "a node")
     if "wrt" in data:
@@ -306,7 +344,6 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     G.graph.update(outputs=outputs, loss=loss, wrt=wrt)
     if data.get("vjp") and loss is None:
         G.graph["vjp"] = True
-    return G
 
 
 def _read_weights(name, source, lines):
