@@ -13,7 +13,6 @@ import ast
 import contextlib
 import contextvars
 import dataclasses
-import re
 from functools import cache
 from pathlib import Path
 
@@ -178,15 +177,10 @@ def vet(value, path="context"):
         raise CodegenError(f"internal: cannot render {type(value).__name__} at {path}")
 
 
-def _blank_lines(m):
-    return "\n\n\n"
-
-
 def render_module(env, template, ctx) -> str:
     """Render a module template with a vetted context; the result must parse."""
     vet(ctx)
     text = env.get_template(template).render(**ctx)
-    text = re.sub(r"\n{3,}(?=[^\n]*\S)", _blank_lines, text)
     try:
         ast.parse(text)
     except SyntaxError as e:  # a bug in graphgen, never in the user's spec

@@ -389,7 +389,12 @@ class NumbaProgram(Program):
         ctx["lazy_compile"] = bool(self.whole_kernels)
         if self.whole_kernels:
             ctx["kernels"].insert(
-                0, Code(self.env.get_template("numba/helpers/compile.py.j2").render())
+                0,
+                Code(
+                    self.env.get_template("numba/helpers/compile.py.j2")
+                    .render()
+                    .rstrip("\n")
+                ),
             )
         ctx["kernels"][:0] = vecmath.helpers(
             [f"_{h}" for h in used if h.startswith("nb_")], self.dtype
