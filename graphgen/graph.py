@@ -58,6 +58,10 @@ CONTRIB = "contrib"
 NOTE = "note"
 LINE = "line"
 PASS = "pass"  # which adjoint pass made a backward node (0 first, 1 when differentiated again)
+# forward mode (passes/forward.py): the node whose tangent this node is, and for a tangent
+# add_n, the predecessors (arguments) whose contributions it sums
+TANGENT_OF = "tangent_of"
+FSUMS = "fsums"
 
 INPUT, PARAM, CONST, OPNODE = "input", "param", "const", "op"
 FORWARD, BACKWARD = "forward", "backward"

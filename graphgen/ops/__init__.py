@@ -11,6 +11,11 @@ per argument (or None where no gradient flows). It builds ordinary registered op
 Broadcasting is undone centrally by the adjoint pass, which appends one ``sum_to_shape``
 node wherever a contribution is larger than its argument.
 
+A JVP rule (forward mode) receives the builder and a :class:`JVPContext` and returns one
+tangent contribution per argument, ``∂y/∂arg · arg``'s tangent (None where no tangent
+flows in); the forward-mode pass broadcasts a smaller contribution to the output's shape
+with one ``broadcast_to`` and sums them. ``jvp_reason`` says why an op has no rule.
+
 :mod:`graphgen.ops.base` holds :class:`Op`, the registry and the helpers; the op families
 import from it, and this package re-exports it and imports the families.
 """
@@ -21,6 +26,7 @@ from .base import (
     HELPERS,
     REGISTRY,
     REQUIRED,
+    JVPContext,
     MissingAttribute,
     Op,
     VJPContext,
@@ -29,13 +35,17 @@ from .base import (
     format_note,
     get,
     infer,
+    no_tangent,
     norm_axes,
     norm_axis,
     plain,
     reduced_shape,
     register,
+    same_op,
     same_shape,
     scalar_shape,
+    symmetric,
+    tangent_terms,
 )
 
 # Importing the op families registers their ops: defs (the core), conv (convolution and
@@ -50,6 +60,7 @@ __all__ = [
     "HELPERS",
     "REGISTRY",
     "REQUIRED",
+    "JVPContext",
     "MissingAttribute",
     "Op",
     "VJPContext",
@@ -62,11 +73,15 @@ __all__ = [
     "get",
     "infer",
     "nn",
+    "no_tangent",
     "norm_axes",
     "norm_axis",
     "plain",
     "reduced_shape",
     "register",
+    "same_op",
     "same_shape",
     "scalar_shape",
+    "symmetric",
+    "tangent_terms",
 ]

@@ -32,6 +32,19 @@ class Op:
         ``impl(*arrays, **attrs) -> ndarray``, the NumPy reference semantics.
     vjp : callable or None
         ``vjp(b, ctx) -> list`` of cotangent nodes, one per argument (None: no gradient).
+    jvp : callable or None
+        ``jvp(b, ctx) -> list`` of tangent contributions, one per argument (for a variadic
+        op, one per argument it was given): ``∂y/∂arg_i · arg_i``'s tangent, or None where
+        the argument has no tangent (``ctx.dots[i] is None``) or ``y`` does not depend on
+        it. ``ctx`` is a :class:`JVPContext`; like a VJP rule it builds registered ops
+        through ``b``. A contribution may be smaller than the output if it broadcasts to
+        it: the forward-mode pass (:mod:`graphgen.passes.forward`) broadcasts it, the
+        dual of the ``sum_to_shape`` the adjoint pass adds. A linear op's rule is often
+        the op itself applied to the tangent (:func:`same_op`); an op whose Jacobian is
+        symmetric (elementwise unary: diagonal) can reuse its VJP (:func:`symmetric`).
+    jvp_reason : str
+        Why the op has no JVP rule (it takes no arguments, or only int64 labels), or why
+        its rule sends no tangent (a mask: its derivative is 0 wherever it is defined).
     math : str
         The forward math, with ``{y}`` for the output and argument names in braces.
     derivs : tuple of str
@@ -132,6 +145,8 @@ class Op:
     sums: bool = False
     shares: str = ""
     kept: bool = False
+    jvp: Callable | None = None
+    jvp_reason: str = ""
 
     def arity_ok(self, n):
         return n >= 1 if self.variadic else n == len(self.args)
@@ -229,6 +244,77 @@ class VJPContext:
     attrs: dict
     in_shapes: list
     out_shape: tuple
+
+
+@dataclasses.dataclass
+class JVPContext:
+    """What a JVP rule sees of the node it differentiates.
+
+    ``ins`` are the argument node ids, ``out`` the node itself (its forward value, to
+    reuse), ``dots`` per argument the node holding its tangent (None: no tangent flows
+    in there); shapes are the inferred (possibly symbolic) shapes.
+    """
+
+    ins: list
+    out: str
+    dots: list
+    attrs: dict
+    in_shapes: list
+    out_shape: tuple
+
+
+# ------------------------------------------------------------------------ JVP rules
+
+
+def tangent_terms(c, *terms):
+    """One contribution per argument: ``terms[i](dot_i)`` where argument ``i`` has a
+    tangent, else None. A variadic op may give one term for every argument.
+
+    ``tangent_terms(c, lambda d: b.mul(d, c.ins[1]), lambda d: b.mul(c.ins[0], d))`` is
+    the rule of ``mul``: ȧ·b and a·ḃ.
+    """
+    if len(terms) == 1 and len(c.dots) > 1:
+        terms = terms * len(c.dots)
+    if len(terms) != len(c.dots):
+        raise ValueError(f"{len(terms)} tangent terms for {len(c.dots)} arguments")
+    return [None if d is None else t(d) for t, d in zip(terms, c.dots)]
+
+
+def same_op(name):
+    """The JVP rule of a linear op of one argument: the op itself, with the node's
+    attributes, applied to the tangent (``transpose``, ``reshape``, ``sum``, ...)."""
+
+    def rule(b, c):
+        return tangent_terms(c, lambda d: getattr(b, name)(d, **c.attrs))
+
+    return rule
+
+
+def symmetric(vjp):
+    """The JVP rule of an op of one argument whose Jacobian is symmetric (an elementwise
+    op's is diagonal; softmax's is diag(y) − y·yᵀ): J·ẋ = Jᵀ·ẋ, its VJP with the
+    tangent in place of the adjoint ȳ. Exact, nothing new to derive."""
+
+    def rule(b, c):
+        def apply(d):
+            ctx = VJPContext(
+                ins=c.ins,
+                out=c.out,
+                g=d,
+                attrs=c.attrs,
+                in_shapes=c.in_shapes,
+                out_shape=c.out_shape,
+            )
+            return vjp(b, ctx)[0]
+
+        return tangent_terms(c, apply)
+
+    return rule
+
+
+def no_tangent(b, c):
+    """The JVP rule of a piecewise-constant op (a mask): no tangent flows through it."""
+    return [None] * len(c.ins)
 
 
 # ----------------------------------------------------------------------------- shapes
