@@ -15,6 +15,11 @@ The backward pass is built from internal ops that are themselves differentiable:
 their VJPs are ``conv`` and each other again; ``max_pool_grad`` and ``max_pool_select``
 (route to / read from each window's argmax) are each other's adjoints; ``avg_pool_grad``
 is the adjoint of ``avg_pool``.
+
+Forward mode: each op is linear or bilinear in its float arguments, so its JVP rule is the
+op again, applied to the tangent (one argument at a time for ``conv`` and its gradients);
+``max_pool``'s tangent is read at each window's argmax (``max_pool_select``), and the
+argmax ops pass no tangent from ``x``, which they only route by.
 """
 
 from __future__ import annotations
@@ -263,6 +268,17 @@ def _conv_vjp(b, c):
     return [dx, dw]
 
 
+def _conv_jvp(b, c):
+    # bilinear: ẏ = conv(ẋ, w) + conv(x, ẇ)
+    x, w = c.ins
+    dx, dw = c.dots
+    geo = _geo(c.attrs)
+    return [
+        None if dx is None else b.conv(dx, w, **geo),
+        None if dw is None else b.conv(x, dw, **geo),
+    ]
+
+
 register(
     Op(
         name="conv",
@@ -270,6 +286,7 @@ register(
         shape=_conv_shape,
         impl=_conv_impl,
         vjp=_conv_vjp,
+        jvp=_conv_jvp,
         math="{y}[n, m, o] = Σ_c,k {x}[n, c, o·s + k·d − p]·{w}[m, c, k] (strides s = "
         "{strides}, pads p = {pads}, dilations d = {dilations}, groups {groups})",
         derivs=(
@@ -347,6 +364,16 @@ def _conv_grad_input_vjp(b, c):
     return [dg, dw]
 
 
+def _conv_grad_input_jvp(b, c):
+    g, w = c.ins
+    dg, dw = c.dots
+    geo = {**_geo(c.attrs), "input_spatial": list(c.attrs["input_spatial"])}
+    return [
+        None if dg is None else b.conv_grad_input(dg, w, **geo),
+        None if dw is None else b.conv_grad_input(g, dw, **geo),
+    ]
+
+
 register(
     Op(
         name="conv_grad_input",
@@ -354,6 +381,7 @@ register(
         shape=lambda s, a: (s[0][0], s[1][1] * a["groups"], *a["input_spatial"]),
         impl=_conv_grad_input_impl,
         vjp=_conv_grad_input_vjp,
+        jvp=_conv_grad_input_jvp,
         math="{y}[n, c, o·s + k·d − p] += Σ_m {g}[n, m, o]·{w}[m, c, k] (transposed "
         "convolution: conv's input gradient; strides s = {strides}, pads p = {pads}, "
         "dilations d = {dilations}, groups {groups})",
@@ -432,6 +460,16 @@ def _conv_grad_weight_vjp(b, c):
     return [dx, dg]
 
 
+def _conv_grad_weight_jvp(b, c):
+    x, g = c.ins
+    dx, dg = c.dots
+    geo = {**_geo(c.attrs), "kernel_shape": list(c.attrs["kernel_shape"])}
+    return [
+        None if dx is None else b.conv_grad_weight(dx, g, **geo),
+        None if dg is None else b.conv_grad_weight(x, dg, **geo),
+    ]
+
+
 register(
     Op(
         name="conv_grad_weight",
@@ -439,6 +477,7 @@ register(
         shape=lambda s, a: (s[1][1], s[0][1] // a["groups"], *a["kernel_shape"]),
         impl=_conv_grad_weight_impl,
         vjp=_conv_grad_weight_vjp,
+        jvp=_conv_grad_weight_jvp,
         math="{y}[m, c, k] = Σ_n,o {g}[n, m, o]·{x}[n, c, o·s + k·d − p] (conv's weight "
         "gradient; strides s = {strides}, pads p = {pads}, dilations d = {dilations}, "
         "groups {groups})",
@@ -579,6 +618,32 @@ def _max_pool_vjp(b, c):
     return [b.max_pool_grad(c.g, c.ins[0], **_geo(c.attrs, _POOL_GEO))]
 
 
+def _max_pool_jvp(b, c):
+    # the tangent read at each window's (first) maximum
+    (dx,) = c.dots
+    if dx is None:
+        return [None]
+    return [b.max_pool_select(dx, c.ins[0], **_geo(c.attrs, _POOL_GEO))]
+
+
+# max_pool_grad and max_pool_select are linear in their first argument; the argmax they
+# route through is piecewise constant in x, so x contributes nothing (None).
+
+
+def _max_pool_grad_jvp(b, c):
+    (dg, _) = c.dots
+    if dg is None:
+        return [None, None]
+    return [b.max_pool_grad(dg, c.ins[1], **_geo(c.attrs, _POOL_GEO)), None]
+
+
+def _max_pool_select_jvp(b, c):
+    (dh, _) = c.dots
+    if dh is None:
+        return [None, None]
+    return [b.max_pool_select(dh, c.ins[1], **_geo(c.attrs, _POOL_GEO)), None]
+
+
 def _zeros_like(b, shape):
     return b.zeros(shape=list(shape))
 
@@ -595,6 +660,7 @@ register(
         shape=lambda s, a: _pool_out(s[0], a),
         impl=_max_pool_impl,
         vjp=_max_pool_vjp,
+        jvp=_max_pool_jvp,
         math="{y}[n, c, o] = max_k {x}[n, c, o·s + k·d − p], padding −∞ ("
         + POOL_MATH
         + ")",
@@ -650,6 +716,7 @@ register(
             b.max_pool_select(c.g, c.ins[1], **_geo(c.attrs, _POOL_GEO)),
             _zeros_like(b, c.in_shapes[1]),
         ],
+        jvp=_max_pool_grad_jvp,
         math="{y}[n, c, argmax of window o of {x}] += {g}[n, c, o] (max_pool's input "
         "gradient: each window's gradient goes to its first maximum; "
         + POOL_MATH
@@ -675,6 +742,7 @@ register(
             b.max_pool_grad(c.g, c.ins[1], **_geo(c.attrs, _POOL_GEO)),
             _zeros_like(b, c.in_shapes[1]),
         ],
+        jvp=_max_pool_select_jvp,
         math="{y}[n, c, o] = {h}[n, c, argmax of window o of {x}] (the adjoint of "
         "max_pool_grad; " + POOL_MATH + ")",
         derivs=(
@@ -745,6 +813,19 @@ def _avg_pool_vjp(b, c):
     ]
 
 
+def _avg_pool_jvp(b, c):
+    (dx,) = c.dots
+    return [None if dx is None else b.avg_pool(dx, **_geo(c.attrs, _AVG_GEO))]
+
+
+def _avg_pool_grad_jvp(b, c):
+    (dg,) = c.dots
+    if dg is None:
+        return [None]
+    geo = {**_geo(c.attrs, _AVG_GEO), "input_spatial": list(c.attrs["input_spatial"])}
+    return [b.avg_pool_grad(dg, **geo)]
+
+
 AVG_DIVISOR = (
     "count(o) = its positions inside {x} (inside the padded {x} if count_include_pad "
     "= 1; it is {count_include_pad})"
@@ -757,6 +838,7 @@ register(
         shape=lambda s, a: _pool_out(s[0], a),
         impl=_avg_pool_impl,
         vjp=_avg_pool_vjp,
+        jvp=_avg_pool_jvp,
         math="{y}[n, c, o] = Σ_k {x}[n, c, o·s + k·d − p] / count(o), zero padding, "
         + AVG_DIVISOR
         + " ("
@@ -804,6 +886,7 @@ register(
         shape=lambda s, a: (*s[0][:2], *a["input_spatial"]),
         impl=_avg_pool_grad_impl,
         vjp=lambda b, c: [b.avg_pool(c.g, **_geo(c.attrs, _AVG_GEO))],
+        jvp=_avg_pool_grad_jvp,
         math="{y}[n, c, o·s + k·d − p] += {g}[n, c, o]/count(o) (avg_pool's input "
         "gradient; " + POOL_MATH + ")",
         derivs=("{g}̄ = avg_pool({y}̄) (linear: its adjoint is avg_pool again)",),

@@ -6,6 +6,11 @@ per-channel reductions (``channel_var``, ``channel_dot``), the fused batch-norm 
 gradient (``batch_norm_dx``), the channel window sum of LRN, ``scatter_add`` (the adjoint
 of ``gather``) and ``gelu_grad``.
 
+Every op has a JVP rule (forward mode), the internal ones too, so that the adjoint graph
+can be differentiated forward again (Hessian-vector products). The normalizations' rules
+are derived from their math; ``batch_norm_train``'s input tangent reuses
+``batch_norm_dx``, since its Jacobian in ``x`` is symmetric per channel.
+
 "Per channel" means over every axis but axis 1: ``x`` is (N, C, d1, ...), and a
 per-channel vector of shape (C,) broadcasts against it as (C, 1, ..., 1).
 """
@@ -112,6 +117,17 @@ def _check_channels(in_shapes, names, what):
     return tuple(x)
 
 
+def _on_tangent(apply):
+    """The JVP rule of an op whose other arguments (if any) are int labels: ``apply(b, c,
+    ẋ)`` builds the first argument's contribution from its tangent ``ẋ``."""
+
+    def jvp(b, c):
+        dot = c.dots[0]
+        return [None if dot is None else apply(b, c, dot)] + [None] * (len(c.ins) - 1)
+
+    return jvp
+
+
 def _norm_epsilon(in_shapes, attrs):
     eps = _number(attrs["epsilon"], "epsilon")
     if not eps >= 0:
@@ -143,6 +159,27 @@ def _batch_norm_vjp(b, c):
     return [dx, dscale, sum_g, dmean, dvar]
 
 
+def _batch_norm_jvp(b, c):
+    x, scale, _, mean, var = c.ins
+    dx, dscale, dbias, dmean, dvar = c.dots
+    shape = c.in_shapes[0]
+    inv = b.pow(b.add(var, c.attrs["epsilon"]), -0.5)  # 1/√(var + ε)
+    k = b.mul(scale, inv)
+    d = b.sub(x, _bcast(b, mean, shape)) if dscale or dvar else None  # x − mean
+    return [
+        None if dx is None else b.mul(dx, _bcast(b, k, shape)),
+        None if dscale is None else b.mul(d, _bcast(b, b.mul(inv, dscale), shape)),
+        None if dbias is None else _bcast(b, dbias, shape),
+        None if dmean is None else _bcast(b, b.neg(b.mul(k, dmean)), shape),
+        # ∂y/∂var = −½·γ·(var + ε)^(−3/2)·(x − mean)
+        None
+        if dvar is None
+        else b.mul(
+            d, _bcast(b, b.mul(b.mul(k, b.square(inv)), b.mul(dvar, -0.5)), shape)
+        ),
+    ]
+
+
 register(
     Op(
         name="batch_norm",
@@ -152,6 +189,7 @@ register(
         ),
         impl=_batch_norm_impl,
         vjp=_batch_norm_vjp,
+        jvp=_batch_norm_jvp,
         math="{y} = {scale}·({x} − {mean})/√({var} + ε) + {bias}, per channel (axis 1), "
         "ε = {epsilon}",
         derivs=(
@@ -194,6 +232,30 @@ def _batch_norm_train_vjp(b, c):
     return [dx, dscale, sum_g]
 
 
+def _batch_norm_train_jvp(b, c):
+    x, scale, _ = c.ins
+    dx, dscale, dbias = c.dots
+    shape = c.in_shapes[0]
+    mean = b.mean(x, axis=channel_axes(len(shape)))
+    var = b.channel_var(x, mean)
+    inv = b.pow(b.add(var, c.attrs["epsilon"]), -0.5)  # 1/σ
+    out = [None, None, None if dbias is None else _bcast(b, dbias, shape)]
+    if dx is not None:
+        # ∂y/∂x is symmetric per channel, γ/σ·(I − 11ᵀ/M − x̂x̂ᵀ/M): the VJP's form with ẋ
+        # for ȳ, k·ẋ + slope·(x − mean) + shift
+        n = _count(b, shape)
+        k = b.mul(scale, inv)
+        proj = b.mul(b.channel_dot(dx, x, mean), inv)  # Σ ẋ·x̂
+        slope = b.neg(b.div(b.mul(k, b.mul(inv, proj)), n))
+        shift = b.neg(b.div(b.mul(k, _channel_sum(b, dx, shape)), n))
+        out[0] = b.batch_norm_dx(dx, x, mean, k, slope, shift)
+    if dscale is not None:  # x̂·γ̇
+        out[1] = b.mul(
+            b.sub(x, _bcast(b, mean, shape)), _bcast(b, b.mul(inv, dscale), shape)
+        )
+    return out
+
+
 register(
     Op(
         name="batch_norm_train",
@@ -201,6 +263,7 @@ register(
         shape=lambda s, a: _check_channels(s, ("scale", "bias"), "batch_norm_train"),
         impl=_batch_norm_train_impl,
         vjp=_batch_norm_train_vjp,
+        jvp=_batch_norm_train_jvp,
         math="{y} = {scale}·x̂ + {bias}, x̂ = ({x} − μ)/√(σ² + ε), with μ, σ² the mean and "
         "(population) variance of {x} over every axis but 1, ε = {epsilon}",
         derivs=(
@@ -237,6 +300,24 @@ def _channel_var_vjp(b, c):
     ]
 
 
+def _channel_var_jvp(b, c):
+    x, mean = c.ins
+    dx, dmean = c.dots
+    shape = c.in_shapes[0]
+    two_over_m = b.div(2.0, _count(b, shape))
+    return [
+        None if dx is None else b.mul(b.channel_dot(dx, x, mean), two_over_m),
+        None
+        if dmean is None
+        else b.neg(
+            b.mul(
+                b.mul(dmean, two_over_m),
+                _channel_sum(b, b.sub(x, _bcast(b, mean, shape)), shape),
+            )
+        ),
+    ]
+
+
 register(
     Op(
         name="channel_var",
@@ -244,6 +325,7 @@ register(
         shape=lambda s, a: _check_channels(s, ("mean",), "channel_var")[1:2],
         impl=_channel_var_impl,
         vjp=_channel_var_vjp,
+        jvp=_channel_var_jvp,
         math="{y} = mean of ({x} − {mean})² over every axis but 1 (per channel)",
         derivs=(
             "∂{y}/∂{x} = 2·({x} − {mean})/M",
@@ -281,6 +363,17 @@ def _channel_dot_vjp(b, c):
     ]
 
 
+def _channel_dot_jvp(b, c):
+    g, x, mean = c.ins
+    dg, dx, dmean = c.dots
+    shape = c.in_shapes[0]
+    return [
+        None if dg is None else b.channel_dot(dg, x, mean),
+        None if dx is None else _channel_sum(b, b.mul(g, dx), shape),
+        None if dmean is None else b.neg(b.mul(dmean, _channel_sum(b, g, shape))),
+    ]
+
+
 register(
     Op(
         name="channel_dot",
@@ -288,6 +381,7 @@ register(
         shape=_channel_dot_shape,
         impl=_channel_dot_impl,
         vjp=_channel_dot_vjp,
+        jvp=_channel_dot_jvp,
         math="{y} = Σ {g}·({x} − {mean}) over every axis but 1 (per channel)",
         derivs=(
             "∂{y}/∂{g} = {x} − {mean}",
@@ -335,6 +429,22 @@ def _batch_norm_dx_vjp(b, c):
     ]
 
 
+def _batch_norm_dx_jvp(b, c):
+    g, x, mean, k, slope, _ = c.ins
+    dg, dx, dmean, dk, dslope, dshift = c.dots
+    shape = c.in_shapes[0]
+    return [
+        None if dg is None else b.mul(dg, _bcast(b, k, shape)),
+        None if dx is None else b.mul(dx, _bcast(b, slope, shape)),
+        None if dmean is None else _bcast(b, b.neg(b.mul(slope, dmean)), shape),
+        None if dk is None else b.mul(g, _bcast(b, dk, shape)),
+        None
+        if dslope is None
+        else b.mul(b.sub(x, _bcast(b, mean, shape)), _bcast(b, dslope, shape)),
+        None if dshift is None else _bcast(b, dshift, shape),
+    ]
+
+
 register(
     Op(
         name="batch_norm_dx",
@@ -342,6 +452,7 @@ register(
         shape=_batch_norm_dx_shape,
         impl=_batch_norm_dx_impl,
         vjp=_batch_norm_dx_vjp,
+        jvp=_batch_norm_dx_jvp,
         math="{y} = {k}·{g} + {slope}·({x} − {mean}) + {shift}, per channel "
         "(batch_norm_train's input gradient in one pass)",
         derivs=(
@@ -400,6 +511,26 @@ def _layer_norm_vjp(b, c):
     return [dx, b.mul(g, xhat), g]  # the adjoint pass sums γ̄ and β̄ down to their shapes
 
 
+def _layer_norm_jvp(b, c):
+    x, scale, _ = c.ins
+    dx, dscale, dbias = c.dots
+    nd = len(c.in_shapes[0])
+    axes = list(range(c.attrs["axis"], nd))
+    d = b.sub(x, b.mean(x, axis=axes, keepdims=True))  # x − μ
+    var = b.mean(b.square(d), axis=axes, keepdims=True)
+    inv = b.pow(b.add(var, c.attrs["epsilon"]), -0.5)  # 1/σ
+    xhat = b.mul(d, inv)
+    out = [None, None, dbias]  # the pass broadcasts β̇ (and γ̇·x̂ has x's shape)
+    if dx is not None:
+        # x̂̇ = (ẋ − mean(ẋ) − x̂·mean(x̂·ẋ))/σ over the normalized axes; ẏ = γ·x̂̇
+        centered = b.sub(dx, b.mean(dx, axis=axes, keepdims=True))
+        proj = b.mul(xhat, b.mean(b.mul(xhat, dx), axis=axes, keepdims=True))
+        out[0] = b.mul(b.mul(b.sub(centered, proj), inv), scale)
+    if dscale is not None:
+        out[1] = b.mul(xhat, dscale)
+    return out
+
+
 register(
     Op(
         name="layer_norm",
@@ -407,6 +538,7 @@ register(
         shape=same_shape,
         impl=_layer_norm_impl,
         vjp=_layer_norm_vjp,
+        jvp=_layer_norm_jvp,
         math="{y} = {scale}·x̂ + {bias}, x̂ = ({x} − μ)/√(σ² + ε), with μ, σ² the mean and "
         "variance of {x} over axes {axis}.. (each row), ε = {epsilon}",
         derivs=(
@@ -457,6 +589,12 @@ def _norm_window(in_shapes, attrs):
     return out
 
 
+_window_sum_jvp = _on_tangent(
+    lambda b, c, dx: b.channel_window_sum(
+        dx, before=c.attrs["before"], after=c.attrs["after"]
+    )
+)
+
 register(
     Op(
         name="channel_window_sum",
@@ -466,6 +604,7 @@ register(
         vjp=lambda b, c: [
             b.channel_window_sum(c.g, before=c.attrs["after"], after=c.attrs["before"])
         ],
+        jvp=_window_sum_jvp,
         math="{y}[:, c] = Σ {x}[:, c'] for c − {before} ≤ c' ≤ c + {after} "
         "(channels past either end count as 0)",
         derivs=(
@@ -517,6 +656,25 @@ def _lrn_vjp(b, c):
     return [b.sub(direct, b.mul(b.mul(x, back), 2.0 * a * at["beta"]))]
 
 
+def _lrn_jvp(b, c):
+    (x,) = c.ins
+    (dx,) = c.dots
+    if dx is None:
+        return [None]
+    at = c.attrs
+    before, after = _lrn_window(at["size"])
+    a = at["alpha"] / at["size"]
+    d = b.add(
+        b.mul(b.channel_window_sum(b.square(x), before=before, after=after), a),
+        at["bias"],
+    )
+    # ẏ = ẋ·d^(−β) − β·y/d·ḋ, ḋ = 2α/size·Σ_window x·ẋ
+    direct = b.mul(dx, b.pow(d, -at["beta"]))
+    window = b.channel_window_sum(b.mul(x, dx), before=before, after=after)
+    through = b.mul(b.mul(b.div(c.out, d), window), 2.0 * a * at["beta"])
+    return [b.sub(direct, through)]
+
+
 register(
     Op(
         name="lrn",
@@ -524,6 +682,7 @@ register(
         shape=same_shape,
         impl=_lrn_impl,
         vjp=_lrn_vjp,
+        jvp=_lrn_jvp,
         math="{y} = {x}/({bias} + {alpha}/{size}·Σ {x}²)^{beta}, the sum over a window of "
         "{size} channels (axis 1) around each channel: ⌊({size}−1)/2⌋ before, "
         "⌈({size}−1)/2⌉ after (ONNX LRN)",
@@ -586,6 +745,11 @@ def _pad_impl(x, pads, value):
     return out
 
 
+# pad is affine in x: its tangent is the tangent padded with zeros
+_pad_jvp = _on_tangent(
+    lambda b, c, dx: b.pad(dx, pads=list(c.attrs["pads"]), value=0.0)
+)
+
 register(
     Op(
         name="pad",
@@ -593,6 +757,7 @@ register(
         shape=_pad_shape,
         impl=_pad_impl,
         vjp=lambda b, c: [b.pad(c.g, pads=[-p for p in c.attrs["pads"]], value=0.0)],
+        jvp=_pad_jvp,
         math="{y} = {x} with {pads} entries added before (first half) and after (second "
         "half) each axis, filled with {value}; negative entries crop",
         derivs=("{x}̄ = {y}̄ with the padding cropped off (and the cropped parts zero)",),
@@ -619,6 +784,8 @@ def _gather_shape(in_shapes, attrs):
     return tuple(data[:axis]) + tuple(idx) + tuple(data[axis + 1 :])
 
 
+_gather_jvp = _on_tangent(lambda b, c, dx: b.gather(dx, c.ins[1], axis=c.attrs["axis"]))
+
 register(
     Op(
         name="gather",
@@ -631,6 +798,7 @@ register(
             ),
             None,
         ],
+        jvp=_gather_jvp,
         math="{y} = {data} indexed by {indices} along axis {axis} (negative indices count "
         "from the end): an embedding lookup",
         derivs=(
@@ -688,6 +856,12 @@ def _scatter_add_impl(g, indices, axis, dim):
     return out
 
 
+_scatter_add_jvp = _on_tangent(
+    lambda b, c, dx: b.scatter_add(
+        dx, c.ins[1], axis=c.attrs["axis"], dim=c.attrs["dim"]
+    )
+)
+
 register(
     Op(
         name="scatter_add",
@@ -695,6 +869,7 @@ register(
         shape=_scatter_shape,
         impl=_scatter_add_impl,
         vjp=lambda b, c: [b.gather(c.g, c.ins[1], axis=c.attrs["axis"]), None],
+        jvp=_scatter_add_jvp,
         math="{y} = zeros with {dim} entries along axis {axis}, and {g}[…, j, …] added "
         "at {indices}[j] (the adjoint of gather)",
         derivs=("{g}̄ = gather({y}̄, {indices}) along axis {axis}", "none"),
@@ -726,6 +901,12 @@ def _erf_grad_impl(x):
     return _TWO_OVER_SQRT_PI * np.exp(-np.square(x))
 
 
+_erf_jvp = _on_tangent(lambda b, c, dx: b.mul(dx, b.erf_grad(c.ins[0])))
+# ∂/∂x 2/√π·exp(−x²) = −2x·y
+_erf_grad_jvp = _on_tangent(
+    lambda b, c, dx: b.mul(dx, b.mul(c.out, b.mul(c.ins[0], -2.0)))
+)
+
 register(
     Op(
         name="erf",
@@ -733,6 +914,7 @@ register(
         shape=same_shape,
         impl=_erf_impl,
         vjp=lambda b, c: [b.mul(c.g, b.erf_grad(c.ins[0]))],
+        jvp=_erf_jvp,
         math="{y} = erf({x}) = 2/√π ∫₀^{x} exp(−t²) dt",
         derivs=("∂{y}/∂{x} = 2/√π·exp(−{x}²) (erf_grad)",),
         category="unary",
@@ -745,6 +927,7 @@ register(
         shape=same_shape,
         impl=_erf_grad_impl,
         vjp=lambda b, c: [b.mul(c.g, b.mul(c.out, b.mul(c.ins[0], -2.0)))],
+        jvp=_erf_grad_jvp,
         math="{y} = ∂erf({x})/∂{x} = 2/√π·exp(−{x}²)",
         derivs=("∂{y}/∂{x} = −2·{x}·2/√π·exp(−{x}²) = −2·{x}·{y}",),
         internal=True,
@@ -778,6 +961,12 @@ def _gelu_grad_impl(x, approximate):
     )
 
 
+_gelu_jvp = _on_tangent(
+    lambda b, c, dx: b.mul(
+        dx, b.gelu_grad(c.ins[0], approximate=c.attrs["approximate"])
+    )
+)
+
 register(
     Op(
         name="gelu",
@@ -787,6 +976,7 @@ register(
         vjp=lambda b, c: [
             b.mul(c.g, b.gelu_grad(c.ins[0], approximate=c.attrs["approximate"]))
         ],
+        jvp=_gelu_jvp,
         math="{y} = {x}·Φ({x}) = ½·{x}·(1 + erf({x}/√2)); with approximate='tanh', "
         "½·{x}·(1 + tanh(√(2/π)·({x} + 0.044715·{x}³)))",
         derivs=("∂{y}/∂{x} = Φ({x}) + {x}·φ({x}) (gelu_grad)",),
@@ -797,9 +987,9 @@ register(
 )
 
 
-def _gelu_grad_vjp(b, c):
-    x = c.ins[0]
-    if c.attrs["approximate"] == "tanh":
+def _gelu_second(b, x, approximate):
+    """gelu''(x), built from registered ops."""
+    if approximate == "tanh":
         # f' = ½(1 + t) + ½x(1 − t²)u', t = tanh(u), u = √(2/π)(x + 0.044715x³)
         # f'' = (1 − t²)·(u' + ½x·(u'' − 2t·u'²))
         x2 = b.square(x)
@@ -814,7 +1004,18 @@ def _gelu_grad_vjp(b, c):
         x2 = b.square(x)
         phi = b.mul(b.exp(b.mul(x2, -0.5)), _INV_SQRT_2PI)
         second = b.mul(phi, b.sub(2.0, x2))
-    return [b.mul(c.g, second)]
+    return second
+
+
+def _gelu_grad_vjp(b, c):
+    return [b.mul(c.g, _gelu_second(b, c.ins[0], c.attrs["approximate"]))]
+
+
+def _gelu_grad_jvp(b, c):
+    (dx,) = c.dots
+    if dx is None:
+        return [None]
+    return [b.mul(dx, _gelu_second(b, c.ins[0], c.attrs["approximate"]))]
 
 
 register(
@@ -824,6 +1025,7 @@ register(
         shape=same_shape,
         impl=_gelu_grad_impl,
         vjp=_gelu_grad_vjp,
+        jvp=_gelu_grad_jvp,
         math="{y} = ∂gelu({x})/∂{x} = Φ({x}) + {x}·φ({x}) (approximate={approximate})",
         derivs=("∂{y}/∂{x} = φ({x})·(2 − {x}²) (the tanh form has its own)",),
         attrs={"approximate": "none"},
@@ -847,16 +1049,29 @@ def _clip_impl(x, min, max):
     return np.clip(x, min, max)
 
 
-def _clip_vjp(b, c):
-    x = c.ins[0]
-    lo, hi = c.attrs["min"], c.attrs["max"]
+def _clip_mask(b, x, attrs):
+    """1 where clip passes x through, None when it has no bounds."""
+    lo, hi = attrs["min"], attrs["max"]
     mask = None
     if lo is not None:
         mask = b.ge(x, lo)  # 1 where min ≤ x
     if hi is not None:
         upper = b.ge(hi, x)  # 1 where x ≤ max
         mask = upper if mask is None else b.mul(mask, upper)
+    return mask
+
+
+def _clip_vjp(b, c):
+    mask = _clip_mask(b, c.ins[0], c.attrs)
     return [c.g if mask is None else b.mul(c.g, mask)]
+
+
+def _clip_jvp(b, c):
+    (dx,) = c.dots
+    if dx is None:
+        return [None]
+    mask = _clip_mask(b, c.ins[0], c.attrs)
+    return [dx if mask is None else b.mul(dx, mask)]
 
 
 register(
@@ -866,6 +1081,7 @@ register(
         shape=same_shape,
         impl=_clip_impl,
         vjp=_clip_vjp,
+        jvp=_clip_jvp,
         math="{y} = min(max({x}, {min}), {max}) (a None bound is absent)",
         derivs=("∂{y}/∂{x} = 1 if {min} ≤ {x} ≤ {max} else 0",),
         attrs={"min": None, "max": None},
