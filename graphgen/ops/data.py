@@ -8,7 +8,7 @@
   stored beside the generated module in an ``.npz`` file and loaded once at import.
 
 Frozen ONNX initializers (``--freeze``) and ONNX ``Constant`` nodes become ``constant``
-nodes. No gradient flows into a constant.
+nodes. No gradient flows into a constant, and no tangent out of one.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ register(
         shape=lambda s, a: tuple(a["shape"]),
         impl=_constant_impl,
         vjp=None,
+        jvp_reason="takes no arguments",
         math="{y} = a constant array of shape {shape}",
         attrs={"shape": REQUIRED, "value": None, "fill": None, "key": None},
         normalize=_norm_constant,

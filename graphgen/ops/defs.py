@@ -1,8 +1,15 @@
-"""Every op graphgen knows, each declared once: shape rule, NumPy semantics, VJP rule, math.
+"""Every op graphgen knows, each declared once: shape rule, NumPy semantics, VJP rule,
+JVP rule, math.
 
 VJP rules read like the math: ``g`` is the output's adjoint (ȳ), ``y`` the op's own
 forward value (reused, never recomputed), ``x``/``a``/``b`` its arguments. The result is
 ordered like the arguments.
+
+JVP rules (forward mode) return, per argument, ``∂y/∂arg · d`` with ``d`` that argument's
+tangent (:func:`~graphgen.ops.base.tangent_terms` skips arguments without one). Where the
+rule needs nothing new it says which: an elementwise unary op's Jacobian is diagonal, so
+its JVP is its VJP applied to the tangent (:func:`~graphgen.ops.base.symmetric`); a linear
+op's JVP is the op itself applied to the tangent (:func:`~graphgen.ops.base.same_op`).
 """
 
 from __future__ import annotations
@@ -18,13 +25,17 @@ from .base import (
     broadcast_shapes,
     involution,
     lone_argument,
+    no_tangent,
     norm_axes,
     norm_axis,
     reduced_shape,
     register,
+    same_op,
     same_shape,
     same_shape_no_op,
     scalar_shape,
+    symmetric,
+    tangent_terms,
     unit,
 )
 
@@ -50,6 +61,8 @@ def _softmax(x, axis=-1):
 
 
 def unary(name, impl, vjp, math, deriv, domain="real", attrs=None, **facts):
+    # elementwise: the Jacobian is diagonal, so the JVP is the VJP applied to the tangent
+    facts.setdefault("jvp", symmetric(vjp))
     return register(
         Op(
             name=name,
@@ -181,6 +194,7 @@ register(
         shape=same_shape,
         impl=lambda x, alpha: np.where(x > 0, x, alpha * x),
         vjp=_leaky_relu_vjp,
+        jvp=symmetric(_leaky_relu_vjp),  # elementwise: diagonal Jacobian
         math="{y} = {x} if {x} > 0 else {alpha}·{x}",
         derivs=("∂{y}/∂{x} = 1 if {x} > 0 else {alpha}",),
         attrs={"alpha": 0.01},
@@ -234,6 +248,8 @@ for _name, _impl, _math, _mask in [
             shape=same_shape,
             impl=_impl,
             vjp=None,
+            jvp=no_tangent,
+            jvp_reason="piecewise constant: its derivative is 0 wherever it is defined",
             math=_math,
             derivs=("∂{y}/∂{x} = 0 (almost everywhere)",),
             domain=("away0",),
@@ -251,6 +267,8 @@ for _name, _impl, _math, _mask in [
 def binary(
     name, impl, vjp, math, derivs, domain=("real", "real"), internal=False, **facts
 ):
+    # each argument's contribution may keep the argument's (smaller) shape: the
+    # forward-mode pass broadcasts it
     return register(
         Op(
             name=name,
@@ -275,6 +293,7 @@ binary(
     lambda b, c: [c.g, c.g],
     "{y} = {a} + {b}",
     ("∂{y}/∂{a} = 1", "∂{y}/∂{b} = 1"),
+    jvp=lambda b, c: tangent_terms(c, lambda d: d, lambda d: d),  # linear: ȧ + ḃ
     commutative=True,
     linear=True,
     ufunc=("np.add", "a", "b"),
@@ -287,6 +306,7 @@ binary(
     lambda b, c: [c.g, b.neg(c.g)],
     "{y} = {a} − {b}",
     ("∂{y}/∂{a} = 1", "∂{y}/∂{b} = −1"),
+    jvp=lambda b, c: tangent_terms(c, lambda d: d, b.neg),  # linear: ȧ − ḃ
     linear=True,
     ufunc=("np.subtract", "a", "b"),
     reads_as_code=True,
@@ -298,6 +318,9 @@ binary(
     lambda b, c: [b.mul(c.g, c.ins[1]), b.mul(c.g, c.ins[0])],
     "{y} = {a}·{b}",
     ("∂{y}/∂{a} = {b}", "∂{y}/∂{b} = {a}"),
+    jvp=lambda b, c: tangent_terms(
+        c, lambda d: b.mul(d, c.ins[1]), lambda d: b.mul(c.ins[0], d)
+    ),
     commutative=True,
     ufunc=("np.multiply", "a", "b"),
     reads_as_code=True,
@@ -309,11 +332,25 @@ binary(
     lambda b, c: [b.div(c.g, c.ins[1]), b.neg(b.div(b.mul(c.g, c.out), c.ins[1]))],
     "{y} = {a}/{b}",
     ("∂{y}/∂{a} = 1/{b}", "∂{y}/∂{b} = −{a}/{b}² = −{y}/{b}"),
+    jvp=lambda b, c: tangent_terms(
+        c,
+        lambda d: b.div(d, c.ins[1]),
+        lambda d: b.neg(b.div(b.mul(d, c.out), c.ins[1])),
+    ),
     domain=("real", "away0"),
     ufunc=("np.divide", "a", "b"),
     reads_as_code=True,
     identities=(unit(1.0, at=1),),
 )
+
+
+def _pow_jvp(b, c):
+    a, e = c.ins
+    return tangent_terms(
+        c,
+        lambda d: b.mul(d, b.mul(e, b.pow(a, b.sub(e, 1.0)))),
+        lambda d: b.mul(d, b.mul(c.out, b.log(a))),
+    )
 
 
 def _pow_vjp(b, c):
@@ -329,6 +366,7 @@ binary(
     _pow_vjp,
     "{y} = {a}^{b}",
     ("∂{y}/∂{a} = {b}·{a}^({b} − 1)", "∂{y}/∂{b} = {a}^{b}·log({a}) = {y}·log({a})"),
+    jvp=_pow_jvp,
     domain=("positive", "real"),
     transcendental=True,
     ufunc=("np.power", "a", "b"),
@@ -342,6 +380,11 @@ binary(
     ],
     "{y} = max({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≥ {b} else 0", "∂{y}/∂{b} = 1 if {a} < {b} else 0"),
+    jvp=lambda b, c: tangent_terms(
+        c,
+        lambda d: b.mul(d, b.ge(c.ins[0], c.ins[1])),
+        lambda d: b.mul(d, b.lt(c.ins[0], c.ins[1])),
+    ),
     commutative=True,
     ufunc=("np.maximum", "a", "b"),
 )
@@ -354,6 +397,11 @@ binary(
     ],
     "{y} = min({a}, {b})",
     ("∂{y}/∂{a} = 1 if {a} ≤ {b} else 0", "∂{y}/∂{b} = 1 if {a} > {b} else 0"),
+    jvp=lambda b, c: tangent_terms(
+        c,
+        lambda d: b.mul(d, b.ge(c.ins[1], c.ins[0])),
+        lambda d: b.mul(d, b.lt(c.ins[1], c.ins[0])),
+    ),
     commutative=True,
     ufunc=("np.minimum", "a", "b"),
 )
@@ -368,6 +416,8 @@ for _name, _impl, _math in [
         None,
         "{y} = 1 if {a} " + _math + " {b} else 0",
         ("0", "0"),
+        jvp=no_tangent,
+        jvp_reason="a comparison mask: its derivative is 0 wherever it is defined",
         internal=True,
         mask=True,
         commutative=_name == "eq",
@@ -381,6 +431,7 @@ register(
         shape=broadcast_rule,
         impl=lambda *xs: sum(xs[1:], xs[0]),
         vjp=lambda b, c: [c.g] * len(c.ins),
+        jvp=lambda b, c: tangent_terms(c, lambda d: d),  # linear: Σ_i ẋs[i]
         math="{y} = Σ_i {xs}[i]",
         derivs=("∂{y}/∂{xs}[i] = 1",),
         variadic=True,
@@ -456,6 +507,11 @@ register(
         shape=_matmul_shape,
         impl=np.matmul,
         vjp=_matmul_vjp,
+        # bilinear: ȧ @ b + a @ ḃ (NumPy's matmul promotes 1-D and broadcasts batches
+        # the same way for the tangent as for the argument)
+        jvp=lambda b, c: tangent_terms(
+            c, lambda d: b.matmul(d, c.ins[1]), lambda d: b.matmul(c.ins[0], d)
+        ),
         math="{y} = {a} @ {b}",
         derivs=("{a}̄ = {y}̄ @ {b}ᵀ", "{b}̄ = {a}ᵀ @ {y}̄"),
         category="linear algebra",
@@ -494,6 +550,7 @@ register(
         vjp=lambda b, c: [
             b.transpose(c.g, perm=[int(i) for i in np.argsort(c.attrs["perm"])])
         ],
+        jvp=same_op("transpose"),  # linear
         math="{y} = transpose({x}, {perm})",
         derivs=("{x}̄ = transpose({y}̄, inverse of {perm})",),
         attrs={"perm": None},
@@ -554,6 +611,7 @@ register(
         shape=lambda s, a: tuple(a["shape"]),
         impl=lambda x, shape: np.reshape(x, shape),
         vjp=lambda b, c: [b.reshape(c.g, shape=list(c.in_shapes[0]))],
+        jvp=same_op("reshape"),  # linear
         math="{y} = reshape({x}, {shape})",
         derivs=("{x}̄ = reshape({y}̄, shape of {x})",),
         attrs={"shape": REQUIRED},
@@ -583,6 +641,7 @@ register(
         shape=lambda s, a: tuple(a["shape"]),
         impl=lambda x, shape: np.broadcast_to(x, shape),
         vjp=lambda b, c: [b.sum_to_shape(c.g, shape=list(c.in_shapes[0]))],
+        jvp=same_op("broadcast_to"),  # linear
         math="{y} = broadcast_to({x}, {shape})",
         derivs=("{x}̄ = sum_to_shape({y}̄, shape of {x})",),
         attrs={"shape": REQUIRED},
@@ -626,6 +685,7 @@ register(
         shape=lambda s, a: tuple(a["shape"]),
         impl=_sum_to_shape_impl,
         vjp=lambda b, c: [b.broadcast_to(c.g, shape=list(c.in_shapes[0]))],
+        jvp=same_op("sum_to_shape"),  # linear
         math="{y} = {x} summed over its broadcast axes down to {shape}",
         derivs=("{x}̄ = broadcast_to({y}̄, shape of {x})",),
         attrs={"shape": REQUIRED},
@@ -672,6 +732,21 @@ def _concat_vjp(b, c):
     return outs
 
 
+def _concat_jvp(b, c):
+    # linear: each argument's tangent placed where the argument sits, zeros elsewhere
+    axis = c.attrs["axis"]
+    terms, start = [], 0
+    for s in c.in_shapes:
+        stop = dims.add(start, s[axis])
+        terms.append(
+            lambda d, start=start, stop=stop: b.unslice(
+                d, shape=list(c.out_shape), axis=axis, start=start, stop=stop, step=1
+            )
+        )
+        start = stop
+    return tangent_terms(c, *terms)
+
+
 register(
     Op(
         name="concat",
@@ -679,6 +754,7 @@ register(
         shape=_concat_shape,
         impl=lambda *xs, axis: np.concatenate(xs, axis=axis),
         vjp=_concat_vjp,
+        jvp=_concat_jvp,
         math="{y} = concat({xs}, axis={axis})",
         derivs=("{xs}[i]̄ = the slice of {y}̄ where {xs}[i] sits",),
         attrs={"axis": 0},
@@ -752,6 +828,7 @@ register(
         shape=_slice_shape,
         impl=_slice_impl,
         vjp=lambda b, c: [b.unslice(c.g, shape=list(c.in_shapes[0]), **c.attrs)],
+        jvp=same_op("slice"),  # linear
         math="{y} = {x}[{start}:{stop}:{step} along axis {axis}]",
         derivs=("{x}̄ = zeros with {y}̄ placed at the slice",),
         attrs={"axis": 0, "start": None, "stop": None, "step": 1},
@@ -779,6 +856,7 @@ register(
         vjp=lambda b, c: [
             b.slice(c.g, **{k: c.attrs[k] for k in ("axis", "start", "stop", "step")})
         ],
+        jvp=same_op("unslice"),  # linear
         math="{y} = zeros of shape {shape} with {x} placed at [{start}:{stop}:{step}] "
         "along axis {axis}",
         derivs=("{x}̄ = {y}̄[{start}:{stop}:{step} along axis {axis}]",),
@@ -802,6 +880,7 @@ register(
         shape=lambda s, a: tuple(a["shape"]),
         impl=lambda shape: np.zeros(shape),
         vjp=None,
+        jvp_reason="takes no arguments",
         math="{y} = zeros of shape {shape}",
         attrs={"shape": REQUIRED},
         normalize=lambda s, a: {"shape": _check_dim_list(a["shape"], "shape")},
@@ -825,6 +904,7 @@ register(
         shape=scalar_shape,
         impl=_dimsize_impl,
         vjp=None,
+        jvp_reason="takes no arguments (a number of elements)",
         math="{y} = {dims} (a number of elements)",
         attrs={"dims": REQUIRED},
         normalize=lambda s, a: {"dims": _check_dim_list(a["dims"], "dims")},
@@ -879,7 +959,24 @@ def _lse_vjp(b, c):
     return [b.mul(_kept(b, c, c.g), b.exp(b.sub(x, _kept(b, c, c.out))))]
 
 
-def reduction(name, impl, vjp, math, deriv):
+def _max_jvp(b, c):
+    # the tangent where x attains the max (ties share it, as in the VJP)
+    x, axis, keepdims = c.ins[0], c.attrs["axis"], c.attrs["keepdims"]
+    hit = b.eq(x, _kept(b, c, c.out))
+    count = b.sum(hit, axis=axis, keepdims=keepdims)
+    return tangent_terms(
+        c, lambda d: b.div(b.sum(b.mul(hit, d), axis=axis, keepdims=keepdims), count)
+    )
+
+
+def _lse_jvp(b, c):
+    # Σ softmax(x)·ẋ over the reduced axes
+    x, axis, keepdims = c.ins[0], c.attrs["axis"], c.attrs["keepdims"]
+    p = b.exp(b.sub(x, _kept(b, c, c.out)))
+    return tangent_terms(c, lambda d: b.sum(b.mul(p, d), axis=axis, keepdims=keepdims))
+
+
+def reduction(name, impl, vjp, math, deriv, jvp):
     return register(
         Op(
             name=name,
@@ -887,6 +984,7 @@ def reduction(name, impl, vjp, math, deriv):
             shape=_reduce_shape,
             impl=lambda x, axis, keepdims: impl(x, axis=tuple(axis), keepdims=keepdims),
             vjp=vjp,
+            jvp=jvp,
             math=math,
             derivs=(deriv,),
             attrs={"axis": None, "keepdims": False},
@@ -896,13 +994,21 @@ def reduction(name, impl, vjp, math, deriv):
     )
 
 
-reduction("sum", np.sum, _sum_vjp, "{y} = Σ {x} over axes {axis}", "∂{y}/∂{x} = 1")
+reduction(
+    "sum",
+    np.sum,
+    _sum_vjp,
+    "{y} = Σ {x} over axes {axis}",
+    "∂{y}/∂{x} = 1",
+    same_op("sum"),  # linear
+)
 reduction(
     "mean",
     np.mean,
     _mean_vjp,
     "{y} = mean of {x} over axes {axis}",
     "∂{y}/∂{x} = 1/N (N elements averaged)",
+    same_op("mean"),  # linear
 )
 reduction(
     "max",
@@ -910,6 +1016,7 @@ reduction(
     _max_vjp,
     "{y} = max of {x} over axes {axis}",
     "∂{y}/∂{x} = 1/k at the k positions attaining the max, 0 elsewhere",
+    _max_jvp,
 )
 reduction(
     "logsumexp",
@@ -917,6 +1024,7 @@ reduction(
     _lse_vjp,
     "{y} = log Σ exp({x}) over axes {axis}",
     "∂{y}/∂{x} = exp({x} − {y}) (the softmax)",
+    _lse_jvp,
 )
 
 
@@ -941,6 +1049,14 @@ def _log_softmax_vjp(b, c):
     return [b.sub(g, b.mul(b.exp(y), total))]
 
 
+def _log_softmax_jvp(b, c):
+    # ẋ − Σ softmax(x)·ẋ along the axis
+    p = b.exp(c.out)
+    return tangent_terms(
+        c, lambda d: b.sub(d, b.sum(b.mul(p, d), axis=[c.attrs["axis"]], keepdims=True))
+    )
+
+
 register(
     Op(
         name="softmax",
@@ -948,6 +1064,7 @@ register(
         shape=same_shape,
         impl=lambda x, axis: _softmax(x, axis),
         vjp=_softmax_vjp,
+        jvp=symmetric(_softmax_vjp),  # the Jacobian diag(y) − y·yᵀ is symmetric
         math="{y} = exp({x}) / Σ exp({x}) along axis {axis}",
         derivs=("{x}̄ = {y}·({y}̄ − Σ {y}̄·{y})",),
         attrs={"axis": -1},
@@ -962,6 +1079,7 @@ register(
         shape=same_shape,
         impl=lambda x, axis: x - _logsumexp(x, axis=axis, keepdims=True),
         vjp=_log_softmax_vjp,
+        jvp=_log_softmax_jvp,
         math="{y} = {x} − log Σ exp({x}) along axis {axis}",
         derivs=("{x}̄ = {y}̄ − exp({y})·Σ {y}̄",),
         attrs={"axis": -1},
@@ -982,6 +1100,18 @@ def _mse_vjp(b, c):
     return [dy, b.neg(dy)]
 
 
+def _mse_jvp(b, c):
+    # 2/N · Σ (pred − target)·(ṗred − ṫarget), one term per argument
+    if all(d is None for d in c.dots):
+        return [None, None]
+    pred, target = c.ins
+    n = b.dimsize(dims=list(broadcast_rule(c.in_shapes, {})))
+    scale = b.div(b.mul(2.0, b.sub(pred, target)), n)
+    return tangent_terms(
+        c, lambda d: b.sum(b.mul(scale, d)), lambda d: b.neg(b.sum(b.mul(scale, d)))
+    )
+
+
 register(
     Op(
         name="mse",
@@ -989,6 +1119,7 @@ register(
         shape=lambda s, a: (broadcast_rule(s, a), ())[1],
         impl=lambda pred, target: np.mean(np.square(pred - target)),
         vjp=_mse_vjp,
+        jvp=_mse_jvp,
         math="{y} = mean(({pred} − {target})²)",
         derivs=(
             "∂{y}/∂{pred} = 2·({pred} − {target})/N",
@@ -1024,6 +1155,17 @@ def _sce_vjp(b, c):
     return [b.mul(b.softmax_xent_grad(logits, labels), scale), None]
 
 
+def _sce_jvp(b, c):
+    # Σ (softmax(logits) − onehot(labels))·l̇ogits / N; the int labels have no tangent
+    logits, labels = c.ins
+    n = b.dimsize(dims=list(c.in_shapes[0][:-1]))
+    return tangent_terms(
+        c,
+        lambda d: b.div(b.sum(b.mul(b.softmax_xent_grad(logits, labels), d)), n),
+        lambda d: None,
+    )
+
+
 register(
     Op(
         name="softmax_cross_entropy",
@@ -1031,6 +1173,7 @@ register(
         shape=_sce_shape,
         impl=_sce_impl,
         vjp=_sce_vjp,
+        jvp=_sce_jvp,
         math="{y} = mean over the batch of (logsumexp({logits}) − {logits}[{labels}])",
         derivs=("∂{y}/∂{logits} = (softmax({logits}) − onehot({labels}))/N", "none"),
         int_args=(1,),
@@ -1051,6 +1194,17 @@ def _bce_vjp(b, c):
     return [b.mul(b.sub(b.sigmoid(x), t), scale), b.mul(b.neg(x), scale)]
 
 
+def _bce_jvp(b, c):
+    # Σ (σ(logits) − targets)·l̇ogits / N + Σ (−logits)·ṫargets / N
+    x, t = c.ins
+    n = b.dimsize(dims=list(broadcast_rule(c.in_shapes, {})))
+    return tangent_terms(
+        c,
+        lambda d: b.div(b.sum(b.mul(b.sub(b.sigmoid(x), t), d)), n),
+        lambda d: b.div(b.sum(b.mul(b.neg(x), d)), n),
+    )
+
+
 register(
     Op(
         name="sigmoid_cross_entropy",
@@ -1058,6 +1212,7 @@ register(
         shape=lambda s, a: (broadcast_rule(s, a), ())[1],
         impl=_bce_impl,
         vjp=_bce_vjp,
+        jvp=_bce_jvp,
         math="{y} = mean(max({logits}, 0) − {logits}·{targets} + log(1 + exp(−|{logits}|)))",
         derivs=(
             "∂{y}/∂{logits} = (σ({logits}) − {targets})/N",
@@ -1082,6 +1237,17 @@ def _xent_grad_vjp(b, c):
     return [b.mul(p, b.sub(c.g, inner)), None]
 
 
+def _xent_grad_jvp(b, c):
+    # softmax's JVP: p·(ẋ − Σ ẋ·p) along the class axis; the labels have no tangent
+    x, axis = c.ins[0], len(c.in_shapes[0]) - 1
+    p = b.softmax(x, axis=axis)
+    return tangent_terms(
+        c,
+        lambda d: b.mul(p, b.sub(d, b.sum(b.mul(d, p), axis=[axis], keepdims=True))),
+        lambda d: None,
+    )
+
+
 register(
     Op(
         name="softmax_xent_grad",
@@ -1089,6 +1255,7 @@ register(
         shape=lambda s, a: (_sce_shape(s, a), tuple(s[0]))[1],
         impl=_xent_grad_impl,
         vjp=_xent_grad_vjp,
+        jvp=_xent_grad_jvp,
         math="{y} = softmax({logits}) − onehot({labels}) (cross-entropy's gradient per row)",
         derivs=("{logits}̄ = softmax({logits})·({y}̄ − Σ {y}̄·softmax({logits}))", "none"),
         int_args=(1,),
@@ -1110,6 +1277,7 @@ register(
         shape=lambda s, a: tuple(s[0]) + (a["depth"],),
         impl=_onehot_impl,
         vjp=None,
+        jvp_reason="its only argument is int64 labels",
         math="{y} = 1 where the class index equals {labels}, else 0",
         attrs={"depth": REQUIRED},
         int_args=(0,),
