@@ -29,6 +29,7 @@ from .errors import (
     SpecError,
 )
 from .passes.adjoint import adjoint
+from .passes.forward import jvp
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 from .version import __version__  # noqa: F401
@@ -48,6 +49,7 @@ __all__ = [
     "compile",
     "explain",
     "generate",
+    "jvp",
     "load",
     "optimize",
     "prepare",
