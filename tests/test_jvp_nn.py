@@ -9,6 +9,10 @@ pass's :class:`Builder`, and evaluates them with the ops' NumPy ``impl``
   ``y``'s shape, as the forward pass does) against central differences of ``impl`` along
   a random direction;
 - the dot-product identity ⟨ȳ, J·ẋ⟩ = ⟨Jᵀ·ȳ, ẋ⟩ against the op's VJP rule.
+
+Second order: the Hessian-vector product of ``loss = Σ w·y``, the forward-mode pass
+(:func:`graphgen.jvp`) over its adjoint graph, against central differences of the
+gradient; this runs the JVP rules of the backward-only ops the VJP rules build.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import op_cases_conv
 import op_cases_nn
 import pytest
-from conftest import build_graph
+from conftest import add_weighted_loss, build_graph
 from test_ops_gradients import sample
 
 import graphgen
@@ -147,4 +151,51 @@ def test_jvp_matches_finite_differences_and_the_vjp(op_name, case):
         scale = max(1.0, float(np.sum(np.abs(arrays["ybar"] * jv))))
         assert abs(forward - reverse) <= 1e-10 * scale, (
             f"{op_name}: ⟨ȳ, J·ẋ⟩ = {forward!r} but ⟨Jᵀ·ȳ, ẋ⟩ = {reverse!r} (in{j})"
+        )
+
+
+@pytest.mark.parametrize(("op_name", "case"), list(_params()))
+def test_hvp_through_the_adjoint_matches_finite_differences_of_the_gradient(
+    op_name, case
+):
+    op = REGISTRY[op_name]
+    rng = np.random.default_rng(zlib.crc32(f"hvp-{op_name}-{case.ident()}".encode()))
+    arrays = sample(op, case, rng)
+    arg_inputs = case.arg_inputs()
+    int_inputs = {arg_inputs[i] for i in op.int_args}
+    spec = {
+        f"in{j}": ("input", shape, "int64" if j in int_inputs else "float64")
+        for j, shape in enumerate(case.shapes)
+    }
+    wrt = [f"in{j}" for j in range(len(case.shapes)) if j not in int_inputs]
+    nodes = [("y", op.name, [f"in{k}" for k in arg_inputs], case.attrs)]
+    G = build_graph(spec, nodes, outputs=["y"])
+    arrays["w"] = rng.standard_normal(add_weighted_loss(G))
+    G.graph.update(loss="loss", outputs=["y", "loss"], wrt=wrt)
+    A = graphgen.adjoint(G)
+    grads = A.graph["grads"]
+    T = graphgen.jvp(
+        A, {n: f"{n}_v" for n in wrt}, outputs=["y", *(grads[n] for n in wrt)]
+    )
+    for n in wrt:
+        arrays[f"{n}_v"] = rng.standard_normal(arrays[n].shape)
+    values = evaluate(T, arrays)
+
+    def at(step):
+        moved = {**arrays}
+        for n in wrt:
+            moved[n] = arrays[n] + step * arrays[f"{n}_v"]
+        return evaluate(A, moved)
+
+    up, down = at(EPS), at(-EPS)
+    for o in ["y", *(grads[n] for n in wrt)]:
+        analytic = values[T.graph["tangents"][o]]
+        numeric = (up[o] - down[o]) / (2 * EPS)
+        assert analytic.shape == numeric.shape
+        err = np.abs(analytic - numeric)
+        bound = 1e-6 * np.maximum(1.0, np.abs(analytic))
+        what = "J·v" if o == "y" else "H·v"
+        assert not (err > bound).any(), (
+            f"{op_name}: {what} ({o}) differs from central differences by up to "
+            f"{err.max():.3g}\nanalytic =\n{analytic}\nnumeric =\n{numeric}"
         )
