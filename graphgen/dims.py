@@ -9,48 +9,180 @@ expression over the symbols, so the code generator can render it once the symbol
 
 from __future__ import annotations
 
-import ast
+import contextlib
+import contextvars
+import functools
+import keyword
 import re
+
+from .errors import DimensionError
 
 SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # A polynomial: {monomial: coefficient}, a monomial being a sorted tuple of symbols.
 Poly = dict
 
+# Bounds on a dimension expression a user writes (``"batch * (seq + 1)"``). Its text
+# reaches generated code as it is, so it is read with the parser below (not Python's,
+# which recurses once per nesting level and accepts comments, hex and ``1_000``), and
+# bounded: nesting depth and operators (what Python's compiler can take in generated
+# code), and terms, degree and coefficient size (what expanding it may cost).
+MAX_NESTING = 100
+MAX_OPERATORS = 1000
+MAX_TERMS = 10_000
+MAX_DEGREE = 256
+MAX_DIGITS = 300
+_TOO_BIG = 10**MAX_DIGITS
+
+_TOKEN = re.compile(r"[ \t]*(?:([0-9]+)|([A-Za-z_][A-Za-z0-9_]*)|(.))", re.DOTALL)
+
+# the symbols mentioned by every expression parsed inside dims.recording()
+_RECORDING: contextvars.ContextVar = contextvars.ContextVar(
+    "dims_recording", default=None
+)
+
 
 def poly(d) -> Poly:
-    """The polynomial of a dimension."""
+    """The polynomial of a dimension.
+
+    A string is a polynomial over symbols: non-negative decimal integers, identifier
+    names (not Python keywords), ``+``, ``-``, ``*``, unary ``-`` and parentheses.
+    Anything else raises :class:`DimensionError` (a ``ValueError``).
+    """
     if isinstance(d, bool):
         raise TypeError(f"not a dimension: {d!r}")
     if isinstance(d, int):
         return {(): d} if d else {}
     if isinstance(d, str):
-        return _parse(ast.parse(d, mode="eval").body)
+        text = str(d)
+        # the sizes of a graph repeat: parse each once (short ones: no megabyte keys)
+        terms, names = (_parse_cached if len(text) <= 200 else _parse_text)(text)
+        seen = _RECORDING.get()
+        if seen is not None:
+            seen.update(names)
+        return dict(terms)
     raise TypeError(f"not a dimension: {d!r}")
 
 
-def _parse(e) -> Poly:
-    if isinstance(e, ast.Constant) and type(e.value) is int:
-        return {(): e.value} if e.value else {}
-    if isinstance(e, ast.Name):
-        return {(e.id,): 1}
-    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
-        return {m: -c for m, c in _parse(e.operand).items()}
-    if isinstance(e, ast.BinOp):
-        a, b = _parse(e.left), _parse(e.right)
-        if isinstance(e.op, ast.Add):
-            return _padd(a, b)
-        if isinstance(e.op, ast.Sub):
-            return _padd(a, {m: -c for m, c in b.items()})
-        if isinstance(e.op, ast.Mult):
-            return _pmul(a, b)
-    raise ValueError(f"not a dimension expression: {ast.unparse(e)!r}")
+@contextlib.contextmanager
+def recording():
+    """Collect, into the set it yields, every symbol the dimension expressions parsed
+    inside the block mention (a symbol that cancels out, ``n - n``, too: its text still
+    names it)."""
+    seen = set()
+    token = _RECORDING.set(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDING.reset(token)
+        outer = _RECORDING.get()
+        if outer is not None:
+            outer |= seen
 
 
-def _padd(a: Poly, b: Poly) -> Poly:
+def _short(text, limit=60):
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _parse_text(text):
+    """``(terms, names)``: the polynomial of ``text`` as a tuple of items, and the
+    symbols it mentions. Iterative (operator precedence over two stacks), so the
+    nesting a user writes costs no recursion."""
+
+    def fail(why):
+        raise DimensionError(f"{_short(text)} is not a dimension expression: {why}")
+
+    operands = []
+    operators = []  # "+", "-", "*" (binary), "u-" (unary minus), "("
+    nesting = 0  # the "u-" and "(" on the stack
+    binary = 0  # binary operators read
+    names = set()
+
+    def apply():
+        nonlocal nesting
+        op = operators.pop()
+        if op == "u-":
+            nesting -= 1
+            operands[-1] = {m: -c for m, c in operands[-1].items()}
+            return
+        b, a = operands.pop(), operands.pop()
+        if op == "*" and len(a) * len(b) > MAX_TERMS:
+            fail(f"a product of more than {MAX_TERMS} terms")
+        out = _pmul(a, b) if op == "*" else _padd(a, b, -1 if op == "-" else 1)
+        if len(out) > MAX_TERMS:
+            fail(f"more than {MAX_TERMS} terms")
+        if any(len(m) > MAX_DEGREE for m in out):
+            fail(f"a term of more than {MAX_DEGREE} factors")
+        if any(abs(c) >= _TOO_BIG for c in out.values()):
+            fail(f"a coefficient of more than {MAX_DIGITS} digits")
+        operands.append(out)
+
+    expect_operand = True
+    for number, name, other in _TOKEN.findall(text):
+        if other in ("", " ", "\t") and not (number or name):
+            continue  # blanks at the end
+        if expect_operand:
+            if number:
+                if len(number) > MAX_DIGITS:
+                    fail(f"a number of more than {MAX_DIGITS} digits")
+                if number[0] == "0" and number != "0":
+                    fail(f"{number!r}: a number cannot start with 0")
+                operands.append({(): int(number)} if number != "0" else {})
+                expect_operand = False
+            elif name:
+                if keyword.iskeyword(name):
+                    fail(f"{name!r} is a Python keyword, not a size")
+                names.add(name)
+                operands.append({(name,): 1})
+                expect_operand = False
+            elif other in ("-", "("):
+                nesting += 1
+                if nesting > MAX_NESTING:
+                    fail(f"nested more than {MAX_NESTING} levels deep")
+                operators.append("u-" if other == "-" else "(")
+            else:
+                fail("expected a number, a symbol, '-' or '('" + _got(other))
+        elif other in ("+", "-", "*"):
+            binary += 1
+            if binary > MAX_OPERATORS:
+                fail(f"more than {MAX_OPERATORS} operators")
+            tight = 2 if other == "*" else 1  # left-associative: apply what binds as
+            while operators and operators[-1] != "(":  # tightly or tighter first
+                top = operators[-1]
+                if top != "u-" and (2 if top == "*" else 1) < tight:
+                    break
+                apply()
+            operators.append(other)
+            expect_operand = True
+        elif other == ")":
+            while operators and operators[-1] != "(":
+                apply()
+            if not operators:
+                fail("')' without '('")
+            operators.pop()
+            nesting -= 1
+        else:
+            fail("expected '+', '-', '*' or ')'" + _got(number or name or other))
+    if expect_operand:
+        fail("it ends in an operator" if text.strip(" \t") else "it is empty")
+    while operators:
+        if operators[-1] == "(":
+            fail("'(' without ')'")
+        apply()
+    return tuple(operands[0].items()), frozenset(names)
+
+
+_parse_cached = functools.lru_cache(maxsize=4096)(_parse_text)
+
+
+def _got(token):
+    return f", got {token!r}"
+
+
+def _padd(a: Poly, b: Poly, sign=1) -> Poly:
     out = dict(a)
     for m, c in b.items():
-        out[m] = out.get(m, 0) + c
+        out[m] = out.get(m, 0) + sign * c
         if out[m] == 0:
             del out[m]
     return out
@@ -60,8 +192,9 @@ def _pmul(a: Poly, b: Poly) -> Poly:
     out: Poly = {}
     for ma, ca in a.items():
         for mb, cb in b.items():
-            out = _padd(out, {tuple(sorted(ma + mb)): ca * cb})
-    return out
+            m = tuple(sorted(ma + mb))
+            out[m] = out.get(m, 0) + ca * cb
+    return {m: c for m, c in out.items() if c}
 
 
 def from_poly(p: Poly):

@@ -64,6 +64,12 @@ class ShapeError(GraphgenError):
     """Shapes of a node's arguments do not fit its op."""
 
 
+class DimensionError(ShapeError, ValueError):
+    """A string that is not a dimension expression (``"batch/2"``, ``"0x10"``, nested or
+    grown past the bounds of :mod:`graphgen.dims`). Also a ``ValueError``: what a caller
+    that only asks "is this a size?" catches."""
+
+
 class GradientError(GraphgenError):
     """The loss, ``wrt`` list or a VJP rule does not allow differentiation."""
 

@@ -28,6 +28,7 @@ it is, and the target is never split (ruff splits a subscript target, ``x[\n i\n
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import math
 import re
@@ -62,6 +63,11 @@ _KEYWORDS = frozenset(
 _SOFT, _SPACE = ("line", ""), ("line", " ")
 
 
+# levels of brackets and unary operators the layout follows; deeper code (no statement
+# graphgen writes) stays on one line as it is
+_NESTING = 50
+
+
 class _Unknown(Exception):
     """An expression the layout does not handle: it stays on one line."""
 
@@ -77,6 +83,7 @@ class _Parser:
 
     def __init__(self, expr):
         skip = (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+        self.depth = 0  # brackets and unary operators open around the current token
         self.src = expr
         self.toks = [
             t
@@ -105,6 +112,22 @@ class _Parser:
         return node
 
     def expr(self):
+        with self.nested():
+            return self._expr()
+
+    @contextlib.contextmanager
+    def nested(self):
+        """One more level of nesting: past ``_NESTING`` the expression is one the
+        layout leaves alone (the parser and the printer recurse once per level)."""
+        self.depth += 1
+        if self.depth > _NESTING:
+            raise _Unknown
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def _expr(self):
         a = self.binary(1)
         if self.peek() != "if":
             return a
@@ -135,10 +158,12 @@ class _Parser:
         op = self.peek()
         if op in ("-", "+", "~"):
             self.take()
-            return ("unary", op, self.unary())
+            with self.nested():
+                return ("unary", op, self.unary())
         if op == "not":
             self.take()
-            return ("unary", "not ", self.binary(4))
+            with self.nested():
+                return ("unary", "not ", self.binary(4))
         return self.postfix()
 
     def postfix(self):
@@ -410,14 +435,20 @@ def _value(expr, used, indent):
     return f"(\n{pad}{inner}\n{' ' * indent})"
 
 
+def _parse(expr):
+    """The ``ast`` of the expression ``expr``, or None where Python's parser gives up:
+    a syntax error, or nesting deeper than it recurses."""
+    try:
+        return ast.parse(expr, mode="eval").body
+    except (SyntaxError, RecursionError, MemoryError):
+        return None
+
+
 def power_operand(expr) -> bool:
     """Whether ruff format hugs ``**`` around ``expr`` (``x**2.0``, ``x**-y``): a name, a
     number, a dotted name, or one of them with a unary minus, plus or invert."""
-    try:
-        node = ast.parse(expr, mode="eval").body
-    except SyntaxError:
-        return False
-    if _parenthesized(expr):
+    node = _parse(expr)
+    if node is None or _parenthesized(expr):
         return False
     while isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.Not):
         node = node.operand
@@ -482,10 +513,7 @@ def _fit_item(item, indent):
     for it gets the call's arguments on a line of their own, as ruff does."""
     if "\n" in item or indent + len(item) + 1 <= LINE:
         return item
-    try:
-        node = ast.parse("{" + item + "}", mode="eval").body
-    except SyntaxError:
-        return item
+    node = _parse("{" + item + "}")
     if not isinstance(node, ast.Dict) or len(node.keys) != 1:
         return item
     key = ast.get_source_segment("{" + item + "}", node.keys[0])
@@ -512,7 +540,7 @@ def call_lines(expr, used, indent=INDENT) -> Code:
     else one per line."""
     if "\n" in expr or used + len(expr) <= LINE:
         return Code(expr)
-    call = ast.parse(expr, mode="eval").body
+    call = _parse(expr)
     if not isinstance(call, ast.Call) or not (call.args or call.keywords):
         return Code(expr)
     args = [ast.get_source_segment(expr, a) for a in (*call.args, *call.keywords)]
@@ -549,7 +577,9 @@ def _parenthesized(expr) -> bool:
 def _atomic(expr) -> bool:
     if _parenthesized(expr):
         return True
-    node = ast.parse(expr, mode="eval").body
+    node = _parse(expr)
+    if node is None:  # too deep for Python's parser: parentheses are always right
+        return False
     if isinstance(node, ast.Constant):
         return not (isinstance(node.value, (int, float)) and node.value < 0)
     return isinstance(node, (ast.Name, ast.Call, ast.Attribute, ast.Subscript))
