@@ -481,8 +481,13 @@ class Program:
     def unpack(self, arrays):
         """The fast argument check: straight-line code, one line per array.
 
-        Any failure falls back to ``_check``, which finds the first wrong array and raises
-        the ValueError that names it and its expected shape.
+        Each array must be a plain ``np.ndarray`` of its dtype and shape. Anything else
+        takes the slow path, ``_fail``: ``_check`` finds the first wrong array and raises
+        the ValueError that names it and its expected shape; arrays it accepts that the
+        code does not take as they are (a subclass such as ``np.memmap``; for compiled
+        code, a read-only or unaligned array: ``flags``, printed where the backend's
+        template wants it) come back as ``_taken`` makes them, and ``_unpack`` runs
+        again on those.
         """
         A = self.A
         callers = [self.namer[n] for n in arrays]
@@ -511,7 +516,7 @@ class Program:
                 if isinstance(d, str) and d not in bound
             ]
             parts = [
-                f"not isinstance({ident}, np.ndarray)",
+                f"{ident}.__class__ is not _NDARRAY",  # a subclass: the slow path
                 f"{ident}.dtype != {dtype}",
             ]
             if fresh:  # bind the sizes this array fixes, once its rank is known
@@ -539,6 +544,8 @@ class Program:
                 for n, ident in zip(arrays, idents)
             ],
             "steps": steps,
+            # after every check passed: whether any array is read-only or unaligned
+            "flags": condition([f"not {ident}.flags.behaved" for ident in idents]),
             "returns": unpack_line("return ", names, "", INDENT)
             if names
             else Code("return ()"),

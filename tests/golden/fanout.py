@@ -15,6 +15,7 @@ import numpy as np
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "x": ("batch", 4),
     "t": ("batch", 2),
@@ -116,10 +117,10 @@ def value_and_grad(**arrays):
     #   k_bar · ∂k/∂v.
     # h_bar_via_hh = the term of ∂J/∂h that flows through hh = ∂J/∂hh · ∂hh/∂h, where
     #   ∂hh/∂h = 2·h
-    h_bar_via_hh = (0.01 / float(3 * batch)) * (2.0 * h)
+    h_bar_via_hh = (0.01 / (float(3 * batch) or np.nan)) * (2.0 * h)
 
     # y_bar = ∂J/∂y = 2·(y − t)/N
-    y_bar = tmp1 * (2.0 / float(2 * batch))
+    y_bar = tmp1 * (2.0 / (float(2 * batch) or np.nan))
     del tmp1
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
@@ -195,7 +196,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -207,6 +213,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -214,7 +225,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -233,24 +250,36 @@ def _unpack(arrays):
     b1 = arrays["b1"]
     W2 = arrays["W2"]
     V = arrays["V"]
-    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
-        _fail(arrays)
+    if x.__class__ is not _NDARRAY or x.dtype != _FLOAT or x.ndim != 2:
+        return _unpack(_fail(arrays))
     batch = x.shape[0]
     if x.shape != (batch, 4):
-        _fail(arrays)
-    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 2):
-        _fail(arrays)
-    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (4, 3):
-        _fail(arrays)
-    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
-        _fail(arrays)
-    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 2):
-        _fail(arrays)
-    if not isinstance(V, np.ndarray) or V.dtype != _FLOAT or V.shape != (3, 2):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
+    if t.__class__ is not _NDARRAY or t.dtype != _FLOAT or t.shape != (batch, 2):
+        return _unpack(_fail(arrays))
+    if W1.__class__ is not _NDARRAY or W1.dtype != _FLOAT or W1.shape != (4, 3):
+        return _unpack(_fail(arrays))
+    if b1.__class__ is not _NDARRAY or b1.dtype != _FLOAT or b1.shape != (3,):
+        return _unpack(_fail(arrays))
+    if W2.__class__ is not _NDARRAY or W2.dtype != _FLOAT or W2.shape != (3, 2):
+        return _unpack(_fail(arrays))
+    if V.__class__ is not _NDARRAY or V.dtype != _FLOAT or V.shape != (3, 2):
+        return _unpack(_fail(arrays))
     return x, t, W1, b1, W2, V, batch
 
 
+def _taken(a):
+    """``a`` as the code takes it: a subclass (np.memmap, np.matrix) as its data."""
+    return np.asarray(a)
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken

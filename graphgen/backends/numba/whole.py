@@ -24,9 +24,11 @@ from ...codegen.layout import (
     LINE,
     assign,
     bracketed,
+    condition,
     condition_check,
     fit,
     literal,
+    subscript,
     wrap,
 )
 from ...codegen.layout import value as layout_value
@@ -349,13 +351,23 @@ def _scalar_results(prog, name, roots, inner):
 
 
 def _prologue(prog, name, kname, outs, arrays):
-    """The Python-level function's body before its return: compile at the first call,
-    run the kernel, and explain (or retry with contiguous copies) what it rejects."""
-    args = [f"arrays[{literal(n)}]" for n in arrays]
+    """The Python-level function's body before its return: take the arrays, copy those
+    the kernel's types do not take as they are, compile at the first call, run the
+    kernel, and explain what it rejects.
+
+    The kernel's types (:func:`_types`) are C-contiguous writeable arrays. Numba's
+    dispatcher turns down a read-only or strided array itself, but it would read an
+    unaligned one as if it were aligned, and a masked array or other subclass as its
+    data; so two cheap tests per array (the class, and ``carray``: C-contiguous,
+    aligned, writeable) send the others through ``_fail``, which checks them and
+    returns copies. The kernel's own TypeError (a dtype or rank) or ValueError (a size)
+    is explained by ``_check``.
+    """
+    idents = [prog.namer[n] for n in arrays]
     call = (
-        assign(outs, f"{kname}", args, 2 * INDENT)
+        assign(outs, f"{kname}", idents, 2 * INDENT)
         if outs
-        else bracketed(f"{kname}", args, "", 2 * INDENT)
+        else bracketed(f"{kname}", idents, "", 2 * INDENT)
     )
     comment = wrap_comment(
         f"one compiled function ({kname}) computes "
@@ -363,21 +375,34 @@ def _prologue(prog, name, kname, outs, arrays):
         + (" (the forward and backward pass)" if name == "value_and_grad" else ""),
         width=LINE - 2 * INDENT - 2,
     )
-    types_name = f"_{name.upper()}_TYPES"
-    pad = " " * INDENT
-    return Code(
-        f"{pad}if arrays.keys() != DTYPES.keys():\n"
-        f"{pad}    _fail(arrays)\n"
-        f"{pad}if not {kname}.overloads:  # the first call compiles it\n"
-        f"{pad}    _compile({kname}, {types_name})\n"
-        f"{pad}try:\n"
-        + "".join(f"{pad}    # {c}\n" for c in comment)
-        + f"{pad}    {call}\n"
-        f"{pad}except (TypeError, ValueError):  # a wrong type, rank or size, or strides\n"
-        f"{pad}    _check(arrays)  # raises the ValueError naming a wrong array\n"
-        f"{pad}    if all(a.flags.c_contiguous for a in arrays.values()):\n"
-        f"{pad}        raise\n"
-        f"{pad}    # the kernel takes C-contiguous arrays: retry with contiguous copies\n"
-        f"{pad}    return {name}(**{{k: np.ascontiguousarray(a) for k, a in "
-        "arrays.items()})"
-    )
+    tests = [
+        test
+        for i in idents
+        for test in (f"{i}.__class__ is not _NDARRAY", f"not {i}.flags.carray")
+    ]
+    lines = [
+        "if arrays.keys() != DTYPES.keys():",
+        "    _fail(arrays)",
+        *(
+            subscript(f"{i} = arrays", literal(n), INDENT)
+            for n, i in zip(arrays, idents)
+        ),
+        *(
+            [
+                f"if {condition(tests)}:",
+                "    # not the kernel's types (C-contiguous, aligned, writeable ndarrays)",
+                f"    return {name}(**_fail(arrays))  # copies, or the ValueError",
+            ]
+            if tests
+            else []
+        ),
+        f"if not {kname}.overloads:  # the first call compiles it",
+        f"    _compile({kname}, _{name.upper()}_TYPES)",
+        "try:",
+        *(f"    # {c}" for c in comment),
+        f"    {call}",
+        "except (TypeError, ValueError):  # a wrong dtype, rank or size",
+        "    _check(arrays)  # raises the ValueError naming a wrong array",
+        "    raise",
+    ]
+    return Code("\n".join(" " * INDENT + line for line in lines))

@@ -18,6 +18,7 @@ import numpy as np
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "x": ("batch", 4),
     "t": ("batch", 2),
@@ -54,24 +55,36 @@ def forward(**arrays):
     """The forward pass: every output, by name."""
     if arrays.keys() != DTYPES.keys():
         _fail(arrays)
+    x = arrays["x"]
+    t = arrays["t"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    V = arrays["V"]
+    if (
+        x.__class__ is not _NDARRAY
+        or not x.flags.carray
+        or t.__class__ is not _NDARRAY
+        or not t.flags.carray
+        or W1.__class__ is not _NDARRAY
+        or not W1.flags.carray
+        or b1.__class__ is not _NDARRAY
+        or not b1.flags.carray
+        or W2.__class__ is not _NDARRAY
+        or not W2.flags.carray
+        or V.__class__ is not _NDARRAY
+        or not V.flags.carray
+    ):
+        # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
+        return forward(**_fail(arrays))  # copies, or the ValueError
     if not _forward_kernel.overloads:  # the first call compiles it
         _compile(_forward_kernel, _FORWARD_TYPES)
     try:
         # one compiled function (_forward_kernel) computes y, J
-        y, J = _forward_kernel(
-            arrays["x"],
-            arrays["t"],
-            arrays["W1"],
-            arrays["b1"],
-            arrays["W2"],
-            arrays["V"],
-        )
-    except (TypeError, ValueError):  # a wrong type, rank or size, or strides
+        y, J = _forward_kernel(x, t, W1, b1, W2, V)
+    except (TypeError, ValueError):  # a wrong dtype, rank or size
         _check(arrays)  # raises the ValueError naming a wrong array
-        if all(a.flags.c_contiguous for a in arrays.values()):
-            raise
-        # the kernel takes C-contiguous arrays: retry with contiguous copies
-        return forward(**{k: np.ascontiguousarray(a) for k, a in arrays.items()})
+        raise
     J = DTYPE(J)
     return {"y": y, "J": J}
 
@@ -83,25 +96,37 @@ def value_and_grad(**arrays):
     """
     if arrays.keys() != DTYPES.keys():
         _fail(arrays)
+    x = arrays["x"]
+    t = arrays["t"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    V = arrays["V"]
+    if (
+        x.__class__ is not _NDARRAY
+        or not x.flags.carray
+        or t.__class__ is not _NDARRAY
+        or not t.flags.carray
+        or W1.__class__ is not _NDARRAY
+        or not W1.flags.carray
+        or b1.__class__ is not _NDARRAY
+        or not b1.flags.carray
+        or W2.__class__ is not _NDARRAY
+        or not W2.flags.carray
+        or V.__class__ is not _NDARRAY
+        or not V.flags.carray
+    ):
+        # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
+        return value_and_grad(**_fail(arrays))  # copies, or the ValueError
     if not _value_and_grad_kernel.overloads:  # the first call compiles it
         _compile(_value_and_grad_kernel, _VALUE_AND_GRAD_TYPES)
     try:
         # one compiled function (_value_and_grad_kernel) computes J, W1_bar, b1_bar,
         #   V_bar (the forward and backward pass)
-        J, W1_bar, b1_bar, V_bar = _value_and_grad_kernel(
-            arrays["x"],
-            arrays["t"],
-            arrays["W1"],
-            arrays["b1"],
-            arrays["W2"],
-            arrays["V"],
-        )
-    except (TypeError, ValueError):  # a wrong type, rank or size, or strides
+        J, W1_bar, b1_bar, V_bar = _value_and_grad_kernel(x, t, W1, b1, W2, V)
+    except (TypeError, ValueError):  # a wrong dtype, rank or size
         _check(arrays)  # raises the ValueError naming a wrong array
-        if all(a.flags.c_contiguous for a in arrays.values()):
-            raise
-        # the kernel takes C-contiguous arrays: retry with contiguous copies
-        return value_and_grad(**{k: np.ascontiguousarray(a) for k, a in arrays.items()})
+        raise
 
     # W2_bar = ∂J/∂W2 = V_bar: the same value (both are hᵀ @ y_bar)
     W2_bar = V_bar
@@ -145,7 +170,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -157,6 +187,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -164,7 +199,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -173,9 +214,25 @@ _SIGNATURE = tuple(
 )
 
 
+def _taken(a):
+    """``a`` as the compiled code takes it: a C-contiguous, aligned, writeable ndarray,
+    else a copy (np.broadcast_to and np.load(..., mmap_mode="r") give read-only arrays,
+    a buffer at an odd offset unaligned ones); a subclass (np.memmap, np.matrix) as its
+    data."""
+    a = np.asarray(a)
+    return a if a.flags.carray else np.array(a, order="C")
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken
 
 
 @numba.extending.intrinsic
@@ -613,7 +670,7 @@ def _value_and_grad_kernel(x, t, W1, b1, W2, V):
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    tmp1 = 0.01 / float(3 * batch)
+    tmp1 = 0.01 / (float(3 * batch) or np.nan)
 
     # one fused loop over (batch, 3) (_k_h_r_h_bar_via_hh_and_1_more) computes u, h, hh,
     #   h_bar_via_hh, tmp2, r
@@ -622,7 +679,7 @@ def _value_and_grad_kernel(x, t, W1, b1, W2, V):
     z = _matmul(h, W2)
     s = _matmul(h, V)
     rw = r * 0.01
-    tmp3 = 2.0 / float(2 * batch)
+    tmp3 = 2.0 / (float(2 * batch) or np.nan)
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
     y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp3))

@@ -16,6 +16,7 @@ import numpy as np
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "x": ("batch", 4),
     "t": ("batch", 2),
@@ -79,7 +80,7 @@ def value_and_grad(**arrays):
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
     #   k_bar · ∂k/∂v.
-    tmp1 = 0.01 / float(3 * batch)
+    tmp1 = 0.01 / (float(3 * batch) or np.nan)
 
     # one fused loop over (batch, 3) (_k_h_r_h_bar_via_hh_and_1_more) computes u, h, hh,
     #   h_bar_via_hh, tmp2, r
@@ -88,7 +89,7 @@ def value_and_grad(**arrays):
     z = h @ W2
     s = h @ V
     rw = r * 0.01
-    tmp3 = 2.0 / float(2 * batch)
+    tmp3 = 2.0 / (float(2 * batch) or np.nan)
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
     y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp3))
@@ -156,7 +157,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -168,6 +174,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -175,7 +186,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -194,27 +211,54 @@ def _unpack(arrays):
     b1 = arrays["b1"]
     W2 = arrays["W2"]
     V = arrays["V"]
-    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
-        _fail(arrays)
+    if x.__class__ is not _NDARRAY or x.dtype != _FLOAT or x.ndim != 2:
+        return _unpack(_fail(arrays))
     batch = x.shape[0]
     if x.shape != (batch, 4):
-        _fail(arrays)
-    if not isinstance(t, np.ndarray) or t.dtype != _FLOAT or t.shape != (batch, 2):
-        _fail(arrays)
-    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (4, 3):
-        _fail(arrays)
-    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (3,):
-        _fail(arrays)
-    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (3, 2):
-        _fail(arrays)
-    if not isinstance(V, np.ndarray) or V.dtype != _FLOAT or V.shape != (3, 2):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
+    if t.__class__ is not _NDARRAY or t.dtype != _FLOAT or t.shape != (batch, 2):
+        return _unpack(_fail(arrays))
+    if W1.__class__ is not _NDARRAY or W1.dtype != _FLOAT or W1.shape != (4, 3):
+        return _unpack(_fail(arrays))
+    if b1.__class__ is not _NDARRAY or b1.dtype != _FLOAT or b1.shape != (3,):
+        return _unpack(_fail(arrays))
+    if W2.__class__ is not _NDARRAY or W2.dtype != _FLOAT or W2.shape != (3, 2):
+        return _unpack(_fail(arrays))
+    if V.__class__ is not _NDARRAY or V.dtype != _FLOAT or V.shape != (3, 2):
+        return _unpack(_fail(arrays))
+    # the compiled code takes aligned, writeable arrays (Numba types a read-only array
+    # apart, and reads an unaligned one as if it were aligned)
+    if (
+        not x.flags.behaved
+        or not t.flags.behaved
+        or not W1.flags.behaved
+        or not b1.flags.behaved
+        or not W2.flags.behaved
+        or not V.flags.behaved
+    ):
+        return _unpack(_fail(arrays))
     return x, t, W1, b1, W2, V, batch
 
 
+def _taken(a):
+    """``a`` as the compiled code takes it: a C-contiguous, aligned, writeable ndarray,
+    else a copy (np.broadcast_to and np.load(..., mmap_mode="r") give read-only arrays,
+    a buffer at an odd offset unaligned ones); a subclass (np.memmap, np.matrix) as its
+    data."""
+    a = np.asarray(a)
+    return a if a.flags.carray else np.array(a, order="C")
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken
 
 
 @numba.extending.intrinsic

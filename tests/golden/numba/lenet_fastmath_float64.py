@@ -20,6 +20,7 @@ import numpy as np
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "image": ("N", 1, 28, 28),
 }
@@ -429,7 +430,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -441,6 +447,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -448,7 +459,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -472,71 +489,87 @@ def _unpack(arrays):
     fc2_bias = arrays["fc2.bias"]
     fc3_weight = arrays["fc3.weight"]
     fc3_bias = arrays["fc3.bias"]
-    if not isinstance(image, np.ndarray) or image.dtype != _FLOAT or image.ndim != 4:
-        _fail(arrays)
+    if image.__class__ is not _NDARRAY or image.dtype != _FLOAT or image.ndim != 4:
+        return _unpack(_fail(arrays))
     N = image.shape[0]
     if image.shape != (N, 1, 28, 28):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(conv1_weight, np.ndarray)
+        conv1_weight.__class__ is not _NDARRAY
         or conv1_weight.dtype != _FLOAT
         or conv1_weight.shape != (6, 1, 5, 5)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(conv1_bias, np.ndarray)
+        conv1_bias.__class__ is not _NDARRAY
         or conv1_bias.dtype != _FLOAT
         or conv1_bias.shape != (6,)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(conv2_weight, np.ndarray)
+        conv2_weight.__class__ is not _NDARRAY
         or conv2_weight.dtype != _FLOAT
         or conv2_weight.shape != (16, 6, 5, 5)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(conv2_bias, np.ndarray)
+        conv2_bias.__class__ is not _NDARRAY
         or conv2_bias.dtype != _FLOAT
         or conv2_bias.shape != (16,)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc1_weight, np.ndarray)
+        fc1_weight.__class__ is not _NDARRAY
         or fc1_weight.dtype != _FLOAT
         or fc1_weight.shape != (120, 400)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc1_bias, np.ndarray)
+        fc1_bias.__class__ is not _NDARRAY
         or fc1_bias.dtype != _FLOAT
         or fc1_bias.shape != (120,)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc2_weight, np.ndarray)
+        fc2_weight.__class__ is not _NDARRAY
         or fc2_weight.dtype != _FLOAT
         or fc2_weight.shape != (84, 120)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc2_bias, np.ndarray)
+        fc2_bias.__class__ is not _NDARRAY
         or fc2_bias.dtype != _FLOAT
         or fc2_bias.shape != (84,)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc3_weight, np.ndarray)
+        fc3_weight.__class__ is not _NDARRAY
         or fc3_weight.dtype != _FLOAT
         or fc3_weight.shape != (10, 84)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(fc3_bias, np.ndarray)
+        fc3_bias.__class__ is not _NDARRAY
         or fc3_bias.dtype != _FLOAT
         or fc3_bias.shape != (10,)
     ):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
+    # the compiled code takes aligned, writeable arrays (Numba types a read-only array
+    # apart, and reads an unaligned one as if it were aligned)
+    if (
+        not image.flags.behaved
+        or not conv1_weight.flags.behaved
+        or not conv1_bias.flags.behaved
+        or not conv2_weight.flags.behaved
+        or not conv2_bias.flags.behaved
+        or not fc1_weight.flags.behaved
+        or not fc1_bias.flags.behaved
+        or not fc2_weight.flags.behaved
+        or not fc2_bias.flags.behaved
+        or not fc3_weight.flags.behaved
+        or not fc3_bias.flags.behaved
+    ):
+        return _unpack(_fail(arrays))
     return (
         image,
         conv1_weight,
@@ -553,9 +586,25 @@ def _unpack(arrays):
     )
 
 
+def _taken(a):
+    """``a`` as the compiled code takes it: a C-contiguous, aligned, writeable ndarray,
+    else a copy (np.broadcast_to and np.load(..., mmap_mode="r") give read-only arrays,
+    a buffer at an odd offset unaligned ones); a subclass (np.memmap, np.matrix) as its
+    data."""
+    a = np.asarray(a)
+    return a if a.flags.carray else np.array(a, order="C")
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken
 
 
 def _cotangents(cotangents, sizes):
@@ -569,13 +618,20 @@ def _cotangents(cotangents, sizes):
     for name, shape in COTANGENTS.items():
         want = tuple(sizes[d] if isinstance(d, str) else d for d in shape)
         a = cotangents[name]
-        if not isinstance(a, np.ndarray) or a.dtype != _FLOAT or a.shape != want:
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != _FLOAT
+            or a.shape != want
+            or _masked(a)
+        ):
             got = (a.dtype, a.shape) if isinstance(a, np.ndarray) else type(a).__name__
+            if _masked(a):
+                got = "a masked array, whose mask this module would ignore"
             raise ValueError(
                 f"cotangents[{name!r}]: expected a {_FLOAT} array of shape {want}, "
                 f"got {got}"
             )
-        out.append(a)
+        out.append(_taken(a))
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "x": ("batch", 784),
     "labels": ("batch",),
@@ -54,24 +55,36 @@ def forward(**arrays):
     """The forward pass: every output, by name."""
     if arrays.keys() != DTYPES.keys():
         _fail(arrays)
+    x = arrays["x"]
+    labels = arrays["labels"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    b2 = arrays["b2"]
+    if (
+        x.__class__ is not _NDARRAY
+        or not x.flags.carray
+        or labels.__class__ is not _NDARRAY
+        or not labels.flags.carray
+        or W1.__class__ is not _NDARRAY
+        or not W1.flags.carray
+        or b1.__class__ is not _NDARRAY
+        or not b1.flags.carray
+        or W2.__class__ is not _NDARRAY
+        or not W2.flags.carray
+        or b2.__class__ is not _NDARRAY
+        or not b2.flags.carray
+    ):
+        # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
+        return forward(**_fail(arrays))  # copies, or the ValueError
     if not _forward_kernel.overloads:  # the first call compiles it
         _compile(_forward_kernel, _FORWARD_TYPES)
     try:
         # one compiled function (_forward_kernel) computes logits, loss
-        logits, loss = _forward_kernel(
-            arrays["x"],
-            arrays["labels"],
-            arrays["W1"],
-            arrays["b1"],
-            arrays["W2"],
-            arrays["b2"],
-        )
-    except (TypeError, ValueError):  # a wrong type, rank or size, or strides
+        logits, loss = _forward_kernel(x, labels, W1, b1, W2, b2)
+    except (TypeError, ValueError):  # a wrong dtype, rank or size
         _check(arrays)  # raises the ValueError naming a wrong array
-        if all(a.flags.c_contiguous for a in arrays.values()):
-            raise
-        # the kernel takes C-contiguous arrays: retry with contiguous copies
-        return forward(**{k: np.ascontiguousarray(a) for k, a in arrays.items()})
+        raise
     loss = DTYPE(loss)
     return {"logits": logits, "loss": loss}
 
@@ -83,25 +96,39 @@ def value_and_grad(**arrays):
     """
     if arrays.keys() != DTYPES.keys():
         _fail(arrays)
+    x = arrays["x"]
+    labels = arrays["labels"]
+    W1 = arrays["W1"]
+    b1 = arrays["b1"]
+    W2 = arrays["W2"]
+    b2 = arrays["b2"]
+    if (
+        x.__class__ is not _NDARRAY
+        or not x.flags.carray
+        or labels.__class__ is not _NDARRAY
+        or not labels.flags.carray
+        or W1.__class__ is not _NDARRAY
+        or not W1.flags.carray
+        or b1.__class__ is not _NDARRAY
+        or not b1.flags.carray
+        or W2.__class__ is not _NDARRAY
+        or not W2.flags.carray
+        or b2.__class__ is not _NDARRAY
+        or not b2.flags.carray
+    ):
+        # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
+        return value_and_grad(**_fail(arrays))  # copies, or the ValueError
     if not _value_and_grad_kernel.overloads:  # the first call compiles it
         _compile(_value_and_grad_kernel, _VALUE_AND_GRAD_TYPES)
     try:
         # one compiled function (_value_and_grad_kernel) computes loss, W1_bar, b1_bar,
         #   W2_bar, b2_bar (the forward and backward pass)
         loss, W1_bar, b1_bar, W2_bar, b2_bar = _value_and_grad_kernel(
-            arrays["x"],
-            arrays["labels"],
-            arrays["W1"],
-            arrays["b1"],
-            arrays["W2"],
-            arrays["b2"],
+            x, labels, W1, b1, W2, b2
         )
-    except (TypeError, ValueError):  # a wrong type, rank or size, or strides
+    except (TypeError, ValueError):  # a wrong dtype, rank or size
         _check(arrays)  # raises the ValueError naming a wrong array
-        if all(a.flags.c_contiguous for a in arrays.values()):
-            raise
-        # the kernel takes C-contiguous arrays: retry with contiguous copies
-        return value_and_grad(**{k: np.ascontiguousarray(a) for k, a in arrays.items()})
+        raise
     return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
 
 
@@ -142,7 +169,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -154,6 +186,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -161,7 +198,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -170,9 +213,25 @@ _SIGNATURE = tuple(
 )
 
 
+def _taken(a):
+    """``a`` as the compiled code takes it: a C-contiguous, aligned, writeable ndarray,
+    else a copy (np.broadcast_to and np.load(..., mmap_mode="r") give read-only arrays,
+    a buffer at an odd offset unaligned ones); a subclass (np.memmap, np.matrix) as its
+    data."""
+    a = np.asarray(a)
+    return a if a.flags.carray else np.array(a, order="C")
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken
 
 
 _COMPILING = threading.Lock()
@@ -719,7 +778,7 @@ def _value_and_grad_kernel(x, labels, W1, b1, W2, b2):
 
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
-    t2 = 1.0 / float(batch)
+    t2 = 1.0 / (float(batch) or np.nan)
     t3 = _loop_softmax_xent_grad(logits, labels)
 
     # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar

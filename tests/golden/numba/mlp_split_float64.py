@@ -16,6 +16,7 @@ import numpy as np
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
+_NDARRAY = np.ndarray  # the fast checks' class: a global reads faster than np.ndarray
 INPUTS = {
     "x": ("batch", 784),
     "labels": ("batch",),
@@ -85,7 +86,7 @@ def value_and_grad(**arrays):
 
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
-    t2 = 1.0 / float(batch)
+    t2 = 1.0 / (float(batch) or np.nan)
     t3 = _softmax_xent_grad(logits, labels)
 
     # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
@@ -142,7 +143,12 @@ def _check(arrays):
     sizes = {}
     for name, shape, dtype in _SIGNATURE:
         a = arrays[name]
-        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape):
+        if (
+            not isinstance(a, np.ndarray)
+            or a.dtype != dtype
+            or a.ndim != len(shape)
+            or _masked(a)
+        ):
             _reject(name, a, shape, sizes)
         for want, have in zip(shape, a.shape):
             if want.__class__ is str:
@@ -154,6 +160,11 @@ def _check(arrays):
 
 def _reject(name, a, shape, sizes):
     dtype = DTYPES[name]
+    if _masked(a):
+        raise ValueError(
+            f"{name!r}: a masked array, whose mask this module would ignore; pass its "
+            "data with the masked entries filled in (.filled(value))"
+        )
     if not isinstance(a, np.ndarray) or a.dtype != dtype:
         got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(
@@ -161,7 +172,13 @@ def _reject(name, a, shape, sizes):
         )
     known = {d: sizes[d] for d in shape if isinstance(d, str) and d in sizes}
     fixed = f" with {known} (fixed by earlier arrays)" if known else ""
-    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}")
+    matrix = " (an np.matrix is always 2-D)" if isinstance(a, np.matrix) else ""
+    raise ValueError(f"{name!r}: expected shape {shape}{fixed}, got {a.shape}{matrix}")
+
+
+def _masked(a):
+    """Whether ``a`` is a masked array (numpy.ma is imported only for a subclass)."""
+    return a.__class__ is not _NDARRAY and isinstance(a, np.ma.MaskedArray)
 
 
 _SIGNATURE = tuple(
@@ -180,31 +197,58 @@ def _unpack(arrays):
     b1 = arrays["b1"]
     W2 = arrays["W2"]
     b2 = arrays["b2"]
-    if not isinstance(x, np.ndarray) or x.dtype != _FLOAT or x.ndim != 2:
-        _fail(arrays)
+    if x.__class__ is not _NDARRAY or x.dtype != _FLOAT or x.ndim != 2:
+        return _unpack(_fail(arrays))
     batch = x.shape[0]
     if x.shape != (batch, 784):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
     if (
-        not isinstance(labels, np.ndarray)
+        labels.__class__ is not _NDARRAY
         or labels.dtype != _INT64
         or labels.shape != (batch,)
     ):
-        _fail(arrays)
-    if not isinstance(W1, np.ndarray) or W1.dtype != _FLOAT or W1.shape != (784, 128):
-        _fail(arrays)
-    if not isinstance(b1, np.ndarray) or b1.dtype != _FLOAT or b1.shape != (128,):
-        _fail(arrays)
-    if not isinstance(W2, np.ndarray) or W2.dtype != _FLOAT or W2.shape != (128, 10):
-        _fail(arrays)
-    if not isinstance(b2, np.ndarray) or b2.dtype != _FLOAT or b2.shape != (10,):
-        _fail(arrays)
+        return _unpack(_fail(arrays))
+    if W1.__class__ is not _NDARRAY or W1.dtype != _FLOAT or W1.shape != (784, 128):
+        return _unpack(_fail(arrays))
+    if b1.__class__ is not _NDARRAY or b1.dtype != _FLOAT or b1.shape != (128,):
+        return _unpack(_fail(arrays))
+    if W2.__class__ is not _NDARRAY or W2.dtype != _FLOAT or W2.shape != (128, 10):
+        return _unpack(_fail(arrays))
+    if b2.__class__ is not _NDARRAY or b2.dtype != _FLOAT or b2.shape != (10,):
+        return _unpack(_fail(arrays))
+    # the compiled code takes aligned, writeable arrays (Numba types a read-only array
+    # apart, and reads an unaligned one as if it were aligned)
+    if (
+        not x.flags.behaved
+        or not labels.flags.behaved
+        or not W1.flags.behaved
+        or not b1.flags.behaved
+        or not W2.flags.behaved
+        or not b2.flags.behaved
+    ):
+        return _unpack(_fail(arrays))
     return x, labels, W1, b1, W2, b2, batch
 
 
+def _taken(a):
+    """``a`` as the compiled code takes it: a C-contiguous, aligned, writeable ndarray,
+    else a copy (np.broadcast_to and np.load(..., mmap_mode="r") give read-only arrays,
+    a buffer at an odd offset unaligned ones); a subclass (np.memmap, np.matrix) as its
+    data."""
+    a = np.asarray(a)
+    return a if a.flags.carray else np.array(a, order="C")
+
+
 def _fail(arrays):
+    """The slow path of the argument checks: raise the ValueError that names the first
+    wrong array, else return the arrays as the code takes them (``_taken``)."""
     _check(arrays)  # raises the ValueError that names the first wrong array
-    raise AssertionError("graphgen: the fast checks and _check disagree; please report")
+    taken = {name: _taken(a) for name, a in arrays.items()}
+    if all(taken[name] is a for name, a in arrays.items()):
+        raise AssertionError(
+            "graphgen: the fast checks and _check disagree; please report"
+        )
+    return taken
 
 
 def _softmax_cross_entropy(logits, labels):
