@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
@@ -444,7 +445,7 @@ def main(argv=None):
             status = COMMANDS[args.command][2](args)
         except GraphgenError as e:
             _flush(caught)
-            print(f"graphgen: error: {e}", file=sys.stderr)
+            print(_one_line(f"graphgen: error: {e}"), file=sys.stderr)
             return 2
         except BrokenPipeError:
             return 0
@@ -453,8 +454,10 @@ def main(argv=None):
                 raise
             _flush(caught)
             print(
-                f"graphgen: internal error: {type(e).__name__}: {e} (this is a bug in "
-                "graphgen; set GRAPHGEN_DEBUG=1 for the traceback)",
+                _one_line(
+                    f"graphgen: internal error: {type(e).__name__}: {e} (this is a bug "
+                    "in graphgen; set GRAPHGEN_DEBUG=1 for the traceback)"
+                ),
                 file=sys.stderr,
             )
             return 3
@@ -462,10 +465,27 @@ def main(argv=None):
     return status
 
 
+# the characters of one word (a name, a size expression) that an error line shows
+LONG_WORD = 200
+
+
+def _one_line(text):
+    """A message as one line: line breaks become spaces, and a word longer than
+    ``LONG_WORD`` (a megabyte name) keeps its start and end around a count of what is
+    left out."""
+
+    def cut(m):
+        w, half = m.group(), LONG_WORD // 2
+        return f"{w[:half]}...[{len(w) - 2 * half} characters]...{w[-half:]}"
+
+    text = " ".join(text.splitlines())
+    return re.sub(rf"\S{{{LONG_WORD + 1},}}", cut, text)
+
+
 def _flush(caught):
     for w in caught:
         if issubclass(w.category, GraphgenWarning):
-            print(f"graphgen: warning: {w.message}", file=sys.stderr)
+            print(_one_line(f"graphgen: warning: {w.message}"), file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 

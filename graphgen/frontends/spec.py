@@ -7,15 +7,18 @@ attributes an op knows) and records line numbers so errors can point into the fi
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
+import re
 from importlib import resources
 
 import networkx as nx
 import yaml
 
+from .. import dims, ops
 from .. import graph as g
-from .. import ops
 from ..errors import SpecError, did_you_mean
 
 SCHEMA = json.loads(
@@ -24,15 +27,78 @@ SCHEMA = json.loads(
 SECTIONS = ("inputs", "params", "nodes")
 
 
-class _LineLoader(yaml.SafeLoader):
+# Bounds on what a spec file may be: larger or deeper input is refused with an error that
+# says so, before anything walks it (a YAML alias may repeat a part of the file, not
+# multiply it: "billion laughs").
+MAX_BYTES = 1 << 28
+MAX_DEPTH = 64
+ALIAS_GROWTH = 10
+
+
+def _reason(e):
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
+
+
+def read_file(path, what="spec"):
+    """The text of the file ``path``: the one way the frontends read a text file.
+
+    Whatever keeps it from being read — missing, a directory, no permission, larger
+    than ``MAX_BYTES``, not UTF-8 (a binary file) — raises a :class:`SpecError` naming
+    the file (and, for a byte that is not UTF-8, its line). A UTF-8 byte order mark is
+    dropped.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"cannot read {what}: {_reason(e)}", source=path) from None
+    if len(data) > MAX_BYTES:
+        raise SpecError(
+            f"cannot read {what}: larger than {MAX_BYTES >> 20} MiB", source=path
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"cannot read {what}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start}); a {what} is a UTF-8 text file",
+            source=path,
+            line=data.count(b"\n", 0, e.start) + 1,
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No garbage collection while a parser builds a big tree of containers: Python's
+    collector would walk the growing tree again and again (a million-line spec read
+    several times slower)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# libyaml's parser when PyYAML has it (the same nodes, several times faster); PyYAML's
+# own words for a malformed file in either case
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_BaseLoader):
     """A safe YAML loader that rejects duplicate keys and remembers each key's line."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                continue
             line = key_node.start_mark.line + 1
-            if isinstance(key, str) and key in seen:
+            if key in seen:
                 raise SpecError(
                     f"duplicate key {key!r} (first defined on line {seen[key]})",
                     line=line,
@@ -41,17 +107,20 @@ class _LineLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _key_lines(text):
+def _key_lines(root):
     """``{(section, name): line}`` for the entries of each section, ``("", key)`` at top."""
     lines = {}
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if not isinstance(root, yaml.MappingNode):
         return lines
     for key_node, value_node in root.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
         key = key_node.value
         lines[("", key)] = key_node.start_mark.line + 1
         if key in SECTIONS and isinstance(value_node, yaml.MappingNode):
             for k, _ in value_node.value:
+                if not isinstance(k, yaml.ScalarNode):
+                    continue
                 line = k.start_mark.line + 1
                 if (key, k.value) in lines:
                     first = lines[(key, k.value)]
@@ -65,6 +134,90 @@ def _key_lines(text):
     return lines
 
 
+def _check_nodes(root, size):
+    """Refuse a YAML tree nested deeper than ``MAX_DEPTH``, or whose aliases make it
+    more than ``ALIAS_GROWTH`` times the ``size`` of its text: walked without
+    recursion, and never further than that."""
+    budget = ALIAS_GROWTH * size + 10_000
+    stack = [(root, 0)] if root is not None else []
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise SpecError(
+                f"its aliases expand it more than {ALIAS_GROWTH}-fold; write the "
+                "repeated parts out",
+                line=node.start_mark.line + 1,
+            )
+        if isinstance(node, yaml.ScalarNode):
+            continue
+        if depth >= MAX_DEPTH:
+            raise SpecError(
+                f"nested more than {MAX_DEPTH} levels deep",
+                line=node.start_mark.line + 1,
+            )
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((n, depth + 1) for pair in node.value for n in pair)
+        else:
+            stack.extend((n, depth + 1) for n in node.value)
+
+
+def _yaml_error(text, error):
+    """The SpecError for a YAML file that does not parse, in PyYAML's words."""
+    if _BaseLoader is not yaml.SafeLoader and not isinstance(
+        error, yaml.constructor.ConstructorError
+    ):
+        loader = None
+        try:
+            loader = yaml.SafeLoader(text)
+            loader.get_single_node()
+        except yaml.YAMLError as e:
+            error = e
+        except RecursionError:  # nested past what PyYAML's parser can recurse
+            mark = getattr(error, "problem_mark", None)
+            return SpecError(
+                f"nested more than {MAX_DEPTH} levels deep",
+                line=mark.line + 1 if mark else None,
+            )
+        finally:
+            if loader is not None:
+                loader.dispose()
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        msg = f"malformed YAML: {error.problem or error.context}"
+        if mark and mark.column > 1024 and text[mark.index : mark.index + 1] == ":":
+            msg += (
+                "; a YAML key on one line with its value is at most 1024 characters "
+                "(write a longer one as '? KEY', its value on the next line as ': ...')"
+            )
+        return SpecError(msg, line=mark.line + 1 if mark else None)
+    if isinstance(error, yaml.reader.ReaderError):
+        return SpecError(
+            f"malformed YAML: unacceptable character #x{error.character:04x}: "
+            f"{error.reason}",
+            line=text.count("\n", 0, error.position) + 1,
+        )
+    return SpecError("malformed YAML: " + " ".join(str(error).split()))
+
+
+def _read_yaml(text):
+    """``(data, lines)`` of a YAML text: composed once, checked, then constructed."""
+    loader = None
+    try:
+        loader = _LineLoader(text)
+        with _gc_paused():
+            root = loader.get_single_node()
+            _check_nodes(root, len(text))
+            lines = _key_lines(root)  # first: a name defined twice, said in full
+            data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as e:
+        raise _yaml_error(text, e) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, lines
+
+
 def _no_duplicate_json_keys(pairs):
     out = {}
     for k, v in pairs:
@@ -74,48 +227,95 @@ def _no_duplicate_json_keys(pairs):
     return out
 
 
+def _read_json(text):
+    try:
+        with _gc_paused():
+            return json.loads(text, object_pairs_hook=_no_duplicate_json_keys)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"malformed JSON: {e.msg}", line=e.lineno) from None
+    except RecursionError:  # json's parser recurses once per level
+        depth, line = 0, None
+        for m in re.finditer(r'"(?:[^"\\]|\\.)*"|[][{}]', text):
+            depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(m.group(), 0)
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, m.start()) + 1
+                break
+        raise SpecError(
+            f"nested more than {MAX_DEPTH} levels deep", line=line
+        ) from None
+
+
+def _check_values(data, lines):
+    """Refuse nesting deeper than ``MAX_DEPTH`` and text that is not valid Unicode (a
+    lone surrogate, ``"\\ud800"`` in JSON, which no file, terminal or diagram can hold):
+    the error names the key and, for a node, the node."""
+    stack = [(data, ())]
+    seen = set()  # a YAML alias shares its value: walk it once
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path, lines)
+            continue
+        if not isinstance(value, (dict, list)) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if len(path) >= MAX_DEPTH:
+            raise _at(path, lines, f"nested more than {MAX_DEPTH} levels deep")
+        items = list(value.items() if isinstance(value, dict) else enumerate(value))
+        for k, _ in items:
+            if isinstance(k, str):
+                _check_text(k, path + (k,), lines, "the name")
+        stack.extend((v, path + (k,)) for k, v in reversed(items))  # in file order
+
+
+def _check_text(s, path, lines, what=None):
+    if s.isascii():
+        return
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _at(
+            path,
+            lines,
+            f"{what or _short(s)} is not valid text: it holds the lone surrogate "
+            f"\\u{ord(s[e.start]):04x} (names and values must be Unicode characters)",
+        ) from None
+
+
+def _short(s, limit=60):
+    return repr(s) if len(s) <= limit else repr(s[:limit]) + "..."
+
+
+def _plain(key):
+    return not isinstance(key, str) or (
+        key.isprintable() and key.isascii() and len(key) <= 60 and "/" not in key
+    )
+
+
+def _at(path, lines, msg):
+    """A SpecError at the key ``path`` of the spec: a node's name when it is in one."""
+    node = line = None
+    if len(path) >= 2 and path[0] in SECTIONS:
+        line = lines.get((path[0], path[1]))
+        if path[0] == "nodes":
+            node, path = path[1], path[2:]
+    elif path:
+        line = lines.get(("", path[0]))
+    where = "/".join(str(p) if _plain(p) else _short(p) for p in path)
+    return SpecError((f"key {where}: " if path else "") + msg, node=node, line=line)
+
+
 def read(path):
     """Read a spec file into a plain dict and a ``{(section, name): line}`` map."""
     path = os.fspath(path)
+    text = read_file(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise SpecError(f"cannot read spec: {e.strerror}", source=path) from None
-    lines = {}
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_json_keys)
-        except json.JSONDecodeError as e:
-            raise SpecError(
-                f"malformed JSON: {e.msg}", source=path, line=e.lineno
-            ) from None
-        except SpecError as e:
-            raise e.located(path) from None
-    else:
-        loader = _LineLoader(text)
-        try:
-            data = loader.get_single_data()
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            msg = f"malformed YAML: {e.problem or e.context}"
-            raise SpecError(
-                msg, source=path, line=mark.line + 1 if mark else None
-            ) from None
-        except yaml.YAMLError as e:
-            raise SpecError(f"malformed YAML: {e}", source=path) from None
-        except SpecError as e:
-            try:  # a name defined twice in a section: say which node
-                _key_lines(text)
-            except SpecError as better:
-                raise better.located(path) from None
-            raise e.located(path) from None
-        finally:
-            loader.dispose()
-        try:
-            lines = _key_lines(text)
-        except SpecError as e:
-            raise e.located(path) from None
+        if path.endswith(".json"):
+            data, lines = _read_json(text), {}
+        else:
+            data, lines = _read_yaml(text)
+    except SpecError as e:
+        raise e.located(path) from None
     return data, lines
 
 
@@ -172,6 +372,10 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
         raise SpecError(
             "a spec must be a mapping with at least a 'nodes' key", source=source
         )
+    try:
+        _check_values(data, lines)
+    except SpecError as e:
+        raise e.located(source) from None
     err = _schema_error(data, source, lines)
     if err is not None:
         raise err
@@ -282,6 +486,7 @@ def _add_args(G, nodes, lines, known):
     """The edges of each node's arguments; a number becomes a constant node."""
     source, fdtype = G.graph["source"], G.graph["dtype"]
     for name, spec in nodes.items():
+        sources = []
         for pos, arg in enumerate(spec.get("args", [])):
             if isinstance(arg, bool):
                 raise SpecError(
@@ -300,7 +505,7 @@ def _add_args(G, nodes, lines, known):
                     dtype=fdtype,
                     **{g.SEQ: g.next_seq(G)},
                 )
-                g.add_edge_arg(G, cid, name, pos)
+                sources.append(cid)
                 continue
             if arg not in G or G.nodes[arg][g.KIND] == g.CONST:
                 hint = did_you_mean(arg, known)
@@ -310,7 +515,8 @@ def _add_args(G, nodes, lines, known):
                     source=source,
                     line=lines.get(("nodes", name)),
                 )
-            g.add_edge_arg(G, arg, name, pos)
+            sources.append(arg)
+        g.add_args(G, name, sources)
 
 
 def _add_outputs(G, data, lines, known):
@@ -331,9 +537,17 @@ def _add_outputs(G, data, lines, known):
         check_names("loss", [loss], "a node")
     outputs = list(data.get("outputs") or ([loss] if loss is not None else []))
     if not outputs:
+        what = (
+            "key outputs: an empty list, and no key 'loss'"
+            if "outputs" in data
+            else "no key 'outputs' and no key 'loss'"
+        )
         raise SpecError(
-            "give 'outputs' or 'loss': the module would compute nothing",
+            f"{what}: the module would compute nothing; add 'outputs: [NODE, ...]' "
+            "(the nodes forward() returns) or 'loss: NODE' (the scalar node to "
+            "differentiate)",
             source=G.graph["source"],
+            line=lines.get(("", "outputs")),
         )
     check_names("outputs", outputs, "a node")
     if "wrt" in data:
@@ -349,16 +563,36 @@ def _add_outputs(G, data, lines, known):
 def _read_weights(name, source, lines):
     import numpy as np
 
-    path = os.path.join(os.path.dirname(os.path.abspath(source)), name)
-    try:
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise SpecError(
-            f"weights: cannot read {name!r} ({e}); expected an .npz file beside the spec",
+    def fail(why):
+        return SpecError(
+            f"weights: cannot read {name!r} ({why}); expected an .npz file beside the "
+            "spec",
             source=source,
             line=lines.get(("", "weights")),
-        ) from None
+        )
+
+    path = os.path.join(os.path.dirname(os.path.abspath(source)), name)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; here only opening fails
+    except (OSError, ValueError) as e:
+        raise fail(_reason(e)) from None
+    with f:
+        try:
+            stored = np.load(f)
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise fail("one array, not an .npz archive of named arrays")
+            with stored:
+                arrays = {k: stored[k] for k in stored.files}
+        except SpecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged file: numpy and zipfile
+            # say so through many kinds (EOFError, BadZipFile, zlib.error, ValueError)
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise fail(f"not a readable .npz archive: {why}") from None
+    for k, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise fail(f"its array {k!r} holds {a.dtype}, not numbers")
+    return arrays
 
 
 def load(path):
@@ -375,4 +609,68 @@ def load(path):
 
     data, lines = read(path)
     G = from_dict(data, source=os.fspath(path), lines=lines)
-    return prepare(G)
+    with dims.recording() as mentioned:  # every size shape inference parsed
+        H = prepare(G)
+    check_sizes(G, H, mentioned)
+    return H
+
+
+def check_sizes(G, H, mentioned):
+    """Refuse a symbolic size that no input declares: the module learns each size from
+    the shape of an input array, so a size only an attribute names (a slice's ``stop:
+    n``) would be a name the generated code never binds.
+
+    ``G`` is the graph before shape inference (its attributes as written), ``H`` after
+    it, and ``mentioned`` the symbols inference parsed (:func:`graphgen.dims.recording`).
+    """
+    declared = {
+        s
+        for n in H
+        if H.nodes[n][g.KIND] == g.INPUT
+        for d in H.nodes[n][g.SHAPE]
+        for s in dims.symbols(d)
+    }
+    unknown = mentioned - declared
+    if not unknown:
+        return
+    have = ", ".join(sorted(declared)) or "none"
+    for n in g.schedule(H):  # the first node whose inference parses an unknown size
+        a = G.nodes[n]
+        if a[g.KIND] != g.OPNODE or not _names_any(list(a[g.ATTRS].values()), unknown):
+            continue
+        in_shapes = [H.nodes[p][g.SHAPE] for p in g.operands(H, n)]
+        with dims.recording() as seen:
+            ops.infer(ops.REGISTRY[a[g.OP]], in_shapes, dict(a[g.ATTRS]))
+        bad = sorted(seen & unknown)
+        if bad:
+            key = next(k for k, v in a[g.ATTRS].items() if _names_any(v, {bad[0]}))
+            raise SpecError(
+                f"attribute {key!r} names the size {bad[0]!r}, which no input's shape "
+                f"declares (declared sizes: {have}); the module learns every size from "
+                "an input array",
+                node=n,
+                source=g.source_of(H),
+                line=H.graph.get("lines", {}).get(n),
+            )
+    raise SpecError(  # not reached for a spec: its sizes come from attributes
+        f"sizes {', '.join(map(repr, sorted(unknown)))} are not declared by any input "
+        f"(declared sizes: {have})",
+        source=g.source_of(H),
+    )
+
+
+def _names_any(value, symbols):
+    """Whether an attribute value (a string, or lists of them) names one of
+    ``symbols`` as a word."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if symbols.intersection(_WORD.findall(v)):
+                return True
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
