@@ -184,12 +184,6 @@ def test_layout_follows_deep_code_without_recursion():
         layout.call_lines(expr, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codegen, not the spec: templates/numpy/ops.j2 writes add_n as one "
-    "`x0 + x1 + ...` expression, which Python's compiler cannot take past ~3000 terms "
-    "(RecursionError in codegen/render.py's ast.parse, and in any import of the module)",
-)
 def test_add_n_of_5000_arguments_compiles(tmp_path):
     n = 5_000
     names = [f"x{i}" for i in range(n)]
