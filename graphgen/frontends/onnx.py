@@ -21,6 +21,16 @@ normalization (:mod:`.onnx_nn`), shapes, slicing and constants (:mod:`.onnx_tens
 
 Every unsupported op or attribute in the model is reported at once, with counts, in one
 :class:`~graphgen.errors.SpecError`: never a partial module.
+
+A model that is not valid ONNX gets one :class:`~graphgen.errors.SpecError` naming the
+file and, where there is one, the node (its name, else its first output): a file that
+is no ONNX model, a tensor read before it is made or made twice, a graph output nothing
+makes, an initializer of an element type graphgen does not read, and a node that does
+not fit its handler's :class:`~graphgen.frontends.onnx_ops.Signature` (inputs, outputs,
+attributes and their types, dtypes), checked before the handler runs.
+
+A graph output listed twice is one output of the module (its outputs are keyed by
+name): it gets one cotangent in ``vjp``.
 """
 
 from __future__ import annotations
@@ -34,10 +44,25 @@ from .. import graph as g
 from .. import ops
 from ..errors import GraphgenError, ShapeError, SpecError
 from . import onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - they fill HANDLERS
-from .onnx_ops import HANDLERS, NO_FOLD, Unsupported
+from .onnx_ops import DTYPE_KINDS, HANDLERS, NO_FOLD, SIGNATURES, Unsupported
 
 MIN_OPSET = 7
 SMALL_CONSTANT = 64  # entries; larger constants live in the weights file
+# element types of the tensors graphgen reads (initializers, constants)
+READABLE = (
+    "FLOAT",
+    "DOUBLE",
+    "FLOAT16",
+    "BOOL",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+)
 
 
 def _onnx():
@@ -51,6 +76,7 @@ def _onnx():
 
 
 def _attrs(node):
+    """A checked node's attributes: numbers, lists, ``str`` and TensorProtos."""
     onnx = _onnx()
     out = {}
     for a in node.attribute:
@@ -59,8 +85,24 @@ def _attrs(node):
             v = _shortest(v)
         elif a.type == onnx.AttributeProto.FLOATS:
             v = [_shortest(x) for x in v]
+        elif a.type == onnx.AttributeProto.STRING:
+            v = v.decode()
         out[a.name] = v
     return out
+
+
+def _enum_name(enum, value):
+    """The name of an ONNX enum value, or the number when it has none (a corrupt file)."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return f"<unknown type {value}>"
+
+
+def label(node, index):
+    """How errors name ONNX node number ``index``: its name, else its first output (node
+    names may be empty), else its position."""
+    return node.name or next((o for o in node.output if o), None) or f"#{index}"
 
 
 def _shortest(v):
@@ -102,7 +144,10 @@ class Importer:
         self.fresh_keys = g.FreshNames(self.weights, sep="_")  # keys of stored arrays
         self.softmax_of = {}  # node id of a softmax over the last axis -> its logits id
         self.unsupported = collections.defaultdict(collections.Counter)
-        self.failed = {}  # tensor name -> (op_type, reason) of the node that failed
+        # tensor name -> (op_type, reason, node label, node index, SpecError or None)
+        # of the node that failed to make it: graphgen cannot import it (no error) or
+        # it is not valid ONNX (the error); reported if the graph's outputs need it
+        self.failed = {}
         self.consumed = {i for n in self.graph.node for i in n.input} | {
             o.name for o in self.graph.output
         }
@@ -151,15 +196,57 @@ class Importer:
             raise Unsupported(f"{what} must be known at compile time")
         return v
 
+    def ints(self, name, what):
+        """A 1-D integer tensor known at compile time (a shape, axes) as a list."""
+        v = self.need_const(name, what)
+        if v.ndim != 1:
+            raise SpecError(
+                f"{what} must be a 1-D tensor, not of shape {list(v.shape)}"
+            )
+        return [int(a) for a in v]
+
+    def scalar(self, name, what):
+        """A one-value tensor known at compile time, as that value."""
+        v = self.need_const(name, what)
+        if v.size != 1:
+            raise SpecError(f"{what} must hold one value, not {v.size}")
+        return v.reshape(-1)[0]
+
+    def array(self, tensor, what):
+        """A TensorProto (an initializer, a Constant's value) as a NumPy array; a
+        SpecError naming ``what`` when graphgen does not read its element type or
+        the tensor is corrupt."""
+        onnx = self.onnx
+        kind = _enum_name(onnx.TensorProto.DataType, tensor.data_type)
+        if kind not in READABLE:
+            raise SpecError(
+                f"{what} has element type {kind}; graphgen reads float, integer and "
+                "bool tensors"
+            )
+        if any(d < 0 for d in tensor.dims):
+            raise SpecError(
+                f"{what} has a negative size in its shape {list(tensor.dims)}"
+            )
+        try:
+            arr = onnx.numpy_helper.to_array(tensor)
+        except Exception as e:  # noqa: BLE001 - numpy and onnx raise many kinds
+            raise SpecError(f"{what} cannot be read: {e}") from None
+        if arr.shape != tuple(tensor.dims):
+            raise SpecError(
+                f"{what} holds {arr.size} values, not the {list(tensor.dims)} it declares"
+            )
+        return arr
+
     def value(self, name):
         """A graph argument for tensor ``name``: a node id, or a number for a 0-d float."""
         kind, v = self.t[name]
         if kind == "node":
             return v
-        if v.dtype.kind not in "fc" and v.dtype != np.bool_:
+        if v.dtype.kind != "f":
             raise Unsupported(
-                "an integer tensor known at compile time is used as data; "
-                "only shapes and indices may be integer"
+                f"a {v.dtype} tensor known at compile time is used as data; "
+                "graphgen computes on float tensors (integers only as shapes and "
+                "indices)"
             )
         arr = np.asarray(v, dtype=np.float64)
         if arr.ndim == 0:
@@ -187,10 +274,13 @@ class Importer:
 
     # ------------------------------------------------------------------- import
     def run(self):
-        onnx = self.onnx
+        self.check_graph()
         inits = {t.name: t for t in self.graph.initializer}
         for name, t in inits.items():
-            arr = onnx.numpy_helper.to_array(t)
+            try:
+                arr = self.array(t, f"initializer {name!r}")
+            except SpecError as e:
+                raise e.located(self.source) from None
             if arr.dtype.kind == "f" and name not in self.freeze:
                 self.add_param(name, arr.shape, "weights")
                 self.weights[name] = arr
@@ -218,56 +308,163 @@ class Importer:
                 self.t[inp.name] = ("const", np.asarray(self.known[inp.name]))
                 continue
             self.add_input(inp)
-        for node in self.graph.node:
-            if any(i in self.failed for i in node.input):
+        for index, node in enumerate(self.graph.node):
+            where = label(node, index)
+            failure = None
+            if any(i in self.failed for i in node.input if i):
                 # downstream of a failure: reported only if its op is unknown too
-                unknown = node.op_type not in HANDLERS
-                for o in node.output:
-                    self.failed[o] = (
-                        (node.op_type, "no graphgen op for it") if unknown else None
+                if node.op_type not in HANDLERS:
+                    failure = (
+                        node.op_type,
+                        "no graphgen op for it",
+                        where,
+                        index,
+                        None,
                     )
-                continue
-            try:
-                self.import_node(node)
-            except Unsupported as e:
-                for o in node.output:
-                    self.failed[o] = (node.op_type, str(e))
+            else:
+                try:
+                    self.import_node(node, where)
+                    continue
+                except Unsupported as e:
+                    failure = (node.op_type, str(e), where, index, None)
+                except GraphgenError as e:  # not valid ONNX
+                    e.located(self.source, where)
+                    failure = (node.op_type, e.message, where, index, e)
+            for o in node.output:
+                if o:
+                    self.failed[o] = failure
         self._report_needed_failures()
         outputs = []
-        for o in self.graph.output:
-            if o.name not in self.t:
+        for name in dict.fromkeys(o.name for o in self.graph.output):
+            if name not in self.t:
                 continue  # its producer is reported as unsupported
-            outputs.append(self.output(o.name))
+            try:
+                outputs.append(self.output(name))
+            except Unsupported as e:
+                raise SpecError(
+                    f"graph output {name!r}: {e}", source=self.source
+                ) from None
         if self.unsupported:
-            lines = []
-            total = 0
-            for op_type in sorted(self.unsupported):
-                for why, count in sorted(self.unsupported[op_type].items()):
-                    total += count
-                    lines.append(f"  {op_type} ×{count}: {why}")
-            raise SpecError(
-                f"the model uses {total} node(s) graphgen cannot import:\n"
-                + "\n".join(lines),
-                source=self.source,
-            )
+            self._raise_unsupported()
+        if not self.nodes:  # only inputs and params: a spec needs a node, so views
+            outputs = [
+                self.emit("reshape", [v], v, shape=list(self.shape[v])) for v in outputs
+            ]
         return outputs
 
+    def _raise_unsupported(self):
+        """One error for the failed nodes the outputs need: the first that is not valid
+        ONNX; else the node graphgen cannot import when it is the only one; else the
+        count and first node of each op type and reason."""
+        invalid = [f for fs in self.unsupported.values() for f in fs.values()]
+        invalid = [f for nodes in invalid for f in nodes if f[4] is not None]
+        if invalid:
+            raise min(invalid, key=lambda f: f[3])[4]
+        found = [
+            (op_type, why, [f[2] for f in nodes])
+            for op_type in sorted(self.unsupported)
+            for why, nodes in sorted(self.unsupported[op_type].items())
+        ]
+        if len(found) == 1 and len(found[0][2]) == 1:
+            op_type, why, nodes = found[0]
+            raise SpecError(f"{op_type}: {why}", node=nodes[0], source=self.source)
+        lines = []
+        total = 0
+        for op_type, why, nodes in found:
+            total += len(nodes)
+            more = ", ..." if len(nodes) > 1 else ""
+            lines.append(f"  {op_type} ×{len(nodes)}: {why} (node {nodes[0]!r}{more})")
+        raise SpecError(
+            f"the model uses {total} node(s) graphgen cannot import:\n"
+            + "\n".join(lines),
+            source=self.source,
+        )
+
     def _report_needed_failures(self):
-        """Count the failed nodes the graph's outputs depend on (dead ones do not matter)."""
+        """Collect the failed nodes the graph's outputs depend on (dead ones do not
+        matter), by op type and reason."""
         producer = {o: n for n in self.graph.node for o in n.output if o}
         seen, counted = set(), set()
-        stack = [o.name for o in self.graph.output]
+        stack = [o.name for o in reversed(self.graph.output)]
         while stack:
             t = stack.pop()
             node = producer.get(t)
             if t in seen or node is None:
                 continue
             seen.add(t)
-            why = self.failed.get(node.output[0])
+            why = next((self.failed[o] for o in node.output if o in self.failed), None)
             if why is not None and id(node) not in counted:
                 counted.add(id(node))
-                self.unsupported[why[0]][why[1]] += 1
-            stack.extend(i for i in node.input if i)
+                self.unsupported[why[0]].setdefault(why[1], []).append(why)
+            stack.extend(i for i in reversed(node.input) if i)
+
+    def check_graph(self):
+        """The model is an ONNX graph: each tensor made once, before it is read, and
+        every graph output made. A SpecError naming the tensor (and node) otherwise."""
+        made = {}  # tensor name -> what made it
+        for what, names in (
+            ("a graph input", [i.name for i in self.graph.input]),
+            ("an initializer", [t.name for t in self.graph.initializer]),
+        ):
+            for name in names:
+                if not name:
+                    raise SpecError(f"{what} has no name", source=self.source)
+                if made.get(name) == what:
+                    raise SpecError(
+                        f"{what[what.index(' ') + 1 :]} {name!r} is listed twice",
+                        source=self.source,
+                    )
+                made[name] = what
+        for t in self.graph.sparse_initializer:
+            raise SpecError(
+                f"initializer {t.values.name!r} is sparse; graphgen reads dense "
+                "initializers only",
+                source=self.source,
+            )
+        later = {o: i for i, n in enumerate(self.graph.node) for o in n.output if o}
+        for index, node in enumerate(self.graph.node):
+            where = label(node, index)
+            for i in node.input:
+                if not i or i in made:
+                    continue
+                if i in later:
+                    why = (
+                        "is made by this node"
+                        if later[i] == index
+                        else (
+                            "is made by a later node (ONNX nodes come in topological order)"
+                        )
+                    )
+                else:
+                    why = "is not a graph input, an initializer or a node's output"
+                raise SpecError(
+                    f"{node.op_type}'s input {i!r} {why}",
+                    node=where,
+                    source=self.source,
+                )
+            for o in node.output:
+                if not o:
+                    continue
+                if o in made:
+                    raise SpecError(
+                        f"{node.op_type}'s output {o!r} is already {made[o]} (each "
+                        "tensor is made once)",
+                        node=where,
+                        source=self.source,
+                    )
+                made[o] = f"the output of node {where!r}"
+        if not self.graph.output:
+            raise SpecError(
+                "the graph lists no outputs: the module would compute nothing",
+                source=self.source,
+            )
+        for o in self.graph.output:
+            if o.name not in made:
+                raise SpecError(
+                    f"graph output {o.name!r} is not a graph input, an initializer or "
+                    "a node's output",
+                    source=self.source,
+                )
 
     def add_param(self, name, shape, init):
         self.used_ids.add(name)
@@ -276,6 +473,12 @@ class Importer:
         self.set(name, name)
 
     def add_input(self, inp):
+        if inp.type.WhichOneof("value") != "tensor_type":
+            kind = inp.type.WhichOneof("value") or "no type"
+            raise SpecError(
+                f"input {inp.name!r} is of {kind.replace('_', ' ')}; expected a tensor",
+                source=self.source,
+            )
         tt = inp.type.tensor_type
         elem = tt.elem_type
         if elem == self.onnx.TensorProto.INT64 or elem == self.onnx.TensorProto.INT32:
@@ -289,7 +492,8 @@ class Importer:
         else:
             raise SpecError(
                 f"input {inp.name!r} has element type "
-                f"{self.onnx.TensorProto.DataType.Name(elem)}; expected a float or int64",
+                f"{_enum_name(self.onnx.TensorProto.DataType, elem)}; expected a float "
+                "or int64",
                 source=self.source,
             )
         if not tt.HasField("shape"):
@@ -300,6 +504,12 @@ class Importer:
         shape = []
         for i, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
+                if d.dim_value < 0:
+                    raise SpecError(
+                        f"input {inp.name!r} has a negative size {d.dim_value} in axis "
+                        f"{i}",
+                        source=self.source,
+                    )
                 shape.append(int(d.dim_value))
             elif d.dim_param and d.dim_param.isidentifier():
                 shape.append(d.dim_param)
@@ -320,36 +530,170 @@ class Importer:
             v = self.value(name)
             if isinstance(v, float):
                 v = self.constant(np.asarray(v), name)
-        if v != name or v in self.inputs or v in self.params:
-            # an alias (Identity, Dropout) or an input: a named view of the value
+        if v != name:  # an alias (Identity, Dropout): a named view of the value
             v = self.emit("reshape", [v], name, shape=list(self.shape[v]))
-        return v
+        return v  # an op node, input or param of that name
 
-    def import_node(self, node):
-        for i in node.input:
-            if i and i not in self.t:
-                raise Unsupported(f"input {i!r} is not produced by a supported node")
+    def import_node(self, node, where):
         if node.domain not in ("", "ai.onnx"):
             raise Unsupported(f"domain {node.domain!r} is not supported")
         handler = HANDLERS.get(node.op_type)
         if handler is None:
             raise Unsupported("no graphgen op for it")
-        ins = list(node.input)
-        while ins and not ins[-1]:
-            ins.pop()
+        sig = SIGNATURES[node.op_type]
+        ins = self.check(node, sig)
+        for i in ins:
+            if i and i not in self.t:
+                raise Unsupported(f"input {i!r} is not produced by a supported node")
         consts = [i for i in ins if i]
         if (
             consts
             and all(self.const(i) is not None for i in consts)
             and node.op_type not in NO_FOLD
         ):
+            self.check_fold_types(node, ins)
             return self.fold(node)
+        self.check_dtypes(node, sig, ins)
         attrs = _attrs(node)
         result = handler(self, node, ins, attrs)
         outs = result if isinstance(result, list) else [result]
         for name, nid in zip(node.output, outs):
-            if name and nid is not None:
+            if not name or nid is None:
+                continue
+            if isinstance(nid, float):  # a number passed through (Identity of a scalar)
+                self.t[name] = ("const", np.asarray(nid))
+            else:
                 self.set(name, nid)
+
+    def check(self, node, sig):
+        """Node ``node`` fits its handler's signature ``sig`` and is an op of the model's
+        opset: its inputs and outputs, attributes and their types. Returns its input
+        names, trailing empty ones dropped. A SpecError saying what was expected
+        otherwise (the caller adds the node)."""
+        op = node.op_type
+        schema = self.schema(op)
+        ins = list(node.input)
+        while ins and not ins[-1]:
+            ins.pop()
+        for what, given, (lo, hi) in (
+            ("input", list(node.input), sig.inputs_for(self.opset)),
+            ("output", list(node.output), sig.outputs_for(self.opset)),
+        ):
+            n = len(ins) if what == "input" else len(given)  # omitted trailing inputs
+            if n < lo or (hi is not None and len(given) > hi):
+                want = f"{lo} or more" if hi is None else f"{lo} to {hi}"
+                want = f"{lo}" if lo == hi else want
+                raise SpecError(
+                    f"{op} takes {want} {what}{'' if want == '1' else 's'} in opset "
+                    f"{self.opset}; this node has {len(given)}"
+                )
+            if what == "input":
+                empty = [
+                    k for k, i in enumerate(ins) if not i and (k < lo or hi is None)
+                ]
+                if empty:
+                    raise SpecError(
+                        f"{op}'s input {empty[0]} is empty; it is not optional"
+                    )
+        seen = set()
+        for a in node.attribute:
+            declared = sig.attribute_type(a.name)
+            if declared is None or a.name not in schema.attributes:
+                known = sorted(k for k in sig.attrs if k in schema.attributes)
+                raise SpecError(
+                    f"{op} has no attribute {a.name!r} in opset {self.opset} (it takes: "
+                    f"{', '.join(known) or 'none'})"
+                )
+            if a.name in seen:
+                raise SpecError(f"{op}'s attribute {a.name!r} is given twice")
+            seen.add(a.name)
+            kind, words = declared
+            have = _enum_name(self.onnx.AttributeProto.AttributeType, a.type)
+            if a.ref_attr_name:
+                raise SpecError(
+                    f"{op}'s attribute {a.name!r} refers to a function's attribute "
+                    f"{a.ref_attr_name!r}, outside a function"
+                )
+            if have != kind:
+                raise SpecError(
+                    f"{op}'s attribute {a.name!r} must be {words} ({kind}), not {have}"
+                )
+            if sig.attrs[a.name] == "bool" and a.i not in (0, 1):
+                raise SpecError(
+                    f"{op}'s attribute {a.name!r} must be 0 or 1, not {a.i}"
+                )
+            if kind == "STRING":
+                try:
+                    a.s.decode()
+                except UnicodeDecodeError:
+                    raise SpecError(
+                        f"{op}'s attribute {a.name!r} is not UTF-8 text"
+                    ) from None
+        for name in sig.required_for(self.opset):
+            if name not in seen:
+                raise SpecError(
+                    f"{op} needs attribute {name!r} ({sig.attribute_type(name)[1]})"
+                )
+        return ins
+
+    def schema(self, op):
+        """ONNX's schema of ``op`` in the model's opset; a SpecError if it has none."""
+        onnx = self.onnx
+        try:
+            return onnx.defs.get_schema(op, self.opset, "")
+        except onnx.defs.SchemaError:
+            raise SpecError(f"{op} is not an op of ONNX opset {self.opset}") from None
+
+    def check_fold_types(self, node, ins):
+        """The known inputs of a node about to be folded have types its ONNX schema
+        allows (ONNX's reference evaluator would compute on others)."""
+        onnx = self.onnx
+        schema = self.schema(node.op_type)
+        allowed = {
+            c.type_param_str: c.allowed_type_strs for c in schema.type_constraints
+        }
+        formals = list(schema.inputs)
+        bound = {}
+        for k, name in enumerate(ins):
+            if not name or not formals:
+                continue
+            v = self.const(name)
+            try:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(v.dtype)
+            except (KeyError, TypeError, ValueError):
+                elem = None
+            have = f"tensor({_enum_name(onnx.TensorProto.DataType, elem).lower()})"
+            param = formals[min(k, len(formals) - 1)].type_str
+            if elem is None or have not in allowed.get(param, [param]):
+                raise SpecError(
+                    f"{node.op_type}'s input {k} ({name!r}) is a {v.dtype} tensor, "
+                    f"which {node.op_type} does not take"
+                )
+            if bound.setdefault(param, have) != have:
+                raise SpecError(
+                    f"{node.op_type}'s inputs of type {param} differ: {bound[param]} "
+                    f"and {have} ({name!r})"
+                )
+
+    def check_dtypes(self, node, sig, ins):
+        """Each input of an imported node has the dtype its handler declares (float
+        data, integer indices...): a SpecError naming the input otherwise."""
+        for k, name in enumerate(ins):
+            if not name:
+                continue
+            want = sig.dtype(k)
+            kind, v = self.t[name]
+            if kind == "node":
+                have = "i" if v in self.is_int else "f"
+                words = "int64" if have == "i" else "float"
+            else:
+                have = {"f": "f", "i": "i", "u": "i", "b": "b"}.get(v.dtype.kind, "?")
+                words = str(v.dtype)
+            if want != "*" and have != want:
+                raise SpecError(
+                    f"{node.op_type}'s input {k} ({name!r}) is {words}; it must be "
+                    f"{DTYPE_KINDS[want]}"
+                )
 
     def fold(self, node):
         """Evaluate a node whose inputs are all known, with ONNX's reference evaluator."""
@@ -382,6 +726,84 @@ def _ident(name):
     return out if out and not out[0].isdigit() else f"t_{out}"
 
 
+def read(path):
+    """The ``ModelProto`` in file ``path`` (with its external data); a SpecError naming
+    the file when it cannot be read or holds no ONNX model."""
+    onnx = _onnx()
+    source = os.fspath(path)
+    if os.path.isdir(source):
+        raise SpecError("cannot read ONNX model: it is a directory", source=source)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SpecError(
+            f"cannot read ONNX model: {e.strerror or e}", source=source
+        ) from None
+    model = _parse(data, source)
+    if any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    ):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(
+                model, os.path.dirname(os.path.abspath(source))
+            )
+        except Exception as e:  # noqa: BLE001 - files, paths, protobuf
+            raise SpecError(
+                f"cannot read the external data of ONNX model: {e}", source=source
+            ) from None
+    return model
+
+
+def _parse(data, source):
+    """Bytes -> a ``ModelProto`` that has a graph; a SpecError naming ``source``."""
+    onnx = _onnx()
+    if not data:
+        raise SpecError("cannot read ONNX model: the file is empty", source=source)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises many kinds
+        raise SpecError(
+            f"cannot read ONNX model: it is not an ONNX protobuf ({e})", source=source
+        ) from None
+    if not model.HasField("graph") or not model.opset_import:
+        missing = "graph" if not model.HasField("graph") else "opset_import"
+        raise SpecError(
+            f"cannot read ONNX model: it parses, but has no {missing}", source=source
+        )
+    where = _not_text(model)
+    if where:
+        raise SpecError(
+            f"cannot read ONNX model: its {where} is not UTF-8 text", source=source
+        )
+    return model
+
+
+def _not_text(model):
+    """The path of the first string field of ``model`` that is not valid UTF-8 (protobuf
+    hands those over as bytes), or None."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    string, message = FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE
+    stack = [(model, "model")]
+    while stack:
+        msg, path = stack.pop()
+        for field, value in msg.ListFields():
+            if field.type not in (string, message):
+                continue
+            many = getattr(field, "is_repeated", None)
+            if many is None:  # protobuf < 5
+                many = field.label == FieldDescriptor.LABEL_REPEATED
+            values = list(value) if many else [value]
+            for k, v in enumerate(values):
+                at = f"{path}.{field.name}" + (f"[{k}]" if many else "")
+                if field.type == message:
+                    stack.append((v, at))
+                elif not isinstance(v, str):
+                    return at
+    return None
+
+
 def to_spec(
     model,
     *,
@@ -407,12 +829,9 @@ def to_spec(
     onnx = _onnx()
     if isinstance(model, (str, os.PathLike)):
         source = os.fspath(model)
-        try:
-            model = onnx.load(source)
-        except Exception as e:  # noqa: BLE001 - protobuf raises many kinds
-            raise SpecError(f"cannot read ONNX model: {e}", source=source) from None
+        model = read(source)
     elif isinstance(model, bytes):
-        model = onnx.load_from_string(model)
+        model = _parse(model, source)
     imp = Importer(model, source, freeze=freeze, constants=constants)
     outputs = imp.run()
     first_type = next(

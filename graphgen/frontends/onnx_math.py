@@ -26,23 +26,29 @@ op_Softplus = handles("Softplus")(_unary("softplus"))
 op_Erf = handles("Erf")(_unary("erf"))
 
 
-@handles("Identity")
+@handles("Identity", dtypes="*")
 def op_Identity(imp, node, ins, attrs):
     return imp.value(ins[0])
 
 
-@handles("Dropout")
+@handles(
+    "Dropout",
+    inputs={7: (1, 1), 12: (1, 3)},
+    outputs=(1, 2),
+    attrs={"ratio": float, "seed": int},
+    dtypes="ffb",
+)
 def op_Dropout(imp, node, ins, attrs):
     if len(node.output) > 1 and imp.used(node.output[1]):
         raise Unsupported("its mask output is used (only inference is supported)")
     if len(ins) > 2 and ins[2]:
         training = imp.const(ins[2])
-        if training is None or bool(training):
+        if training is None or bool(imp.scalar(ins[2], "training_mode")):
             raise Unsupported("training_mode must be a constant false")
     return imp.value(ins[0])
 
 
-@handles("LeakyRelu")
+@handles("LeakyRelu", attrs={"alpha": float})
 def op_LeakyRelu(imp, node, ins, attrs):
     return imp.emit(
         "leaky_relu",
@@ -52,7 +58,7 @@ def op_LeakyRelu(imp, node, ins, attrs):
     )
 
 
-@handles("Gelu")
+@handles("Gelu", attrs={"approximate": str})
 def op_Gelu(imp, node, ins, attrs):
     approximate = as_str(attrs.get("approximate", "none"))
     return imp.emit(
@@ -67,8 +73,6 @@ def op_Reciprocal(imp, node, ins, attrs):
 
 def _binary(graphgen_op):
     def handler(imp, node, ins, attrs):
-        if attrs.get("broadcast") == 1 and "axis" in attrs and imp.opset < 7:
-            raise Unsupported("legacy broadcast with axis")
         a, b = imp.value(ins[0]), imp.value(ins[1])
         if isinstance(a, float) and isinstance(b, float):
             raise Unsupported("both arguments are numbers")
@@ -77,14 +81,14 @@ def _binary(graphgen_op):
     return handler
 
 
-op_Add = handles("Add")(_binary("add"))
-op_Sub = handles("Sub")(_binary("sub"))
-op_Mul = handles("Mul")(_binary("mul"))
-op_Div = handles("Div")(_binary("div"))
-op_Pow = handles("Pow")(_binary("pow"))
+op_Add = handles("Add", inputs=(2, 2))(_binary("add"))
+op_Sub = handles("Sub", inputs=(2, 2))(_binary("sub"))
+op_Mul = handles("Mul", inputs=(2, 2))(_binary("mul"))
+op_Div = handles("Div", inputs=(2, 2))(_binary("div"))
+op_Pow = handles("Pow", inputs=(2, 2))(_binary("pow"))
 
 
-@handles("Sum")
+@handles("Sum", inputs=(1, None))
 def op_Sum(imp, node, ins, attrs):
     args = [imp.value(i) for i in ins]
     if len(args) == 1:
@@ -92,7 +96,7 @@ def op_Sum(imp, node, ins, attrs):
     return imp.emit("add_n", args, node.output[0])
 
 
-@handles("Mean")
+@handles("Mean", inputs=(1, None))
 def op_Mean(imp, node, ins, attrs):
     args = [imp.value(i) for i in ins]
     if len(args) == 1:
@@ -115,25 +119,34 @@ def _chain(graphgen_op):
     return handler
 
 
-op_Max = handles("Max")(_chain("maximum"))
-op_Min = handles("Min")(_chain("minimum"))
+op_Max = handles("Max", inputs=(1, None))(_chain("maximum"))
+op_Min = handles("Min", inputs=(1, None))(_chain("minimum"))
 
 
-@handles("Clip")
+@handles(
+    "Clip",
+    inputs={7: (1, 1), 11: (1, 3)},
+    attrs={"min": float, "max": float},
+    dtypes="fff",
+)
 def op_Clip(imp, node, ins, attrs):
     lo, hi = attrs.get("min"), attrs.get("max")
     if imp.opset >= 11:
-        lo = float(imp.need_const(ins[1], "min")) if len(ins) > 1 and ins[1] else None
-        hi = float(imp.need_const(ins[2], "max")) if len(ins) > 2 and ins[2] else None
+        lo = float(imp.scalar(ins[1], "min")) if len(ins) > 1 and ins[1] else None
+        hi = float(imp.scalar(ins[2], "max")) if len(ins) > 2 and ins[2] else None
     return imp.emit("clip", [imp.value(ins[0])], node.output[0], min=lo, max=hi)
 
 
-@handles("MatMul")
+@handles("MatMul", inputs=(2, 2))
 def op_MatMul(imp, node, ins, attrs):
     return imp.emit("matmul", [imp.value(ins[0]), imp.value(ins[1])], node.output[0])
 
 
-@handles("Gemm")
+@handles(
+    "Gemm",
+    inputs={7: (3, 3), 11: (2, 3)},
+    attrs={"alpha": float, "beta": float, "transA": bool, "transB": bool},
+)
 def op_Gemm(imp, node, ins, attrs):
     out = node.output[0]
     a, b = imp.value(ins[0]), imp.value(ins[1])
@@ -156,6 +169,15 @@ def op_Gemm(imp, node, ins, attrs):
     return y
 
 
+def _reduce_signature(since):
+    """What ReduceX takes: ``axes`` an attribute before opset ``since``, an input from it."""
+    return {
+        "inputs": {7: (1, 1), since: (1, 2)},
+        "attrs": {"axes": [int], "keepdims": bool, "noop_with_empty_axes": bool},
+        "dtypes": "fi",
+    }
+
+
 def _reduce(graphgen_op, since):
     def handler(imp, node, ins, attrs):
         x = imp.value(ins[0])
@@ -170,11 +192,13 @@ def _reduce(graphgen_op, since):
     return handler
 
 
-op_ReduceMean = handles("ReduceMean")(_reduce("mean", 18))
-op_ReduceLogSumExp = handles("ReduceLogSumExp")(_reduce("logsumexp", 18))
+op_ReduceMean = handles("ReduceMean", **_reduce_signature(18))(_reduce("mean", 18))
+op_ReduceLogSumExp = handles("ReduceLogSumExp", **_reduce_signature(18))(
+    _reduce("logsumexp", 18)
+)
 
 
-@handles("ReduceSumSquare")
+@handles("ReduceSumSquare", **_reduce_signature(18))
 def op_ReduceSumSquare(imp, node, ins, attrs):
     x = imp.value(ins[0])
     sq = imp.emit("square", [x], f"{node.output[0]}/square")
@@ -185,5 +209,5 @@ def op_ReduceSumSquare(imp, node, ins, attrs):
     return imp.emit("sum", [sq], node.output[0], axis=axes or None, keepdims=keepdims)
 
 
-op_ReduceSum = handles("ReduceSum")(_reduce("sum", 13))
-op_ReduceMax = handles("ReduceMax")(_reduce("max", 18))
+op_ReduceSum = handles("ReduceSum", **_reduce_signature(13))(_reduce("sum", 13))
+op_ReduceMax = handles("ReduceMax", **_reduce_signature(18))(_reduce("max", 18))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import dims
-from .onnx_ops import Unsupported, as_str, handles
+from .onnx_ops import Unsupported, as_str, axis, handles
 
 
 def _spatial_attrs(attrs, names):
@@ -20,7 +20,19 @@ def _spatial_attrs(attrs, names):
     return out
 
 
-@handles("Conv")
+@handles(
+    "Conv",
+    inputs=(2, 3),
+    attrs={
+        "auto_pad": str,
+        "dilations": [int],
+        "group": int,
+        "kernel_shape": [int],
+        "pads": [int],
+        "strides": [int],
+    },
+    dtypes="fff",
+)
 def op_Conv(imp, node, ins, attrs):
     out = node.output[0]
     at = _spatial_attrs(
@@ -44,7 +56,20 @@ def op_Conv(imp, node, ins, attrs):
     return y
 
 
-@handles("MaxPool")
+@handles(
+    "MaxPool",
+    outputs={7: (1, 1), 8: (1, 2)},
+    attrs={
+        "auto_pad": str,
+        "ceil_mode": bool,
+        "dilations": [int],
+        "kernel_shape": [int],
+        "pads": [int],
+        "storage_order": bool,
+        "strides": [int],
+    },
+    required=("kernel_shape",),
+)
 def op_MaxPool(imp, node, ins, attrs):
     if len(node.output) > 1 and imp.used(node.output[1]):
         raise Unsupported("its Indices output is used")
@@ -55,7 +80,19 @@ def op_MaxPool(imp, node, ins, attrs):
     return imp.emit("max_pool", [imp.value(ins[0])], node.output[0], **at)
 
 
-@handles("AveragePool")
+@handles(
+    "AveragePool",
+    attrs={
+        "auto_pad": str,
+        "ceil_mode": bool,
+        "count_include_pad": bool,
+        "dilations": [int],
+        "kernel_shape": [int],
+        "pads": [int],
+        "strides": [int],
+    },
+    required=("kernel_shape",),
+)
 def op_AveragePool(imp, node, ins, attrs):
     at = _spatial_attrs(
         attrs,
@@ -85,15 +122,19 @@ op_GlobalAveragePool = handles("GlobalAveragePool")(_global("mean"))
 op_GlobalMaxPool = handles("GlobalMaxPool")(_global("max"))
 
 
-@handles("BatchNormalization")
+@handles(
+    "BatchNormalization",
+    inputs=(5, 5),
+    outputs={7: (1, 5), 14: (1, 3)},
+    attrs={"epsilon": float, "momentum": float, "spatial": bool, "training_mode": bool},
+    dtypes="fffff",
+)
 def op_BatchNormalization(imp, node, ins, attrs):
     out = node.output[0]
     eps = float(attrs.get("epsilon", 1e-5))
     if attrs.get("spatial", 1) != 1:
         raise Unsupported("spatial=0")
     training = bool(attrs.get("training_mode", 0)) if imp.opset >= 14 else False
-    if imp.opset < 7 and not attrs.get("is_test", 0):
-        training = True
     extra = [o for o in node.output[1:] if imp.used(o)]
     if not training:
         if extra:
@@ -141,24 +182,30 @@ def op_BatchNormalization(imp, node, ins, attrs):
     return results
 
 
-@handles("LayerNormalization")
+@handles(
+    "LayerNormalization",
+    inputs=(2, 3),
+    outputs=(1, 3),
+    attrs={"axis": int, "epsilon": float, "stash_type": int},
+    dtypes="fff",
+)
 def op_LayerNormalization(imp, node, ins, attrs):
     x = imp.value(ins[0])
     bias = imp.value(ins[2]) if len(ins) > 2 and ins[2] else 0.0
-    axis = int(attrs.get("axis", -1))
+    at = int(attrs.get("axis", -1))
     eps = float(attrs.get("epsilon", 1e-5))
     y = imp.emit(
         "layer_norm",
         [x, imp.value(ins[1]), bias],
         node.output[0],
-        axis=axis,
+        axis=at,
         epsilon=eps,
     )
     results = [y]
     extra = [o if imp.used(o) else "" for o in node.output[1:]]
     if any(extra):  # Mean and InvStdDev over the normalized axes, kept as size 1
         nd = len(imp.shape[x])
-        axes = list(range(axis % nd, nd))
+        axes = list(range(axis(at, nd), nd))
         out = node.output[0]
         mean = imp.emit(
             "mean", [x], extra[0] or f"{out}/mean", axis=axes, keepdims=True
@@ -180,7 +227,11 @@ def op_LayerNormalization(imp, node, ins, attrs):
     return results
 
 
-@handles("LRN")
+@handles(
+    "LRN",
+    attrs={"alpha": float, "beta": float, "bias": float, "size": int},
+    required=("size",),
+)
 def op_LRN(imp, node, ins, attrs):
     return imp.emit(
         "lrn",
@@ -202,25 +253,26 @@ def _softmax(graphgen_op, probabilities=False):
         x = imp.value(ins[0])
         shape = imp.shape[x]
         nd = len(shape)
-        axis = int(attrs.get("axis", 1 if imp.opset < 13 else -1))
-        axis = axis + nd if axis < 0 else axis
-        if imp.opset >= 13 or axis == nd - 1:
-            y = imp.emit(graphgen_op, [x], out, axis=axis)
+        at = axis(attrs.get("axis", 1 if imp.opset < 13 else -1), nd)
+        if imp.opset >= 13 or at == nd - 1:
+            y = imp.emit(graphgen_op, [x], out, axis=at)
         else:  # opsets < 13: softmax of the input coerced to 2-D at axis
             flat = imp.emit(
                 "reshape",
                 [x],
                 f"{out}/2d",
-                shape=[dims.prod(shape[:axis]), dims.prod(shape[axis:])],
+                shape=[dims.prod(shape[:at]), dims.prod(shape[at:])],
             )
             s = imp.emit(graphgen_op, [flat], f"{out}/softmax2d", axis=1)
             y = imp.emit("reshape", [s], out, shape=list(shape))
-        if probabilities and nd == 2 and axis == nd - 1:
+        if probabilities and nd == 2 and at == nd - 1:
             imp.softmax_of[y] = x
         return y
 
     return handler
 
 
-op_Softmax = handles("Softmax")(_softmax("softmax", probabilities=True))
-op_LogSoftmax = handles("LogSoftmax")(_softmax("log_softmax"))
+op_Softmax = handles("Softmax", attrs={"axis": int})(
+    _softmax("softmax", probabilities=True)
+)
+op_LogSoftmax = handles("LogSoftmax", attrs={"axis": int})(_softmax("log_softmax"))

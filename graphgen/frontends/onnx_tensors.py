@@ -5,10 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dims
-from .onnx_ops import Unsupported, as_str, handles, node_axes
+from ..errors import SpecError
+from .onnx_ops import (
+    SPARSE_TENSOR,
+    TENSOR,
+    Unsupported,
+    as_str,
+    axis,
+    handles,
+    node_axes,
+)
+
+LARGEST_FOLD = 1 << 24  # entries of an integer tensor made at compile time
 
 
-@handles("Concat")
+@handles("Concat", inputs=(1, None), attrs={"axis": int}, required=("axis",))
 def op_Concat(imp, node, ins, attrs):
     args = [imp.value(i) for i in ins]
     if len(args) == 1:
@@ -16,30 +27,39 @@ def op_Concat(imp, node, ins, attrs):
     return imp.emit("concat", args, node.output[0], axis=int(attrs["axis"]))
 
 
-@handles("Split")
+@handles(
+    "Split",
+    inputs={7: (1, 1), 13: (1, 2)},
+    outputs=(1, None),
+    attrs={"axis": int, "num_outputs": int, "split": [int]},
+    dtypes="fi",
+)
 def op_Split(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
-    axis = int(attrs.get("axis", 0))
-    axis = axis + len(shape) if axis < 0 else axis
-    size = shape[axis]
+    at = axis(attrs.get("axis", 0), len(shape))
+    size = shape[at]
     if not isinstance(size, int):
         raise Unsupported("splitting a symbolic axis")
     outs = [o for o in node.output]
     if imp.opset >= 13 and len(ins) > 1 and ins[1]:
-        split = [int(s) for s in imp.need_const(ins[1], "split")]
+        split = imp.ints(ins[1], "split")
     elif "split" in attrs:
         split = [int(s) for s in attrs["split"]]
     else:
+        if imp.opset >= 18 and "num_outputs" not in attrs:
+            raise SpecError("from opset 18 on, Split needs input split or num_outputs")
         n = int(attrs.get("num_outputs", len(outs)))
+        if n != len(outs):
+            raise SpecError(f"num_outputs is {n}, but the node has {len(outs)} outputs")
         step = -(-size // n)
         split = [min(step, size - k * step) for k in range(n)]
-    if sum(split) != size or len(split) != len(outs):
+    if sum(split) != size or len(split) != len(outs) or min(split) < 0:
         raise Unsupported(f"split {split} does not fit size {size}")
     results, start = [], 0
     for name, s in zip(outs, split):
         results.append(
-            imp.emit("slice", [x], name or None, axis=axis, start=start, stop=start + s)
+            imp.emit("slice", [x], name or None, axis=at, start=start, stop=start + s)
             if name
             else None
         )
@@ -51,37 +71,40 @@ def _reshape_to(imp, x, shape, out):
     return imp.emit("reshape", [x], out, shape=list(shape))
 
 
-@handles("Reshape")
+@handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="fi")
 def op_Reshape(imp, node, ins, attrs):
     x = imp.value(ins[0])
-    target = (
-        list(attrs["shape"])
-        if imp.opset < 5
-        else [int(s) for s in imp.need_const(ins[1], "shape")]
-    )
+    target = imp.ints(ins[1], "shape")
     have = imp.shape[x]
     allowzero = attrs.get("allowzero", 0)
     shape = []
     for i, s in enumerate(target):
         if s == 0 and not allowzero:
+            if i >= len(have):
+                raise SpecError(
+                    f"shape {target} copies size {i} (a 0) of a tensor of rank "
+                    f"{len(have)}"
+                )
             shape.append(have[i])
         else:
             shape.append(int(s))
     return _reshape_to(imp, x, shape, node.output[0])
 
 
-@handles("Flatten")
+@handles("Flatten", attrs={"axis": int})
 def op_Flatten(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
-    axis = int(attrs.get("axis", 1))
-    axis = axis + len(shape) if axis < 0 else axis
+    at = int(attrs.get("axis", 1))
+    if not -len(shape) <= at <= len(shape):  # axis = rank is allowed
+        raise SpecError(f"axis {at} is out of range for a tensor of rank {len(shape)}")
+    at = at + len(shape) if at < 0 else at
     return _reshape_to(
-        imp, x, [dims.prod(shape[:axis]), dims.prod(shape[axis:])], node.output[0]
+        imp, x, [dims.prod(shape[:at]), dims.prod(shape[at:])], node.output[0]
     )
 
 
-@handles("Transpose")
+@handles("Transpose", attrs={"perm": [int]})
 def op_Transpose(imp, node, ins, attrs):
     x = imp.value(ins[0])
     perm = attrs.get("perm")
@@ -89,14 +112,14 @@ def op_Transpose(imp, node, ins, attrs):
     return imp.emit("transpose", [x], node.output[0], **at)
 
 
-@handles("Squeeze")
+@handles("Squeeze", inputs={7: (1, 1), 13: (1, 2)}, attrs={"axes": [int]}, dtypes="fi")
 def op_Squeeze(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
     axes = node_axes(imp, ins, attrs, 13)
     if axes is None:
         axes = [i for i, d in enumerate(shape) if d == 1]
-    axes = {a + len(shape) if a < 0 else a for a in axes}
+    axes = {axis(a, len(shape), "axes entry") for a in axes}
     if any(shape[a] != 1 for a in axes):
         raise Unsupported(f"squeezing an axis of size other than 1 ({shape})")
     return _reshape_to(
@@ -104,7 +127,13 @@ def op_Squeeze(imp, node, ins, attrs):
     )
 
 
-@handles("Unsqueeze")
+@handles(
+    "Unsqueeze",
+    inputs={7: (1, 1), 13: (2, 2)},
+    attrs={"axes": [int]},
+    required={"axes": range(7, 13)},
+    dtypes="fi",
+)
 def op_Unsqueeze(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = list(imp.shape[x])
@@ -112,13 +141,21 @@ def op_Unsqueeze(imp, node, ins, attrs):
     if axes is None:
         raise Unsupported("Unsqueeze without axes")
     nd = len(shape) + len(axes)
-    axes = sorted(a + nd if a < 0 else a for a in axes)
+    axes = sorted(axis(a, nd, "axes entry") for a in axes)
+    if len(set(axes)) != len(axes):
+        raise SpecError(f"axes {axes} repeat an axis")
     for a in axes:
         shape.insert(a, 1)
     return _reshape_to(imp, x, shape, node.output[0])
 
 
-@handles("Pad")
+@handles(
+    "Pad",
+    inputs={7: (1, 1), 11: (2, 3), 18: (2, 4)},
+    attrs={"mode": str, "pads": [int], "value": float},
+    required={"pads": range(7, 11)},
+    dtypes="fifi",
+)
 def op_Pad(imp, node, ins, attrs):
     mode = as_str(attrs.get("mode", "constant"))
     if mode != "constant":
@@ -129,27 +166,50 @@ def op_Pad(imp, node, ins, attrs):
         pads = [int(p) for p in attrs["pads"]]
         value = float(attrs.get("value", 0.0))
     else:
-        pads = [int(p) for p in imp.need_const(ins[1], "pads")]
+        pads = imp.ints(ins[1], "pads")
         value = (
-            float(imp.need_const(ins[2], "constant_value"))
+            float(imp.scalar(ins[2], "constant_value"))
             if len(ins) > 2 and ins[2]
             else 0.0
         )
         if len(ins) > 3 and ins[3]:
-            axes = [int(a) % nd for a in imp.need_const(ins[3], "axes")]
-            full = [0] * (2 * nd)
+            axes = [axis(a, nd, "axes entry") for a in imp.ints(ins[3], "axes")]
             k = len(axes)
+            if len(pads) != 2 * k or len(set(axes)) != k:
+                raise SpecError(
+                    f"pads {pads} do not fit axes {axes}: two pads per axis, "
+                    "each axis once"
+                )
+            full = [0] * (2 * nd)
             for j, a in enumerate(axes):
                 full[a], full[a + nd] = pads[j], pads[j + k]
             pads = full
     return imp.emit("pad", [x], node.output[0], pads=pads, value=value)
 
 
-@handles("Constant", fold=False)
+@handles(
+    "Constant",
+    fold=False,
+    inputs=(0, 0),
+    attrs={
+        "sparse_value": SPARSE_TENSOR,
+        "value": TENSOR,
+        "value_float": float,
+        "value_floats": [float],
+        "value_int": int,
+        "value_ints": [int],
+        "value_string": str,
+        "value_strings": [str],
+    },
+    required={"value": range(7, 11)},
+)
 def op_Constant(imp, node, ins, attrs):
-    onnx = imp.onnx
+    if len(attrs) != 1:
+        raise SpecError(
+            f"a Constant has exactly one value attribute, this one has {sorted(attrs)}"
+        )
     if "value" in attrs:
-        v = onnx.numpy_helper.to_array(attrs["value"])
+        v = imp.array(attrs["value"], "its attribute 'value'")
     elif "value_float" in attrs:
         v = np.asarray(attrs["value_float"], dtype=np.float32)
     elif "value_floats" in attrs:
@@ -163,17 +223,25 @@ def op_Constant(imp, node, ins, attrs):
     imp.t[node.output[0]] = ("const", v)
 
 
-@handles("ConstantOfShape", fold=False)
+@handles("ConstantOfShape", fold=False, attrs={"value": TENSOR}, dtypes="i")
 def op_ConstantOfShape(imp, node, ins, attrs):
-    shape = [int(s) for s in imp.need_const(ins[0], "its shape")]
+    shape = imp.ints(ins[0], "its shape")
+    if any(s < 0 for s in shape):
+        raise SpecError(f"shape {shape} has a negative size")
     v = attrs.get("value")
     value = (
-        imp.onnx.numpy_helper.to_array(v).reshape(-1)
+        imp.array(v, "its attribute 'value'").reshape(-1)
         if v is not None
         else np.zeros(1, np.float32)
     )
+    if value.size != 1:
+        raise SpecError(f"its attribute 'value' must hold one value, not {value.size}")
     out = node.output[0]
     if value.dtype.kind != "f":
+        if int(np.prod(shape, dtype=np.float64)) > LARGEST_FOLD:
+            raise Unsupported(
+                f"an integer tensor of shape {shape} is too large to fold"
+            )
         imp.t[out] = ("const", np.full(shape, value[0], dtype=value.dtype))
         return None
     if out in imp.freeze:
@@ -182,7 +250,7 @@ def op_ConstantOfShape(imp, node, ins, attrs):
     return out
 
 
-@handles("Shape", fold=False)
+@handles("Shape", fold=False, attrs={"end": int, "start": int}, dtypes="*")
 def op_Shape(imp, node, ins, attrs):
     shape = imp.dims_of(ins[0])
     start, end = int(attrs.get("start", 0)), attrs.get("end")
@@ -192,31 +260,39 @@ def op_Shape(imp, node, ins, attrs):
     imp.t[node.output[0]] = ("const", np.asarray(part, dtype=np.int64))
 
 
-@handles("Gather")
+@handles("Gather", inputs=(2, 2), attrs={"axis": int}, dtypes="fi")
 def op_Gather(imp, node, ins, attrs):
-    axis = int(attrs.get("axis", 0))
+    at = int(attrs.get("axis", 0))
     data = imp.value(ins[0])
     kind, idx = imp.t[ins[1]]
     if kind == "node":
         if idx not in imp.is_int:
             raise Unsupported("indices must be int64")
-        return imp.emit("gather", [data, idx], node.output[0], axis=axis)
+        return imp.emit("gather", [data, idx], node.output[0], axis=at)
     idx = np.asarray(idx)
     shape = imp.shape[data]
-    axis = axis + len(shape) if axis < 0 else axis
-    size = shape[axis]
+    at = axis(at, len(shape))
+    size = shape[at]
+    if isinstance(size, int):
+        if idx.size and not (-size <= idx.min() and idx.max() < size):
+            raise SpecError(
+                f"indices {idx.tolist()} are out of range for axis {at} of size {size}"
+            )
+        idx = idx % max(size, 1)
+    elif idx.size and idx.min() < 0:
+        raise Unsupported("negative indices into a symbolic axis")
     if idx.ndim == 0:
-        i = int(idx) % size if isinstance(size, int) else int(idx)
+        i = int(idx)
         s = imp.emit(
             "slice",
             [data],
             f"{node.output[0]}/slice",
-            axis=axis,
+            axis=at,
             start=i,
             stop=i + 1,
         )
         return _reshape_to(
-            imp, s, [d for k, d in enumerate(shape) if k != axis], node.output[0]
+            imp, s, [d for k, d in enumerate(shape) if k != at], node.output[0]
         )
     flat = idx.reshape(-1)
     if flat.size and np.all(np.diff(flat) == 1) and idx.ndim == 1:
@@ -224,14 +300,20 @@ def op_Gather(imp, node, ins, attrs):
             "slice",
             [data],
             node.output[0],
-            axis=axis,
+            axis=at,
             start=int(flat[0]),
             stop=int(flat[-1]) + 1,
         )
     raise Unsupported("constant indices that are not a contiguous range")
 
 
-@handles("Slice")
+@handles(
+    "Slice",
+    inputs={7: (1, 1), 10: (3, 5)},
+    attrs={"axes": [int], "ends": [int], "starts": [int]},
+    required={"ends": range(7, 10), "starts": range(7, 10)},
+    dtypes="fiiii",
+)
 def op_Slice(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
@@ -240,37 +322,42 @@ def op_Slice(imp, node, ins, attrs):
         axes = list(attrs.get("axes", range(len(starts))))
         steps = [1] * len(starts)
     else:
-        starts = [int(v) for v in imp.need_const(ins[1], "starts")]
-        ends = [int(v) for v in imp.need_const(ins[2], "ends")]
+        starts = imp.ints(ins[1], "starts")
+        ends = imp.ints(ins[2], "ends")
         axes = (
-            [int(v) for v in imp.need_const(ins[3], "axes")]
+            imp.ints(ins[3], "axes")
             if len(ins) > 3 and ins[3]
             else list(range(len(starts)))
         )
         steps = (
-            [int(v) for v in imp.need_const(ins[4], "steps")]
-            if len(ins) > 4 and ins[4]
-            else [1] * len(starts)
+            imp.ints(ins[4], "steps") if len(ins) > 4 and ins[4] else [1] * len(starts)
         )
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise SpecError(
+            f"starts {starts}, ends {ends}, axes {axes} and steps {steps} "
+            "differ in length"
+        )
+    axes = [axis(a, len(shape), "axes entry") for a in axes]
+    if len(set(axes)) != len(axes):
+        raise SpecError(f"axes {axes} repeat an axis")
     out = x
     todo = list(zip(axes, starts, ends, steps))
-    for k, (axis, start, end, step) in enumerate(todo):
-        axis %= len(shape)
+    for k, (at, start, end, step) in enumerate(todo):
+        if step == 0:
+            raise SpecError("a step of 0")
         if step < 1:
             raise Unsupported("negative steps")
-        size = shape[axis]
+        size = shape[at]
         if isinstance(size, int):
             start, end, step = slice(start, end, step).indices(size)
             if start == 0 and end >= size and step == 1:
                 continue  # the whole axis
         name = node.output[0] if k == len(todo) - 1 else f"{node.output[0]}/{k}"
-        out = imp.emit(
-            "slice", [out], name, axis=axis, start=start, stop=end, step=step
-        )
+        out = imp.emit("slice", [out], name, axis=at, start=start, stop=end, step=step)
     return out
 
 
-@handles("Size", fold=False)
+@handles("Size", fold=False, dtypes="*")
 def op_Size(imp, node, ins, attrs):
     shape = imp.dims_of(ins[0])
     if not all(isinstance(d, int) for d in shape):
@@ -278,7 +365,12 @@ def op_Size(imp, node, ins, attrs):
     imp.t[node.output[0]] = ("const", np.asarray(int(np.prod(shape)), np.int64))
 
 
-@handles("CastLike")
+@handles(
+    "CastLike",
+    inputs=(2, 2),
+    attrs={"round_mode": str, "saturate": bool},
+    dtypes="*",
+)
 def op_CastLike(imp, node, ins, attrs):
     kind, target = imp.t[ins[1]]
     is_float = (
@@ -291,7 +383,12 @@ def op_CastLike(imp, node, ins, attrs):
     return imp.value(ins[0])
 
 
-@handles("Cast")
+@handles(
+    "Cast",
+    attrs={"round_mode": str, "saturate": bool, "to": int},
+    required=("to",),
+    dtypes="*",
+)
 def op_Cast(imp, node, ins, attrs):
     _, v = imp.t[ins[0]]
     to = attrs.get("to")
