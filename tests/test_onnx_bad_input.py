@@ -434,6 +434,13 @@ def test_split_with_a_huge_num_outputs_is_an_error_not_a_hang(cli, tmp_path):
     one_error(cli, save(m, tmp_path), tmp_path, "num_outputs is 1000000000000")
 
 
+def test_split_before_opset_18_splits_evenly_or_fails(cli, tmp_path):
+    node = oh.make_node("Split", ["x"], ["a", "b", "c"], axis=1)
+    outputs = [(o, F32, None) for o in "abc"]
+    m = model([node], [("x", F32, [2, 4])], outputs, opset=13)
+    one_error(cli, save(m, tmp_path), tmp_path, "node 'a': ", "does not split evenly")
+
+
 # ------------------------------------------------------------- the declarations
 
 

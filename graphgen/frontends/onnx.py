@@ -65,6 +65,12 @@ READABLE = (
 )
 
 
+class Failure(collections.namedtuple("Failure", "op_type why node index error")):
+    """Why ONNX node number ``index`` (named ``node`` in errors) was not imported:
+    graphgen cannot import it (``error`` None), or it is not valid ONNX (``error``, the
+    SpecError to raise). Reported only if the graph's outputs need the node."""
+
+
 def _onnx():
     try:
         import onnx
@@ -143,11 +149,9 @@ class Importer:
         self.fresh_ids = g.FreshNames(self.used_ids, sep="_")
         self.fresh_keys = g.FreshNames(self.weights, sep="_")  # keys of stored arrays
         self.softmax_of = {}  # node id of a softmax over the last axis -> its logits id
-        self.unsupported = collections.defaultdict(collections.Counter)
-        # tensor name -> (op_type, reason, node label, node index, SpecError or None)
-        # of the node that failed to make it: graphgen cannot import it (no error) or
-        # it is not valid ONNX (the error); reported if the graph's outputs need it
-        self.failed = {}
+        # op type -> reason -> the Failures of needed nodes
+        self.unsupported = collections.defaultdict(dict)
+        self.failed = {}  # tensor name -> Failure of the node that makes it, or None
         self.consumed = {i for n in self.graph.node for i in n.input} | {
             o.name for o in self.graph.output
         }
@@ -314,22 +318,17 @@ class Importer:
             if any(i in self.failed for i in node.input if i):
                 # downstream of a failure: reported only if its op is unknown too
                 if node.op_type not in HANDLERS:
-                    failure = (
-                        node.op_type,
-                        "no graphgen op for it",
-                        where,
-                        index,
-                        None,
-                    )
+                    why = "no graphgen op for it"
+                    failure = Failure(node.op_type, why, where, index, None)
             else:
                 try:
                     self.import_node(node, where)
                     continue
                 except Unsupported as e:
-                    failure = (node.op_type, str(e), where, index, None)
+                    failure = Failure(node.op_type, str(e), where, index, None)
                 except GraphgenError as e:  # not valid ONNX
                     e.located(self.source, where)
-                    failure = (node.op_type, e.message, where, index, e)
+                    failure = Failure(node.op_type, e.message, where, index, e)
             for o in node.output:
                 if o:
                     self.failed[o] = failure
@@ -356,12 +355,17 @@ class Importer:
         """One error for the failed nodes the outputs need: the first that is not valid
         ONNX; else the node graphgen cannot import when it is the only one; else the
         count and first node of each op type and reason."""
-        invalid = [f for fs in self.unsupported.values() for f in fs.values()]
-        invalid = [f for nodes in invalid for f in nodes if f[4] is not None]
+        failures = [
+            f
+            for by_reason in self.unsupported.values()
+            for fs in by_reason.values()
+            for f in fs
+        ]
+        invalid = [f for f in failures if f.error is not None]
         if invalid:
-            raise min(invalid, key=lambda f: f[3])[4]
+            raise min(invalid, key=lambda f: f.index).error
         found = [
-            (op_type, why, [f[2] for f in nodes])
+            (op_type, why, [f.node for f in nodes])
             for op_type in sorted(self.unsupported)
             for why, nodes in sorted(self.unsupported[op_type].items())
         ]
@@ -395,7 +399,7 @@ class Importer:
             why = next((self.failed[o] for o in node.output if o in self.failed), None)
             if why is not None and id(node) not in counted:
                 counted.add(id(node))
-                self.unsupported[why[0]].setdefault(why[1], []).append(why)
+                self.unsupported[why.op_type].setdefault(why.why, []).append(why)
             stack.extend(i for i in reversed(node.input) if i)
 
     def check_graph(self):
@@ -406,19 +410,22 @@ class Importer:
             ("a graph input", [i.name for i in self.graph.input]),
             ("an initializer", [t.name for t in self.graph.initializer]),
         ):
-            for name in names:
+            for k, name in enumerate(names):
                 if not name:
-                    raise SpecError(f"{what} has no name", source=self.source)
+                    raise SpecError(
+                        f"{what} (number {k}) has no name", source=self.source
+                    )
                 if made.get(name) == what:
                     raise SpecError(
                         f"{what[what.index(' ') + 1 :]} {name!r} is listed twice",
                         source=self.source,
                     )
                 made[name] = what
-        for t in self.graph.sparse_initializer:
+        if self.graph.sparse_initializer:
+            name = self.graph.sparse_initializer[0].values.name
             raise SpecError(
-                f"initializer {t.values.name!r} is sparse; graphgen reads dense "
-                "initializers only",
+                f"initializer {name!r} is sparse; graphgen reads dense initializers "
+                "only",
                 source=self.source,
             )
         later = {o: i for i, n in enumerate(self.graph.node) for o in n.output if o}

@@ -52,6 +52,8 @@ def op_Split(imp, node, ins, attrs):
         n = int(attrs.get("num_outputs", len(outs)))
         if n != len(outs):
             raise SpecError(f"num_outputs is {n}, but the node has {len(outs)} outputs")
+        if imp.opset < 18 and size % n:  # uneven splits came with num_outputs
+            raise SpecError(f"an axis of size {size} does not split evenly {n} ways")
         step = -(-size // n)
         split = [min(step, size - k * step) for k in range(n)]
     if sum(split) != size or len(split) != len(outs) or min(split) < 0:
