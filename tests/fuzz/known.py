@@ -13,4 +13,8 @@ KNOWN: dict[str, str] = {
         "crash: ValueError 'None cannot be a node' in frontends/spec.py:_define — a YAML "
         "null key (~) as a node name"
     ),
+    "spec-names.symbol-ea2b048aaa": (
+        "crash: error line names no file — a symbolic size named by a Python keyword "
+        "('class'): 'graphgen: error: 'class' is not a dimension expression: …'"
+    ),
 }

@@ -19,7 +19,7 @@ def same(a, b):
     return a.outcome == b.outcome and classname(a.signature) == classname(b.signature)
 
 
-def shrink(case, result, pool, budget=40, seconds=120.0):
+def shrink(case, result, pool, budget=60, seconds=120.0):
     """The smallest case found that fails like ``case``, and its result."""
     if result.outcome == "hang" or case.part == "call":
         return case, result
@@ -90,23 +90,83 @@ def _spec_candidates(case, data):
         )
         return text.encode("utf-8", "surrogatepass")
 
-    # halve long lists and strings first (sizes), then drop entries, then keys
+    # halve long lists and strings first (sizes), then drop entries with everything
+    # computed from them (in halves, quarters, ... then one by one), then keys
     for path, v in _walk(spec):
         if isinstance(v, list) and len(v) > 4:
             yield _with(case, emit(_put(spec, path, v[: len(v) // 2])))
         if isinstance(v, str) and len(v) > 64:
             yield _with(case, emit(_put(spec, path, v[: len(v) // 2])))
-    for sec in ("nodes", "params", "inputs"):
-        entries = spec.get(sec)
-        if isinstance(entries, dict) and len(entries) > 1:
-            for k in list(entries):
-                d = copy.deepcopy(spec)
-                del d[sec][k]
+    entries = [
+        n
+        for sec in ("nodes", "params", "inputs")
+        if isinstance(spec.get(sec), dict)
+        for n in spec[sec]
+    ]
+    chunk = len(entries) // 2
+    while chunk >= 1:
+        for k in range(0, len(entries), chunk):
+            d = _without(spec, set(entries[k : k + chunk]))
+            if d is not None:
                 yield _with(case, emit(d))
+        chunk //= 2
     for k in list(spec):
         d = copy.deepcopy(spec)
         del d[k]
         yield _with(case, emit(d))
+
+
+def _without(spec, names):
+    """``spec`` without ``names`` and every node computed from them (``None`` if that
+    leaves no node)."""
+    nodes = spec.get("nodes") if isinstance(spec.get("nodes"), dict) else {}
+    gone = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for n, v in nodes.items():
+            args = v.get("args") if isinstance(v, dict) else None
+            if (
+                n not in gone
+                and isinstance(args, list)
+                and any(_among(a, gone) for a in args)
+            ):
+                gone.add(n)
+                changed = True
+    d = copy.deepcopy(spec)
+    for sec in ("nodes", "params", "inputs"):
+        if isinstance(d.get(sec), dict):
+            d[sec] = {k: v for k, v in d[sec].items() if k not in gone}
+    if isinstance(d.get("nodes"), dict) and not d["nodes"]:
+        return None
+    lost = False
+    for key in ("outputs", "wrt"):
+        if isinstance(d.get(key), list):
+            kept = [x for x in d[key] if not _among(x, gone)]
+            lost |= key == "outputs" and len(kept) < len(d[key])
+            d[key] = kept
+    if "loss" in d and _among(d["loss"], gone):
+        del d["loss"]
+        lost = True
+    if lost and isinstance(d.get("nodes"), dict):
+        # what the removed outputs computed from stays computed: every node no other
+        # node uses becomes an output
+        used = {
+            a
+            for v in d["nodes"].values()
+            if isinstance(v, dict) and isinstance(v.get("args"), list)
+            for a in v["args"]
+            if isinstance(a, str)
+        }
+        d["outputs"] = [n for n in d["nodes"] if n not in used]
+    return d
+
+
+def _among(x, names):
+    try:
+        return x in names
+    except TypeError:  # a list where a name should be
+        return False
 
 
 def _walk(v, path=()):
