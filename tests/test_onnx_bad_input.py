@@ -80,6 +80,7 @@ def save(m, tmp_path, name="bad.onnx"):
         (oh.make_node("MaxPool", [""], ["y"], kernel_shape=[1, 1]), "takes 1 input"),
         (oh.make_node("Gemm", ["x", "", "x"], ["y"]), "Gemm's input 1 is empty"),
         (oh.make_node("Sum", ["x", "", "x"], ["y"]), "Sum's input 1 is empty"),
+        (oh.make_node("Min", ["x", "x", ""], ["y"]), "Min's input 2 is empty"),
     ],
 )
 def test_a_node_with_the_wrong_inputs_or_outputs_is_named(cli, tmp_path, node, says):
@@ -392,6 +393,16 @@ def test_a_graph_input_that_is_also_an_output_keeps_its_name(tmp_path):
     x = rng.standard_normal(4)
     np.testing.assert_array_equal(mod.forward(x=x)["x"], x)
     _fd_vjp_check(mod, {"x": x}, rng)
+
+
+def test_a_size_name_that_cannot_be_a_symbol_is_replaced(tmp_path):
+    m = model(
+        [oh.make_node("Relu", ["x"], ["y"])],
+        [("x", F32, ["class", "ñ", "N"])],
+        [("y", F32, None)],
+    )
+    mod = graphgen.compile(graphgen.load(save(m, tmp_path)))
+    assert mod.INPUTS == {"x": ("batch", "x_d1", "N")}
 
 
 def test_gather_with_negative_constant_indices_counts_from_the_end(tmp_path):

@@ -36,6 +36,7 @@ name): it gets one cotangent in ``vjp``.
 from __future__ import annotations
 
 import collections
+import keyword
 import os
 
 import numpy as np
@@ -413,7 +414,8 @@ class Importer:
             for k, name in enumerate(names):
                 if not name:
                     raise SpecError(
-                        f"{what} (number {k}) has no name", source=self.source
+                        f"{what[what.index(' ') + 1 :]} '' (number {k}) has no name",
+                        source=self.source,
                     )
                 if made.get(name) == what:
                     raise SpecError(
@@ -518,7 +520,7 @@ class Importer:
                         source=self.source,
                     )
                 shape.append(int(d.dim_value))
-            elif d.dim_param and d.dim_param.isidentifier():
+            elif _symbol(d.dim_param):
                 shape.append(d.dim_param)
             else:
                 shape.append("batch" if i == 0 else f"{_ident(inp.name)}_d{i}")
@@ -595,8 +597,9 @@ class Importer:
                     f"{self.opset}; this node has {len(given)}"
                 )
             if what == "input":
+                slots = list(node.input) if hi is None else ins  # variadic: no gaps
                 empty = [
-                    k for k, i in enumerate(ins) if not i and (k < lo or hi is None)
+                    k for k, i in enumerate(slots) if not i and (k < lo or hi is None)
                 ]
                 if empty:
                     raise SpecError(
@@ -726,6 +729,11 @@ class Importer:
             raise Unsupported(f"cannot evaluate it at compile time ({e})") from None
         for name, v in zip([o for o in node.output if o], values):
             self.t[name] = ("const", np.asarray(v))
+
+
+def _symbol(name):
+    """Whether a ``dim_param`` can name a symbolic size as it is (else one is made up)."""
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
 
 
 def _ident(name):
@@ -863,7 +871,8 @@ def to_spec(
     if loss is not None:
         if len(outputs) != 1:
             raise SpecError(
-                f"--loss needs a model with one output, this one has {len(outputs)}",
+                f"--loss needs a model with one output, this one has {len(outputs)} "
+                f"(outputs {outputs})",
                 source=source,
             )
         if not labels:
