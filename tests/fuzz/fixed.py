@@ -34,7 +34,7 @@ def _spec(kind, files, argv, where=(), verify="module", note=""):
     )
 
 
-def spec_cases():
+def spec_cases(short=False):
     S = gen_specs.scripted
     out = [
         S(gen_specs.m_long_line, "tiny", n=200_000, how="args", command="compile"),
@@ -44,6 +44,8 @@ def spec_cases():
         S(gen_specs.m_garbage, "tiny", how="random", command="compile"),
         S(gen_specs.m_no_outputs, "tiny", command="compile"),
     ]
+    if not short:  # half a minute while the optimizer is quadratic: the long run only
+        out.append(S(gen_specs.m_chain, "tiny", n=3_000, op="neg", command="compile"))
     # a node named by a lone surrogate (JSON can say it): compile, then render
     d = json.loads(json.dumps(TINY_JSON).replace('"h"', '"\\ud800"'))
     raw = json.dumps(d).encode()

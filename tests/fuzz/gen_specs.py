@@ -1358,7 +1358,7 @@ def m_chain(draw, spec):
     target, _ = _a_float(spec)
     d = copy.deepcopy(spec.data)
     prev = target
-    op = draw(st.sampled_from(["tanh", "neg", "add"]))
+    op = draw(st.sampled_from(["tanh", "neg", "add"]), "op")
     for i in range(n):
         d["nodes"][f"c{i}"] = {"op": op, "args": [prev] if op != "add" else [prev, 1.0]}
         prev = f"c{i}"

@@ -31,7 +31,7 @@ def strategy(part, short=False):
 
 def fixed_cases(part, short=False):
     if part == "spec":
-        return fixed.spec_cases()
+        return fixed.spec_cases(short)
     if part == "onnx":
         return fixed.onnx_cases()
     return fixed.call_cases(gen_calls.SHORT_MODULES if short else gen_calls.MODULES)
