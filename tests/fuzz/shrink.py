@@ -19,7 +19,7 @@ def same(a, b):
     return a.outcome == b.outcome and classname(a.signature) == classname(b.signature)
 
 
-def shrink(case, result, pool, budget=60, seconds=120.0):
+def shrink(case, result, pool, budget=100, seconds=120.0):
     """The smallest case found that fails like ``case``, and its result."""
     if result.outcome == "hang" or case.part == "call":
         return case, result
@@ -97,18 +97,27 @@ def _spec_candidates(case, data):
             yield _with(case, emit(_put(spec, path, v[: len(v) // 2])))
         if isinstance(v, str) and len(v) > 64:
             yield _with(case, emit(_put(spec, path, v[: len(v) // 2])))
+    # the last nodes first: they feed nothing earlier, so the rest stays as it was
     entries = [
         n
         for sec in ("nodes", "params", "inputs")
         if isinstance(spec.get(sec), dict)
-        for n in spec[sec]
+        for n in (list(spec[sec])[::-1] if sec == "nodes" else spec[sec])
     ]
+    # each chunk with what is computed from it, then without (where a failure comes
+    # before names are resolved, a dangling name is no matter)
     chunk = len(entries) // 2
     while chunk >= 1:
         for k in range(0, len(entries), chunk):
-            d = _without(spec, set(entries[k : k + chunk]))
+            gone = set(entries[k : k + chunk])
+            d = _without(spec, gone)
             if d is not None:
                 yield _with(case, emit(d))
+            d = copy.deepcopy(spec)
+            for sec in ("nodes", "params", "inputs"):
+                if isinstance(d.get(sec), dict):
+                    d[sec] = {n: v for n, v in d[sec].items() if n not in gone}
+            yield _with(case, emit(d))
         chunk //= 2
     for k in list(spec):
         d = copy.deepcopy(spec)
@@ -158,7 +167,7 @@ def _without(spec, names):
             for a in v["args"]
             if isinstance(a, str)
         }
-        d["outputs"] = [n for n in d["nodes"] if n not in used]
+        d["outputs"] = [n for n in d["nodes"] if isinstance(n, str) and n not in used]
     return d
 
 
