@@ -482,3 +482,54 @@ def test_many_nodes_load_in_time_proportional_to_their_number(tmp_path):
     small = min(load_time(10_000) for _ in range(2))
     big = load_time(40_000)
     assert big < 12 * small + 1.0, (small, big)
+
+
+# ------------------------------------------- 6. YAML values that are no name or number
+
+
+@pytest.mark.parametrize(
+    "key, word",
+    [("~", "~ (null)"), ("null", "~ (null)"), ("7", "'7'"), ("true", "true")],
+)
+def test_a_node_name_yaml_reads_as_no_text_is_refused(cli, tmp_path, key, word):
+    """An unquoted ``~``, number or boolean as a node name: before, ``~`` crashed in
+    networkx ('None cannot be a node') and ``7`` failed later, at its first use."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [3]}\nnodes:\n"
+        f"  {key}: {{op: neg, args: [x]}}\n"
+        "  J: {op: sum, args: [x]}\nloss: J\n"
+    )
+    line = error_line(cli, "compile", path)
+    assert line == (
+        f"graphgen: error: {path}:2: key nodes: the name {word} is not text: YAML reads "
+        "an unquoted number, ~, null, true, false or date as such a value; quote it"
+    )
+
+
+def test_a_number_argument_too_large_for_a_float_is_refused(cli, tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [3]}\nnodes:\n"
+        f"  m: {{op: mul, args: [x, 1{'0' * 400}]}}\n"
+        "  J: {op: sum, args: [m]}\nloss: J\n"
+    )
+    line = error_line(cli, "compile", path)
+    assert line == (
+        f"graphgen: error: {path}:3: node 'm': argument 1 is a number too large for a "
+        "float (401 digits; the largest float64 is about 1.8e308)"
+    )
+
+
+@pytest.mark.parametrize("section", ["inputs", "params"])
+def test_a_size_named_by_a_keyword_names_the_file_and_the_array(cli, tmp_path, section):
+    """Before, the error line named neither the file nor the input."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs:\n  z: [class, 3]\nnodes:\n  J: {op: sum, args: [z]}\nloss: J\n"
+    )
+    line = error_line(cli, "compile", path)
+    assert line == (
+        f"graphgen: error: {path}:2: input 'z': 'class' is not a dimension "
+        "expression: 'class' is a Python keyword, not a size"
+    )

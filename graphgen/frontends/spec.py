@@ -19,7 +19,7 @@ import yaml
 
 from .. import dims, ops
 from .. import graph as g
-from ..errors import SpecError, did_you_mean
+from ..errors import DimensionError, SpecError, did_you_mean
 
 SCHEMA = json.loads(
     resources.files("graphgen.frontends").joinpath("spec.schema.json").read_text()
@@ -265,6 +265,13 @@ def _check_values(data, lines):
         for k, _ in items:
             if isinstance(k, str):
                 _check_text(k, path + (k,), lines, "the name")
+            elif isinstance(value, dict):
+                raise _at(
+                    path,
+                    lines,
+                    f"the name {_yaml_word(k)} is not text: YAML reads an unquoted "
+                    "number, ~, null, true, false or date as such a value; quote it",
+                )
         stack.extend((v, path + (k,)) for k, v in reversed(items))  # in file order
 
 
@@ -280,6 +287,15 @@ def _check_text(s, path, lines, what=None):
             f"{what or _short(s)} is not valid text: it holds the lone surrogate "
             f"\\u{ord(s[e.start]):04x} (names and values must be Unicode characters)",
         ) from None
+
+
+def _yaml_word(k):
+    """How a non-text key reads in YAML (``~`` is None)."""
+    if k is None:
+        return "~ (null)"
+    if isinstance(k, bool):
+        return str(k).lower()
+    return _short(str(k))
 
 
 def _short(s, limit=60):
@@ -425,6 +441,20 @@ def _define(G, lines, section, name, **attrs):
         G.graph["lines"][name] = line
 
 
+def _check_shape(G, lines, section, name, shape):
+    """Refuse a size that is no dimension expression, naming the input or param."""
+    for d in shape:
+        if isinstance(d, str):
+            try:
+                dims.poly(d)
+            except DimensionError as e:
+                raise SpecError(
+                    f"{section[:-1]} {name!r}: {e}",
+                    source=G.graph["source"],
+                    line=lines.get((section, name)),
+                ) from None
+
+
 def _add_inputs_and_params(G, data, lines):
     fdtype = G.graph["dtype"]
     for name, v in (data.get("inputs") or {}).items():
@@ -433,6 +463,7 @@ def _add_inputs_and_params(G, data, lines):
         )
         if dtype != "int64":
             dtype = fdtype
+        _check_shape(G, lines, "inputs", name, shape)
         _define(G, lines, "inputs", name, kind=g.INPUT, shape=tuple(shape), dtype=dtype)
     for name, v in (data.get("params") or {}).items():
         shape, init = (
@@ -443,6 +474,7 @@ def _add_inputs_and_params(G, data, lines):
                 v.get("init", "glorot_uniform"),
             )
         )
+        _check_shape(G, lines, "params", name, shape)
         _define(
             G,
             lines,
@@ -482,6 +514,14 @@ def _add_nodes(G, nodes, lines):
         )
 
 
+def _fits_float(n):
+    try:
+        float(n)
+    except OverflowError:
+        return False
+    return True
+
+
 def _add_args(G, nodes, lines, known):
     """The edges of each node's arguments; a number becomes a constant node."""
     source, fdtype = G.graph["source"], G.graph["dtype"]
@@ -491,6 +531,14 @@ def _add_args(G, nodes, lines, known):
             if isinstance(arg, bool):
                 raise SpecError(
                     f"argument {pos} is a boolean; use a number or a node name",
+                    node=name,
+                    source=source,
+                    line=lines.get(("nodes", name)),
+                )
+            if isinstance(arg, int) and not _fits_float(arg):
+                raise SpecError(
+                    f"argument {pos} is a number too large for a float "
+                    f"({len(str(abs(arg)))} digits; the largest float64 is about 1.8e308)",
                     node=name,
                     source=source,
                     line=lines.get(("nodes", name)),
