@@ -533,3 +533,24 @@ def test_a_size_named_by_a_keyword_names_the_file_and_the_array(cli, tmp_path, s
         f"graphgen: error: {path}:2: input 'z': 'class' is not a dimension "
         "expression: 'class' is a Python keyword, not a size"
     )
+
+
+@pytest.mark.parametrize(
+    "op, number, value",
+    [("sum", "-.inf", -np.inf), ("sum", ".inf", np.inf), ("log", "-1.0", np.nan)],
+)
+def test_ops_on_a_non_finite_constant_fold(tmp_path, op, number, value):
+    """``sum(-inf)``: constant folding skipped a result that is not finite, and the code
+    called ``(-np.inf).sum()`` (AttributeError at run time)."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [batch, 2]}\nnodes:\n"
+        f"  c: {{op: {op}, args: [{number}]}}\n"
+        "  m: {op: mul, args: [x, c]}\n  J: {op: sum, args: [m]}\nloss: J\nwrt: [x]\n"
+    )
+    mod = graphgen.compile(graphgen.load(path))
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    with np.errstate(all="ignore"):
+        loss, grads = mod.value_and_grad(x=x)
+        np.testing.assert_array_equal(loss, (x * value).sum())
+        np.testing.assert_array_equal(grads["x"], np.full_like(x, value))

@@ -25,6 +25,7 @@ from .comments import Comments, safe_comment, wrap_comment
 from .layout import (
     INDENT,
     LINE,
+    bracketed,
     condition,
     fit,
     literal,
@@ -225,6 +226,51 @@ class Program:
         params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
         return inputs, params, list(A.graph["outputs"])
 
+    def index_checks(self, arrays):
+        """The ``_in_range`` calls of ``_check_indices``: one per int64 array and axis
+        it indexes (``Op.indices``: class labels, gather indices), its bound read off
+        the arrays' shapes (a symbolic size from the first array that has it)."""
+        A = self.A
+        where = {}  # symbol -> how _check_indices reads it
+        for n in arrays:
+            for i, d in enumerate(A.nodes[n][g.SHAPE]):
+                if isinstance(d, str) and dims.symbols(d) == [d]:
+                    where.setdefault(d, f"arrays[{literal(n)}].shape[{i}]")
+        calls = {}
+        order = {m: i for i, m in enumerate(g.schedule(A))}
+        for n in arrays:
+            if A.nodes[n][g.DTYPE] != "int64":
+                continue
+            for s in sorted(A.successors(n), key=order.__getitem__):
+                a = A.nodes[s]
+                op = ops.get(a[g.OP]) if a[g.KIND] == g.OPNODE else None
+                if op is None or op.indices is None:
+                    continue
+                shapes = [A.nodes[p][g.SHAPE] for p in g.operands(A, s)]
+                arg, size, wraps = op.indices(shapes, a[g.ATTRS])
+                if arg not in A.edges[n, s][g.POS]:
+                    continue
+                if any(sym not in where for sym in dims.symbols(size)):
+                    raise CodegenError(
+                        f"the indices {n!r} index an axis of size {size!r}, which no "
+                        "input's shape declares",
+                        node=s,
+                    )
+                hi = dims.render(size, where.__getitem__)
+                lo = f"-{wrap(hi)}" if wraps else "0"
+                what = (
+                    "indices" if wraps else "class labels"
+                ) + f" of {op.name} node {s!r}"
+                key = (n, lo, hi)
+                if key not in calls:
+                    calls[key] = bracketed(
+                        "_in_range",
+                        ["arrays", literal(n), lo, hi, literal(what)],
+                        "",
+                        INDENT,
+                    )
+        return list(calls.values())
+
     def out_expr(self, n, names):
         """How value ``n`` reads where a function returns it."""
         a = self.A.nodes[n]
@@ -396,6 +442,7 @@ class Program:
             "source": Code(safe_comment(self.source_name)),
             "dtype": Code(A.graph["dtype"]),
             "unpack": self.unpack(inputs + params),
+            "index_checks": self.index_checks(inputs + params),
             "tables": self.tables(inputs, params, outputs),
             "loss": literal(None if cotangents else self.loss),
             "wrt": fit(

@@ -114,6 +114,13 @@ class Op:
     kept : bool
         Its value is an array the module makes once and keeps (``constant``): never a
         buffer to write into.
+    indices : callable, optional
+        For an op whose int64 argument indexes an axis (class labels, gather indices):
+        ``indices(in_shapes, attrs) -> (arg, size, wraps)``, the argument, the size of
+        the axis it indexes, and whether a negative index counts from the end. The
+        generated module refuses indices outside ``[0, size)`` (``[-size, size)`` when
+        they wrap): NumPy would raise an IndexError deep inside, or read a negative label
+        as a class; compiled code would read out of bounds. ``check`` samples below it.
     """
 
     name: str
@@ -145,6 +152,7 @@ class Op:
     sums: bool = False
     shares: str = ""
     kept: bool = False
+    indices: Callable | None = None
     jvp: Callable | None = None
     jvp_reason: str = ""
 

@@ -1166,6 +1166,11 @@ def _sce_jvp(b, c):
     )
 
 
+def _class_labels(in_shapes, attrs):
+    """The labels (argument 1) pick one of the logits' classes (their last axis)."""
+    return 1, in_shapes[0][-1], False
+
+
 register(
     Op(
         name="softmax_cross_entropy",
@@ -1178,6 +1183,7 @@ register(
         derivs=("∂{y}/∂{logits} = (softmax({logits}) − onehot({labels}))/N", "none"),
         int_args=(1,),
         domain=("real", "labels"),
+        indices=_class_labels,
         category="loss",
     )
 )
@@ -1260,6 +1266,7 @@ register(
         derivs=("{logits}̄ = softmax({logits})·({y}̄ − Σ {y}̄·softmax({logits}))", "none"),
         int_args=(1,),
         domain=("real", "labels"),
+        indices=_class_labels,
         internal=True,
         category="loss",
     )
@@ -1282,6 +1289,7 @@ register(
         attrs={"depth": REQUIRED},
         int_args=(0,),
         domain=("labels",),
+        indices=lambda s, a: (0, a["depth"], False),
         internal=True,
         category="loss",
         folds=False,
