@@ -243,8 +243,9 @@ def ops_markdown(rows):
     from . import ops
 
     lines = [
-        "| op | arguments | attributes (default) | computes | local derivative / VJP |",
-        "|---|---|---|---|---|",
+        "| op | arguments | attributes (default) | computes "
+        + "| local derivative / VJP | JVP |",
+        "|---|---|---|---|---|---|",
     ]
     for op in sorted(rows, key=lambda o: (o.category, o.name)):
         attrs = ", ".join(
@@ -259,6 +260,7 @@ def ops_markdown(rows):
             attrs or "–",
             ops.plain(op, op.math),
             derivs or "–",
+            op.jvp_text,
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -287,6 +289,11 @@ def ops_run(args):
             f"  {op.name:<{width}}  {op.name}({sig})  {math}"
             + (f"  [{attrs}]" if attrs else "")
         )
+        derivs = "; ".join(ops.plain(op, d) for d in op.derivs)
+        pad = " " * (width + 4)
+        if derivs:
+            print(f"{pad}VJP: {derivs}")
+        print(f"{pad}JVP: {op.jvp_text}")
     return 0
 
 
@@ -376,6 +383,13 @@ def explain_args(p):
         "against the generated value_and_grad",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    p.add_argument(
+        "--mode",
+        choices=["reverse", "forward"],
+        default="reverse",
+        help="forward: forward accumulation (the sum over predecessors) beside the "
+        "reverse sum over successors",
+    )
 
 
 def explain_run(args):
@@ -386,7 +400,14 @@ def explain_run(args):
     if isinstance(values, str):
         values = os.fspath(values)
     sys.stdout.write(
-        explain(G, args.wrt, format=args.format, values=values, seed=args.seed)
+        explain(
+            G,
+            args.wrt,
+            format=args.format,
+            values=values,
+            seed=args.seed,
+            mode=args.mode,
+        )
     )
     return 0
 

@@ -167,6 +167,13 @@ class Op:
             return "real"
         return self.domain[0] if self.variadic else self.domain[i]
 
+    @property
+    def jvp_text(self):
+        """How the op's JVP is obtained, for the op table (``graphgen ops``)."""
+        if self.jvp is None:
+            return f"none ({self.jvp_reason})" if self.jvp_reason else "none"
+        return getattr(self.jvp, "how", "Σ over the arguments of ∂y/∂arg · d(arg)")
+
     def can_fold(self, attrs):
         """Whether constant folding may evaluate a node of this op with ``attrs``."""
         return self.folds(attrs) if callable(self.folds) else self.folds
@@ -295,6 +302,7 @@ def same_op(name):
     def rule(b, c):
         return tangent_terms(c, lambda d: getattr(b, name)(d, **c.attrs))
 
+    rule.how = "linear: the op itself on the tangent"
     return rule
 
 
@@ -317,12 +325,16 @@ def symmetric(vjp):
 
         return tangent_terms(c, apply)
 
+    rule.how = "its VJP with ẋ for ȳ (the Jacobian is symmetric)"
     return rule
 
 
 def no_tangent(b, c):
     """The JVP rule of a piecewise-constant op (a mask): no tangent flows through it."""
     return [None] * len(c.ins)
+
+
+no_tangent.how = "0: piecewise constant"
 
 
 # ----------------------------------------------------------------------------- shapes
