@@ -379,6 +379,11 @@ def test_labels_out_of_range_are_refused_by_name(mode):
             ):
                 function(**{**arrays, "labels": labels})
     assert_same(run(mod, arrays, None), want, exact=True)
+    # labels of another dtype are named as such, not compared with the classes (the
+    # whole-function Numba module checks the range before its kernel checks dtypes)
+    for labels in (arrays["labels"].astype(str), arrays["labels"].astype(np.float64)):
+        with pytest.raises(ValueError, match=r"^'labels': expected a int64 array"):
+            mod.forward(**{**arrays, "labels": labels})
 
 
 @pytest.mark.parametrize("mode", MODES)
