@@ -145,9 +145,34 @@ STEP_STATE = (
 )
 
 
-def test_stepping_through_tiny_shows_the_generated_modules_numbers(browser, tmp_path):
-    spec = EXAMPLES / "tiny.yaml"
-    out = tmp_path / "tiny.html"
+STEPPED = {
+    "tiny": ["J", "y", "z2", "h1", "a1", "z1", "W1", "b1", "W2"],
+    "fanout": [
+        "J",
+        "rw",
+        "r",
+        "e",
+        "y",
+        "s",
+        "z",
+        "V",
+        "W2",
+        "hh",
+        "h",
+        "u",
+        "a",
+        "b1",
+        "W1",
+    ],
+}
+
+
+@pytest.mark.parametrize("example", sorted(STEPPED))
+def test_stepping_through_shows_the_generated_modules_numbers(
+    browser, tmp_path, example
+):
+    spec = EXAMPLES / f"{example}.yaml"
+    out = tmp_path / f"{example}.html"
     assert graphgen.cli.main(["render", str(spec), "-o", str(out)]) == 0
     browser.load(out)
     assert_offline(browser, out)
@@ -196,7 +221,7 @@ def test_stepping_through_tiny_shows_the_generated_modules_numbers(browser, tmp_
             assert at >= last_line
             last_line = at
         browser.key("ArrowRight", keycode=39)
-    assert sorted(seen) == sorted(["J", "y", "z2", "h1", "a1", "z1", "W1", "b1", "W2"])
+    assert sorted(seen) == sorted(STEPPED[example])
     assert seen[0] == "J"
     browser.key("ArrowLeft", keycode=37)
     assert browser.js(STEP_STATE)["name"] == seen[-2]
@@ -282,6 +307,9 @@ def test_a_50_layer_residual_spec_collapses_and_opens_on_a_click(browser, tmp_pa
           .filter(g => d.nodes[g.id].block === {target!r}).length; }})()"""
     )
     assert inside >= 4
+    # a click on the open block's title closes it
+    browser.click(*browser.center("g.cluster.open > text"))
+    assert browser.js("document.body.dataset.view") == "top"
     # stepping to a node of another block opens that block
     browser.key("End", keycode=35)
     state = browser.js(STEP_STATE)

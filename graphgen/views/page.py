@@ -205,10 +205,17 @@ def _vjp_term(H, values, j, k, kbar):
 class _Numbers:
     """Adjoints and terms of the forward graph ``H``, read off the lowered ``A``."""
 
-    def __init__(self, H, A, values):
-        self.H, self.A, self.values = H, A, values
-        self.memo = {}
+    def __init__(self, H, A, values, up):
+        self.H, self.A, self.values, self.up = H, A, values, up
+        self.memo = {}  # (j, k) -> the term k sends back to j
+        self.adjoints = {}  # n -> ∂J/∂n
         self.shown = {}
+
+    def adjoint_value(self, n):
+        """∂J/∂n as the lowered graph holds it (None where it was folded away)."""
+        if n not in self.values:
+            return None
+        return adjoint_value(self.A, self.values, n, np.shape(self.values[n]))
 
     def adjoint_array(self, n):
         """:func:`_array` of ∂J/∂n (computed once: big models' norms cost)."""
@@ -218,17 +225,31 @@ class _Numbers:
         return self.shown[n]
 
     def adjoint(self, n):
+        """∂J/∂n: the lowered graph's value, or (where the optimizer folded the adjoint
+        into its consumers) the sum of the terms its successors send back."""
         if n not in self.values:
             return None
-        return adjoint_value(self.A, self.values, n, np.shape(self.values[n]))
+        if n in self.adjoints:
+            return self.adjoints[n]
+        out = adjoint_value(self.A, self.values, n, np.shape(self.values[n]))
+        loss = self.H.graph["loss"]
+        if out is None and n != loss:
+            terms = gradient_terms(self.H, n, loss, self.up)
+            parts = [self.term(n, k, single=False) for k in dict.fromkeys(terms)]
+            if parts and all(p is not None for p in parts):
+                out = sum(parts[1:], parts[0])
+        self.adjoints[n] = out
+        return out
 
     def term(self, j, k, single):
         key = (j, k)
         if key not in self.memo:
             t = None
+            adj = (self.A.graph.get("adjoints") or {}).get(j)
             if single:
-                t = self.adjoint(j)
-            if t is None:
+                t = self.adjoint_value(j)
+            elif adj in self.A and g.SUMS in self.A.nodes[adj]:
+                # the fan-out sum's own term, when it is still a node of its own
                 t = term_value(self.A, self.values, j, k)
             if t is None:
                 kbar = self.adjoint(k)
@@ -336,7 +357,7 @@ def page_data(G, values=True, seed=0, source_name=None):
     for n in reversed(order):
         if n != loss:
             count[n] = sum(count.get(k, 0) for k in H.successors(n))
-    num = _Numbers(H, A, vals)
+    num = _Numbers(H, A, vals, up)
     source_name = source_name or os.path.basename(g.source_of(H))
     fname, code, index, namer = _code_steps(A, source_name)
     adjoints = A.graph.get("adjoints") or {}
@@ -379,20 +400,29 @@ def page_data(G, values=True, seed=0, source_name=None):
                 term = None if t is None else _num(norm(t))
         edges.append((j, k, term))
 
-    # the backward steps, in the order the generated code computes the adjoints
-    steps = []
-    for n in order:
-        if n not in active or n not in adjoints or H.nodes[n][g.KIND] == g.CONST:
+    # the backward steps, in the order the generated code computes the adjoints; an
+    # adjoint the optimizer folded into its consumers' line comes just before them
+    def statement(n):
+        v = adjoints.get(n)
+        if v is None:
+            return None
+        return index.get(v, -1) if v in A and A.nodes[v][g.KIND] == g.OPNODE else -1
+
+    at = {}
+    for n in reversed(order):
+        kind = H.nodes[n][g.KIND]
+        if n not in active or kind == g.CONST or (kind == g.INPUT and n not in grads):
             continue
-        if H.nodes[n][g.KIND] == g.INPUT and n not in grads:
-            continue
-        v = adjoints[n]
-        at = index.get(v, -1) if v in A and A.nodes[v][g.KIND] == g.OPNODE else -1
-        steps.append((at, H.nodes[n][g.SEQ] * -1, n))
-    steps.sort()
+        if num.adjoint(n) is not None:
+            at[n] = statement(n)
+    for n in order:  # folded: where the first line that reads it is
+        if n in at and at[n] is None:
+            later = [at[p] for p in H.predecessors(n) if at.get(p) is not None]
+            at[n] = min(later, default=len(code))
+    steps = sorted((at[n], -H.nodes[n][g.SEQ], n) for n in at)
     L = _show(loss)
     step_data = []
-    for at, _, n in steps:
+    for i, _, n in steps:
         terms = gradient_terms(H, n, loss, up) if n != loss else []
         single = len(terms) == 1
         rows = []
@@ -410,7 +440,13 @@ def page_data(G, values=True, seed=0, source_name=None):
                     "value": t,
                 }
             )
-        v = adjoints[n]
+        v = adjoints.get(n)
+        if v is None:
+            note = "folded into the line that uses it"
+        elif statement(n) is not None and statement(n) < 0:
+            note = "a constant of the generated code"
+        else:
+            note = None
         step_data.append(
             {
                 "node": ids[n],
@@ -420,7 +456,8 @@ def page_data(G, values=True, seed=0, source_name=None):
                 else code_name(n) + "_bar",
                 "value": num.adjoint_array(n),
                 "terms": rows,
-                "code": code[at] if at >= 0 else [],
+                "code": code[i] if 0 <= i < len(code) and v is not None else [],
+                "note": note,
                 "seed": n == loss,
             }
         )

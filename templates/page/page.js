@@ -61,6 +61,8 @@
     const t = document.getElementById("view-" + key);
     if (!t) return;
     picture.replaceChildren(t.content.cloneNode(true));
+    // a graph drawn whole fits the pane's width; a big one keeps its size and scrolls
+    picture.classList.toggle("fit", Object.keys(DATA.blocks).length === 0);
     view = key;
     picture.querySelectorAll("g.node.block").forEach((g) => {
       g.addEventListener("click", () => { showView(g.id); mark(); });
@@ -179,7 +181,8 @@
       stepBox.append(el("p", "muted", "The generated " + DATA.function + "() computes it here:"));
       stepBox.append(el("pre", "code", s.code.join("\n")));
     } else if (!s.seed) {
-      stepBox.append(el("p", "muted", "No line of its own: the generated code uses the array that holds " + (s.terms[0] ? s.terms[0].succ_bar : "it") + "."));
+      stepBox.append(el("p", "muted code-note", "No line of its own: " + (s.note ||
+        "the generated code uses the array that holds " + (s.terms[0] ? s.terms[0].succ_bar : "it")) + "."));
     }
     mark();
   }
