@@ -344,6 +344,11 @@ def render_run(args):
     if args.output.lower().endswith(".html"):
         from .views import page
 
+        if args.collapse or args.focus or args.view != "flow":
+            raise GraphgenError(
+                "--view, --collapse and --focus apply to diagrams, not to the .html "
+                "page (it collapses big graphs into blocks by itself)"
+            )
         page.write(G, args.output, values=args.values or True, seed=args.seed)
         print(f"wrote {args.output}", file=sys.stderr)
         return 0

@@ -299,19 +299,15 @@ def _show(n):
     return f"[{s}]" if "/" in s else s
 
 
-def _path_product(H, n, loss, up, count):
-    """∂J/∂n along its first path to the loss, as ``explain`` prints it, and the
-    number of paths."""
+def _path_product(H, n, loss, hop, count):
+    """∂J/∂n along its first path to the loss (``hop``: each node's first successor
+    towards it), as ``explain`` prints a path, and the number of paths."""
     path = [n]
     while path[-1] != loss:
-        nxt = [
-            k
-            for k in sorted(H.successors(path[-1]), key=lambda s: H.nodes[s][g.SEQ])
-            if k in up
-        ]
-        if not nxt:
+        nxt = hop.get(path[-1])
+        if nxt is None:
             return None
-        path.append(nxt[0])
+        path.append(nxt)
     factors = [
         partial(_show(path[t + 1]), _show(path[t]))
         for t in reversed(range(len(path) - 1))
@@ -358,6 +354,11 @@ def page_data(G, values=True, seed=0, source_name=None):
         if n != loss:
             count[n] = sum(count.get(k, 0) for k in H.successors(n))
     num = _Numbers(H, A, vals, up)
+    hop = {}  # each node's first successor (creation order) on a path to the loss
+    for n in order:
+        towards = [k for k in H.successors(n) if k in up]
+        if towards:
+            hop[n] = min(towards, key=lambda k: H.nodes[k][g.SEQ])
     source_name = source_name or os.path.basename(g.source_of(H))
     fname, code, index, namer = _code_steps(A, source_name)
     adjoints = A.graph.get("adjoints") or {}
@@ -382,7 +383,7 @@ def page_data(G, values=True, seed=0, source_name=None):
             if adj is not None:
                 entry["grad"] = adj
         if a[g.KIND] == g.PARAM:
-            entry["path"] = _path_product(H, n, loss, up, count)
+            entry["path"] = _path_product(H, n, loss, hop, count)
         nodes[ids[n]] = entry
 
     # edges: forward edges with the norm of the gradient term each carries back

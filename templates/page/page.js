@@ -61,8 +61,13 @@
     const t = document.getElementById("view-" + key);
     if (!t) return;
     picture.replaceChildren(t.content.cloneNode(true));
-    // a graph drawn whole fits the pane's width; a big one keeps its size and scrolls
-    picture.classList.toggle("fit", Object.keys(DATA.blocks).length === 0);
+    // a picture a little wider than the pane is shrunk to fit; a wide one keeps its
+    // size (readable labels) and scrolls
+    picture.classList.remove("fit");
+    const svg = picture.querySelector("svg");
+    if (svg && svg.getBoundingClientRect().width <= 1.6 * picture.clientWidth) {
+      picture.classList.add("fit");
+    }
     view = key;
     picture.querySelectorAll("g.node.block").forEach((g) => {
       g.addEventListener("click", () => { showView(g.id); mark(); });
