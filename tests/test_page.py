@@ -86,3 +86,24 @@ def test_a_spec_without_a_loss_is_one_error_line(tmp_path, cli):
     assert status == 2
     assert err.startswith("graphgen: error: ") and len(err.strip().splitlines()) == 1
     assert "needs a loss" in err and "noloss.yaml" in err
+
+
+def test_a_graph_with_no_single_live_value_is_cut_into_runs():
+    # 30 parallel chains of 3 ops, all summed at the end: more than one value is live
+    # everywhere between the input and the sum
+    nodes, ends = {}, []
+    for i in range(30):
+        nodes[f"p{i}"] = {"op": "tanh", "args": ["x"]}
+        nodes[f"q{i}"] = {"op": "mul", "args": [f"p{i}", 2.0]}
+        nodes[f"s{i}"] = {"op": "sum", "args": [f"q{i}"]}
+        ends.append(f"s{i}")
+    nodes["J"] = {"op": "add_n", "args": ends}
+    spec = {"name": "wide", "inputs": {"x": [3]}, "nodes": nodes, "loss": "J"}
+    G = graphgen.prepare(from_dict(spec, source="wide.yaml"))
+    block_of = page.blocks(G)
+    sizes = {}
+    for n, b in block_of.items():
+        if G.nodes[n]["kind"] == "op":
+            sizes[b] = sizes.get(b, 0) + 1
+    assert len(sizes) >= 3
+    assert max(sizes.values()) <= 3 * max(4, -(-91 // page.BLOCKS))

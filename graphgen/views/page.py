@@ -78,14 +78,17 @@ def _named_groups(H):
     counts = {}
     for n in grouped:
         counts[out[n]] = counts.get(out[n], 0) + 1
-    if len(counts) < 2 or max(counts.values()) * 2 > len(opn):
+    if len(counts) < 2 or len(counts) > 2 * BLOCKS:
+        return None  # one block, or more pictures than a page should carry
+    if max(counts.values()) * 2 > len(opn):
         return None
     return out
 
 
 def _structural_groups(H, order):
     """Op nodes -> block index: the schedule cut where exactly one op value is live
-    (a residual block's output, every step of a chain), pieces merged up to a size."""
+    (a residual block's output, every step of a chain), pieces merged up to a size; a
+    graph with no such cuts (wide, densely connected) in runs of three times that size."""
     opn = [n for n in order if H.nodes[n][g.KIND] == g.OPNODE]
     pos = {n: i for i, n in enumerate(opn)}
     live = [0] * (len(opn) + 1)
@@ -100,7 +103,8 @@ def _structural_groups(H, order):
         out[n] = block
         size += 1
         running += live[i]
-        if running <= 1 and size >= target and i < len(opn) - 1:
+        # a cut where one value is live; in a graph too wide for one, every 3 targets
+        if (running <= 1 and size >= target or size >= 3 * target) and i < len(opn) - 1:
             block, size = block + 1, 0
     return out
 
