@@ -41,6 +41,7 @@ def test_the_page_is_deterministic_and_self_contained():
     data = page_json(a)
     first = data["steps"][0]["node"]
     assert data["nodes"][first]["name"] == "J"
+    assert data["check"]["ok"] is True and data["check"]["text"].startswith("Checked")
 
 
 def test_hostile_names_stay_text():
@@ -107,3 +108,19 @@ def test_a_graph_with_no_single_live_value_is_cut_into_runs():
             sizes[b] = sizes.get(b, 0) + 1
     assert len(sizes) >= 3
     assert max(sizes.values()) <= 3 * max(4, -(-91 // page.BLOCKS))
+
+
+def test_numbers_that_disagree_with_the_module_are_flagged(monkeypatch):
+    evaluate = page.evaluate
+
+    def off(A, arrays):  # the interpreter a little off on W1's gradient
+        values = evaluate(A, arrays)
+        n = A.graph["grads"]["W1"]
+        values[n] = values[n] + 1e-3
+        return values
+
+    monkeypatch.setattr(page, "evaluate", off)
+    with pytest.warns(graphgen.GraphgenWarning, match="W1"):
+        text = page.to_html(graphgen.load(EXAMPLES / "tiny.yaml"))
+    check = page_json(text)["check"]
+    assert check["ok"] is False and check["text"].startswith("MISMATCH")

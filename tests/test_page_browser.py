@@ -339,7 +339,8 @@ def test_resnet50_page(browser, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", graphgen.GraphgenWarning)
-        page.write(graphgen.load(path), out)
+        # its gradients against the generated module: tests/test_onnx_models.py
+        page.write(graphgen.load(path), out, check=False)
     browser.load(out)
     assert_offline(browser, out)
     assert browser.js("document.querySelectorAll('g.node.block').length") >= 10

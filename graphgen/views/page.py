@@ -294,6 +294,63 @@ def _code_steps(A, source_name):
     return str(fn.name), lines, index, program.namer
 
 
+# ---------------------------------------------------------- checked against the module
+
+# lowered graphs up to this many nodes are checked against their generated module
+CHECK_AT = 1500
+# the relative difference from the generated module above which the page says so
+CHECK_TOL = 1e-8
+
+
+def _module_check(H, A, arrays, vals):
+    """The loss and every parameter gradient of the page against the generated
+    module's ``value_and_grad`` in float64 (as ``explain --values`` checks them): a
+    sentence for the page; a :class:`GraphgenWarning` on a mismatch."""
+    import warnings
+
+    from ..errors import GraphgenWarning
+    from .values import ModuleGradients
+
+    if len(A) > CHECK_AT:
+        return {
+            "ok": None,
+            "text": f"Not checked against the generated module here ({len(A):,} "
+            "nodes): `graphgen check` compares its gradients with finite differences.",
+        }
+    module = ModuleGradients(H, arrays, vals)
+    loss = H.graph["loss"]
+    pairs = [(loss, module.loss)] + [
+        (w, module.grads[w]) for w in sorted(module.grads, key=str)
+    ]
+    worst, where = 0.0, None
+    for n, theirs in pairs:
+        ours = vals[n] if n == loss else adjoint_value(A, vals, n, np.shape(vals[n]))
+        if ours is None:
+            ours = np.zeros(np.shape(theirs))
+        a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+        scale = max(1.0, float(np.max(np.abs(b), initial=0.0)))
+        d = float(np.max(np.abs(a - b), initial=0.0)) / scale
+        if not d <= worst:
+            worst, where = d, n
+    ok = worst <= CHECK_TOL
+    text = (
+        f"Checked: the loss and the gradients of {len(pairs) - 1} arrays agree with "
+        f"the generated value_and_grad (float64) to {worst:.1e} (relative)."
+    )
+    if not ok:
+        text = (
+            f"MISMATCH with the generated value_and_grad at {visible(where)}: "
+            f"relative difference {worst:.1e} (tolerance {CHECK_TOL:g})."
+        )
+        warnings.warn(
+            f"{g.source_of(H)}: the page's numbers differ from the generated module "
+            f"at {visible(where)!r} by {worst:.1e} (relative)",
+            GraphgenWarning,
+            stacklevel=3,
+        )
+    return {"ok": ok, "text": text}
+
+
 # ------------------------------------------------------------------------ the data
 
 
@@ -323,7 +380,7 @@ def _path_product(H, n, loss, hop, count):
     }
 
 
-def page_data(G, values=True, seed=0, source_name=None):
+def page_data(G, values=True, seed=0, source_name=None, check=True):
     """Everything the page shows, as plain data.
 
     Returns ``(data, H, ids, block_of, bid, edges)``: ``data`` (JSON-ready) holds the
@@ -345,7 +402,8 @@ def page_data(G, values=True, seed=0, source_name=None):
             source=g.source_of(H),
         )
     A = lower(H)
-    vals = evaluate(A, load_arrays(H, values, seed))
+    arrays = load_arrays(H, values, seed)
+    vals = evaluate(A, arrays)
     order = g.schedule(H)
     ids = {n: f"n{i}" for i, n in enumerate(order)}
     block_of = blocks(H, order)
@@ -478,6 +536,9 @@ def page_data(G, values=True, seed=0, source_name=None):
         "nodes": nodes,
         "blocks": {bid[b]: visible(b) for b in names},
         "steps": step_data,
+        "check": _module_check(H, A, arrays, vals)
+        if check
+        else {"ok": None, "text": "Not checked against the generated module."},
     }
     return data, H, ids, block_of, bid, edges
 
@@ -684,11 +745,18 @@ def _json_safe(text):
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def to_html(G, values=True, seed=0, source_name=None):
-    """The page as a string (see the module's docstring)."""
+def to_html(G, values=True, seed=0, source_name=None, check=True):
+    """The page as a string (see the module's docstring).
+
+    ``check``: compare the page's loss and parameter gradients with the generated
+    module's ``value_and_grad`` in float64 and say the result on the page (graphs of up
+    to ``CHECK_AT`` lowered nodes).
+    """
     import jinja2
 
-    data, H, ids, block_of, bid, edges = page_data(G, values, seed, source_name)
+    data, H, ids, block_of, bid, edges = page_data(
+        G, values, seed, source_name, check=check
+    )
     views = {"top": _svg(_dot(H, ids, block_of, bid, edges, None, data))}
     for b in data["blocks"]:
         views[b] = _svg(_dot(H, ids, block_of, bid, edges, b, data))
@@ -717,10 +785,10 @@ def _markup(text):
     return Markup(text)
 
 
-def write(G, path, values=True, seed=0):
-    """Write the page of ``G`` to ``path`` (``.html``)."""
+def write(G, path, values=True, seed=0, check=True):
+    """Write the page of ``G`` to ``path`` (``.html``); see :func:`to_html`."""
     path = os.fspath(path)
-    text = to_html(G, values=values, seed=seed)
+    text = to_html(G, values=values, seed=seed, check=check)
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

@@ -218,6 +218,7 @@
     "Step through the backward pass with ← → in the order the generated code runs it; " +
     "hover a parameter for its chain-rule path" +
     (Object.keys(DATA.blocks).length ? "; click a block to open it." : ".")));
+  intro.append(el("p", "check " + (DATA.check.ok === false ? "bad" : DATA.check.ok ? "good" : "muted"), DATA.check.text));
   showView("top");
   go(0);
   document.body.dataset.ready = "1";
