@@ -248,13 +248,16 @@ def test_fanout_hover_colour_and_screenshot(browser, tmp_path):
     tip = browser.js(
         """(() => { const t = document.getElementById("tooltip");
         return {hidden: t.hidden, node: t.dataset.node,
-          path: t.querySelector(".path").textContent,
+          paths: [...t.querySelectorAll(".path")].map((e) => e.textContent),
+          sum: t.querySelector(".path-sum").textContent,
           norm: t.querySelector(".grad-norm").dataset.v}; })()"""
     )
     assert not tip["hidden"] and tip["node"] == wid
-    assert tip["path"] == (
-        "∂J/∂W1 = ∂J/∂e · ∂e/∂y · ∂y/∂z · ∂z/∂h · ∂h/∂u · ∂u/∂a · ∂a/∂W1"
-    )
+    # the three paths and their sum, as explain writes them
+    text = graphgen.explain(G, "W1")
+    for line in tip["paths"] + [tip["sum"]]:
+        assert line in text
+    assert len(tip["paths"]) == 3 and tip["sum"].count(") + (") == 2
     assert abs(float(tip["norm"]) - np.linalg.norm(grads["W1"])) <= 1e-10
 
     # the fan-out step of h: three terms

@@ -360,23 +360,51 @@ def _show(n):
     return f"[{s}]" if "/" in s else s
 
 
-def _path_product(H, n, loss, hop, count):
-    """∂J/∂n along its first path to the loss (``hop``: each node's first successor
-    towards it), as ``explain`` prints a path, and the number of paths."""
-    path = [n]
-    while path[-1] != loss:
-        nxt = hop.get(path[-1])
-        if nxt is None:
-            return None
-        path.append(nxt)
-    factors = [
-        partial(_show(path[t + 1]), _show(path[t]))
-        for t in reversed(range(len(path) - 1))
+# a parameter's hover lists its paths to the loss when it has at most this many
+PATHS = 4
+
+
+def _paths(H, n, loss, towards, limit):
+    """The first ``limit`` paths from ``n`` to the loss, in the order ``explain`` lists
+    them (successors by creation order)."""
+    out, stack = [], [[n]]
+    while stack and len(out) < limit:
+        path = stack.pop()
+        if path[-1] == loss:
+            out.append(path)
+            continue
+        for k in reversed(towards.get(path[-1], ())):
+            stack.append(path + [k])
+    return out
+
+
+def _path_product(H, n, loss, towards, count):
+    """∂J/∂n as ``explain`` writes it: the product of the local derivatives along each
+    path to the loss (``towards``: each node's successors on such paths), and their sum,
+    for at most :data:`PATHS` paths; else the first path and the number of paths."""
+    total = count.get(n, 0)
+    paths = _paths(H, n, loss, towards, PATHS if total <= PATHS else 1)
+    if not paths:
+        return None
+    lhs = partial(_show(loss), _show(n))
+    products = [
+        product(
+            [partial(_show(p[t + 1]), _show(p[t])) for t in reversed(range(len(p) - 1))]
+        )
+        for p in paths
     ]
     return {
-        "product": f"{partial(_show(loss), _show(n))} = {product(factors)}",
-        "paths": str(count.get(n, 0)),
-        "route": " → ".join(_show(p) for p in reversed(path)),
+        "paths": str(total),
+        "list": [
+            {
+                "route": " → ".join(_show(x) for x in reversed(p)),
+                "product": f"{lhs}{f'  (path {i})' if total > 1 else ''} = {prod}",
+            }
+            for i, (p, prod) in enumerate(zip(paths, products), 1)
+        ],
+        "sum": f"{lhs} = " + " + ".join(f"({x})" for x in products)
+        if 1 < total <= PATHS
+        else None,
     }
 
 
@@ -416,11 +444,11 @@ def page_data(G, values=True, seed=0, source_name=None, check=True):
         if n != loss:
             count[n] = sum(count.get(k, 0) for k in H.successors(n))
     num = _Numbers(H, A, vals, up)
-    hop = {}  # each node's first successor (creation order) on a path to the loss
+    towards = {}  # each node's successors on paths to the loss, by creation order
     for n in order:
-        towards = [k for k in H.successors(n) if k in up]
-        if towards:
-            hop[n] = min(towards, key=lambda k: H.nodes[k][g.SEQ])
+        succ = [k for k in H.successors(n) if k in up]
+        if succ:
+            towards[n] = sorted(succ, key=lambda k: H.nodes[k][g.SEQ])
     source_name = source_name or os.path.basename(g.source_of(H))
     fname, code, index, namer = _code_steps(A, source_name)
     adjoints = A.graph.get("adjoints") or {}
@@ -445,7 +473,7 @@ def page_data(G, values=True, seed=0, source_name=None, check=True):
             if adj is not None:
                 entry["grad"] = adj
         if a[g.KIND] == g.PARAM:
-            entry["path"] = _path_product(H, n, loss, hop, count)
+            entry["path"] = _path_product(H, n, loss, towards, count)
         nodes[ids[n]] = entry
 
     # edges: forward edges with the norm of the gradient term each carries back

@@ -120,9 +120,17 @@
     tooltip.dataset.node = id;
     tooltip.append(el("b", "", n.name), " ", el("span", "muted", (n.op || n.kind) + " " + n.shape));
     if (n.path) {
-      tooltip.append(el("div", "formula path", n.path.product));
-      const paths = n.path.paths === "1" ? "the only path: " : "one of " + n.path.paths + " paths (their sum is the gradient): ";
-      tooltip.append(el("div", "muted", paths + n.path.route));
+      const many = n.path.paths !== "1";
+      n.path.list.forEach((p, i) => {
+        tooltip.append(el("div", "muted route", (many ? "path " + (i + 1) + ": " : "the only path: ") + p.route));
+        tooltip.append(el("div", "formula path", p.product));
+      });
+      if (n.path.sum) {
+        tooltip.append(el("div", "muted", "The gradient is the sum over the paths:"));
+        tooltip.append(el("div", "formula path-sum", n.path.sum));
+      } else if (many) {
+        tooltip.append(el("div", "muted", "… one of " + n.path.paths + " paths; the gradient is the sum over all of them."));
+      }
     }
     if (n.value) {
       const d = el("div", "", "‖" + n.name + "‖ = ");
