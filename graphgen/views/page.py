@@ -814,7 +814,11 @@ def _markup(text):
 
 
 def write(G, path, values=True, seed=0, check=True):
-    """Write the page of ``G`` to ``path`` (``.html``); see :func:`to_html`."""
+    """Write the page of ``G`` to ``path`` (``.html``); see :func:`to_html`.
+
+    ``graphgen.write_page(G, "model.html")`` from the package; ``values``: True for
+    seeded random arrays, a dict of arrays or an ``.npz`` path (missing ones random).
+    """
     path = os.fspath(path)
     text = to_html(G, values=values, seed=seed, check=check)
     try:

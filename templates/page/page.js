@@ -221,8 +221,8 @@
   });
 
   const intro = document.getElementById("intro");
-  intro.append(el("p", "muted", DATA.source + ": random arrays (seed " + DATA.seed + "), loss " +
-    (DATA.loss_value === null ? "" : fmt(DATA.loss_value)) + ". " +
+  intro.append(el("p", "muted", DATA.source + ": random arrays (seed " + DATA.seed + ")" +
+    (DATA.loss_value === null ? "" : ", loss " + fmt(DATA.loss_value)) + ". " +
     "Step through the backward pass with ← → in the order the generated code runs it; " +
     "hover a parameter for its chain-rule path" +
     (Object.keys(DATA.blocks).length ? "; click a block to open it." : ".")));
