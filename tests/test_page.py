@@ -124,3 +124,22 @@ def test_numbers_that_disagree_with_the_module_are_flagged(monkeypatch):
         text = page.to_html(graphgen.load(EXAMPLES / "tiny.yaml"))
     check = page_json(text)["check"]
     assert check["ok"] is False and check["text"].startswith("MISMATCH")
+
+
+def test_structural_blocks_are_named_after_their_parameters():
+    # names as ONNX's ResNet-50 has them: ops r0, r1, ...; params gpu_0/res2_0_...
+    nodes, params, h = {}, {}, "x"
+    for i in range(20):
+        w, b = f"gpu_0/res{i}_branch2a_w_0", f"gpu_0/res{i}_branch2a_b_0"
+        params[w] = [3, 3]
+        params[b] = [3]
+        nodes[f"r{4 * i}"] = {"op": "matmul", "args": [h, w]}
+        nodes[f"r{4 * i + 1}"] = {"op": "add", "args": [f"r{4 * i}", b]}
+        nodes[f"r{4 * i + 2}"] = {"op": "tanh", "args": [f"r{4 * i + 1}"]}
+        nodes[f"r{4 * i + 3}"] = {"op": "add", "args": [f"r{4 * i + 2}", h]}
+        h = f"r{4 * i + 3}"
+    nodes["J"] = {"op": "sum", "args": [h]}
+    spec = {"name": "r", "inputs": {"x": [2, 3]}, "params": params, "nodes": nodes}
+    G = graphgen.prepare(from_dict({**spec, "loss": "J"}, source="r.yaml"))
+    names = set(page.blocks(G).values())
+    assert "res7_branch2a: r28 … r31" in names

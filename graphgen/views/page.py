@@ -109,6 +109,36 @@ def _structural_groups(H, order):
     return out
 
 
+def _is_param(H, n):
+    return H.nodes[n][g.KIND] == g.PARAM
+
+
+_SEPARATORS = "/_.:-"
+
+
+def _shared_head(names):
+    """The leading ``/``-segment every name has (``gpu_0/`` in ONNX's ResNet-50)."""
+    heads = {str(n).split("/", 1)[0] + "/" for n in names if "/" in str(n)}
+    if len(heads) == 1 and all("/" in str(n) for n in names):
+        return heads.pop()
+    return ""
+
+
+def _common_name(names, shared):
+    """What the names of a block's parameters have in common, cut at a separator
+    (``res2_0`` for ``gpu_0/res2_0_branch2a_w_0``, ``gpu_0/res2_0_branch1_b_0``, ...),
+    or "" when it is too short to say anything."""
+    names = [str(n)[len(shared) :] for n in names]
+    if len(names) < 2:
+        return ""
+    head = os.path.commonprefix(names)
+    if head not in names:  # cut a partial word: "res2_0_branch" -> "res2_0"
+        cut = max(head.rfind(c) for c in _SEPARATORS)
+        head = head[:cut] if cut > 0 else ""
+    head = head.rstrip(_SEPARATORS)
+    return visible(head) if len(head) >= 2 else ""
+
+
 def blocks(H, order=None):
     """The blocks a big forward graph collapses into: ``{node: block name}`` for the
     nodes inside one (inputs and values shared by several blocks stay outside), or an
@@ -123,10 +153,16 @@ def blocks(H, order=None):
         for n in order:
             if n in index:
                 members.setdefault(index[n], []).append(n)
+        shared = _shared_head([n for n in H if H.nodes[n][g.KIND] == g.PARAM])
         names = {}
         for b, ns in members.items():
             first, last = visible(ns[0]), visible(ns[-1])
-            names[b] = f"{first} … {last}" if len(ns) > 1 else first
+            span = f"{first} … {last}" if len(ns) > 1 else first
+            params = [
+                p for n in ns for p in H.predecessors(n) if p in H and _is_param(H, p)
+            ]
+            common = _common_name(params, shared)
+            names[b] = f"{common}: {span}" if common else span
         named = {n: names[b] for n, b in index.items()}
     out = {}
     for n in order:
@@ -435,7 +471,9 @@ def page_data(G, values=True, seed=0, source_name=None, check=True):
     order = g.schedule(H)
     ids = {n: f"n{i}" for i, n in enumerate(order)}
     block_of = blocks(H, order)
-    names = list(dict.fromkeys(block_of[n] for n in order if n in block_of))
+    # blocks in the order of their first op (params come early in the schedule)
+    first = [n for n in order if n in block_of and H.nodes[n][g.KIND] == g.OPNODE]
+    names = list(dict.fromkeys(block_of[n] for n in first + order if n in block_of))
     bid = {b: f"b{i}" for i, b in enumerate(names)}
     active = relevant_nodes(H, loss, H.graph.get("wrt") or [])
     up = nx.ancestors(H, loss) | {loss}
