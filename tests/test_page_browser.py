@@ -349,3 +349,24 @@ def test_resnet50_page(browser, tmp_path):
     assert browser.js("document.querySelectorAll('g.node.block').length") >= 10
     browser.key("ArrowRight", keycode=39)
     assert browser.js(STEP_STATE)["counter"].startswith("step 2 / ")
+
+
+def test_hostile_names_are_shown_as_text(browser, tmp_path):
+    from test_diagram import hostile_graph
+
+    out = tmp_path / "hostile.html"
+    page.write(hostile_graph(), out)
+    browser.load(out)
+    assert_offline(browser, out)
+    assert browser.js("document.scripts.length") == 2
+    drawn = browser.js(
+        "[...document.querySelectorAll('#picture text')].map(t => t.textContent)"
+    )
+    assert "<b>" in drawn and 'a"b' in drawn
+    browser.key("ArrowRight", keycode=39)
+    step = browser.js("document.getElementById('step').textContent")
+    assert "<script>alert(1)</script>" in step
+    assert browser.js("document.scripts.length") == 2
+    assert not any(
+        e.get("method") == "Page.javascriptDialogOpening" for e in browser.events
+    )
