@@ -65,7 +65,7 @@
     // size (readable labels) and scrolls
     picture.classList.remove("fit");
     const svg = picture.querySelector("svg");
-    if (svg && svg.getBoundingClientRect().width <= 1.6 * picture.clientWidth) {
+    if (svg && svg.getBoundingClientRect().width <= 2 * picture.clientWidth) {
       picture.classList.add("fit");
     }
     view = key;
