@@ -306,7 +306,8 @@ def render_args(p):
         "-o",
         "--output",
         required=True,
-        help="where to write the diagram: .svg, .png, .pdf or .dot",
+        help="where to write the diagram: .svg, .png, .pdf or .dot; or .html, an "
+        "interactive page that steps through backprop (with values for random arrays)",
     )
     p.add_argument(
         "--view",
@@ -340,12 +341,24 @@ def render_args(p):
     p.add_argument(
         "--depth", type=int, default=2, help="hops around --focus to draw (default 2)"
     )
+    onnx_args(p)
 
 
 def render_run(args):
     from .views.diagram import write
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
+    if args.output.lower().endswith(".html"):
+        from .views import page
+
+        if args.collapse or args.focus or args.view != "flow":
+            raise GraphgenError(
+                "--view, --collapse and --focus apply to diagrams, not to the .html "
+                "page (it collapses big graphs into blocks by itself)"
+            )
+        page.write(G, args.output, values=args.values or True, seed=args.seed)
+        print(f"wrote {args.output}", file=sys.stderr)
+        return 0
     write(
         G,
         args.output,
