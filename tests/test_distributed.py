@@ -1,0 +1,349 @@
+"""graphgen.distributed on a real LocalCluster of worker processes: the gradient of a
+batch split into shards is the same bytes for 1, 2 and 3 workers, matches one process,
+survives a worker killed in the middle of a step, and the workers never import graphgen.
+
+One cluster (3 worker processes, one thread each) serves the whole module; the test that
+kills a worker runs last.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES
+
+import graphgen
+from graphgen import GraphgenError
+from graphgen import distributed as gd
+from graphgen.check import random_arrays
+
+distributed = pytest.importorskip("distributed")
+
+# A worker plugin shipped by value (its module is no importable one). On every worker,
+# also one started after a death, it makes `import graphgen` fail: the workers must run
+# on the source text they are sent. Armed with a flag file, the first worker to start a
+# shard's task removes the file, writes its pid beside it and dies on the spot.
+PLUGIN = """
+import os, sys
+from distributed import WorkerPlugin
+
+class Plugin(WorkerPlugin):
+    name = "graphgen-test"
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def setup(self, worker):
+        for k in [k for k in sys.modules if k == "graphgen" or k.startswith("graphgen.")]:
+            del sys.modules[k]
+        sys.modules["graphgen"] = None  # import graphgen raises ImportError
+
+    def transition(self, key, start, finish, **kwargs):
+        name = key if isinstance(key, str) else str(key)
+        if finish == "executing" and name.startswith("graphgen-shard-"):
+            try:
+                os.remove(self.flag)
+            except FileNotFoundError:
+                return
+            with open(self.flag + ".pid", "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    flag = str(tmp_path_factory.mktemp("dask") / "kill-one")
+    ns = {"__name__": "graphgen_test_dask_plugin", "__builtins__": builtins}
+    exec(PLUGIN, ns)  # noqa: S102
+    cluster = distributed.LocalCluster(
+        n_workers=3, processes=True, threads_per_worker=1, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    client.register_plugin(ns["Plugin"](flag))
+    yield types.SimpleNamespace(client=client, flag=flag)
+    client.close()
+    cluster.close()
+
+
+def _workers(client):
+    return sorted(client.scheduler_info()["workers"])
+
+
+def _batch(G, module, n, seed=1):
+    sizes = {"batch": n, "N": n}
+    arrays = random_arrays(
+        G, seed=seed, sizes=sizes, dtype=module.DTYPES[next(iter(module.PARAMS))]
+    )
+    batch = {k: arrays[k] for k in module.INPUTS}
+    params = {k: arrays[k] for k in module.PARAMS}
+    return batch, params
+
+
+def _bytes(loss, grads):
+    return np.float64(loss).tobytes(), {k: v.tobytes() for k, v in grads.items()}
+
+
+def _assert_close(loss, grads, want_loss, want_grads, rtol=1e-12):
+    assert abs(loss - want_loss) <= rtol * abs(want_loss)
+    assert sorted(grads) == sorted(want_grads)
+    for k, g in grads.items():
+        w = want_grads[k]
+        assert g.dtype == w.dtype and g.shape == w.shape, k
+        scale = max(1.0, float(np.max(np.abs(w))))
+        assert float(np.max(np.abs(g - w))) <= rtol * scale, k
+
+
+MLP = graphgen.load(EXAMPLES / "mlp.yaml")
+
+
+def test_workers_run_without_graphgen(cluster):
+    missing = cluster.client.run(lambda: sys.modules.get("graphgen", "there"))
+    assert set(missing.values()) == {None}  # poisoned: import graphgen fails there
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 8)
+    loss, _ = gd.value_and_grad(module, cluster.client, gd.split(batch, 2), params)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "spec, n, shards",
+    [("mlp.yaml", 37, 5), ("tiny.yaml", 11, 4), ("fanout.yaml", 9, 3)],
+)
+def test_same_bytes_for_1_2_3_workers_and_one_process(cluster, spec, n, shards):
+    G = graphgen.load(EXAMPLES / spec)
+    module = graphgen.compile(G)
+    batch, params = _batch(G, module, n)
+    want = module.value_and_grad(**batch, **params)
+    ws = _workers(cluster.client)
+    results = []
+    for k in (1, 2, 3):
+        got = gd.value_and_grad(
+            module, cluster.client, gd.split(batch, shards), params, workers=ws[:k]
+        )
+        _assert_close(*got, *want)
+        results.append(_bytes(*got))
+    assert results[0] == results[1] == results[2]
+    # one shard is the whole batch: n·L/n and n·g/n round back to the same bytes
+    one = gd.value_and_grad(module, cluster.client, [batch], params)
+    _assert_close(*one, *want, rtol=1e-15)
+
+
+def test_unequal_and_empty_shards_weigh_by_size(cluster):
+    """Shards of 1, 0, 6 and 2 examples: weighted by size, not averaged per shard."""
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 9)
+    cuts = [0, 1, 1, 7, 9]
+    shards = [
+        {k: v[a:b] for k, v in batch.items()} for a, b in itertools.pairwise(cuts)
+    ]
+    got = gd.value_and_grad(module, cluster.client, shards, params)
+    _assert_close(*got, *module.value_and_grad(**batch, **params))
+
+
+def test_gradient_matches_central_differences(cluster):
+    """The distributed gradient of the tiny net against central differences of the
+    single-process loss of the whole batch (float64)."""
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    module = graphgen.compile(G)
+    batch, params = _batch(G, module, 7)
+    _, grads = gd.value_and_grad(module, cluster.client, gd.split(batch, 3), params)
+    for name in params:
+        p = {k: v.copy() for k, v in params.items()}
+        x, fd = p[name].reshape(-1), np.zeros(p[name].size)
+        for i in range(x.size):
+            old = x[i]
+            x[i] = old + 1e-6
+            up = module.value_and_grad(**batch, **p)[0]
+            x[i] = old - 1e-6
+            down = module.value_and_grad(**batch, **p)[0]
+            x[i] = old
+            fd[i] = (up - down) / 2e-6
+        np.testing.assert_allclose(grads[name].reshape(-1), fd, rtol=1e-6, atol=1e-9)
+
+
+def test_stored_weights_travel_to_the_workers(cluster):
+    """LeNet from ONNX with conv1's weight frozen: a constant the module reads from the
+    .npz beside it, which the workers get as bytes."""
+    pytest.importorskip("onnx")
+    G = graphgen.load(
+        EXAMPLES / "lenet.onnx",
+        loss="softmax_cross_entropy",
+        labels="labels",
+        freeze=("conv1.weight",),
+    )
+    module = graphgen.compile(G, dtype="float64")
+    assert module._WEIGHTS_FILE.endswith(".npz")
+    batch, params = _batch(G, module, 5)
+    want = module.value_and_grad(**batch, **params)
+    got = gd.value_and_grad(module, cluster.client, gd.split(batch, 2), params)
+    _assert_close(*got, *want)
+
+
+def test_numba_module_on_a_worker(cluster):
+    pytest.importorskip("numba")
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    module = graphgen.compile(G, backend="numba")
+    batch, params = _batch(G, module, 10)
+    want = module.value_and_grad(**batch, **params)
+    one = _workers(cluster.client)[:1]  # one worker compiles (or loads) the kernels
+    got = gd.value_and_grad(
+        module, cluster.client, gd.split(batch, 3), params, workers=one
+    )
+    _assert_close(*got, *want)
+
+
+def test_shards_as_futures_from_a_loader(cluster):
+    """Data already on the cluster: futures of tasks that make the shards."""
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 12)
+    pieces = gd.split(batch, 3)
+    futures = [cluster.client.submit(dict, p, pure=False) for p in pieces]
+    got = gd.value_and_grad(module, cluster.client, futures, params)
+    assert _bytes(*got) == _bytes(
+        *gd.value_and_grad(module, cluster.client, pieces, params)
+    )
+
+
+@pytest.mark.parametrize("make", ["sgd", "momentum", "adam", "adamw"])
+def test_train_step_matches_one_process(cluster, make):
+    optimizer = {
+        "sgd": lambda: gd.SGD(lr=0.1),
+        "momentum": lambda: gd.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+        "adam": lambda: gd.Adam(lr=1e-2, weight_decay=1e-3),
+        "adamw": lambda: gd.Adam(lr=1e-2, weight_decay=1e-2, decoupled=True),
+    }[make]
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    module = graphgen.compile(G)
+    batch, params = _batch(G, module, 10)
+    local = {k: v.copy() for k, v in params.items()}
+    opt_d, opt_l = optimizer(), optimizer()
+    state_d, state_l = gd.init_state(params, opt_d), gd.init_state(local, opt_l)
+    for _ in range(3):
+        loss = gd.train_step(
+            module, cluster.client, gd.split(batch, 3), params, state_d, opt_d
+        )
+        want, grads = module.value_and_grad(**batch, **local)
+        opt_l.update(local, state_l, grads)
+        assert abs(loss - want) <= 1e-12 * abs(want)
+    for k in params:
+        np.testing.assert_allclose(params[k], local[k], rtol=1e-12, atol=1e-14)
+    assert state_d["step"] == 3
+
+
+@pytest.mark.parametrize("make", ["sgd", "momentum", "adam", "adamw"])
+def test_optimizers_follow_torch(make):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    p0 = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    grads = [
+        {k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(20)
+    ]
+    ours, theirs = {
+        "sgd": (gd.SGD(lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+        "momentum": (
+            gd.SGD(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+            lambda p: torch.optim.SGD(
+                p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True
+            ),
+        ),
+        "adam": (
+            gd.Adam(lr=0.01, weight_decay=0.1),
+            lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
+        ),
+        "adamw": (
+            gd.Adam(lr=0.01, weight_decay=0.1, decoupled=True),
+            lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+        ),
+    }[make]
+    params = {k: v.copy() for k, v in p0.items()}
+    state = gd.init_state(params, ours)
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p0.items()}
+    opt = theirs(list(tp.values()))
+    for g in grads:
+        ours.update(params, state, g)
+        for k, t in tp.items():
+            t.grad = torch.tensor(g[k])
+        opt.step()
+    for k, p in params.items():
+        np.testing.assert_allclose(p, tp[k].detach().numpy(), rtol=1e-10)
+
+
+def test_bad_input_is_one_clear_error(cluster):
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 6)
+    client = cluster.client
+    with pytest.raises(GraphgenError, match=r"shard 1: expected the arrays.*missing"):
+        gd.value_and_grad(module, client, [batch, {"x": batch["x"]}], params)
+    with pytest.raises(GraphgenError, match=r"shard 0: .*same length"):
+        gd.value_and_grad(module, client, [dict(batch, x=batch["x"][:2])], params)
+    with pytest.raises(GraphgenError, match=r"params: expected .*W1"):
+        gd.value_and_grad(module, client, [batch], {"W1": params["W1"]})
+    with pytest.raises(GraphgenError, match="at least one shard"):
+        gd.value_and_grad(module, client, [], params)
+    with pytest.raises(GraphgenError, match="refused by the module.*'x'"):
+        bad = dict(batch, x=batch["x"].astype(np.float32))
+        gd.value_and_grad(module, client, [bad], params, retries=0)
+    with pytest.raises(GraphgenError, match="generated by graphgen"):
+        gd.value_and_grad(np, client, [batch], params)
+    with pytest.raises(GraphgenError, match="local:N"):
+        gd.connect("local:zero")
+
+
+def test_missing_dask_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(GraphgenError, match=r"pip install 'graphgen\[dask\]'"):
+        gd.connect("local:1")
+
+
+def test_a_failed_step_changes_nothing(cluster):
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 6)
+    opt = gd.Adam(lr=0.1)
+    state = gd.init_state(params, opt)
+    gd.train_step(module, cluster.client, gd.split(batch, 2), params, state, opt)
+    before = ({k: v.tobytes() for k, v in params.items()}, repr(state))
+    bad = dict(batch, labels=batch["labels"].astype(np.float64))
+    with pytest.raises(GraphgenError):
+        gd.train_step(module, cluster.client, [batch, bad], params, state, opt)
+    assert ({k: v.tobytes() for k, v in params.items()}, repr(state)) == before
+
+
+def test_cli_distributed_check(cluster, cli):
+    address = cluster.client.scheduler.address
+    status, out, err = cli(
+        "distributed-check", EXAMPLES / "mlp.yaml", "--dask", address, "--batch", "20"
+    )
+    assert status == 0, err
+    assert "same bytes" in out and "max relative difference" in out
+    status, _, err = cli(
+        "distributed-check", EXAMPLES / "mlp.yaml", "--dask", "local:x"
+    )
+    assert status == 2 and err.startswith("graphgen: error: --dask local:x")
+
+
+# ---------------------------------------------------------------- last: a death
+
+
+def test_a_worker_killed_during_a_step_changes_nothing(cluster):
+    """The first worker to start a shard's task dies (os._exit) in the middle of the
+    step; the scheduler runs the lost tasks again elsewhere and the nanny starts a new
+    worker. The result has the bytes of an undisturbed step."""
+    psutil = pytest.importorskip("psutil")
+    module = graphgen.compile(MLP)
+    batch, params = _batch(MLP, module, 16)
+    shards = gd.split(batch, 4)
+    want = _bytes(*gd.value_and_grad(module, cluster.client, shards, params))
+    open(cluster.flag, "w").close()
+    got = _bytes(*gd.value_and_grad(module, cluster.client, shards, params))
+    assert not os.path.exists(cluster.flag), "no worker was killed"
+    with open(cluster.flag + ".pid") as f:
+        pid = int(f.read())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    assert got == want
