@@ -454,7 +454,8 @@ def distributed_check_run(args):
         print(
             f"graphgen distributed-check: {os.path.basename(args.spec)}, "
             f"{args.backend} backend, {args.batch} examples in {count} shards, "
-            f"{len(workers)} workers at {client.scheduler.address}"
+            f"{len(workers)} worker{'s' if len(workers) != 1 else ''} at "
+            f"{client.scheduler.address}"
         )
         seen = []
         for k in range(1, len(workers) + 1):
@@ -480,6 +481,11 @@ def distributed_check_run(args):
     tol = 1e-12 if np.dtype(module.DTYPE) == np.float64 else 1e-5
     print(f"one process: loss {want_loss!r}")
     print(f"max relative difference from one process: {worst:.3g} (tolerance {tol:g})")
+    if worst > tol:
+        print(
+            "the shards' weighted sum is not the whole batch's gradient: is the loss a "
+            "mean over the batch (not a sum, no batch statistics)?"
+        )
     return 0 if same and worst <= tol else 1
 
 

@@ -315,13 +315,27 @@ def test_a_failed_step_changes_nothing(cluster):
     assert ({k: v.tobytes() for k, v in params.items()}, repr(state)) == before
 
 
-def test_cli_distributed_check(cluster, cli):
+def test_cli_distributed_check(cluster, cli, tmp_path):
     address = cluster.client.scheduler.address
     status, out, err = cli(
         "distributed-check", EXAMPLES / "mlp.yaml", "--dask", address, "--batch", "20"
     )
     assert status == 0, err
     assert "same bytes" in out and "max relative difference" in out
+    # a loss that is no mean over the batch: the shards do not add up to it
+    spec = tmp_path / "sum.yaml"
+    spec.write_text(
+        "inputs: {x: [batch, 3]}\n"
+        "params: {W: [3, 2]}\n"
+        "nodes:\n"
+        "  z: {op: matmul, args: [x, W]}\n"
+        "  s: {op: sum, args: [z]}\n"
+        "  J: {op: square, args: [s]}\n"
+        "loss: J\n"
+    )
+    status, out, err = cli("distributed-check", spec, "--dask", address, "--batch", "6")
+    assert status == 1, err
+    assert "not the whole batch's gradient" in out
     status, _, err = cli(
         "distributed-check", EXAMPLES / "mlp.yaml", "--dask", "local:x"
     )
