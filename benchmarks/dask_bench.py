@@ -60,7 +60,7 @@ def _mb(n):
 def one_process(module, batch, params, steps):
     from graphgen import distributed as gd
 
-    opt = gd.Adam(lr=1e-3)
+    opt = gd.Optimizer("adam", lr=1e-3)
     params = {k: v.copy() for k, v in params.items()}
     state = gd.init_state(params, opt)
     for _ in range(2):
@@ -87,7 +87,7 @@ def on_cluster(module, batch, params, steps, workers, shards):
     client = distributed.Client(cluster)
     try:
         pieces = gd.split(batch, shards, module.INPUTS)
-        opt = gd.Adam(lr=1e-3)
+        opt = gd.Optimizer("adam", lr=1e-3)
         params = {k: v.copy() for k, v in params.items()}
         state = gd.init_state(params, opt)
         probe = {k: v.copy() for k, v in params.items()}

@@ -56,8 +56,7 @@ import numpy as np
 from .errors import GraphgenError
 
 __all__ = [
-    "SGD",
-    "Adam",
+    "Optimizer",
     "batch_axis",
     "connect",
     "init_state",
@@ -158,8 +157,16 @@ def _shard_sums(prog, params, shard):
     if n == 0:
         return 0, 0.0, {k: np.zeros_like(params[k]) for k in module.WRT}
     loss, grads = module.value_and_grad(**shard, **params)
-    # n is an exact float (n < 2**53); n·g rounds once, like the division at the root
-    return n, n * loss, {k: g * n for k, g in grads.items()}
+    # n is an exact float (n < 2**53); n·g rounds once, like the division at the root.
+    # The gradients are fresh arrays (the module's promise): scaled where they are.
+    return n, n * loss, {k: _scaled(g, n) for k, g in grads.items()}
+
+
+def _scaled(g, n):
+    """``n·g``, in place when ``g`` is an array of its own."""
+    if isinstance(g, np.ndarray) and g.base is None and g.flags.writeable:
+        return np.multiply(g, n, out=g)
+    return g * n
 
 
 def _add(a, b):
@@ -175,7 +182,7 @@ def _hold(value):
 
 _WORKER = {"__name__": "graphgen_dask_worker", "__builtins__": builtins}
 _WORKER.update(np=np, os=os, sys=sys, tempfile=tempfile, types=types)
-for _f in (_worker_cache_dir, _write_once, _worker_module, _batch_size):
+for _f in (_worker_cache_dir, _write_once, _worker_module, _batch_size, _scaled):
     _WORKER[_f.__name__] = types.FunctionType(_f.__code__, _WORKER, _f.__name__)
 _SHARD_SUMS, _ADD, _HOLD = (
     types.FunctionType(f.__code__, _WORKER, f.__name__)
@@ -310,6 +317,17 @@ def submit(module, client, shards, params, *, retries=2, workers=None):
     prog = _program_future(client, prog)
     step = uuid.uuid4().hex[:12]
     where = {"retries": retries, "workers": workers, "pure": False}
+    ranks = sorted(client.nthreads()) if workers is None else []
+
+    def place(i):
+        """Shards i, i + 1, ... in blocks, one block per worker, so that the tree's
+        first sums find both halves on one worker: a preference, not a rule (a task
+        whose worker died runs elsewhere). Data already on the cluster stays put."""
+        if not ranks or isinstance(shards[i], distributed.Future):
+            return where
+        hint = [ranks[i * len(ranks) // len(shards)]]
+        return {**where, "workers": hint, "allow_other_workers": True}
+
     # arrays inside the graph, not scattered: the scheduler can run _hold again when
     # the worker holding them dies (a large graph is what this is; no warning for it)
     import dask
@@ -323,7 +341,7 @@ def submit(module, client, shards, params, *, retries=2, workers=None):
                 held,
                 shard,
                 key=f"graphgen-shard-{step}-{i}",
-                **where,
+                **place(i),
             )
             for i, shard in enumerate(shards)
         ]
@@ -412,88 +430,176 @@ def split(arrays, n, inputs=None):
 
 
 # ---------------------------------------------------------------- optimizer step
+#
+# The update on the client. It follows a module compiled with ``--optimizer`` (its
+# OPTIMIZER table, its state layout ``{"step": 0-d int64, "<slot>.<param>": array}``, so
+# the module's own init_state, save_checkpoint and load_checkpoint work with it), and
+# torch.optim's formulas for a module compiled without one.
+
+# optimizer -> the state it keeps per param (PyTorch's names, as in the module)
+SLOTS = {
+    "sgd": (),
+    "momentum": ("momentum_buffer",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+}
+# PyTorch's defaults (as ``graphgen compile --optimizer`` takes them)
+DEFAULTS = {
+    "lr": 1e-3,
+    "momentum": 0.0,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "clip_norm": None,
+    "schedule": "constant",
+    "steps": None,
+    "warmup": 0,
+}
+SCHEDULES = ("constant", "cosine", "warmup-cosine")
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: C / (‖g‖ + 1e-6)
 
 
-class SGD:
-    """``torch.optim.SGD``: with ``weight_decay`` λ, ``g ← g + λθ``; with momentum μ,
-    ``b ← μb + (1 − dampening)g`` (``b ← g`` on the first step), ``g ← b`` (or
-    ``g + μb``, Nesterov); then ``θ ← θ − lr·g``."""
+class Optimizer:
+    """``sgd``, ``momentum``, ``adam`` or ``adamw`` with torch.optim's formulas, at step
+    t = 1, 2, ... with learning rate lr(t − 1) and gradient g of param p:
 
-    def __init__(
-        self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
-    ):
-        self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.weight_decay, self.nesterov = weight_decay, nesterov
+    - clip_norm C: every g ← g·min(1, C / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all of them
+      together (``clip_grad_norm_``)
+    - sgd: g ← g + λ·p (weight decay λ); p ← p − lr·g
+    - momentum: g ← g + λ·p; b ← μ·b + g (b = 0 before step 1, μ = 0.9 by default);
+      p ← p − lr·b
+    - adam: g ← g + λ·p; adamw: p ← p·(1 − lr·λ) (λ = 0.01 by default); both then
+      m ← m + (1 − β1)·(g − m), v ← β2·v + (1 − β2)·g²,
+      p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
+    - schedules of step k = t − 1 (N = steps, W = warmup): constant lr; cosine
+      lr·(1 + cos(π·k/N))/2; warmup-cosine lr·(k + 1)/W for k < W, then
+      lr·(1 + cos(π·(k − W)/(N − W)))/2
 
-    def init(self, params):
-        return {"step": 0, "momentum": {}}
+    >>> opt = Optimizer("adam", lr=0.01)
+    >>> sorted(opt.init_state({"w": np.zeros(2)}))
+    ['exp_avg.w', 'exp_avg_sq.w', 'step']
+    """
+
+    def __init__(self, name, **settings):
+        if name not in SLOTS:
+            raise GraphgenError(
+                f"unknown optimizer {name!r} (known: {', '.join(SLOTS)})"
+            )
+        unknown = sorted(set(settings) - set(DEFAULTS))
+        if unknown:
+            raise GraphgenError(
+                f"optimizer {name!r}: unknown settings {unknown} (known: "
+                f"{', '.join(DEFAULTS)})"
+            )
+        given = {k: v for k, v in settings.items() if v is not None}
+        s = {**DEFAULTS, **given}
+        if name == "momentum" and "momentum" not in given:
+            s["momentum"] = 0.9
+        if name == "adamw" and "weight_decay" not in given:
+            s["weight_decay"] = 1e-2
+        if s["schedule"] not in SCHEDULES:
+            raise GraphgenError(
+                f"unknown schedule {s['schedule']!r} (known: {', '.join(SCHEDULES)})"
+            )
+        if s["schedule"] != "constant" and not (s["steps"] or 0) > s["warmup"]:
+            raise GraphgenError(
+                f"the {s['schedule']} schedule needs steps N > warmup W, got "
+                f"steps={s['steps']!r}, warmup={s['warmup']!r}"
+            )
+        self.name, self.settings = name, s
+
+    @classmethod
+    def of(cls, module):
+        """The optimizer a module was compiled with (its ``OPTIMIZER`` table)."""
+        table = getattr(module, "OPTIMIZER", None)
+        if not isinstance(table, dict):
+            raise GraphgenError(
+                f"{getattr(module, '__name__', module)!r} was compiled without an "
+                "optimizer: compile it with --optimizer (optimizer=...) or pass "
+                "optimizer=graphgen.distributed.Optimizer('adam', lr=...)"
+            )
+        table = dict(table)
+        return cls(table.pop("name"), **{k: table[k] for k in DEFAULTS if k in table})
+
+    def init_state(self, params):
+        """Step 0 and zeros for every slot, in the module's layout."""
+        state = {"step": np.zeros((), dtype=np.int64)}
+        for slot in SLOTS[self.name]:
+            for k, p in params.items():
+                state[f"{slot}.{k}"] = np.zeros_like(p, order="C")
+        return state
+
+    def lr(self, k):
+        """The learning rate of step k = 0, 1, ..."""
+        s = self.settings
+        if s["schedule"] == "constant":
+            return s["lr"]
+        w, n = s["warmup"], s["steps"]
+        if s["schedule"] == "warmup-cosine" and k < w:
+            return s["lr"] * (k + 1) / w
+        w = w if s["schedule"] == "warmup-cosine" else 0
+        return s["lr"] * (1.0 + math.cos(math.pi * (k - w) / (n - w))) / 2.0
 
     def update(self, params, state, grads):
-        state["step"] += 1
-        for k, g in grads.items():
-            p = params[k]
-            if self.weight_decay:
-                g = g + self.weight_decay * p
-            if self.momentum:
-                buf = state["momentum"].get(k)
-                if buf is None:
-                    buf = state["momentum"][k] = g.copy()
-                else:
-                    buf *= self.momentum
-                    buf += (1.0 - self.dampening) * g
-                g = g + self.momentum * buf if self.nesterov else buf
-            p -= self.lr * g
-
-
-class Adam:
-    """``torch.optim.Adam`` (``decoupled=True``: ``AdamW``). At step t, with
-    ``weight_decay`` λ: Adam ``g ← g + λθ``, AdamW ``θ ← θ(1 − lr·λ)``; then
-    ``m ← m + (1 − β₁)(g − m)``, ``v ← β₂v + (1 − β₂)g²``,
-    ``θ ← θ − lr/(1 − β₁ᵗ) · m / (√v/√(1 − β₂ᵗ) + ε)``."""
-
-    def __init__(
-        self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False
-    ):
-        self.lr, self.betas, self.eps = lr, tuple(betas), eps
-        self.weight_decay, self.decoupled = weight_decay, decoupled
-
-    def init(self, params):
-        return {
-            "step": 0,
-            "m": {k: np.zeros_like(p) for k, p in params.items()},
-            "v": {k: np.zeros_like(p) for k, p in params.items()},
-        }
-
-    def update(self, params, state, grads):
-        b1, b2 = self.betas
-        state["step"] += 1
-        t = state["step"]
-        step_size = self.lr / (1.0 - b1**t)
-        bias2_sqrt = math.sqrt(1.0 - b2**t)
-        for k, g in grads.items():
-            p, m, v = params[k], state["m"][k], state["v"][k]
-            if self.weight_decay and self.decoupled:
-                p *= 1.0 - self.lr * self.weight_decay
-            elif self.weight_decay:
-                g = g + self.weight_decay * p
-            m += (1.0 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - β₁)
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            p -= step_size * (m / (np.sqrt(v) / bias2_sqrt + self.eps))
+        """One step: ``params`` and ``state`` in place, from ``grads``."""
+        s = self.settings
+        missing = [k for k in params if k not in grads]
+        keys = [f"{slot}.{k}" for slot in SLOTS[self.name] for k in params]
+        if missing or any(k not in state for k in ["step", *keys]):
+            raise GraphgenError(
+                f"optimizer {self.name!r}: expected gradients of {list(params)} and a "
+                f"state with {['step', *keys]} (init_state)"
+            )
+        k = int(state["step"])
+        state["step"][...] = k + 1
+        t, lr, lam = k + 1, self.lr(k), s["weight_decay"]
+        clip = 1.0
+        if s["clip_norm"] is not None:
+            norms = [np.linalg.norm(np.ravel(grads[n])) for n in params]
+            total = float(np.linalg.norm(np.array(norms, dtype=np.float64)))
+            clip = min(1.0, s["clip_norm"] / (total + CLIP_EPS))
+        for n, p in params.items():
+            g = grads[n] if clip == 1.0 else grads[n] * clip
+            if self.name == "adamw":
+                if lam:
+                    p *= 1.0 - lr * lam
+            elif lam:
+                g = g + lam * p
+            if self.name == "sgd":
+                p -= lr * g
+            elif self.name == "momentum":
+                b = state[f"momentum_buffer.{n}"]
+                b *= s["momentum"]
+                b += g
+                p -= lr * b
+            else:
+                b1, b2 = s["betas"]
+                m, v = state[f"exp_avg.{n}"], state[f"exp_avg_sq.{n}"]
+                m += (1.0 - b1) * (g - m)
+                v *= b2
+                v += (1.0 - b2) * g * g
+                step_size = lr / (1.0 - b1**t)
+                p -= step_size * m / (np.sqrt(v) / math.sqrt(1.0 - b2**t) + s["eps"])
 
 
 def init_state(params, optimizer):
-    """The optimizer's state for ``params``: a dict (step counter and buffers)."""
-    return optimizer.init(params)
+    """The state of ``optimizer`` (an :class:`Optimizer`, or a module compiled with
+    one) for ``params``."""
+    if not isinstance(optimizer, Optimizer):
+        optimizer = Optimizer.of(optimizer)
+    return optimizer.init_state(params)
 
 
 def train_step(
-    module, client, shards, params, state, optimizer, *, retries=2, workers=None
+    module, client, shards, params, state, optimizer=None, *, retries=2, workers=None
 ):
     """One optimizer step on the batch made of ``shards``: the gradient on the cluster
-    (:func:`value_and_grad`), then ``optimizer`` (:class:`SGD`, :class:`Adam`) updates
-    ``params`` and ``state`` in place on the client. Returns the loss (before the
-    update). When the gradient fails, nothing was changed."""
+    (:func:`value_and_grad`), then the update of ``params`` and ``state`` in place on
+    the client, with ``optimizer`` (an :class:`Optimizer`; default: the one the module
+    was compiled with, so that ``state`` is the module's own ``init_state(params)``).
+    Returns the loss before the update. When the gradient fails, nothing is changed."""
+    if optimizer is None:
+        optimizer = Optimizer.of(module)
     loss, grads = value_and_grad(
         module, client, shards, params, retries=retries, workers=workers
     )

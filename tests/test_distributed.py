@@ -9,6 +9,7 @@ kills a worker runs last.
 from __future__ import annotations
 
 import builtins
+import inspect
 import itertools
 import os
 import sys
@@ -211,68 +212,116 @@ def test_shards_as_futures_from_a_loader(cluster):
     )
 
 
-@pytest.mark.parametrize("make", ["sgd", "momentum", "adam", "adamw"])
-def test_train_step_matches_one_process(cluster, make):
-    optimizer = {
-        "sgd": lambda: gd.SGD(lr=0.1),
-        "momentum": lambda: gd.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
-        "adam": lambda: gd.Adam(lr=1e-2, weight_decay=1e-3),
-        "adamw": lambda: gd.Adam(lr=1e-2, weight_decay=1e-2, decoupled=True),
-    }[make]
+OPTIMIZERS = {
+    "sgd": {"lr": 0.1},
+    "momentum": {"lr": 0.05, "weight_decay": 1e-3},
+    "adam": {"lr": 1e-2, "weight_decay": 1e-3, "clip_norm": 0.5},
+    "adamw": {"lr": 1e-2, "schedule": "cosine", "steps": 3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_train_step_matches_one_process(cluster, name):
     G = graphgen.load(EXAMPLES / "tiny.yaml")
     module = graphgen.compile(G)
     batch, params = _batch(G, module, 10)
     local = {k: v.copy() for k, v in params.items()}
-    opt_d, opt_l = optimizer(), optimizer()
-    state_d, state_l = gd.init_state(params, opt_d), gd.init_state(local, opt_l)
+    opt = gd.Optimizer(name, **OPTIMIZERS[name])
+    state_d, state_l = opt.init_state(params), opt.init_state(local)
     for _ in range(3):
         loss = gd.train_step(
-            module, cluster.client, gd.split(batch, 3), params, state_d, opt_d
+            module, cluster.client, gd.split(batch, 3), params, state_d, opt
         )
         want, grads = module.value_and_grad(**batch, **local)
-        opt_l.update(local, state_l, grads)
+        opt.update(local, state_l, grads)
         assert abs(loss - want) <= 1e-12 * abs(want)
     for k in params:
         np.testing.assert_allclose(params[k], local[k], rtol=1e-12, atol=1e-14)
-    assert state_d["step"] == 3
+    assert int(state_d["step"]) == 3
 
 
-@pytest.mark.parametrize("make", ["sgd", "momentum", "adam", "adamw"])
-def test_optimizers_follow_torch(make):
+def _compile_with(G, name):
+    """The module with a generated train_step, where graphgen has them (issue 18)."""
+    if "optimizer" not in inspect.signature(graphgen.generate).parameters:
+        pytest.skip("graphgen.compile(..., optimizer=) is not in this graphgen")
+    return graphgen.compile(G, optimizer=name)
+
+
+@pytest.mark.parametrize("name", ["momentum", "adamw"])
+def test_train_step_follows_the_generated_one(cluster, name):
+    """A module compiled with an optimizer: the distributed step takes its OPTIMIZER
+    table and state layout, and follows its own train_step on the whole batch."""
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    module = _compile_with(G, name)
+    batch, params = _batch(G, module, 12)
+    local = {k: v.copy() for k, v in params.items()}
+    state, state_l = module.init_state(params), module.init_state(local)
+    for _ in range(4):
+        loss = gd.train_step(module, cluster.client, gd.split(batch, 3), params, state)
+        want = module.train_step(local, state_l, **batch)
+        assert abs(loss - want) <= 1e-12 * abs(want)
+    for k in params:
+        np.testing.assert_allclose(params[k], local[k], rtol=1e-12, atol=1e-14)
+    assert sorted(state) == sorted(state_l) and int(state["step"]) == 4
+
+
+TORCH = {
+    "sgd": ({"lr": 0.1}, "SGD", {"lr": 0.1}),
+    "momentum": (
+        {"lr": 0.1, "weight_decay": 0.01},
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+    ),
+    "adam": (
+        {"lr": 0.01, "weight_decay": 0.1},
+        "Adam",
+        {"lr": 0.01, "weight_decay": 0.1},
+    ),
+    "adamw": ({"lr": 0.01}, "AdamW", {"lr": 0.01}),
+}
+
+
+@pytest.mark.parametrize("clip", [None, 0.7])
+@pytest.mark.parametrize("cosine", [False, True])
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_optimizer_follows_torch(name, cosine, clip):
+    """20 steps of random gradients against torch.optim (float64), with
+    clip_grad_norm_ and CosineAnnealingLR."""
     torch = pytest.importorskip("torch")
+    ours, cls, kwargs = TORCH[name]
+    steps = 20
+    sched = {"schedule": "cosine", "steps": steps} if cosine else {}
+    opt = gd.Optimizer(name, clip_norm=clip, **ours, **sched)
     rng = np.random.default_rng(0)
     p0 = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
     grads = [
         {k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(20)
     ]
-    ours, theirs = {
-        "sgd": (gd.SGD(lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
-        "momentum": (
-            gd.SGD(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
-            lambda p: torch.optim.SGD(
-                p, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True
-            ),
-        ),
-        "adam": (
-            gd.Adam(lr=0.01, weight_decay=0.1),
-            lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
-        ),
-        "adamw": (
-            gd.Adam(lr=0.01, weight_decay=0.1, decoupled=True),
-            lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
-        ),
-    }[make]
     params = {k: v.copy() for k, v in p0.items()}
-    state = gd.init_state(params, ours)
+    state = opt.init_state(params)
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p0.items()}
-    opt = theirs(list(tp.values()))
+    theirs = getattr(torch.optim, cls)(list(tp.values()), **kwargs)
+    lr = torch.optim.lr_scheduler.CosineAnnealingLR(theirs, steps) if cosine else None
     for g in grads:
-        ours.update(params, state, g)
+        opt.update(params, state, g)
         for k, t in tp.items():
             t.grad = torch.tensor(g[k])
-        opt.step()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(tp.values()), clip)
+        theirs.step()
+        if lr is not None:
+            lr.step()
     for k, p in params.items():
-        np.testing.assert_allclose(p, tp[k].detach().numpy(), rtol=1e-10)
+        np.testing.assert_allclose(p, tp[k].detach().numpy(), rtol=1e-10, atol=1e-13)
+
+
+def test_warmup_cosine_schedule():
+    """Warm-up then cosine: lr·(k + 1)/W, then from lr down to 0 at step N."""
+    opt = gd.Optimizer("sgd", lr=0.5, schedule="warmup-cosine", steps=10, warmup=4)
+    lrs = [opt.lr(k) for k in range(11)]
+    assert lrs[:5] == [0.125, 0.25, 0.375, 0.5, 0.5]
+    assert lrs[10] == 0.0 and all(a > b for a, b in itertools.pairwise(lrs[4:]))
+    np.testing.assert_allclose(lrs[7], 0.25)  # halfway through the cosine
 
 
 def test_bad_input_is_one_clear_error(cluster):
@@ -294,6 +343,12 @@ def test_bad_input_is_one_clear_error(cluster):
         gd.value_and_grad(np, client, [batch], params)
     with pytest.raises(GraphgenError, match="local:N"):
         gd.connect("local:zero")
+    with pytest.raises(GraphgenError, match="compiled without an optimizer"):
+        gd.train_step(module, client, [batch], params, {})
+    with pytest.raises(GraphgenError, match="unknown optimizer 'adma'"):
+        gd.Optimizer("adma")
+    with pytest.raises(GraphgenError, match="cosine schedule needs steps"):
+        gd.Optimizer("adam", schedule="cosine")
 
 
 def test_missing_dask_is_a_clear_error(monkeypatch):
@@ -305,7 +360,7 @@ def test_missing_dask_is_a_clear_error(monkeypatch):
 def test_a_failed_step_changes_nothing(cluster):
     module = graphgen.compile(MLP)
     batch, params = _batch(MLP, module, 6)
-    opt = gd.Adam(lr=0.1)
+    opt = gd.Optimizer("adam", lr=0.1)
     state = gd.init_state(params, opt)
     gd.train_step(module, cluster.client, gd.split(batch, 2), params, state, opt)
     before = ({k: v.tobytes() for k, v in params.items()}, repr(state))
