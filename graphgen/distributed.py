@@ -62,6 +62,7 @@ __all__ = [
     "init_state",
     "program",
     "split",
+    "step_function",
     "submit",
     "train_step",
     "value_and_grad",
@@ -605,6 +606,28 @@ def train_step(
     )
     optimizer.update(params, state, grads)
     return loss
+
+
+def step_function(module, client, shards=8, optimizer=None, **options):
+    """``train_step(params, state, **batch) -> loss`` with the module's signature, run on
+    ``client``'s cluster: each batch is cut into ``min(shards, its size)`` shards (a
+    number that does not depend on the cluster, so neither do the bytes of the result).
+    A training loop written for ``module.train_step`` takes it unchanged; this is what
+    ``graphgen train --dask`` swaps in. ``options`` go to :func:`train_step`.
+    """
+    if optimizer is None:
+        optimizer = Optimizer.of(module)
+    axis = batch_axis(module)
+
+    def step(params, state, **batch):
+        size = next(
+            (len(batch[k]) for k, s in module.INPUTS.items() if s and s[0] == axis),
+            0,
+        )
+        pieces = split(batch, max(1, min(shards, size)), module.INPUTS)
+        return train_step(module, client, pieces, params, state, optimizer, **options)
+
+    return step
 
 
 # ---------------------------------------------------------------- connecting

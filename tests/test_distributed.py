@@ -240,6 +240,25 @@ def test_train_step_matches_one_process(cluster, name):
     assert int(state_d["step"]) == 3
 
 
+def test_step_function_is_a_train_step(cluster):
+    """The drop-in for module.train_step: the same loss and params as train_step on the
+    batch cut into min(shards, batch) shards, a batch smaller than ``shards`` too."""
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    module = graphgen.compile(G)
+    batch, params = _batch(G, module, 5)
+    opt = gd.Optimizer("momentum", lr=0.1)
+    mine = {k: v.copy() for k, v in params.items()}
+    state, state_m = opt.init_state(params), opt.init_state(mine)
+    step = gd.step_function(module, cluster.client, shards=8, optimizer=opt)
+    for _ in range(2):
+        loss = step(mine, state_m, **batch)
+        want = gd.train_step(
+            module, cluster.client, gd.split(batch, 5), params, state, opt
+        )
+        assert loss == want
+    assert all(mine[k].tobytes() == params[k].tobytes() for k in params)
+
+
 def _compile_with(G, name):
     """The module with a generated train_step, where graphgen has them (issue 18)."""
     if "optimizer" not in inspect.signature(graphgen.generate).parameters:
