@@ -14,9 +14,9 @@ the gain over one process is what is left after Dask's per-step overhead (a few
 scheduler round trips) and moving the params, the shards and the gradients.
 
 Bytes per step: "to cluster" is the arrays the client puts into the step's graph (params
-once, and the shards), "between workers" the workers' own count of what they sent each
-other (params fetched by the second worker, gradients moving up the tree), "to client"
-the summed gradient. The program (source and weights) is sent once, not per step.
+once, and the shards), "between workers" the workers' own count of what they sent, less
+what the client gathered (params fetched by the second worker, partial sums moving up the
+tree), "to client" the summed gradient. The program (source and weights) is sent once, not per step.
 """
 
 from __future__ import annotations
@@ -27,9 +27,22 @@ import sys
 import time
 from pathlib import Path
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"  # inherited by the worker processes
-os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+# One BLAS thread, and malloc that keeps freed memory (as benchmarks/run.py sets for
+# every implementation), in this process and in the workers. Dask's nanny would give the
+# workers MALLOC_TRIM_THRESHOLD_=65536 (distributed.nanny.pre-spawn-environ), which makes
+# every large temporary fault its pages in again and the workers slower than this
+# process at the same work.
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+}
+if any(os.environ.get(k) != v for k, v in ENV.items()):  # malloc reads them at start
+    os.environ.update(ENV)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
@@ -74,10 +87,12 @@ def one_process(module, batch, params, steps):
 
 
 def on_cluster(module, batch, params, steps, workers, shards):
+    import dask
     import distributed
 
     from graphgen import distributed as gd
 
+    dask.config.set({"distributed.nanny.pre-spawn-environ": dict(ENV)})
     cluster = distributed.LocalCluster(
         n_workers=workers,
         processes=True,
@@ -111,6 +126,7 @@ def on_cluster(module, batch, params, steps, workers, shards):
         v.nbytes for p in pieces for v in p.values()
     )
     to_client = sum(v.nbytes for v in check[1].values())
+    between -= to_client  # the workers' count includes what the client gathered
     digest = (
         np.float64(check[0]).tobytes(),
         [check[1][k].tobytes() for k in sorted(check[1])],
@@ -137,7 +153,8 @@ def main():
     print(environment_text())
     print(
         f"- Dask {dask.__version__}, distributed {distributed.__version__}; "
-        f"LocalCluster of worker processes, 1 thread each; BLAS 1 thread everywhere; "
+        f"LocalCluster of worker processes, 1 thread each; "
+        f"{', '.join(f'{k}={v}' for k, v in ENV.items())} everywhere; "
         f"load average at start {os.getloadavg()[0]:.1f}"
     )
     print(

@@ -231,9 +231,10 @@ def program(module):
 
 
 def batch_axis(module):
-    """The module's inputs, after checking that they can be split into shards: one
-    symbolic batch size first in every input that has one, and gradients of params
-    only (an input's gradient has the shard's shape and cannot be summed)."""
+    """The name of the module's batch size (``"batch"``), after checking that its
+    inputs can be split into shards: one symbolic size first in every input that has
+    one, and gradients of params only (an input's gradient has the shard's shape and
+    cannot be summed)."""
     firsts = {
         shape[0]
         for shape in module.INPUTS.values()
