@@ -53,6 +53,9 @@ WORKLOADS = {
     "w3_mlp_large": (HERE / "specs" / "w3_mlp_large.yaml", 512),
     "cnn_digits_small": (HERE / "specs" / "cnn_digits_small.yaml", 256),
 }
+# the digits CNN of `graphgen train`'s examples, where it exists
+if (HERE.parent / "examples" / "digits_cnn.yaml").exists():
+    WORKLOADS["digits_cnn"] = (HERE.parent / "examples" / "digits_cnn.yaml", 256)
 
 
 def _arrays(G, module, batch, seed=0):

@@ -445,6 +445,8 @@ SLOTS = {
     "adam": ("exp_avg", "exp_avg_sq"),
     "adamw": ("exp_avg", "exp_avg_sq"),
 }
+# the learning-rate schedules
+CONSTANT, COSINE, WARMUP_COSINE = SCHEDULES = ("constant", "cosine", "warmup-cosine")
 # PyTorch's defaults (as ``graphgen compile --optimizer`` takes them)
 DEFAULTS = {
     "lr": 1e-3,
@@ -453,11 +455,10 @@ DEFAULTS = {
     "eps": 1e-8,
     "weight_decay": 0.0,
     "clip_norm": None,
-    "schedule": "constant",
+    "schedule": CONSTANT,
     "steps": None,
     "warmup": 0,
 }
-SCHEDULES = ("constant", "cosine", "warmup-cosine")
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: C / (‖g‖ + 1e-6)
 
 
@@ -503,7 +504,7 @@ class Optimizer:
             raise GraphgenError(
                 f"unknown schedule {s['schedule']!r} (known: {', '.join(SCHEDULES)})"
             )
-        if s["schedule"] != "constant" and not (s["steps"] or 0) > s["warmup"]:
+        if s["schedule"] != CONSTANT and not (s["steps"] or 0) > s["warmup"]:
             raise GraphgenError(
                 f"the {s['schedule']} schedule needs steps N > warmup W, got "
                 f"steps={s['steps']!r}, warmup={s['warmup']!r}"
@@ -534,12 +535,12 @@ class Optimizer:
     def lr(self, k):
         """The learning rate of step k = 0, 1, ..."""
         s = self.settings
-        if s["schedule"] == "constant":
+        if s["schedule"] == CONSTANT:
             return s["lr"]
         w, n = s["warmup"], s["steps"]
-        if s["schedule"] == "warmup-cosine" and k < w:
+        if s["schedule"] == WARMUP_COSINE and k < w:
             return s["lr"] * (k + 1) / w
-        w = w if s["schedule"] == "warmup-cosine" else 0
+        w = w if s["schedule"] == WARMUP_COSINE else 0
         return s["lr"] * (1.0 + math.cos(math.pi * (k - w) / (n - w))) / 2.0
 
     def update(self, params, state, grads):
