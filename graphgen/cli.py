@@ -425,6 +425,104 @@ def explain_run(args):
     return 0
 
 
+# ------------------------------------------------------------ distributed-check
+
+
+def dask_args(p, required=False):
+    """``--dask ADDRESS``: the cluster a command runs its gradients on (any command that
+    takes it opens it with ``graphgen.distributed.connect(args.dask)``)."""
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        required=required,
+        help="a Dask scheduler's address (tcp://host:8786), or local:N for a "
+        "LocalCluster of N worker processes on this machine",
+    )
+
+
+def distributed_check_args(p):
+    p.add_argument("spec", help="the spec file or an ONNX model")
+    dask_args(p, required=True)
+    p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
+    p.add_argument(
+        "--dtype", choices=["float32", "float64"], help="override the spec's dtype"
+    )
+    p.add_argument(
+        "--batch", type=int, default=64, help="examples in the batch (default 64)"
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="pieces the batch is split into (default: 2 per worker)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    onnx_args(p)
+
+
+def distributed_check_run(args):
+    import time
+
+    import numpy as np
+
+    from . import distributed as gd
+    from .api import compile
+    from .check import random_arrays
+
+    G = _load(args.spec, args)
+    module = compile(G, backend=args.backend, dtype=args.dtype)
+    if not hasattr(module, "value_and_grad"):
+        raise GraphgenError(f"{args.spec}: the graph has no loss to differentiate")
+    if args.batch < 1 or (args.shards is not None and args.shards < 1):
+        raise GraphgenError("--batch and --shards must be at least 1")
+    axis = gd.batch_axis(module)
+    arrays = random_arrays(
+        G, seed=args.seed, sizes={axis: args.batch}, dtype=args.dtype
+    )
+    batch = {k: arrays[k] for k in module.INPUTS}
+    params = {k: arrays[k] for k in module.PARAMS}
+    want_loss, want = module.value_and_grad(**batch, **params)
+    with gd.connect(args.dask) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        count = min(args.shards or 2 * len(workers), args.batch)
+        shards = gd.split(batch, count, module.INPUTS)
+        print(
+            f"graphgen distributed-check: {os.path.basename(args.spec)}, "
+            f"{args.backend} backend, {args.batch} examples in {count} shards, "
+            f"{len(workers)} worker{'s' if len(workers) != 1 else ''} at "
+            f"{client.scheduler.address}"
+        )
+        seen = []
+        for k in range(1, len(workers) + 1):
+            start = time.perf_counter()
+            loss, grads = gd.value_and_grad(
+                module, client, shards, params, workers=workers[:k]
+            )
+            took = time.perf_counter() - start
+            print(f"  {k} worker{'s' if k > 1 else ' '}: loss {loss!r}  {took:.3f} s")
+            seen.append(
+                (
+                    np.float64(loss).tobytes(),
+                    [grads[n].tobytes() for n in sorted(grads)],
+                )
+            )
+    same = all(s == seen[0] for s in seen)
+    print(f"same bytes for 1 to {len(workers)} workers: {'yes' if same else 'NO'}")
+    worst = abs(loss - want_loss) / max(abs(want_loss), np.finfo(float).tiny)
+    for n, w in want.items():
+        scale = float(np.max(np.abs(w))) if w.size else 0.0
+        diff = float(np.max(np.abs(grads[n] - w))) if w.size else 0.0
+        worst = max(worst, diff / scale if scale else diff)
+    tol = 1e-12 if np.dtype(module.DTYPE) == np.float64 else 1e-5
+    print(f"one process: loss {want_loss!r}")
+    print(f"max relative difference from one process: {worst:.3g} (tolerance {tol:g})")
+    if worst > tol:
+        print(
+            "the shards' weighted sum is not the whole batch's gradient: is the loss a "
+            "mean over the batch (not a sum, no batch statistics)?"
+        )
+    return 0 if same and worst <= tol else 1
+
+
 COMMANDS = {
     "compile": (
         "turn a spec into a standalone Python module",
@@ -451,6 +549,11 @@ COMMANDS = {
         "explain one gradient with the chain rule",
         explain_args,
         explain_run,
+    ),
+    "distributed-check": (
+        "compare a gradient on a Dask cluster with one process",
+        distributed_check_args,
+        distributed_check_run,
     ),
 }
 
