@@ -93,12 +93,77 @@ def compile_args(p):
         help="numba backend: compile kernels with fastmath=True",
     )
     onnx_args(p)
+    optimizer_args(p)
+
+
+def optimizer_args(p):
+    """``--optimizer`` and its settings (PyTorch's names and defaults)."""
+    g = p.add_argument_group(
+        "training step (init_state, train_step, save_checkpoint, load_checkpoint)"
+    )
+    g.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "adam", "adamw"],
+        help="add train_step with this optimizer (torch.optim's formulas)",
+    )
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
+    g.add_argument("--betas", metavar="B1,B2", help="Adam's betas (default 0.9,0.999)")
+    g.add_argument("--eps", type=float, help="Adam's epsilon (default 1e-8)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="weight decay (default 0; adamw 1e-2)",
+    )
+    g.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip the global gradient norm to this (torch's clip_grad_norm_)",
+    )
+    g.add_argument(
+        "--schedule",
+        choices=["constant", "cosine", "warmup-cosine"],
+        help="learning-rate schedule (default constant; the others need --steps)",
+    )
+    g.add_argument("--steps", type=int, help="steps of the cosine schedules")
+    g.add_argument(
+        "--warmup", type=int, help="warmup steps of warmup-cosine (default steps/10)"
+    )
+
+
+def optimizer_from(args):
+    """The optimizer the arguments ask for (None: no train_step)."""
+    from .codegen.optim import optimizer
+
+    settings = {
+        k: getattr(args, k, None)
+        for k in (
+            "lr",
+            "momentum",
+            "betas",
+            "eps",
+            "weight_decay",
+            "clip_norm",
+            "schedule",
+            "steps",
+            "warmup",
+        )
+    }
+    if args.optimizer is None:
+        given = [k for k, v in settings.items() if v is not None]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            verb = "needs" if len(given) == 1 else "need"
+            raise GraphgenError(f"{flags} {verb} --optimizer")
+        return None
+    return optimizer(args.optimizer, **settings)
 
 
 def compile_run(args):
     from .api import generate, report, stored_arrays, write
 
     G = _load(args.spec, args)
+    opt = optimizer_from(args)
     if args.report:
         sizes = {}
         for item in args.size:
@@ -107,7 +172,9 @@ def compile_run(args):
                 raise GraphgenError(f"--size expects NAME=N, got {item!r}")
             sizes[key] = int(value)
         print(
-            report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
+            report(
+                G, backend=args.backend, dtype=args.dtype, sizes=sizes, optimizer=opt
+            ),
             file=sys.stderr,
         )
     name = os.path.basename(args.spec)
@@ -116,7 +183,12 @@ def compile_run(args):
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
     if args.output:
         written = write(
-            G, args.output, backend=args.backend, dtype=args.dtype, **options
+            G,
+            args.output,
+            backend=args.backend,
+            dtype=args.dtype,
+            optimizer=opt,
+            **options,
         )
         print(f"wrote {', '.join(written)}", file=sys.stderr)
         return 0
@@ -125,7 +197,12 @@ def compile_run(args):
             "this model's weights are stored beside its module: give -o FILE.py"
         )
     text = generate(
-        G, backend=args.backend, dtype=args.dtype, source_name=name, **options
+        G,
+        backend=args.backend,
+        dtype=args.dtype,
+        source_name=name,
+        optimizer=opt,
+        **options,
     )
     sys.stdout.write(text)
     return 0
