@@ -88,22 +88,24 @@ KINDS = {
     ),
 }
 
-# schedule -> (the learning rate of step k = 0, 1, ... as code, its math); every
-# schedule but the first needs the number of steps N
+# schedule -> (the body of ``_lr(k)``, the learning rate of step k = 0, 1, ..., one
+# line each; its math); every schedule but the first needs the number of steps N
 SCHEDULES = {
-    "constant": ("_LR", "lr(k) = lr"),
+    "constant": (("return _LR",), "lr(k) = lr"),
     "cosine": (
-        "_LR * (1.0 + np.cos(np.pi * k / _STEPS)) / 2.0",
+        ("return _LR * (1.0 + np.cos(np.pi * k / _STEPS)) / 2.0",),
         "lr(k) = lr·(1 + cos(π·k/N))/2 (CosineAnnealingLR, T_max = N, eta_min = 0)",
     ),
     "warmup-cosine": (
         (
-            "_LR * (k + 1) / _WARMUP if k < _WARMUP else "
-            "_LR * (1.0 + np.cos(np.pi * (k - _WARMUP) / (_STEPS - _WARMUP))) / 2.0"
+            "if k < _WARMUP:",
+            "    return _LR * (k + 1) / _WARMUP",
+            "return _LR * (1.0 + np.cos(np.pi * (k - _WARMUP) / (_STEPS - _WARMUP))) / 2.0",
         ),
         "lr(k) = lr·(k + 1)/W for k < W, then lr·(1 + cos(π·(k − W)/(N − W)))/2",
     ),
 }
+
 
 # PyTorch's defaults, per optimizer where they differ
 DEFAULT_LR = 1e-3

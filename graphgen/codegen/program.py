@@ -762,6 +762,6 @@ class Program:
             "clip_eps": literal(optim.CLIP_EPS),
             "steps": literal(opt.steps),
             "warmup": literal(opt.warmup),
-            "schedule": Code(optim.SCHEDULES[opt.schedule][0]),
+            "schedule": [Code(line) for line in optim.SCHEDULES[opt.schedule][0]],
             "schedule_math": Code(optim.SCHEDULES[opt.schedule][1]),
         }
