@@ -468,6 +468,77 @@ def explain_run(args):
     return 0
 
 
+# ------------------------------------------------------------------------- train
+
+
+def train_args(p):
+    p.add_argument("spec", nargs="?", help="the spec file (not with --resume)")
+    p.add_argument("--data", help="the training arrays (.npz, one per input)")
+    p.add_argument("--val", help="validation arrays (.npz), evaluated each epoch")
+    p.add_argument("--test", help="test arrays (.npz), evaluated once at the end")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--backend", default="numpy", help="code generator (default numpy)")
+    p.add_argument("--seed", type=int, default=0, help="init and shuffling seed")
+    p.add_argument("-o", "--output", metavar="RUN_DIR", help="where the run goes")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR where it stopped",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    optimizer_args(p)
+    p.set_defaults(optimizer="adam")
+
+
+def train_run(args):
+    from .training import train
+
+    if args.resume:
+        if args.spec or args.data or args.output not in (None, args.resume):
+            raise GraphgenError("--resume RUN_DIR takes the run's own spec and data")
+        record = train(
+            None,
+            None,
+            out=args.resume,
+            resume=True,
+            test=args.test,
+            progress=not args.no_progress,
+        )
+    else:
+        if not args.spec or not args.data or not args.output:
+            raise GraphgenError("graphgen train needs SPEC, --data and -o RUN_DIR")
+        settings = {
+            k: getattr(args, k)
+            for k in (
+                "lr",
+                "momentum",
+                "betas",
+                "eps",
+                "weight_decay",
+                "clip_norm",
+                "schedule",
+                "steps",
+                "warmup",
+            )
+            if getattr(args, k) is not None
+        }
+        record = train(
+            args.spec,
+            args.data,
+            out=args.output,
+            val=args.val,
+            test=args.test,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer={"name": args.optimizer, **settings},
+            backend=args.backend,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    return 130 if record.get("interrupted") else 0
+
+
 COMMANDS = {
     "compile": (
         "turn a spec into a standalone Python module",
@@ -494,6 +565,11 @@ COMMANDS = {
         "explain one gradient with the chain rule",
         explain_args,
         explain_run,
+    ),
+    "train": (
+        "train a spec on .npz arrays with a generated train_step",
+        train_args,
+        train_run,
     ),
 }
 
