@@ -381,3 +381,53 @@ def test_a_damaged_checkpoint_is_one_clear_error(graph, tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ValueError, match="not a safetensors checkpoint"):
         m.load_checkpoint(path)
+
+
+HOSTILE = """\
+name: hostile
+inputs:
+  params: [batch, 3]
+  state: [batch, 1]
+params:
+  step: [3, 1]
+  lr: {shape: [1], init: zeros}
+  "exp_avg.step": [1]
+nodes:
+  z: {op: matmul, args: [params, step]}
+  y: {op: add, args: [z, lr]}
+  yy: {op: mul, args: [y, "exp_avg.step"]}
+  clip: {op: mse, args: [yy, state]}
+outputs: [clip]
+loss: clip
+"""
+
+
+def test_spec_names_that_train_step_uses_itself(tmp_path):
+    """Inputs and params named params, state, step, lr, clip and a dotted name: the
+    module's own names step aside, the state keys stay apart, the code is formatted."""
+    from test_codegen import ruff_diff
+
+    spec = tmp_path / "hostile.yaml"
+    spec.write_text(HOSTILE)
+    G = graphgen.load(spec)
+    opt = optim.optimizer("adam", clip_norm=1.0)
+    src = generate(G, optimizer=opt)
+    assert ruff_diff(src) == ""
+    m = graphgen.compile(G, optimizer=opt)
+    p = m.init_params()
+    s = m.init_state(p)
+    assert list(s) == [
+        "step",
+        "exp_avg.step",
+        "exp_avg.lr",
+        "exp_avg.exp_avg.step",
+        "exp_avg_sq.step",
+        "exp_avg_sq.lr",
+        "exp_avg_sq.exp_avg.step",
+    ]
+    before = {k: v.copy() for k, v in p.items()}
+    batch = {"params": np.ones((4, 3)), "state": np.ones((4, 1))}
+    loss, _ = m.value_and_grad(**batch, **before)
+    assert m.train_step(p, s, **batch) == loss
+    assert int(s["step"]) == 1
+    assert any(not np.array_equal(p[k], before[k]) for k in p)

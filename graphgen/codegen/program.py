@@ -25,6 +25,7 @@ from .comments import Comments, safe_comment, wrap_comment
 from .layout import (
     INDENT,
     LINE,
+    bracketed,
     condition,
     fit,
     literal,
@@ -614,10 +615,11 @@ class Program:
                 "",
                 "Updates ``params`` and ``state`` (from ``init_state``) in place; each",
                 "param's update runs as soon as its gradient is complete"
-                + (
-                    " (in the backward pass)."
+                + (" (in the backward pass)." if opt.clip_norm is None else ","),
+                *(
+                    []
                     if opt.clip_norm is None
-                    else ", here after all (global-norm clipping needs them all)."
+                    else ["here after all (global-norm clipping needs them all)."]
                 ),
             ],
             lambda names, used: Code(
@@ -677,10 +679,8 @@ class Program:
                 grads = [u[2] for u in updates]
                 why = optim.two_phase_reason(opt)
                 st = Statement(
-                    clip_n,
-                    fit(
-                        f"{clip_n} = _clip_coef(", "(", grads, "))", INDENT, tuple_=True
-                    ),
+                    Code(""),  # the call is the whole statement: clip = _clip_coef(...)
+                    bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
                     header + wrap_comment(f"Two phases: {why}."),
                     updates[k][3],
                     blank_before=True,
