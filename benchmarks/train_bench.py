@@ -6,8 +6,9 @@
 Per workload, one Adam step (forward, backward, update) of:
 
 - graphgen ``train_step``, NumPy and Numba backends (the update inside the backward pass);
-- graphgen Numba ``value_and_grad`` followed by a separate Adam update (NumPy
-  formulas): its difference to ``value_and_grad`` alone is the optimizer's overhead;
+- graphgen Numba ``value_and_grad`` followed by a separate Adam update (the module's
+  own update helper, after the backward pass instead of inside it); ``train_step``'s
+  difference to ``value_and_grad`` alone is the optimizer's overhead;
 - PyTorch eager with ``torch.optim.Adam``, ``fused=True`` and ``foreach=True``, the
   faster one counted; ``torch.compile`` of the loss (its backward and the fused Adam
   eager), when it compiles;
@@ -81,26 +82,18 @@ def timed(f, calls, rounds):
 
 
 def separate_adam(module, opt):
-    """value_and_grad, then torch.optim.Adam's update of every param (NumPy)."""
-    b1, b2 = opt.betas
-    m = v = None
-    step = [0]
+    """value_and_grad, then the module's own Adam helper on every param: the same
+    update as train_step's, run after the backward pass instead of inside it."""
+    state = {}
 
     def run(params, batch):
-        nonlocal m, v
         loss, grads = module.value_and_grad(**batch, **params)
-        if m is None:
-            m = {k: np.zeros_like(p) for k, p in params.items()}
-            v = {k: np.zeros_like(p) for k, p in params.items()}
-        step[0] += 1
-        t = step[0]
+        if not state:
+            state.update(module.init_state(params))
+        t, lr = module._next_step(state)
         for k, p in params.items():
-            g = grads[k]
-            m[k] += (1.0 - b1) * (g - m[k])
-            v[k] *= b2
-            v[k] += (1.0 - b2) * g * g
-            denom = np.sqrt(v[k]) / np.sqrt(1.0 - b2**t) + opt.eps
-            p -= LR / (1.0 - b1**t) * m[k] / denom
+            m, v = state[f"exp_avg.{k}"], state[f"exp_avg_sq.{k}"]
+            module._adam(p, grads[k], m, v, lr, t, 1.0)
         return loss
 
     return run

@@ -309,7 +309,7 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None):
 def _train_report(A, program, opt, sizes):
     """train_step's planned peak against value_and_grad plus a separate update."""
     prog, keep, inlined = program.programs["value_and_grad"]
-    temps = opt.kind.temporaries
+    temps = optim.temporaries(opt)
     plan = program.update_plan
     fused = memory.peak_with_updates(A, prog, keep, sizes, inlined, plan, temps)
     grads = [u for ups in plan.values() for u in ups]

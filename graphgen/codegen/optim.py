@@ -36,7 +36,7 @@ class Kind:
     hyper: tuple  # the hyperparameters it reads
     decoupled: bool = False  # weight decay on the param (AdamW), not the gradient
     # param-sized temporaries the NumPy helper holds at once (for --report's peak):
-    # Adam's denominator and the two of its last line; SGD's lr·g
+    # SGD's lr·g, Adam's scratch array; clipping and (coupled) weight decay add one
     temporaries: int = 1
 
 
@@ -70,7 +70,6 @@ KINDS = {
             "p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)",
         ),
         ("lr", "betas", "eps", "weight_decay"),
-        temporaries=3,
     ),
     "adamw": Kind(
         "torch.optim.AdamW",
@@ -84,7 +83,6 @@ KINDS = {
         ),
         ("lr", "betas", "eps", "weight_decay"),
         decoupled=True,
-        temporaries=3,
     ),
 }
 
@@ -276,3 +274,11 @@ def two_phase_reason(opt):
         "needs the norm of all of them, so every update waits for the whole backward "
         "pass (two phases: gradients, then updates)"
     )
+
+
+def temporaries(opt):
+    """Param-sized temporaries one update holds at once in the NumPy helper."""
+    extra = (opt.clip_norm is not None) + (
+        opt.weight_decay != 0.0 and not opt.kind.decoupled
+    )
+    return opt.kind.temporaries + extra
