@@ -75,7 +75,9 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     -------
     types.ModuleType
         With ``forward``, ``value_and_grad`` (when the graph has a loss), ``init_params``,
-        ``INPUTS``, ``PARAMS`` and ``OUTPUTS``.
+        ``INPUTS``, ``PARAMS`` and ``OUTPUTS``; with ``optimizer=`` (see
+        :func:`generate`) also ``init_state``, ``train_step``, ``save_checkpoint`` and
+        ``load_checkpoint``.
 
     Examples
     --------
