@@ -93,12 +93,77 @@ def compile_args(p):
         help="numba backend: compile kernels with fastmath=True",
     )
     onnx_args(p)
+    optimizer_args(p)
+
+
+def optimizer_args(p):
+    """``--optimizer`` and its settings (PyTorch's names and defaults)."""
+    g = p.add_argument_group(
+        "training step (init_state, train_step, save_checkpoint, load_checkpoint)"
+    )
+    g.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "adam", "adamw"],
+        help="add train_step with this optimizer (torch.optim's formulas)",
+    )
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
+    g.add_argument("--betas", metavar="B1,B2", help="Adam's betas (default 0.9,0.999)")
+    g.add_argument("--eps", type=float, help="Adam's epsilon (default 1e-8)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="weight decay (default 0; adamw 1e-2)",
+    )
+    g.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip the global gradient norm to this (torch's clip_grad_norm_)",
+    )
+    g.add_argument(
+        "--schedule",
+        choices=["constant", "cosine", "warmup-cosine"],
+        help="learning-rate schedule (default constant; the others need --steps)",
+    )
+    g.add_argument("--steps", type=int, help="steps of the cosine schedules")
+    g.add_argument(
+        "--warmup", type=int, help="warmup steps of warmup-cosine (default steps/10)"
+    )
+
+
+def optimizer_from(args):
+    """The optimizer the arguments ask for (None: no train_step)."""
+    from .codegen.optim import optimizer
+
+    settings = {
+        k: getattr(args, k, None)
+        for k in (
+            "lr",
+            "momentum",
+            "betas",
+            "eps",
+            "weight_decay",
+            "clip_norm",
+            "schedule",
+            "steps",
+            "warmup",
+        )
+    }
+    if args.optimizer is None:
+        given = [k for k, v in settings.items() if v is not None]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            verb = "needs" if len(given) == 1 else "need"
+            raise GraphgenError(f"{flags} {verb} --optimizer")
+        return None
+    return optimizer(args.optimizer, **settings)
 
 
 def compile_run(args):
     from .api import generate, report, stored_arrays, write
 
     G = _load(args.spec, args)
+    opt = optimizer_from(args)
     if args.report:
         sizes = {}
         for item in args.size:
@@ -107,7 +172,9 @@ def compile_run(args):
                 raise GraphgenError(f"--size expects NAME=N, got {item!r}")
             sizes[key] = int(value)
         print(
-            report(G, backend=args.backend, dtype=args.dtype, sizes=sizes),
+            report(
+                G, backend=args.backend, dtype=args.dtype, sizes=sizes, optimizer=opt
+            ),
             file=sys.stderr,
         )
     name = os.path.basename(args.spec)
@@ -116,7 +183,12 @@ def compile_run(args):
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
     if args.output:
         written = write(
-            G, args.output, backend=args.backend, dtype=args.dtype, **options
+            G,
+            args.output,
+            backend=args.backend,
+            dtype=args.dtype,
+            optimizer=opt,
+            **options,
         )
         print(f"wrote {', '.join(written)}", file=sys.stderr)
         return 0
@@ -125,7 +197,12 @@ def compile_run(args):
             "this model's weights are stored beside its module: give -o FILE.py"
         )
     text = generate(
-        G, backend=args.backend, dtype=args.dtype, source_name=name, **options
+        G,
+        backend=args.backend,
+        dtype=args.dtype,
+        source_name=name,
+        optimizer=opt,
+        **options,
     )
     sys.stdout.write(text)
     return 0
@@ -523,6 +600,77 @@ def distributed_check_run(args):
     return 0 if same and worst <= tol else 1
 
 
+# ------------------------------------------------------------------------- train
+
+
+def train_args(p):
+    p.add_argument("spec", nargs="?", help="the spec file (not with --resume)")
+    p.add_argument("--data", help="the training arrays (.npz, one per input)")
+    p.add_argument("--val", help="validation arrays (.npz), evaluated each epoch")
+    p.add_argument("--test", help="test arrays (.npz), evaluated once at the end")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--backend", default="numpy", help="code generator (default numpy)")
+    p.add_argument("--seed", type=int, default=0, help="init and shuffling seed")
+    p.add_argument("-o", "--output", metavar="RUN_DIR", help="where the run goes")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR where it stopped",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    optimizer_args(p)
+    p.set_defaults(optimizer="adam")
+
+
+def train_run(args):
+    from .training import train
+
+    if args.resume:
+        if args.spec or args.data or args.output not in (None, args.resume):
+            raise GraphgenError("--resume RUN_DIR takes the run's own spec and data")
+        record = train(
+            None,
+            None,
+            out=args.resume,
+            resume=True,
+            test=args.test,
+            progress=not args.no_progress,
+        )
+    else:
+        if not args.spec or not args.data or not args.output:
+            raise GraphgenError("graphgen train needs SPEC, --data and -o RUN_DIR")
+        settings = {
+            k: getattr(args, k)
+            for k in (
+                "lr",
+                "momentum",
+                "betas",
+                "eps",
+                "weight_decay",
+                "clip_norm",
+                "schedule",
+                "steps",
+                "warmup",
+            )
+            if getattr(args, k) is not None
+        }
+        record = train(
+            args.spec,
+            args.data,
+            out=args.output,
+            val=args.val,
+            test=args.test,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer={"name": args.optimizer, **settings},
+            backend=args.backend,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    return 130 if record.get("interrupted") else 0
+
+
 COMMANDS = {
     "compile": (
         "turn a spec into a standalone Python module",
@@ -554,6 +702,11 @@ COMMANDS = {
         "compare a gradient on a Dask cluster with one process",
         distributed_check_args,
         distributed_check_run,
+    ),
+    "train": (
+        "train a spec on .npz arrays with a generated train_step",
+        train_args,
+        train_run,
     ),
 }
 

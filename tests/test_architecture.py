@@ -34,7 +34,7 @@ LAYERS = [
     ("graphgen.codegen",),
     ("graphgen.backends",),
     ("graphgen.api",),
-    ("graphgen.check", "graphgen.views", "graphgen.distributed"),
+    ("graphgen.check", "graphgen.views", "graphgen.distributed", "graphgen.training"),
     ("graphgen.cli", "graphgen.onnx_backend", "graphgen.__main__", "graphgen"),
 ]
 
