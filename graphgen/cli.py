@@ -619,6 +619,7 @@ def train_args(p):
         help="continue the run in RUN_DIR where it stopped",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    dask_args(p)
     optimizer_args(p)
     p.set_defaults(optimizer="adam")
 
@@ -636,6 +637,7 @@ def train_run(args):
             resume=True,
             test=args.test,
             progress=not args.no_progress,
+            dask=args.dask,
         )
     else:
         if not args.spec or not args.data or not args.output:
@@ -667,6 +669,7 @@ def train_run(args):
             backend=args.backend,
             seed=args.seed,
             progress=not args.no_progress,
+            dask=args.dask,
         )
     return 130 if record.get("interrupted") else 0
 

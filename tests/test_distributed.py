@@ -435,3 +435,38 @@ def test_a_worker_killed_during_a_step_changes_nothing(cluster):
         pid = int(f.read())
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert got == want
+
+
+def test_graphgen_train_on_the_cluster_follows_one_process(cluster, tmp_path):
+    """``graphgen train --dask ADDRESS``: the same run, each step's gradient from the
+    cluster; its params agree with the single-process run's up to rounding."""
+    pytest.importorskip("tqdm")
+    pytest.importorskip("matplotlib")
+    from graphgen import api
+    from graphgen.training import loop
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 64))
+    labels = x[:, :10].argmax(axis=1).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    spec = EXAMPLES / "digits_mlp.yaml"
+    module = api.compile(api.load(spec), optimizer={"name": "adam"})
+    params = {}
+    for name, dask in (("one", None), ("dask", cluster.client.scheduler.address)):
+        loop.train(
+            spec,
+            tmp_path / "d.npz",
+            out=tmp_path / name,
+            epochs=2,
+            batch_size=16,
+            optimizer={"name": "adam", "lr": 0.01},
+            progress=False,
+            log=lambda *a: None,
+            dask=dask,
+        )
+        params[name], _ = module.load_checkpoint(tmp_path / name / loop.CHECKPOINT)
+    assert params["one"].keys() == params["dask"].keys()
+    for k, want in params["one"].items():
+        np.testing.assert_allclose(params["dask"][k], want, rtol=1e-9, atol=1e-12)
+    start = module.init_params(seed=0)
+    assert any(not np.array_equal(params["dask"][k], start[k]) for k in start)

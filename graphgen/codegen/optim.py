@@ -170,7 +170,10 @@ def optimizer(
     a :class:`~graphgen.errors.CodegenError` naming the setting for a bad value."""
     if isinstance(name, Optimizer):
         return name
-    if name not in KINDS:
+    if isinstance(name, dict):  # {"name": "adam", "lr": 1e-3, ...}
+        settings = dict(name)
+        return optimizer(settings.pop("name", None), **settings)
+    if not isinstance(name, str) or name not in KINDS:
         raise CodegenError(f"unknown optimizer {name!r} (known: {', '.join(KINDS)})")
     schedule = schedule or next(iter(SCHEDULES))
     if schedule not in SCHEDULES:

@@ -17,6 +17,7 @@ the run with the step number, keeping the last checkpoint (the one before the ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -150,6 +151,7 @@ def train(
     progress=True,
     stop_after=None,
     log=print,
+    dask=None,
 ):
     """Train ``spec`` on ``data`` (an .npz) and write the run to directory ``out``.
 
@@ -158,7 +160,10 @@ def train(
     number of steps). ``resume``: continue the run in ``out`` (its settings are read from
     its ``run.json``). ``stop_after``: act as if Ctrl-C came after that many steps (for
     tests). ``test``: arrays evaluated once at the end (not part of the run's
-    settings). Returns the run's ``run.json`` record.
+    settings). ``dask``: a Dask scheduler's address or ``local:N``; each step's
+    gradient is then computed there, data-parallel, by
+    :func:`graphgen.distributed.step_function` (same params, state and checkpoints).
+    Returns the run's ``run.json`` record.
     """
     out = os.fspath(out)
     record_path = os.path.join(out, RUN)
@@ -254,125 +259,133 @@ def train(
         save()
     tqdm = _need("tqdm").tqdm if progress else None
     steps_done = 0
-    with _Interrupt() as interrupt:
-        while record["epoch"] < s.epochs:
-            epoch = record["epoch"]
-            order = np.random.default_rng([s.seed, epoch]).permutation(n)
-            bar = (
-                tqdm(
-                    total=per_epoch,
-                    initial=record["batch"],
-                    desc=f"epoch {epoch + 1}/{s.epochs}",
-                    unit="batch",
-                    leave=True,
-                    file=sys.stderr,
+    with contextlib.ExitStack() as stack:
+        train_step = module.train_step
+        if dask is not None:
+            from .. import distributed as gd
+
+            client = stack.enter_context(gd.connect(dask))
+            train_step = gd.step_function(module, client)
+            log(f"gradients on the Dask cluster at {client.scheduler.address}")
+        with _Interrupt() as interrupt:
+            while record["epoch"] < s.epochs:
+                epoch = record["epoch"]
+                order = np.random.default_rng([s.seed, epoch]).permutation(n)
+                bar = (
+                    tqdm(
+                        total=per_epoch,
+                        initial=record["batch"],
+                        desc=f"epoch {epoch + 1}/{s.epochs}",
+                        unit="batch",
+                        leave=True,
+                        file=sys.stderr,
+                    )
+                    if tqdm
+                    else None
                 )
-                if tqdm
-                else None
-            )
-            while record["batch"] < per_epoch:
-                if interrupt.hit or (
-                    stop_after is not None and steps_done >= stop_after
-                ):
+                while record["batch"] < per_epoch:
+                    if interrupt.hit or (
+                        stop_after is not None and steps_done >= stop_after
+                    ):
+                        if bar:
+                            bar.close()
+                        save()
+                        if record["history"]:
+                            write_curves(out, record["history"])
+                        step = int(state["step"])
+                        log(
+                            f"interrupted after step {step} (epoch {epoch + 1}, batch "
+                            f"{record['batch']}); checkpoint saved: {ckpt}; continue with "
+                            f"--resume {out}"
+                        )
+                        record["interrupted"] = True
+                        return record
+                    b = record["batch"]
+                    idx = order[b * s.batch_size : (b + 1) * s.batch_size]
+                    batch = {k: v[idx] for k, v in train_arrays.items()}
+                    t0 = time.perf_counter()
+                    with np.errstate(all="ignore"):  # a non-finite loss is said below
+                        loss = train_step(params, state, **batch)
+                    dt = time.perf_counter() - t0
+                    if not math.isfinite(loss):
+                        if bar:
+                            bar.close()
+                        raise TrainingError(
+                            f"the loss is {loss} at step {int(state['step'])} (epoch "
+                            f"{epoch + 1}, batch {b + 1}); stopped: {ckpt} keeps the last "
+                            f"good checkpoint (step {saved['step']}); try a lower --lr or "
+                            "--clip-norm"
+                        )
+                    steps_done += 1
+                    record["batch"] = b + 1
+                    record["sums"]["loss"] += loss * len(idx)
+                    record["sums"]["seconds"] += dt
                     if bar:
-                        bar.close()
-                    save()
-                    if record["history"]:
-                        write_curves(out, record["history"])
-                    step = int(state["step"])
-                    log(
-                        f"interrupted after step {step} (epoch {epoch + 1}, batch "
-                        f"{record['batch']}); checkpoint saved: {ckpt}; continue with "
-                        f"--resume {out}"
-                    )
-                    record["interrupted"] = True
-                    return record
-                b = record["batch"]
-                idx = order[b * s.batch_size : (b + 1) * s.batch_size]
-                batch = {k: v[idx] for k, v in train_arrays.items()}
-                t0 = time.perf_counter()
-                with np.errstate(all="ignore"):  # a non-finite loss is said below
-                    loss = module.train_step(params, state, **batch)
-                dt = time.perf_counter() - t0
-                if not math.isfinite(loss):
-                    if bar:
-                        bar.close()
-                    raise TrainingError(
-                        f"the loss is {loss} at step {int(state['step'])} (epoch "
-                        f"{epoch + 1}, batch {b + 1}); stopped: {ckpt} keeps the last "
-                        f"good checkpoint (step {saved['step']}); try a lower --lr or "
-                        "--clip-norm"
-                    )
-                steps_done += 1
-                record["batch"] = b + 1
-                record["sums"]["loss"] += loss * len(idx)
-                record["sums"]["seconds"] += dt
+                        bar.update(1)
+                        rate = len(idx) / dt if dt > 0 else float("inf")
+                        bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
                 if bar:
-                    bar.update(1)
-                    rate = len(idx) / dt if dt > 0 else float("inf")
-                    bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:,.0f}")
-            if bar:
-                bar.close()
-            row = {
-                "epoch": epoch + 1,
-                "step": int(state["step"]),
-                "train_loss": record["sums"]["loss"] / n,
-                "seconds": record["sums"]["seconds"],
-                "samples_per_s": n / record["sums"]["seconds"]
-                if record["sums"]["seconds"]
-                else 0.0,
-            }
-            if val_arrays is not None:
-                vl, va = _evaluate(
-                    module,
-                    params,
-                    val_arrays,
-                    n_val,
-                    s.batch_size,
-                    (loss_name, logits, labels),
+                    bar.close()
+                row = {
+                    "epoch": epoch + 1,
+                    "step": int(state["step"]),
+                    "train_loss": record["sums"]["loss"] / n,
+                    "seconds": record["sums"]["seconds"],
+                    "samples_per_s": n / record["sums"]["seconds"]
+                    if record["sums"]["seconds"]
+                    else 0.0,
+                }
+                if val_arrays is not None:
+                    vl, va = _evaluate(
+                        module,
+                        params,
+                        val_arrays,
+                        n_val,
+                        s.batch_size,
+                        (loss_name, logits, labels),
+                    )
+                    row["val_loss"] = vl
+                    if va is not None:
+                        row["val_accuracy"] = va
+                _, grads = module.value_and_grad(**probe_batch, **params)
+                for p in module.PARAMS:
+                    row[f"grad_norm/{p}"] = float(np.linalg.norm(np.ravel(grads[p])))
+                record["history"].append(row)
+                record["epoch"], record["batch"] = epoch + 1, 0
+                record["sums"] = {"loss": 0.0, "seconds": 0.0}
+                save()
+                write_history(out, record["history"])
+                shown = ", ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in row.items()
+                    if k in ("train_loss", "val_loss", "val_accuracy")
                 )
-                row["val_loss"] = vl
-                if va is not None:
-                    row["val_accuracy"] = va
-            _, grads = module.value_and_grad(**probe_batch, **params)
-            for p in module.PARAMS:
-                row[f"grad_norm/{p}"] = float(np.linalg.norm(np.ravel(grads[p])))
-            record["history"].append(row)
-            record["epoch"], record["batch"] = epoch + 1, 0
-            record["sums"] = {"loss": 0.0, "seconds": 0.0}
-            save()
-            write_history(out, record["history"])
-            shown = ", ".join(
-                f"{k} {v:.4f}"
-                for k, v in row.items()
-                if k in ("train_loss", "val_loss", "val_accuracy")
+                log(
+                    f"epoch {epoch + 1}/{s.epochs}: {shown}, "
+                    f"{row['samples_per_s']:,.0f} samples/s"
+                )
+        write_curves(out, record["history"])
+        if test is not None:
+            test_arrays, n_test = data_mod.load(test, probe, classes)
+            tl, ta = _evaluate(
+                module,
+                params,
+                test_arrays,
+                n_test,
+                s.batch_size,
+                (loss_name, logits, labels),
             )
-            log(
-                f"epoch {epoch + 1}/{s.epochs}: {shown}, "
-                f"{row['samples_per_s']:,.0f} samples/s"
+            record["test"] = {"loss": tl, "accuracy": ta}
+            shown = f"test_loss {tl:.4f}" + (
+                "" if ta is None else f", test_accuracy {ta:.4f}"
             )
-    write_curves(out, record["history"])
-    if test is not None:
-        test_arrays, n_test = data_mod.load(test, probe, classes)
-        tl, ta = _evaluate(
-            module,
-            params,
-            test_arrays,
-            n_test,
-            s.batch_size,
-            (loss_name, logits, labels),
-        )
-        record["test"] = {"loss": tl, "accuracy": ta}
-        shown = f"test_loss {tl:.4f}" + (
-            "" if ta is None else f", test_accuracy {ta:.4f}"
-        )
-        log(f"{os.fspath(test)}: {shown}")
-        tmp = f"{record_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, record_path)
-    log(f"wrote {ckpt}, {os.path.join(out, HISTORY)}, {os.path.join(out, CURVES)}")
-    return record
+            log(f"{os.fspath(test)}: {shown}")
+            tmp = f"{record_path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+            os.replace(tmp, record_path)
+        log(f"wrote {ckpt}, {os.path.join(out, HISTORY)}, {os.path.join(out, CURVES)}")
+        return record
 
 
 class _Tables:
