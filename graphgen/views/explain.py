@@ -980,6 +980,7 @@ def _values_section(c, fan, grouped, given, seed):
         )
     )
     out += _norms_table(c, A, vals, on_paths)
+    module.prefetch([n for n, _ in fan] + [u for _, u in grouped])
     checks = _Checks(F)
     ours = adjoint_value(A, vals, c.node, np.shape(vals[c.node]))
     if ours is not None:

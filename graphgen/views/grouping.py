@@ -72,7 +72,7 @@ _TRAILING = re.compile(r"\D(\d+)$")
 _NUMBERED = re.compile(r"[A-Za-z]\d+")
 
 
-def anchors(G):
+def anchors(G, order=None):
     """Node -> the forward node it belongs with.
 
     A forward node is its own anchor. A backward node goes with the node whose
@@ -80,7 +80,7 @@ def anchors(G):
     of an adjoint ``∂J/∂j``; the helper nodes of a step (a transpose, ``1 − h²``) go
     with the backward node they feed. Numbers go with the node they feed.
     """
-    order = g.schedule(G)
+    order = g.schedule(G) if order is None else order
     anchor = {}
     pending = []
     for n in order:
@@ -160,12 +160,12 @@ def _keys_layer(G, nodes):
     return keys
 
 
-def _spread(G, nodes, keys):
+def _spread(G, nodes, keys, order):
     """Give the nodes without a key the key of the parameters and ops they are
     computed from (parameters first: they carry a layer's name), else of what they
     feed; returns a new dict."""
     keys = dict(keys)
-    order = [n for n in g.schedule(G) if n in nodes]
+    order = [n for n in order if n in nodes]
     for n in order:
         if n in keys or G.nodes[n].get(g.KIND) != g.OPNODE:
             continue
@@ -211,11 +211,11 @@ def _bottlenecks(G, order):
     return cuts
 
 
-def _structure(G, nodes):
+def _structure(G, nodes, order):
     """Blocks of op nodes between bottlenecks of the schedule, merged to similar size."""
     ops_order = [
         n
-        for n in g.schedule(G)
+        for n in order
         if n in nodes
         and G.nodes[n].get(g.KIND) == g.OPNODE
         and G.nodes[n].get(g.ROLE, g.FORWARD) != g.BACKWARD
@@ -289,11 +289,13 @@ def blocks(G, nodes=None):
     >>> found.how, [b.name for b in found.blocks]
     ('layer numbers', ['layer 1', 'layer 2', 'layer 3', 'layer 4'])
     """
-    nodes = list(G) if nodes is None else [n for n in G if n in set(nodes)]
-    anchor = anchors(G)
+    wanted = None if nodes is None else set(nodes)
+    nodes = [n for n in G if wanted is None or n in wanted]
+    schedule = g.schedule(G)
+    anchor = anchors(G, schedule)
     forward = [n for n in nodes if anchor.get(n, n) == n]
     fset = set(forward)
-    order = [n for n in g.schedule(G) if n in fset]
+    order = [n for n in schedule if n in fset]
     keys, how, structural = {}, "", False
     for how, find in (
         ("the 'group' attribute", _keys_group),
@@ -303,11 +305,11 @@ def blocks(G, nodes=None):
         found = find(G, forward)
         # groups the spec declares are taken as they are; guesses must be balanced
         if found and find is _keys_group or _balanced(found, len(forward)):
-            keys = _spread(G, fset, found)
+            keys = _spread(G, fset, found, order)
             break
     else:
-        found = _structure(G, fset)
-        keys = _spread(G, fset, found) if found else {}
+        found = _structure(G, fset, order)
+        keys = _spread(G, fset, found, order) if found else {}
         how, structural = "the structure of the graph (its bottlenecks)", True
         if not _balanced(keys, len(forward)):
             return Grouping(
@@ -321,7 +323,7 @@ def blocks(G, nodes=None):
         k = keys.get(anchor.get(n, n))
         if k is not None:
             members.setdefault(k, []).append(n)
-    sched = {n: i for i, n in enumerate(g.schedule(G))}
+    sched = {n: i for i, n in enumerate(schedule)}
 
     def first_op(k):
         ops_at = [sched[n] for n in members[k] if G.nodes[n].get(g.KIND) == g.OPNODE]

@@ -242,13 +242,73 @@ def _cut(H, n):
     return C
 
 
+def _probed(H, nodes):
+    """``H`` with a zero input ``probe`` added to each of ``nodes``: every consumer of
+    ``n`` reads ``n + probe`` instead, so the module's gradient with respect to the probe
+    is the reverse-mode adjoint ∂J/∂n, for all of ``nodes`` from one module and one
+    call. Returns the graph and ``{n: probe}``."""
+    from ..passes.adjoint import Builder
+
+    P = H.copy()
+    P.graph["wrt"] = list(P.graph.get("wrt") or [])
+    b = Builder(P)
+    probes = {}
+    for n in nodes:
+        outs = list(P.out_edges(n, data=True))
+        probe = g.fresh_id(P, f"probe/{n}")
+        P.add_node(
+            probe,
+            **{
+                g.KIND: g.INPUT,
+                g.SHAPE: P.nodes[n][g.SHAPE],
+                g.DTYPE: "float64",
+                g.ROLE: g.FORWARD,
+                g.SEQ: g.next_seq(P),
+            },
+        )
+        b.where = n
+        s = b.add(n, probe)
+        P.nodes[s][g.ROLE] = g.FORWARD
+        P.nodes[s].pop(g.PASS, None)
+        for _, k, data in outs:
+            P.remove_edge(n, k)
+            P.add_edge(s, k, **data)
+        P.graph["wrt"].append(probe)
+        probes[n] = probe
+    return P, probes
+
+
 class ModuleGradients:
-    """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
+    """∂J/∂n from a generated module: ``n`` itself, or the adjoint of an inner node
+    (:meth:`prefetch` gets many at once; one at a time, ``n`` is cut loose as an
+    input)."""
 
     def __init__(self, H, arrays, vals):
         self.H, self.arrays, self.vals = H, arrays, vals
         self.loss, self.grads = _module(H).value_and_grad(**_feed(H, arrays))
         self.cut = {}
+
+    def prefetch(self, nodes):
+        """The adjoints of the inner ``nodes`` from one probed module (one compile and
+        one call instead of one per node)."""
+        todo = [
+            n
+            for n in dict.fromkeys(nodes)
+            if n in self.H
+            and n not in self.grads
+            and n not in self.cut
+            and n != self.H.graph.get("loss")
+            and self.H.nodes[n][g.KIND] == g.OPNODE
+        ]
+        if not todo:
+            return
+        P, probes = _probed(self.H, todo)
+        feed = _feed(self.H, self.arrays)
+        for n, probe in probes.items():
+            feed[probe] = np.zeros(np.shape(self.vals[n]), dtype=np.float64)
+        grads = _module(P).value_and_grad(**feed)[1]
+        for n, probe in probes.items():
+            self.cut[n] = grads[probe]
 
     def __call__(self, n):
         if n in self.grads:
