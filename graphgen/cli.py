@@ -349,12 +349,13 @@ def render_args(p):
     p.add_argument(
         "--depth", type=int, default=2, help="hops around --focus to draw (default 2)"
     )
+    onnx_args(p)
 
 
 def render_run(args):
     from .views.diagram import write
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
     if args.timeout < 0:
         raise GraphgenError(
             "--timeout: expected a number of seconds >= 0 (0: no limit)"
@@ -399,12 +400,13 @@ def explain_args(p):
         "against the generated value_and_grad",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    onnx_args(p)
 
 
 def explain_run(args):
     from .views.explain import explain
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
     values = args.values
     if isinstance(values, str):
         values = os.fspath(values)

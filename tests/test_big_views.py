@@ -25,7 +25,7 @@ from graphgen.errors import DiagramError, GraphgenWarning
 from graphgen.frontends.spec import from_dict
 from graphgen.passes.shapes import prepare
 from graphgen.views import diagram
-from graphgen.views.explain import _Checks, Text
+from graphgen.views.explain import Text, _Checks
 from graphgen.views.grouping import blocks
 from graphgen.views.values import ModuleGradients, load_arrays
 

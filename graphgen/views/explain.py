@@ -168,7 +168,9 @@ class Text:
         return s
 
     def name(self, n, index=None):
-        return visible(n) + (f"[{index}]" if index else "")
+        # a "/" in a name would read as a fraction: ∂J/∂(L10/r), not ∂J/∂L10/r
+        s = visible(n)
+        return (f"({s})" if "/" in s else s) + (f"[{index}]" if index else "")
 
     def d(self, num, den):
         return partial(num, den)
@@ -649,7 +651,8 @@ def _fan(H, paths, loss):
         for n in p[:-1]:
             if n not in on_paths:
                 on_paths.append(n)
-    fan = [(n, gradient_terms(H, n, loss)) for n in on_paths]
+    up = nx.ancestors(H, loss) | {loss}
+    fan = [(n, gradient_terms(H, n, loss, up)) for n in on_paths]
     return [(n, t) for n, t in fan if len(t) > 1]
 
 
@@ -980,6 +983,8 @@ def _values_section(c, fan, grouped, given, seed):
         )
     )
     out += _norms_table(c, A, vals, on_paths)
+    if c.total > 1:
+        out += _top_paths(c, A, vals)
     module.prefetch([n for n, _ in fan] + [u for _, u in grouped])
     checks = _Checks(F)
     ours = adjoint_value(A, vals, c.node, np.shape(vals[c.node]))
@@ -1009,6 +1014,64 @@ def _values_section(c, fan, grouped, given, seed):
             "explained here and the generated module compute different gradients."
         )
     return out, checks.bad
+
+
+TOP_PATHS = 3
+
+
+def _top_paths(c, A, vals):
+    """The paths that carry the most gradient, found without listing the paths.
+
+    Each step ``j -> k`` passes on the fraction ``‖∂J/∂k · ∂k/∂j‖ / ‖∂J/∂k‖`` of the
+    gradient arriving at ``k`` (its gain); a path's score is the product of its gains,
+    its contribution's norm when the values are scalars and an estimate of it
+    otherwise. The best :data:`TOP_PATHS` come from one sweep from the loss back, each
+    node keeping the best few paths from it to the loss.
+    """
+    F, H, loss = c.F, c.H, c.loss
+    norms = {}
+
+    def adj_norm(n):
+        if n not in norms:
+            v = adjoint_value(A, vals, n)
+            norms[n] = norm(v) if v is not None else None
+        return norms[n]
+
+    live = nx.descendants(H, c.node) | {c.node}
+    best = {loss: [(1.0, (loss,))]}
+    for n in reversed(g.schedule(H, live)):
+        if n == loss or not c.to_loss.get(n):
+            continue
+        cands = []
+        succ = [k for k in H.successors(n) if k in best]
+        for k in succ:
+            t = term_value(A, vals, n, k)
+            # one successor: the term is the whole adjoint (the optimizer may have
+            # shared it with the successor's, so that no term node of its own is left)
+            t = norm(t) if t is not None else adj_norm(n) if len(succ) == 1 else None
+            below = 1.0 if k == loss else adj_norm(k)
+            if t is None or not below:
+                continue
+            gain = t / below
+            cands += [(gain * sc, (n, *p)) for sc, p in best[k]]
+        cands.sort(key=lambda x: -x[0])
+        best[n] = cands[:TOP_PATHS]
+    top = best.get(c.node) or []
+    if not top:
+        return []
+    out = F.para(
+        F.p(
+            f"The {len(top)} of the {_count(c.total)} paths that carry the most "
+            "gradient (score: the product along the path of each step's ",
+            F.m("‖∂J/∂k · ∂k/∂j‖ / ‖∂J/∂k‖" if F.name_ == "text" else r"\text{gain}"),
+            "; the norm of the path's contribution for scalars, an estimate of it "
+            "for arrays):",
+        )
+    )
+    rows = [
+        [str(i), F.num(sc), F.m(c.arrow(list(p)))] for i, (sc, p) in enumerate(top, 1)
+    ]
+    return out + F.table(["rank", "score", "path"], rows)
 
 
 class _Values(dict):
