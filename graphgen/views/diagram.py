@@ -237,7 +237,12 @@ class _Drawing:
                 out.append("\t}\n")
         for keys in self.same_rank:
             out.append("\t{rank=same; " + "; ".join(ids[k] for k in keys) + "}\n")
+        column = self._column_of()
         for src, dst, attrs in self.edges:
+            if column.get(src, -1) != column.get(dst, -1):
+                # an edge from one column of blocks to the next may slant, so that the
+                # columns stay aligned instead of each starting where the last ended
+                attrs = {**attrs, "weight": "0"}
             out.append(f"\t{ids[src]} -> {ids[dst]}" + _attrs(attrs) + "\n")
         out += self._wrap(ids)
         if self.legend:
@@ -270,13 +275,32 @@ class _Drawing:
             )
         return out
 
+    def _per_column(self):
+        chain = self.columns
+        if len(chain) < 12:
+            return 0
+        # a column of blocks is about twice as tall per block as a column is wide
+        return max(3, math.ceil(math.sqrt(len(chain) / 2)))
+
+    def _column_of(self):
+        """Key -> column, for the blocks (and their backward boxes) of a long chain."""
+        per = self._per_column()
+        if not per:
+            return {}
+        column = {k: i // per for i, k in enumerate(self.columns)}
+        for keys in self.same_rank:
+            for k in keys:
+                if keys[0] in column:
+                    column.setdefault(k, column[keys[0]])
+        return column
+
     def _wrap(self, ids):
         """Invisible edges that stack a long chain of blocks into columns, so that the
         drawing of 50 blocks is about as wide as it is tall instead of 50 boxes long."""
         chain = self.columns
-        if len(chain) < 12:
+        per = self._per_column()
+        if not per:
             return []
-        per = max(4, math.ceil(math.sqrt(len(chain) * 2)))
         out = []
         for start in range(0, len(chain), per):
             col = chain[start : start + per]
@@ -627,6 +651,7 @@ AUTO_COLLAPSE = 1200  # a drawing above this is collapsed by block unless full=T
 COPIES_AT = 150  # adjoint views above this draw reused forward values as copies
 TIMEOUT = 20.0  # seconds dot may take by default (0 or None: no limit)
 MATH_ROWS = 4  # formulas shown in a collapsed block
+MAX_RANKS = 80  # a drawing deeper than this is collapsed (its aspect ratio otherwise)
 
 
 def _base(key):
@@ -713,8 +738,14 @@ def _collapse(G, D, mode, found):
         return D
     C = _Drawing(D.name)
     C.legend = D.legend
+
+    def number(key):
+        # a number feeds many blocks (the 1 of 1 − h²): its value is in the formulas,
+        # and edges from it to every block would be the long edges collapsing removes
+        return not isinstance(key, tuple) and G.nodes[key][g.KIND] == g.CONST
+
     for key, (label, attrs) in D.nodes.items():
-        if key not in part:
+        if key not in part and not number(key):
             C.node(key, label, **attrs)
     boxes = {}
     for key, where_ in part.items():
@@ -745,7 +776,7 @@ def _collapse(G, D, mode, found):
     merged = {}
     for src, dst, attrs in D.edges:
         s, d = key_of[src], key_of[dst]
-        if s == d:
+        if s == d or number(src):
             continue
         slot = merged.setdefault((s, d), {"fwd": [], "grad": [], "what": []})
         slot["grad" if attrs.get("dir") == "back" else "fwd"].append(attrs)
@@ -825,8 +856,16 @@ def _build(
     mode = None
     if collapse in (True, "groups", "clusters"):
         mode = "clusters" if collapse == "clusters" else "groups"
-    elif collapse in (None, "auto") and not full and size > AUTO_COLLAPSE:
-        mode = "auto"
+    elif collapse in (None, "auto") and not full:
+        if size > AUTO_COLLAPSE:
+            mode = "auto"
+        elif size > BIG:
+            # a long chain drawn in full is metres wide (a 50-layer flow view: 51:1)
+            drawn = [k for k in D.nodes if not isinstance(k, tuple)]
+            deep = nx.dag_longest_path_length(base.subgraph(drawn)) + 1
+            if deep > MAX_RANKS:
+                mode = "auto"
+                what += f" in a chain {deep} nodes long"
     if full and size > AUTO_COLLAPSE:
         _say(
             f"{what}: drawing every one (--full); Graphviz may need long for it, "

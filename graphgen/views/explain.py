@@ -968,7 +968,10 @@ def _values_section(c, fan, grouped, given, seed):
     on_paths = list(dict.fromkeys(n for p in c.paths for n in p[:-1]))
     A = lower(H)
     vals = _Values(evaluate(A, arrays), H, arrays)
-    module = ModuleGradients(H, arrays, vals)
+    # one module gives every adjoint checked below: the node's, the sums', the units'
+    module = ModuleGradients(
+        H, arrays, vals, inner=[n for n, _ in fan] + [u for _, u in grouped]
+    )
     out = F.heading(
         "Numbers (one random set of arrays)"
         if not isinstance(given, (str, dict))
@@ -985,7 +988,6 @@ def _values_section(c, fan, grouped, given, seed):
     out += _norms_table(c, A, vals, on_paths)
     if c.total > 1:
         out += _top_paths(c, A, vals)
-    module.prefetch([n for n, _ in fan] + [u for _, u in grouped])
     checks = _Checks(F)
     ours = adjoint_value(A, vals, c.node, np.shape(vals[c.node]))
     if ours is not None:

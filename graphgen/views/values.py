@@ -283,32 +283,27 @@ class ModuleGradients:
     (:meth:`prefetch` gets many at once; one at a time, ``n`` is cut loose as an
     input)."""
 
-    def __init__(self, H, arrays, vals):
+    def __init__(self, H, arrays, vals, inner=()):
+        """``inner``: nodes whose adjoints will be asked for, all computed by the one
+        module compiled here (with a zero probe added to each, see :func:`_probed`)."""
         self.H, self.arrays, self.vals = H, arrays, vals
-        self.loss, self.grads = _module(H).value_and_grad(**_feed(H, arrays))
         self.cut = {}
-
-    def prefetch(self, nodes):
-        """The adjoints of the inner ``nodes`` from one probed module (one compile and
-        one call instead of one per node)."""
         todo = [
             n
-            for n in dict.fromkeys(nodes)
-            if n in self.H
-            and n not in self.grads
-            and n not in self.cut
-            and n != self.H.graph.get("loss")
-            and self.H.nodes[n][g.KIND] == g.OPNODE
+            for n in dict.fromkeys(inner)
+            if n in H
+            and n != H.graph.get("loss")
+            and H.nodes[n][g.KIND] == g.OPNODE
+            and n not in (H.graph.get("wrt") or [])
         ]
-        if not todo:
-            return
-        P, probes = _probed(self.H, todo)
-        feed = _feed(self.H, self.arrays)
+        P, probes = _probed(H, todo) if todo else (H, {})
+        feed = _feed(H, arrays)
         for n, probe in probes.items():
-            feed[probe] = np.zeros(np.shape(self.vals[n]), dtype=np.float64)
-        grads = _module(P).value_and_grad(**feed)[1]
+            feed[probe] = np.zeros(np.shape(vals[n]), dtype=np.float64)
+        self.loss, grads = _module(P).value_and_grad(**feed)
         for n, probe in probes.items():
-            self.cut[n] = grads[probe]
+            self.cut[n] = grads.pop(probe)
+        self.grads = grads
 
     def __call__(self, n):
         if n in self.grads:
