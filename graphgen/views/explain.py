@@ -901,16 +901,18 @@ def _sums_section(c, fan):
 def _local_section(c, fan):
     """4. Each local derivative on the paths and sums, in closed form."""
     F, H, loss = c.F, c.H, c.loss
-    edges = []
+    edges = {}
     for p in c.paths:
         for t in range(len(p) - 1):
-            if (p[t], p[t + 1]) not in edges:
-                edges.append((p[t], p[t + 1]))
+            edges.setdefault((p[t], p[t + 1]))
     for n, terms in fan:
         for k in terms:
-            if (n, k) not in edges:
-                edges.append((n, k))
-    edges.sort(key=lambda e: (-H.nodes[e[1]][g.SEQ], H.nodes[e[0]][g.SEQ]))
+            edges.setdefault((n, k))
+    pos = {n: i for i, n in enumerate(g.schedule(H))}
+    edges = sorted(edges, key=lambda e: (-pos[e[1]], pos[e[0]]))
+    left_out = max(0, len(edges) - MAX_LOCAL)
+    if left_out:  # the steps nearest the loss and nearest the node explained
+        edges = edges[: MAX_LOCAL // 2] + edges[-(MAX_LOCAL // 2) :]
     out = F.heading("Local derivatives (from each op's math)", 2)
     items = []
     for j, k in edges:
@@ -934,6 +936,12 @@ def _local_section(c, fan):
             F.p(F.m(c.factor(j, k)), ": through ", F.m(math), ": ", ", ".join(ds), note)
         )
     out += F.bullets(items)
+    if left_out:
+        out += F.para(
+            f"(The first {MAX_LOCAL // 2} are the steps nearest the loss, the last "
+            f"{MAX_LOCAL // 2} those nearest {visible(c.node)}; {left_out} steps in "
+            "between are left out.)"
+        )
     return out
 
 
