@@ -130,9 +130,10 @@ def test_labels_have_no_fraction_and_no_internal_ids():
     data["nodes"]["J"] = {"op": "mse", "args": ["s2", "t"]}
     G = from_dict(data)
     for view in diagram.VIEWS:
-        text = graphgen.to_dot(G, view=view)
-        assert not re.search(r"∂(?!\()[^\s·=<>∂(]*/[^\s·=<>∂]", text), view
-        assert not re.search(r"\d#\d", text), view
+        for collapse in (None, True):
+            text = graphgen.to_dot(G, view=view, collapse=collapse)
+            assert not re.search(r"∂(?!\()[^\s·=<>∂(]*/[^\s·=<>∂]", text), view
+            assert not re.search(r"\w#\d", text), view
     assert "∂J/∂(L4/r4)" in graphgen.to_dot(G, view="flow")
 
 

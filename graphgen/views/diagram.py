@@ -721,6 +721,20 @@ def _shower(G):
     return lambda n: math_name(G, n)
 
 
+def _carried(G, n):
+    """What an edge from node ``n`` carries, for the edges between blocks: a forward
+    value by name, a backward one as the gradient it is (never an internal id)."""
+    a = G.nodes[n]
+    if a.get(g.ROLE) != g.BACKWARD:
+        return math_name(G, n)
+    if a.get(g.ADJOINT_OF) in G:
+        return partial("J", math_name(G, a[g.ADJOINT_OF]))
+    if g.CONTRIB in a:
+        k, j = a[g.CONTRIB]
+        return f"{partial('J', math_name(G, j))} via {math_name(G, k)}"
+    return f"a backward {_kind_text(G, n)}"
+
+
 def _collapse(G, D, mode, found):
     """``D`` drawn by block: ``"clusters"`` boxes every node of a block, ``"groups"``
     draws one box per block (two in the adjoint view: forward and backward part)."""
@@ -785,7 +799,7 @@ def _collapse(G, D, mode, found):
         fwd, grad = slot["fwd"], slot["grad"]
         attrs = dict((fwd or grad)[0])
         attrs.pop("label", None)
-        names = list(dict.fromkeys(math_name(G, n) for n in slot["what"]))
+        names = list(dict.fromkeys(_carried(G, n) for n in slot["what"]))
         what = ", ".join(names[:2]) + (" …" if len(names) > 2 else "")
         text = []
         if fwd:
