@@ -148,8 +148,15 @@ def test_notebook_display_checks_size_first():
 
 
 @needs_dot
-@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_stops_dot_cleanly(tmp_path, sig, status):
+@pytest.mark.parametrize(
+    "sig,status,group",
+    [
+        (signal.SIGINT, 130, False),  # graphgen alone
+        (signal.SIGINT, 130, True),  # Ctrl-C in a terminal: graphgen and dot
+        (signal.SIGTERM, 143, False),
+    ],
+)
+def test_interrupt_stops_dot_cleanly(tmp_path, sig, status, group):
     spec = tmp_path / "res.yaml"
     spec.write_text(yaml.safe_dump(residual_spec(50)))
     proc = subprocess.Popen(
@@ -158,6 +165,7 @@ def test_interrupt_stops_dot_cleanly(tmp_path, sig, status):
         stderr=subprocess.PIPE,
         env=clean_env(PYTHONPATH=str(REPO)),
         cwd=REPO,
+        start_new_session=group,
     )
     child = None
     deadline = time.monotonic() + 60
@@ -169,7 +177,10 @@ def test_interrupt_stops_dot_cleanly(tmp_path, sig, status):
         except (OSError, IndexError, ValueError):
             pass
     assert child is not None, "dot never started"
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     err = proc.communicate(timeout=30)[1].decode()
     assert proc.returncode == status
     assert "graphgen: stopped" in err and "Traceback" not in err

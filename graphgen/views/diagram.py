@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import warnings
 
@@ -1121,6 +1122,9 @@ def run_dot(text, fmt, timeout=TIMEOUT, what="the drawing"):
         raise
     lines = [x.strip() for x in err.decode("utf-8", "replace").splitlines()]
     lines = list(dict.fromkeys(x for x in lines if x))
+    if proc.returncode == -signal.SIGINT:
+        # Ctrl-C in a terminal reaches dot too, and it may die before Python sees it
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         why = (
             f"was killed by signal {-proc.returncode}"
@@ -1136,10 +1140,18 @@ def run_dot(text, fmt, timeout=TIMEOUT, what="the drawing"):
 
 
 def _stop(proc):
-    """Kill ``dot`` and reap it (no orphan, no zombie)."""
-    if proc.poll() is None:
-        proc.kill()
+    """Kill ``dot`` and reap it (no orphan, no zombie), even when a second signal
+    arrives meanwhile."""
     try:
-        proc.communicate(timeout=5)
-    except (subprocess.TimeoutExpired, ValueError, OSError):
-        pass
+        if proc.poll() is None:
+            proc.kill()
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
