@@ -310,7 +310,7 @@ def blocks(G, nodes=None):
     else:
         found = _structure(G, fset, order)
         keys = _spread(G, fset, found, order) if found else {}
-        how, structural = "the structure of the graph (its bottlenecks)", True
+        how, structural = "the structure of the graph, cut at its bottlenecks", True
         if not _balanced(keys, len(forward)):
             return Grouping(
                 note="no blocks found: no 'group' attributes, no name prefix or layer "
