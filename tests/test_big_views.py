@@ -145,6 +145,8 @@ def test_notebook_display_checks_size_first():
     shown = big._repr_mimebundle_()
     assert "image/svg+xml" not in shown
     assert shown["text/plain"].startswith("graphgen: Graphviz's dot did not finish")
+    big.size = diagram.NOTEBOOK_LIMIT + 1  # far too big: no dot at all
+    assert "too big to lay out" in big._repr_mimebundle_()["text/plain"]
 
 
 @needs_dot

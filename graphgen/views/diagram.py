@@ -690,6 +690,7 @@ AUTO_COLLAPSE = 1200  # a drawing above this is collapsed by block unless full=T
 COPIES_AT = 150  # adjoint views above this draw reused forward values as copies
 TIMEOUT = 20.0  # seconds dot may take by default (0 or None: no limit)
 MATH_ROWS = 4  # formulas shown in a collapsed block
+NOTEBOOK_LIMIT = 4000  # nodes + edges a notebook display lays out at all
 MAX_RANKS = 80  # a drawing deeper than this is collapsed (its aspect ratio otherwise)
 
 
@@ -989,8 +990,16 @@ class Diagram:
     waiting when the drawing is too big."""
 
     timeout = TIMEOUT
+    size = 0
+    what = "the drawing"
 
     def _repr_mimebundle_(self, include=None, exclude=None, **_):
+        if self.size > NOTEBOOK_LIMIT:
+            return {
+                "text/plain": f"graphgen: {self.what} is too big to lay out for a "
+                "notebook; draw it collapsed (collapse=True), a neighbourhood "
+                "(focus=NODE), or write it to a file with graphgen.views.diagram.write"
+            }
         try:
             svg = run_dot(self.source, "svg", timeout=self.timeout, what=self.what)
         except DiagramError as e:
