@@ -1033,9 +1033,9 @@ def _top_paths(c, A, vals):
     """The paths that carry the most gradient, found without listing the paths.
 
     Each step ``j -> k`` passes on the fraction ``‖∂J/∂k · ∂k/∂j‖ / ‖∂J/∂k‖`` of the
-    gradient arriving at ``k`` (its gain); a path's score is the product of its gains,
-    its contribution's norm when the values are scalars and an estimate of it
-    otherwise. The best :data:`TOP_PATHS` come from one sweep from the loss back, each
+    gradient arriving at ``k`` (its gain); a path's score is the product of its gains:
+    its contribution's size when the values are scalars, and for arrays only a way to
+    rank the paths (norms do not multiply along a path, so it is no size). The best :data:`TOP_PATHS` come from one sweep from the loss back, each
     node keeping the best few paths from it to the loss.
     """
     F, H, loss = c.F, c.H, c.loss
@@ -1074,8 +1074,8 @@ def _top_paths(c, A, vals):
             f"The {len(top)} of the {_count(c.total)} paths that carry the most "
             "gradient (score: the product along the path of each step's ",
             F.m("‖∂J/∂k · ∂k/∂j‖ / ‖∂J/∂k‖" if F.name_ == "text" else r"\text{gain}"),
-            "; the norm of the path's contribution for scalars, an estimate of it "
-            "for arrays):",
+            ": for scalars the size of the path's contribution; for arrays only a "
+            "ranking, not a size, since norms do not multiply along a path):",
         )
     )
     rows = [
