@@ -240,3 +240,22 @@ def test_relative_tolerance_and_mismatch_exit(monkeypatch, capsys):
     )
     assert status == 1
     assert "disagree with the generated value_and_grad" in capsys.readouterr().err
+
+
+def test_top_paths_score_is_the_contribution_for_scalars():
+    G = from_dict(
+        {
+            "params": {"w": [1]},
+            "nodes": {
+                "a": {"op": "mul", "args": ["w", 2.0]},
+                "b": {"op": "mul", "args": ["w", -3.0]},
+                "s": {"op": "add", "args": ["a", "b"]},
+                "J": {"op": "sum", "args": ["s"]},
+            },
+            "loss": "J",
+        }
+    )
+    text = graphgen.explain(G, "w", values=True)
+    # ∂J/∂w = 2 − 3: the path through b contributes |−3|, the one through a 2
+    assert re.search(r"1\s+3\s+J → s → b → w", text), text
+    assert re.search(r"2\s+2\s+J → s → a → w", text), text
