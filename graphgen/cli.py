@@ -10,8 +10,10 @@ imported when it runs, so that ``graphgen --help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
 import warnings
 
@@ -408,9 +410,23 @@ def render_args(p):
         const="groups",
         default=None,
         choices=["groups", "clusters"],
-        help="group nodes by 'group' attribute or name prefix (layer3/...): "
-        "one box per group (groups, the default) or boxes around them "
-        "(clusters)",
+        help="draw by block ('group' attribute, name prefix such as layer3/..., "
+        "layer number such as m7, else repeated structure): one box per block "
+        "(groups, the default) or boxes around them (clusters); a drawing too big "
+        "for Graphviz is collapsed without asking",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="draw every node even when the drawing is big (a warning says so)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="stop Graphviz's dot after this long and say what to do instead "
+        "(default 20; 0: no limit)",
     )
     p.add_argument(
         "--focus", metavar="NODE", help="draw only the neighbourhood of NODE"
@@ -425,6 +441,10 @@ def render_run(args):
     from .views.diagram import write
 
     G = _load(args.spec, args)
+    if args.timeout < 0:
+        raise GraphgenError(
+            "--timeout: expected a number of seconds >= 0 (0: no limit)"
+        )
     if args.output.lower().endswith(".html"):
         from .views import page
 
@@ -442,9 +462,12 @@ def render_run(args):
         view=args.view,
         values=args.values,
         seed=args.seed,
-        collapse=args.collapse or False,
+        collapse=args.collapse,
         focus=args.focus,
         depth=args.depth,
+        full=args.full,
+        timeout=args.timeout,
+        progress=lambda text: print(f"graphgen: {text}", file=sys.stderr, flush=True),
     )
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
@@ -480,25 +503,32 @@ def explain_args(p):
         help="forward: forward accumulation (the sum over predecessors) beside the "
         "reverse sum over successors",
     )
+    onnx_args(p)
 
 
 def explain_run(args):
     from .views.explain import explain
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
     values = args.values
     if isinstance(values, str):
         values = os.fspath(values)
-    sys.stdout.write(
-        explain(
-            G,
-            args.wrt,
-            format=args.format,
-            values=values,
-            seed=args.seed,
-            mode=args.mode,
-        )
+    text = explain(
+        G,
+        args.wrt,
+        format=args.format,
+        values=values,
+        seed=args.seed,
+        mode=args.mode,
     )
+    sys.stdout.write(text)
+    if text.mismatches:
+        print(
+            f"graphgen: error: {text.mismatches} of the numbers above disagree with "
+            "the generated value_and_grad (marked MISMATCH)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -732,10 +762,15 @@ def main(argv=None):
     if not args.command:
         p.print_help()
         return 2
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _terminate_as_interrupt():
         warnings.simplefilter("always", GraphgenWarning)
         try:
             status = COMMANDS[args.command][2](args)
+        except (KeyboardInterrupt, Terminated) as e:
+            # whatever ran (Graphviz's dot) has been stopped by the code that started it
+            _flush(caught)
+            print("graphgen: stopped", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
         except GraphgenError as e:
             _flush(caught)
             print(_one_line(f"graphgen: error: {e}"), file=sys.stderr)
@@ -756,6 +791,28 @@ def main(argv=None):
             return 3
     _flush(caught)
     return status
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so that ``finally`` blocks stop children."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only)."""
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # the characters of one word (a name, a size expression) that an error line shows

@@ -222,7 +222,7 @@ def test_collapse_groups_and_clusters():
             "wrt": ["x"],
         }
     )
-    assert "enc/" in graphgen.to_dot(grouped, collapse=True)
+    assert "<B>enc</B>" in graphgen.to_dot(grouped, collapse=True)
 
 
 def test_focus():

@@ -46,7 +46,7 @@ def test_fanout_sum_over_successors():
     assert "The gradient is the sum over the paths" in text
 
 
-CHECK = re.compile(r"max \|difference\| = (\S+) (✓|✗ MISMATCH)")
+CHECK = re.compile(r"max \|difference\| = (\S+)\s+(✓|✗ MISMATCH)")
 
 
 @pytest.mark.parametrize(

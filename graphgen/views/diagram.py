@@ -28,11 +28,14 @@ name reaches the DOT text only inside an HTML-like label, escaped with :func:`ht
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import warnings
 
 import networkx as nx
 
@@ -40,7 +43,7 @@ from .. import dims, ops
 from .. import graph as g
 from ..codegen.comments import Comments
 from ..codegen.naming import node_names
-from ..errors import DiagramError, did_you_mean
+from ..errors import DiagramError, GraphgenWarning, did_you_mean
 from ..notes import fill, local_templates, partial
 from .values import adjoint_value, evaluate, load_arrays, norm, term_value
 
@@ -96,6 +99,16 @@ GREY = {"fillcolor": "#f3f4f6", "color": "#d1d5db", "fontcolor": "#9ca3af"}
 BACKWARD_STYLE = {"fillcolor": "#ede9fe", "color": "#6d28d9"}
 SUM_STYLE = {"fillcolor": "#fef08a", "color": "#a16207", "penwidth": "2"}
 GRAD_COLOR = "#7c3aed"
+COPY = "copy"  # key (COPY, j, k): forward value j drawn again beside backward node k
+COPY_STYLE = {
+    "shape": "box",
+    "style": "rounded,dashed",
+    "color": "#9ca3af",
+    "fontcolor": "#4b5563",
+    "fontsize": "9",
+    "margin": "0.04,0.02",
+    "height": "0.2",
+}
 BIG = 300  # nodes + edges above which the layout effort is bounded
 
 
@@ -138,6 +151,17 @@ def _attrs(attrs) -> str:
     return " [" + " ".join(items) + "]" if items else ""
 
 
+def math_name(G, n) -> str:
+    """How node ``n`` reads inside a formula: a number by its value (never the internal
+    id ``0.3#26`` a pass gave it), a name containing "/" in parentheses, so that
+    ``∂J/∂(L10/r)`` cannot read as a fraction."""
+    a = G.nodes[n] if n in G else {}
+    if a.get(g.KIND) == g.CONST and g.VALUE in a:
+        return f"{a[g.VALUE]:g}"
+    s = visible(n)
+    return f"({s})" if "/" in s else s
+
+
 def _shape_text(shape) -> str:
     return dims.fmt_shape(tuple(shape))
 
@@ -169,6 +193,8 @@ class _Drawing:
         self.edges = []  # (src key, dst key, attrs)
         self.group = {}  # key -> group name
         self.legend = []
+        self.same_rank = []  # lists of keys drawn side by side
+        self.columns = []  # keys of a chain of blocks, wrapped into columns
 
     def node(self, key, label, **attrs):
         self.nodes[key] = (label, attrs)
@@ -210,8 +236,16 @@ class _Drawing:
                 )
             if grp is not None:
                 out.append("\t}\n")
+        for keys in self.same_rank:
+            out.append("\t{rank=same; " + "; ".join(ids[k] for k in keys) + "}\n")
+        column = self._column_of()
         for src, dst, attrs in self.edges:
+            if column.get(src, -1) != column.get(dst, -1):
+                # an edge from one column of blocks to the next may slant, so that the
+                # columns stay aligned instead of each starting where the last ended
+                attrs = {**attrs, "weight": "0"}
             out.append(f"\t{ids[src]} -> {ids[dst]}" + _attrs(attrs) + "\n")
+        out += self._wrap(ids)
         if self.legend:
             rows = "".join(
                 f'<TR><TD BGCOLOR="{c}" WIDTH="18"> </TD><TD ALIGN="LEFT">{esc(t)}</TD></TR>'
@@ -240,6 +274,40 @@ class _Drawing:
                 )
                 + "\n\t}\n"
             )
+        return out
+
+    def _per_column(self):
+        chain = self.columns
+        if len(chain) < 12:
+            return 0
+        # a column of blocks is about twice as tall per block as a column is wide
+        return max(3, math.ceil(math.sqrt(len(chain) / 2)))
+
+    def _column_of(self):
+        """Key -> column, for the blocks (and their backward boxes) of a long chain."""
+        per = self._per_column()
+        if not per:
+            return {}
+        column = {k: i // per for i, k in enumerate(self.columns)}
+        for keys in self.same_rank:
+            for k in keys:
+                if keys[0] in column:
+                    column.setdefault(k, column[keys[0]])
+        return column
+
+    def _wrap(self, ids):
+        """Invisible edges that stack a long chain of blocks into columns, so that the
+        drawing of 50 blocks is about as wide as it is tall instead of 50 boxes long."""
+        chain = self.columns
+        per = self._per_column()
+        if not per:
+            return []
+        out = []
+        for start in range(0, len(chain), per):
+            col = chain[start : start + per]
+            out.append("\t{rank=same; " + "; ".join(ids[k] for k in col) + "}\n")
+            for a, b in itertools.pairwise(col):
+                out.append(f"\t{ids[a]} -> {ids[b]} [style=invis]\n")
         return out
 
 
@@ -359,7 +427,10 @@ def _draw_forward(H, flow, values=None, A=None):
     active = set()
     if flow and loss is not None:
         active = relevant_nodes(H, loss, H.graph.get("wrt") or [])
-    show = visible
+
+    def show(n):
+        return math_name(H, n)
+
     J = show(loss) if loss is not None else "J"
     up = nx.ancestors(H, loss) | {loss} if loss is not None else set()
     for n in g.schedule(H):
@@ -448,12 +519,20 @@ def _draw_forward(H, flow, values=None, A=None):
     return D
 
 
-def _draw_adjoint(A, values=None):
+def _draw_adjoint(A, values=None, copies=False):
+    """The adjoint view. With ``copies``, a forward value that a backward node reads is
+    drawn as a small copy beside that node instead of an edge reaching back across the
+    whole drawing: those long edges are what makes Graphviz's layout of a deep model's
+    adjoint graph take minutes."""
     namer = node_names(A)
     comments = Comments(A, namer, A.graph.get("loss"))
     nm = namer.names
     loss = A.graph.get("loss")
-    J = nm.get(loss, visible(loss))
+
+    def called(n):
+        return nm.get(n) or math_name(A, n)
+
+    J = called(loss)
     D = _Drawing(A.graph.get("name", "model"))
     adjoints = A.graph.get("adjoints") or {}
     bar_of = {}
@@ -471,9 +550,7 @@ def _draw_adjoint(A, values=None):
         if a[g.KIND] == g.CONST:
             title = esc(f"{a[g.VALUE]:g}")
             if n in bar_of:
-                rows.append(
-                    esc("= " + partial(J, nm.get(bar_of[n], visible(bar_of[n]))))
-                )
+                rows.append(esc("= " + partial(J, called(bar_of[n]))))
         elif a[g.ROLE] == g.FORWARD:
             title = esc(name or n)
             if name and name != n:
@@ -491,18 +568,16 @@ def _draw_adjoint(A, values=None):
             )
             if g.SUMS in a:
                 j = a[g.ADJOINT_OF]
-                succ = ", ".join(nm.get(k, visible(k)) for k in a[g.SUMS])
-                sums.append(
-                    esc(f"Σ over the successors of {nm.get(j, visible(j))}: {succ}")
-                )
+                succ = ", ".join(called(k) for k in a[g.SUMS])
+                sums.append(esc(f"Σ over the successors of {called(j)}: {succ}"))
                 style.update(SUM_STYLE)
             elif g.ADJOINT_OF in a:
                 of = a[g.ADJOINT_OF]
-                rows.append(esc("= " + partial(J, nm.get(of, of))))
+                rows.append(esc("= " + partial(J, called(of))))
             elif g.CONTRIB in a:
                 k, j = a[g.CONTRIB]
-                term = partial(J, nm.get(j, j))
-                rows.append(esc(f"term of {term} via {nm.get(k, k)}"))
+                term = partial(J, called(j))
+                rows.append(esc(f"term of {term} via {called(k)}"))
             if not name:
                 style.update(fontsize="9", fillcolor="#f5f3ff")
             rows.append(esc(what))
@@ -537,7 +612,7 @@ def _draw_adjoint(A, values=None):
                 terms = g.operands(A, k)
                 via = [s for t, s in zip(terms, ak[g.SUMS]) if t == j]
                 if len(terms) == len(ak[g.SUMS]) and via:
-                    label = "via " + ", ".join(nm.get(s, visible(s)) for s in via)
+                    label = "via " + ", ".join(called(s) for s in via)
                 attrs.update(color=SUM_STYLE["color"], penwidth="2")
             else:
                 text, upstream = note_text(k)
@@ -552,33 +627,76 @@ def _draw_adjoint(A, values=None):
             attrs["color"] = "#9ca3af"
         if label:
             attrs["label"] = Html("<BR/>".join(esc(x) for x in label.split("\n")))
+        if copies and ak[g.ROLE] == g.BACKWARD and A.nodes[j][g.ROLE] != g.BACKWARD:
+            # the forward value again, small, right beside the node that reads it
+            D.node(
+                (COPY, j, k),
+                Html(esc(called(j))),
+                **COPY_STYLE,
+            )
+            D.edge((COPY, j, k), k, **attrs)
+            continue
         D.edge(j, k, **attrs)
     if values is not None:
         D.legend = [(c, t) for _, c, t in MAGNITUDES]
     return D
 
 
+def _draw_adjoint_lean(A, copies):
+    """The adjoint view with short labels (a name or ``∂J/∂x``, and a shape) and no
+    derivative notes on the edges: for a drawing that is collapsed by block anyway, or
+    too big to read node by node. Building the full labels of DenseNet-121's 4,700
+    nodes costs seconds."""
+    D = _Drawing(A.graph.get("name", "model"))
+    for n in g.schedule(A):
+        a = A.nodes[n]
+        style = _node_style(A, n)
+        if a[g.KIND] == g.CONST:
+            title = f"{a[g.VALUE]:g}"
+        elif a[g.ROLE] == g.BACKWARD:
+            style.update(BACKWARD_STYLE)
+            of = a.get(g.ADJOINT_OF)
+            title = partial("J", math_name(A, of)) if of in A else a[g.OP]
+            if g.SUMS in a:
+                style.update(SUM_STYLE)
+        else:
+            title = math_name(A, n)
+        D.node(n, _label(esc(title), esc(_shape_text(a[g.SHAPE]))), **style)
+    for j, k in sorted(
+        A.edges, key=lambda e: (A.nodes[e[0]][g.SEQ], A.nodes[e[1]][g.SEQ])
+    ):
+        ak = A.nodes[k]
+        if ak[g.ROLE] != g.BACKWARD:
+            D.edge(j, k, color="#9ca3af")
+            continue
+        attrs = {"color": "#6d28d9"}
+        if g.SUMS in ak:
+            attrs.update(color=SUM_STYLE["color"], penwidth="2")
+        if copies and A.nodes[j][g.ROLE] != g.BACKWARD:
+            D.node((COPY, j, k), Html(esc(math_name(A, j))), **COPY_STYLE)
+            D.edge((COPY, j, k), k, **attrs)
+        else:
+            D.edge(j, k, **attrs)
+    return D
+
+
 # --------------------------------------------------------------------- large graphs
 
+# Sizes are nodes + edges of the drawing. Measured with Graphviz 2.43 on a loaded
+# 2-core machine (benchmarks/render_bench.py, README): forward and flow views lay out in
+# about a second up to ~1,000 and the adjoint view with copies up to ~1,500; drawn
+# collapsed, every model measured stays under a few seconds.
+AUTO_COLLAPSE = 1200  # a drawing above this is collapsed by block unless full=True
+COPIES_AT = 150  # adjoint views above this draw reused forward values as copies
+TIMEOUT = 20.0  # seconds dot may take by default (0 or None: no limit)
+MATH_ROWS = 4  # formulas shown in a collapsed block
+NOTEBOOK_LIMIT = 4000  # nodes + edges a notebook display lays out at all
+MAX_RANKS = 80  # a drawing deeper than this is collapsed (its aspect ratio otherwise)
 
-def group_of(G, n):
-    """The cluster of node ``n``: its ``group`` attribute, else its name's first
-    ``/``-separated part (``"layer3/z" -> "layer3"``), else None."""
-    a = G.nodes[n]
-    if a.get("group"):
-        return str(a["group"])
-    if a.get(g.ROLE) == g.BACKWARD:
-        j = a.get(g.ADJOINT_OF) or (a.get(g.CONTRIB) or (None, None))[1]
-        return group_of(G, j) if j is not None and j in G else None
-    name = str(n)
-    if "/" in name.strip("/"):
-        return name.strip("/").split("/", 1)[0]
-    if a.get(g.KIND) == g.CONST:
-        # a number belongs with the node it feeds
-        owners = {group_of(G, s) for s in G.successors(n)}
-        if len(owners) == 1:
-            return owners.pop()
-    return None
+
+def _base(key):
+    """The graph node a drawing key stands for (a copy stands for the node reading it)."""
+    return key[2] if isinstance(key, tuple) and key and key[0] == COPY else key
 
 
 def _focus(G, D, focus, depth):
@@ -595,94 +713,175 @@ def _focus(G, D, focus, depth):
     keep = set()
     for s in seeds:
         keep |= set(nx.single_source_shortest_path_length(U, s, cutoff=depth))
-    D.nodes = {k: v for k, v in D.nodes.items() if k in keep}
-    D.edges = [e for e in D.edges if e[0] in keep and e[1] in keep]
+    D.nodes = {k: v for k, v in D.nodes.items() if _base(k) in keep}
+    D.edges = [e for e in D.edges if e[0] in D.nodes and e[1] in D.nodes]
     label, attrs = D.nodes[focus]
     D.nodes[focus] = (label, {**attrs, "penwidth": "3", "color": "#0f766e"})
 
 
-def _collapse(G, D, mode):
-    groups = {n: group_of(G, n) for n in D.nodes}
+def _op_summary(G, nodes):
+    counts = {}
+    for n in nodes:
+        counts[_kind_text(G, n)] = counts.get(_kind_text(G, n), 0) + 1
+    parts = [f"{k}×{v}" if v > 1 else k for k, v in sorted(counts.items())]
+    return ", ".join(parts[:5] + (["…"] if len(parts) > 5 else []))
+
+
+def _block_maths(G, nodes, back):
+    """A few formulas of a block: what its forward ops compute, or which gradients its
+    backward part produces."""
+    if back:
+        outs = [
+            partial("J", math_name(G, G.nodes[n][g.ADJOINT_OF]))
+            for n in nodes
+            if G.nodes[n].get(g.ADJOINT_OF) in G
+        ]
+        if not outs:
+            return []
+        shown = ", ".join(outs[:MATH_ROWS]) + (" …" if len(outs) > MATH_ROWS else "")
+        return ["computes " + shown]
+    rows = []
+    opnodes = [n for n in nodes if G.nodes[n][g.KIND] == g.OPNODE]
+    for n in opnodes[:MATH_ROWS]:
+        op = ops.get(G.nodes[n][g.OP])
+        if op.variadic:
+            ids = {"y": n, op.args[0]: "(…)"}
+            text = op.math.replace("{" + op.args[0] + "}", "(…)")
+            rows.append(fill(text, {"y": n}, G.nodes[n][g.ATTRS], show=_shower(G)))
+            del ids
+        else:
+            ids = {"y": n, **dict(zip(op.args, g.operands(G, n)))}
+            rows.append(fill(op.math, ids, G.nodes[n][g.ATTRS], show=_shower(G)))
+    if len(opnodes) > MATH_ROWS:
+        rows.append(f"… {len(opnodes) - MATH_ROWS} more ops")
+    return rows
+
+
+def _shower(G):
+    return lambda n: math_name(G, n)
+
+
+def _carried(G, n):
+    """What an edge from node ``n`` carries, for the edges between blocks: a forward
+    value by name, a backward one as the gradient it is (never an internal id)."""
+    a = G.nodes[n]
+    if a.get(g.ROLE) != g.BACKWARD:
+        return math_name(G, n)
+    if a.get(g.ADJOINT_OF) in G:
+        return partial("J", math_name(G, a[g.ADJOINT_OF]))
+    if g.CONTRIB in a:
+        k, j = a[g.CONTRIB]
+        return f"{partial('J', math_name(G, j))} via {math_name(G, k)}"
+    return f"a backward {_kind_text(G, n)}"
+
+
+def _collapse(G, D, mode, found):
+    """``D`` drawn by block: ``"clusters"`` boxes every node of a block, ``"groups"``
+    draws one box per block (two in the adjoint view: forward and backward part)."""
+    where = found.block_of()
+    part = {}
+    for key in D.nodes:
+        n = _base(key)
+        if n in where:
+            part[key] = (where[n], G.nodes[n].get(g.ROLE) == g.BACKWARD)
     if mode == "clusters":
-        D.group = {n: grp for n, grp in groups.items() if grp is not None}
-        return D
-    members = {}
-    for n in D.nodes:
-        if groups[n] is not None:
-            members.setdefault(groups[n], []).append(n)
-    if not members:
+        D.group = {
+            key: found.blocks[i].name + (" (backward)" if back else "")
+            for key, (i, back) in part.items()
+        }
         return D
     C = _Drawing(D.name)
     C.legend = D.legend
-    big = len(D.nodes) + len(D.edges) > BIG
-    key_of = {}
-    for n, (label, attrs) in D.nodes.items():
-        grp = groups[n]
-        if grp is None:
-            C.node(n, label, **attrs)
-            key_of[n] = n
-        else:
-            key_of[n] = ("group", grp)
-    for grp, ns in members.items():
-        counts = {}
-        for n in ns:
-            counts[_kind_text(G, n)] = counts.get(_kind_text(G, n), 0) + 1
-        summary = ", ".join(
-            f"{k}×{v}" if v > 1 else k for k, v in sorted(counts.items())
-        )
+
+    def number(key):
+        # a number feeds many blocks (the 1 of 1 − h²): its value is in the formulas,
+        # and edges from it to every block would be the long edges collapsing removes
+        return not isinstance(key, tuple) and G.nodes[key][g.KIND] == g.CONST
+
+    for key, (label, attrs) in D.nodes.items():
+        if key not in part and not number(key):
+            C.node(key, label, **attrs)
+    boxes = {}
+    for key, where_ in part.items():
+        boxes.setdefault(where_, []).append(key)
+    for (i, back), keys in sorted(boxes.items()):
+        b = found.blocks[i]
+        members = [k for k in keys if not isinstance(k, tuple)]
+        rows = [esc(f"{len(members)} nodes: {_op_summary(G, members)}")]
+        if b.repeats > 1 and not back:
+            rows.append(esc(f"one of {b.repeats} blocks with these ops"))
+        rows += [esc(r) for r in _block_maths(G, members, back)]
+        style = {
+            "shape": "box3d",
+            "style": "filled",
+            "fillcolor": "#ede9fe" if back else "#e0f2fe",
+            "color": "#6d28d9" if back else "#0369a1",
+        }
         C.node(
-            ("group", grp),
-            _label(esc(grp + "/"), esc(f"{len(ns)} nodes"), esc(summary)),
-            shape="box3d",
-            style="filled",
-            fillcolor="#e0f2fe",
-            color="#0369a1",
+            ("block", i, back),
+            _label(esc(b.name + (" · backward" if back else "")), *rows),
+            **style,
         )
+    both = {i for i, back in boxes if back} & {i for i, back in boxes if not back}
+    C.same_rank = [[("block", i, False), ("block", i, True)] for i in sorted(both)]
+    C.columns = [("block", i, False) for i in range(len(found.blocks))]
+    C.columns = [k for k in C.columns if k in C.nodes]
+    key_of = {k: ("block", *part[k]) if k in part else k for k in D.nodes}
     merged = {}
     for src, dst, attrs in D.edges:
         s, d = key_of[src], key_of[dst]
-        if s == d:
+        if s == d or number(src):
             continue
-        slot = merged.setdefault((s, d), {"fwd": [], "grad": []})
+        slot = merged.setdefault((s, d), {"fwd": [], "grad": [], "what": []})
         slot["grad" if attrs.get("dir") == "back" else "fwd"].append(attrs)
+        slot["what"].append(_base(src) if not isinstance(src, tuple) else src[1])
     for (s, d), slot in merged.items():
         fwd, grad = slot["fwd"], slot["grad"]
-        if len(fwd) + len(grad) == 1 and not big:
-            C.edge(s, d, **(fwd or grad)[0])
-            continue
         attrs = dict((fwd or grad)[0])
         attrs.pop("label", None)
-        parts = []
+        names = list(dict.fromkeys(_carried(G, n) for n in slot["what"]))
+        what = ", ".join(names[:2]) + (" …" if len(names) > 2 else "")
+        text = []
         if fwd:
-            parts.append(f"{len(fwd)} edge" + ("s" if len(fwd) > 1 else ""))
+            text.append(what)
         if grad:
-            # one line drawn for both directions: forward colour, gradient colour
+            # one line for both directions: forward colour, then the gradient's
             colors = [a.get("color", GRAD_COLOR) for a in grad]
-            gcol = max(
-                colors,
-                key=lambda c: (
-                    [m[1] for m in MAGNITUDES].index(c)
-                    if c in [m[1] for m in MAGNITUDES]
-                    else -1
-                ),
-            )
+            rank = [m[1] for m in MAGNITUDES]
+            gcol = max(colors, key=lambda c: rank.index(c) if c in rank else -1)
             attrs.update(
                 dir="both",
                 arrowtail="normal",
                 style="solid",
                 color=f"{fwd[0]['color']}:{gcol}" if fwd else gcol,
             )
-            parts.append(f"{len(grad)} gradient" + ("s" if len(grad) > 1 else ""))
-        if not big or len(fwd) + len(grad) > 2:
-            attrs["label"] = Html(esc(", ".join(parts)))
+            text.append(
+                ", ".join(partial("J", x) for x in names[:2])
+                + (" …" if len(names) > 2 else "")
+            )
+        attrs["label"] = Html("<BR/>".join(esc(t) for t in text))
         C.edge(s, d, **attrs)
     return C
+
+
+def _say(message):
+    warnings.warn(message, GraphgenWarning, stacklevel=4)
 
 
 # -------------------------------------------------------------------------- public API
 
 
-def _build(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, depth=2):
+def _build(
+    G,
+    view="flow",
+    *,
+    values=None,
+    seed=0,
+    collapse=None,
+    focus=None,
+    depth=2,
+    full=False,
+):
     if view not in VIEWS:
         raise DiagramError(f"unknown view {view!r} (known: {', '.join(VIEWS)})")
     H = _forward_graph(G)
@@ -697,7 +896,19 @@ def _build(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
         vals = evaluate(A, load_arrays(H, values, seed))
     if view == "adjoint":
         A = A if A is not None else _lowered(H)
-        D, base = _draw_adjoint(A, vals), A
+        size = A.number_of_nodes() + A.number_of_edges()
+        copies = size > COPIES_AT
+        lean = (
+            size > AUTO_COLLAPSE
+            and vals is None
+            and focus is None
+            and collapse in (None, "auto", True, "groups")
+            and not (full and collapse in (None, "auto"))
+        )
+        if lean:
+            D, base = _draw_adjoint_lean(A, copies), A
+        else:
+            D, base = _draw_adjoint(A, vals, copies=copies), A
         if focus is not None and focus not in A:
             byname = {v: k for k, v in node_names(A).names.items()}
             focus = byname.get(focus, focus)
@@ -705,24 +916,52 @@ def _build(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
         D, base = _draw_forward(H, view == "flow", vals, A), H
     if focus is not None:
         _focus(base, D, focus, depth)
-    if collapse:
-        D = _collapse(base, D, "clusters" if collapse == "clusters" else "groups")
+    size = len(D.nodes) + len(D.edges)
+    what = f"the {view} view has {len(D.nodes):,} nodes and {len(D.edges):,} edges"
+    mode = None
+    if collapse in (True, "groups", "clusters"):
+        mode = "clusters" if collapse == "clusters" else "groups"
+    elif collapse in (None, "auto") and not full:
+        if size > AUTO_COLLAPSE:
+            mode = "auto"
+        elif size > BIG:
+            # a long chain drawn in full is metres wide (a 50-layer flow view: 51:1)
+            drawn = [k for k in D.nodes if not isinstance(k, tuple)]
+            deep = nx.dag_longest_path_length(base.subgraph(drawn)) + 1
+            if deep > MAX_RANKS:
+                mode = "auto"
+                what += f" in a chain {deep} nodes long"
+    if full and size > AUTO_COLLAPSE:
+        _say(
+            f"{what}: drawing every one (--full); Graphviz may need long for it, "
+            "and the time budget still applies"
+        )
+    if mode is not None:
+        from .grouping import blocks
+
+        found = blocks(base, [k for k in D.nodes if not isinstance(k, tuple)])
+        if not found:
+            _say(f"{what}: {found.note}; drawing every node")
+        else:
+            D = _collapse(
+                base, D, "clusters" if mode == "clusters" else "groups", found
+            )
+            if mode == "auto":
+                _say(
+                    f"{what}: drawn collapsed into {len(found.blocks)} blocks (found "
+                    f"by {found.how}); --full draws every node, --focus NODE one "
+                    "neighbourhood"
+                )
     return D, base
 
 
-def _digraph(D, view):
-    import graphviz
-
-    keys = list(D.nodes)
-    ids = {k: f"n{i}" for i, k in enumerate(keys)}
-    name = re.sub(r"[^A-Za-z0-9_]", "_", f"{D.name}_{view}") or "graph"
-    dot = graphviz.Digraph(name=name if name[0].isalpha() else f"g_{name}")
+def _graph_attrs(D, view):
     title = {
         "forward": "forward graph",
         "adjoint": "adjoint graph (as compiled)",
         "flow": "gradient flow: dashed edges carry ∂J/∂· back",
     }[view]
-    graph_attrs = {
+    attrs = {
         "rankdir": "LR",
         "fontname": "Helvetica",
         "fontsize": "12",
@@ -732,15 +971,74 @@ def _digraph(D, view):
         "nodesep": "0.3",
     }
     if len(D.nodes) + len(D.edges) > BIG:
-        # bound the layout's network-simplex and crossing-minimization work
-        graph_attrs.update(
-            nslimit="0.5", nslimit1="0.5", mclimit="0.05", searchsize="5"
+        # bound the layout's network-simplex and crossing-minimization work, and draw
+        # edges straight: routing splines around hundreds of long edges is what takes
+        # Graphviz minutes (the 20-layer residual adjoint view: 25 s -> 0.4 s)
+        attrs.update(
+            nslimit="0.5",
+            nslimit1="0.5",
+            mclimit="0.05",
+            searchsize="5",
+            splines="line",
         )
-    dot.body.extend(D.lines(ids, graph_attrs))
+    return attrs
+
+
+class Diagram:
+    """Mixin of the drawing :func:`render` returns: a ``graphviz.Digraph`` whose
+    notebook display runs ``dot`` with a time budget and shows a message instead of
+    waiting when the drawing is too big."""
+
+    timeout = TIMEOUT
+    size = 0
+    what = "the drawing"
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **_):
+        if self.size > NOTEBOOK_LIMIT:
+            return {
+                "text/plain": f"graphgen: {self.what} is too big to lay out for a "
+                "notebook; draw it collapsed (collapse=True), a neighbourhood "
+                "(focus=NODE), or write it to a file with graphgen.views.diagram.write"
+            }
+        try:
+            svg = run_dot(self.source, "svg", timeout=self.timeout, what=self.what)
+        except DiagramError as e:
+            return {"text/plain": f"graphgen: {e}"}
+        return {"image/svg+xml": svg.decode("utf-8")}
+
+    def _repr_svg_(self):
+        return self._repr_mimebundle_().get("image/svg+xml")
+
+
+def _digraph(D, view, timeout=TIMEOUT):
+    import graphviz
+
+    class Drawing(Diagram, graphviz.Digraph):
+        pass
+
+    keys = list(D.nodes)
+    ids = {k: f"n{i}" for i, k in enumerate(keys)}
+    name = re.sub(r"[^A-Za-z0-9_]", "_", f"{D.name}_{view}") or "graph"
+    dot = Drawing(name=name if name[0].isalpha() else f"g_{name}")
+    dot.body.extend(D.lines(ids, _graph_attrs(D, view)))
+    dot.timeout = timeout
+    dot.size = len(D.nodes) + len(D.edges)
+    dot.what = f"the {view} view ({len(D.nodes):,} nodes, {len(D.edges):,} edges)"
     return dot
 
 
-def render(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, depth=2):
+def render(
+    G,
+    view="flow",
+    *,
+    values=None,
+    seed=0,
+    collapse=None,
+    focus=None,
+    depth=2,
+    full=False,
+    timeout=TIMEOUT,
+):
     """Draw a graphgen graph as a ``graphviz.Digraph`` (displays inline in Jupyter).
 
     Parameters
@@ -753,12 +1051,20 @@ def render(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
         Annotate with values and gradient norms: True for random arrays
         (:func:`graphgen.check.random_arrays` with ``seed``), a dict of arrays, or the
         path of an ``.npz`` file (missing arrays are random).
-    collapse : bool or {"groups", "clusters"}
-        Group nodes by their ``group`` attribute or name prefix (``layer3/...``):
-        ``"groups"`` (or True) draws one box per group, ``"clusters"`` draws every node
-        inside a box per group.
+    collapse : None, bool or {"groups", "clusters"}
+        Draw by block (:func:`graphgen.views.grouping.blocks`: ``group`` attributes,
+        name prefixes such as ``layer3/...``, layer numbers such as ``m7``, else the
+        graph's repeated structure): ``"groups"`` (or True) draws one box per block,
+        ``"clusters"`` every node inside a box per block. None (the default) collapses
+        a drawing too big for Graphviz to lay out quickly, with a warning saying so.
     focus : str, optional
         Draw only the nodes within ``depth`` hops of this node.
+    full : bool
+        Never collapse automatically, and draw the adjoint view's edges from forward
+        values to the backward nodes that read them in full (a warning says when
+        that is big).
+    timeout : float
+        Seconds ``dot`` may take when the drawing is displayed in a notebook.
 
     Returns
     -------
@@ -772,9 +1078,16 @@ def render(G, view="flow", *, values=None, seed=0, collapse=False, focus=None, d
     True
     """
     D, _ = _build(
-        G, view, values=values, seed=seed, collapse=collapse, focus=focus, depth=depth
+        G,
+        view,
+        values=values,
+        seed=seed,
+        collapse=collapse,
+        focus=focus,
+        depth=depth,
+        full=full,
     )
-    return _digraph(D, view)
+    return _digraph(D, view, timeout)
 
 
 def to_dot(G, view="flow", **kwargs):
@@ -790,11 +1103,13 @@ def to_dot(G, view="flow", **kwargs):
     return render(G, view, **kwargs).source
 
 
-def write(G, path, view="flow", fmt=None, **kwargs):
+def write(G, path, view="flow", fmt=None, *, timeout=TIMEOUT, progress=None, **kwargs):
     """Write a diagram to ``path``; the format comes from the extension (or ``fmt``).
 
     ``.dot`` needs nothing else; ``.svg``, ``.png`` and ``.pdf`` need the Graphviz
-    ``dot`` program (:class:`DiagramError` with install instructions otherwise).
+    ``dot`` program (:class:`DiagramError` with install instructions otherwise), which
+    may run ``timeout`` seconds (0 or None: no limit). ``progress`` (a function of one
+    string) is told when a big layout starts, so that nobody waits in silence.
 
     Examples
     --------
@@ -811,11 +1126,16 @@ def write(G, path, view="flow", fmt=None, **kwargs):
             f"cannot tell the format of {path!r}: use one of "
             + ", ".join("." + f for f in FORMATS)
         )
-    text = to_dot(G, view, **kwargs)
+    drawing = render(G, view, timeout=timeout, **kwargs)
     if fmt == "dot":
-        data = text.encode("utf-8")
+        data = drawing.source.encode("utf-8")
     else:
-        data = run_dot(text, fmt)
+        if progress is not None and drawing.size > BIG:
+            limit = f"at most {timeout:g} s" if timeout else "no time limit"
+            progress(
+                f"laying out {drawing.what} with Graphviz's dot ({limit}; Ctrl-C stops)"
+            )
+        data = run_dot(drawing.source, fmt, timeout=timeout, what=drawing.what)
     try:
         with open(path, "wb") as f:
             f.write(data)
@@ -823,17 +1143,73 @@ def write(G, path, view="flow", fmt=None, **kwargs):
         raise DiagramError(f"cannot write {path!r}: {e.strerror}") from None
 
 
-def run_dot(text, fmt):
-    """Lay out DOT ``text`` with the ``dot`` program; returns the output bytes."""
+WHAT_TO_DO = (
+    "draw less: --collapse (one box per block), --focus NODE --depth 2 (one "
+    "neighbourhood), or write a .dot file and lay it out yourself; or allow more time "
+    "with --timeout SECONDS (0: no limit)"
+)
+
+
+def run_dot(text, fmt, timeout=TIMEOUT, what="the drawing"):
+    """Lay out DOT ``text`` with the ``dot`` program; returns the output bytes.
+
+    ``dot`` gets ``timeout`` seconds (0 or None: no limit); past them, or when
+    interrupted (Ctrl-C, or an exception such as the CLI's SIGTERM handler raises), it
+    is killed and waited for, so no ``dot`` outlives the call. Its warnings are passed
+    on as :class:`~graphgen.errors.GraphgenWarning`.
+    """
     exe = shutil.which("dot")
     if exe is None:
         raise DiagramError(INSTALL_HINT.format(fmt=fmt.upper()))
-    proc = subprocess.run(
-        [exe, f"-T{fmt}"], input=text.encode("utf-8"), capture_output=True, check=False
+    proc = subprocess.Popen(
+        [exe, f"-T{fmt}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    try:
+        out, err = proc.communicate(text.encode("utf-8"), timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
         raise DiagramError(
-            f"dot failed: {err[0] if err else 'exit ' + str(proc.returncode)}"
+            f"Graphviz's dot did not finish laying out {what} within {timeout:g} s and "
+            f"was stopped; {WHAT_TO_DO}"
+        ) from None
+    except BaseException:
+        _stop(proc)
+        raise
+    lines = [x.strip() for x in err.decode("utf-8", "replace").splitlines()]
+    lines = list(dict.fromkeys(x for x in lines if x))
+    if proc.returncode == -signal.SIGINT:
+        # Ctrl-C in a terminal reaches dot too, and it may die before Python sees it
+        raise KeyboardInterrupt
+    if proc.returncode != 0:
+        why = (
+            f"was killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"failed: {lines[0] if lines else 'exit ' + str(proc.returncode)}"
         )
-    return proc.stdout
+        raise DiagramError(f"Graphviz's dot {why} laying out {what}; {WHAT_TO_DO}")
+    for line in lines[:5]:
+        _say(f"dot: {line}")
+    if len(lines) > 5:
+        _say(f"dot: … and {len(lines) - 5} more warnings")
+    return out
+
+
+def _stop(proc):
+    """Kill ``dot`` and reap it (no orphan, no zombie), even when a second signal
+    arrives meanwhile."""
+    try:
+        if proc.poll() is None:
+            proc.kill()
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass

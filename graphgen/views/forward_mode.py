@@ -23,14 +23,33 @@ from .values import ModuleGradients, evaluate, load_arrays, norm
 TOL = 1e-10  # relative, as a float64 module computes it
 
 
+MAX_LINES = 60  # tangent and adjoint lines shown; a bigger graph's are counted
+
+
 def sections(c, given=None, seed=0):
-    """The forward-mode sections of an explanation (``c`` is explain's ``_Case``)."""
-    order = {n: i for i, n in enumerate(g.schedule(c.H))}
-    on_paths = sorted({n for p in c.paths for n in p}, key=order.__getitem__)
+    """The forward-mode sections of an explanation (``c`` is explain's ``_Case``, with
+    ``to_loss``/``from_node``: the path counts from each node to the loss and from
+    ``wrt`` to it), and the number of numbers that disagree with the module."""
+    on_paths = [
+        n for n in g.schedule(c.H) if c.to_loss.get(n, 0) and c.from_node.get(n, 0)
+    ]
     out = _forward_section(c, on_paths)
     out += _reverse_section(c, on_paths)
+    mismatches = 0
     if given is not None and given is not False:
-        out += _values_section(c, on_paths, given, seed)
+        section, mismatches = _values_section(c, on_paths, given, seed)
+        out += section
+    return out, mismatches
+
+
+def _shown(c, lines, what):
+    """At most :data:`MAX_LINES` display lines, and a count of the rest."""
+    F = c.F
+    out = []
+    for e in lines[:MAX_LINES]:
+        out += F.display(e)
+    if len(lines) > MAX_LINES:
+        out += F.para(F.p(f"… and {len(lines) - MAX_LINES} more {what}."))
     return out
 
 
@@ -70,9 +89,11 @@ def _forward_section(c, on_paths):
             "dual of the adjoint's sum over successors:",
         )
     )
+    lines = []
     for k in on_paths[1:]:
         terms = [F.dot([c.factor(j, k), _diff(c, j)]) for j in _preds(c, k, on_paths)]
-        out += F.display(F.eq(_diff(c, k), F.plus(terms)))
+        lines.append(F.eq(_diff(c, k), F.plus(terms)))
+    out += _shown(c, lines, "tangents, in the same way")
     out += F.para(
         F.p(
             "Seeded with ",
@@ -95,6 +116,7 @@ def _reverse_section(c, on_paths):
             "reverse order; each node's gradient is the sum over its successors:",
         )
     )
+    lines = []
     for j in reversed(on_paths[:-1]):
         succs = _succs(c, j, on_paths)
         if succs == [c.loss]:
@@ -103,7 +125,8 @@ def _reverse_section(c, on_paths):
             c.factor(j, k) if k == c.loss else F.dot([F.d(L, N(k)), c.factor(j, k)])
             for k in succs
         ]
-        out += F.display(F.eq(F.d(L, N(j)), F.plus(terms)))
+        lines.append(F.eq(F.d(L, N(j)), F.plus(terms)))
+    out += _shown(c, lines, "gradients, in the same way")
     out += F.para(
         F.p(
             "Both multiply the same local derivatives along every path. One forward "
@@ -188,5 +211,4 @@ def _values_section(c, on_paths, given, seed):
             F.ok(diff <= TOL),
         )
     )
-    c.mismatch = getattr(c, "mismatch", False) or diff > TOL
-    return out
+    return out, int(diff > TOL)

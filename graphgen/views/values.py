@@ -242,13 +242,68 @@ def _cut(H, n):
     return C
 
 
-class ModuleGradients:
-    """∂J/∂n from a generated module: ``n`` itself, or ``n`` cut loose as an input."""
+def _probed(H, nodes):
+    """``H`` with a zero input ``probe`` added to each of ``nodes``: every consumer of
+    ``n`` reads ``n + probe`` instead, so the module's gradient with respect to the probe
+    is the reverse-mode adjoint ∂J/∂n, for all of ``nodes`` from one module and one
+    call. Returns the graph and ``{n: probe}``."""
+    from ..passes.adjoint import Builder
 
-    def __init__(self, H, arrays, vals):
+    P = H.copy()
+    P.graph["wrt"] = list(P.graph.get("wrt") or [])
+    b = Builder(P)
+    probes = {}
+    for n in nodes:
+        outs = list(P.out_edges(n, data=True))
+        probe = g.fresh_id(P, f"probe/{n}")
+        P.add_node(
+            probe,
+            **{
+                g.KIND: g.INPUT,
+                g.SHAPE: P.nodes[n][g.SHAPE],
+                g.DTYPE: "float64",
+                g.ROLE: g.FORWARD,
+                g.SEQ: g.next_seq(P),
+            },
+        )
+        b.where = n
+        s = b.add(n, probe)
+        P.nodes[s][g.ROLE] = g.FORWARD
+        P.nodes[s].pop(g.PASS, None)
+        for _, k, data in outs:
+            P.remove_edge(n, k)
+            P.add_edge(s, k, **data)
+        P.graph["wrt"].append(probe)
+        probes[n] = probe
+    return P, probes
+
+
+class ModuleGradients:
+    """∂J/∂n from a generated module: ``n`` itself, or the adjoint of an inner node
+    (:meth:`prefetch` gets many at once; one at a time, ``n`` is cut loose as an
+    input)."""
+
+    def __init__(self, H, arrays, vals, inner=()):
+        """``inner``: nodes whose adjoints will be asked for, all computed by the one
+        module compiled here (with a zero probe added to each, see :func:`_probed`)."""
         self.H, self.arrays, self.vals = H, arrays, vals
-        self.loss, self.grads = _module(H).value_and_grad(**_feed(H, arrays))
         self.cut = {}
+        todo = [
+            n
+            for n in dict.fromkeys(inner)
+            if n in H
+            and n != H.graph.get("loss")
+            and H.nodes[n][g.KIND] == g.OPNODE
+            and n not in (H.graph.get("wrt") or [])
+        ]
+        P, probes = _probed(H, todo) if todo else (H, {})
+        feed = _feed(H, arrays)
+        for n, probe in probes.items():
+            feed[probe] = np.zeros(np.shape(vals[n]), dtype=np.float64)
+        self.loss, grads = _module(P).value_and_grad(**feed)
+        for n, probe in probes.items():
+            self.cut[n] = grads.pop(probe)
+        self.grads = grads
 
     def __call__(self, n):
         if n in self.grads:
