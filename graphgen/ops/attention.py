@@ -645,7 +645,7 @@ _MASKS = {
         ("none",),
     ),
 }
-_CAUSAL = "; with {causal}, −∞ above the diagonal (key j > query i)"
+_CAUSAL = "; causal: −∞ above the diagonal (key j > query i)"
 
 
 def _register_attention(kind):
@@ -666,18 +666,25 @@ def _register_attention(kind):
             ),
             vjp=_attention_vjp(kind),
             jvp=_attention_jvp(kind),
-            math="{y} = softmax(S)·{v}, S = {q}·{k}ᵀ·{scale}"
-            + mask_math
-            + _CAUSAL
-            + " (fused scaled dot-product attention; each of {k}'s heads serves "
-            "consecutive query heads when {q} has more)",
+            math="{y} = softmax(S)·{v} per head, S = {q}·{k}ᵀ·{scale}" + mask_math,
+            math_when=(
+                (
+                    lambda a: a["causal"],
+                    "{y} = softmax(S)·{v} per head, S = {q}·{k}ᵀ·{scale}"
+                    + mask_math
+                    + _CAUSAL,
+                ),
+            ),
             derivs=(
                 (
                     "{q}̄ = {scale}·S̄·{k}, S̄ = P·(P̄ − Σ_d {y}̄·{y}), P̄ = {y}̄·{v}ᵀ, "
                     "P = softmax(S)"
                 ),
                 "{k}̄ = {scale}·S̄ᵀ·{q}, summed over the query heads of each key head",
-                "{v}̄ = Pᵀ·{y}̄, summed over the query heads of each key head",
+                (
+                    "{v}̄ = Pᵀ·{y}̄, summed over the query heads of each key head (a "
+                    "key/value head serves consecutive query heads when {q} has more)"
+                ),
                 *mask_derivs,
             ),
             attrs={"scale": None, "causal": False},
@@ -699,7 +706,13 @@ def _register_attention(kind):
             ),
             vjp=_probs_vjp(kind),
             jvp=_probs_jvp(kind),
-            math="{y} = softmax({q}·{k}ᵀ·{scale}" + mask_math + ")" + _CAUSAL,
+            math="{y} = softmax({q}·{k}ᵀ·{scale}" + mask_math + ")",
+            math_when=(
+                (
+                    lambda a: a["causal"],
+                    "{y} = softmax({q}·{k}ᵀ·{scale}" + mask_math + ")" + _CAUSAL,
+                ),
+            ),
             derivs=(
                 "{q}̄ = {scale}·S̄·{k}, S̄ = {y}·({y}̄ − Σ {y}̄·{y})",
                 "{k}̄ = {scale}·S̄ᵀ·{q}, summed over the query heads of each key head",
