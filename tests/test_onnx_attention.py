@@ -262,3 +262,32 @@ def _consts(nodes):
             fixed.append(a)
         out.append((n, op, fixed, attrs))
     return out
+
+
+def test_loss_on_3d_logits_takes_2d_labels(tmp_path):
+    """--loss softmax_cross_entropy on a (batch, T, vocab) output: labels (batch, T),
+    the mean over every token."""
+    rng = np.random.default_rng(7)
+    model = _model(
+        [oh.make_node("MatMul", ["x", "W"], ["logits"])],
+        [("x", D, [2, 3, 4])],
+        ["logits"],
+        [nh.from_array(rng.standard_normal((4, 5)), "W")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    G = graphgen.load(path, loss="softmax_cross_entropy", labels="y")
+    assert G.nodes["y"]["shape"] == (2, 3)
+    m = graphgen.compile(G)
+    arrays = {"x": rng.standard_normal((2, 3, 4)), "y": rng.integers(0, 5, (2, 3))}
+    arrays.update(m.init_params())
+    loss, grads = m.value_and_grad(**arrays)
+    z = arrays["x"] @ arrays["W"]
+    lse = np.log(np.exp(z).sum(-1))
+    picked = np.take_along_axis(z, arrays["y"][..., None], -1)[..., 0]
+    assert loss == pytest.approx((lse - picked).mean(), rel=1e-12)
+
+    def f(a):
+        return float(m.forward(**a)["loss"])
+
+    assert_grad_close(grads["W"], fd_gradient(f, arrays, "W"), what="dloss/dW")
