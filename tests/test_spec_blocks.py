@@ -97,6 +97,13 @@ def test_diagram_groups_follow_the_instances(tmp_path):
             ),
         ),
         (
+            ("W: [n, n]", "W: [m, n]"),
+            (
+                "in block 'dense' (instance 'layer0'): param 'layer0/W': its shape "
+                "['m', 3] has the size 'm', which is not a number"
+            ),
+        ),
+        (
             ("repeat: 3", "repeat: depth"),
             "repeat must be a positive integer or a name in sizes, got 'depth'",
         ),

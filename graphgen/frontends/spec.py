@@ -713,6 +713,15 @@ def _add_inputs_and_params(G, data, lines):
             )
         )
         _check_shape(G, lines, "params", name, shape)
+        unknown = [d for d in shape if isinstance(d, str)]
+        if unknown:
+            raise SpecError(
+                f"param {name!r}: its shape {list(shape)} has the size {unknown[0]!r}, "
+                "which is not a number; a param's shape is static: write the number, "
+                f"or give it in sizes ('sizes: {{{unknown[0]}: ...}}')",
+                source=G.graph["source"],
+                line=lines.get(("params", name)),
+            )
         _define(
             G,
             lines,
