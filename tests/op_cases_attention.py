@@ -71,3 +71,8 @@ CASES = {
 }
 
 NO_GRADIENT: dict = {}
+
+CASES["attention_apply"] = [
+    Case(((1, 2, 3, 4), (1, 2, 4, 5))),
+    Case(((2, 4, 3, 2), (2, 2, 2, 3)), label="grouped"),
+]

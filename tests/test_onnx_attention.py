@@ -291,3 +291,26 @@ def test_loss_on_3d_logits_takes_2d_labels(tmp_path):
         return float(m.forward(**a)["loss"])
 
     assert_grad_close(grads["W"], fd_gradient(f, arrays, "W"), what="dloss/dW")
+
+
+def test_a_training_step_computes_the_probabilities_once():
+    """The fused op's VJP builds P = attention_probs(q, k); the training step computes
+    it once, in the forward pass, applies it to v and keeps it for the backward pass
+    (reuse_inner): one softmax and one Q·Kᵀ per attention, not two."""
+    spec = {
+        "q": ("param", (1, 2, 3, 4)),
+        "k": ("param", (1, 2, 3, 4)),
+        "v": ("param", (1, 2, 3, 4)),
+        "w": ("input", (1, 2, 3, 4)),
+    }
+    nodes = [
+        ("a", "attention", ["q", "k", "v"], {"causal": True}),
+        ("wa", "mul", ["a", "w"], {}),
+        ("L", "sum", ["wa"], {}),
+    ]
+    source = graphgen.generate(build_graph(spec, nodes, loss="L"))
+    step = source.split("def value_and_grad", 1)[1].split("\ndef ", 1)[0]
+    assert step.count("_attention_probs(") == 1
+    assert "_attention(" not in step
+    assert "a_probs = _attention_probs(" in step  # named after the op that reads it
+    assert "a = _attention_apply(a_probs, v)" in step

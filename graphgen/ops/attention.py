@@ -4,7 +4,8 @@
 additive mask) and ``masked_softmax_bool`` (a 0/1 keep mask), and fused scaled
 dot-product attention: ``attention``, ``masked_attention`` (additive mask) and
 ``masked_attention_bool`` (keep mask), each causal or not and with grouped-query heads,
-plus the internal ``attention_probs*`` ops their backward passes build.
+plus the internal ``attention_probs*`` ops their backward passes build and
+``attention_apply``.
 
 Attention arrays are (batch, heads, T, d): ``q`` is (B, Hq, T, D), ``k`` (B, Hkv, S, D)
 and ``v`` (B, Hkv, S, Dv), where Hq is a multiple of Hkv (grouped-query attention: each
@@ -12,10 +13,13 @@ key/value head serves Hq/Hkv consecutive query heads, as ONNX Attention and PyTo
 ``repeat_interleave`` do). A mask broadcasts to the scores' shape (B, Hq, T, S);
 ``causal`` keeps key j for query i where j ≤ i (top-left aligned, as ONNX and PyTorch).
 
-The backward pass of attention computes the probabilities P = softmax(Q·Kᵀ·scale + mask)
-once (``attention_probs``, the only (B, Hq, T, S) probability tensor it stores) and reads
-the forward output O for the softmax's row term: Σ_j P_ij·(Ȳ·Vᵀ)_ij = Σ_d Ȳ_id·O_id, so
-nothing the forward pass kept is computed again.
+The VJP of attention builds the probabilities P = softmax(Q·Kᵀ·scale + mask)
+(``attention_probs``) and reads the forward output O for the softmax's row term:
+Σ_j P_ij·(Ȳ·Vᵀ)_ij = Σ_d Ȳ_id·O_id. The attention ops declare ``splits``: in a training
+step, :func:`graphgen.passes.optimize.reuse_inner` rewrites the fused op as
+``attention_apply(P, v)`` on that very node, so P is computed once, in the forward pass,
+and kept for the backward pass: the one (B, Hq, T, S) probability tensor stored, and
+nothing computed twice. A module without a loss keeps the fused op.
 
 Every rule is built from registered ops (matmul, transpose, reshape, slice, concat, ...),
 so the backward graphs can be differentiated again; every op has a JVP rule.
@@ -48,6 +52,7 @@ HELPERS.update(
         "softmax_keep": (),
         "attention_probs": ("softmax_keep",),
         "attention": ("softmax_keep", "attention_probs"),
+        "attention_apply": (),
     }
 )
 
@@ -690,6 +695,13 @@ def _register_attention(kind):
             attrs={"scale": None, "causal": False},
             normalize=_norm_attention,
             category="attention",
+            # the training step computes P once, keeps it, and applies it to v
+            splits=(
+                "attention_probs" + suffix,
+                "attention_apply",
+                (0, 1, 3) if kind else (0, 1),
+                (2,),
+            ),
             **mask_facts,
         )
     )
@@ -729,3 +741,50 @@ def _register_attention(kind):
 
 for _kind in (None, "add", "bool"):
     _register_attention(_kind)
+
+
+def _apply_shape(in_shapes, attrs):
+    p, v = in_shapes
+    if len(p) != 4 or len(v) != 4 or p[0] != v[0] or p[3] != v[2]:
+        raise ShapeError(
+            f"attention_apply needs p (batch, Hq, T, S) and v (batch, Hkv, S, dv), got "
+            f"{dims.fmt_shape(p)} and {dims.fmt_shape(v)}"
+        )
+    if not (isinstance(p[1], int) and isinstance(v[1], int)) or p[1] % v[1]:
+        raise ShapeError(f"p's heads ({p[1]}) must be a known multiple of v's ({v[1]})")
+    return (p[0], p[1], p[2], v[3])
+
+
+def _apply_impl(p, v):
+    return p @ np.repeat(v, p.shape[1] // v.shape[1], axis=1)
+
+
+def _apply_groups(c):
+    return c.in_shapes[0][1] // c.in_shapes[1][1]
+
+
+register(
+    Op(
+        name="attention_apply",
+        args=("p", "v"),
+        shape=_apply_shape,
+        impl=_apply_impl,
+        vjp=lambda b, c: [
+            _q_kt(b, c.g, c.ins[1], _apply_groups(c)),  # p̄ = ȳ·vᵀ
+            _pt_a(b, c.ins[0], c.g, _apply_groups(c)),  # v̄ = pᵀ·ȳ
+        ],
+        jvp=lambda b, c: tangent_terms(
+            c,
+            lambda d: _p_v(b, d, c.ins[1], _apply_groups(c)),
+            lambda d: _p_v(b, c.ins[0], d, _apply_groups(c)),
+        ),
+        math="{y} = {p}·{v} per head: the attention probabilities {p} applied to the "
+        "values (a value head serves consecutive query heads when {p} has more)",
+        derivs=(
+            "{p}̄ = {y}̄·{v}ᵀ",
+            "{v}̄ = {p}ᵀ·{y}̄, summed over the query heads of each value head",
+        ),
+        internal=True,
+        category="attention",
+    )
+)

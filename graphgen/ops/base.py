@@ -121,6 +121,13 @@ class Op:
         generated module refuses indices outside ``[0, size)`` (``[-size, size)`` when
         they wrap): NumPy would raise an IndexError deep inside, or read a negative label
         as a class; compiled code would read out of bounds. ``check`` samples below it.
+    splits : tuple
+        ``(inner, outer, inner_args, outer_args)`` when the op equals
+        ``outer(inner(args[i] for i in inner_args; same attributes), args[j] for j in
+        outer_args)``: where the graph holds that ``inner`` node anyway (the op's VJP
+        built it), :func:`graphgen.passes.optimize.reuse_inner` rewrites the op as
+        ``outer`` on it, so the value is computed once and kept for the backward pass
+        (fused attention: its probabilities).
     skips : callable, optional
         With ``indices``: ``skips(attrs) -> value or None``, an index value the op
         ignores (``ignore_index``), which the generated module's range check allows.
@@ -165,6 +172,7 @@ class Op:
     jvp_reason: str = ""
     math_when: tuple = ()
     skips: Callable | None = None
+    splits: tuple = ()
 
     def math_for(self, attrs):
         """The math text of a node with these (inferred) attributes."""
