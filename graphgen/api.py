@@ -28,7 +28,7 @@ from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import spec
 from .passes.adjoint import adjoint
-from .passes.optimize import optimize
+from .passes.optimize import optimize, reuse_inner
 from .passes.shapes import prepare
 
 __all__ = ["compile", "generate", "load", "lower", "report", "write"]
@@ -202,7 +202,7 @@ def lower(G, *, dtype=None):
     H = prepare(H)
     if H.graph.get("loss") is not None:
         H = adjoint(H)
-    return optimize(H)
+    return reuse_inner(optimize(H))
 
 
 def generate(

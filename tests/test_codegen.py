@@ -462,6 +462,8 @@ def test_fanout_sum_is_commented_with_its_successors(example_sources):
 
 
 TEMP_LINE = re.compile(r"^(t\d+ = .*|np\.\w+\(.*, out=t\d+\)|del [\w, ]+)$")
+# a buffer note among the temporaries of a statement (or between them and it)
+REUSE_LINE = re.compile(r"^# \w+ reuses \w+'s buffer$")
 
 
 @pytest.mark.parametrize("name", EXAMPLE_IDS)
@@ -481,7 +483,9 @@ def test_every_backward_statement_has_a_math_comment(name, example_sources):
         ):
             i = stmt.lineno - 2
             # the comment may head the group of temporaries built for this statement
-            while i >= 0 and TEMP_LINE.match(lines[i].strip()):
+            while i >= 0 and (
+                TEMP_LINE.match(lines[i].strip()) or REUSE_LINE.match(lines[i].strip())
+            ):
                 i -= 1
             comment = []
             while i >= 0 and lines[i].strip().startswith("#"):

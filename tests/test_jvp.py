@@ -23,6 +23,7 @@ import warnings
 import zlib
 
 import numpy as np
+import op_cases_attention
 import op_cases_conv
 import op_cases_nn
 import pytest
@@ -42,7 +43,12 @@ from graphgen.ops import REGISTRY
 
 EPS = 1e-6
 # the ops declared in defs.py and data.py: nn.py's and conv.py's have their own tables
-CORE_OPS = sorted(set(REGISTRY) - set(op_cases_nn.CASES) - set(op_cases_conv.CASES))
+CORE_OPS = sorted(
+    set(REGISTRY)
+    - set(op_cases_nn.CASES)
+    - set(op_cases_conv.CASES)
+    - set(op_cases_attention.CASES)
+)
 
 
 def assert_close(analytic, numeric, what, rtol=1e-6):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import op_cases_attention
 import op_cases_conv
 import op_cases_nn
 import pytest
@@ -32,8 +33,8 @@ from graphgen.ops import REGISTRY, base
 from graphgen.passes.adjoint import Builder
 from graphgen.views.values import evaluate
 
-FAMILIES = ("graphgen.ops.nn", "graphgen.ops.conv")
-CASES = {**op_cases_nn.CASES, **op_cases_conv.CASES}
+FAMILIES = ("graphgen.ops.nn", "graphgen.ops.conv", "graphgen.ops.attention")
+CASES = {**op_cases_nn.CASES, **op_cases_conv.CASES, **op_cases_attention.CASES}
 FAMILY_OPS = sorted(n for n, op in REGISTRY.items() if op.impl.__module__ in FAMILIES)
 EPS = 1e-6
 

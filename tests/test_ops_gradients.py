@@ -16,6 +16,7 @@ import warnings
 import zlib
 
 import numpy as np
+import op_cases_attention
 import op_cases_conv
 import op_cases_data
 import op_cases_nn
@@ -37,6 +38,8 @@ NO_GRADIENT = {
     "lt": "comparison mask, piecewise constant",
     "eq": "comparison mask, piecewise constant",
     "onehot": "its only argument is int64 labels",
+    "kept_mask": "its only argument is int64 labels",
+    "count_kept": "its only argument is int64 labels",
     "zeros": "takes no arguments",
     "dimsize": "takes no arguments (a number of elements)",
 }
@@ -200,6 +203,8 @@ CASES = {
         Case(((4, 5), (4,))),
         Case(((2, 3, 4), (2, 3))),
         Case(((5,), ())),
+        Case(((2, 3, 4), (2, 3)), {"ignore_index": 2}, label="ignore-index"),
+        Case(((6, 3), (6,)), {"ignore_index": -1}, labels=(-1, 3), label="ignore-neg"),
     ],
     "sigmoid_cross_entropy": [
         Case(((3, 4), (3, 4))),
@@ -209,7 +214,10 @@ CASES = {
     "softmax_xent_grad": [
         Case(((4, 5), (4,))),
         Case(((2, 3, 4), (2, 3))),
+        Case(((2, 3, 4), (2, 3)), {"ignore_index": 0}, label="ignore-index"),
     ],
+    "kept_mask": [Case(((2, 3),), {"ignore_index": 1}, labels=(0, 3))],
+    "count_kept": [Case(((2, 3),), {"ignore_index": 1}, labels=(0, 3))],
     "onehot": [
         Case(((4,),), {"depth": 5}),
         Case(((2, 3),), {"depth": 3}),
@@ -217,7 +225,7 @@ CASES = {
 }
 
 # Op families declared outside graphgen/ops/defs.py keep their cases beside their tests.
-for _family in (op_cases_conv, op_cases_data, op_cases_nn):
+for _family in (op_cases_attention, op_cases_conv, op_cases_data, op_cases_nn):
     CASES.update(_family.CASES)
     NO_GRADIENT.update(_family.NO_GRADIENT)
 

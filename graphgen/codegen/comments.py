@@ -113,7 +113,7 @@ class Comments:
         A = self.A
         op = ops.get(A.nodes[n][g.OP])
         ins = g.operands(A, n)
-        text = op.math
+        text = op.math_for(A.nodes[n][g.ATTRS])
         if op.variadic:
             text = text.replace(
                 "{" + op.args[0] + "}",

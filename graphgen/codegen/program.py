@@ -264,11 +264,13 @@ class Program:
                 what = (
                     "indices" if wraps else "class labels"
                 ) + f" of {op.name} node {s!r}"
-                key = (n, lo, hi)
+                skip = op.skips(a[g.ATTRS]) if op.skips is not None else None
+                key = (n, lo, hi, skip)
                 if key not in calls:
+                    extra = [] if skip is None else [literal(skip)]
                     calls[key] = bracketed(
-                        "_in_range",
-                        ["arrays", literal(n), lo, hi, literal(what)],
+                        "_in_range" if skip is None else "_in_range_or",
+                        ["arrays", literal(n), lo, hi, literal(what), *extra],
                         "",
                         INDENT,
                     )
@@ -441,6 +443,7 @@ class Program:
         cotangents = A.graph.get("cotangents") or {}
         functions = self.functions()
         stored_params, stored_consts = stored_weights(A)
+        checks = self.index_checks(inputs + params)
         return {
             "backend": Code(self.backend),
             "title": Code(literal(A.graph["name"])[1:-1]),
@@ -448,7 +451,8 @@ class Program:
             "source": Code(safe_comment(self.source_name)),
             "dtype": Code(A.graph["dtype"]),
             "unpack": self.unpack(inputs + params),
-            "index_checks": self.index_checks(inputs + params),
+            "index_checks": checks,
+            "index_skips": any(str(c).startswith("_in_range_or(") for c in checks),
             "tables": self.tables(inputs, params, outputs),
             "loss": literal(None if cotangents else self.loss),
             "wrt": fit(

@@ -1,8 +1,11 @@
-"""ONNX handlers: convolution, pooling, normalization and softmax."""
+"""ONNX handlers: convolution, pooling, normalization, softmax and attention."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dims
+from ..errors import SpecError
 from .onnx_ops import Unsupported, as_str, axis, handles
 
 
@@ -276,3 +279,214 @@ op_Softmax = handles("Softmax", attrs={"axis": int})(
     _softmax("softmax", probabilities=True)
 )
 op_LogSoftmax = handles("LogSoftmax", attrs={"axis": int})(_softmax("log_softmax"))
+
+
+# ------------------------------------------------------------------ transformers
+# The ops of opsets 23-25, RMSNormalization, RotaryEmbedding and Attention, mapped onto
+# graphgen's fused ops (graphgen/ops/attention.py) rather than expanded into their
+# function bodies. What a node asks beyond those ops (a KV cache, soft-capping, sliding
+# windows, the scores as an extra output) is reported as unsupported, with the reason.
+
+
+@handles(
+    "RMSNormalization",
+    inputs=(2, 2),
+    attrs={"axis": int, "epsilon": float, "stash_type": int},
+    dtypes="ff",
+)
+def op_RMSNormalization(imp, node, ins, attrs):
+    # stash_type says in which precision ONNX computes the statistics; graphgen computes
+    # in the module's dtype throughout
+    return imp.emit(
+        "rms_norm",
+        [imp.value(ins[0]), imp.value(ins[1])],
+        node.output[0],
+        axis=int(attrs.get("axis", -1)),
+        epsilon=float(attrs.get("epsilon", 1e-5)),
+    )
+
+
+def _caches(imp, node, ins):
+    """(cos, sin) as graph arguments of shape (batch, seq, half) or (seq, half): the
+    caches as they are, or the rows ``position_ids`` picks."""
+    out = node.output[0]
+    pos = ins[3] if len(ins) > 3 and ins[3] else None
+    result = []
+    for name, what in ((ins[1], "cos"), (ins[2], "sin")):
+        if pos is None:
+            result.append(imp.value(name))
+            continue
+        cache, ids = imp.const(name), imp.const(pos)
+        if cache is not None and ids is not None:  # both known: pick the rows now
+            if ids.size and not (0 <= ids.min() and ids.max() < cache.shape[0]):
+                raise SpecError(
+                    f"position_ids {ids.tolist()} are out of range for a {what} cache "
+                    f"of {cache.shape[0]} positions"
+                )
+            result.append(
+                imp.constant(np.asarray(cache[ids], np.float64), f"{out}/{what}")
+            )
+            continue
+        kind, idx = imp.t[pos]
+        if kind != "node" or idx not in imp.is_int:
+            raise Unsupported(
+                "position_ids known at compile time index a cache computed at run time"
+            )
+        result.append(imp.emit("gather", [imp.value(name), idx], f"{out}/{what}"))
+    return result
+
+
+@handles(
+    "RotaryEmbedding",
+    inputs=(3, 4),
+    attrs={"interleaved": bool, "num_heads": int, "rotary_embedding_dim": int},
+    dtypes="fffi",
+)
+def op_RotaryEmbedding(imp, node, ins, attrs):
+    out = node.output[0]
+    x = imp.value(ins[0])
+    shape = list(imp.shape[x])
+    inter = bool(attrs.get("interleaved", 0))
+    if len(shape) == 3:  # (batch, seq, hidden): split the heads, (batch, seq, H, d)
+        heads = int(attrs.get("num_heads", 0))
+        if heads <= 0 or not isinstance(shape[2], int) or shape[2] % heads:
+            raise SpecError(
+                f"a 3-D input (batch, seq, hidden) needs num_heads dividing hidden "
+                f"{shape[2]}, got num_heads={heads}"
+            )
+        head = shape[2] // heads
+        xs = imp.emit("reshape", [x], f"{out}/heads", shape=shape[:2] + [heads, head])
+        seq_axis = 1
+    elif len(shape) == 4:  # (batch, H, seq, d)
+        xs, head, seq_axis = x, shape[3], 2
+    else:
+        raise SpecError(f"X must have rank 3 or 4, got shape {shape}")
+    if not isinstance(head, int):
+        raise Unsupported("a symbolic head size")
+    rot = int(attrs.get("rotary_embedding_dim", 0)) or head
+    if rot % 2 or rot > head:
+        raise SpecError(
+            f"rotary_embedding_dim {rot} must be even and at most the head size {head}"
+        )
+    cos, sin = _caches(imp, node, ins)
+    # the caches are (batch, seq, rot/2) (or (seq, rot/2)): put a head axis beside seq
+    lay = []
+    for c, what in ((cos, "cos"), (sin, "sin")):
+        cs = list(imp.shape_of(c))
+        if cs and cs[-1] != rot // 2:
+            raise SpecError(
+                f"the {what} cache's last axis must be rotary_embedding_dim/2 = "
+                f"{rot // 2}, got shape {cs}"
+            )
+        if len(cs) == 3:
+            new = cs[:2] + [1, rot // 2] if seq_axis == 1 else [cs[0], 1] + cs[1:]
+            c = imp.emit("reshape", [c], f"{out}/{what}_b", shape=new)
+        elif len(cs) == 2 and seq_axis == 1:
+            c = imp.emit("reshape", [c], f"{out}/{what}_b", shape=[cs[0], 1, rot // 2])
+        lay.append(c)
+    part = xs
+    if rot < head:
+        part = imp.emit(
+            "slice", [xs], f"{out}/rotated", axis=3, start=0, stop=rot, step=1
+        )
+    y = imp.emit(
+        "rotary_embedding",
+        [part, *lay],
+        out if rot == head and len(shape) == 4 else f"{out}/rope",
+        interleaved=inter,
+    )
+    if rot < head:
+        rest = imp.emit(
+            "slice", [xs], f"{out}/kept", axis=3, start=rot, stop=head, step=1
+        )
+        y = imp.emit(
+            "concat", [y, rest], out if len(shape) == 4 else f"{out}/joined", axis=3
+        )
+    if len(shape) == 3:
+        y = imp.emit("reshape", [y], out, shape=shape)
+    return y
+
+
+def _heads(imp, name, heads, what, out):
+    """A 4-D (batch, H, seq, d) argument for Q, K or V; a 3-D (batch, seq, H·d) one
+    is split into ``heads`` heads."""
+    x = imp.value(name)
+    shape = list(imp.shape[x])
+    if len(shape) == 4:
+        return x, False
+    if len(shape) != 3:
+        raise SpecError(f"{what} must have rank 3 or 4, got shape {shape}")
+    if heads <= 0 or not isinstance(shape[2], int) or shape[2] % heads:
+        raise SpecError(
+            f"a 3-D {what} (batch, seq, hidden) needs its number of heads dividing "
+            f"hidden {shape[2]} (q_num_heads, kv_num_heads), got {heads}"
+        )
+    x = imp.emit(
+        "reshape",
+        [x],
+        f"{out}/{what}_heads",
+        shape=shape[:2] + [heads, shape[2] // heads],
+    )
+    return imp.emit("transpose", [x], f"{out}/{what}_bhsd", perm=[0, 2, 1, 3]), True
+
+
+@handles(
+    "Attention",
+    inputs={23: (3, 6), 24: (3, 7)},
+    outputs=(1, 4),
+    attrs={
+        "is_causal": bool,
+        "kv_num_heads": int,
+        "q_num_heads": int,
+        "qk_matmul_output_mode": int,
+        "scale": float,
+        "softcap": float,
+        "softmax_precision": int,
+        "left_window_size": int,
+        "right_window_size": int,
+    },
+    dtypes="fff*fff",
+)
+def op_Attention(imp, node, ins, attrs):
+    out = node.output[0]
+    if any(len(ins) > i and ins[i] for i in (4, 5, 6)):
+        raise Unsupported("a KV cache (past_key, past_value, nonpad_kv_seqlen)")
+    if any(imp.used(o) for o in node.output[1:]):
+        raise Unsupported("its present_key, present_value or qk_matmul_output output")
+    if float(attrs.get("softcap", 0.0)) != 0.0:
+        raise Unsupported("softcap")
+    if any(
+        int(attrs.get(k, -1)) != -1 for k in ("left_window_size", "right_window_size")
+    ):
+        raise Unsupported("a sliding window")
+    q, three = _heads(imp, ins[0], int(attrs.get("q_num_heads", 0)), "Q", out)
+    k, _ = _heads(imp, ins[1], int(attrs.get("kv_num_heads", 0)), "K", out)
+    v, _ = _heads(imp, ins[2], int(attrs.get("kv_num_heads", 0)), "V", out)
+    at = {"causal": bool(attrs.get("is_causal", 0))}
+    if "scale" in attrs:
+        at["scale"] = float(attrs["scale"])
+    name = out if not three else f"{out}/bhsd"
+    mask = ins[3] if len(ins) > 3 and ins[3] else None
+    if mask is None:
+        y = imp.emit("attention", [q, k, v], name, **at)
+    else:
+        known = imp.const(mask)
+        kind, m = imp.t[mask]
+        if known is not None and known.dtype == np.bool_:
+            # a boolean mask known now: the additive one, −∞ where it is False
+            add = np.where(known, 0.0, -np.inf)
+            y = imp.emit(
+                "masked_attention",
+                [q, k, v, imp.constant(add, f"{out}/mask")],
+                name,
+                **at,
+            )
+        elif kind == "node" and m in imp.is_int:
+            y = imp.emit("masked_attention_bool", [q, k, v, m], name, **at)
+        else:
+            y = imp.emit("masked_attention", [q, k, v, imp.value(mask)], name, **at)
+    if three:  # back to (batch, seq, Hq·dv)
+        b, h, t, d = imp.shape[y]
+        y = imp.emit("transpose", [y], f"{out}/bshd", perm=[0, 2, 1, 3])
+        y = imp.emit("reshape", [y], out, shape=[b, t, h * d])
+    return y

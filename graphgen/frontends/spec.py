@@ -19,7 +19,7 @@ import yaml
 
 from .. import dims, ops
 from .. import graph as g
-from ..errors import DimensionError, SpecError, did_you_mean
+from ..errors import DimensionError, GraphgenError, SpecError, did_you_mean
 
 SCHEMA = json.loads(
     resources.files("graphgen.frontends").joinpath("spec.schema.json").read_text()
@@ -117,6 +117,8 @@ def _key_lines(root):
             continue
         key = key_node.value
         lines[("", key)] = key_node.start_mark.line + 1
+        if key == "blocks" and isinstance(value_node, yaml.MappingNode):
+            _block_lines(value_node, lines)
         if key in SECTIONS and isinstance(value_node, yaml.MappingNode):
             for k, _ in value_node.value:
                 if not isinstance(k, yaml.ScalarNode):
@@ -132,6 +134,23 @@ def _key_lines(root):
                     )
                 lines[(key, k.value)] = line
     return lines
+
+
+def _block_lines(blocks, lines):
+    """``("blocks", block)`` and ``("blocks", block, section, name)`` lines: where a
+    block and each of its params and nodes are defined."""
+    for b, body in blocks.value:
+        if not isinstance(b, yaml.ScalarNode):
+            continue
+        lines[("blocks", b.value)] = b.start_mark.line + 1
+        if not isinstance(body, yaml.MappingNode):
+            continue
+        for k, v in body.value:
+            if isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.MappingNode):
+                for name, _ in v.value:
+                    if isinstance(name, yaml.ScalarNode):
+                        line = name.start_mark.line + 1
+                        lines[("blocks", b.value, k.value, name.value)] = line
 
 
 def _check_nodes(root, size):
@@ -395,13 +414,232 @@ def from_dict(data, source="<spec>", lines=None, weights=None):
     err = _schema_error(data, source, lines)
     if err is not None:
         raise err
+    origin = {}
+    if "blocks" in data or "sizes" in data:
+        data, lines, origin = expand(data, source, lines)
     G = _new_graph(data, source, lines, weights)
-    _add_inputs_and_params(G, data, lines)
-    _add_nodes(G, data["nodes"], lines)
-    known = list(G.nodes)
-    _add_args(G, data["nodes"], lines, known)
-    _add_outputs(G, data, lines, known)
+    if origin:
+        G.graph["blocks"] = origin
+    with in_blocks(origin):
+        _add_inputs_and_params(G, data, lines)
+        _add_nodes(G, data["nodes"], lines)
+        known = list(G.nodes)
+        _add_args(G, data["nodes"], lines, known)
+        _add_outputs(G, data, lines, known)
     return G
+
+
+# ------------------------------------------------------------------ sizes and blocks
+
+
+@contextlib.contextmanager
+def in_blocks(origin):
+    """An error about a node or param a block instance made says which block and
+    instance: ``node 'layer1/attn': in block 'decoder' (instance 'layer1'): ...``."""
+    try:
+        yield
+    except GraphgenError as e:
+        where = origin.get(e.node)
+        if where is None:
+            where = next(
+                (origin[k] for k in origin if k and repr(k) in e.message), None
+            )
+        if where is not None and "in block " not in e.message:
+            e.message = f"in block {where[0]!r} (instance {where[1]!r}): {e.message}"
+            e.args = (e.message,)
+        raise
+
+
+def _sized(value, sizes):
+    """``value`` with every size named in ``sizes`` replaced by its value: a string
+    that is a dimension expression over them becomes an int (or a smaller expression);
+    lists are walked; anything else is returned as it is."""
+    if isinstance(value, list):
+        return [_sized(v, sizes) for v in value]
+    if not isinstance(value, str) or not sizes:
+        return value
+    try:
+        p = dims.poly(value)
+    except (DimensionError, TypeError):
+        return value
+    if not any(s in sizes for mono in p for s in mono):
+        return value
+    out = {}
+    for mono, c in p.items():
+        rest = []
+        for sym in mono:
+            if sym in sizes:
+                c *= sizes[sym]
+            else:
+                rest.append(sym)
+        out[tuple(rest)] = out.get(tuple(rest), 0) + c
+    return dims.from_poly({m: c for m, c in out.items() if c})
+
+
+def expand(data, source="<spec>", lines=None):
+    """A spec without ``sizes`` and ``blocks``: sizes replaced by their values, each
+    block instance by copies of the block's params and nodes.
+
+    Returns ``(data, lines, origin)``: the expanded spec, the line map with entries for
+    the made names (the lines of their definitions in the block), and ``origin``, made
+    name -> ``(block, instance)``.
+
+    >>> spec = {
+    ...     "sizes": {"n": 3},
+    ...     "blocks": {"dense": {"inputs": ["x"], "params": {"W": ["n", "n"]},
+    ...         "nodes": {"h": {"op": "matmul", "args": ["x", "W"]},
+    ...                   "y": {"op": "tanh", "args": ["h"]}},
+    ...         "outputs": ["y"]}},
+    ...     "inputs": {"x": ["batch", "n"]},
+    ...     "nodes": {"layer": {"block": "dense", "args": ["x"], "repeat": 2},
+    ...               "L": {"op": "sum", "args": ["layer"]}},
+    ...     "loss": "L",
+    ... }
+    >>> out, _, origin = expand(spec)
+    >>> sorted(out["params"]), out["nodes"]["L"]["args"]
+    (['layer0/W', 'layer1/W'], ['layer1/y'])
+    >>> out["nodes"]["layer1/h"]["args"], origin["layer1/h"]
+    (['layer0/y', 'layer1/W'], ('dense', 'layer1'))
+    """
+    lines = dict(lines or {})
+    sizes = dict(data.get("sizes") or {})
+    blocks = data.get("blocks") or {}
+    out = {k: v for k, v in data.items() if k not in ("sizes", "blocks")}
+
+    def fail(msg, block=None, instance=None, node=None, key=None):
+        if block is not None:
+            msg = (
+                f"in block {block!r}"
+                + (f" (instance {instance!r})" if instance else "")
+                + f": {msg}"
+            )
+        line = lines.get(key) if key else None
+        return SpecError(msg, node=node, source=source, line=line)
+
+    def shape_of(v):
+        return _sized(v if isinstance(v, list) else v["shape"], sizes)
+
+    def resized(v):
+        if isinstance(v, list):
+            return shape_of(v)
+        return {**v, "shape": shape_of(v)}
+
+    if "inputs" in data:
+        out["inputs"] = {k: resized(v) for k, v in data["inputs"].items()}
+    params = {k: resized(v) for k, v in (data.get("params") or {}).items()}
+    nodes, origin, alias = {}, {}, {}
+    for name, spec in data["nodes"].items():
+        if "block" not in spec:
+            nodes[name] = {k: _sized(v, sizes) for k, v in spec.items()}
+            continue
+        bname = spec["block"]
+        where = ("nodes", name)
+        if bname not in blocks:
+            hint = did_you_mean(bname, list(blocks))
+            known = ", ".join(blocks) or "none"
+            raise fail(
+                f"unknown block {bname!r}{hint} (blocks: {known})", node=name, key=where
+            )
+        block = blocks[bname]
+        inputs, outputs = list(block.get("inputs") or []), list(block["outputs"])
+        args = list(spec.get("args") or [])
+        if len(args) != len(inputs):
+            raise fail(
+                f"{len(args)} args for the block's {len(inputs)} inputs {inputs}",
+                bname,
+                name,
+                node=name,
+                key=where,
+            )
+        local = set(inputs) | set(block.get("params") or {}) | set(block["nodes"])
+        for o in outputs:
+            if o not in local:
+                raise fail(
+                    f"output {o!r} is not one of the block's inputs, params or nodes"
+                    + did_you_mean(o, sorted(local)),
+                    bname,
+                    key=("blocks", bname),
+                )
+        repeat = _sized(spec.get("repeat", 1), sizes)
+        if not isinstance(repeat, int) or repeat < 1:
+            raise fail(
+                f"repeat must be a positive integer or a name in sizes, got "
+                f"{spec.get('repeat')!r}",
+                bname,
+                name,
+                node=name,
+                key=where,
+            )
+        if "repeat" in spec and len(outputs) != len(inputs):
+            raise fail(
+                f"repeat chains copies, each one's outputs the next one's inputs: the "
+                f"block needs as many outputs as inputs, it has {len(outputs)} outputs "
+                f"{outputs} and {len(inputs)} inputs {inputs}",
+                bname,
+                name,
+                node=name,
+                key=where,
+            )
+        current = args
+        for i in range(repeat):
+            prefix = f"{name}{i}" if "repeat" in spec else name
+            bound = dict(zip(inputs, current))
+            for p in block.get("params") or {}:
+                bound[p] = f"{prefix}/{p}"
+            for n in block["nodes"]:
+                bound[n] = f"{prefix}/{n}"
+            for p, v in (block.get("params") or {}).items():
+                pid = bound[p]
+                if pid in params:
+                    raise fail(f"param {pid!r} is defined twice", bname, prefix)
+                params[pid] = resized(v)
+                origin[pid] = (bname, prefix)
+                line = lines.get(("blocks", bname, "params", p))
+                if line is not None:
+                    lines[("params", pid)] = line
+            for n, nspec in block["nodes"].items():
+                nid = bound[n]
+                if nid in nodes or nid in data["nodes"]:
+                    raise fail(
+                        f"node {nid!r} is defined twice", bname, prefix, node=nid
+                    )
+                made = {k: _sized(v, sizes) for k, v in nspec.items() if k != "args"}
+                if "args" in nspec:
+                    made["args"] = [
+                        bound.get(a, a) if isinstance(a, str) else a
+                        for a in nspec["args"]
+                    ]
+                if "group" in spec and "group" not in made:
+                    made["group"] = spec["group"]
+                nodes[nid] = made
+                origin[nid] = (bname, prefix)
+                line = lines.get(("blocks", bname, "nodes", n))
+                if line is not None:
+                    lines[("nodes", nid)] = line
+            current = [bound[o] for o in outputs]
+        if len(outputs) == 1:
+            alias[name] = current[0]
+        for o, nid in zip(outputs, current):
+            alias[f"{name}/{o}"] = nid
+
+    def resolve(a):
+        seen = 0
+        while isinstance(a, str) and a in alias and seen < 1000:
+            a, seen = alias[a], seen + 1
+        return a
+
+    for spec in nodes.values():
+        if "args" in spec:
+            spec["args"] = [resolve(a) for a in spec["args"]]
+    out["nodes"] = nodes
+    if params or "params" in data:
+        out["params"] = params
+    for key in ("outputs", "wrt"):
+        if key in data:
+            out[key] = [resolve(a) for a in data[key]]
+    if "loss" in data:
+        out["loss"] = resolve(data["loss"])
+    return out, lines, origin
 
 
 def _new_graph(data, source, lines, weights):
@@ -475,6 +713,15 @@ def _add_inputs_and_params(G, data, lines):
             )
         )
         _check_shape(G, lines, "params", name, shape)
+        unknown = [d for d in shape if isinstance(d, str)]
+        if unknown:
+            raise SpecError(
+                f"param {name!r}: its shape {list(shape)} has the size {unknown[0]!r}, "
+                "which is not a number; a param's shape is static: write the number, "
+                f"or give it in sizes ('sizes: {{{unknown[0]}: ...}}')",
+                source=G.graph["source"],
+                line=lines.get(("params", name)),
+            )
         _define(
             G,
             lines,
@@ -665,9 +912,10 @@ def load(path):
 
     data, lines = read(path)
     G = from_dict(data, source=os.fspath(path), lines=lines)
-    with dims.recording() as mentioned:  # every size shape inference parsed
-        H = prepare(G)
-    check_sizes(G, H, mentioned)
+    with in_blocks(G.graph.get("blocks") or {}):
+        with dims.recording() as mentioned:  # every size shape inference parsed
+            H = prepare(G)
+        check_sizes(G, H, mentioned)
     return H
 
 

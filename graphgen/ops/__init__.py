@@ -49,10 +49,11 @@ from .base import (
 )
 
 # Importing the op families registers their ops: defs (the core), conv (convolution and
-# pooling), data (tensor constants), nn (normalization, embedding and other network ops).
+# pooling), data (tensor constants), nn (normalization, embedding and other network ops),
+# attention (the float ops of transformer blocks).
 # isort: off
 from . import defs  # the core first: the others build on it
-from . import conv, data, nn
+from . import attention, conv, data, nn
 
 # isort: on
 
@@ -64,6 +65,7 @@ __all__ = [
     "MissingAttribute",
     "Op",
     "VJPContext",
+    "attention",
     "broadcast_rule",
     "broadcast_shapes",
     "conv",

@@ -121,6 +121,21 @@ class Op:
         generated module refuses indices outside ``[0, size)`` (``[-size, size)`` when
         they wrap): NumPy would raise an IndexError deep inside, or read a negative label
         as a class; compiled code would read out of bounds. ``check`` samples below it.
+    splits : tuple
+        ``(inner, outer, inner_args, outer_args)`` when the op equals
+        ``outer(inner(args[i] for i in inner_args; same attributes), args[j] for j in
+        outer_args)``: where the graph holds that ``inner`` node anyway (the op's VJP
+        built it), :func:`graphgen.passes.optimize.reuse_inner` rewrites the op as
+        ``outer`` on it, so the value is computed once and kept for the backward pass
+        (fused attention: its probabilities).
+    skips : callable, optional
+        With ``indices``: ``skips(attrs) -> value or None``, an index value the op
+        ignores (``ignore_index``), which the generated module's range check allows.
+    math_when : tuple
+        ``(predicate, text)`` pairs: on a node whose attributes satisfy
+        ``predicate(attrs)``, the first such ``text`` replaces ``math`` in comments and
+        explanations (``softmax_cross_entropy`` with an ``ignore_index`` says what it
+        leaves out); :meth:`math_for` picks it.
     """
 
     name: str
@@ -155,6 +170,16 @@ class Op:
     indices: Callable | None = None
     jvp: Callable | None = None
     jvp_reason: str = ""
+    math_when: tuple = ()
+    skips: Callable | None = None
+    splits: tuple = ()
+
+    def math_for(self, attrs):
+        """The math text of a node with these (inferred) attributes."""
+        for predicate, text in self.math_when:
+            if predicate(attrs):
+                return text
+        return self.math
 
     def arity_ok(self, n):
         return n >= 1 if self.variadic else n == len(self.args)
@@ -191,6 +216,8 @@ HELPERS: dict[str, tuple] = {
     "log_softmax": ("logsumexp",),
     "softmax_cross_entropy": (),
     "softmax_xent_grad": (),
+    "softmax_cross_entropy_ignore": (),
+    "softmax_xent_grad_ignore": (),
     "sigmoid_cross_entropy": (),
     "onehot": (),
     "unslice": (),

@@ -1167,26 +1167,50 @@ def _sce_shape(in_shapes, attrs):
     return ()
 
 
-def _sce_impl(logits, labels):
+def _norm_ignore_index(in_shapes, attrs):
+    ii = attrs["ignore_index"]
+    if ii is not None and (isinstance(ii, bool) or not isinstance(ii, int)):
+        raise ShapeError(
+            f"attribute ignore_index must be an integer or null, got {ii!r}"
+        )
+    return {"ignore_index": ii}
+
+
+def _sce_impl(logits, labels, ignore_index=None):
     lse = _logsumexp(logits, axis=-1)
-    picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    return np.mean(lse - picked)
+    if ignore_index is None:
+        picked = np.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+        return np.mean(lse - picked)
+    keep = labels != ignore_index
+    safe = np.where(keep, labels, 0)
+    picked = np.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    # PyTorch's definition: the mean over the tokens whose label is not ignored
+    return np.sum(np.where(keep, lse - picked, 0.0)) / np.sum(keep)
+
+
+def _sce_count(b, c):
+    """N, the number of rows the mean divides by: every row, or the labels kept."""
+    labels, ii = c.ins[1], c.attrs["ignore_index"]
+    if ii is None:
+        return b.dimsize(dims=list(c.in_shapes[0][:-1]))
+    return b.count_kept(labels, ignore_index=ii)
 
 
 def _sce_vjp(b, c):
     logits, labels = c.ins
-    shape = c.in_shapes[0]
-    scale = b.div(c.g, b.dimsize(dims=list(shape[:-1])))
-    return [b.mul(b.softmax_xent_grad(logits, labels), scale), None]
+    scale = b.div(c.g, _sce_count(b, c))
+    grad = b.softmax_xent_grad(logits, labels, **c.attrs)
+    return [b.mul(grad, scale), None]
 
 
 def _sce_jvp(b, c):
     # Σ (softmax(logits) − onehot(labels))·l̇ogits / N; the int labels have no tangent
     logits, labels = c.ins
-    n = b.dimsize(dims=list(c.in_shapes[0][:-1]))
+    n = _sce_count(b, c)
+    grad = b.softmax_xent_grad(logits, labels, **c.attrs)
     return tangent_terms(
         c,
-        lambda d: b.div(b.sum(b.mul(b.softmax_xent_grad(logits, labels), d)), n),
+        lambda d: b.div(b.sum(b.mul(grad, d)), n),
         lambda d: None,
     )
 
@@ -1205,10 +1229,23 @@ register(
         vjp=_sce_vjp,
         jvp=_sce_jvp,
         math="{y} = mean over the batch of (logsumexp({logits}) − {logits}[{labels}])",
+        math_when=(
+            (
+                lambda a: a.get("ignore_index") is not None,
+                (
+                    "{y} = mean of (logsumexp({logits}) − {logits}[{labels}]) over the "
+                    "rows whose label is not {ignore_index} (N of them; PyTorch's "
+                    "ignore_index)"
+                ),
+            ),
+        ),
         derivs=("∂{y}/∂{logits} = (softmax({logits}) − onehot({labels}))/N", "none"),
+        attrs={"ignore_index": None},
+        normalize=_norm_ignore_index,
         int_args=(1,),
         domain=("real", "labels"),
         indices=_class_labels,
+        skips=lambda a: a.get("ignore_index"),
         category="loss",
     )
 )
@@ -1255,17 +1292,30 @@ register(
 )
 
 
-def _xent_grad_impl(logits, labels):
+def _xent_grad_impl(logits, labels, ignore_index=None):
     hot = labels[..., None] == np.arange(logits.shape[-1])
-    return _softmax(logits, -1) - hot
+    if ignore_index is None:
+        return _softmax(logits, -1) - hot
+    return (_softmax(logits, -1) - hot) * (labels != ignore_index)[..., None]
 
 
 def _xent_grad_vjp(b, c):
     # y = softmax(x) − onehot: only the softmax depends on x
     x = c.ins[0]
     p = b.softmax(x, axis=len(c.in_shapes[0]) - 1)
-    inner = b.sum(b.mul(c.g, p), axis=[len(c.in_shapes[0]) - 1], keepdims=True)
-    return [b.mul(p, b.sub(c.g, inner)), None]
+    g = _xent_kept(b, c, c.g)
+    inner = b.sum(b.mul(g, p), axis=[len(c.in_shapes[0]) - 1], keepdims=True)
+    return [b.mul(p, b.sub(g, inner)), None]
+
+
+def _xent_kept(b, c, v):
+    """``v`` with the rows of ignored labels zeroed (as it is, without ignore_index)."""
+    ii = c.attrs["ignore_index"]
+    if ii is None:
+        return v
+    shape = list(c.in_shapes[1]) + [1]
+    keep = b.reshape(b.kept_mask(c.ins[1], ignore_index=ii), shape=shape)
+    return b.mul(v, keep)
 
 
 def _xent_grad_jvp(b, c):
@@ -1274,7 +1324,9 @@ def _xent_grad_jvp(b, c):
     p = b.softmax(x, axis=axis)
     return tangent_terms(
         c,
-        lambda d: b.mul(p, b.sub(d, b.sum(b.mul(d, p), axis=[axis], keepdims=True))),
+        lambda d: _xent_kept(
+            b, c, b.mul(p, b.sub(d, b.sum(b.mul(d, p), axis=[axis], keepdims=True)))
+        ),
         lambda d: None,
     )
 
@@ -1288,10 +1340,22 @@ register(
         vjp=_xent_grad_vjp,
         jvp=_xent_grad_jvp,
         math="{y} = softmax({logits}) − onehot({labels}) (cross-entropy's gradient per row)",
+        math_when=(
+            (
+                lambda a: a.get("ignore_index") is not None,
+                (
+                    "{y} = softmax({logits}) − onehot({labels}) on the rows whose label "
+                    "is not {ignore_index}, 0 on the others (cross-entropy's gradient)"
+                ),
+            ),
+        ),
         derivs=("{logits}̄ = softmax({logits})·({y}̄ − Σ {y}̄·softmax({logits}))", "none"),
+        attrs={"ignore_index": None},
+        normalize=_norm_ignore_index,
         int_args=(1,),
         domain=("real", "labels"),
         indices=_class_labels,
+        skips=lambda a: a.get("ignore_index"),
         internal=True,
         category="loss",
     )
@@ -1315,6 +1379,54 @@ register(
         int_args=(0,),
         domain=("labels",),
         indices=lambda s, a: (0, a["depth"], False),
+        internal=True,
+        category="loss",
+        folds=False,
+    )
+)
+
+
+# The labels a sequence loss keeps (ignore_index): int64 in, floats of the graph dtype out.
+
+
+def _norm_ignore_required(in_shapes, attrs):
+    ii = attrs["ignore_index"]
+    if isinstance(ii, bool) or not isinstance(ii, int):
+        raise ShapeError(f"attribute ignore_index must be an integer, got {ii!r}")
+    return {"ignore_index": ii}
+
+
+register(
+    Op(
+        name="kept_mask",
+        args=("labels",),
+        shape=lambda s, a: tuple(s[0]),
+        impl=lambda labels, ignore_index: (labels != ignore_index).astype(np.float64),
+        vjp=None,
+        jvp_reason="its only argument is int64 labels",
+        math="{y} = 1 where {labels} ≠ {ignore_index}, else 0",
+        attrs={"ignore_index": REQUIRED},
+        normalize=_norm_ignore_required,
+        int_args=(0,),
+        domain=("labels",),
+        internal=True,
+        category="loss",
+        folds=False,
+    )
+)
+register(
+    Op(
+        name="count_kept",
+        args=("labels",),
+        shape=scalar_shape,
+        impl=lambda labels, ignore_index: np.float64(np.sum(labels != ignore_index)),
+        vjp=None,
+        jvp_reason="its only argument is int64 labels",
+        math="{y} = the number of {labels} ≠ {ignore_index}",
+        attrs={"ignore_index": REQUIRED},
+        normalize=_norm_ignore_required,
+        int_args=(0,),
+        domain=("labels",),
         internal=True,
         category="loss",
         folds=False,

@@ -284,3 +284,37 @@ def optimize(G, max_rounds=10):
         (name, before[name], before[name] - removed[name]) for name, _ in PASSES
     ]
     return H
+
+
+def reuse_inner(G):
+    """Ops that compute an inner value their VJP builds as well (``Op.splits``: fused
+    attention computes the probabilities P that its backward pass needs) are rewritten
+    as the outer op on the node the VJP built: P is computed once, in the forward pass,
+    and kept for the backward pass, instead of computed inside the fused op, dropped,
+    and computed again. That node becomes part of the forward pass."""
+    H = G.copy()
+    for n in sorted(H, key=str):
+        a = H.nodes.get(n)
+        if a is None or a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).splits:
+            continue
+        inner, outer, inner_args, outer_args = ops.get(a[g.OP]).splits
+        args = g.operands(H, n)
+        want = [args[i] for i in inner_args]
+        for d in sorted(H.successors(want[0]), key=str):
+            b = H.nodes[d]
+            if (
+                b.get(g.OP) == inner
+                and g.operands(H, d) == want
+                and b.get(g.ATTRS) == a.get(g.ATTRS)
+            ):
+                # the kept value is named after the op that now reads it: att/probs
+                kept = g.fresh_id(H, f"{n}/{inner.split('_')[-1]}")
+                attrs = {k: v for k, v in b.items() if k not in LABELS}
+                H.add_node(kept, **{**attrs, g.ROLE: a.get(g.ROLE, g.FORWARD)})
+                g.add_args(H, kept, want)
+                _replace(H, d, kept)
+                H.remove_edges_from([(p, n) for p in set(args)])
+                g.add_args(H, n, [kept] + [args[j] for j in outer_args])
+                a[g.OP], a[g.ATTRS] = outer, {}
+                break
+    return H

@@ -937,8 +937,9 @@ def _local_section(c, fan):
             continue
         attrs = H.nodes[k][g.ATTRS]
         op = ops.get(H.nodes[k][g.OP])
+        text = op.math_for(attrs)
         math = F.template(
-            op.math.replace("{xs}", "(…)") if op.variadic else op.math, ids, attrs, loss
+            text.replace("{xs}", "(…)") if op.variadic else text, ids, attrs, loss
         )
         ds = [F.m(F.template(tmpl, ids, attrs, loss)) for tmpl in templates]
         note = ""

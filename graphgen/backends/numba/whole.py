@@ -86,7 +86,12 @@ def _floats(at, shapes, ints):
 @nopython("softmax_cross_entropy", "softmax_xent_grad")
 def _row_loop(at, shapes, ints):
     """templates/numba/helpers/loop_*.py.j2: (batch, classes) logits, int labels."""
-    return len(shapes[0]) == 2 and len(shapes[1]) == 1 and ints == [False, True]
+    return (
+        len(shapes[0]) == 2
+        and len(shapes[1]) == 1
+        and ints == [False, True]
+        and at.get("ignore_index") is None
+    )
 
 
 @nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
