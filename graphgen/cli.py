@@ -390,9 +390,10 @@ def render_args(p):
     )
     p.add_argument(
         "--view",
-        choices=["forward", "adjoint", "flow"],
+        choices=["forward", "adjoint", "flow", "tangent"],
         default="flow",
-        help="what to draw (default: flow, the forward graph with the gradient edges)",
+        help="what to draw (default: flow, the forward graph with the gradient edges; "
+        "tangent: forward mode, each tangent the sum over its arguments)",
     )
     p.add_argument(
         "--values",

@@ -75,3 +75,39 @@ def test_cli_mode_forward(cli):
 def test_unknown_mode_is_an_error(fanout):
     with pytest.raises(ExplainError, match="unknown mode 'sideways'"):
         graphgen.explain(fanout, "W1", mode="sideways")
+
+
+# ------------------------------------------------------------ render --view tangent
+
+
+def test_tangent_view_sums_over_predecessors(fanout):
+    from graphgen.views.diagram import to_dot
+
+    dot = to_dot(fanout, view="tangent")
+    assert "forward mode: edges carry each tangent d· forward" in dot
+    assert "Σ  dy = ∂y/∂z·dz + ∂y/∂s·ds" in dot
+    assert "dh += ∂h/∂u·du" in dot and "∂h/∂u = 1 − tanh²(u) = 1 − h²" in dot
+
+
+def test_tangent_view_numbers_are_the_module_s_directional_derivative(fanout):
+    """With values, d J is ⟨∇J, v⟩ for the random direction v of every wrt array."""
+    from graphgen.passes.shapes import prepare
+    from graphgen.views.diagram import tangent_values
+    from graphgen.views.values import evaluate
+
+    H = prepare(fanout)
+    arrays = random_arrays(H, seed=0, dtype="float64")
+    tangents = tangent_values(H, evaluate(H, arrays), seed=0)
+    _, grads = graphgen.compile(H, dtype="float64").value_and_grad(**arrays)
+    want = sum(np.vdot(grads[w], tangents[w]) for w in H.graph["wrt"])
+    assert float(tangents[H.graph["loss"]]) == pytest.approx(want, rel=1e-10)
+
+
+def test_cli_render_tangent(cli, tmp_path):
+    pytest.importorskip("graphviz")
+    out = tmp_path / "t.dot"
+    status, _, err = cli(
+        "render", EXAMPLES / "tiny.yaml", "--view", "tangent", "--values", "-o", out
+    )
+    assert status == 0, err
+    assert "‖dJ‖ = " in out.read_text()

@@ -38,6 +38,7 @@ import subprocess
 import warnings
 
 import networkx as nx
+import numpy as np
 
 from .. import dims, ops
 from .. import graph as g
@@ -49,7 +50,7 @@ from .values import adjoint_value, evaluate, load_arrays, norm, term_value
 
 __all__ = ["VIEWS", "DiagramError", "render", "to_dot", "write"]
 
-VIEWS = ("forward", "adjoint", "flow")
+VIEWS = ("forward", "adjoint", "flow", "tangent")
 FORMATS = ("svg", "png", "pdf", "dot")
 INSTALL_HINT = (
     "the Graphviz 'dot' program is needed to write {fmt} files but was not found on "
@@ -99,6 +100,7 @@ GREY = {"fillcolor": "#f3f4f6", "color": "#d1d5db", "fontcolor": "#9ca3af"}
 BACKWARD_STYLE = {"fillcolor": "#ede9fe", "color": "#6d28d9"}
 SUM_STYLE = {"fillcolor": "#fef08a", "color": "#a16207", "penwidth": "2"}
 GRAD_COLOR = "#7c3aed"
+TANGENT_COLOR = "#0e7490"  # forward mode: the tangents d· flowing forward
 COPY = "copy"  # key (COPY, j, k): forward value j drawn again beside backward node k
 COPY_STYLE = {
     "shape": "box",
@@ -418,8 +420,9 @@ def _lowered(G):
     return lower(H)
 
 
-def _draw_forward(H, flow, values=None, A=None):
-    """The forward and flow views (``flow``: add the reversed gradient edges)."""
+def _draw_forward(H, flow, values=None, A=None, tangents=None):
+    """The forward and flow views (``flow``: add the reversed gradient edges), and the
+    tangent view (``tangents``: each node's tangent value, or {} without values)."""
     from ..passes.adjoint import relevant_nodes
 
     D = _Drawing(H.graph.get("name", "model"))
@@ -427,6 +430,9 @@ def _draw_forward(H, flow, values=None, A=None):
     active = set()
     if flow and loss is not None:
         active = relevant_nodes(H, loss, H.graph.get("wrt") or [])
+    seeded = set()
+    if tangents is not None:
+        seeded = _tangent_nodes(H)
 
     def show(n):
         return math_name(H, n)
@@ -457,6 +463,19 @@ def _draw_forward(H, flow, values=None, A=None):
                     )
                     sums.append(esc(f"Σ  {partial(J, show(n))} = {rhs}"))
                     style.update(penwidth="2", color="#a16207")
+        if tangents is not None:
+            if n not in seeded:
+                style.update(GREY)
+            else:
+                preds = _tangent_preds(H, n, seeded)
+                if len(preds) > 1:
+                    rhs = " + ".join(
+                        f"{partial(show(n), show(j))}·d{show(j)}" for j in preds
+                    )
+                    sums.append(esc(f"Σ  d{show(n)} = {rhs}"))
+                    style.update(penwidth="2", color=TANGENT_COLOR)
+                if tangents.get(n) is not None:
+                    rows.append(esc(f"‖d{show(n)}‖ = {_fmt(norm(tangents[n]))}"))
         if values is not None and n in values:
             rows.append(esc(f"‖{show(n)}‖ = {_fmt(norm(values[n]))}"))
             adj = adjoint_value(A, values, n) if A is not None else None
@@ -479,6 +498,24 @@ def _draw_forward(H, flow, values=None, A=None):
         text = _shape_text(H.nodes[j][g.SHAPE])
         label = esc(f"{arg}: {text}" if arg else text)
         grey = flow and loss is not None and not (j in active and k in active)
+        if tangents is not None:
+            grey = j not in seeded or k not in _tangent_succs(H, j, seeded)
+        if tangents is not None and not grey:
+            derivs = [
+                d
+                for d in local_derivatives(H, j, k, show=show, loss=loss or "J")
+                if d.startswith(partial(show(k), show(j)))  # ∂k/∂j itself, not a VJP
+            ]
+            tl = [f"d{show(k)} += {partial(show(k), show(j))}·d{show(j)}", *derivs]
+            D.edge(
+                j,
+                k,
+                label=Html("<BR/>".join([label, *(esc(t) for t in tl)])),
+                color=TANGENT_COLOR,
+                fontcolor=TANGENT_COLOR,
+                penwidth="2",
+            )
+            continue
         D.edge(
             j,
             k,
@@ -517,6 +554,61 @@ def _draw_forward(H, flow, values=None, A=None):
     if values is not None:
         D.legend = [(c, t) for _, c, t in MAGNITUDES]
     return D
+
+
+def _tangent_nodes(H):
+    """The nodes a tangent reaches in the tangent view: those that depend on a ``wrt``
+    array (seeded with d·) and that an output or the loss depends on."""
+    fdtype = H.graph["dtype"]
+    wrt = [w for w in H.graph.get("wrt") or [] if H.nodes[w][g.DTYPE] == fdtype]
+    ends = list(H.graph.get("outputs") or [])
+    if H.graph.get("loss") is not None:
+        ends.append(H.graph["loss"])
+    return g.reach(H, wrt, backward=False) & g.reach(H, ends)
+
+
+def _tangent_succs(H, j, seeded):
+    """The successors ``j``'s tangent flows to (differentiable argument slots only)."""
+    out = []
+    for k in H.successors(j):
+        if k not in seeded or H.nodes[k][g.KIND] != g.OPNODE:
+            continue
+        op = ops.get(H.nodes[k][g.OP])
+        if any(i not in op.int_args for i in H.edges[j, k][g.POS]):
+            out.append(k)
+    return out
+
+
+def _tangent_preds(H, k, seeded):
+    """The arguments of ``k`` whose tangents its tangent sums, in argument order."""
+    return [
+        j for j in dict.fromkeys(g.operands(H, k)) if k in _tangent_succs(H, j, seeded)
+    ]
+
+
+def tangent_values(H, values, seed=0):
+    """Each node's tangent for a random direction of every ``wrt`` array (seeded),
+    through :func:`graphgen.jvp`'s graph and the reference interpreter."""
+    from ..passes.forward import jvp
+    from .forward_mode import node_tangents
+
+    fdtype = H.graph["dtype"]
+    wrt = [w for w in H.graph.get("wrt") or [] if H.nodes[w][g.DTYPE] == fdtype]
+    rng = np.random.default_rng(seed + 1)
+    seeds = {w: g.fresh_id(H, f"{w}_tangent") for w in wrt}
+    T = jvp(H, seeds, outputs=[o for o in _ends(H) if H.nodes[o][g.DTYPE] == fdtype])
+    feed = {seeds[w]: rng.standard_normal(np.shape(values[w])) for w in wrt}
+    tvals = evaluate(T, {**{n: values[n] for n in values if n in T}, **feed})
+    out = node_tangents(T, tvals, [n for n in g.schedule(H) if n in _tangent_nodes(H)])
+    for w in wrt:
+        out[w] = feed[seeds[w]]
+    return out
+
+
+def _ends(H):
+    ends = list(H.graph.get("outputs") or [])
+    loss = H.graph.get("loss")
+    return ends + ([loss] if loss is not None and loss not in ends else [])
 
 
 def _draw_adjoint(A, values=None, copies=False):
@@ -912,6 +1004,12 @@ def _build(
         if focus is not None and focus not in A:
             byname = {v: k for k, v in node_names(A).names.items()}
             focus = byname.get(focus, focus)
+    elif view == "tangent":
+        tangents = {}
+        if values is not None and values is not False:
+            forward_vals = evaluate(H, load_arrays(H, values, seed))
+            tangents = tangent_values(H, forward_vals, seed)
+        D, base = _draw_forward(H, False, vals, A, tangents=tangents), H
     else:
         D, base = _draw_forward(H, view == "flow", vals, A), H
     if focus is not None:
@@ -960,6 +1058,7 @@ def _graph_attrs(D, view):
         "forward": "forward graph",
         "adjoint": "adjoint graph (as compiled)",
         "flow": "gradient flow: dashed edges carry ∂J/∂· back",
+        "tangent": "forward mode: edges carry each tangent d· forward",
     }[view]
     attrs = {
         "rankdir": "LR",
@@ -1045,8 +1144,10 @@ def render(
     ----------
     G : networkx.DiGraph
         A graphgen graph (:func:`graphgen.load`).
-    view : {"flow", "forward", "adjoint"}
-        What to draw (see :mod:`graphgen.views.diagram`).
+    view : {"flow", "forward", "adjoint", "tangent"}
+        What to draw (see :mod:`graphgen.views.diagram`); ``"tangent"``: forward mode,
+        each node's tangent the sum over its arguments of ∂node/∂arg · d arg, seeded at
+        the ``wrt`` arrays (with values: a random direction, and each tangent's norm).
     values : bool, dict, str or None
         Annotate with values and gradient norms: True for random arrays
         (:func:`graphgen.check.random_arrays` with ``seed``), a dict of arrays, or the

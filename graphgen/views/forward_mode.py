@@ -151,7 +151,7 @@ def _direction(c, vals, seed):
     return np.random.default_rng(seed + 1).standard_normal(shape)
 
 
-def _tangents(T, vals, on_paths):
+def node_tangents(T, vals, on_paths):
     """Each on-path node's tangent value: the node labelled ``tangent_of`` it, else (a
     tangent passed through unchanged, as ``add`` passes one) its argument's."""
     by_node = {}
@@ -179,7 +179,7 @@ def _values_section(c, on_paths, given, seed):
     tname = g.fresh_id(H, f"{node}_tangent")
     T = jvp(H, {node: tname}, outputs=[c.loss])
     tvals = evaluate(T, {**arrays, tname: v})
-    tangent = _tangents(T, tvals, [node] + on_paths[1:])
+    tangent = node_tangents(T, tvals, [node] + on_paths[1:])
     tangent[node] = v
     out = F.heading("Numbers (forward mode)", 2)
     what = (
