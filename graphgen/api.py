@@ -27,6 +27,7 @@ from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import spec
 from .passes.adjoint import adjoint
+from .passes.forward import forward_mode
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
@@ -186,8 +187,13 @@ def _import_cached(source, model_name, arrays=None):
     return module
 
 
-def lower(G, *, dtype=None):
-    """Prepare, differentiate and optimize: the graph a backend renders."""
+def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
+    """Prepare, differentiate and optimize: the graph a backend renders.
+
+    ``jvp``, ``hvp``, ``hessian``: add the tangent systems of the module's ``jvp`` and
+    ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
+    (:func:`graphgen.passes.forward.forward_mode`).
+    """
     H = G.copy()
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
@@ -199,10 +205,35 @@ def lower(G, *, dtype=None):
     H = prepare(H)
     if H.graph.get("loss") is not None:
         H = adjoint(H)
-    return optimize(H)
+    H = optimize(H)
+    if not (jvp or hvp or hessian):
+        return H
+    H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
+    # the tangents are roots: optimized like outputs, never removed or moved
+    outputs = H.graph["outputs"]
+    systems = (
+        (H.graph.get("jvp") or {}).get("outputs", {}),
+        (H.graph.get("hvp") or {}).get("hvps", {}),
+    )
+    roots = [v for s in systems for v in s.values() if v is not None]
+    H.graph["outputs"] = list(dict.fromkeys(outputs + roots))
+    H = optimize(H)
+    H.graph["outputs"] = outputs
+    H.graph["hessian"] = bool(hessian)
+    return H
 
 
-def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
+def generate(
+    G,
+    backend="numpy",
+    *,
+    dtype=None,
+    source_name=None,
+    jvp=False,
+    hvp=False,
+    hessian=False,
+    **options,
+):
     """Render the standalone Python module for ``G``.
 
     Parameters
@@ -215,6 +246,10 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
         Override the spec's dtype.
     source_name : str, optional
         The name shown in the module docstring (default: the spec file's base name).
+    jvp, hvp, hessian : bool
+        Add ``jvp(tangents, **arrays)`` (forward mode), ``hvp(vectors, **arrays)``
+        (Hessian-vector products, forward over reverse) and ``hessian(**arrays)`` (the
+        full Hessian, for small models; implies ``hvp``) to the module.
 
     Returns
     -------
@@ -234,7 +269,7 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
             f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
             source=g.source_of(G),
         )
-    A = lower(G, dtype=dtype)
+    A = lower(G, dtype=dtype, jvp=jvp, hvp=hvp, hessian=hessian)
     if source_name is None:
         source_name = os.path.basename(g.source_of(A))
     if backend == "numpy" and options:
@@ -244,7 +279,7 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
     return render_module(program.env, f"{backend}/module.py.j2", program.context())
 
 
-def report(G, backend="numpy", *, dtype=None, sizes=None):
+def report(G, backend="numpy", *, dtype=None, sizes=None, **forward):
     """What the compiler did, for ``graphgen compile --report``.
 
     Per pass, the op count before and after; the forward values saved for the backward
@@ -252,7 +287,7 @@ def report(G, backend="numpy", *, dtype=None, sizes=None):
     function, with symbolic sizes set from ``sizes`` (default 32 each).
     """
     forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
-    A = lower(G, dtype=dtype)
+    A = lower(G, dtype=dtype, **forward)  # forward: jvp, hvp, hessian
     program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)))
     program.context()
     symbols = sorted(
@@ -276,7 +311,8 @@ def report(G, backend="numpy", *, dtype=None, sizes=None):
         nb = memory.nbytes(A, n, sizes)
         total += nb
         shape = dims.concrete(A.nodes[n][g.SHAPE], sizes)
-        lines.append(f"  {program.namer[n]:<24} {shape!s:<16} {nb:>12,d} bytes")
+        name = program.namer.names.get(n, "(a tangent temporary)")
+        lines.append(f"  {name:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
     lines.append("")
     for fname, (prog, keep, inlined) in program.programs.items():
