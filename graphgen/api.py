@@ -31,7 +31,7 @@ from .passes.forward import forward_mode
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
-__all__ = ["compile", "generate", "load", "lower", "report", "write"]
+__all__ = ["compile", "generate", "hessian", "load", "lower", "report", "write"]
 
 # backend name -> its Program (each renders templates/<name>/module.py.j2)
 BACKENDS = {"numpy": NumpyProgram, "numba": NumbaProgram}
@@ -100,6 +100,31 @@ def compile(G, backend="numpy", *, dtype=None, **options):
         if sys.modules.get(name) is module:
             del sys.modules[name]
     return module
+
+
+def hessian(G, backend="numpy", *, dtype=None, **options):
+    """The full Hessian of ``G``'s loss: a function ``f(**arrays) -> ndarray``.
+
+    The ``hessian`` of a module compiled with ``hessian=True``: the ``wrt`` arrays are
+    flattened in C order and laid end to end in ``wrt`` order, θ =
+    ``concatenate([arrays[w].ravel() for w in wrt])``, and entry ``[i, j]`` is
+    ∂²loss/∂θ_i∂θ_j. Column ``j`` is one Hessian-vector product (forward over reverse)
+    with the ``j``-th unit vector, so this is for small models (at most 10,000 entries in
+    θ); use the module's ``hvp`` beyond.
+
+    Examples
+    --------
+    >>> import graphgen, numpy as np
+    >>> G = graphgen.load("examples/tiny.yaml")
+    >>> f = graphgen.hessian(G)
+    >>> arrays = graphgen.compile(G).init_params(0)
+    >>> H = f(x=np.ones((4, 2)), t=np.zeros((4, 1)), **arrays)
+    >>> H.shape  # W1 (2, 3), b1 (3,), W2 (3, 1): 6 + 3 + 3 entries
+    (12, 12)
+    >>> bool(np.allclose(H, H.T))
+    True
+    """
+    return compile(G, backend, dtype=dtype, hessian=True, **options).hessian
 
 
 def stored_arrays(G):
