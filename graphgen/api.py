@@ -274,7 +274,9 @@ def generate(
     jvp, hvp, hessian : bool
         Add ``jvp(tangents, **arrays)`` (forward mode), ``hvp(vectors, **arrays)``
         (Hessian-vector products, forward over reverse) and ``hessian(**arrays)`` (the
-        full Hessian, for small models; implies ``hvp``) to the module.
+        full Hessian, for small models; implies ``hvp``) to the module. ``jvp`` may
+        instead be a list of names: the inputs and params ``jvp`` takes tangents of
+        (default: every float one).
 
     Returns
     -------

@@ -325,8 +325,9 @@ def forward_mode(A, *, jvp=False, hvp=False):
     """The tangent systems of a generated module's ``jvp`` and ``hvp``, added to ``A``.
 
     ``A`` is a lowered graph (prepared, differentiated when it has a loss). With
-    ``jvp``, every float input and param (not a ``vjp`` module's cotangents) gets a
-    tangent input ``<name>_dot`` and every float output its tangent;
+    ``jvp``, every float input and param (not a ``vjp`` module's cotangents; or the
+    names in ``jvp`` when it is a list) gets a tangent input ``<name>_dot`` and every
+    float output its tangent;
     ``graph["jvp"] = {"tangents": {name: tangent input}, "outputs": {output: tangent}}``.
     With ``hvp`` (forward over reverse), each ``wrt`` name gets a direction input and
     each gradient its tangent along those directions, the Hessian-vector product;
@@ -362,6 +363,15 @@ def forward_mode(A, *, jvp=False, hvp=False):
             and n not in cotangents
             and g.TANGENT_OF not in H.nodes[n]
         ]
+        if not isinstance(jvp, bool):  # the names to take tangents of, in this order
+            unknown = [n for n in jvp if n not in names]
+            if unknown:
+                raise GradientError(
+                    f"jvp: {', '.join(map(repr, unknown))} is not a float input or "
+                    f"param (expected some of {', '.join(map(repr, names))})",
+                    source=src,
+                )
+            names = list(dict.fromkeys(jvp))
         H = _system(H, names, outputs)
         H.graph["jvp"] = {
             "tangents": H.graph["tangent_inputs"],
