@@ -28,8 +28,8 @@ from ..errors import GradientError, GraphError, GraphgenError
 from .adjoint import Builder
 from .shapes import prepare
 
-# the node a forward-mode node was made for (removed when the pass ends): tangents are
-# scheduled right after it (:func:`_interleave`)
+# the node a forward-mode node was made for: tangents are scheduled right after it
+# (:func:`_interleave`), a second pass's after the first's
 _ANCHOR = "_anchor"
 
 
@@ -173,7 +173,6 @@ def _interleave(H):
     order = sorted(H, key=key)
     for i, n in enumerate(order):
         H.nodes[n][g.SEQ] = i
-        H.nodes[n].pop(_ANCHOR, None)
     H.graph["_seq"] = len(order)
 
 
