@@ -194,3 +194,25 @@ def test_check_order_2_fails_on_a_wrong_hvp():
     assert rows == {"W1", "b1", "W2"}
     # a wrong tolerance of 0 cannot pass central differences: the check can fail
     assert not check_second_order(G, tol=0.0).ok
+
+
+def test_numba_vjp_module_of_a_small_spec(tmp_path):
+    """A vjp module whose vjp could be one compiled function: it takes its cotangents
+    through its own prologue, so it stays a Python-level function (it called an
+    undefined _unpack when compiled whole)."""
+    spec = tmp_path / "v.yaml"
+    spec.write_text(
+        "name: v\ninputs:\n  x: [batch, 3]\nparams:\n  W: [3, 2]\nnodes:\n"
+        "  z: {op: matmul, args: [x, W]}\n  y: {op: tanh, args: [z]}\n"
+        "outputs: [y]\nvjp: true\n"
+    )
+    G = graphgen.load(spec)
+    m = graphgen.compile(G, "numba", jvp=True)
+    rng = np.random.default_rng(0)
+    x, W, c = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), np.ones((4, 2))
+    grads = m.vjp({"y": c}, x=x, W=W)
+    np.testing.assert_allclose(grads["W"], x.T @ (c * (1 - np.tanh(x @ W) ** 2)))
+    _, dots = m.jvp({"W": np.ones((3, 2))}, x=x, W=W)
+    np.testing.assert_allclose(
+        dots["y"], (1 - np.tanh(x @ W) ** 2) * (x @ np.ones((3, 2)))
+    )

@@ -16,8 +16,9 @@ from .. import graph as g
 from .layout import INDENT, LINE, assign, bracketed, fit, literal
 from .naming import Code
 
-# the functions that take directions (tangents, vectors) beside the arrays
-DIRECTED = ("jvp", "hvp")
+# the functions that take directions (tangents, vectors, vjp's cotangents) beside the
+# arrays, through a prologue of their own (the Numba backend keeps them Python-level)
+DIRECTED = ("jvp", "hvp", "vjp")
 
 
 def direction_inputs(A):
