@@ -216,3 +216,17 @@ def test_numba_vjp_module_of_a_small_spec(tmp_path):
     np.testing.assert_allclose(
         dots["y"], (1 - np.tanh(x @ W) ** 2) * (x @ np.ones((3, 2)))
     )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(
+    "flags",
+    [{"jvp": True}, {"hvp": True}, {"jvp": True, "hessian": True}],
+    ids=["jvp", "hvp", "jvp-hessian"],
+)
+def test_forward_mode_modules_are_ruff_formatted(backend, flags):
+    from test_codegen import ruff_diff
+
+    for spec in ("fanout.yaml", "mlp.yaml"):
+        text = graphgen.generate(graphgen.load(EXAMPLES / spec), backend, **flags)
+        assert not ruff_diff(text), f"{spec} {flags}: {ruff_diff(text)}"

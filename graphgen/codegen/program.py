@@ -426,6 +426,7 @@ class Program:
             "cotangents": bool(cotangents),
             "directions": bool(A.graph.get("jvp") or A.graph.get("hvp")),
             "hessian": bool(A.graph.get("hessian")),
+            "hvp": bool(A.graph.get("hvp")),
             "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
             "stored_consts": stored_consts
             and fit(
