@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test fuzz bench lint clean
 
-# venv: install Graphviz if possible, create .venv and install graphgen[test,numba] (editable).
+# venv: install Graphviz and Chromium if possible, create .venv and install graphgen[test,numba] (editable).
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,17 @@ $(VENV)/.installed: pyproject.toml
 	    rm -f "$$log"; \
 	  else \
 	    echo "warning: Graphviz 'dot' not found; install it with 'sudo apt-get install graphviz' (rendering will be unavailable)" >&2; \
+	  fi; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Chromium via apt-get (the HTML page's browser tests)..."; \
+	    log=$$(mktemp); \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$$log" 2>&1 \
+	      || { cat "$$log" >&2; echo "error: apt-get install chromium failed" >&2; rm -f "$$log"; exit 1; }; \
+	    rm -f "$$log"; \
+	  else \
+	    echo "warning: /usr/bin/chromium not found; install it with 'sudo apt-get install chromium' (the page's browser tests will be skipped)" >&2; \
 	  fi; \
 	fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

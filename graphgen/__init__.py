@@ -35,6 +35,7 @@ from .passes.shapes import prepare
 from .version import __version__  # noqa: F401
 from .views.diagram import render, to_dot
 from .views.explain import explain
+from .views.page import write as write_page
 
 __all__ = [
     "CodegenError",
@@ -57,4 +58,5 @@ __all__ = [
     "render",
     "to_dot",
     "write",
+    "write_page",
 ]

@@ -21,6 +21,7 @@ from . import graph as g
 from .backends.numba.program import NumbaProgram
 from .backends.numpy import memory
 from .backends.numpy.program import NumpyProgram
+from .codegen import optim
 from .codegen.program import stored_weights
 from .codegen.render import render_module
 from .errors import CodegenError, GraphError
@@ -75,7 +76,9 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     -------
     types.ModuleType
         With ``forward``, ``value_and_grad`` (when the graph has a loss), ``init_params``,
-        ``INPUTS``, ``PARAMS`` and ``OUTPUTS``.
+        ``INPUTS``, ``PARAMS`` and ``OUTPUTS``; with ``optimizer=`` (see
+        :func:`generate`) also ``init_state``, ``train_step``, ``save_checkpoint`` and
+        ``load_checkpoint``.
 
     Examples
     --------
@@ -254,6 +257,7 @@ def generate(
     *,
     dtype=None,
     source_name=None,
+    optimizer=None,
     jvp=False,
     hvp=False,
     hessian=False,
@@ -277,6 +281,10 @@ def generate(
         full Hessian, for small models; implies ``hvp``) to the module. ``jvp`` may
         instead be a list of names: the inputs and params ``jvp`` takes tangents of
         (default: every float one).
+    optimizer : str or graphgen.codegen.optim.Optimizer, optional
+        ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"`` (PyTorch's defaults), or
+        a configured :func:`graphgen.codegen.optim.optimizer`: the module also gets
+        ``init_state``, ``train_step``, ``save_checkpoint`` and ``load_checkpoint``.
 
     Returns
     -------
@@ -301,21 +309,31 @@ def generate(
         source_name = os.path.basename(g.source_of(A))
     if backend == "numpy" and options:
         raise CodegenError(f"the {backend} backend takes no options {sorted(options)}")
+    if optimizer is not None:
+        if A.graph.get("loss") is None or A.graph.get("cotangents"):
+            raise CodegenError(
+                "an optimizer needs a spec with a scalar loss (train_step minimizes it)",
+                source=g.source_of(G),
+            )
+        options["optimizer"] = optim.optimizer(optimizer)
     # numba options: parallel, fastmath, cache, whole, transcendentals
     program = BACKENDS[backend](A, backend, source_name, **options)
     return render_module(program.env, f"{backend}/module.py.j2", program.context())
 
 
-def report(G, backend="numpy", *, dtype=None, sizes=None, **forward):
+def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forward):
     """What the compiler did, for ``graphgen compile --report``.
 
     Per pass, the op count before and after; the forward values saved for the backward
     pass with their sizes; and the planned peak bytes of intermediates of each generated
-    function, with symbolic sizes set from ``sizes`` (default 32 each).
+    function, with symbolic sizes set from ``sizes`` (default 32 each). With an
+    ``optimizer``: the peak of ``train_step`` against ``value_and_grad`` followed by a
+    separate update, and why the step runs in two phases when it does.
     """
     forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
     A = lower(G, dtype=dtype, **forward)  # forward: jvp, hvp, hessian
-    program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)))
+    opt = None if optimizer is None else optim.optimizer(optimizer)
+    program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)), opt)
     program.context()
     symbols = sorted(
         {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
@@ -343,8 +361,36 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, **forward):
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
     lines.append("")
     for fname, (prog, keep, inlined) in program.programs.items():
+        if fname == "train_step":  # value_and_grad's plan with updates: below
+            continue
         peak = memory.peak_bytes(A, prog, keep, sizes, inlined)
         lines.append(f"planned peak of intermediates in {fname}(): {peak:,d} bytes")
+    if opt is not None and "value_and_grad" in program.programs:
+        lines += ["", _train_report(A, program, opt, sizes)]
+    return "\n".join(lines)
+
+
+def _train_report(A, program, opt, sizes):
+    """train_step's planned peak against value_and_grad plus a separate update."""
+    prog, keep, inlined = program.programs["value_and_grad"]
+    temps = optim.temporaries(opt)
+    plan = program.update_plan
+    fused = memory.peak_with_updates(A, prog, keep, sizes, inlined, plan, temps)
+    grads = [u for ups in plan.values() for u in ups]
+    separate = memory.peak_separate_update(A, prog, keep, sizes, inlined, grads, temps)
+    ratio = fused / separate if separate else 1.0
+    head = f"train_step ({opt.name}): planned peak {fused:,d} bytes; "
+    lines = [
+        head + f"value_and_grad + a separate update: {separate:,d} bytes ({ratio:.2f}x)"
+    ]
+    why = optim.two_phase_reason(opt)
+    if why:
+        lines.append(f"train_step runs in two phases: {why}")
+    else:
+        lines.append(
+            "each update runs right after the last read of its gradient and param, "
+            "so the gradient's buffer dies there"
+        )
     return "\n".join(lines)
 
 

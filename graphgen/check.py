@@ -38,14 +38,12 @@ def _domain(G, n):
         op = ops.get(a[g.OP])
         for i in G.edges[n, s][g.POS]:
             d = op.arg_domain(i)
-            if d == "labels":  # class indices: below the op's depth attribute if it
-                # declares one (onehot), else below its first argument's last axis
-                depth = (
-                    a[g.ATTRS]["depth"]
-                    if "depth" in op.attrs
-                    else G.nodes[g.operands(G, s)[0]][g.SHAPE][-1]
-                )
-                return ("labels", depth)
+            if op.indices is not None:  # class labels or indices: below the size of
+                # the axis they index (a gather's data axis, not its last one)
+                shapes = [G.nodes[p][g.SHAPE] for p in g.operands(G, s)]
+                arg, size, _ = op.indices(shapes, a[g.ATTRS])
+                if arg == i:
+                    return ("labels", size)
             found.append(d)
     for d in ("positive", "unit", "away0"):
         if d in found:
@@ -83,7 +81,7 @@ def random_arrays(G, seed=0, sizes=None, dtype=None):
             continue
         domain, extra = _domain(G, n)
         if a[g.DTYPE] == "int64":
-            high = extra if isinstance(extra, int) else sizes.get(extra, 2)
+            high = 2 if extra is None else dims.concrete((extra,), sizes)[0]
             out[n] = rng.integers(0, high, size=shape).astype(np.int64)
             continue
         out[n] = np.asarray(sample(rng, domain, shape), dtype=fdtype)

@@ -94,6 +94,70 @@ def compile_args(p):
     )
     forward_mode_args(p)
     onnx_args(p)
+    optimizer_args(p)
+
+
+def optimizer_args(p):
+    """``--optimizer`` and its settings (PyTorch's names and defaults)."""
+    g = p.add_argument_group(
+        "training step (init_state, train_step, save_checkpoint, load_checkpoint)"
+    )
+    g.add_argument(
+        "--optimizer",
+        choices=["sgd", "momentum", "adam", "adamw"],
+        help="add train_step with this optimizer (torch.optim's formulas)",
+    )
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=float, help="momentum (default 0.9)")
+    g.add_argument("--betas", metavar="B1,B2", help="Adam's betas (default 0.9,0.999)")
+    g.add_argument("--eps", type=float, help="Adam's epsilon (default 1e-8)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="weight decay (default 0; adamw 1e-2)",
+    )
+    g.add_argument(
+        "--clip-norm",
+        type=float,
+        help="clip the global gradient norm to this (torch's clip_grad_norm_)",
+    )
+    g.add_argument(
+        "--schedule",
+        choices=["constant", "cosine", "warmup-cosine"],
+        help="learning-rate schedule (default constant; the others need --steps)",
+    )
+    g.add_argument("--steps", type=int, help="steps of the cosine schedules")
+    g.add_argument(
+        "--warmup", type=int, help="warmup steps of warmup-cosine (default steps/10)"
+    )
+
+
+def optimizer_from(args):
+    """The optimizer the arguments ask for (None: no train_step)."""
+    from .codegen.optim import optimizer
+
+    settings = {
+        k: getattr(args, k, None)
+        for k in (
+            "lr",
+            "momentum",
+            "betas",
+            "eps",
+            "weight_decay",
+            "clip_norm",
+            "schedule",
+            "steps",
+            "warmup",
+        )
+    }
+    if args.optimizer is None:
+        given = [k for k, v in settings.items() if v is not None]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            verb = "needs" if len(given) == 1 else "need"
+            raise GraphgenError(f"{flags} {verb} --optimizer")
+        return None
+    return optimizer(args.optimizer, **settings)
 
 
 def forward_mode_args(p):
@@ -120,6 +184,7 @@ def compile_run(args):
     from .api import generate, report, stored_arrays, write
 
     G = _load(args.spec, args)
+    opt = optimizer_from(args)
     if args.report:
         sizes = {}
         for item in args.size:
@@ -129,7 +194,14 @@ def compile_run(args):
             sizes[key] = int(value)
         forward = {k: True for k in ("jvp", "hvp", "hessian") if getattr(args, k)}
         print(
-            report(G, backend=args.backend, dtype=args.dtype, sizes=sizes, **forward),
+            report(
+                G,
+                backend=args.backend,
+                dtype=args.dtype,
+                sizes=sizes,
+                optimizer=opt,
+                **forward,
+            ),
             file=sys.stderr,
         )
     name = os.path.basename(args.spec)
@@ -139,7 +211,12 @@ def compile_run(args):
     options.update({k: True for k in ("jvp", "hvp", "hessian") if getattr(args, k)})
     if args.output:
         written = write(
-            G, args.output, backend=args.backend, dtype=args.dtype, **options
+            G,
+            args.output,
+            backend=args.backend,
+            dtype=args.dtype,
+            optimizer=opt,
+            **options,
         )
         print(f"wrote {', '.join(written)}", file=sys.stderr)
         return 0
@@ -148,7 +225,12 @@ def compile_run(args):
             "this model's weights are stored beside its module: give -o FILE.py"
         )
     text = generate(
-        G, backend=args.backend, dtype=args.dtype, source_name=name, **options
+        G,
+        backend=args.backend,
+        dtype=args.dtype,
+        source_name=name,
+        optimizer=opt,
+        **options,
     )
     sys.stdout.write(text)
     return 0
@@ -274,8 +356,9 @@ def ops_markdown(rows):
     from . import ops
 
     lines = [
-        "| op | arguments | attributes (default) | computes | local derivative / VJP |",
-        "|---|---|---|---|---|",
+        "| op | arguments | attributes (default) | computes "
+        + "| local derivative / VJP | JVP |",
+        "|---|---|---|---|---|---|",
     ]
     for op in sorted(rows, key=lambda o: (o.category, o.name)):
         attrs = ", ".join(
@@ -290,6 +373,7 @@ def ops_markdown(rows):
             attrs or "–",
             ops.plain(op, op.math),
             derivs or "–",
+            op.jvp_text,
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
@@ -318,6 +402,11 @@ def ops_run(args):
             f"  {op.name:<{width}}  {op.name}({sig})  {math}"
             + (f"  [{attrs}]" if attrs else "")
         )
+        derivs = "; ".join(ops.plain(op, d) for d in op.derivs)
+        pad = " " * (width + 4)
+        if derivs:
+            print(f"{pad}VJP: {derivs}")
+        print(f"{pad}JVP: {op.jvp_text}")
     return 0
 
 
@@ -330,7 +419,8 @@ def render_args(p):
         "-o",
         "--output",
         required=True,
-        help="where to write the diagram: .svg, .png, .pdf or .dot",
+        help="where to write the diagram: .svg, .png, .pdf or .dot; or .html, an "
+        "interactive page that steps through backprop (with values for random arrays)",
     )
     p.add_argument(
         "--view",
@@ -364,12 +454,24 @@ def render_args(p):
     p.add_argument(
         "--depth", type=int, default=2, help="hops around --focus to draw (default 2)"
     )
+    onnx_args(p)
 
 
 def render_run(args):
     from .views.diagram import write
 
-    G = _load(args.spec)
+    G = _load(args.spec, args)
+    if args.output.lower().endswith(".html"):
+        from .views import page
+
+        if args.collapse or args.focus or args.view != "flow":
+            raise GraphgenError(
+                "--view, --collapse and --focus apply to diagrams, not to the .html "
+                "page (it collapses big graphs into blocks by itself)"
+            )
+        page.write(G, args.output, values=args.values or True, seed=args.seed)
+        print(f"wrote {args.output}", file=sys.stderr)
+        return 0
     write(
         G,
         args.output,
@@ -407,6 +509,13 @@ def explain_args(p):
         "against the generated value_and_grad",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    p.add_argument(
+        "--mode",
+        choices=["reverse", "forward"],
+        default="reverse",
+        help="forward: forward accumulation (the sum over predecessors) beside the "
+        "reverse sum over successors",
+    )
 
 
 def explain_run(args):
@@ -417,9 +526,185 @@ def explain_run(args):
     if isinstance(values, str):
         values = os.fspath(values)
     sys.stdout.write(
-        explain(G, args.wrt, format=args.format, values=values, seed=args.seed)
+        explain(
+            G,
+            args.wrt,
+            format=args.format,
+            values=values,
+            seed=args.seed,
+            mode=args.mode,
+        )
     )
     return 0
+
+
+# ------------------------------------------------------------ distributed-check
+
+
+def dask_args(p, required=False):
+    """``--dask ADDRESS``: the cluster a command runs its gradients on (any command that
+    takes it opens it with ``graphgen.distributed.connect(args.dask)``)."""
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        required=required,
+        help="a Dask scheduler's address (tcp://host:8786), or local:N for a "
+        "LocalCluster of N worker processes on this machine",
+    )
+
+
+def distributed_check_args(p):
+    p.add_argument("spec", help="the spec file or an ONNX model")
+    dask_args(p, required=True)
+    p.add_argument("--backend", default="numpy", help="code generator (default: numpy)")
+    p.add_argument(
+        "--dtype", choices=["float32", "float64"], help="override the spec's dtype"
+    )
+    p.add_argument(
+        "--batch", type=int, default=64, help="examples in the batch (default 64)"
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="pieces the batch is split into (default: 2 per worker)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random arrays")
+    onnx_args(p)
+
+
+def distributed_check_run(args):
+    import time
+
+    import numpy as np
+
+    from . import distributed as gd
+    from .api import compile
+    from .check import random_arrays
+
+    G = _load(args.spec, args)
+    module = compile(G, backend=args.backend, dtype=args.dtype)
+    if not hasattr(module, "value_and_grad"):
+        raise GraphgenError(f"{args.spec}: the graph has no loss to differentiate")
+    if args.batch < 1 or (args.shards is not None and args.shards < 1):
+        raise GraphgenError("--batch and --shards must be at least 1")
+    axis = gd.batch_axis(module)
+    arrays = random_arrays(
+        G, seed=args.seed, sizes={axis: args.batch}, dtype=args.dtype
+    )
+    batch = {k: arrays[k] for k in module.INPUTS}
+    params = {k: arrays[k] for k in module.PARAMS}
+    want_loss, want = module.value_and_grad(**batch, **params)
+    with gd.connect(args.dask) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        count = min(args.shards or 2 * len(workers), args.batch)
+        shards = gd.split(batch, count, module.INPUTS)
+        print(
+            f"graphgen distributed-check: {os.path.basename(args.spec)}, "
+            f"{args.backend} backend, {args.batch} examples in {count} shards, "
+            f"{len(workers)} worker{'s' if len(workers) != 1 else ''} at "
+            f"{client.scheduler.address}"
+        )
+        seen = []
+        for k in range(1, len(workers) + 1):
+            start = time.perf_counter()
+            loss, grads = gd.value_and_grad(
+                module, client, shards, params, workers=workers[:k]
+            )
+            took = time.perf_counter() - start
+            print(f"  {k} worker{'s' if k > 1 else ' '}: loss {loss!r}  {took:.3f} s")
+            seen.append(
+                (
+                    np.float64(loss).tobytes(),
+                    [grads[n].tobytes() for n in sorted(grads)],
+                )
+            )
+    same = all(s == seen[0] for s in seen)
+    print(f"same bytes for 1 to {len(workers)} workers: {'yes' if same else 'NO'}")
+    worst = abs(loss - want_loss) / max(abs(want_loss), np.finfo(float).tiny)
+    for n, w in want.items():
+        scale = float(np.max(np.abs(w))) if w.size else 0.0
+        diff = float(np.max(np.abs(grads[n] - w))) if w.size else 0.0
+        worst = max(worst, diff / scale if scale else diff)
+    tol = 1e-12 if np.dtype(module.DTYPE) == np.float64 else 1e-5
+    print(f"one process: loss {want_loss!r}")
+    print(f"max relative difference from one process: {worst:.3g} (tolerance {tol:g})")
+    if worst > tol:
+        print(
+            "the shards' weighted sum is not the whole batch's gradient: is the loss a "
+            "mean over the batch (not a sum, no batch statistics)?"
+        )
+    return 0 if same and worst <= tol else 1
+
+
+# ------------------------------------------------------------------------- train
+
+
+def train_args(p):
+    p.add_argument("spec", nargs="?", help="the spec file (not with --resume)")
+    p.add_argument("--data", help="the training arrays (.npz, one per input)")
+    p.add_argument("--val", help="validation arrays (.npz), evaluated each epoch")
+    p.add_argument("--test", help="test arrays (.npz), evaluated once at the end")
+    p.add_argument("--epochs", type=int, default=1, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--backend", default="numpy", help="code generator (default numpy)")
+    p.add_argument("--seed", type=int, default=0, help="init and shuffling seed")
+    p.add_argument("-o", "--output", metavar="RUN_DIR", help="where the run goes")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR where it stopped",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    optimizer_args(p)
+    p.set_defaults(optimizer="adam")
+
+
+def train_run(args):
+    from .training import train
+
+    if args.resume:
+        if args.spec or args.data or args.output not in (None, args.resume):
+            raise GraphgenError("--resume RUN_DIR takes the run's own spec and data")
+        record = train(
+            None,
+            None,
+            out=args.resume,
+            resume=True,
+            test=args.test,
+            progress=not args.no_progress,
+        )
+    else:
+        if not args.spec or not args.data or not args.output:
+            raise GraphgenError("graphgen train needs SPEC, --data and -o RUN_DIR")
+        settings = {
+            k: getattr(args, k)
+            for k in (
+                "lr",
+                "momentum",
+                "betas",
+                "eps",
+                "weight_decay",
+                "clip_norm",
+                "schedule",
+                "steps",
+                "warmup",
+            )
+            if getattr(args, k) is not None
+        }
+        record = train(
+            args.spec,
+            args.data,
+            out=args.output,
+            val=args.val,
+            test=args.test,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer={"name": args.optimizer, **settings},
+            backend=args.backend,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    return 130 if record.get("interrupted") else 0
 
 
 COMMANDS = {
@@ -448,6 +733,16 @@ COMMANDS = {
         "explain one gradient with the chain rule",
         explain_args,
         explain_run,
+    ),
+    "distributed-check": (
+        "compare a gradient on a Dask cluster with one process",
+        distributed_check_args,
+        distributed_check_run,
+    ),
+    "train": (
+        "train a spec on .npz arrays with a generated train_step",
+        train_args,
+        train_run,
     ),
 }
 

@@ -9,7 +9,7 @@ Layers, lowest first (a module may import its own layer or a lower one)::
     codegen                            what every backend shares
     backends                           numpy/, numba/
     api                                the pipeline
-    check, views                       read the graphs api makes
+    check, views, distributed          read the graphs and modules api makes
     cli, onnx_backend, the package     the front doors
 """
 
@@ -34,7 +34,7 @@ LAYERS = [
     ("graphgen.codegen",),
     ("graphgen.backends",),
     ("graphgen.api",),
-    ("graphgen.check", "graphgen.views"),
+    ("graphgen.check", "graphgen.views", "graphgen.distributed", "graphgen.training"),
     ("graphgen.cli", "graphgen.onnx_backend", "graphgen.__main__", "graphgen"),
 ]
 

@@ -533,3 +533,75 @@ def test_a_size_named_by_a_keyword_names_the_file_and_the_array(cli, tmp_path, s
         f"graphgen: error: {path}:2: input 'z': 'class' is not a dimension "
         "expression: 'class' is a Python keyword, not a size"
     )
+
+
+@pytest.mark.parametrize(
+    "op, number, value",
+    [("sum", "-.inf", -np.inf), ("sum", ".inf", np.inf), ("log", "-1.0", np.nan)],
+)
+def test_ops_on_a_non_finite_constant_fold(tmp_path, op, number, value):
+    """``sum(-inf)``: constant folding skipped a result that is not finite, and the code
+    called ``(-np.inf).sum()`` (AttributeError at run time)."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [batch, 2]}\nnodes:\n"
+        f"  c: {{op: {op}, args: [{number}]}}\n"
+        "  m: {op: mul, args: [x, c]}\n  J: {op: sum, args: [m]}\nloss: J\nwrt: [x]\n"
+    )
+    mod = graphgen.compile(graphgen.load(path))
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    with np.errstate(all="ignore"):
+        loss, grads = mod.value_and_grad(x=x)
+        np.testing.assert_array_equal(loss, (x * value).sum())
+        np.testing.assert_array_equal(grads["x"], np.full_like(x, value))
+
+
+@pytest.mark.parametrize(
+    "node, says",
+    [
+        ("{op: softmax, args: [x]}", "softmax: a softmax along axis 1 of (batch, 0)"),
+        ("{op: log_softmax, args: [x]}", "log_softmax: a softmax along axis 1"),
+        ("{op: logsumexp, args: [x], axis: 1}", "the logsumexp along axis 1"),
+        ("{op: max, args: [x]}", "max: the max along axis 1 of (batch, 0) is over"),
+    ],
+)
+def test_a_maximum_over_an_axis_of_size_0_is_refused(cli, tmp_path, node, says):
+    """It compiled, and NumPy raised 'zero-size array to reduction operation maximum'
+    from inside the module at run time."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        f"inputs: {{x: [batch, 0]}}\nnodes:\n  p: {node}\n  J: {{op: sum, args: [p]}}\n"
+        "loss: J\nwrt: [x]\n"
+    )
+    line = error_line(cli, "compile", path)
+    assert line.startswith(f"graphgen: error: {path}:3: node 'p': "), line
+    assert says in line and "(that axis has size 0)" in line, line
+
+
+def test_a_sum_over_an_axis_of_size_0_is_zero(tmp_path):
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [batch, 0]}\nnodes:\n  p: {op: exp, args: [x]}\n"
+        "  J: {op: sum, args: [p]}\nloss: J\nwrt: [x]\n"
+    )
+    loss, grads = graphgen.compile(graphgen.load(path)).value_and_grad(
+        x=np.ones((2, 0))
+    )
+    assert loss == 0.0 and grads["x"].shape == (2, 0)
+
+
+@pytest.mark.parametrize(
+    "outputs, wrt, line, says",
+    [("[y, y]", "[W]", 5, "outputs: 'y'"), ("[y]", "[W, W]", 6, "wrt: 'W'")],
+)
+def test_a_name_listed_twice_in_outputs_or_wrt_is_refused(
+    cli, tmp_path, outputs, wrt, line, says
+):
+    """``outputs: [y, y]`` built a vjp whose two cotangents of y were added up wrongly."""
+    path = tmp_path / "net.yaml"
+    path.write_text(
+        "inputs: {x: [2]}\nparams: {W: [2]}\nnodes:\n  y: {op: mul, args: [x, W]}\n"
+        f"outputs: {outputs}\nwrt: {wrt}\nvjp: true\n"
+    )
+    got = error_line(cli, "compile", path)
+    assert got == f"graphgen: error: {path}:{line}: {says} is listed twice"

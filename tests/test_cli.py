@@ -39,7 +39,8 @@ def plain_math(op):
 def test_ops_lists_every_public_op_with_its_math(cli):
     status, out, _ = cli("ops")
     assert status == 0
-    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    lines = out.splitlines()
+    rows = {ln.split()[0]: ln for ln in lines if ln.startswith("  ") and ln[2] != " "}
     public = [name for name, op in REGISTRY.items() if not op.internal]
     assert set(rows) == set(public), (
         f"missing: {sorted(set(public) - set(rows))}, extra: {sorted(set(rows) - set(public))}"
@@ -47,12 +48,23 @@ def test_ops_lists_every_public_op_with_its_math(cli):
     for name in public:
         assert plain_math(REGISTRY[name]) in rows[name], (name, rows[name])
         assert "{" not in rows[name], rows[name]
+    # under each op: how its JVP is obtained (and its VJP, where it has local derivatives)
+    for i, ln in enumerate(lines):
+        if ln.startswith("  ") and ln[2] != " ":
+            below = [x.strip() for x in lines[i + 1 : i + 3]]
+            jvp = next(x for x in below if x.startswith("JVP: "))
+            assert jvp == f"JVP: {REGISTRY[ln.split()[0]].jvp_text}"
+    assert f"JVP: {REGISTRY['transpose'].jvp_text}" == (
+        "JVP: linear: the op itself on the tangent"
+    )
 
 
 def test_ops_all_also_lists_internal_ops(cli):
     status, out, _ = cli("ops", "--all")
     assert status == 0
-    rows = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    rows = {
+        ln.split()[0] for ln in out.splitlines() if ln.startswith("  ") and ln[2] != " "
+    }
     assert rows == set(REGISTRY)
 
 

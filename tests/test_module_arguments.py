@@ -342,3 +342,77 @@ def test_the_memory_plan_writes_into_no_argument(tmp_path):
     before = {k: v.tobytes() for k, v in plain.items()}
     run(mod, plain, None)
     assert {k: v.tobytes() for k, v in plain.items()} == before
+
+
+GATHER_SPEC = """\
+inputs:
+  table: [rows, 3]
+  ids: {shape: [batch], dtype: int64}
+params:
+  E: [5, 3]
+nodes:
+  picked: {op: gather, args: [table, ids]}
+  looked: {op: gather, args: [E, ids]}
+  both: {op: add, args: [picked, looked]}
+  J: {op: sum, args: [both]}
+loss: J
+wrt: [table, E]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_labels_out_of_range_are_refused_by_name(mode):
+    """A label ≥ the number of classes raised a raw IndexError from inside the module
+    (NumPy) or the kernel (Numba); a negative one was read as a class counted from the
+    end: a silently wrong loss."""
+    mod = module("mlp.yaml", mode)
+    arrays, _ = arguments("mlp.yaml", sizes={"batch": 4})
+    want = run(mod, arrays, None)
+    for bad in (10, -1, 2**40):
+        labels = arrays["labels"].copy()
+        labels[2] = bad
+        for function in (mod.forward, mod.value_and_grad):
+            with pytest.raises(
+                ValueError,
+                match=rf"^'labels': expected class labels of softmax_cross_entropy "
+                rf"node 'loss' in \[0, 10\), got {bad}$",
+            ):
+                function(**{**arrays, "labels": labels})
+    assert_same(run(mod, arrays, None), want, exact=True)
+    # labels of another dtype are named as such, not compared with the classes (the
+    # whole-function Numba module checks the range before its kernel checks dtypes)
+    for labels in (arrays["labels"].astype(str), arrays["labels"].astype(np.float64)):
+        with pytest.raises(ValueError, match=r"^'labels': expected a int64 array"):
+            mod.forward(**{**arrays, "labels": labels})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gather_indices_wrap_but_stay_in_range(mode, tmp_path):
+    """Gather indices count from the end when negative (NumPy's, ONNX's rule), within
+    the axis they index, whose size may be symbolic (read off another array)."""
+    backend, options = MODES[mode]
+    if backend == "numba":
+        pytest.importorskip("numba")
+    path = tmp_path / "gather.yaml"
+    path.write_text(GATHER_SPEC)
+    mod = graphgen.compile(graphgen.load(path), backend, **options)
+    rng = np.random.default_rng(0)
+    table, E = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    ids = np.array([0, 3, -4, 2])
+    loss, grads = mod.value_and_grad(table=table, ids=ids, E=E)
+    assert np.isclose(loss, table[ids].sum() + E[ids].sum())
+    want = np.zeros_like(table)
+    np.add.at(want, ids, 1.0)
+    np.testing.assert_allclose(grads["table"], want)
+    for bad, bound in ((4, 4), (-5, 4)):
+        with pytest.raises(
+            ValueError,
+            match=rf"^'ids': expected indices of gather node 'picked' in "
+            rf"\[-{bound}, {bound}\), got {bad}$",
+        ):
+            mod.value_and_grad(table=table, ids=np.array([0, bad, 1, 2]), E=E)
+    with pytest.raises(
+        ValueError,
+        match=r"^'ids': expected indices of gather node 'looked' in \[-5, 5\), got 5$",
+    ):  # in range of table (6 rows), not of E (5)
+        mod.value_and_grad(table=np.ones((6, 3)), ids=np.array([0, 5, 1, 2]), E=E)

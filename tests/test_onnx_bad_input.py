@@ -452,6 +452,19 @@ def test_split_before_opset_18_splits_evenly_or_fails(cli, tmp_path):
     one_error(cli, save(m, tmp_path), tmp_path, "node 'a': ", "does not split evenly")
 
 
+def test_a_model_importing_the_default_domain_twice_is_an_error(cli, tmp_path):
+    """Two ``ai.onnx`` opsets (Softmax is another op at 11 and 13): graphgen took the
+    first, onnx.checker refuses the model; now it is an error naming both."""
+    m = x_to_y([oh.make_node("Softmax", ["x"], ["y"])])
+    m.opset_import.append(oh.make_opsetid("ai.onnx", 11))
+    one_error(
+        cli,
+        save(m, tmp_path),
+        tmp_path,
+        "opset_import names the default domain (ai.onnx) 2 times (opsets 13, 11)",
+    )
+
+
 # ------------------------------------------------------------- the declarations
 
 

@@ -122,6 +122,9 @@ def test_wheel_contains_templates_and_schema(wheel: Path) -> None:
         f"no .j2 templates under graphgen/templates/ in {wheel.name}: {names}"
     )
     assert "graphgen/frontends/spec.schema.json" in names, names
+    # the learner page's template, script and style sheet (inlined into each page)
+    for asset in ("page.html.j2", "page.js", "page.css"):
+        assert f"graphgen/templates/page/{asset}" in names, names
     assert "graphgen/__init__.py" in names, names
     assert "graphgen/cli.py" in names, names
     # Nothing from the repo root other than the package should leak in.

@@ -19,12 +19,13 @@ from .. import graph as g
 from ..errors import CodegenError
 from ..notes import partial
 from ..version import __version__
-from . import attrs, tangents
+from . import attrs, optim, tangents
 from .attrs import constant_key
 from .comments import Comments, safe_comment, wrap_comment
 from .layout import (
     INDENT,
     LINE,
+    bracketed,
     condition,
     fit,
     literal,
@@ -82,6 +83,7 @@ class Statement:
     # a kernel call, laid out once its kernel's name is final: (key, targets, args)
     call: tuple | None = None
     note: Code | None = None  # a comment at the end of the line
+    covers: tuple = ()  # the other nodes it computes (folded temporaries, a kernel's)
 
 
 @dataclasses.dataclass
@@ -165,8 +167,10 @@ class OpForms:
 class Program:
     """Everything the templates need for one module, all of it vetted ``Code``."""
 
-    def __init__(self, A, backend, source_name):
+    def __init__(self, A, backend, source_name, optimizer=None):
         self.A = A
+        # train_step and init_state (codegen/optim.py) when set: an optim.Optimizer
+        self.optimizer = optimizer
         self.backend = backend
         self.env = environment(backend)
         self.namer = node_names(A)
@@ -229,6 +233,51 @@ class Program:
         params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
         return inputs, params, list(A.graph["outputs"])
 
+    def index_checks(self, arrays):
+        """The ``_in_range`` calls of ``_check_indices``: one per int64 array and axis
+        it indexes (``Op.indices``: class labels, gather indices), its bound read off
+        the arrays' shapes (a symbolic size from the first array that has it)."""
+        A = self.A
+        where = {}  # symbol -> how _check_indices reads it
+        for n in arrays:
+            for i, d in enumerate(A.nodes[n][g.SHAPE]):
+                if isinstance(d, str) and dims.symbols(d) == [d]:
+                    where.setdefault(d, f"arrays[{literal(n)}].shape[{i}]")
+        calls = {}
+        order = {m: i for i, m in enumerate(g.schedule(A))}
+        for n in arrays:
+            if A.nodes[n][g.DTYPE] != "int64":
+                continue
+            for s in sorted(A.successors(n), key=order.__getitem__):
+                a = A.nodes[s]
+                op = ops.get(a[g.OP]) if a[g.KIND] == g.OPNODE else None
+                if op is None or op.indices is None:
+                    continue
+                shapes = [A.nodes[p][g.SHAPE] for p in g.operands(A, s)]
+                arg, size, wraps = op.indices(shapes, a[g.ATTRS])
+                if arg not in A.edges[n, s][g.POS]:
+                    continue
+                if any(sym not in where for sym in dims.symbols(size)):
+                    raise CodegenError(
+                        f"the indices {n!r} index an axis of size {size!r}, which no "
+                        "input's shape declares",
+                        node=s,
+                    )
+                hi = dims.render(size, where.__getitem__)
+                lo = f"-{wrap(hi)}" if wraps else "0"
+                what = (
+                    "indices" if wraps else "class labels"
+                ) + f" of {op.name} node {s!r}"
+                key = (n, lo, hi)
+                if key not in calls:
+                    calls[key] = bracketed(
+                        "_in_range",
+                        ["arrays", literal(n), lo, hi, literal(what)],
+                        "",
+                        INDENT,
+                    )
+        return list(calls.values())
+
     def out_expr(self, n, names):
         """How value ``n`` reads where a function returns it."""
         a = self.A.nodes[n]
@@ -285,6 +334,8 @@ class Program:
                 ),
             )
         )
+        if self.optimizer is not None:
+            functions.append(self.train_step_function(wrt, inputs + params))
         return functions
 
     def gradients(self, wrt, names, used, grads=None):
@@ -333,11 +384,12 @@ class Program:
             out.append(Statement(alias, value, comments, v, blank_before=True))
         return out
 
-    def make_function(self, name, roots, doc, returns_fn):
-        """:meth:`function`, noting the helpers its code calls (``Function.helpers``)."""
+    def make_function(self, name, roots, doc, returns_fn, build=None):
+        """:meth:`function` (or ``build``), noting the helpers its code calls
+        (``Function.helpers``)."""
         self.aliases = {}  # what gradients() hands out under names of their own
         with recording() as used:
-            fn = self.function(name, roots, doc, returns_fn)
+            fn = (build or self.function)(name, roots, doc, returns_fn)
         fn.helpers = used
         fn.statements += self.alias_statements(fn.names)
         return fn
@@ -409,6 +461,7 @@ class Program:
             "source": Code(safe_comment(self.source_name)),
             "dtype": Code(A.graph["dtype"]),
             "unpack": self.unpack(inputs + params),
+            "index_checks": self.index_checks(inputs + params),
             "tables": self.tables(inputs, params, outputs),
             "loss": literal(None if cotangents else self.loss),
             "wrt": fit(
@@ -438,6 +491,7 @@ class Program:
                 tuple_=True,
             ),
             "constants": self.constants(stored_consts),
+            "training": self.training_context(params),
             "summary": [
                 Code(part)
                 for line in self.summary()
@@ -568,6 +622,7 @@ class Program:
             "call": unpack_line("", outer, " = _unpack(arrays)", INDENT)
             if outer
             else Code("_unpack(arrays)"),
+            "outer": outer,
         }
 
     def summary(self):
@@ -598,3 +653,182 @@ class Program:
         if self.loss is not None:
             lines.append(f"loss: {self.namer.names.get(self.loss, 'const')}")
         return lines
+
+    # ------------------------------------------------------------------- training
+    def step_function(self, name, roots, doc, returns_fn):
+        """How ``train_step``'s statements are made (a backend may choose another way
+        than :meth:`function`, e.g. one that keeps the updates at Python level)."""
+        return self.function(name, roots, doc, returns_fn)
+
+    def train_step_function(self, wrt, arrays):
+        """``train_step(params, state, **arrays)``: ``value_and_grad``'s statements with
+        each param's optimizer update (:mod:`.optim`) right after the last statement that
+        reads its gradient or the param itself (through views), so the gradient's buffer
+        dies there; with global-norm clipping, every update after the backward pass."""
+        A, opt = self.A, self.optimizer
+        nm = self.namer
+        params_n = nm.name(("train", "params"), "params")
+        state_n = nm.name(("train", "state"), "state")
+        t_n = nm.name(("train", "t"), "step")
+        lr_n = nm.name(("train", "lr"), "lr")
+        clip_n = nm.name(("train", "clip"), "clip") if opt.clip_norm else None
+        roots = [self.loss] + [v for v in self.grads.values() if v is not None]
+        kind = opt.kind
+        fn = self.make_function(
+            "train_step",
+            roots,
+            [
+                f"One {opt.name} step ({kind.torch}'s formulas): the loss at ``params``.",
+                "",
+                "Updates ``params`` and ``state`` (from ``init_state``) in place; each",
+                "param's update runs as soon as its gradient is complete"
+                + (" (in the backward pass)." if opt.clip_norm is None else ","),
+                *(
+                    []
+                    if opt.clip_norm is None
+                    else ["here after all (global-norm clipping needs them all)."]
+                ),
+            ],
+            lambda names, used: Code(
+                f"return float({self.out_expr(self.loss, names)})"
+            ),
+            build=self.step_function,
+        )
+        statements = fn.statements
+        covered = [{st.node, *st.covers} for st in statements]
+
+        def readers(n):  # op nodes that read n, through views of it
+            out, stack = set(), [n]
+            while stack:
+                for s in A.successors(stack.pop()):
+                    if A.nodes[s][g.KIND] == g.OPNODE and s not in out:
+                        out.add(s)
+                        if ops.get(A.nodes[s][g.OP]).view:
+                            stack.append(s)
+            return out
+
+        def last_statement(nodes):
+            return max(
+                (i for i, c in enumerate(covered) if c & nodes),
+                default=-1,
+            )
+
+        updates = []  # (position, w, gradient expression, gradient node)
+        for w in wrt:
+            v = self.grads.get(w)
+            if v is None:  # PyTorch skips a param whose .grad is None
+                continue
+            a = A.nodes[v]
+            if a[g.KIND] == g.CONST:
+                shape = self.shape_code(A.nodes[w][g.SHAPE], set())
+                expr = Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
+            else:
+                expr = nm[v] if v in nm else fn.names[v]
+            pos = last_statement({v, *readers(v), *readers(w)})
+            if opt.clip_norm is not None:
+                pos = len(statements) - 1
+            updates.append((pos, w, expr, v))
+        updates.sort(key=lambda u: u[0])  # stable: WRT order among equal positions
+        # where each update runs, for --report's peak memory: {statement: [(w, v)]}
+        self.update_plan = {}
+        for pos, w, _, v in updates:
+            self.update_plan.setdefault(pos, []).append((w, v))
+        last_of = {}
+        for k, (_, _, _, v) in enumerate(updates):
+            last_of[v] = k
+        out, k = [], 0
+        header = [c for line in optim.header(opt) for c in wrap_comment(line)]
+        loss = self.notes.display(fn.names)(self.loss)
+        for i in range(-1, len(statements)):
+            if i >= 0:
+                out.append(statements[i])
+            if clip_n and k == 0 and updates and updates[0][0] == i:
+                grads = [u[2] for u in updates]
+                why = optim.two_phase_reason(opt)
+                st = Statement(
+                    Code(""),  # the call is the whole statement: clip = _clip_coef(...)
+                    bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
+                    header + wrap_comment(f"Two phases: {why}."),
+                    updates[k][3],
+                    blank_before=True,
+                )
+                header = []
+                out.append(st)
+            while k < len(updates) and updates[k][0] == i:
+                _, w, expr, v = updates[k]
+                slots = [
+                    subscript(state_n, literal(f"{s}.{w}"), INDENT) for s in kind.slots
+                ]
+                call = optim.update_call(
+                    opt,
+                    nm[w],
+                    expr,
+                    slots,
+                    clip_n or Code("1.0"),
+                    Code(f"_{kind.helper}"),
+                    lr_n,
+                    t_n,
+                )
+                grad = partial(loss, nm[w])
+                note = f"{nm[w]} ← {opt.name} step from {grad} = {expr}" + (
+                    "" if clip_n else ": neither is read below"
+                )
+                st = Statement(
+                    Code(""),
+                    call,
+                    header + wrap_comment(note),
+                    v,
+                    blank_before=True,
+                )
+                header = []
+                # the gradient's buffer dies here (after the last update reading it)
+                local = A.nodes[v][g.KIND] == g.OPNODE and expr == fn.names.get(v)
+                if local and last_of[v] == k:
+                    st.dels = Code(f"del {expr}")
+                out.append(st)
+                k += 1
+        fn.statements = out
+        outer = self.unpack(arrays)["outer"]
+        call = f" = _unpack(_train_arrays({params_n}, {state_n}, arrays))"
+        pad = " " * INDENT
+        fn.prologue = Code(
+            f"{pad}{unpack_line('', outer, call, INDENT)}\n"
+            f"{pad}# this step's number (1, 2, ...) and learning rate ({opt.schedule})\n"
+            f"{pad}{t_n}, {lr_n} = _next_step({state_n})"
+        )
+        fn.signature = Code(f"{params_n}, {state_n}, **arrays")
+        return fn
+
+    def training_context(self, params):
+        """What ``templates/<backend>/training.py.j2`` prints (None: no optimizer)."""
+        opt = self.optimizer
+        if opt is None or self.loss is None or self.A.graph.get("cotangents"):
+            return None
+        kind = opt.kind
+        return {
+            "name": Code(opt.name),
+            "torch": Code(kind.torch),
+            "helper": Code(kind.helper),
+            "table": opt.table(),
+            "slots": fit(
+                "SLOTS = ", "(", [literal(s) for s in kind.slots], ")", 0, tuple_=True
+            ),
+            "math": [
+                c for line in optim.header(opt) for c in wrap_comment(line, LINE - 2)
+            ],
+            "lr": literal(opt.lr),
+            "momentum": literal(opt.momentum),
+            "beta1": literal(opt.betas[0]),
+            "beta2": literal(opt.betas[1]),
+            "eps": literal(opt.eps),
+            "weight_decay": literal(opt.weight_decay),
+            "decay": opt.weight_decay != 0.0,
+            "decoupled": kind.decoupled,
+            "buffer": "momentum_buffer" in kind.slots,
+            "clip_norm": literal(opt.clip_norm),
+            "clip_eps": literal(optim.CLIP_EPS),
+            "steps": literal(opt.steps),
+            "warmup": literal(opt.warmup),
+            "schedule": [Code(line) for line in optim.SCHEDULES[opt.schedule][0]],
+            "schedule_math": Code(optim.SCHEDULES[opt.schedule][1]),
+        }

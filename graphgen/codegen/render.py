@@ -150,7 +150,9 @@ def recording(merge=True):
 
 
 # dataclass fields of the program that templates never print
-BOOKKEEPING = frozenset({"node", "call", "sizes", "helpers", "names", "unpacks"})
+BOOKKEEPING = frozenset(
+    {"node", "call", "sizes", "helpers", "names", "unpacks", "covers"}
+)
 
 
 def vet(value, path="context"):

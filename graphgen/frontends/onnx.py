@@ -129,9 +129,15 @@ class Importer:
         self.source = source
         self.freeze = set(freeze)
         self.graph = model.graph
-        self.opset = next(
-            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
-        )
+        default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+        if len(default) > 1:  # onnx.checker refuses it; which would a runtime use?
+            raise SpecError(
+                "opset_import names the default domain (ai.onnx) "
+                f"{len(default)} times (opsets {', '.join(map(str, default))}); "
+                "a model imports each domain once",
+                source=source,
+            )
+        self.opset = default[0] if default else None
         newest = onnx.defs.onnx_opset_version()
         if self.opset is None or not MIN_OPSET <= self.opset <= newest:
             raise SpecError(

@@ -571,7 +571,15 @@ def _add_outputs(G, data, lines, known):
     """The graph's outputs, loss and wrt (and vjp), each name checked."""
 
     def check_names(key, names, what):
+        seen = set()
         for n in names:
+            if n in seen:  # a second cotangent or gradient of one node: ambiguous
+                raise SpecError(
+                    f"{key}: {n!r} is listed twice",
+                    source=G.graph["source"],
+                    line=lines.get(("", key)),
+                )
+            seen.add(n)
             if n not in G or G.nodes[n][g.KIND] == g.CONST:
                 hint = did_you_mean(n, known)
                 raise SpecError(

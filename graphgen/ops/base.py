@@ -114,6 +114,13 @@ class Op:
     kept : bool
         Its value is an array the module makes once and keeps (``constant``): never a
         buffer to write into.
+    indices : callable, optional
+        For an op whose int64 argument indexes an axis (class labels, gather indices):
+        ``indices(in_shapes, attrs) -> (arg, size, wraps)``, the argument, the size of
+        the axis it indexes, and whether a negative index counts from the end. The
+        generated module refuses indices outside ``[0, size)`` (``[-size, size)`` when
+        they wrap): NumPy would raise an IndexError deep inside, or read a negative label
+        as a class; compiled code would read out of bounds. ``check`` samples below it.
     """
 
     name: str
@@ -145,6 +152,7 @@ class Op:
     sums: bool = False
     shares: str = ""
     kept: bool = False
+    indices: Callable | None = None
     jvp: Callable | None = None
     jvp_reason: str = ""
 
@@ -158,6 +166,13 @@ class Op:
         if not self.domain:
             return "real"
         return self.domain[0] if self.variadic else self.domain[i]
+
+    @property
+    def jvp_text(self):
+        """How the op's JVP is obtained, for the op table (``graphgen ops``)."""
+        if self.jvp is None:
+            return f"none ({self.jvp_reason})" if self.jvp_reason else "none"
+        return getattr(self.jvp, "how", "Σ over the arguments of ∂y/∂arg · d(arg)")
 
     def can_fold(self, attrs):
         """Whether constant folding may evaluate a node of this op with ``attrs``."""
@@ -287,6 +302,7 @@ def same_op(name):
     def rule(b, c):
         return tangent_terms(c, lambda d: getattr(b, name)(d, **c.attrs))
 
+    rule.how = "linear: the op itself on the tangent"
     return rule
 
 
@@ -309,12 +325,16 @@ def symmetric(vjp):
 
         return tangent_terms(c, apply)
 
+    rule.how = "its VJP with ẋ for ȳ (the Jacobian is symmetric)"
     return rule
 
 
 def no_tangent(b, c):
     """The JVP rule of a piecewise-constant op (a mask): no tangent flows through it."""
     return [None] * len(c.ins)
+
+
+no_tangent.how = "0: piecewise constant"
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -976,7 +976,16 @@ def _lse_jvp(b, c):
     return tangent_terms(c, lambda d: b.sum(b.mul(p, d), axis=axis, keepdims=keepdims))
 
 
-def reduction(name, impl, vjp, math, deriv, jvp):
+def reduction(name, impl, vjp, math, deriv, jvp, empty_ok=True):
+    """A reduction op; ``empty_ok=False``: one that takes a maximum (``max``,
+    ``logsumexp``) has no value over an axis of size 0."""
+
+    def normalize(in_shapes, attrs):
+        attrs = _norm_reduce(in_shapes, attrs)
+        if not empty_ok:
+            _not_empty(in_shapes[0], attrs["axis"], f"the {name}")
+        return attrs
+
     return register(
         Op(
             name=name,
@@ -988,7 +997,7 @@ def reduction(name, impl, vjp, math, deriv, jvp):
             math=math,
             derivs=(deriv,),
             attrs={"axis": None, "keepdims": False},
-            normalize=_norm_reduce,
+            normalize=normalize,
             category="reduction",
         )
     )
@@ -1017,6 +1026,7 @@ reduction(
     "{y} = max of {x} over axes {axis}",
     "∂{y}/∂{x} = 1/k at the k positions attaining the max, 0 elsewhere",
     _max_jvp,
+    empty_ok=False,
 )
 reduction(
     "logsumexp",
@@ -1025,6 +1035,7 @@ reduction(
     "{y} = log Σ exp({x}) over axes {axis}",
     "∂{y}/∂{x} = exp({x} − {y}) (the softmax)",
     _lse_jvp,
+    empty_ok=False,
 )
 
 
@@ -1034,7 +1045,20 @@ reduction(
 def _norm_axis1(in_shapes, attrs):
     if not in_shapes[0]:
         raise ShapeError("needs an argument of rank >= 1, got a scalar")
-    return {"axis": norm_axis(attrs["axis"], len(in_shapes[0]))}
+    axis = norm_axis(attrs["axis"], len(in_shapes[0]))
+    _not_empty(in_shapes[0], [axis], "a softmax")
+    return {"axis": axis}
+
+
+def _not_empty(shape, axes, what):
+    """Refuse a reduction by maximum over an axis of size 0: no value to take the
+    maximum of (NumPy raises deep inside the module)."""
+    for a in axes:
+        if shape[a] == 0:
+            raise ShapeError(
+                f"{what} along axis {a} of {dims.fmt_shape(shape)} is over no values "
+                "(that axis has size 0)"
+            )
 
 
 def _softmax_vjp(b, c):
@@ -1139,6 +1163,7 @@ def _sce_shape(in_shapes, attrs):
             f"{dims.fmt_shape(logits)}, labels {dims.fmt_shape(labels)} "
             f"(expected {dims.fmt_shape(tuple(logits[:-1]))})"
         )
+    _not_empty(logits, [len(logits) - 1], "a softmax over the classes")
     return ()
 
 
@@ -1166,6 +1191,11 @@ def _sce_jvp(b, c):
     )
 
 
+def _class_labels(in_shapes, attrs):
+    """The labels (argument 1) pick one of the logits' classes (their last axis)."""
+    return 1, in_shapes[0][-1], False
+
+
 register(
     Op(
         name="softmax_cross_entropy",
@@ -1178,6 +1208,7 @@ register(
         derivs=("∂{y}/∂{logits} = (softmax({logits}) − onehot({labels}))/N", "none"),
         int_args=(1,),
         domain=("real", "labels"),
+        indices=_class_labels,
         category="loss",
     )
 )
@@ -1260,6 +1291,7 @@ register(
         derivs=("{logits}̄ = softmax({logits})·({y}̄ − Σ {y}̄·softmax({logits}))", "none"),
         int_args=(1,),
         domain=("real", "labels"),
+        indices=_class_labels,
         internal=True,
         category="loss",
     )
@@ -1282,6 +1314,7 @@ register(
         attrs={"depth": REQUIRED},
         int_args=(0,),
         domain=("labels",),
+        indices=lambda s, a: (0, a["depth"], False),
         internal=True,
         category="loss",
         folds=False,

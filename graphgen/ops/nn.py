@@ -812,6 +812,7 @@ register(
         normalize=_norm_gather,
         int_args=(1,),
         domain=("real", "labels"),
+        indices=lambda s, a: (1, s[0][a["axis"]], True),
         category="indexing",
     )
 )
@@ -877,6 +878,7 @@ register(
         normalize=_norm_scatter,
         int_args=(1,),
         domain=("real", "labels"),
+        indices=lambda s, a: (1, a["dim"], True),
         internal=True,
         category="indexing",
     )

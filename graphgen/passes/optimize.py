@@ -117,9 +117,7 @@ def fold_constants(G):
             value = op.impl(
                 *[np.float64(H.nodes[p][g.VALUE]) for p in args], **a[g.ATTRS]
             )
-        value = float(np.asarray(value))
-        if not np.isfinite(value):
-            continue
+        value = float(np.asarray(value))  # inf and nan too: layout.literal spells them
         for p in dict.fromkeys(args):  # add_n(c, c) is one edge
             H.remove_edge(p, n)
         a[g.KIND] = g.CONST

@@ -28,6 +28,7 @@ from .. import graph as g
 from .. import ops
 from ..errors import ExplainError, GradientError, did_you_mean
 from ..notes import fill, local_templates, partial, product, sum_over
+from . import forward_mode
 from .diagram import gradient_terms, visible
 from .values import (
     ModuleGradients,
@@ -464,7 +465,9 @@ def _hidden_unit(H, path):
 # ------------------------------------------------------------------------------ explain
 
 
-def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
+def explain(
+    G, wrt, format="text", values=False, *, arrays=None, seed=0, mode="reverse"
+):
     """Explain ∂loss/∂``wrt`` with the chain rule, in the spec's names.
 
     Parameters
@@ -477,6 +480,10 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     values : bool or str
         Add numbers for one set of arrays (random with ``seed``, or the ``.npz`` file
         given here, or ``arrays``) and check them against the generated module.
+    mode : {"reverse", "forward"}
+        ``"forward"``: forward accumulation, the sum over predecessors from ``wrt``
+        toward the loss, beside the reverse sum over successors
+        (:mod:`graphgen.views.forward_mode`).
 
     Returns
     -------
@@ -493,6 +500,8 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
 
     if format not in FORMATS:
         raise ExplainError(f"unknown format {format!r} (known: {', '.join(FORMATS)})")
+    if mode not in ("reverse", "forward"):
+        raise ExplainError(f"unknown mode {mode!r} (known: reverse, forward)")
     F = {"text": Text, "markdown": Markdown, "latex": Latex}[format]()
     H = prepare(G)
     loss = H.graph.get("loss")
@@ -507,6 +516,10 @@ def explain(G, wrt, format="text", values=False, *, arrays=None, seed=0):
     c = _Case(F, H, loss, node, index, paths)
     if not paths:
         return F.document(out + _no_path(c))
+    if mode == "forward":
+        given = arrays if arrays is not None else values
+        out += _paths_section(c, total)
+        return F.document(out + forward_mode.sections(c, given or None, seed))
     grouped = _grouped(H, paths)
     fan = _fan(H, paths, loss)
     out += _paths_section(c, total)

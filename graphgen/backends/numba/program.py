@@ -138,8 +138,9 @@ class NumbaProgram(Program):
         fuse=True,
         transcendentals=None,
         whole=None,
+        optimizer=None,
     ):
-        super().__init__(A, backend, source_name)
+        super().__init__(A, backend, source_name, optimizer)
         env = _env()
         self.forms = OpForms(
             self,
@@ -203,6 +204,13 @@ class NumbaProgram(Program):
                 return fn
         return self.group_function(name, roots, doc, returns_fn)
 
+    def step_function(self, name, roots, doc, returns_fn):
+        """``train_step`` keeps its statements at Python level (kernel calls and NumPy
+        statements), so that each param's update, a compiled loop of its own
+        (``templates/numba/training.py.j2``), runs as soon as its gradient is
+        complete."""
+        return self.group_function(name, roots, doc, returns_fn)
+
     def group_function(self, name, roots, doc, returns_fn, forms=None, exclude=None):
         """The function as statements (in ``forms``: the Python level's, or a whole
         function's nopython forms) and calls of fused groups' kernels; ``exclude``: the
@@ -252,10 +260,13 @@ class NumbaProgram(Program):
                 comments = self.notes.comments(n, names)
                 expr = layout_value(exprs[n], INDENT + len(names[n]) + 3)
                 stmts = [Statement(names[n], expr, comments, n, False)]
+                stmts[0].covers = tuple(s.inlined_children(n, inline))
             else:
                 grp = groups[u[1]]
                 n = grp.nodes[0]
                 stmts = self.kernel_call(grp, names, used, exclude)
+                for st in stmts:
+                    st.covers = tuple(grp.nodes)
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
                 backward = True
                 stmts[0].comments = self.notes.backward_header() + stmts[0].comments

@@ -355,6 +355,12 @@ def _scalar_results(prog, name, roots, inner):
     return stmts
 
 
+def _indexes(prog):
+    """Whether the module has labels or indices to check (``_check_indices``)."""
+    inputs, params, _ = prog.arrays()
+    return bool(prog.index_checks(inputs + params))
+
+
 def _prologue(prog, name, kname, outs, arrays):
     """The Python-level function's body before its return: take the arrays, copy those
     the kernel's types do not take as they are, compile at the first call, run the
@@ -401,6 +407,7 @@ def _prologue(prog, name, kname, outs, arrays):
             if tests
             else []
         ),
+        *(["_check_indices(arrays)"] if _indexes(prog) else []),
         f"if not {kname}.overloads:  # the first call compiles it",
         f"    _compile({kname}, _{name.upper()}_TYPES)",
         "try:",

@@ -183,3 +183,52 @@ def saved_for_backward(G):
             ):
                 saved.add(p)
     return [n for n in g.schedule(G) if n in saved]
+
+
+def peak_with_updates(G, program, keep, sizes, inlined, updates, temps):
+    """Predicted peak bytes of ``train_step``: the program of ``value_and_grad`` with
+    each param's update run right after statement ``i`` (``updates``: ``{i: [(param,
+    gradient node)]}``, ``-1``: before the first), holding ``temps`` param-sized
+    temporaries while it runs (the NumPy helper's), and then dropping its gradient."""
+    drop = frees(program, keep)
+    produced = {n for n, _ in program}
+    left = {}  # gradient -> updates still to read it
+    for ups in updates.values():
+        for _, v in ups:
+            left[v] = left.get(v, 0) + 1
+    live, peak = 0, 0
+
+    def run_updates(i):
+        nonlocal live, peak
+        for w, v in updates.get(i, ()):
+            peak = max(peak, live + temps * nbytes(G, w, sizes))
+            left[v] -= 1
+            if left[v] == 0 and v in produced and not is_view(G.nodes[v]):
+                live -= nbytes(G, v, sizes)
+
+    run_updates(-1)
+    for i, (node, _) in enumerate(program):
+        a = G.nodes[node]
+        own = 0 if is_view(a) else nbytes(G, node, sizes)
+        transient = sum(nbytes(G, t, sizes) for t in inlined.get(node, ()))
+        peak = max(peak, live + own + transient)
+        live += own
+        for v in drop[i]:
+            if not is_view(G.nodes[v]):
+                live -= nbytes(G, v, sizes)
+        run_updates(i)
+    return peak
+
+
+def peak_separate_update(G, program, keep, sizes, inlined, grads, temps):
+    """Predicted peak bytes of ``value_and_grad`` followed by a separate update of
+    each param (``grads``: ``[(param, gradient node)]``): every gradient is alive when
+    the first update runs."""
+    produced = {n for n, _ in program}
+    held = sum(
+        nbytes(G, v, sizes)
+        for v in {v for _, v in grads}
+        if v in produced and not is_view(G.nodes[v])
+    )
+    biggest = max((nbytes(G, w, sizes) for w, _ in grads), default=0)
+    return max(peak_bytes(G, program, keep, sizes, inlined), held + temps * biggest)

@@ -64,6 +64,8 @@ class NumpyProgram(Program):
         inlined = {n: s.inlined_children(n, inline) for n, _ in program}
         self.programs[name] = (program, keep, inlined)
         statements = self._statements(program, buffers, keep, names, exprs)
+        for (n, _), st in zip(program, statements):
+            st.covers = tuple(inlined[n])
         open_backward(
             A, statements, self.notes.backward_header, skip=set(shared.values())
         )

@@ -77,6 +77,7 @@ def forward(**arrays):
     ):
         # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
         return forward(**_fail(arrays))  # copies, or the ValueError
+    _check_indices(arrays)
     if not _forward_kernel.overloads:  # the first call compiles it
         _compile(_forward_kernel, _FORWARD_TYPES)
     try:
@@ -118,6 +119,7 @@ def value_and_grad(**arrays):
     ):
         # not the kernel's types (C-contiguous, aligned, writeable ndarrays)
         return value_and_grad(**_fail(arrays))  # copies, or the ValueError
+    _check_indices(arrays)
     if not _value_and_grad_kernel.overloads:  # the first call compiles it
         _compile(_value_and_grad_kernel, _VALUE_AND_GRAD_TYPES)
     try:
@@ -211,6 +213,22 @@ _SIGNATURE = tuple(
     (name, INPUTS[name] if name in INPUTS else PARAMS[name], np.dtype(dtype))
     for name, dtype in DTYPES.items()
 )
+
+
+def _check_indices(arrays):
+    """Labels and indices must lie in the range of the axis they index: NumPy would
+    raise an IndexError deep inside or read a negative label as a class from the end,
+    and compiled code would read out of bounds."""
+    _in_range(
+        arrays, "labels", 0, 10, "class labels of softmax_cross_entropy node 'loss'"
+    )
+
+
+def _in_range(arrays, name, lo, hi, what):
+    a = arrays[name]  # not yet checked where a compiled kernel checks the dtypes
+    if a.dtype == _INT64 and a.size and (a.min() < lo or a.max() >= hi):
+        bad = a[(a < lo) | (a >= hi)].flat[0]
+        raise ValueError(f"{name!r}: expected {what} in [{lo}, {hi}), got {bad}")
 
 
 def _taken(a):

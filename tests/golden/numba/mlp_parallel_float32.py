@@ -227,7 +227,24 @@ def _unpack(arrays):
         or not b2.flags.behaved
     ):
         return _unpack(_fail(arrays))
+    _check_indices(arrays)
     return x, labels, W1, b1, W2, b2, batch
+
+
+def _check_indices(arrays):
+    """Labels and indices must lie in the range of the axis they index: NumPy would
+    raise an IndexError deep inside or read a negative label as a class from the end,
+    and compiled code would read out of bounds."""
+    _in_range(
+        arrays, "labels", 0, 10, "class labels of softmax_cross_entropy node 'loss'"
+    )
+
+
+def _in_range(arrays, name, lo, hi, what):
+    a = arrays[name]  # not yet checked where a compiled kernel checks the dtypes
+    if a.dtype == _INT64 and a.size and (a.min() < lo or a.max() >= hi):
+        bad = a[(a < lo) | (a >= hi)].flat[0]
+        raise ValueError(f"{name!r}: expected {what} in [{lo}, {hi}), got {bad}")
 
 
 def _taken(a):
