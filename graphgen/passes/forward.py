@@ -350,7 +350,8 @@ def forward_mode(A, *, jvp=False, hvp=False):
     if hvp and (H.graph.get("loss") is None or cotangents):
         what = "a vjp module (a model without a loss)" if cotangents else "no loss"
         raise GradientError(
-            f"hvp needs a loss to differentiate twice; this graph has {what}",
+            f"hvp and hessian need a loss to differentiate twice; this graph has "
+            f"{what}",
             source=src,
         )
     if jvp:
