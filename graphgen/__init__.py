@@ -17,7 +17,7 @@ Examples
 ['W1', 'W2', 'b1']
 """
 
-from .api import compile, generate, load, write
+from .api import compile, generate, hessian, load, write
 from .check import check
 from .errors import (
     CodegenError,
@@ -50,6 +50,7 @@ __all__ = [
     "compile",
     "explain",
     "generate",
+    "hessian",
     "jvp",
     "load",
     "optimize",

@@ -28,10 +28,11 @@ from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import spec
 from .passes.adjoint import adjoint
+from .passes.forward import forward_mode
 from .passes.optimize import optimize, reuse_inner
 from .passes.shapes import prepare
 
-__all__ = ["compile", "generate", "load", "lower", "report", "write"]
+__all__ = ["compile", "generate", "hessian", "load", "lower", "report", "write"]
 
 # backend name -> its Program (each renders templates/<name>/module.py.j2)
 BACKENDS = {"numpy": NumpyProgram, "numba": NumbaProgram}
@@ -102,6 +103,31 @@ def compile(G, backend="numpy", *, dtype=None, **options):
         if sys.modules.get(name) is module:
             del sys.modules[name]
     return module
+
+
+def hessian(G, backend="numpy", *, dtype=None, **options):
+    """The full Hessian of ``G``'s loss: a function ``f(**arrays) -> ndarray``.
+
+    The ``hessian`` of a module compiled with ``hessian=True``: the ``wrt`` arrays are
+    flattened in C order and laid end to end in ``wrt`` order, θ =
+    ``concatenate([arrays[w].ravel() for w in wrt])``, and entry ``[i, j]`` is
+    ∂²loss/∂θ_i∂θ_j. Column ``j`` is one Hessian-vector product (forward over reverse)
+    with the ``j``-th unit vector, so this is for small models (at most 10,000 entries in
+    θ); use the module's ``hvp`` beyond.
+
+    Examples
+    --------
+    >>> import graphgen, numpy as np
+    >>> G = graphgen.load("examples/tiny.yaml")
+    >>> f = graphgen.hessian(G)
+    >>> arrays = graphgen.compile(G).init_params(0)
+    >>> H = f(x=np.ones((4, 2)), t=np.zeros((4, 1)), **arrays)
+    >>> H.shape  # W1 (2, 3), b1 (3,), W2 (3, 1): 6 + 3 + 3 entries
+    (12, 12)
+    >>> bool(np.allclose(H, H.T))
+    True
+    """
+    return compile(G, backend, dtype=dtype, hessian=True, **options).hessian
 
 
 def stored_arrays(G):
@@ -189,8 +215,13 @@ def _import_cached(source, model_name, arrays=None):
     return module
 
 
-def lower(G, *, dtype=None):
-    """Prepare, differentiate and optimize: the graph a backend renders."""
+def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
+    """Prepare, differentiate and optimize: the graph a backend renders.
+
+    ``jvp``, ``hvp``, ``hessian``: add the tangent systems of the module's ``jvp`` and
+    ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
+    (:func:`graphgen.passes.forward.forward_mode`).
+    """
     H = G.copy()
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
@@ -202,11 +233,35 @@ def lower(G, *, dtype=None):
     H = prepare(H)
     if H.graph.get("loss") is not None:
         H = adjoint(H)
-    return reuse_inner(optimize(H))
+    H = optimize(H)
+    if not (jvp or hvp or hessian):
+        return reuse_inner(H)
+    H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
+    # the tangents are roots: optimized like outputs, never removed or moved
+    outputs = H.graph["outputs"]
+    systems = (
+        (H.graph.get("jvp") or {}).get("outputs", {}),
+        (H.graph.get("hvp") or {}).get("hvps", {}),
+    )
+    roots = [v for s in systems for v in s.values() if v is not None]
+    H.graph["outputs"] = list(dict.fromkeys(outputs + roots))
+    H = optimize(H)
+    H.graph["outputs"] = outputs
+    H.graph["hessian"] = bool(hessian)
+    return reuse_inner(H)
 
 
 def generate(
-    G, backend="numpy", *, dtype=None, source_name=None, optimizer=None, **options
+    G,
+    backend="numpy",
+    *,
+    dtype=None,
+    source_name=None,
+    optimizer=None,
+    jvp=False,
+    hvp=False,
+    hessian=False,
+    **options,
 ):
     """Render the standalone Python module for ``G``.
 
@@ -220,6 +275,12 @@ def generate(
         Override the spec's dtype.
     source_name : str, optional
         The name shown in the module docstring (default: the spec file's base name).
+    jvp, hvp, hessian : bool
+        Add ``jvp(tangents, **arrays)`` (forward mode), ``hvp(vectors, **arrays)``
+        (Hessian-vector products, forward over reverse) and ``hessian(**arrays)`` (the
+        full Hessian, for small models; implies ``hvp``) to the module. ``jvp`` may
+        instead be a list of names: the inputs and params ``jvp`` takes tangents of
+        (default: every float one).
     optimizer : str or graphgen.codegen.optim.Optimizer, optional
         ``"sgd"``, ``"momentum"``, ``"adam"`` or ``"adamw"`` (PyTorch's defaults), or
         a configured :func:`graphgen.codegen.optim.optimizer`: the module also gets
@@ -243,7 +304,7 @@ def generate(
             f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})",
             source=g.source_of(G),
         )
-    A = lower(G, dtype=dtype)
+    A = lower(G, dtype=dtype, jvp=jvp, hvp=hvp, hessian=hessian)
     if source_name is None:
         source_name = os.path.basename(g.source_of(A))
     if backend == "numpy" and options:
@@ -260,7 +321,7 @@ def generate(
     return render_module(program.env, f"{backend}/module.py.j2", program.context())
 
 
-def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None):
+def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forward):
     """What the compiler did, for ``graphgen compile --report``.
 
     Per pass, the op count before and after; the forward values saved for the backward
@@ -270,7 +331,7 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None):
     separate update, and why the step runs in two phases when it does.
     """
     forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
-    A = lower(G, dtype=dtype)
+    A = lower(G, dtype=dtype, **forward)  # forward: jvp, hvp, hessian
     opt = None if optimizer is None else optim.optimizer(optimizer)
     program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)), opt)
     program.context()
@@ -295,7 +356,8 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None):
         nb = memory.nbytes(A, n, sizes)
         total += nb
         shape = dims.concrete(A.nodes[n][g.SHAPE], sizes)
-        lines.append(f"  {program.namer[n]:<24} {shape!s:<16} {nb:>12,d} bytes")
+        name = program.namer.names.get(n, "(a tangent temporary)")
+        lines.append(f"  {name:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
     lines.append("")
     for fname, (prog, keep, inlined) in program.programs.items():

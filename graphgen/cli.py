@@ -94,6 +94,7 @@ def compile_args(p):
         action="store_true",
         help="numba backend: compile kernels with fastmath=True",
     )
+    forward_mode_args(p)
     onnx_args(p)
     optimizer_args(p)
 
@@ -161,6 +162,26 @@ def optimizer_from(args):
     return optimizer(args.optimizer, **settings)
 
 
+def forward_mode_args(p):
+    f = p.add_argument_group("forward mode and second order")
+    f.add_argument(
+        "--jvp",
+        action="store_true",
+        help="add jvp(tangents, **arrays) -> (outputs, output tangents)",
+    )
+    f.add_argument(
+        "--hvp",
+        action="store_true",
+        help="add hvp(vectors, **arrays) -> (loss, grads, Hessian-vector products)",
+    )
+    f.add_argument(
+        "--hessian",
+        action="store_true",
+        help="add hessian(**arrays), the full Hessian of the loss in the WRT arrays "
+        "(small models; implies --hvp)",
+    )
+
+
 def compile_run(args):
     from .api import generate, report, stored_arrays, write
 
@@ -173,9 +194,15 @@ def compile_run(args):
             if not value.isdigit():
                 raise GraphgenError(f"--size expects NAME=N, got {item!r}")
             sizes[key] = int(value)
+        forward = {k: True for k in ("jvp", "hvp", "hessian") if getattr(args, k)}
         print(
             report(
-                G, backend=args.backend, dtype=args.dtype, sizes=sizes, optimizer=opt
+                G,
+                backend=args.backend,
+                dtype=args.dtype,
+                sizes=sizes,
+                optimizer=opt,
+                **forward,
             ),
             file=sys.stderr,
         )
@@ -183,6 +210,7 @@ def compile_run(args):
     options = {k: True for k in ("parallel", "fastmath") if getattr(args, k)}
     if options and args.backend != "numba":
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
+    options.update({k: True for k in ("jvp", "hvp", "hessian") if getattr(args, k)})
     if args.output:
         written = write(
             G,
@@ -288,13 +316,21 @@ def check_args(p):
         default=64,
         help="entries checked per array at most (default 64)",
     )
+    p.add_argument(
+        "--order",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="1: gradients (default); 2: the generated jvp against differences of "
+        "the outputs and hvp against differences of the gradient",
+    )
     onnx_args(p)
 
 
 def check_run(args):
-    from .check import check
+    from .check import check, check_second_order
 
-    report = check(
+    report = (check_second_order if args.order == 2 else check)(
         _load(args.spec, args),
         seed=args.seed,
         tol=args.tol,

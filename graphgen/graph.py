@@ -62,6 +62,11 @@ PASS = "pass"  # which adjoint pass made a backward node (0 first, 1 when differ
 # add_n, the predecessors (arguments) whose contributions it sums
 TANGENT_OF = "tangent_of"
 FSUMS = "fsums"
+# forward mode: True on every node the forward-mode pass made (its code names are the
+# tangents' ``k_dot``, the rest are temporaries), and for one term of a tangent, the node
+# ``k`` whose tangent it is part of, the argument ``j`` it flows from and ``j``'s tangent
+DOT = "dot"
+FCONTRIB = "fcontrib"
 
 INPUT, PARAM, CONST, OPNODE = "input", "param", "const", "op"
 FORWARD, BACKWARD = "forward", "backward"

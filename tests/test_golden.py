@@ -87,3 +87,15 @@ def test_numba_module_matches_golden_file(name, variant, dtype):
         GOLDEN / "numba" / f"{name}_{variant}_{dtype}.py",
         f"examples/{NUMBA_MODELS[name]} (numba, {variant}, {dtype})",
     )
+
+
+# forward mode (issue 17): the module of tiny with --hvp (jvp's statements are hvp's
+# forward half), in both backends
+@pytest.mark.parametrize(
+    "backend, options",
+    [("numpy", {}), ("numba", {"transcendentals": "inline"})],
+)
+def test_hvp_module_matches_golden_file(backend, options):
+    G = graphgen.load(EXAMPLES / "tiny.yaml")
+    text = graphgen.generate(G, backend=backend, hvp=True, **options)
+    _compare(text, GOLDEN / "forward" / f"tiny_hvp_{backend}.py", "tiny.yaml --hvp")

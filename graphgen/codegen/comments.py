@@ -127,6 +127,8 @@ class Comments:
     def comments(self, n, names):
         A, a = self.A, self.A.nodes[n]
         show = self.display(names)
+        if a.get(g.DOT):
+            return self.tangent_comments(n, names)
         if a[g.ROLE] == g.FORWARD:
             if ops.get(a[g.OP]).reads_as_code:  # no comment needed
                 return []
@@ -172,6 +174,43 @@ class Comments:
             text = f"{head}: {deriv}"
         if a[g.OP] == "sum_to_shape":
             text += " (summed over the axes broadcasting stretched)"
+        return wrap_comment(text)
+
+    def tangent_comments(self, n, names):
+        """A forward-mode node's comment: the sum over the arguments ``j`` of ``k`` for a
+        tangent ``k_dot`` with several terms (``FSUMS``); for one term, the local
+        derivative ``∂k/∂j`` it applies to ``j_dot`` (``FCONTRIB``, ``NOTE``)."""
+        A, a = self.A, self.A.nodes[n]
+        show = self.display(names)
+        target = names.get(n, show(n))
+        if g.FSUMS in a:
+            k = a[g.TANGENT_OF]
+            args = ", ".join(show(j) for j in a[g.FSUMS])
+            each = sum_over("j", product([partial(show(k), "j"), "j_dot"]))
+            return wrap_comment(
+                f"{target} = {each}, summed over the arguments j of {show(k)}: {args}"
+            )
+        if g.FCONTRIB not in a:
+            return []
+        k, j, j_dot = a[g.FCONTRIB]
+        local = partial(show(k), show(j))
+        j_dot = names.get(j_dot) or self.namer.names.get(j_dot)
+        j_dot = j_dot or f"(the tangent of {show(j)})"  # folded into this statement
+        head = f"{target} = {product([local, j_dot])}"
+        if g.TANGENT_OF not in a:
+            head = f"{target} = the term of {show(k)}_dot through {show(j)}: " + (
+                product([local, j_dot])
+            )
+        template, ids, attrs = a.get(g.NOTE) or ("", {}, {})
+        # a local derivative ∂y/∂x = ..., not a VJP's formula (x̄ = ȳ @ Wᵀ)
+        chain = template.startswith("∂") and "̄" not in template
+        deriv = self.note(template, ids, attrs, names) if chain else ""
+        if " = " in deriv:
+            text = f"{head}, where {local} = {deriv.split(' = ', 1)[1]}"
+        elif k in A and A.nodes[k].get(g.KIND) == g.OPNODE:
+            text = f"{head}, through {self.math_of(k, names)}"
+        else:
+            text = head
         return wrap_comment(text)
 
     def value_text(self, n, names):

@@ -33,6 +33,12 @@ MODULE_NAMES = {
     "value_and_grad",
     "init_params",
     "vjp",
+    "jvp",
+    "hvp",
+    "hessian",
+    "tangents",
+    "vectors",
+    "TANGENTS",
     "arrays",
     "grads",
     "dims",
@@ -105,14 +111,16 @@ class Namer:
 def node_names(A) -> Namer:
     """The code name of every input, param, symbolic size (key ``("dim", s)``) and op node
     of a lowered graph that gets one: inputs and params first, then forward values, then
-    each adjoint ``v_bar`` and each term ``v_bar_via_k``, in schedule order."""
+    each adjoint ``v_bar`` and each term ``v_bar_via_k``, then each tangent ``v_dot`` (of
+    a named value; forward mode's other nodes are temporaries), in schedule order."""
     nm = Namer()
     order = g.schedule(A)
     for n in order:
         if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
             nm.name(n)
     for n in order:
-        if A.nodes[n][g.KIND] == g.OPNODE and A.nodes[n][g.ROLE] == g.FORWARD:
+        a = A.nodes[n]
+        if a[g.KIND] == g.OPNODE and a[g.ROLE] == g.FORWARD and not a.get(g.DOT):
             nm.name(n)
     symbols = sorted(
         {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
@@ -128,4 +136,8 @@ def node_names(A) -> Namer:
         elif g.CONTRIB in a:
             k, j = a[g.CONTRIB]
             nm.name(n, f"{nm.names.get(j, j)}_bar_via_{nm.names.get(k, k)}")
+    for n in order:
+        a = A.nodes[n]
+        if a[g.KIND] == g.OPNODE and a.get(g.DOT) and a.get(g.TANGENT_OF) in nm.names:
+            nm.name(n, f"{nm.names[a[g.TANGENT_OF]]}_dot")
     return nm

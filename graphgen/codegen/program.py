@@ -19,7 +19,7 @@ from .. import graph as g
 from ..errors import CodegenError
 from ..notes import partial
 from ..version import __version__
-from . import attrs, optim
+from . import attrs, optim, tangents
 from .attrs import constant_key
 from .comments import Comments, safe_comment, wrap_comment
 from .layout import (
@@ -217,14 +217,18 @@ class Program:
 
     # the module ----------------------------------------------------------------
     def arrays(self):
-        """The module's inputs (but cotangents), params and outputs, in order."""
+        """The module's inputs (but cotangents and tangents), params and outputs, in
+        order."""
         A = self.A
         nodes = g.schedule(A)
         cotangents = A.graph.get("cotangents") or {}  # output -> its cotangent input
+        directions = tangents.direction_inputs(A)  # jvp's tangents, hvp's vectors
         inputs = [
             n
             for n in nodes
-            if A.nodes[n][g.KIND] == g.INPUT and n not in cotangents.values()
+            if A.nodes[n][g.KIND] == g.INPUT
+            and n not in cotangents.values()
+            and n not in directions
         ]
         params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
         return inputs, params, list(A.graph["outputs"])
@@ -284,6 +288,11 @@ class Program:
         return self.namer[n] if n in self.namer else names[n]
 
     def functions(self):
+        """``forward``, ``value_and_grad`` (or ``vjp``) when the graph has a loss, then
+        the forward-mode functions ``jvp`` and ``hvp`` where asked for (:mod:`.tangents`)."""
+        return self.reverse_functions() + tangents.functions(self)
+
+    def reverse_functions(self):
         """``forward``, then ``value_and_grad`` (or ``vjp``) when the graph has a loss."""
         A = self.A
         inputs, params, outputs = self.arrays()
@@ -331,8 +340,10 @@ class Program:
             functions.append(self.train_step_function(wrt, inputs + params))
         return functions
 
-    def gradients(self, wrt, names, used):
-        """The ``name: gradient`` items a function returns, one per name in ``wrt``.
+    def gradients(self, wrt, names, used, grads=None):
+        """The ``name: gradient`` items a function returns, one per name in ``wrt``
+        (``grads``: another map of name -> node, such as the HVPs; default the
+        gradients).
 
         Every gradient is a fresh array: a view, or an array another gradient already
         is, is handed out as a copy. A gradient that is another value (the optimizer
@@ -340,9 +351,10 @@ class Program:
         an alias statement that says so (:attr:`aliases`).
         """
         A = self.A
+        grads = self.grads if grads is None else grads
         handed_out, items = set(), []
         for w in wrt:
-            v = self.grads.get(w)
+            v = grads.get(w)
             shape = self.shape_code(A.nodes[w][g.SHAPE], used)
             if v is None:
                 expr = Code(f"np.zeros({shape}, dtype=DTYPE)")
@@ -410,6 +422,7 @@ class Program:
             (Code("PARAMS"), table(params)),
             (Code("OUTPUTS"), table(outputs)),
             *([(Code("COTANGENTS"), cot_table)] if cotangents else []),
+            *tangents.tables(self),
             (
                 Code("DTYPES"),
                 [(literal(n), literal(A.nodes[n][g.DTYPE])) for n in inputs + params],
@@ -468,6 +481,9 @@ class Program:
             "helpers": self.helpers(functions),
             "stored": bool(stored_params or stored_consts),
             "cotangents": bool(cotangents),
+            "directions": bool(A.graph.get("jvp") or A.graph.get("hvp")),
+            "hessian": bool(A.graph.get("hessian")),
+            "hvp": bool(A.graph.get("hvp")),
             "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
             "stored_consts": stored_consts
             and fit(
@@ -616,8 +632,13 @@ class Program:
     def summary(self):
         A = self.A
         lines = []
+        directions = tangents.direction_inputs(A)
         for kind, label in ((g.INPUT, "inputs"), (g.PARAM, "params")):
-            ns = [n for n in g.schedule(A) if A.nodes[n][g.KIND] == kind]
+            ns = [
+                n
+                for n in g.schedule(A)
+                if A.nodes[n][g.KIND] == kind and n not in directions
+            ]
             if ns:
                 lines.append(
                     f"{label}: "

@@ -28,6 +28,10 @@ from ..errors import GradientError, GraphError, GraphgenError
 from .adjoint import Builder
 from .shapes import prepare
 
+# the node a forward-mode node was made for: tangents are scheduled right after it
+# (:func:`_interleave`), a second pass's after the first's
+_ANCHOR = "_anchor"
+
 
 class TangentBuilder(Builder):
     """Adds tangent nodes to a graph; JVP rules call ``b.<op>(*args, **attrs)``.
@@ -51,6 +55,8 @@ class TangentBuilder(Builder):
                 g.DTYPE: self.G.graph["dtype"],
                 g.ROLE: g.FORWARD,
                 g.SEQ: g.next_seq(self.G),
+                g.DOT: True,
+                _ANCHOR: self.where,
             },
         )
         self.made.add(n)
@@ -145,10 +151,29 @@ def jvp(G, tangents, *, outputs=None):
 
     H.graph["tangents"] = {o: _output_tangent(H, b, o, dot.get(o)) for o in outputs}
     H.graph["tangent_inputs"] = dict(tangents)
+    _interleave(H)
     H.graph["outputs"] = list(H.graph["outputs"]) + [
         t for t in H.graph["tangents"].values() if t not in H.graph["outputs"]
     ]
     return H
+
+
+def _interleave(H):
+    """Number the nodes so that each node's tangent comes right after it: every
+    schedule (creation order breaks ties) then computes a value and its tangent
+    together, as forward mode does, and neither outlives the other for long."""
+
+    def key(n):
+        a = H.nodes[n]
+        anchor = a.get(_ANCHOR)
+        if anchor is None or anchor not in H:
+            return (a[g.SEQ], 0, a[g.SEQ])
+        return (H.nodes[anchor][g.SEQ], 1, a[g.SEQ])
+
+    order = sorted(H, key=key)
+    for i, n in enumerate(order):
+        H.nodes[n][g.SEQ] = i
+    H.graph["_seq"] = len(order)
 
 
 def _add_tangent_inputs(H, tangents):
@@ -179,6 +204,8 @@ def _add_tangent_inputs(H, tangents):
                 g.ROLE: g.FORWARD,
                 g.SEQ: g.next_seq(H),
                 g.TANGENT_OF: n,
+                g.DOT: True,
+                _ANCHOR: n,
             },
         )
         dot[n] = t
@@ -186,7 +213,8 @@ def _add_tangent_inputs(H, tangents):
 
 
 def _send_forward(H, b, k, dot):
-    """Apply ``k``'s JVP rule: one term ``(argument, position, node, note)`` per argument
+    """Apply ``k``'s JVP rule: one term ``(argument, position, node, note, argument's
+    tangent)`` per argument
     position whose contribution is not None, broadcast to ``k``'s shape."""
     a = H.nodes[k]
     op = ops.get(a[g.OP])
@@ -235,7 +263,7 @@ def _send_forward(H, b, k, dot):
         ids = {"y": k}
         ids.update({op.args[0]: p} if op.variadic else dict(zip(op.args, ins)))
         deriv = op.derivs[0 if op.variadic else i] if op.derivs else ""
-        terms.append((p, i, ct, (deriv, ids, dict(a[g.ATTRS]))))
+        terms.append((p, i, ct, (deriv, ids, dict(a[g.ATTRS])), dots[i]))
     return terms
 
 
@@ -248,22 +276,23 @@ def _sum_over_predecessors(H, b, k, terms):
     """
     if not terms:
         return None
-    for _, _, ct, note in terms:
+    for p, _, ct, note, p_dot in terms:
         # a contribution may be another node's tangent (add passes ȧ through): label
         # only the nodes made for this term
         if ct in b.made and g.TANGENT_OF not in H.nodes[ct]:
             H.nodes[ct][g.NOTE] = note
+            H.nodes[ct][g.FCONTRIB] = (k, p, p_dot)
     if len(terms) == 1:
         ct = terms[0][2]
         if ct not in b.made or g.TANGENT_OF in H.nodes[ct]:
             return ct  # another node's tangent, shared
         H.nodes[ct][g.TANGENT_OF] = k
         return _rename(H, ct, f"{k}_dot")
-    total = b.add_n(*[ct for _, _, ct, _ in terms])
+    total = b.add_n(*[ct for _, _, ct, _, _ in terms])
     H.nodes[total].update(
         {
             g.TANGENT_OF: k,
-            g.FSUMS: [p for p, _, _, _ in terms],
+            g.FSUMS: [p for p, _, _, _, _ in terms],
             g.NOTE: ("Σ over predecessors", {}, {}),
         }
     )
@@ -289,3 +318,90 @@ def _output_tangent(H, b, o, t):
         t = b.add_n(t)
     H.nodes[t][g.TANGENT_OF] = o
     return _rename(H, t, f"{o}_dot")
+
+
+def forward_mode(A, *, jvp=False, hvp=False):
+    """The tangent systems of a generated module's ``jvp`` and ``hvp``, added to ``A``.
+
+    ``A`` is a lowered graph (prepared, differentiated when it has a loss). With
+    ``jvp``, every float input and param (not a ``vjp`` module's cotangents; or the
+    names in ``jvp`` when it is a list) gets a tangent input ``<name>_dot`` and every
+    float output its tangent;
+    ``graph["jvp"] = {"tangents": {name: tangent input}, "outputs": {output: tangent}}``.
+    With ``hvp`` (forward over reverse), each ``wrt`` name gets a direction input and
+    each gradient its tangent along those directions, the Hessian-vector product;
+    ``graph["hvp"] = {"vectors": {name: input}, "hvps": {name: node or None}}``.
+    ``graph["outputs"]`` is unchanged.
+
+    Examples
+    --------
+    >>> import graphgen
+    >>> from graphgen.passes.forward import forward_mode
+    >>> A = graphgen.adjoint(graphgen.load("examples/tiny.yaml"))
+    >>> H = forward_mode(A, hvp=True)
+    >>> H.graph["hvp"]["vectors"]
+    {'W1': 'W1_dot', 'b1': 'b1_dot', 'W2': 'W2_dot'}
+    """
+    H = prepare(A)
+    src = g.source_of(H)
+    outputs = list(H.graph["outputs"])
+    cotangents = set((H.graph.get("cotangents") or {}).values())
+    fdtype = H.graph["dtype"]
+    if hvp and (H.graph.get("loss") is None or cotangents):
+        what = "a vjp module (a model without a loss)" if cotangents else "no loss"
+        raise GradientError(
+            f"hvp and hessian need a loss to differentiate twice; this graph has "
+            f"{what}",
+            source=src,
+        )
+    if jvp:
+        names = [
+            n
+            for n in g.schedule(H)
+            if H.nodes[n][g.KIND] in (g.INPUT, g.PARAM)
+            and H.nodes[n][g.DTYPE] == fdtype
+            and n not in cotangents
+            and g.TANGENT_OF not in H.nodes[n]
+        ]
+        if not isinstance(jvp, bool):  # the names to take tangents of, in this order
+            unknown = [n for n in jvp if n not in names]
+            if unknown:
+                raise GradientError(
+                    f"jvp: {', '.join(map(repr, unknown))} is not a float input or "
+                    f"param (expected some of {', '.join(map(repr, names))})",
+                    source=src,
+                )
+            names = list(dict.fromkeys(jvp))
+        H = _system(H, names, outputs)
+        H.graph["jvp"] = {
+            "tangents": H.graph["tangent_inputs"],
+            "outputs": H.graph["tangents"],
+        }
+    if hvp:
+        grads = H.graph.get("grads") or {}
+        wrt = list(H.graph["wrt"])
+        roots = [grads[w] for w in wrt if grads.get(w) is not None]
+        H = _system(H, wrt, list(dict.fromkeys(roots)))
+        H.graph["hvp"] = {
+            "vectors": H.graph["tangent_inputs"],
+            "hvps": {
+                w: H.graph["tangents"][grads[w]] if grads.get(w) is not None else None
+                for w in wrt
+            },
+        }
+    H.graph["outputs"] = outputs
+    for key in ("tangents", "tangent_inputs"):
+        H.graph.pop(key, None)
+    return H
+
+
+def _system(H, names, outputs):
+    """One application of :func:`jvp`: a fresh ``<name>_dot`` input per name."""
+    tangents = {}
+    for n in names:
+        t = g.fresh_id(H, f"{n}_dot")
+        while t in tangents.values():
+            t = g.fresh_id(H, f"{t}_")
+        tangents[n] = t
+    T = jvp(H, tangents, outputs=outputs)
+    return T

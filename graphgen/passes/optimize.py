@@ -86,6 +86,13 @@ def _relabel(G, merged):
             a[g.SUMS] = [final(k) for k in a[g.SUMS]]
         if g.CONTRIB in a and any(k in merged for k in a[g.CONTRIB]):
             a[g.CONTRIB] = tuple(final(k) for k in a[g.CONTRIB])
+        # forward mode's labels (passes/forward.py)
+        if g.FSUMS in a and any(k in merged for k in a[g.FSUMS]):
+            a[g.FSUMS] = [final(k) for k in a[g.FSUMS]]
+        if g.FCONTRIB in a and any(k in merged for k in a[g.FCONTRIB]):
+            a[g.FCONTRIB] = tuple(final(k) for k in a[g.FCONTRIB])
+        if a.get(g.TANGENT_OF) in merged:
+            a[g.TANGENT_OF] = final(a[g.TANGENT_OF])
 
 
 def _const_value(G, n):

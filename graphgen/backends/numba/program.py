@@ -51,6 +51,7 @@ import networkx as nx
 
 from ... import dims, ops
 from ... import graph as g
+from ...codegen import tangents
 from ...codegen.comments import safe_comment, wrap_comment
 from ...codegen.layout import INDENT, assign
 from ...codegen.layout import value as layout_value
@@ -195,7 +196,9 @@ class NumbaProgram(Program):
     def function(self, name, roots, doc, returns_fn):
         """One generated function: a whole-function kernel if possible (:mod:`.whole`),
         else NumPy statements and calls of fused loop kernels."""
-        if self.whole is not False and self.fuse and not self.parallel:
+        # jvp and hvp take their directions through a prologue of their own
+        directed = name in tangents.DIRECTED
+        if self.whole is not False and self.fuse and not self.parallel and not directed:
             fn = whole.whole_function(self, name, roots, doc, returns_fn)
             if fn is not None:
                 return fn

@@ -244,7 +244,12 @@ def whole_function(prog, name, roots, doc, returns_fn):
             ident = _root_name(prog, r, inner)
             if ident not in outs:
                 outs.append(ident)
-    arrays = [n for n in g.schedule(A) if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
+    taken = set().union(*prog.arrays()[:2])  # not jvp's tangents nor hvp's vectors
+    arrays = [
+        n
+        for n in g.schedule(A)
+        if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
+    ]
     kernel = WholeKernel(
         name=kname,
         types=_types(prog, name, arrays),
