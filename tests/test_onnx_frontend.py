@@ -368,3 +368,22 @@ def test_lenet_example_is_current_compiles_and_checks(tmp_path):
     want = ReferenceEvaluator(make_lenet_onnx.lenet()).run(None, {"image": x})[0]
     got = m.forward(image=x, digit=np.array([1, 2, 3]), **m.init_params())["logits"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_0d_initializer_stays_0d_in_the_generated_module(tmp_path, backend):
+    # _load_weights used np.ascontiguousarray, which turns a 0-d array into shape (1,),
+    # and forward then refused it ("expected shape (), got (1,)")
+    graph = oh.make_graph(
+        [oh.make_node("Mul", ["x", "s"], ["y"])],
+        "scale",
+        [oh.make_tensor_value_info("x", TensorProto.DOUBLE, [3])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, [3])],
+        initializer=[nh.from_array(np.array(2.5), "s")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    path = save(model, tmp_path)
+    m = graphgen.compile(graphgen.load(path), backend=backend)
+    params = m.init_params()
+    assert params["s"].shape == ()
+    np.testing.assert_array_equal(m.forward(x=np.ones(3), **params)["y"], [2.5] * 3)
