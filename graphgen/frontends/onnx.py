@@ -36,6 +36,7 @@ name): it gets one cotangent in ``vjp``.
 from __future__ import annotations
 
 import collections
+import fnmatch
 import keyword
 import os
 
@@ -122,12 +123,16 @@ class Importer:
     """One ONNX model -> (spec dict, weights dict); the handler of each ONNX op is in
     :data:`~graphgen.frontends.onnx_ops.HANDLERS`."""
 
-    def __init__(self, model, source, freeze=(), constants=None):
+    def __init__(self, model, source, freeze=(), constants=None, trainable=()):
         onnx = _onnx()
         self.onnx = onnx
         self.model = model
         self.source = source
-        self.freeze = set(freeze)
+        self.freeze = tuple(freeze)  # glob patterns of initializers kept constant
+        self.trainable = tuple(trainable)  # glob patterns of initializers made params
+        self.why = {}  # initializer name -> (became "param" | "constant", why)
+        self.folded = 0  # nodes evaluated at import (all their inputs known)
+        self.fills_reached = set()  # ConstantOfShape fills a gradient reaches
         self.graph = model.graph
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None
@@ -277,35 +282,105 @@ class Importer:
     def set(self, name, nid):
         self.t[name] = ("node", nid)
 
+    def frozen(self, name):
+        """Whether ``--freeze`` names initializer (or fill) ``name``."""
+        return any(_matches(name, p) for p in self.freeze)
+
+    def forced(self, name):
+        """Whether ``--trainable`` names initializer (or fill) ``name``."""
+        return any(_matches(name, p) for p in self.trainable)
+
+    def reached(self, floats):
+        """The float initializers (of ``floats``) a gradient of the graph's outputs can
+        reach: those with a path to an output along inputs ONNX's schemas do not mark
+        non-differentiable (a Reshape's shape, a Where's condition, a comparison's
+        operands), through no Cast to an integer or bool type."""
+        onnx = self.onnx
+        float_types = {
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.DOUBLE,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+        }
+        no = onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
+        carries = {name: {name} for name in floats}  # tensor -> initializers in it
+        for node in self.graph.node:
+            try:
+                schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            except onnx.defs.SchemaError:
+                schema = None
+            formal = list(schema.inputs) if schema else []
+            outs = list(schema.outputs) if schema else []
+            found = set()
+            for k, i in enumerate(node.input):
+                f = formal[min(k, len(formal) - 1)] if formal else None
+                if i in carries and (f is None or f.differentiation_category != no):
+                    found |= carries[i]
+            if not found or node.op_type in ("Shape", "Size"):
+                continue
+            if node.op_type == "Cast" and not any(
+                a.name == "to" and a.i in float_types for a in node.attribute
+            ):
+                continue
+            for k, o in enumerate(node.output):
+                f = outs[min(k, len(outs) - 1)] if outs else None
+                if o and (f is None or f.differentiation_category != no):
+                    carries[o] = found | carries.get(o, set())
+        out = set()
+        for o in self.graph.output:
+            out |= carries.get(o.name, set())
+        return out
+
     # ------------------------------------------------------------------- import
     def run(self):
         self.check_graph()
         inits = {t.name: t for t in self.graph.initializer}
+        arrays = {}
         for name, t in inits.items():
             try:
-                arr = self.array(t, f"initializer {name!r}")
+                arrays[name] = self.array(t, f"initializer {name!r}")
             except SpecError as e:
                 raise e.located(self.source) from None
-            if arr.dtype.kind == "f" and name not in self.freeze:
-                self.add_param(name, arr.shape, "weights")
-                self.weights[name] = arr
-            elif arr.dtype.kind == "f":
-                self.used_ids.add(name)
-                self.set(name, self.constant(arr.astype(np.float64), name))
-            else:
-                self.t[name] = ("const", arr)
         fills = {
             o
             for n in self.graph.node
             if n.op_type == "ConstantOfShape"
             for o in n.output
         }
-        not_weights = self.freeze - set(inits) - fills
-        if not_weights:
-            raise SpecError(
-                f"--freeze names {sorted(not_weights)}, which are not initializers",
-                source=self.source,
-            )
+        for flag, patterns in (
+            ("--freeze", self.freeze),
+            ("--trainable", self.trainable),
+        ):
+            for p in patterns:
+                if not any(_matches(n, p) for n in [*inits, *fills]):
+                    raise SpecError(
+                        f"{flag} {p!r} names no initializer of the model",
+                        source=self.source,
+                    )
+        floats = [n for n, a in arrays.items() if a.dtype.kind == "f"]
+        reached = self.reached(floats + sorted(fills))
+        self.fills_reached = reached & fills
+        for name, arr in arrays.items():
+            if arr.dtype.kind != "f":
+                self.t[name] = ("const", arr)
+                continue
+            if self.frozen(name):
+                why = ("constant", "--freeze")
+            elif self.forced(name):
+                why = ("param", "--trainable")
+            elif name not in reached:
+                why = ("constant", "no gradient reaches it")
+            elif arr.ndim == 0:
+                why = ("constant", "0-d (a number)")
+            else:
+                why = ("param", "a gradient reaches it")
+            self.why[name] = why
+            if why[0] == "param":
+                self.add_param(name, arr.shape, "weights")
+                self.weights[name] = arr
+            else:  # known at compile time: it folds, or becomes a constant node
+                self.used_ids.add(name)
+                self.t[name] = ("const", arr)
         for inp in self.graph.input:
             if inp.name in inits:
                 continue
@@ -547,21 +622,24 @@ class Importer:
         if node.domain not in ("", "ai.onnx"):
             raise Unsupported(f"domain {node.domain!r} is not supported")
         handler = HANDLERS.get(node.op_type)
+        known = [i for i in node.input if i]
+        for i in known:
+            if i not in self.t:
+                raise Unsupported(f"input {i!r} is not produced by a supported node")
+        if (
+            known
+            and all(self.const(i) is not None for i in known)
+            and node.op_type not in NO_FOLD
+        ):
+            # fold first, whatever the op: every input is known at compile time
+            if handler is not None:
+                self.check(node, SIGNATURES[node.op_type])
+            self.check_fold_types(node, [i for i in node.input])
+            return self.fold(node)
         if handler is None:
             raise Unsupported("no graphgen op for it")
         sig = SIGNATURES[node.op_type]
         ins = self.check(node, sig)
-        for i in ins:
-            if i and i not in self.t:
-                raise Unsupported(f"input {i!r} is not produced by a supported node")
-        consts = [i for i in ins if i]
-        if (
-            consts
-            and all(self.const(i) is not None for i in consts)
-            and node.op_type not in NO_FOLD
-        ):
-            self.check_fold_types(node, ins)
-            return self.fold(node)
         self.check_dtypes(node, sig, ins)
         attrs = _attrs(node)
         result = handler(self, node, ins, attrs)
@@ -729,6 +807,12 @@ class Importer:
             raise Unsupported(f"cannot evaluate it at compile time ({e})") from None
         for name, v in zip([o for o in node.output if o], values):
             self.t[name] = ("const", np.asarray(v))
+        self.folded += 1
+
+
+def _matches(name, pattern):
+    """``name`` is ``pattern``, or matches it as a glob (``encoder.*``)."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _symbol(name):
@@ -826,9 +910,11 @@ def to_spec(
     loss=None,
     labels=None,
     freeze=(),
+    trainable=(),
     dtype=None,
     constants=None,
     vjp=True,
+    info=None,
 ):
     """An ONNX model (path, bytes or ``ModelProto``) -> ``(spec dict, weights dict)``.
 
@@ -847,8 +933,13 @@ def to_spec(
         model = read(source)
     elif isinstance(model, bytes):
         model = _parse(model, source)
-    imp = Importer(model, source, freeze=freeze, constants=constants)
+    imp = Importer(
+        model, source, freeze=freeze, constants=constants, trainable=trainable
+    )
     outputs = imp.run()
+    if info is not None:  # what graphgen import reports
+        info["folded"] = imp.folded
+        info["initializers"] = dict(imp.why)
     first_type = next(
         (
             i.type.tensor_type.elem_type

@@ -246,7 +246,16 @@ def op_ConstantOfShape(imp, node, ins, attrs):
             )
         imp.t[out] = ("const", np.full(shape, value[0], dtype=value.dtype))
         return None
-    if out in imp.freeze:
+    if imp.frozen(out):
+        why = ("constant", "--freeze")
+    elif imp.forced(out):
+        why = ("param", "--trainable")
+    elif out not in imp.fills_reached:
+        why = ("constant", "no gradient reaches it")
+    else:
+        why = ("param", "a gradient reaches it (a ConstantOfShape fill)")
+    imp.why[out] = why
+    if why[0] == "constant":
         return imp.emit("constant", [], out, shape=shape, fill=float(value[0]))
     imp.add_param(out, shape, float(value[0]))
     return out
