@@ -45,7 +45,7 @@ import numpy as np
 from .. import graph as g
 from .. import ops
 from ..errors import GraphgenError, ShapeError, SpecError
-from . import onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - they fill HANDLERS
+from . import onnx_logic, onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - fill HANDLERS
 from .onnx_ops import DTYPE_KINDS, HANDLERS, NO_FOLD, SIGNATURES, Unsupported
 
 MIN_OPSET = 7
@@ -150,6 +150,7 @@ class Importer:
         self.weights = {}
         self.shape = {}  # graph node id -> shape
         self.is_int = set()  # graph node ids holding int64
+        self.is_mask = set()  # graph node ids holding booleans, as 0/1 floats
         self.t = {}  # tensor name -> ("node", id) | ("const", ndarray)
         self.used_ids = set()  # node ids of the spec, and names reserved for it
         self.fresh_ids = g.FreshNames(self.used_ids, sep="_")
@@ -772,8 +773,8 @@ class Importer:
             want = sig.dtype(k)
             kind, v = self.t[name]
             if kind == "node":
-                have = "i" if v in self.is_int else "f"
-                words = "int64" if have == "i" else "float"
+                have = "i" if v in self.is_int else "b" if v in self.is_mask else "f"
+                words = {"i": "int64", "b": "bool", "f": "float"}[have]
             else:
                 have = {"f": "f", "i": "i", "u": "i", "b": "b"}.get(v.dtype.kind, "?")
                 words = str(v.dtype)

@@ -408,6 +408,17 @@ def op_Cast(imp, node, ins, attrs):
         imp.onnx.TensorProto.DOUBLE,
         imp.onnx.TensorProto.FLOAT16,
     )
-    if v in imp.is_int or to not in floats:
-        raise Unsupported("casts other than float to float")
-    return v
+    if v in imp.is_int:
+        raise Unsupported("casts of int64 tensors at run time")
+    if to == imp.onnx.TensorProto.BOOL:  # x ≠ 0, as a 0/1 mask
+        if v in imp.is_mask:
+            return v
+        nid = imp.emit("logical_not", [v], f"{node.output[0]}/is0")
+        nid = imp.emit("logical_not", [nid], node.output[0])
+        imp.is_mask.add(nid)
+        return nid
+    if to not in floats:
+        raise Unsupported("casts of run-time tensors to integer types")
+    if v in imp.is_mask:  # a 0/1 mask read as numbers: the same values
+        return imp.emit("reshape", [v], node.output[0], shape=list(imp.shape[v]))
+    return v  # float to float

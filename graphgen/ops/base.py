@@ -60,7 +60,8 @@ class Op:
         Argument positions that take int64 labels (never differentiated).
     domain : tuple of str
         Per argument, where finite-difference tests sample it: ``"real"``, ``"positive"``,
-        ``"unit"`` (0..1), ``"labels"`` or ``"away0"`` (|x| >= 0.1, for kinks at 0).
+        ``"unit"`` (0..1), ``"labels"``, ``"mask"`` (0 or 1) or ``"away0"`` (|x| >= 0.1,
+        for kinks at 0).
     elementwise : bool
         Broadcasting elementwise op (fusable by the Numba backend).
     internal : bool
