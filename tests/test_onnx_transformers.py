@@ -27,38 +27,14 @@ import transformer_models as tm
 import graphgen
 
 onnx = pytest.importorskip("onnx")
-from onnx import numpy_helper as nh
 
 LOGITS_RTOL, GRAD_RTOL = 1e-4, 1e-3
 GRAD_FLOOR = 1e-6  # times the largest gradient: gradients zero by construction
 
 
-def _link(init, param):
-    """How initializer value ``init`` is PyTorch parameter value ``param``: "same",
-    "transposed", "rows" (its first rows), or None."""
-    if init.shape == param.shape and np.array_equal(init, param):
-        return "same"
-    if (
-        init.ndim == 2
-        and init.shape[::-1] == param.shape
-        and np.array_equal(init.T, param)
-    ):
-        return "transposed"
-    if (
-        init.ndim == param.ndim >= 2
-        and init.shape[1:] == param.shape[1:]
-        and init.shape[0] < param.shape[0]
-        and np.array_equal(init, param[: init.shape[0]])
-    ):
-        return "rows"
-    return None
-
-
 def compare(path, ref, backend):
     """Compile the model at ``path`` with a cross-entropy loss; check it against the
     PyTorch reference ``ref``. Returns the worst relative gradient error."""
-    model = onnx.load(path)
-    inits = {t.name: nh.to_array(t) for t in model.graph.initializer}
     G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
     m = graphgen.compile(G, backend=backend)
     params = m.init_params()
@@ -70,7 +46,6 @@ def compare(path, ref, backend):
     loss, grads = m.value_and_grad(**feeds, **params)
     assert abs(loss - float(ref["loss"])) <= LOGITS_RTOL * abs(float(ref["loss"]))
 
-    torch_params = {k[6:]: ref[k] for k in ref if k.startswith("param/")}
     torch_grads = {k[5:]: ref[k] for k in ref if k.startswith("grad/")}
     # classes of initializers (graphgen's params) and PyTorch params of equal value
     parent = {}
@@ -81,19 +56,19 @@ def compare(path, ref, backend):
         return x
 
     links = {}
+    for pname in torch_grads:
+        found = [e.split("|") for e in ref[f"link/{pname}"] if e]
+        assert found, f"parameter {pname!r} is no initializer of the model"
+        for name, how in found:
+            assert name in m.PARAMS, f"initializer {name!r} ({pname}) is not a param"
+            links[name, pname] = how
+            parent[find(("onnx", name))] = find(("torch", pname))
     for name in m.PARAMS:
-        for pname, pv in torch_params.items():
-            how = _link(inits[name], pv)
-            if how:
-                links[name, pname] = how
-                parent[find(("onnx", name))] = find(("torch", pname))
-        assert any(n == name for n, _ in links), f"initializer {name!r} is no param"
-    for pname in torch_params:  # every PyTorch parameter is some initializer
-        assert any(p == pname for _, p in links), f"parameter {pname!r} was not found"
+        assert any(n == name for n, _ in links), f"param {name!r} is no parameter"
     scale = max(np.abs(g).max() for g in torch_grads.values())
     worst = 0.0
-    for root in {find(("torch", p)) for p in torch_params}:
-        members = [p for p in torch_params if find(("torch", p)) == root]
+    for root in {find(("torch", p)) for p in torch_grads}:
+        members = [p for p in torch_grads if find(("torch", p)) == root]
         want = sum(torch_grads[p] for p in members)
         got = np.zeros_like(want, dtype=np.float64)
         names = {n: how for (n, p), how in links.items() if p in members}
@@ -122,9 +97,12 @@ def test_exported_transformer_matches_pytorch(name, backend):
     compare(path, ref, backend)
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", tm.NAMES)
-def test_freshly_exported_transformer_matches_pytorch(name, tmp_path):
+def test_freshly_exported_transformer_matches_pytorch(name, dynamo, tmp_path):
     pytest.importorskip("torch", reason="PyTorch builds and exports the models afresh")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
     path = str(tmp_path / f"{name}.onnx")
-    ref = tm.export(name, path)
+    ref = tm.export(name, path, dynamo=dynamo)  # dynamo: weights in a .onnx.data file
     compare(path, ref, "numpy")

@@ -93,6 +93,11 @@ def export(name, path, dynamo=False):
     torch, models = _torch()
     torch.manual_seed(0)
     model = models[name]().eval()
+    with torch.no_grad():  # distinct random values: no two parameters are equal
+        for pname, p in model.named_parameters():
+            norm = ("norm" in pname or "ln_" in pname) and pname.endswith("weight")
+            base = 1.0 if norm else 0.0  # a LayerNorm's scale near 1
+            p.copy_(base + 0.2 * torch.randn_like(p))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, VOCAB, size=(BATCH, T))
     labels = rng.integers(0, VOCAB, size=(BATCH, T))
@@ -128,10 +133,40 @@ def export(name, path, dynamo=False):
         "logits": logits.detach().numpy(),
         "loss": loss.detach().numpy(),
     }
+    import onnx
+    from onnx import numpy_helper
+
+    onnx_model = onnx.load(path)  # with its external data, if the exporter wrote any
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
     for pname, p in model.named_parameters():
         ref[f"grad/{pname}"] = p.grad.numpy()
-        ref[f"param/{pname}"] = p.detach().numpy()
+        value = p.detach().numpy()
+        found = [f"{n}|{how}" for n, v in inits.items() if (how := link(v, value))]
+        ref[f"link/{pname}"] = np.array(found or [""])
     return ref
+
+
+def link(init, param):
+    """How initializer value ``init`` holds PyTorch parameter value ``param``: "same",
+    "transposed", "rows" (its first rows: a lookup the exporter folded), or None."""
+    if init.dtype.kind != "f" or init.size <= 1:
+        return None
+    if init.shape == param.shape and np.array_equal(init, param):
+        return "same"
+    if (
+        init.ndim == 2
+        and init.shape[::-1] == param.shape
+        and np.array_equal(init.T, param)
+    ):
+        return "transposed"
+    if (
+        init.ndim == param.ndim >= 2
+        and init.shape[1:] == param.shape[1:]
+        and init.shape[0] < param.shape[0]
+        and np.array_equal(init, param[: init.shape[0]])
+    ):
+        return "rows"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates the fixtures

@@ -371,8 +371,8 @@ class Importer:
                 why = ("param", "--trainable")
             elif name not in reached:
                 why = ("constant", "no gradient reaches it")
-            elif arr.ndim == 0:
-                why = ("constant", "0-d (a number)")
+            elif arr.size == 1:  # a scale, an epsilon, a fill: 0-d or of shape (1,)
+                why = ("constant", "one value (a number)")
             else:
                 why = ("param", "a gradient reaches it")
             self.why[name] = why
