@@ -387,3 +387,37 @@ def test_a_0d_initializer_stays_0d_in_the_generated_module(tmp_path, backend):
     params = m.init_params()
     assert params["s"].shape == ()
     np.testing.assert_array_equal(m.forward(x=np.ones(3), **params)["y"], [2.5] * 3)
+
+
+def test_a_dead_int64_reshape_of_the_ids_is_dropped_before_validation(tmp_path):
+    # exporters leave such nodes behind; graphgen rejected it ("argument 0 (x) of
+    # reshape must be float32") though no output needs it
+    graph = oh.make_graph(
+        [
+            oh.make_node("Reshape", ["ids", "shape"], ["flat"]),
+            oh.make_node("Gather", ["E", "ids"], ["y"]),
+            oh.make_node("MatMul", ["flat_f", "unused_W"], ["dead"]),
+            oh.make_node("Relu", ["flat_f"], ["dead_too"]),
+        ],
+        "dead",
+        [
+            oh.make_tensor_value_info("ids", TensorProto.INT64, [2, 3]),
+            oh.make_tensor_value_info("flat_f", TensorProto.DOUBLE, [2, 4]),
+        ],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3, 4])],
+        initializer=[
+            nh.from_array(np.array([-1], np.int64), "shape"),
+            nh.from_array(np.arange(20.0).reshape(5, 4), "E"),
+            nh.from_array(np.ones((4, 4)), "unused_W"),
+        ],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    info = {}
+    spec, weights = onnx_frontend.to_spec(model, info=info)
+    assert sorted(spec["params"]) == ["E"] and sorted(weights) == ["E"]
+    assert info["initializers"]["unused_W"][0] == "constant"
+    assert "dead" not in spec["nodes"] and "dead_too" not in spec["nodes"]
+    m = graphgen.compile(graphgen.load(save(model, tmp_path)))
+    ids = np.array([[0, 1, 4], [2, 2, 3]])
+    y = m.forward(ids=ids, flat_f=np.zeros((2, 4)), **m.init_params())["y"]
+    np.testing.assert_array_equal(y, np.arange(20.0).reshape(5, 4)[ids])

@@ -422,11 +422,33 @@ class Importer:
                 ) from None
         if self.unsupported:
             self._raise_unsupported()
+        self.drop_dead(outputs)
         if not self.nodes:  # only inputs and params: a spec needs a node, so views
             outputs = [
                 self.emit("reshape", [v], v, shape=list(self.shape[v])) for v in outputs
             ]
         return outputs
+
+    def drop_dead(self, outputs):
+        """Drop the nodes and params no output needs (a dead int64 Reshape of the ids,
+        a weight only they read), before the spec is validated."""
+        live, stack = set(), list(outputs)
+        while stack:
+            n = stack.pop()
+            if n in live:
+                continue
+            live.add(n)
+            stack.extend(
+                a for a in self.nodes.get(n, {}).get("args", []) if isinstance(a, str)
+            )
+        for n in [n for n in self.nodes if n not in live]:
+            spec = self.nodes.pop(n)
+            if spec.get("key") is not None:
+                self.weights.pop(spec["key"], None)
+        for name in [p for p in self.params if p not in live]:
+            del self.params[name]
+            self.weights.pop(name, None)
+            self.why[name] = ("constant", "nothing the outputs need reads it")
 
     def _raise_unsupported(self):
         """One error for the failed nodes the outputs need: the first that is not valid
