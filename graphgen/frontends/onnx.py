@@ -594,13 +594,14 @@ class Importer:
             self.onnx.TensorProto.FLOAT,
             self.onnx.TensorProto.DOUBLE,
             self.onnx.TensorProto.FLOAT16,
+            self.onnx.TensorProto.BOOL,  # a 0/1 mask of the float dtype
         ):
             dtype = None
         else:
             raise SpecError(
                 f"input {inp.name!r} has element type "
-                f"{_enum_name(self.onnx.TensorProto.DataType, elem)}; expected a float "
-                "or int64",
+                f"{_enum_name(self.onnx.TensorProto.DataType, elem)}; expected a float, "
+                "int64 or bool",
                 source=self.source,
             )
         if not tt.HasField("shape"):
@@ -629,6 +630,8 @@ class Importer:
         self.shape[inp.name] = tuple(shape)
         if dtype == "int64":
             self.is_int.add(inp.name)
+        if elem == self.onnx.TensorProto.BOOL:
+            self.is_mask.add(inp.name)
         self.set(inp.name, inp.name)
 
     def output(self, name):
