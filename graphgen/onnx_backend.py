@@ -84,7 +84,9 @@ class GraphgenRep(BackendRep):
         out = module.forward(**arrays, **module.init_params())
         # a bool output is a 0/1 mask in the module (graphgen computes in one float
         # dtype): presented as the bool the model declares
-        declared = {o.name: o.type.tensor_type.elem_type for o in self.model.graph.output}
+        declared = {
+            o.name: o.type.tensor_type.elem_type for o in self.model.graph.output
+        }
         return tuple(
             np.asarray(out[n]) != 0
             if declared.get(name) == onnx.TensorProto.BOOL

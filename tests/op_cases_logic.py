@@ -22,6 +22,16 @@ CASES = {
         Case(((4, 4), (2, 1, 4, 4), (4,))),
         Case(((2, 3), (2, 3)), args=(0, 1, 1), label="a-is-b"),
     ],
+    "take": [
+        Case(((5, 3),), {"indices": [[0, 4], [4, -1]]}),  # N-D, repeated, negative
+        Case(((2, 4, 3),), {"indices": [1, 1, 0], "axis": 1}),
+        Case(((4, 2),), {"indices": 2, "axis": 0}),  # one index: the axis goes
+        Case(((3, 2),), {"indices": [0, 0, 0], "axis": -1}),
+    ],
+    "take_add": [
+        Case(((2, 2, 3),), {"indices": [[0, 4], [4, 1]], "axis": 0, "dim": 5}),
+        Case(((2, 3, 3),), {"indices": [1, 1, 0], "axis": 1, "dim": 4}),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,

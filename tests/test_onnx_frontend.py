@@ -421,3 +421,44 @@ def test_a_dead_int64_reshape_of_the_ids_is_dropped_before_validation(tmp_path):
     ids = np.array([[0, 1, 4], [2, 2, 3]])
     y = m.forward(ids=ids, flat_f=np.zeros((2, 4)), **m.init_params())["y"]
     np.testing.assert_array_equal(y, np.arange(20.0).reshape(5, 4)[ids])
+
+
+@pytest.mark.parametrize(
+    ("indices", "backend"),
+    [
+        (np.array([[0, 2], [2, 4]]), "numpy"),
+        (np.array([3, 0, 3, -1]), "numba"),
+        (np.zeros((2, 3), np.int64), "numpy"),
+    ],
+    ids=["2-D", "scattered-numba", "zeros"],
+)
+def test_gather_at_constant_indices_matches_onnx_and_finite_differences(
+    indices, backend
+):
+    # position ids, token-type zeros: N-D, repeated and scattered constant indices
+    graph = oh.make_graph(
+        [
+            oh.make_node("Gather", ["E", "idx"], ["rows"], axis=0),
+            oh.make_node("Mul", ["rows", "x"], ["y"]),
+        ],
+        "take",
+        [oh.make_tensor_value_info("x", TensorProto.DOUBLE, [3])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=[
+            nh.from_array(np.random.default_rng(0).standard_normal((5, 3)), "E"),
+            nh.from_array(indices.astype(np.int64), "idx"),
+        ],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    m = graphgen.compile(onnx_frontend.load(model), backend=backend)
+    params = m.init_params()
+    x = np.array([1.0, -2.0, 0.5])
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(m.forward(x=x, **params)["y"], want, rtol=1e-12)
+    w = np.random.default_rng(1).standard_normal(want.shape)
+    grads = m.vjp({"y": w}, x=x, **params)
+
+    def f(arrays):
+        return float(np.sum(w * np.take(arrays["E"], indices, axis=0) * x))
+
+    assert_grad_close(grads["E"], fd_gradient(f, {"E": params["E"]}, "E"))

@@ -315,7 +315,10 @@ def op_Gather(imp, node, ins, attrs):
             start=int(flat[0]),
             stop=int(flat[-1]) + 1,
         )
-    raise Unsupported("constant indices that are not a contiguous range")
+    if not isinstance(size, int):
+        raise Unsupported("constant indices other than a range into a symbolic axis")
+    # N-D, repeated or scattered (position ids, token-type zeros): a take
+    return imp.emit("take", [data], node.output[0], indices=idx.tolist(), axis=at)
 
 
 @handles(

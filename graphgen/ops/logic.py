@@ -8,7 +8,10 @@ such masks (any nonzero entry reads as true):
   additive or ``-inf`` attention mask). Gradients flow to ``a`` and ``b``, none to
   ``cond``;
 - ``is_nan(x)``: 1 where ``x`` is NaN (the guard exporters put after a softmax);
-- ``logical_not``, ``logical_and``, ``logical_or``, ``logical_xor``: masks of masks.
+- ``logical_not``, ``logical_and``, ``logical_or``, ``logical_xor``: masks of masks;
+- ``take(x, indices=..., axis=...)``: ``x`` at constant (N-D, repeated, negative)
+  indices, the ONNX ``Gather`` of position ids or token-type zeros; its adjoint
+  ``take_add`` adds each slice back where it was read from.
 
 The ONNX comparisons map onto ``eq``, ``lt`` and ``ge`` with their arguments in either
 order (``Greater(a, b)`` is ``lt(b, a)``, ``LessOrEqual(a, b)`` is ``ge(b, a)``).
@@ -18,11 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ShapeError
 from .base import (
+    REQUIRED,
     Op,
     broadcast_rule,
     no_tangent,
+    norm_axis,
     register,
+    same_op,
     same_shape,
     tangent_terms,
 )
@@ -129,3 +136,121 @@ for _name, _fn, _math in [
             commutative=True,
         )
     )
+
+
+# ----------------------------------------------------- gathers at constant indices
+
+
+def _norm_take(in_shapes, attrs):
+    x = in_shapes[0]
+    if not x:
+        raise ShapeError("take needs an argument of rank >= 1, got a scalar")
+    axis = norm_axis(attrs["axis"], len(x))
+    size = x[axis]
+    if not isinstance(size, int):
+        raise ShapeError(f"take's axis {axis} has the symbolic size {size!r}")
+    try:
+        idx = np.asarray(attrs["indices"])
+    except ValueError:
+        idx = np.asarray([], dtype=object)
+    if idx.dtype.kind not in "iu" and not (idx.dtype.kind == "f" and idx.size == 0):
+        raise ShapeError(
+            f"attribute indices must be (nested lists of) integers, got {attrs['indices']!r}"
+        )
+    idx = idx.astype(np.int64)
+    if idx.size and not (-size <= idx.min() and idx.max() < size):
+        raise ShapeError(
+            f"indices {idx.tolist()} are out of range for an axis of size {size}"
+        )
+    out = {"axis": axis, "indices": (idx % max(size, 1)).tolist()}
+    if "dim" in attrs:
+        out["dim"] = size
+    return out
+
+
+def _take_shape(in_shapes, attrs):
+    x, axis = in_shapes[0], attrs["axis"]
+    return tuple(x[:axis]) + np.shape(attrs["indices"]) + tuple(x[axis + 1 :])
+
+
+def _take_add_impl(g, indices, axis, dim):
+    idx = np.asarray(indices, dtype=np.int64)
+    n = idx.ndim
+    out = np.zeros(g.shape[:axis] + (dim,) + g.shape[axis + n :], g.dtype)
+    rows = g.reshape(g.shape[:axis] + (idx.size,) + g.shape[axis + n :])
+    np.add.at(np.moveaxis(out, axis, 0), idx.reshape(-1), np.moveaxis(rows, axis, 0))
+    return out
+
+
+def _norm_take_add(in_shapes, attrs):
+    g, axis = in_shapes[0], attrs["axis"]
+    idx = np.asarray(attrs["indices"], dtype=np.int64)
+    dim = attrs["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+        raise ShapeError(f"attribute dim must be a size, got {dim!r}")
+    if idx.size and not (-dim <= idx.min() and idx.max() < dim):
+        raise ShapeError(f"indices {idx.tolist()} are out of range for {dim} entries")
+    if (
+        len(g) < idx.ndim
+        or not isinstance(axis, int)
+        or not 0 <= axis <= len(g) - idx.ndim
+    ):
+        raise ShapeError(f"axis {axis!r} does not fit g of rank {len(g)}")
+    return {"indices": (idx % max(dim, 1)).tolist()}
+
+
+def _take_add_shape(in_shapes, attrs):
+    g, axis = in_shapes[0], attrs["axis"]
+    n = np.ndim(attrs["indices"])
+    return tuple(g[:axis]) + (attrs["dim"],) + tuple(g[axis + n :])
+
+
+register(
+    Op(
+        name="take",
+        args=("x",),
+        shape=_take_shape,
+        impl=lambda x, indices, axis: np.take(
+            x, np.asarray(indices, np.int64), axis=axis
+        ),
+        vjp=lambda b, c: [
+            b.take_add(
+                c.g,
+                indices=c.attrs["indices"],
+                axis=c.attrs["axis"],
+                dim=c.in_shapes[0][c.attrs["axis"]],
+            )
+        ],
+        jvp=same_op("take"),  # linear
+        math="{y} = {x} at the constant indices {indices} along axis {axis}",
+        derivs=(
+            (
+                "{x}̄ = take_add({y}̄): each slice of {y}̄ added where it was read from "
+                "(repeated indices accumulate)"
+            ),
+        ),
+        attrs={"indices": REQUIRED, "axis": 0},
+        normalize=_norm_take,
+        category="indexing",
+    )
+)
+
+register(
+    Op(
+        name="take_add",
+        args=("g",),
+        shape=_take_add_shape,
+        impl=_take_add_impl,
+        vjp=lambda b, c: [
+            b.take(c.g, indices=c.attrs["indices"], axis=c.attrs["axis"])
+        ],
+        jvp=same_op("take_add"),  # linear
+        math="{y} = zeros with {dim} entries along axis {axis}, {g}'s slices added at "
+        "{indices} (the adjoint of take)",
+        derivs=("{g}̄ = take({y}̄, {indices}) along axis {axis}",),
+        attrs={"indices": REQUIRED, "axis": REQUIRED, "dim": REQUIRED},
+        normalize=_norm_take_add,
+        internal=True,
+        category="indexing",
+    )
+)
