@@ -462,3 +462,39 @@ def test_gather_at_constant_indices_matches_onnx_and_finite_differences(
         return float(np.sum(w * np.take(arrays["E"], indices, axis=0) * x))
 
     assert_grad_close(grads["E"], fd_gradient(f, {"E": params["E"]}, "E"))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_int64_ids_through_reshape_and_unsqueeze_feed_a_gather(backend, tmp_path):
+    # exporters flatten the ids before the embedding lookup: int64 stays int64 through
+    # Reshape, Squeeze, Unsqueeze and Flatten, and no gradient is asked of it
+    graph = oh.make_graph(
+        [
+            oh.make_node("Reshape", ["ids", "flat_shape"], ["flat"]),
+            oh.make_node("Unsqueeze", ["flat", "axes"], ["col"]),
+            oh.make_node("Flatten", ["col"], ["col2"], axis=1),
+            oh.make_node("Squeeze", ["col2", "axes"], ["back"]),
+            oh.make_node("Gather", ["E", "back"], ["y"]),
+        ],
+        "ids",
+        [oh.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, [6, 4])],
+        initializer=[
+            nh.from_array(np.array([-1], np.int64), "flat_shape"),
+            nh.from_array(np.array([1], np.int64), "axes"),
+            nh.from_array(np.random.default_rng(2).standard_normal((5, 4)), "E"),
+        ],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    G = graphgen.load(save(model, tmp_path), dtype="float64")
+    m = graphgen.compile(G, backend=backend)
+    params = m.init_params()
+    ids = np.array([[0, 4, 4], [1, 0, 2]])
+    want = ReferenceEvaluator(model).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(m.forward(ids=ids, **params)["y"], want, rtol=1e-12)
+    w = np.random.default_rng(3).standard_normal((6, 4))
+    grads = m.vjp({"y": w}, ids=ids, **params)
+    assert sorted(grads) == ["E"]
+    want_grad = np.zeros((5, 4))
+    np.add.at(want_grad, ids.reshape(-1), w)
+    np.testing.assert_allclose(grads["E"], want_grad, rtol=1e-12)

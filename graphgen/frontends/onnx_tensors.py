@@ -70,10 +70,14 @@ def op_Split(imp, node, ins, attrs):
 
 
 def _reshape_to(imp, x, shape, out):
-    return imp.emit("reshape", [x], out, shape=list(shape))
+    nid = imp.emit("reshape", [x], out, shape=list(shape))
+    for kind in (imp.is_int, imp.is_mask):  # int64 indices stay int64, masks masks
+        if x in kind:
+            kind.add(nid)
+    return nid
 
 
-@handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="fi")
+@handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="*i")
 def op_Reshape(imp, node, ins, attrs):
     x = imp.value(ins[0])
     target = imp.ints(ins[1], "shape")
@@ -93,7 +97,7 @@ def op_Reshape(imp, node, ins, attrs):
     return _reshape_to(imp, x, shape, node.output[0])
 
 
-@handles("Flatten", attrs={"axis": int})
+@handles("Flatten", attrs={"axis": int}, dtypes="*")
 def op_Flatten(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
@@ -114,7 +118,7 @@ def op_Transpose(imp, node, ins, attrs):
     return imp.emit("transpose", [x], node.output[0], **at)
 
 
-@handles("Squeeze", inputs={7: (1, 1), 13: (1, 2)}, attrs={"axes": [int]}, dtypes="fi")
+@handles("Squeeze", inputs={7: (1, 1), 13: (1, 2)}, attrs={"axes": [int]}, dtypes="*i")
 def op_Squeeze(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
@@ -134,7 +138,7 @@ def op_Squeeze(imp, node, ins, attrs):
     inputs={7: (1, 1), 13: (2, 2)},
     attrs={"axes": [int]},
     required={"axes": range(7, 13)},
-    dtypes="fi",
+    dtypes="*i",
 )
 def op_Unsqueeze(imp, node, ins, attrs):
     x = imp.value(ins[0])

@@ -115,6 +115,9 @@ class Op:
     kept : bool
         Its value is an array the module makes once and keeps (``constant``): never a
         buffer to write into.
+    keeps_int : bool
+        It only rearranges its first argument (``reshape``): given int64 indices, it
+        gives int64 indices (no gradient flows through them).
     """
 
     name: str
@@ -146,6 +149,7 @@ class Op:
     sums: bool = False
     shares: str = ""
     kept: bool = False
+    keeps_int: bool = False
     jvp: Callable | None = None
     jvp_reason: str = ""
 
