@@ -222,7 +222,8 @@ register(
             )
         ],
         jvp=same_op("take"),  # linear
-        math="{y} = {x} at the constant indices {indices} along axis {axis}",
+        math="{y}[…, j, …] = {x}[…, {indices}[j], …] (j at axis {axis}; constant "
+        "indices)",
         derivs=(
             (
                 "{x}̄ = take_add({y}̄): each slice of {y}̄ added where it was read from "
