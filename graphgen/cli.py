@@ -24,9 +24,9 @@ def _load(path, args=None):
 
     if os.fspath(path).endswith(".onnx"):
         return load(path, **_onnx_options(args))
-    if args is not None and (args.loss or args.freeze or args.trainable):
+    if args is not None and (args.loss or args.freeze or args.trainable or args.shape):
         raise GraphgenError(
-            "--loss, --labels, --freeze and --trainable apply to ONNX models only"
+            "--loss, --labels, --freeze, --trainable and --shape apply to ONNX models only"
         )
     return load(path)
 
@@ -34,11 +34,21 @@ def _load(path, args=None):
 def _onnx_options(args):
     if args is None:
         return {}
+    shapes = {}
+    for item in args.shape:
+        name, _, sizes = item.rpartition("=")
+        parts = sizes.split("x") if sizes else []
+        if not name or not all(p.isdigit() for p in parts):
+            raise GraphgenError(
+                f"--shape expects NAME=2x8 (sizes joined by x), got {item!r}"
+            )
+        shapes[name] = [int(p) for p in parts]
     return {
         "loss": args.loss,
         "labels": args.labels,
         "freeze": tuple(args.freeze),
         "trainable": tuple(args.trainable),
+        **({"shapes": shapes} if shapes else {}),
     }
 
 
@@ -66,6 +76,14 @@ def onnx_args(p):
         metavar="PATTERN",
         help="initializers (names or globs) to make params even where graphgen would "
         "keep them constant (0-d ones, ones no gradient reaches)",
+    )
+    g.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=2x8",
+        help="give input NAME this static shape: shape arithmetic on its symbolic sizes "
+        "then folds at compile time",
     )
 
 

@@ -498,3 +498,47 @@ def test_int64_ids_through_reshape_and_unsqueeze_feed_a_gather(backend, tmp_path
     want_grad = np.zeros((5, 4))
     np.add.at(want_grad, ids.reshape(-1), w)
     np.testing.assert_allclose(grads["E"], want_grad, rtol=1e-12)
+
+
+def _dynamic_ids_model():
+    """ids (batch, seq) int64 -> E[ids] + P[arange(seq)]: the position ids come from a
+    Shape -> Gather -> Range chain on the symbolic sequence length."""
+    graph = oh.make_graph(
+        [
+            oh.make_node("Shape", ["ids"], ["shape"]),
+            oh.make_node("Gather", ["shape", "one"], ["seq"], axis=0),
+            oh.make_node("Range", ["zero", "seq", "one"], ["pos"]),
+            oh.make_node("Gather", ["P", "pos"], ["pe"]),
+            oh.make_node("Gather", ["E", "ids"], ["te"]),
+            oh.make_node("Add", ["te", "pe"], ["y"]),
+        ],
+        "dyn",
+        [oh.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=[
+            nh.from_array(np.array(0, np.int64), "zero"),
+            nh.from_array(np.array(1, np.int64), "one"),
+            nh.from_array(np.random.default_rng(5).standard_normal((7, 2)), "E"),
+            nh.from_array(np.random.default_rng(6).standard_normal((4, 2)), "P"),
+        ],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_shape_option_folds_arithmetic_on_symbolic_sizes(tmp_path, cli):
+    path = save(_dynamic_ids_model(), tmp_path)
+    with pytest.raises(SpecError, match="symbolic sizes"):
+        graphgen.load(path)
+    G = graphgen.load(path, shapes={"ids": [2, 3]}, dtype="float64")
+    m = graphgen.compile(G)
+    ids = np.array([[0, 6, 2], [3, 3, 1]])
+    want = ReferenceEvaluator(_dynamic_ids_model()).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(m.forward(ids=ids, **m.init_params())["y"], want)
+    status, _, err = cli("compile", path, "-o", tmp_path / "m.py", "--shape", "ids=2x3")
+    assert status == 0, err
+    status, _, err = cli(
+        "compile", path, "-o", tmp_path / "m.py", "--shape", "ids=2x3x1"
+    )
+    assert status == 2 and "does not fit the input's declared shape" in err
+    status, _, err = cli("compile", path, "-o", tmp_path / "m.py", "--shape", "nope=2")
+    assert status == 2 and "not inputs of the model" in err

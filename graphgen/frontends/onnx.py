@@ -123,7 +123,9 @@ class Importer:
     """One ONNX model -> (spec dict, weights dict); the handler of each ONNX op is in
     :data:`~graphgen.frontends.onnx_ops.HANDLERS`."""
 
-    def __init__(self, model, source, freeze=(), constants=None, trainable=()):
+    def __init__(
+        self, model, source, freeze=(), constants=None, trainable=(), shapes=None
+    ):
         onnx = _onnx()
         self.onnx = onnx
         self.model = model
@@ -131,6 +133,7 @@ class Importer:
         self.freeze = tuple(freeze)  # glob patterns of initializers kept constant
         self.trainable = tuple(trainable)  # glob patterns of initializers made params
         self.why = {}  # initializer name -> (became "param" | "constant", why)
+        self.fixed = dict(shapes or {})  # graph input -> the static shape it is given
         self.folded = 0  # nodes evaluated at import (all their inputs known)
         self.fills_reached = set()  # ConstantOfShape fills a gradient reaches
         self.graph = model.graph
@@ -382,6 +385,14 @@ class Importer:
             else:  # known at compile time: it folds, or becomes a constant node
                 self.used_ids.add(name)
                 self.t[name] = ("const", arr)
+        unknown = sorted(
+            set(self.fixed) - {i.name for i in self.graph.input if i.name not in inits}
+        )
+        if unknown:
+            raise SpecError(
+                f"--shape names {unknown}, which are not inputs of the model",
+                source=self.source,
+            )
         for inp in self.graph.input:
             if inp.name in inits:
                 continue
@@ -610,7 +621,25 @@ class Importer:
                 source=self.source,
             )
         shape = []
+        fixed = self.fixed.pop(inp.name, None)
+        if fixed is not None:  # --shape NAME=2x8: symbolic sizes made static
+            if len(fixed) != len(tt.shape.dim) or any(
+                d.HasField("dim_value") and d.dim_value != s
+                for d, s in zip(tt.shape.dim, fixed)
+            ):
+                declared = [
+                    d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                    for d in tt.shape.dim
+                ]
+                raise SpecError(
+                    f"--shape {inp.name}={'x'.join(map(str, fixed))} does not fit the "
+                    f"input's declared shape {declared}",
+                    source=self.source,
+                )
         for i, d in enumerate(tt.shape.dim):
+            if fixed is not None:
+                shape.append(int(fixed[i]))
+                continue
             if d.HasField("dim_value"):
                 if d.dim_value < 0:
                     raise SpecError(
@@ -941,6 +970,7 @@ def to_spec(
     constants=None,
     vjp=True,
     info=None,
+    shapes=None,
 ):
     """An ONNX model (path, bytes or ``ModelProto``) -> ``(spec dict, weights dict)``.
 
@@ -960,7 +990,12 @@ def to_spec(
     elif isinstance(model, bytes):
         model = _parse(model, source)
     imp = Importer(
-        model, source, freeze=freeze, constants=constants, trainable=trainable
+        model,
+        source,
+        freeze=freeze,
+        constants=constants,
+        trainable=trainable,
+        shapes=shapes,
     )
     outputs = imp.run()
     if info is not None:  # what graphgen import reports
