@@ -622,20 +622,23 @@ class Importer:
             )
         shape = []
         fixed = self.fixed.pop(inp.name, None)
-        if fixed is not None:  # --shape NAME=2x8: symbolic sizes made static
-            if len(fixed) != len(tt.shape.dim) or any(
+        # --shape NAME=2x8: symbolic sizes made static, declared ones kept
+        if fixed is not None and (
+            len(fixed) != len(tt.shape.dim)
+            or any(
                 d.HasField("dim_value") and d.dim_value != s
                 for d, s in zip(tt.shape.dim, fixed)
-            ):
-                declared = [
-                    d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
-                    for d in tt.shape.dim
-                ]
-                raise SpecError(
-                    f"--shape {inp.name}={'x'.join(map(str, fixed))} does not fit the "
-                    f"input's declared shape {declared}",
-                    source=self.source,
-                )
+            )
+        ):
+            declared = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                for d in tt.shape.dim
+            ]
+            raise SpecError(
+                f"--shape {inp.name}={'x'.join(map(str, fixed))} does not fit the "
+                f"input's declared shape {declared}",
+                source=self.source,
+            )
         for i, d in enumerate(tt.shape.dim):
             if fixed is not None:
                 shape.append(int(fixed[i]))
