@@ -542,3 +542,39 @@ def test_shape_option_folds_arithmetic_on_symbolic_sizes(tmp_path, cli):
     assert status == 2 and "does not fit the input's declared shape" in err
     status, _, err = cli("compile", path, "-o", tmp_path / "m.py", "--shape", "nope=2")
     assert status == 2 and "not inputs of the model" in err
+
+
+def test_constants_the_dynamo_exporter_folded_from_no_parameter_are_not_params():
+    # the dynamo exporter's optimizer lifts an additive mask into an initializer and
+    # records what it was folded from; a transposed weight names its parameter
+    graph = oh.make_graph(
+        [
+            oh.make_node("MatMul", ["x", "val_1"], ["h"]),
+            oh.make_node("Add", ["h", "val_2"], ["y"]),
+        ],
+        "lifted",
+        [oh.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 2])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 2])],
+        initializer=[
+            nh.from_array(np.eye(2), "val_1"),
+            nh.from_array(np.array([[0.0, -3.4e38], [0.0, 0.0]]), "val_2"),
+        ],
+    )
+    key = "pkg.onnxscript.optimizer.folded_from"
+    for name, sources in (
+        ("val_1", "['fc.weight', 't']"),
+        ("val_2", "['arange', 'le']"),
+    ):
+        vi = oh.make_tensor_value_info(name, TensorProto.DOUBLE, [2, 2])
+        vi.metadata_props.add(key=key, value=sources)
+        graph.value_info.append(vi)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    info = {}
+    spec, _ = onnx_frontend.to_spec(model, info=info)
+    assert sorted(spec["params"]) == ["val_1"]
+    assert info["initializers"]["val_2"] == (
+        "constant",
+        "folded by the exporter from no parameter",
+    )
+    spec, _ = onnx_frontend.to_spec(model, trainable=["val_2"])
+    assert sorted(spec["params"]) == ["val_1", "val_2"]

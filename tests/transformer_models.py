@@ -20,7 +20,8 @@ VOCAB, WIDTH, HEADS, LAYERS, CONTEXT, BATCH, T = 50, 32, 4, 2, 16, 2, 8
 HERE = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "fixtures", "transformers"
 )
-NAMES = ("encoder", "nanogpt")
+NAMES = ("encoder", "nanogpt")  # the committed fixtures
+HF_NAMES = ("gpt2",)  # from the transformers package, exported with dynamo
 
 
 def _torch():
@@ -85,7 +86,53 @@ def _torch():
         def forward(self, idx):
             return self.head(self.encoder(self.embed(idx)))
 
-    return torch, {"encoder": Encoder, "nanogpt": NanoGPT}
+    def causal_lm(kind):
+        """GPT-2 or LLaMA (RMSNorm, rotary embeddings, SwiGLU, grouped-query
+        attention) from the ``transformers`` package's configs: 2 layers, width 32."""
+
+        def make():
+            import transformers as hf
+
+            if kind == "gpt2":
+                config = hf.GPT2Config(
+                    n_layer=LAYERS,
+                    n_embd=WIDTH,
+                    n_head=HEADS,
+                    vocab_size=VOCAB,
+                    n_positions=CONTEXT,
+                )
+                lm = hf.GPT2LMHeadModel(config)
+            else:
+                config = hf.LlamaConfig(
+                    num_hidden_layers=LAYERS,
+                    hidden_size=WIDTH,
+                    num_attention_heads=HEADS,
+                    num_key_value_heads=HEADS // 2,
+                    intermediate_size=2 * WIDTH,
+                    vocab_size=VOCAB,
+                    max_position_embeddings=CONTEXT,
+                )
+                lm = hf.LlamaForCausalLM(config)
+            lm.config.use_cache = False
+
+            class LM(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lm = lm
+
+                def forward(self, idx):
+                    return self.lm(idx, use_cache=False, return_dict=False)[0]
+
+            return LM()
+
+        return make
+
+    return torch, {
+        "encoder": Encoder,
+        "nanogpt": NanoGPT,
+        "gpt2": causal_lm("gpt2"),
+        "llama": causal_lm("llama"),
+    }
 
 
 def export(name, path, dynamo=False):
@@ -151,6 +198,8 @@ def link(init, param):
     "transposed", "rows" (its first rows: a lookup the exporter folded), or None."""
     if init.dtype.kind != "f" or init.size <= 1:
         return None
+    while init.ndim > param.ndim and init.shape[0] == 1:  # an unsqueezed lookup
+        init = init[0]
     if init.shape == param.shape and np.array_equal(init, param):
         return "same"
     if (

@@ -294,6 +294,31 @@ class Importer:
         """Whether ``--trainable`` names initializer (or fill) ``name``."""
         return any(_matches(name, p) for p in self.trainable)
 
+    def lifted_constants(self):
+        """Initializers the dynamo exporter's optimizer folded from values none of
+        which is a parameter (an additive causal mask of -3.4e38 built from ``arange``
+        and comparisons): their ``value_info`` carries the metadata
+        ``pkg.onnxscript.optimizer.folded_from``, a list of the names they were computed
+        from; a parameter's name is its dotted module path (``h.0.attn.weight``), an
+        op's result is not (``arange_1``, ``val_12``). A transposed weight it folded
+        names its parameter among its sources, and stays a param."""
+        import ast
+
+        out = set()
+        for vi in self.graph.value_info:
+            for prop in vi.metadata_props:
+                if prop.key != "pkg.onnxscript.optimizer.folded_from":
+                    continue
+                try:
+                    sources = ast.literal_eval(prop.value)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(sources, list) and not any(
+                    isinstance(n, str) and "." in n for n in sources
+                ):
+                    out.add(vi.name)
+        return out
+
     def reached(self, floats):
         """The float initializers (of ``floats``) a gradient of the graph's outputs can
         reach: those with a path to an output along inputs ONNX's schemas do not mark
@@ -362,6 +387,7 @@ class Importer:
                         source=self.source,
                     )
         floats = [n for n, a in arrays.items() if a.dtype.kind == "f"]
+        lifted = self.lifted_constants()
         reached = self.reached(floats + sorted(fills))
         self.fills_reached = reached & fills
         for name, arr in arrays.items():
@@ -374,6 +400,8 @@ class Importer:
                 why = ("param", "--trainable")
             elif name not in reached:
                 why = ("constant", "no gradient reaches it")
+            elif name in lifted:
+                why = ("constant", "folded by the exporter from no parameter")
             elif arr.size == 1:  # a scale, an epsilon, a fill: 0-d or of shape (1,)
                 why = ("constant", "one value (a number)")
             else:
