@@ -42,7 +42,8 @@ def load(path, **onnx_options):
     """Load a spec file (``.yaml``, ``.yml``, ``.json``) or an ONNX model (``.onnx``)
     into a ``networkx.DiGraph``.
 
-    ``onnx_options`` (ONNX models only): ``loss``, ``labels``, ``freeze``, ``dtype``; see
+    ``onnx_options`` (ONNX models only): ``loss``, ``labels``, ``freeze``,
+    ``trainable``, ``shapes``, ``dtype``; see
     :func:`graphgen.onnx_frontend.to_spec`.
 
     The graph is validated and every node's shape is inferred; see :mod:`graphgen.graph`

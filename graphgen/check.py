@@ -94,6 +94,10 @@ def sample(rng, domain, shape):
         return rng.uniform(0.5, 2.0, shape)
     if domain == "unit":
         return rng.uniform(0.05, 0.95, shape)
+    if domain == "mask":  # a 0/1 mask, both values present where there is room
+        return (rng.permutation(np.arange(int(np.prod(shape))) % 2) == 1).reshape(
+            shape
+        ) * 1.0
     if domain == "away0":  # away from the kinks of relu, abs, ... at 0
         return rng.uniform(0.2, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
     return rng.standard_normal(shape)

@@ -26,15 +26,32 @@ def _load(path, args=None):
 
     if os.fspath(path).endswith(".onnx"):
         return load(path, **_onnx_options(args))
-    if args is not None and (args.loss or args.freeze):
-        raise GraphgenError("--loss, --labels and --freeze apply to ONNX models only")
+    if args is not None and (args.loss or args.freeze or args.trainable or args.shape):
+        raise GraphgenError(
+            "--loss, --labels, --freeze, --trainable and --shape apply to ONNX models only"
+        )
     return load(path)
 
 
 def _onnx_options(args):
     if args is None:
         return {}
-    return {"loss": args.loss, "labels": args.labels, "freeze": tuple(args.freeze)}
+    shapes = {}
+    for item in args.shape:
+        name, _, sizes = item.rpartition("=")
+        parts = sizes.split("x") if sizes else []
+        if not name or not all(p.isdigit() for p in parts):
+            raise GraphgenError(
+                f"--shape expects NAME=2x8 (sizes joined by x), got {item!r}"
+            )
+        shapes[name] = [int(p) for p in parts]
+    return {
+        "loss": args.loss,
+        "labels": args.labels,
+        "freeze": tuple(args.freeze),
+        "trainable": tuple(args.trainable),
+        **({"shapes": shapes} if shapes else {}),
+    }
 
 
 def onnx_args(p):
@@ -51,8 +68,24 @@ def onnx_args(p):
         "--freeze",
         nargs="+",
         default=[],
-        metavar="NAME",
-        help="initializers to make constants instead of params",
+        metavar="PATTERN",
+        help="initializers (names or globs, e.g. 'encoder.*') to keep constant",
+    )
+    g.add_argument(
+        "--trainable",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="initializers (names or globs) to make params even where graphgen would "
+        "keep them constant (0-d ones, ones no gradient reaches)",
+    )
+    g.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=2x8",
+        help="give input NAME this static shape: shape arithmetic on its symbolic sizes "
+        "then folds at compile time",
     )
 
 
@@ -262,6 +295,21 @@ def _yaml_spec(data, yaml):
     return "\n".join(out) + "\n"
 
 
+def _import_summary(info):
+    """What ``graphgen import`` says about a model: how many nodes it folded and which
+    float initializers became params, which constants, and why."""
+    lines = [f"folded {info['folded']} node(s) whose inputs are all known"]
+    by = {}
+    for name, (kind, why) in info["initializers"].items():
+        by.setdefault((kind, why), []).append(name)
+    for (kind, why), names in sorted(by.items()):
+        shown = ", ".join(names[:8]) + (
+            f", ... ({len(names)} in all)" * (len(names) > 8)
+        )
+        lines.append(f"{kind}s ({why}): {shown}")
+    return lines
+
+
 def import_args(p):
     p.add_argument("model", help="the ONNX model (.onnx)")
     p.add_argument(
@@ -283,7 +331,10 @@ def import_run(args):
 
     if not args.model.endswith(".onnx"):
         raise GraphgenError(f"{args.model}: expected an ONNX model (.onnx)")
-    data, weights = to_spec(args.model, **_onnx_options(args))
+    info = {}
+    data, weights = to_spec(args.model, info=info, **_onnx_options(args))
+    for line in _import_summary(info):
+        print(line, file=sys.stderr)
     stem = os.path.splitext(args.output)[0]
     written = [args.output]
     if weights:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 from onnx.backend.base import Backend, BackendRep
 
 from . import api
@@ -81,7 +82,17 @@ class GraphgenRep(BackendRep):
                 a = a.reshape([d for d in want if isinstance(d, int)])  # () vs (1,)
             arrays[name] = a
         out = module.forward(**arrays, **module.init_params())
-        return tuple(np.asarray(out[n]) for n in outputs)
+        # a bool output is a 0/1 mask in the module (graphgen computes in one float
+        # dtype): presented as the bool the model declares
+        declared = {
+            o.name: o.type.tensor_type.elem_type for o in self.model.graph.output
+        }
+        return tuple(
+            np.asarray(out[n]) != 0
+            if declared.get(name) == onnx.TensorProto.BOOL
+            else np.asarray(out[n])
+            for n, name in zip(outputs, dict.fromkeys(declared))
+        )
 
 
 class GraphgenBackend(Backend):

@@ -166,7 +166,7 @@ def test_an_attribute_given_twice_is_an_error(cli, tmp_path):
             [oh.make_node("Reshape", ["x", "s"], ["y"])],
             [("x", F32, [2, 3])],
             [nh.from_array(np.array([3.0, 2.0], np.float32), "s")],
-            "Reshape's input 1 ('s') is float; it must be an integer tensor",
+            "Reshape's input 1 ('s') is float32; it must be an integer tensor",
         ),
         (
             [oh.make_node("Add", ["x", "b"], ["y"])],

@@ -19,6 +19,7 @@ import numpy as np
 import op_cases_attention
 import op_cases_conv
 import op_cases_data
+import op_cases_logic
 import op_cases_nn
 import pytest
 from conftest import add_weighted_loss, assert_grad_close, build_graph, fd_gradient
@@ -225,7 +226,13 @@ CASES = {
 }
 
 # Op families declared outside graphgen/ops/defs.py keep their cases beside their tests.
-for _family in (op_cases_attention, op_cases_conv, op_cases_data, op_cases_nn):
+for _family in (
+    op_cases_attention,
+    op_cases_conv,
+    op_cases_data,
+    op_cases_logic,
+    op_cases_nn,
+):
     CASES.update(_family.CASES)
     NO_GRADIENT.update(_family.NO_GRADIENT)
 
@@ -266,7 +273,12 @@ def op_graph(op, case, arrays, dtype="float64"):
     spec = {}
     for j, shape in enumerate(case.shapes):
         spec[f"in{j}"] = ("input", shape, "int64" if j in int_inputs else dtype)
-    wrt = [f"in{j}" for j in range(len(case.shapes)) if j not in int_inputs]
+    # a mask argument of a differentiable op (where's condition) gets no gradient
+    masks = {k for i, k in enumerate(arg_inputs) if op.arg_domain(i) == "mask"} - {
+        k for i, k in enumerate(arg_inputs) if op.arg_domain(i) != "mask"
+    }
+    skip = int_inputs | (masks if op.vjp is not None else set())
+    wrt = [f"in{j}" for j in range(len(case.shapes)) if j not in skip]
     G = build_graph(
         spec,
         [("y", op.name, [f"in{k}" for k in arg_inputs], case.attrs)],

@@ -36,6 +36,7 @@ name): it gets one cotangent in ``vjp``.
 from __future__ import annotations
 
 import collections
+import fnmatch
 import keyword
 import os
 
@@ -44,7 +45,7 @@ import numpy as np
 from .. import graph as g
 from .. import ops
 from ..errors import GraphgenError, ShapeError, SpecError
-from . import onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - they fill HANDLERS
+from . import onnx_logic, onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - fill HANDLERS
 from .onnx_ops import DTYPE_KINDS, HANDLERS, NO_FOLD, SIGNATURES, Unsupported
 
 MIN_OPSET = 7
@@ -122,12 +123,19 @@ class Importer:
     """One ONNX model -> (spec dict, weights dict); the handler of each ONNX op is in
     :data:`~graphgen.frontends.onnx_ops.HANDLERS`."""
 
-    def __init__(self, model, source, freeze=(), constants=None):
+    def __init__(
+        self, model, source, freeze=(), constants=None, trainable=(), shapes=None
+    ):
         onnx = _onnx()
         self.onnx = onnx
         self.model = model
         self.source = source
-        self.freeze = set(freeze)
+        self.freeze = tuple(freeze)  # glob patterns of initializers kept constant
+        self.trainable = tuple(trainable)  # glob patterns of initializers made params
+        self.why = {}  # initializer name -> (became "param" | "constant", why)
+        self.fixed = dict(shapes or {})  # graph input -> the static shape it is given
+        self.folded = 0  # nodes evaluated at import (all their inputs known)
+        self.fills_reached = set()  # ConstantOfShape fills a gradient reaches
         self.graph = model.graph
         default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
         if len(default) > 1:  # onnx.checker refuses it; which would a runtime use?
@@ -151,6 +159,7 @@ class Importer:
         self.weights = {}
         self.shape = {}  # graph node id -> shape
         self.is_int = set()  # graph node ids holding int64
+        self.is_mask = set()  # graph node ids holding booleans, as 0/1 floats
         self.t = {}  # tensor name -> ("node", id) | ("const", ndarray)
         self.used_ids = set()  # node ids of the spec, and names reserved for it
         self.fresh_ids = g.FreshNames(self.used_ids, sep="_")
@@ -283,33 +292,139 @@ class Importer:
     def set(self, name, nid):
         self.t[name] = ("node", nid)
 
+    def frozen(self, name):
+        """Whether ``--freeze`` names initializer (or fill) ``name``."""
+        return any(_matches(name, p) for p in self.freeze)
+
+    def forced(self, name):
+        """Whether ``--trainable`` names initializer (or fill) ``name``."""
+        return any(_matches(name, p) for p in self.trainable)
+
+    def lifted_constants(self):
+        """Initializers the dynamo exporter's optimizer folded from values none of
+        which is a parameter (an additive causal mask of -3.4e38 built from ``arange``
+        and comparisons): their ``value_info`` carries the metadata
+        ``pkg.onnxscript.optimizer.folded_from``, a list of the names they were computed
+        from; a parameter's name is its dotted module path (``h.0.attn.weight``), an
+        op's result is not (``arange_1``, ``val_12``). A transposed weight it folded
+        names its parameter among its sources, and stays a param."""
+        import ast
+
+        out = set()
+        for vi in self.graph.value_info:
+            for prop in vi.metadata_props:
+                if prop.key != "pkg.onnxscript.optimizer.folded_from":
+                    continue
+                try:
+                    sources = ast.literal_eval(prop.value)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(sources, list) and not any(
+                    isinstance(n, str) and "." in n for n in sources
+                ):
+                    out.add(vi.name)
+        return out
+
+    def reached(self, floats):
+        """The float initializers (of ``floats``) a gradient of the graph's outputs can
+        reach: those with a path to an output along inputs ONNX's schemas do not mark
+        non-differentiable (a Reshape's shape, a Where's condition, a comparison's
+        operands), through no Cast to an integer or bool type."""
+        onnx = self.onnx
+        float_types = {
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.DOUBLE,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+        }
+        no = onnx.defs.OpSchema.DifferentiationCategory.NonDifferentiable
+        carries = {name: {name} for name in floats}  # tensor -> initializers in it
+        for node in self.graph.node:
+            try:
+                schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+            except onnx.defs.SchemaError:
+                schema = None
+            formal = list(schema.inputs) if schema else []
+            outs = list(schema.outputs) if schema else []
+            found = set()
+            for k, i in enumerate(node.input):
+                f = formal[min(k, len(formal) - 1)] if formal else None
+                if i in carries and (f is None or f.differentiation_category != no):
+                    found |= carries[i]
+            if not found or node.op_type in ("Shape", "Size"):
+                continue
+            if node.op_type == "Cast" and not any(
+                a.name == "to" and a.i in float_types for a in node.attribute
+            ):
+                continue
+            for k, o in enumerate(node.output):
+                f = outs[min(k, len(outs) - 1)] if outs else None
+                if o and (f is None or f.differentiation_category != no):
+                    carries[o] = found | carries.get(o, set())
+        out = set()
+        for o in self.graph.output:
+            out |= carries.get(o.name, set())
+        return out
+
     # ------------------------------------------------------------------- import
     def run(self):
         self.check_graph()
         inits = {t.name: t for t in self.graph.initializer}
+        arrays = {}
         for name, t in inits.items():
             try:
-                arr = self.array(t, f"initializer {name!r}")
+                arrays[name] = self.array(t, f"initializer {name!r}")
             except SpecError as e:
                 raise e.located(self.source) from None
-            if arr.dtype.kind == "f" and name not in self.freeze:
-                self.add_param(name, arr.shape, "weights")
-                self.weights[name] = arr
-            elif arr.dtype.kind == "f":
-                self.used_ids.add(name)
-                self.set(name, self.constant(arr.astype(np.float64), name))
-            else:
-                self.t[name] = ("const", arr)
         fills = {
             o
             for n in self.graph.node
             if n.op_type == "ConstantOfShape"
             for o in n.output
         }
-        not_weights = self.freeze - set(inits) - fills
-        if not_weights:
+        for flag, patterns in (
+            ("--freeze", self.freeze),
+            ("--trainable", self.trainable),
+        ):
+            for p in patterns:
+                if not any(_matches(n, p) for n in [*inits, *fills]):
+                    raise SpecError(
+                        f"{flag} {p!r} names no initializer of the model",
+                        source=self.source,
+                    )
+        floats = [n for n, a in arrays.items() if a.dtype.kind == "f"]
+        lifted = self.lifted_constants()
+        reached = self.reached(floats + sorted(fills))
+        self.fills_reached = reached & fills
+        for name, arr in arrays.items():
+            if arr.dtype.kind != "f":
+                self.t[name] = ("const", arr)
+                continue
+            if self.frozen(name):
+                why = ("constant", "--freeze")
+            elif self.forced(name):
+                why = ("param", "--trainable")
+            elif name not in reached:
+                why = ("constant", "no gradient reaches it")
+            elif name in lifted:
+                why = ("constant", "folded by the exporter from no parameter")
+            elif arr.size == 1:  # a scale, an epsilon, a fill: 0-d or of shape (1,)
+                why = ("constant", "one value (a number)")
+            else:
+                why = ("param", "a gradient reaches it")
+            self.why[name] = why
+            if why[0] == "param":
+                self.add_param(name, arr.shape, "weights")
+                self.weights[name] = arr
+            else:  # known at compile time: it folds, or becomes a constant node
+                self.used_ids.add(name)
+                self.t[name] = ("const", arr)
+        unknown = sorted(
+            set(self.fixed) - {i.name for i in self.graph.input if i.name not in inits}
+        )
+        if unknown:
             raise SpecError(
-                f"--freeze names {sorted(not_weights)}, which are not initializers",
+                f"--shape names {unknown}, which are not inputs of the model",
                 source=self.source,
             )
         for inp in self.graph.input:
@@ -352,11 +467,33 @@ class Importer:
                 ) from None
         if self.unsupported:
             self._raise_unsupported()
+        self.drop_dead(outputs)
         if not self.nodes:  # only inputs and params: a spec needs a node, so views
             outputs = [
                 self.emit("reshape", [v], v, shape=list(self.shape[v])) for v in outputs
             ]
         return outputs
+
+    def drop_dead(self, outputs):
+        """Drop the nodes and params no output needs (a dead int64 Reshape of the ids,
+        a weight only they read), before the spec is validated."""
+        live, stack = set(), list(outputs)
+        while stack:
+            n = stack.pop()
+            if n in live:
+                continue
+            live.add(n)
+            stack.extend(
+                a for a in self.nodes.get(n, {}).get("args", []) if isinstance(a, str)
+            )
+        for n in [n for n in self.nodes if n not in live]:
+            spec = self.nodes.pop(n)
+            if spec.get("key") is not None:
+                self.weights.pop(spec["key"], None)
+        for name in [p for p in self.params if p not in live]:
+            del self.params[name]
+            self.weights.pop(name, None)
+            self.why[name] = ("constant", "nothing the outputs need reads it")
 
     def _raise_unsupported(self):
         """One error for the failed nodes the outputs need: the first that is not valid
@@ -502,13 +639,14 @@ class Importer:
             self.onnx.TensorProto.FLOAT,
             self.onnx.TensorProto.DOUBLE,
             self.onnx.TensorProto.FLOAT16,
+            self.onnx.TensorProto.BOOL,  # a 0/1 mask of the float dtype
         ):
             dtype = None
         else:
             raise SpecError(
                 f"input {inp.name!r} has element type "
-                f"{_enum_name(self.onnx.TensorProto.DataType, elem)}; expected a float "
-                "or int64",
+                f"{_enum_name(self.onnx.TensorProto.DataType, elem)}; expected a float, "
+                "int64 or bool",
                 source=self.source,
             )
         if not tt.HasField("shape"):
@@ -517,7 +655,28 @@ class Importer:
                 source=self.source,
             )
         shape = []
+        fixed = self.fixed.pop(inp.name, None)
+        # --shape NAME=2x8: symbolic sizes made static, declared ones kept
+        if fixed is not None and (
+            len(fixed) != len(tt.shape.dim)
+            or any(
+                d.HasField("dim_value") and d.dim_value != s
+                for d, s in zip(tt.shape.dim, fixed)
+            )
+        ):
+            declared = [
+                d.dim_value if d.HasField("dim_value") else d.dim_param or "?"
+                for d in tt.shape.dim
+            ]
+            raise SpecError(
+                f"--shape {inp.name}={'x'.join(map(str, fixed))} does not fit the "
+                f"input's declared shape {declared}",
+                source=self.source,
+            )
         for i, d in enumerate(tt.shape.dim):
+            if fixed is not None:
+                shape.append(int(fixed[i]))
+                continue
             if d.HasField("dim_value"):
                 if d.dim_value < 0:
                     raise SpecError(
@@ -537,6 +696,8 @@ class Importer:
         self.shape[inp.name] = tuple(shape)
         if dtype == "int64":
             self.is_int.add(inp.name)
+        if elem == self.onnx.TensorProto.BOOL:
+            self.is_mask.add(inp.name)
         self.set(inp.name, inp.name)
 
     def output(self, name):
@@ -553,21 +714,24 @@ class Importer:
         if node.domain not in ("", "ai.onnx"):
             raise Unsupported(f"domain {node.domain!r} is not supported")
         handler = HANDLERS.get(node.op_type)
+        known = [i for i in node.input if i]
+        for i in known:
+            if i not in self.t:
+                raise Unsupported(f"input {i!r} is not produced by a supported node")
+        if (
+            known
+            and all(self.const(i) is not None for i in known)
+            and node.op_type not in NO_FOLD
+        ):
+            # fold first, whatever the op: every input is known at compile time
+            if handler is not None:
+                self.check(node, SIGNATURES[node.op_type])
+            self.check_fold_types(node, [i for i in node.input])
+            return self.fold(node)
         if handler is None:
             raise Unsupported("no graphgen op for it")
         sig = SIGNATURES[node.op_type]
         ins = self.check(node, sig)
-        for i in ins:
-            if i and i not in self.t:
-                raise Unsupported(f"input {i!r} is not produced by a supported node")
-        consts = [i for i in ins if i]
-        if (
-            consts
-            and all(self.const(i) is not None for i in consts)
-            and node.op_type not in NO_FOLD
-        ):
-            self.check_fold_types(node, ins)
-            return self.fold(node)
         self.check_dtypes(node, sig, ins)
         attrs = _attrs(node)
         result = handler(self, node, ins, attrs)
@@ -700,8 +864,8 @@ class Importer:
             want = sig.dtype(k)
             kind, v = self.t[name]
             if kind == "node":
-                have = "i" if v in self.is_int else "f"
-                words = "int64" if have == "i" else "float"
+                have = "i" if v in self.is_int else "b" if v in self.is_mask else "f"
+                words = {"i": "int64", "b": "bool", "f": "float"}[have]
             else:
                 have = {"f": "f", "i": "i", "u": "i", "b": "b"}.get(v.dtype.kind, "?")
                 words = str(v.dtype)
@@ -735,6 +899,12 @@ class Importer:
             raise Unsupported(f"cannot evaluate it at compile time ({e})") from None
         for name, v in zip([o for o in node.output if o], values):
             self.t[name] = ("const", np.asarray(v))
+        self.folded += 1
+
+
+def _matches(name, pattern):
+    """``name`` is ``pattern``, or matches it as a glob (``encoder.*``)."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
 
 
 def _symbol(name):
@@ -832,9 +1002,12 @@ def to_spec(
     loss=None,
     labels=None,
     freeze=(),
+    trainable=(),
     dtype=None,
     constants=None,
     vjp=True,
+    info=None,
+    shapes=None,
 ):
     """An ONNX model (path, bytes or ``ModelProto``) -> ``(spec dict, weights dict)``.
 
@@ -853,8 +1026,18 @@ def to_spec(
         model = read(source)
     elif isinstance(model, bytes):
         model = _parse(model, source)
-    imp = Importer(model, source, freeze=freeze, constants=constants)
+    imp = Importer(
+        model,
+        source,
+        freeze=freeze,
+        constants=constants,
+        trainable=trainable,
+        shapes=shapes,
+    )
     outputs = imp.run()
+    if info is not None:  # what graphgen import reports
+        info["folded"] = imp.folded
+        info["initializers"] = dict(imp.why)
     first_type = next(
         (
             i.type.tensor_type.elem_type

@@ -70,10 +70,14 @@ def op_Split(imp, node, ins, attrs):
 
 
 def _reshape_to(imp, x, shape, out):
-    return imp.emit("reshape", [x], out, shape=list(shape))
+    nid = imp.emit("reshape", [x], out, shape=list(shape))
+    for kind in (imp.is_int, imp.is_mask):  # int64 indices stay int64, masks masks
+        if x in kind:
+            kind.add(nid)
+    return nid
 
 
-@handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="fi")
+@handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="*i")
 def op_Reshape(imp, node, ins, attrs):
     x = imp.value(ins[0])
     target = imp.ints(ins[1], "shape")
@@ -93,7 +97,7 @@ def op_Reshape(imp, node, ins, attrs):
     return _reshape_to(imp, x, shape, node.output[0])
 
 
-@handles("Flatten", attrs={"axis": int})
+@handles("Flatten", attrs={"axis": int}, dtypes="*")
 def op_Flatten(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
@@ -114,7 +118,7 @@ def op_Transpose(imp, node, ins, attrs):
     return imp.emit("transpose", [x], node.output[0], **at)
 
 
-@handles("Squeeze", inputs={7: (1, 1), 13: (1, 2)}, attrs={"axes": [int]}, dtypes="fi")
+@handles("Squeeze", inputs={7: (1, 1), 13: (1, 2)}, attrs={"axes": [int]}, dtypes="*i")
 def op_Squeeze(imp, node, ins, attrs):
     x = imp.value(ins[0])
     shape = imp.shape[x]
@@ -134,7 +138,7 @@ def op_Squeeze(imp, node, ins, attrs):
     inputs={7: (1, 1), 13: (2, 2)},
     attrs={"axes": [int]},
     required={"axes": range(7, 13)},
-    dtypes="fi",
+    dtypes="*i",
 )
 def op_Unsqueeze(imp, node, ins, attrs):
     x = imp.value(ins[0])
@@ -246,7 +250,16 @@ def op_ConstantOfShape(imp, node, ins, attrs):
             )
         imp.t[out] = ("const", np.full(shape, value[0], dtype=value.dtype))
         return None
-    if out in imp.freeze:
+    if imp.frozen(out):
+        why = ("constant", "--freeze")
+    elif imp.forced(out):
+        why = ("param", "--trainable")
+    elif out not in imp.fills_reached:
+        why = ("constant", "no gradient reaches it")
+    else:
+        why = ("param", "a gradient reaches it (a ConstantOfShape fill)")
+    imp.why[out] = why
+    if why[0] == "constant":
         return imp.emit("constant", [], out, shape=shape, fill=float(value[0]))
     imp.add_param(out, shape, float(value[0]))
     return out
@@ -306,7 +319,10 @@ def op_Gather(imp, node, ins, attrs):
             start=int(flat[0]),
             stop=int(flat[-1]) + 1,
         )
-    raise Unsupported("constant indices that are not a contiguous range")
+    if not isinstance(size, int):
+        raise Unsupported("constant indices other than a range into a symbolic axis")
+    # N-D, repeated or scattered (position ids, token-type zeros): a take
+    return imp.emit("take", [data], node.output[0], indices=idx.tolist(), axis=at)
 
 
 @handles(
@@ -399,6 +415,17 @@ def op_Cast(imp, node, ins, attrs):
         imp.onnx.TensorProto.DOUBLE,
         imp.onnx.TensorProto.FLOAT16,
     )
-    if v in imp.is_int or to not in floats:
-        raise Unsupported("casts other than float to float")
-    return v
+    if v in imp.is_int:
+        raise Unsupported("casts of int64 tensors at run time")
+    if to == imp.onnx.TensorProto.BOOL:  # x ≠ 0, as a 0/1 mask
+        if v in imp.is_mask:
+            return v
+        nid = imp.emit("logical_not", [v], f"{node.output[0]}/is0")
+        nid = imp.emit("logical_not", [nid], node.output[0])
+        imp.is_mask.add(nid)
+        return nid
+    if to not in floats:
+        raise Unsupported("casts of run-time tensors to integer types")
+    if v in imp.is_mask:  # a 0/1 mask read as numbers: the same values
+        return imp.emit("reshape", [v], node.output[0], shape=list(imp.shape[v]))
+    return v  # float to float

@@ -49,11 +49,11 @@ from .base import (
 )
 
 # Importing the op families registers their ops: defs (the core), conv (convolution and
-# pooling), data (tensor constants), nn (normalization, embedding and other network ops),
-# attention (the float ops of transformer blocks).
+# pooling), data (tensor constants), logic (masks and where), nn (normalization,
+# embedding and other network ops), attention (the float ops of transformer blocks).
 # isort: off
 from . import defs  # the core first: the others build on it
-from . import attention, conv, data, nn
+from . import attention, conv, data, logic, nn
 
 # isort: on
 
@@ -74,6 +74,7 @@ __all__ = [
     "format_note",
     "get",
     "infer",
+    "logic",
     "nn",
     "no_tangent",
     "norm_axes",

@@ -60,7 +60,8 @@ class Op:
         Argument positions that take int64 labels (never differentiated).
     domain : tuple of str
         Per argument, where finite-difference tests sample it: ``"real"``, ``"positive"``,
-        ``"unit"`` (0..1), ``"labels"`` or ``"away0"`` (|x| >= 0.1, for kinks at 0).
+        ``"unit"`` (0..1), ``"labels"``, ``"mask"`` (0 or 1) or ``"away0"`` (|x| >= 0.1,
+        for kinks at 0).
     elementwise : bool
         Broadcasting elementwise op (fusable by the Numba backend).
     internal : bool
@@ -136,6 +137,9 @@ class Op:
         ``predicate(attrs)``, the first such ``text`` replaces ``math`` in comments and
         explanations (``softmax_cross_entropy`` with an ``ignore_index`` says what it
         leaves out); :meth:`math_for` picks it.
+    keeps_int : bool
+        It only rearranges its first argument (``reshape``): given int64 indices, it
+        gives int64 indices (no gradient flows through them).
     """
 
     name: str
@@ -168,6 +172,7 @@ class Op:
     shares: str = ""
     kept: bool = False
     indices: Callable | None = None
+    keeps_int: bool = False
     jvp: Callable | None = None
     jvp_reason: str = ""
     math_when: tuple = ()

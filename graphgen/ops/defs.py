@@ -619,6 +619,7 @@ register(
         category="shape",
         view=True,
         reads_as_code=True,
+        keeps_int=True,
         identities=(same_shape_no_op,),
     )
 )

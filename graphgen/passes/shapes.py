@@ -235,9 +235,15 @@ def _infer_op(H, n, fdtype):
             n,
             f"op {name!r} takes {want} argument(s){names}, got {len(args)}",
         )
+    # a reshape of int64 indices is int64 indices (ids flattened for a gather)
+    out_dtype = fdtype
+    if op.keeps_int and args and H.nodes[args[0]][g.DTYPE] == "int64":
+        out_dtype = "int64"
     for i, p in enumerate(args):
         dtype = H.nodes[p][g.DTYPE]
-        want = "int64" if i in op.int_args else fdtype
+        want = (
+            "int64" if i in op.int_args or (i == 0 and out_dtype == "int64") else fdtype
+        )
         if dtype != want:
             raise _err(
                 GraphError,
@@ -259,7 +265,7 @@ def _infer_op(H, n, fdtype):
         raise _err(ShapeError, H, n, msg) from None
     a[g.ATTRS] = attrs
     a[g.SHAPE] = shape
-    a[g.DTYPE] = fdtype
+    a[g.DTYPE] = out_dtype
 
 
 def _check_roles(H):

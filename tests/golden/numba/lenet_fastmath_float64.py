@@ -90,8 +90,11 @@ def _load_weights(names):
     """The arrays ``names`` from the .npz file beside this module, as DTYPE."""
     if not names:
         return {}
+    # np.asarray keeps a 0-d array 0-d (np.ascontiguousarray makes it shape (1,))
     with np.load(_WEIGHTS_FILE) as stored:
-        return {name: np.ascontiguousarray(stored[name], dtype=DTYPE) for name in names}
+        return {
+            name: np.asarray(stored[name], dtype=DTYPE, order="C") for name in names
+        }
 
 
 def forward(**arrays):

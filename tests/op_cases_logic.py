@@ -1,0 +1,47 @@
+"""Gradient-test cases for the ops of graphgen/ops/logic.py (merged into test_ops_gradients).
+
+Mask arguments are sampled as 0/1 arrays holding both values (the ``mask`` domain).
+"""
+
+from __future__ import annotations
+
+from opcase import Case
+
+_MASKS = [
+    Case(((2, 3), (2, 3))),
+    Case(((3, 4), (4,))),
+    Case(((3, 1), (1, 4))),
+    Case(((), (2, 3))),
+]
+
+CASES = {
+    "where": [
+        Case(((2, 3), (2, 3), (2, 3))),
+        Case(((1, 4), (3, 4), ())),  # an additive-mask fill: b a number
+        Case(((3, 1), (1, 4), (3, 4))),  # a and b broadcast: their gradients sum
+        Case(((4, 4), (2, 1, 4, 4), (4,))),
+        Case(((2, 3), (2, 3)), args=(0, 1, 1), label="a-is-b"),
+    ],
+    "take": [
+        Case(((5, 3),), {"indices": [[0, 4], [4, -1]]}),  # N-D, repeated, negative
+        Case(((2, 4, 3),), {"indices": [1, 1, 0], "axis": 1}),
+        Case(((4, 2),), {"indices": 2, "axis": 0}),  # one index: the axis goes
+        Case(((3, 2),), {"indices": [0, 0, 0], "axis": -1}),
+    ],
+    "take_add": [
+        Case(((2, 2, 3),), {"indices": [[0, 4], [4, 1]], "axis": 0, "dim": 5}),
+        Case(((2, 3, 3),), {"indices": [1, 1, 0], "axis": 1, "dim": 4}),
+    ],
+    "is_nan": [Case(((2, 3),)), Case(((),))],
+    "logical_not": [Case(((2, 3),)), Case(((4,),))],
+    "logical_and": _MASKS,
+    "logical_or": _MASKS,
+    "logical_xor": _MASKS,
+}
+NO_GRADIENT = {
+    "is_nan": "a 0/1 mask, piecewise constant",
+    "logical_not": "a mask of a mask, piecewise constant",
+    "logical_and": "a mask of masks, piecewise constant",
+    "logical_or": "a mask of masks, piecewise constant",
+    "logical_xor": "a mask of masks, piecewise constant",
+}
