@@ -12,6 +12,8 @@ the views and the CLI sit on top of this module; it imports none of them.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import contextvars
 import os
 import sys
 import types
@@ -30,10 +32,44 @@ from .passes.adjoint import adjoint
 from .passes.optimize import optimize
 from .passes.shapes import prepare
 
-__all__ = ["compile", "generate", "load", "lower", "report", "write"]
+__all__ = ["compile", "generate", "load", "lower", "observing", "report", "write"]
 
 # backend name -> its Program (each renders templates/<name>/module.py.j2)
 BACKENDS = {"numpy": NumpyProgram, "numba": NumbaProgram}
+
+
+# The observer of the stages of the compiles running in this context (see observing()).
+_OBSERVER = contextvars.ContextVar("graphgen_stages", default=None)
+
+
+@contextlib.contextmanager
+def observing(observer):
+    """Tell ``observer`` when each stage of a compile begins and ends.
+
+    ``observer.begin(name, size)`` and ``observer.end(name)`` are called around each
+    stage: ``load``, ``shapes``, ``adjoint``, ``optimize``, ``codegen``, ``render`` and
+    (for :func:`compile`) ``import``; ``size`` is the node count of the graph the stage
+    starts from (None for ``load``). The CLI's progress lines and
+    ``benchmarks/compile_scale.py`` are observers.
+    """
+    token = _OBSERVER.set(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVER.reset(token)
+
+
+@contextlib.contextmanager
+def _stage(name, G=None):
+    observer = _OBSERVER.get()
+    if observer is None:
+        yield
+        return
+    observer.begin(name, None if G is None else G.number_of_nodes())
+    try:
+        yield
+    finally:
+        observer.end(name)
 
 
 def load(path, **onnx_options):
@@ -54,11 +90,12 @@ def load(path, **onnx_options):
     ('J', ())
     """
     path = os.fspath(path)
-    if path.endswith(".onnx"):
-        return onnx_frontend.load(path, **onnx_options)
-    if onnx_options:
+    if not path.endswith(".onnx") and onnx_options:
         raise TypeError(f"options {sorted(onnx_options)} apply to ONNX models only")
-    return spec.load(path)
+    with _stage("load"):
+        if path.endswith(".onnx"):
+            return onnx_frontend.load(path, **onnx_options)
+        return spec.load(path)
 
 
 def compile(G, backend="numpy", *, dtype=None, **options):
@@ -85,6 +122,11 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     """
     source = generate(G, backend=backend, dtype=dtype, **options)
     arrays = stored_arrays(G)
+    with _stage("import"):
+        return _import(source, G, backend, arrays)
+
+
+def _import(source, G, backend, arrays):
     if backend == "numba" or arrays:
         return _import_cached(source, G.graph.get("name", "model"), arrays)
     name = f"graphgen_{G.graph.get('name', 'model')}"
@@ -196,10 +238,13 @@ def lower(G, *, dtype=None):
                 source=g.source_of(G),
             )
         H = _with_dtype(H, dtype)
-    H = prepare(H)
+    with _stage("shapes", H):
+        H = prepare(H)
     if H.graph.get("loss") is not None:
-        H = adjoint(H)
-    return optimize(H)
+        with _stage("adjoint", H):
+            H = adjoint(H)
+    with _stage("optimize", H):
+        return optimize(H)
 
 
 def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
@@ -240,8 +285,11 @@ def generate(G, backend="numpy", *, dtype=None, source_name=None, **options):
     if backend == "numpy" and options:
         raise CodegenError(f"the {backend} backend takes no options {sorted(options)}")
     # numba options: parallel, fastmath, cache, whole, transcendentals
-    program = BACKENDS[backend](A, backend, source_name, **options)
-    return render_module(program.env, f"{backend}/module.py.j2", program.context())
+    with _stage("codegen", A):
+        program = BACKENDS[backend](A, backend, source_name, **options)
+        context = program.context()
+    with _stage("render", A):
+        return render_module(program.env, f"{backend}/module.py.j2", context)
 
 
 def report(G, backend="numpy", *, dtype=None, sizes=None):
