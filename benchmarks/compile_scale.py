@@ -192,7 +192,7 @@ def _time_layout(clock):
     that the outermost call's time adds to ``clock.layout``."""
     import types
 
-    import graphgen.codegen.layout as layout
+    from graphgen.codegen import layout
 
     depth = [0]
 
@@ -307,8 +307,8 @@ def machine():
         cfg = np.show_config(mode="dicts")
         info = cfg["Build Dependencies"]["blas"]
         blas = f"{info.get('name')} {info.get('version', '')}".strip()
-    except Exception:
-        pass
+    except (AttributeError, KeyError, TypeError):  # an older NumPy: no dicts
+        blas = "?"
     return (
         f"machine: {cpu}, {os.cpu_count()} cores, load {load}; Python "
         f"{platform.python_version()}, NumPy {np.__version__} ({blas}), threads "

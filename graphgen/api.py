@@ -59,6 +59,89 @@ def observing(observer):
         _OBSERVER.reset(token)
 
 
+class Progress:
+    """An observer (:func:`observing`) that shows a compile's stages on ``stream``, one
+    line per stage, once the compile has run ``after`` seconds: then the stages done so
+    far with their times, and a line as each later stage begins. Silent when
+    ``stream`` is not a terminal. Use it as a context manager around the compile.
+
+    ``after`` defaults to ``$GRAPHGEN_PROGRESS_AFTER`` (2 seconds when unset).
+    """
+
+    def __init__(self, stream=None, after=None):
+        import threading
+
+        self.stream = sys.stderr if stream is None else stream
+        if after is None:
+            after = float(os.environ.get("GRAPHGEN_PROGRESS_AFTER", "2"))
+        self.after = after
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(isatty and isatty())
+        self.active = False
+        self.done = []  # (stage, seconds) of the stages that ended
+        self.running = None  # (stage, start, nodes)
+        self.lock = threading.Lock()
+        self.timer = None
+        self.t0 = None
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.enabled:  # a compile stuck in one stage still says so in time
+            self.timer = threading.Timer(self.after, self._activate)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        with self.lock:
+            if self.active and exc[0] is None:
+                self._say(f"done in {self._now():.1f} s")
+
+    def _now(self):
+        import time
+
+        return time.perf_counter() - self.t0
+
+    def _say(self, text):
+        self.stream.write(f"graphgen: {text}\n")
+        self.stream.flush()
+
+    def _begun(self):
+        name, start, nodes = self.running
+        size = "" if nodes is None else f" {nodes:,} nodes,"
+        self._say(f"{name}...{size} {start:.1f} s so far")
+
+    def _activate(self):
+        with self.lock:
+            if self.active or not self.enabled:
+                return
+            self.active = True
+            for name, seconds in self.done:
+                self._say(f"{name} {seconds:.1f} s")
+            if self.running is not None:
+                self._begun()
+
+    def begin(self, name, size=None):
+        if self.t0 is None:
+            self.__enter__()
+        if self.enabled and not self.active and self._now() >= self.after:
+            self._activate()
+        with self.lock:
+            self.running = (name, self._now(), size)
+            if self.active:
+                self._begun()
+
+    def end(self, name):
+        with self.lock:
+            self.done.append((name, self._now() - self.running[1]))
+            self.running = None
+
+
 @contextlib.contextmanager
 def _stage(name, G=None):
     observer = _OBSERVER.get()
