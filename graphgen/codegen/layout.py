@@ -409,6 +409,10 @@ def value(expr, used, indent=INDENT) -> Code:
 def _value(expr, used, indent):
     if "\n" in expr:
         return expr
+    if used + len(expr) <= LINE and not expr.startswith("("):
+        # fits, and no parentheses around the whole to drop: what the parse below
+        # gives back (expr as ruff writes it, or expr left alone), without the parse
+        return expr
     try:
         tree = _Parser(expr).parse()
     except (_Unknown, tokenize.TokenError, IndentationError):

@@ -117,12 +117,13 @@ class Namer:
         return key in self.names
 
 
-def node_names(A) -> Namer:
+def node_names(A, order=None) -> Namer:
     """The code name of every input, param, symbolic size (key ``("dim", s)``) and op node
     of a lowered graph that gets one: inputs and params first, then forward values, then
-    each adjoint ``v_bar`` and each term ``v_bar_via_k``, in schedule order."""
+    each adjoint ``v_bar`` and each term ``v_bar_via_k``, in schedule order
+    (``order``: ``graph.schedule(A)``, when the caller has it)."""
     nm = Namer()
-    order = g.schedule(A)
+    order = g.schedule(A) if order is None else order
     for n in order:
         if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
             nm.name(n)

@@ -239,7 +239,7 @@ def whole_function(prog, name, roots, doc, returns_fn):
             ident = _root_name(prog, r, inner)
             if ident not in outs:
                 outs.append(ident)
-    arrays = [n for n in g.schedule(A) if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
+    arrays = [n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM)]
     kernel = WholeKernel(
         name=kname,
         types=_types(prog, name, arrays),
