@@ -293,7 +293,7 @@ def model_first_call(name):
         arrays = dict(module.init_params())
         for k, shape in module.INPUTS.items():
             if module.DTYPES[k] == "int64":
-                arrays[k] = rng.integers(0, 2, shape)
+                arrays[k] = np.zeros(shape, dtype=np.int64)  # class 0: any model has it
             else:
                 arrays[k] = rng.standard_normal(shape).astype(module.DTYPES[k])
         module.value_and_grad(**arrays)
