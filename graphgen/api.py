@@ -12,6 +12,8 @@ the views and the CLI sit on top of this module; it imports none of them.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import contextvars
 import os
 import sys
 import types
@@ -32,10 +34,136 @@ from .passes.forward import forward_mode
 from .passes.optimize import optimize, reuse_inner
 from .passes.shapes import prepare
 
-__all__ = ["compile", "generate", "hessian", "load", "lower", "report", "write"]
+__all__ = [
+    "compile",
+    "generate",
+    "hessian",
+    "load",
+    "lower",
+    "observing",
+    "report",
+    "write",
+]
 
 # backend name -> its Program (each renders templates/<name>/module.py.j2)
 BACKENDS = {"numpy": NumpyProgram, "numba": NumbaProgram}
+
+
+# The observer of the stages of the compiles running in this context (see observing()).
+_OBSERVER = contextvars.ContextVar("graphgen_stages", default=None)
+
+
+@contextlib.contextmanager
+def observing(observer):
+    """Tell ``observer`` when each stage of a compile begins and ends.
+
+    ``observer.begin(name, size)`` and ``observer.end(name)`` are called around each
+    stage: ``load``, ``shapes``, ``adjoint``, ``optimize``, ``codegen``, ``render`` and
+    (for :func:`compile`) ``import``; ``size`` is the node count of the graph the stage
+    starts from (None for ``load``). The CLI's progress lines and
+    ``benchmarks/compile_scale.py`` are observers.
+    """
+    token = _OBSERVER.set(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVER.reset(token)
+
+
+class Progress:
+    """An observer (:func:`observing`) that shows a compile's stages on ``stream``, one
+    line per stage, once the compile has run ``after`` seconds: then the stages done so
+    far with their times, and a line as each later stage begins. Silent when
+    ``stream`` is not a terminal. Use it as a context manager around the compile.
+
+    ``after`` defaults to ``$GRAPHGEN_PROGRESS_AFTER`` (2 seconds when unset).
+    """
+
+    def __init__(self, stream=None, after=None):
+        import threading
+
+        self.stream = sys.stderr if stream is None else stream
+        if after is None:
+            after = float(os.environ.get("GRAPHGEN_PROGRESS_AFTER", "2"))
+        self.after = after
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(isatty and isatty())
+        self.active = False
+        self.done = []  # (stage, seconds) of the stages that ended
+        self.running = None  # (stage, start, nodes)
+        self.lock = threading.Lock()
+        self.timer = None
+        self.t0 = None
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.enabled:  # a compile stuck in one stage still says so in time
+            self.timer = threading.Timer(self.after, self._activate)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        with self.lock:
+            if self.active and exc[0] is None:
+                self._say(f"done in {self._now():.1f} s")
+
+    def _now(self):
+        import time
+
+        return time.perf_counter() - self.t0
+
+    def _say(self, text):
+        self.stream.write(f"graphgen: {text}\n")
+        self.stream.flush()
+
+    def _begun(self):
+        name, start, nodes = self.running
+        size = "" if nodes is None else f" {nodes:,} nodes,"
+        self._say(f"{name}...{size} {start:.1f} s so far")
+
+    def _activate(self):
+        with self.lock:
+            if self.active or not self.enabled:
+                return
+            self.active = True
+            for name, seconds in self.done:
+                self._say(f"{name} {seconds:.1f} s")
+            if self.running is not None:
+                self._begun()
+
+    def begin(self, name, size=None):
+        if self.t0 is None:
+            self.__enter__()
+        if self.enabled and not self.active and self._now() >= self.after:
+            self._activate()
+        with self.lock:
+            self.running = (name, self._now(), size)
+            if self.active:
+                self._begun()
+
+    def end(self, name):
+        with self.lock:
+            self.done.append((name, self._now() - self.running[1]))
+            self.running = None
+
+
+@contextlib.contextmanager
+def _stage(name, G=None):
+    observer = _OBSERVER.get()
+    if observer is None:
+        yield
+        return
+    observer.begin(name, None if G is None else G.number_of_nodes())
+    try:
+        yield
+    finally:
+        observer.end(name)
 
 
 def load(path, **onnx_options):
@@ -57,11 +185,12 @@ def load(path, **onnx_options):
     ('J', ())
     """
     path = os.fspath(path)
-    if path.endswith(".onnx"):
-        return onnx_frontend.load(path, **onnx_options)
-    if onnx_options:
+    if not path.endswith(".onnx") and onnx_options:
         raise TypeError(f"options {sorted(onnx_options)} apply to ONNX models only")
-    return spec.load(path)
+    with _stage("load"):
+        if path.endswith(".onnx"):
+            return onnx_frontend.load(path, **onnx_options)
+        return spec.load(path)
 
 
 def compile(G, backend="numpy", *, dtype=None, **options):
@@ -90,6 +219,11 @@ def compile(G, backend="numpy", *, dtype=None, **options):
     """
     source = generate(G, backend=backend, dtype=dtype, **options)
     arrays = stored_arrays(G)
+    with _stage("import"):
+        return _import(source, G, backend, arrays)
+
+
+def _import(source, G, backend, arrays):
     if backend == "numba" or arrays:
         return _import_cached(source, G.graph.get("name", "model"), arrays)
     name = f"graphgen_{G.graph.get('name', 'model')}"
@@ -231,24 +365,28 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
                 source=g.source_of(G),
             )
         H = _with_dtype(H, dtype)
-    H = prepare(H)
+    with _stage("shapes", H):
+        H = prepare(H)
     if H.graph.get("loss") is not None:
-        H = adjoint(H)
-    H = optimize(H)
+        with _stage("adjoint", H):
+            H = adjoint(H)
+    with _stage("optimize", H):
+        H = optimize(H)
     if not (jvp or hvp or hessian):
         return reuse_inner(H)
-    H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
-    # the tangents are roots: optimized like outputs, never removed or moved
-    outputs = H.graph["outputs"]
-    systems = (
-        (H.graph.get("jvp") or {}).get("outputs", {}),
-        (H.graph.get("hvp") or {}).get("hvps", {}),
-    )
-    roots = [v for s in systems for v in s.values() if v is not None]
-    H.graph["outputs"] = list(dict.fromkeys(outputs + roots))
-    H = optimize(H)
-    H.graph["outputs"] = outputs
-    H.graph["hessian"] = bool(hessian)
+    with _stage("forward mode", H):
+        H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
+        # the tangents are roots: optimized like outputs, never removed or moved
+        outputs = H.graph["outputs"]
+        systems = (
+            (H.graph.get("jvp") or {}).get("outputs", {}),
+            (H.graph.get("hvp") or {}).get("hvps", {}),
+        )
+        roots = [v for s in systems for v in s.values() if v is not None]
+        H.graph["outputs"] = list(dict.fromkeys(outputs + roots))
+        H = optimize(H)
+        H.graph["outputs"] = outputs
+        H.graph["hessian"] = bool(hessian)
     return reuse_inner(H)
 
 
@@ -318,8 +456,11 @@ def generate(
             )
         options["optimizer"] = optim.optimizer(optimizer)
     # numba options: parallel, fastmath, cache, whole, transcendentals
-    program = BACKENDS[backend](A, backend, source_name, **options)
-    return render_module(program.env, f"{backend}/module.py.j2", program.context())
+    with _stage("codegen", A):
+        program = BACKENDS[backend](A, backend, source_name, **options)
+        context = program.context()
+    with _stage("render", A):
+        return render_module(program.env, f"{backend}/module.py.j2", context)
 
 
 def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forward):

@@ -128,6 +128,12 @@ def compile_args(p):
         help="numba backend: compile kernels with fastmath=True",
     )
     forward_mode_args(p)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress lines (shown on a terminal when a compile takes over 2 s)",
+    )
     onnx_args(p)
     optimizer_args(p)
 
@@ -216,6 +222,16 @@ def forward_mode_args(p):
 
 
 def compile_run(args):
+    import contextlib
+
+    from .api import Progress, observing
+
+    progress = Progress() if not args.quiet else contextlib.nullcontext()
+    with progress, observing(progress if not args.quiet else None):
+        return _compile_run(args)
+
+
+def _compile_run(args):
     from .api import generate, report, stored_arrays, write
 
     G = _load(args.spec, args)

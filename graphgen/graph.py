@@ -75,11 +75,12 @@ FLOAT_DTYPES = ("float64", "float32")
 
 def operands(G, n):
     """The argument node ids of ``n``, in argument order (a node may appear twice)."""
-    args = []
-    for p in G.predecessors(n):
-        for i in G.edges[p, n][POS]:
-            args.append((i, p))
-    args.sort()
+    pred = G._pred[n]  # {argument: edge attributes}, without networkx's views
+    if len(pred) == 1:
+        for p, e in pred.items():
+            return [p] * len(e[POS])
+    args = [(i, p) for p, e in pred.items() for i in e[POS]]
+    args.sort()  # positions are distinct: node ids are never compared
     return [p for _, p in args]
 
 
@@ -166,11 +167,43 @@ def fresh_id(G, base):
 
 
 def schedule(G, nodes=None):
-    """Nodes in a deterministic topological order (creation order breaks ties)."""
-    H = G if nodes is None else G.subgraph(nodes)
-    import networkx as nx
+    """Nodes in a deterministic topological order (creation order breaks ties).
 
-    return list(nx.lexicographical_topological_sort(H, key=lambda n: G.nodes[n][SEQ]))
+    The lexicographic topological order by ``seq`` (``networkx.
+    lexicographical_topological_sort`` with that key gives the same list), of ``nodes``
+    alone when given (the order of the subgraph they induce). One heap over the
+    adjacency dicts: O((n + e) log n), without building a subgraph view, whose
+    filtered adjacency costs a scan per step.
+    """
+    import heapq
+
+    pred, succ, attrs = G._pred, G._succ, G._node
+    if nodes is None:
+        members = attrs
+        indegree = {n: len(pred[n]) for n in G}
+    else:
+        members = nodes if isinstance(nodes, (set, frozenset, dict)) else set(nodes)
+        # in G's node order, as the subgraph view iterates
+        indegree = {
+            n: sum(1 for p in pred[n] if p in members) for n in G if n in members
+        }
+    index = {n: i for i, n in enumerate(indegree)}  # networkx's tie-break
+    heap = [(attrs[n][SEQ], index[n], n) for n, d in indegree.items() if d == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        n = heapq.heappop(heap)[2]
+        order.append(n)
+        for s in succ[n]:
+            if s in indegree:
+                indegree[s] -= 1
+                if indegree[s] == 0:
+                    heapq.heappush(heap, (attrs[s][SEQ], index[s], s))
+    if len(order) != len(indegree):
+        import networkx as nx
+
+        raise nx.NetworkXUnfeasible("the graph has a cycle")
+    return order
 
 
 def source_of(G):

@@ -409,6 +409,10 @@ def value(expr, used, indent=INDENT) -> Code:
 def _value(expr, used, indent):
     if "\n" in expr:
         return expr
+    if used + len(expr) <= LINE and not expr.startswith("("):
+        # fits, and no parentheses around the whole to drop: what the parse below
+        # gives back (expr as ruff writes it, or expr left alone), without the parse
+        return expr
     try:
         tree = _Parser(expr).parse()
     except (_Unknown, tokenize.TokenError, IndentationError):
@@ -447,6 +451,8 @@ def _parse(expr):
 def power_operand(expr) -> bool:
     """Whether ruff format hugs ``**`` around ``expr`` (``x**2.0``, ``x**-y``): a name, a
     number, a dotted name, or one of them with a unary minus, plus or invert."""
+    if _NAME.match(expr) or _UNSIGNED.match(expr):
+        return True  # a name or a number, without a parse
     node = _parse(expr)
     if node is None or _parenthesized(expr):
         return False
@@ -574,7 +580,14 @@ def _parenthesized(expr) -> bool:
     return True
 
 
+# what most arguments are: a name, or a non-negative number; they need no parse
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_UNSIGNED = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\Z")
+
+
 def _atomic(expr) -> bool:
+    if _NAME.match(expr) or _UNSIGNED.match(expr):
+        return True  # what the parse below says of them, without parsing
     if _parenthesized(expr):
         return True
     node = _parse(expr)

@@ -86,13 +86,28 @@ class Namer:
         self.names = {}
         self.taken = set()
 
+    @property
+    def taken(self):
+        """The identifiers handed out (or otherwise in use); a caller may replace it."""
+        return self._taken
+
+    @taken.setter
+    def taken(self, names):
+        self._taken = names
+        # per base, the k where the last search for a free ``base_k`` stopped: every
+        # ``base_j`` below it is taken, since ``taken`` only grows until replaced here
+        self._next = {}
+
     def fresh(self, base) -> Code:
         base = sanitize(base)
-        name, k = base, 2
-        while name in self.taken or name in RESERVED:
+        name, k = base, self._next.get(base, 2)
+        if name in self._taken or name in RESERVED:
             name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
+            while name in self._taken or name in RESERVED:
+                k += 1
+                name = f"{base}_{k}"
+            self._next[base] = k + 1
+        self._taken.add(name)
         assert IDENT_RE.match(name), name
         return Code(name)
 
@@ -108,13 +123,14 @@ class Namer:
         return key in self.names
 
 
-def node_names(A) -> Namer:
+def node_names(A, order=None) -> Namer:
     """The code name of every input, param, symbolic size (key ``("dim", s)``) and op node
     of a lowered graph that gets one: inputs and params first, then forward values, then
     each adjoint ``v_bar`` and each term ``v_bar_via_k``, then each tangent ``v_dot`` (of
-    a named value; forward mode's other nodes are temporaries), in schedule order."""
+    a named value; forward mode's other nodes are temporaries), in schedule order
+    (``order``: ``graph.schedule(A)``, when the caller has it)."""
     nm = Namer()
-    order = g.schedule(A)
+    order = g.schedule(A) if order is None else order
     for n in order:
         if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
             nm.name(n)

@@ -173,7 +173,9 @@ class Program:
         self.optimizer = optimizer
         self.backend = backend
         self.env = environment(backend)
-        self.namer = node_names(A)
+        # the module's schedule, once: A does not change while the program is built
+        self.order = g.schedule(A)
+        self.namer = node_names(A, self.order)
         self.forms = OpForms(self, op_macros(self.env, "numpy"))
         self.source_name = source_name
         self.loss = A.graph.get("loss")
@@ -220,7 +222,7 @@ class Program:
         """The module's inputs (but cotangents and tangents), params and outputs, in
         order."""
         A = self.A
-        nodes = g.schedule(A)
+        nodes = self.order
         cotangents = A.graph.get("cotangents") or {}  # output -> its cotangent input
         directions = tangents.direction_inputs(A)  # jvp's tangents, hvp's vectors
         inputs = [
@@ -439,7 +441,7 @@ class Program:
         constants = [
             (literal(k), Code(f"_stored[{literal(k)}]")) for k in stored_consts
         ]
-        for n in g.schedule(A):
+        for n in self.order:
             at = A.nodes[n].get(g.ATTRS) or {}
             if at.get("fill") is not None and ops.get(A.nodes[n][g.OP]).kept:
                 fill = (
@@ -636,7 +638,7 @@ class Program:
         for kind, label in ((g.INPUT, "inputs"), (g.PARAM, "params")):
             ns = [
                 n
-                for n in g.schedule(A)
+                for n in self.order
                 if A.nodes[n][g.KIND] == kind and n not in directions
             ]
             if ns:

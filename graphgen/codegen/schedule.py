@@ -51,8 +51,12 @@ class Schedule:
         self.roots = list(roots)
         self.root_set = set(roots)
         self.need = g.reach(A, roots)
+        # the module's schedule restricted to what the roots need: the same list as
+        # g.schedule(A, need), since need holds every predecessor of its nodes (a node
+        # outside it never delays one inside), without sorting again per function
+        need = self.need
         self.order = [
-            n for n in g.schedule(A, self.need) if A.nodes[n][g.KIND] == g.OPNODE
+            n for n in program.order if n in need and A.nodes[n][g.KIND] == g.OPNODE
         ]
         self.uses = {}
         self.consumer = {}

@@ -35,11 +35,12 @@ def _roots(G):
     return roots
 
 
-def _replace(G, old, new, relabel=True):
-    """Route every use of ``old`` to ``new`` and delete ``old``.
+def _replace(G, old, new, merged):
+    """Route every use of ``old`` to ``new``, delete ``old`` and note it in ``merged``.
 
-    ``relabel=False`` leaves the backward nodes' labels to one :func:`_relabel` pass
-    over the graph for a whole batch of merges (CSE makes hundreds on a large model).
+    The tables and labels that name ``old`` follow in one sweep over the graph for the
+    whole pass (:func:`_follow_merges`): rewriting them per replacement cost a pass over
+    the graph for each of the thousands a large graph has.
     """
     for s in list(G.successors(old)):
         for i in G.edges[old, s][g.POS]:
@@ -49,34 +50,31 @@ def _replace(G, old, new, relabel=True):
         for key in LABELS:
             if key in a_old and key not in a_new:
                 a_new[key] = a_old[key]
-    for key in ("grads", "adjoints"):
-        table = G.graph.get(key)
-        if table:
-            G.graph[key] = {w: (new if v == old else v) for w, v in table.items()}
-    if G.graph.get("passes"):  # new dicts: the input graph's must not change
-        G.graph["passes"] = [
-            {
-                **p,
-                "adjoints": {
-                    w: (new if v == old else v) for w, v in p["adjoints"].items()
-                },
-            }
-            for p in G.graph["passes"]
-        ]
     G.remove_node(old)
-    if relabel:
-        _relabel(G, {old: new})
+    merged[old] = new
 
 
-def _relabel(G, merged):
-    """The labels of backward nodes name the forward nodes they came through: follow
-    the merges ``merged`` (old -> new, possibly chained)."""
+def _follow_merges(G, merged):
+    """After a pass's merges ``merged`` (old -> new, possibly chained): the tables that
+    name nodes (``grads``, ``adjoints``, each adjoint pass's) and the labels of backward
+    nodes (which name the forward nodes they came through) name the survivors."""
+    if not merged:
+        return
 
     def final(k):
         while k in merged:
             k = merged[k]
         return k
 
+    for key in ("grads", "adjoints"):
+        table = G.graph.get(key)
+        if table:
+            G.graph[key] = {w: final(v) for w, v in table.items()}
+    if G.graph.get("passes"):  # new dicts: the input graph's must not change
+        G.graph["passes"] = [
+            {**p, "adjoints": {w: final(v) for w, v in p["adjoints"].items()}}
+            for p in G.graph["passes"]
+        ]
     for n in G:
         a = G.nodes[n]
         note = a.get(g.NOTE)
@@ -102,7 +100,10 @@ def _const_value(G, n):
 
 def fold_constants(G):
     """Evaluate scalar op nodes whose arguments are all constants."""
-    H = G.copy()
+    return _fold_constants(G.copy())
+
+
+def _fold_constants(H):
     for n in g.schedule(H):
         a = H.nodes[n]
         if a[g.KIND] != g.OPNODE or tuple(a[g.SHAPE]) != ():
@@ -164,9 +165,8 @@ def _simplify_one(G, n):
     return None
 
 
-def _set_arg(G, n, i, new):
-    """Make ``new`` argument ``i`` of ``n``."""
-    old = g.operands(G, n)[i]
+def _set_arg(G, n, i, old, new):
+    """Make ``new`` argument ``i`` of ``n`` in place of ``old``."""
     pos = tuple(p for p in G.edges[old, n][g.POS] if p != i)
     if pos:
         G.edges[old, n][g.POS] = pos
@@ -176,40 +176,54 @@ def _set_arg(G, n, i, new):
 
 
 def _drop_broadcasts(G, n):
-    """An elementwise op broadcasts by itself: ``mul(broadcast_to(v), x)`` -> ``mul(v, x)``."""
+    """An elementwise op broadcasts by itself: ``mul(broadcast_to(v), x)`` -> ``mul(v, x)``.
+
+    One sweep over the arguments, each dropping the broadcasts it stands on while the
+    result keeps its shape. (Restarting from the first argument after each change, as
+    this once did, finds the same ones: an argument refused stays refused when another
+    gets a smaller shape, as every argument broadcasts to the result's shape.)
+    """
     a = G.nodes[n]
     if a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).elementwise:
-        return False
+        return
     args = g.operands(G, n)
-    for i, p in enumerate(args):
-        op = G.nodes[p].get(g.OP)
-        if op is None or not ops.get(op).broadcasts:
-            continue
-        v = g.operands(G, p)[0]
-        shapes = [G.nodes[q][g.SHAPE] for q in args]
-        shapes[i] = G.nodes[v][g.SHAPE]
-        if ops.broadcast_shapes(*shapes) == tuple(a[g.SHAPE]):
-            _set_arg(G, n, i, v)
-            return True
-    return False
+    shapes = [G.nodes[q][g.SHAPE] for q in args]
+    target = tuple(a[g.SHAPE])
+    for i in range(len(args)):
+        while True:
+            p = args[i]
+            op = G.nodes[p].get(g.OP)
+            if op is None or not ops.get(op).broadcasts:
+                break
+            v = g.operands(G, p)[0]
+            old, shapes[i] = shapes[i], G.nodes[v][g.SHAPE]
+            if ops.broadcast_shapes(*shapes) != target:
+                shapes[i] = old
+                break
+            _set_arg(G, n, i, p, v)
+            args[i] = v
 
 
 def simplify(G):
     """Algebraic identities, each declared on its op (``Op.identities``: x·1, 1·x, x+0,
     x−0, x/1, −(−x), one-term add_n, no-op reshapes, ...), and explicit broadcasts that an
     elementwise consumer would do anyway (``Op.broadcasts``)."""
-    H = G.copy()
+    return _simplify(G.copy())
+
+
+def _simplify(H):
     keep = _protected(H)
+    merged = {}
     for n in g.schedule(H):
         if n not in H:
             continue
-        while _drop_broadcasts(H, n):
-            pass
+        _drop_broadcasts(H, n)
         if n in keep:
             continue
         new = _simplify_one(H, n)
         if new is not None:
-            _replace(H, n, new)
+            _replace(H, n, new, merged)
+    _follow_merges(H, merged)
     return H
 
 
@@ -227,7 +241,10 @@ def _key(G, n):
 
 def cse(G):
     """Common-subexpression elimination: merge nodes computing the same op on the same args."""
-    H = G.copy()
+    return _cse(G.copy())
+
+
+def _cse(H):
     keep = _protected(H)
     seen, merged = {}, {}
     for n in g.schedule(H):
@@ -235,17 +252,19 @@ def cse(G):
         if key is None:
             continue
         if key in seen and n not in keep:
-            _replace(H, n, seen[key], relabel=False)
-            merged[n] = seen[key]
+            _replace(H, n, seen[key], merged)
         else:
             seen.setdefault(key, n)
-    _relabel(H, merged)
+    _follow_merges(H, merged)
     return H
 
 
 def dce(G):
     """Dead-code elimination: drop nodes that no output, loss or gradient needs."""
-    H = G.copy()
+    return _dce(G.copy())
+
+
+def _dce(H):
     live = set(_protected(H)) | g.reach(H, list(_roots(H)))
     H.remove_nodes_from([n for n in list(H) if n not in live])
     if H.graph.get("adjoints"):
@@ -257,11 +276,12 @@ def dce(G):
     return H
 
 
+# (name, the pass, the same pass working on a graph it may change)
 PASSES = (
-    ("constant folding", fold_constants),
-    ("algebraic simplification", simplify),
-    ("common subexpressions", cse),
-    ("dead code", dce),
+    ("constant folding", fold_constants, _fold_constants),
+    ("algebraic simplification", simplify, _simplify),
+    ("common subexpressions", cse, _cse),
+    ("dead code", dce, _dce),
 )
 
 
@@ -275,20 +295,22 @@ def optimize(G, max_rounds=10):
     ``pass_stats`` is a list of ``(pass name, op count before its first run, op count
     after removing everything it removed over all rounds)``, in pass order.
     """
-    H = G
+    H = G.copy()  # one copy: the passes then work on it in place
     before = {}
-    removed = {name: 0 for name, _ in PASSES}
+    removed = {name: 0 for name, *_ in PASSES}
+    ops_now = count_ops(H)
     for _ in range(max_rounds):
         size = (H.number_of_nodes(), H.number_of_edges())
-        for name, fn in PASSES:
-            n0 = count_ops(H)
-            before.setdefault(name, n0)
-            H = fn(H)
-            removed[name] += n0 - count_ops(H)
+        for name, _, in_place in PASSES:
+            before.setdefault(name, ops_now)
+            H = in_place(H)
+            n1 = count_ops(H)
+            removed[name] += ops_now - n1
+            ops_now = n1
         if (H.number_of_nodes(), H.number_of_edges()) == size:
             break
     H.graph["pass_stats"] = [
-        (name, before[name], before[name] - removed[name]) for name, _ in PASSES
+        (name, before[name], before[name] - removed[name]) for name, *_ in PASSES
     ]
     return H
 

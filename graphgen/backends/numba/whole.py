@@ -246,9 +246,7 @@ def whole_function(prog, name, roots, doc, returns_fn):
                 outs.append(ident)
     taken = set().union(*prog.arrays()[:2])  # not jvp's tangents nor hvp's vectors
     arrays = [
-        n
-        for n in g.schedule(A)
-        if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
+        n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
     ]
     kernel = WholeKernel(
         name=kname,

@@ -86,24 +86,35 @@ def plan_buffers(G, program, keep):
     """
     last = last_uses(program, keep)
     index = {n: i for i, (n, _) in enumerate(program)}
-    owner = {}  # value -> the value whose buffer it lives in
+    # value -> the value whose buffer it lives in (at the end of its chain of owners:
+    # an owner's base is final when a value takes its buffer, so one lookup, not a walk
+    # along a chain that grows with every statement of a long add chain)
+    base_of = {}
 
     def base(n):
-        while n in owner:
-            n = owner[n]
-        return n
+        return base_of.get(n, n)
 
-    sharing = {}  # buffer -> values living in it
+    # per buffer, over the values living in it: the last statement that reads one of
+    # them, and whether one is kept (updated as values join: no scan of them per read)
+    last_read, kept = {}, set()
 
     def free_at(p, i):
         a = G.nodes[p]
         if a[g.KIND] != g.OPNODE or kept_by_module(a) or p not in index:
             return False
         b = base(p)
-        for v in sharing.get(b, {b}):
-            if v in keep or last.get(v, -1) > i or v not in index and v != b:
-                return False
-        return True
+        if b not in last_read:  # a buffer of one value so far: b itself
+            return b not in keep and last.get(b, -1) <= i
+        return b not in kept and last_read[b] <= i
+
+    def join(b, v):
+        if b not in last_read:  # the buffer's first value is b itself
+            last_read[b] = last.get(b, -1)
+            if b in keep:
+                kept.add(b)
+        last_read[b] = max(last_read[b], last.get(v, -1))
+        if v in keep:
+            kept.add(b)
 
     plan = []
     for i, (n, _) in enumerate(program):
@@ -130,11 +141,10 @@ def plan_buffers(G, program, keep):
                 fits.sort(key=lambda p: G.nodes[p].get(g.ROLE) != g.BACKWARD)
                 choice = ("out", fits[0])
         if choice is not None:
-            owner[n] = choice[1]
+            base_of[n] = base(choice[1])
         elif is_view(a) and args:
-            owner[n] = args[0]
-        b = base(n)
-        sharing.setdefault(b, {b}).add(n)
+            base_of[n] = base(args[0])
+        join(base(n), n)
         plan.append(choice)
     return plan
 

@@ -1,0 +1,138 @@
+"""Big graphs (issue 16): the fast paths of the passes and of codegen compute the right
+gradients, and a long compile shows its stages on a terminal only.
+
+No timing here: ``benchmarks/compile_scale.py`` measures how compile time grows.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+import graphgen
+from graphgen.check import random_arrays
+from graphgen.frontends.spec import from_dict
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import compile_scale
+
+# The issue asks for 20,000 nodes; on the shared 2-core CI machine that compile takes
+# minutes, so the default is a size within the test budget. GRAPHGEN_SCALE_NODES=20000
+# runs the full size (it passes; see the README's compile-time section).
+NODES = int(os.environ.get("GRAPHGEN_SCALE_NODES", "1500"))
+
+
+def central_difference(f, arrays, name, index, eps=1e-6):
+    hi = {k: v.copy() for k, v in arrays.items()}
+    lo = {k: v.copy() for k, v in arrays.items()}
+    hi[name][index] += eps
+    lo[name][index] -= eps
+    return (f(hi) - f(lo)) / (2 * eps)
+
+
+@pytest.mark.parametrize("shape", ["random", "fanout"])
+def test_gradients_of_a_big_generated_spec_match_central_differences(shape):
+    data = compile_scale.GENERATORS[shape](NODES)
+    assert compile_scale.spec_nodes(data) >= NODES - 10
+    # x feeds every branch (fanout) or the start of the DAG (random): its gradient is
+    # the widest sum over successors
+    data["wrt"] = ["x", *data["params"]]
+    G = from_dict(data, source=f"<{shape}>")
+    module = graphgen.compile(G)
+    arrays = random_arrays(G, seed=1, sizes={"batch": 3})
+    rng = np.random.default_rng(2)
+    for name, size in module.PARAMS.items():
+        arrays[name] = rng.uniform(0.5, 1.5, size)
+    loss, grads = module.value_and_grad(**arrays)
+    assert np.isfinite(loss)
+
+    def f(a):
+        return module.value_and_grad(**a)[0]
+
+    # the input, and the params met first, in the middle and last
+    names = list(module.PARAMS)
+    picks = [("x", (1, 2)), ("x", (0, 0))] + [
+        (names[i], (i % compile_scale.WIDTH,))
+        for i in (0, len(names) // 2, len(names) - 1)
+    ]
+    eps = 1e-6
+    # the difference quotient's rounding error: the loss sums thousands of terms, each
+    # of its two evaluations is off by a few ulps of |loss|, divided by 2 eps
+    rounding = 8 * np.finfo(float).eps * abs(loss) / eps
+    for name, index in picks:
+        want = central_difference(f, arrays, name, index, eps)
+        got = grads[name][index]
+        tol = 1e-6 * max(1.0, abs(want)) + rounding
+        assert abs(got - want) <= tol, (name, index, got, want)
+
+
+def run_in_terminal(args, env):
+    """Run ``python -m graphgen ARGS`` with stdin/stdout/stderr on a pseudo-terminal;
+    returns everything it printed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its stderr is the terminal
+        os.environ.update(env)
+        os.execv(sys.executable, [sys.executable, "-m", "graphgen", *args])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the terminal closes when the child exits
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode()
+    return out.decode()
+
+
+# a compile "longer than" 0 s: every stage shows
+FAST = {"GRAPHGEN_PROGRESS_AFTER": "0", "PYTHONPATH": str(REPO)}
+STAGES = ("load", "shapes", "adjoint", "optimize", "codegen", "render")
+
+
+def test_a_long_compile_shows_each_stage_on_a_terminal(tmp_path):
+    out = run_in_terminal(
+        ["compile", str(REPO / "examples" / "tiny.yaml"), "-o", str(tmp_path / "m.py")],
+        FAST,
+    )
+    shown = [ln for ln in out.splitlines() if ln.startswith("graphgen: ")]
+    assert [ln.split()[1].rstrip(".") for ln in shown[:-1]] == list(STAGES), out
+    assert shown[-1].startswith("graphgen: done in "), out
+
+
+def test_progress_is_silent_under_quiet_and_off_a_terminal(tmp_path):
+    spec = str(REPO / "examples" / "tiny.yaml")
+    out = run_in_terminal(["compile", spec, "-q", "-o", str(tmp_path / "m.py")], FAST)
+    assert "graphgen: " not in out, out
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graphgen",
+            "compile",
+            spec,
+            "-o",
+            str(tmp_path / "n.py"),
+        ],
+        env={**os.environ, **FAST},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "graphgen: " not in piped.stderr, piped.stderr
+
+
+def test_a_short_compile_shows_nothing_on_a_terminal(tmp_path):
+    out = run_in_terminal(
+        ["compile", str(REPO / "examples" / "tiny.yaml"), "-o", str(tmp_path / "m.py")],
+        {"GRAPHGEN_PROGRESS_AFTER": "600", "PYTHONPATH": str(REPO)},
+    )
+    assert "graphgen: " not in out, out
