@@ -68,11 +68,13 @@ def test_repeat_chains_copies_with_their_own_params(tmp_path):
 
 
 def test_diagram_groups_follow_the_instances(tmp_path):
-    from graphgen.views.diagram import group_of
+    from graphgen.views.grouping import blocks
 
     G = graphgen.load(_write(tmp_path, DENSE))
-    assert group_of(G, "layer1/h") == "layer1"
-    assert group_of(G, "last/y") == "last"
+    found = blocks(G)
+    name = {n: b.name for b in found.blocks for n in b.nodes}
+    assert name["layer1/h"] == "layer1"
+    assert name["last/y"] == "last"
 
 
 @pytest.mark.parametrize(

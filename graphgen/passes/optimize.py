@@ -322,6 +322,7 @@ def reuse_inner(G):
     and kept for the backward pass, instead of computed inside the fused op, dropped,
     and computed again. That node becomes part of the forward pass."""
     H = G.copy()
+    merged = {}
     for n in sorted(H, key=str):
         a = H.nodes.get(n)
         if a is None or a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).splits:
@@ -341,9 +342,10 @@ def reuse_inner(G):
                 attrs = {k: v for k, v in b.items() if k not in LABELS}
                 H.add_node(kept, **{**attrs, g.ROLE: a.get(g.ROLE, g.FORWARD)})
                 g.add_args(H, kept, want)
-                _replace(H, d, kept)
+                _replace(H, d, kept, merged)
                 H.remove_edges_from([(p, n) for p in set(args)])
                 g.add_args(H, n, [kept] + [args[j] for j in outer_args])
                 a[g.OP], a[g.ATTRS] = outer, {}
                 break
+    _follow_merges(H, merged)
     return H
