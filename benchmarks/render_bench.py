@@ -10,6 +10,12 @@ drawing ``dot`` cannot finish within the budget is stopped with a message (shown
 
     python benchmarks/render_bench.py                    # everything, budget 60 s
     python benchmarks/render_bench.py --budget 20 --cases residual50 resnet50
+
+``--explain`` times ``graphgen explain --values`` instead, for the first weight of each
+graph (every path to the loss), each in a process of its own: wall and CPU seconds of
+the call and the process's peak RSS (target: a few seconds, a few hundred MB).
+
+    python benchmarks/render_bench.py --explain --cases residual50 resnet50
 """
 
 from __future__ import annotations
@@ -84,6 +90,53 @@ CASES = {
 }
 
 
+# the weight explained: the first layer's, so that every layer is on its paths
+EXPLAIN_WRT = {
+    "residual50": "W1",
+    "resnet50": "gpu_0/conv1_w_0",
+    "densenet121": "conv1_w_0",
+    "inception_v2": "conv1/7x7_s2_w_0",
+}
+
+
+def explain_one(case):
+    """Run in a process of its own: time ``explain --values`` and print
+    ``wall cpu peak_mb mismatches``."""
+    import resource
+
+    import graphgen
+
+    G = CASES[case]()
+    t0, c0 = time.perf_counter(), time.process_time()
+    text = graphgen.explain(G, EXPLAIN_WRT[case], values=True)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{wall:.2f} {cpu:.2f} {peak:.0f} {text.mismatches}")
+
+
+def explain_table(cases):
+    print(
+        "| graph | wrt | explain --values wall s | CPU s | peak RSS MB | mismatches |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for case in cases:
+        done = subprocess.run(
+            [sys.executable, __file__, "--explain-one", case],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"| {case} | {EXPLAIN_WRT[case]} | – | – | – | {tail} |", flush=True)
+            continue
+        wall, cpu, peak, bad = done.stdout.split()
+        print(
+            f"| {case} | {EXPLAIN_WRT[case]} | {wall} | {cpu} | {peak} | {bad} |",
+            flush=True,
+        )
+
+
 def machine():
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -136,8 +189,16 @@ def main(argv=None):
     p.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--budget", type=float, default=60.0, help="seconds dot may take")
+    p.add_argument(
+        "--explain", action="store_true", help="time explain --values instead"
+    )
+    p.add_argument("--explain-one", choices=list(CASES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.explain_one:
+        return explain_one(args.explain_one)
     print(f"machine: {machine()}")
+    if args.explain:
+        return explain_table(args.cases)
     print(f"budget {args.budget:g} s per drawing; target {TARGET:g} s (total)\n")
     print(
         "| graph | view | mode | drawn nodes | drawn edges | graphgen s | dot s "

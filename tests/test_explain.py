@@ -208,3 +208,80 @@ def test_cli_explain():
     assert r.returncode == 0 and r.stdout.startswith("\\documentclass")
     r = run_cli("explain", "examples/tiny.yaml", "--wrt", "nope")
     assert r.returncode == 2 and r.stderr.startswith("graphgen: error:")
+
+
+# ------------------------------------------------- lean values: the same numbers
+
+
+def _full_values(monkeypatch):
+    """explain's values section as it was: every array of the lowered graph kept,
+    and a module that computes every gradient."""
+    from graphgen.views import explain as ex
+
+    real = ex.ModuleGradients
+
+    def everything(c, A, fan, grouped, on_paths):
+        return list(A), []
+
+    def every_gradient(*args, wrt=None, **kw):
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ex, "_needs", everything)
+    monkeypatch.setattr(ex, "ModuleGradients", every_gradient)
+
+
+def _residual(layers):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_bench import residual_spec
+
+    return from_dict(residual_spec(layers), source="<residual>")
+
+
+@pytest.mark.parametrize(
+    "graph,wrt",
+    [
+        (lambda: load("tiny"), "W1"),
+        (lambda: load("tiny"), "h1"),
+        (lambda: load("fanout"), "W1"),
+        (lambda: load("mlp"), "W1"),
+        (lambda: graphgen.load(ROOT / "examples" / "lenet.onnx"), "conv1.weight"),
+        (lambda: _residual(6), "W1"),
+        (lambda: _residual(6), "W5"),
+    ],
+    ids=[
+        "tiny-W1",
+        "tiny-h1",
+        "fanout-W1",
+        "mlp-W1",
+        "lenet-conv1",
+        "res6-W1",
+        "res6-W5",
+    ],
+)
+def test_lean_values_print_the_same_numbers(graph, wrt, monkeypatch):
+    # only what the explanation reads is evaluated and kept, and the module
+    # differentiates the node alone: the text is byte for byte the same
+    G = graph()
+    if wrt not in G:
+        pytest.skip(f"no {wrt} in the graph")
+    lean = graphgen.explain(G, wrt, values=True)
+    _full_values(monkeypatch)
+    assert graphgen.explain(G, wrt, values=True) == lean
+
+
+def test_evaluate_keep_and_norms_match_the_full_evaluation():
+    from graphgen.api import lower
+    from graphgen.check import random_arrays
+    from graphgen.views.values import evaluate, norm
+
+    A = lower(load("fanout"))
+    arrays = random_arrays(A, dtype="float64")
+    full = evaluate(A, arrays)
+    grad = A.graph["grads"]["W1"]
+    lean = evaluate(A, arrays, keep=[grad], norms=["h", A.graph["loss"]])
+    assert list(lean) == [grad]
+    assert (lean[grad] == full[grad]).all()
+    assert lean.norms == {n: norm(full[n]) for n in ("h", A.graph["loss"])}
+    # nothing the kept and normed nodes do not read was evaluated
+    assert A.graph["grads"]["W2"] not in lean.shapes
+    assert lean.shapes["h"] == full["h"].shape

@@ -38,6 +38,7 @@ from .values import (
     load_arrays,
     local_elementwise,
     norm,
+    term_nodes,
     term_value,
 )
 
@@ -992,10 +993,17 @@ def _values_section(c, fan, grouped, given, seed):
     arrays = load_arrays(H, True if given is True or given is None else given, seed)
     on_paths = list(dict.fromkeys(n for p in c.paths for n in p[:-1]))
     A = lower(H)
-    vals = _Values(evaluate(A, arrays), H, arrays)
+    # only what the numbers below read, each array dropped after its last use
+    keep, norms = _needs(c, A, fan, grouped, on_paths)
+    vals = _Values(evaluate(A, arrays, keep=keep, norms=norms), H, arrays, A)
     # one module gives every adjoint checked below: the node's, the sums', the units'
     module = ModuleGradients(
-        H, arrays, vals, inner=[n for n, _ in fan] + [u for _, u in grouped]
+        H,
+        arrays,
+        vals,
+        inner=[n for n, _ in fan] + [u for _, u in grouped],
+        shapes=vals.shapes,
+        wrt=[c.node],
     )
     out = F.heading(
         "Numbers (one random set of arrays)"
@@ -1014,7 +1022,7 @@ def _values_section(c, fan, grouped, given, seed):
     if c.total > 1:
         out += _top_paths(c, A, vals)
     checks = _Checks(F)
-    ours = adjoint_value(A, vals, c.node, np.shape(vals[c.node]))
+    ours = adjoint_value(A, vals, c.node, vals.shape(c.node))
     if ours is not None:
         checks(
             F.p(F.m(F.d(L, N(c.node))), " from the chain rule vs ", F.vg),
@@ -1060,8 +1068,7 @@ def _top_paths(c, A, vals):
 
     def adj_norm(n):
         if n not in norms:
-            v = adjoint_value(A, vals, n)
-            norms[n] = norm(v) if v is not None else None
+            norms[n] = _adjoint_norm(A, vals, n)
         return norms[n]
 
     live = nx.descendants(H, c.node) | {c.node}
@@ -1072,10 +1079,10 @@ def _top_paths(c, A, vals):
         cands = []
         succ = [k for k in H.successors(n) if k in best]
         for k in succ:
-            t = term_value(A, vals, n, k)
+            t = _term_norm(A, vals, n, k)
             # one successor: the term is the whole adjoint (the optimizer may have
             # shared it with the successor's, so that no term node of its own is left)
-            t = norm(t) if t is not None else adj_norm(n) if len(succ) == 1 else None
+            t = t if t is not None else adj_norm(n) if len(succ) == 1 else None
             below = 1.0 if k == loss else adj_norm(k)
             if t is None or not below:
                 continue
@@ -1101,23 +1108,103 @@ def _top_paths(c, A, vals):
     return out + F.table(["rank", "score", "path"], rows)
 
 
+def _needs(c, A, fan, grouped, on_paths):
+    """What :func:`_values_section` reads of the lowered graph ``A``'s values:
+    ``(keep, norms)``, the nodes it reads as arrays and those it reads only as norms
+    (most of them: a big model's activations need not all be held at once)."""
+    H = c.H
+    adjoints = A.graph.get("adjoints") or {}
+    keep, norms = [c.node, adjoints.get(c.node)], []
+    for n in on_paths:  # the table of norms
+        a = adjoints.get(n)
+        norms += [n, a]
+        if a in A and tuple(A.nodes[a][g.SHAPE]) != tuple(H.nodes[n][g.SHAPE]):
+            keep.append(a)  # broadcast to the node's shape before its norm
+    if c.total > 1:  # the paths that carry the most gradient
+        live = nx.descendants(H, c.node) | {c.node}
+        for n in g.schedule(H, live):
+            if n == c.loss or not c.to_loss.get(n):
+                continue
+            norms.append(adjoints.get(n))
+            for k in H.successors(n):
+                parts = term_nodes(A, A, n, k) or []
+                (norms if len(parts) == 1 else keep).extend(parts)
+    for n, terms in fan:  # the terms of each sum, added up and checked
+        for k in terms:
+            keep += term_nodes(A, A, n, k) or []
+    for z, u in grouped:  # one weight's three factors
+        if c.through(u) != c.total or _element_case(H, c.node, z, c.index) is None:
+            continue
+        pu = next(p for p in c.paths if u in p)
+        keep += [adjoints.get(u), *g.operands(H, z)]
+        for m in pu[pu.index(z) : pu.index(u) + 1]:
+            keep += [m, *g.operands(H, m)]
+    return (
+        [n for n in dict.fromkeys(keep) if n is not None],
+        [n for n in dict.fromkeys(norms) if n is not None],
+    )
+
+
+def _adjoint_norm(A, vals, j, shape=None):
+    """``norm(adjoint_value(A, vals, j, shape))``, or None."""
+    v = (A.graph.get("adjoints") or {}).get(j)
+    if v is None or v not in vals:
+        return None
+    return vals.norm(v, shape)
+
+
+def _term_norm(A, vals, j, k):
+    """``norm(term_value(A, vals, j, k))``, or None."""
+    parts = term_nodes(A, vals, j, k)
+    if parts is None:
+        return None
+    return vals.norm(parts[0]) if len(parts) == 1 else norm(term_value(A, vals, j, k))
+
+
 class _Values(dict):
     """The lowered graph's values, and on demand those of forward nodes the
-    optimizer removed from it (``p4 = h·1.0``), computed from the forward graph."""
+    optimizer removed from it (``p4 = h·1.0``), computed from the forward graph.
 
-    def __init__(self, vals, H, arrays):
+    ``vals`` may hold some of ``A``'s arrays only (:func:`evaluate` with ``keep``): a
+    node of ``A`` it dropped is evaluated again when asked for, and :meth:`norm` and
+    :meth:`shape` answer from what the evaluation recorded."""
+
+    def __init__(self, vals, H, arrays, A=None):
         super().__init__(vals)
-        self.H, self.arrays = H, arrays
+        self.H, self.arrays, self.A = H, arrays, A
+        self.shapes = getattr(vals, "shapes", {})
+        self.norms = getattr(vals, "norms", {})
+
+    def __contains__(self, n):
+        return dict.__contains__(self, n) or (self.A is not None and n in self.A)
 
     def __missing__(self, n):
+        if self.A is not None and n in self.A:
+            got = evaluate(self.A, self.arrays, keep=[n])
+            self[n] = got[n]
+            return got[n]
         if n not in self.H:
             raise KeyError(n)
         keep = nx.ancestors(self.H, n) | {n}
         sub = self.H.subgraph(keep).copy()
         got = evaluate(sub, {k: v for k, v in self.arrays.items() if k in keep})
         for k, v in got.items():
-            self.setdefault(k, v)
+            if k not in self:  # the lowered graph's own values come first
+                self[k] = v
         return got[n]
+
+    def shape(self, n):
+        """The shape of ``n``'s value."""
+        return self.shapes[n] if n in self.shapes else np.shape(self[n])
+
+    def norm(self, n, shape=None):
+        """``norm`` of ``n``'s value (broadcast to ``shape``)."""
+        if n in self.norms and (shape is None or self.shapes[n] == tuple(shape)):
+            return self.norms[n]
+        v = self[n]
+        if shape is not None and np.shape(v) != tuple(shape):
+            v = np.broadcast_to(v, shape)
+        return norm(v)
 
 
 class _Checks:
@@ -1159,12 +1246,12 @@ def _norms_table(c, A, vals, on_paths):
     F, N = c.F, c.N
     rows = []
     for n in list(reversed(on_paths)):
-        adj = adjoint_value(A, vals, n, np.shape(vals[n]))
+        adj = _adjoint_norm(A, vals, n, vals.shape(n))
         rows.append(
             [
                 F.m(N(n)),
-                F.num(norm(vals[n])),
-                F.num(norm(adj)) if adj is not None else F.none,
+                F.num(vals.norm(n)),
+                F.num(adj) if adj is not None else F.none,
             ]
         )
     return F.table(
@@ -1209,7 +1296,7 @@ def _weight_factors(c, A, vals, z, u, check, module):
     slope = np.ones_like(vals[z], dtype=np.float64)
     for t in range(len(mid) - 1):
         slope = slope * local_elementwise(H, vals, mid[t], mid[t + 1])
-    delta = adjoint_value(A, vals, u, np.shape(vals[u]))
+    delta = adjoint_value(A, vals, u, vals.shape(u))
     if delta is None:
         return []
     check(

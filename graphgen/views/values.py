@@ -15,12 +15,14 @@ from .. import graph as g
 from ..errors import DiagramError
 
 __all__ = [
+    "Evaluated",
     "ModuleGradients",
     "adjoint_value",
     "evaluate",
     "load_arrays",
     "local_elementwise",
     "norm",
+    "term_nodes",
     "term_value",
 ]
 
@@ -56,8 +58,8 @@ def _concrete_attr(v, sizes):
     return v
 
 
-def evaluate(A, arrays):
-    """Evaluate every node of a (forward or lowered) graph with the ops' NumPy ``impl``.
+def evaluate(A, arrays, keep=None, norms=()):
+    """Evaluate the nodes of a (forward or lowered) graph with the ops' NumPy ``impl``.
 
     Parameters
     ----------
@@ -65,11 +67,20 @@ def evaluate(A, arrays):
         A prepared graph, or the lowered graph of :func:`graphgen.api.lower`.
     arrays : dict
         An array for every input and param.
+    keep : iterable, optional
+        Evaluate only what these nodes and ``norms`` need (their ancestors), drop
+        every other array after its last use, and return the arrays of these alone.
+        Default: every node, every array returned.
+    norms : iterable, optional
+        Nodes whose Frobenius norm (:func:`norm`) is recorded as they are computed,
+        in the result's ``norms`` (with ``keep``).
 
     Returns
     -------
-    dict
-        Node id -> ``numpy.ndarray`` (forward values and, in a lowered graph, adjoints).
+    Evaluated
+        Node id -> ``numpy.ndarray`` (forward values and, in a lowered graph, adjoints);
+        its ``shapes`` hold the shape of every node evaluated, ``norms`` the norms asked
+        for.
 
     Examples
     --------
@@ -80,26 +91,67 @@ def evaluate(A, arrays):
     >>> v = evaluate(A, random_arrays(A))
     >>> v[A.graph["grads"]["W1"]].shape
     (2, 3)
+    >>> lean = evaluate(A, random_arrays(A), keep=[], norms=[A.graph["loss"]])
+    >>> len(lean), lean.norms[A.graph["loss"]] == norm(v[A.graph["loss"]])
+    (0, True)
     """
     sizes = _sizes(A, arrays)
-    out = {}
-    for n in g.schedule(A):
+    want_norms = [n for n in dict.fromkeys(norms) if n in A]
+    if keep is None:
+        live, kept = None, None
+    else:
+        kept = {n for n in keep if n in A}
+        targets = kept | set(want_norms)
+        live = set(targets)
+        for n in targets:
+            live |= nx.ancestors(A, n)
+    order = g.schedule(A, live)
+    # the step after which no node still to be evaluated reads a value
+    last = {}
+    if kept is not None:
+        for i, n in enumerate(order):
+            for p in A.predecessors(n):
+                last[p] = i
+    free_at = {}
+    for p, i in last.items():
+        if p not in kept:
+            free_at.setdefault(i, []).append(p)
+    out = Evaluated()
+    record = set(want_norms)
+    for i, n in enumerate(order):
         a = A.nodes[n]
         kind = a[g.KIND]
         if kind == g.CONST:
-            out[n] = np.asarray(a[g.VALUE], dtype=np.float64)
+            v = np.asarray(a[g.VALUE], dtype=np.float64)
         elif kind in (g.INPUT, g.PARAM):
             if n not in arrays:
                 raise DiagramError(
                     f"no array given for {kind} {n!r}", source=g.source_of(A)
                 )
-            out[n] = np.asarray(arrays[n])
+            v = np.asarray(arrays[n])
         else:
-            attrs = {k: _concrete_attr(v, sizes) for k, v in a[g.ATTRS].items()}
+            attrs = {k: _concrete_attr(x, sizes) for k, x in a[g.ATTRS].items()}
             args = [out[p] for p in g.operands(A, n)]
             with np.errstate(all="ignore"):
-                out[n] = np.asarray(ops.get(a[g.OP]).impl(*args, **attrs))
+                v = np.asarray(ops.get(a[g.OP]).impl(*args, **attrs))
+        out.shapes[n] = np.shape(v)
+        if n in record:
+            out.norms[n] = norm(v)
+        if kept is None or n in kept or n in last:
+            out[n] = v
+        for p in free_at.pop(i, ()):
+            del out[p]
     return out
+
+
+class Evaluated(dict):
+    """What :func:`evaluate` returns: node -> array, with ``shapes`` (every node
+    evaluated) and ``norms`` (those asked for)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.shapes = {}
+        self.norms = {}
 
 
 def load_arrays(G, values=True, seed=0):
@@ -146,8 +198,8 @@ def adjoint_value(A, values, j, shape=None):
     return out
 
 
-def term_value(A, values, j, k):
-    """The term ∂J/∂k · ∂k/∂j that flows from successor ``k`` back to ``j``."""
+def term_nodes(A, values, j, k):
+    """The nodes whose sum is the term ∂J/∂k · ∂k/∂j (None when not computed)."""
     adj = (A.graph.get("adjoints") or {}).get(j)
     if adj is None or adj not in values:
         return None
@@ -155,11 +207,19 @@ def term_value(A, values, j, k):
     if g.SUMS in a and k in a[g.SUMS]:
         terms = g.operands(A, adj)
         if len(terms) == len(a[g.SUMS]):
-            parts = [values[t] for t, s in zip(terms, a[g.SUMS]) if s == k]
-            return sum(parts[1:], parts[0])
+            return [t for t, s in zip(terms, a[g.SUMS]) if s == k]
     if g.SUMS in a:
         return None
-    return values[adj]
+    return [adj]
+
+
+def term_value(A, values, j, k):
+    """The term ∂J/∂k · ∂k/∂j that flows from successor ``k`` back to ``j``."""
+    nodes = term_nodes(A, values, j, k)
+    if nodes is None:
+        return None
+    parts = [values[t] for t in nodes]
+    return sum(parts[1:], parts[0])
 
 
 def local_elementwise(H, values, j, k):
@@ -283,11 +343,20 @@ class ModuleGradients:
     (:meth:`prefetch` gets many at once; one at a time, ``n`` is cut loose as an
     input)."""
 
-    def __init__(self, H, arrays, vals, inner=()):
+    def __init__(self, H, arrays, vals, inner=(), shapes=None, wrt=None):
         """``inner``: nodes whose adjoints will be asked for, all computed by the one
-        module compiled here (with a zero probe added to each, see :func:`_probed`)."""
+        module compiled here (with a zero probe added to each, see :func:`_probed`).
+        ``shapes``: the shapes of values, where ``vals`` need not hold them. ``wrt``:
+        the only inputs and params whose gradients will be asked for (default: all of
+        ``H``'s), so that the module computes no other."""
         self.H, self.arrays, self.vals = H, arrays, vals
         self.cut = {}
+        if wrt is not None:
+            own = H.graph.get("wrt") or []
+            wrt = [w for w in own if w in set(wrt)]
+            if wrt != own:
+                H = H.copy()
+                H.graph["wrt"] = wrt
         todo = [
             n
             for n in dict.fromkeys(inner)
@@ -297,9 +366,14 @@ class ModuleGradients:
             and n not in (H.graph.get("wrt") or [])
         ]
         P, probes = _probed(H, todo) if todo else (H, {})
+        if not P.graph.get("wrt"):  # nothing to differentiate: take every gradient
+            P = P.copy()
+            P.graph["wrt"] = list(self.H.graph.get("wrt") or [])
         feed = _feed(H, arrays)
         for n, probe in probes.items():
-            feed[probe] = np.zeros(np.shape(vals[n]), dtype=np.float64)
+            shape = (shapes or {}).get(n)
+            shape = np.shape(vals[n]) if shape is None else shape
+            feed[probe] = np.zeros(shape, dtype=np.float64)
         self.loss, grads = _module(P).value_and_grad(**feed)
         for n, probe in probes.items():
             self.cut[n] = grads.pop(probe)
