@@ -32,6 +32,22 @@ CASES = {
         Case(((2, 2, 3),), {"indices": [[0, 4], [4, 1]], "axis": 0, "dim": 5}),
         Case(((2, 3, 3),), {"indices": [1, 1, 0], "axis": 1, "dim": 4}),
     ],
+    "cumsum": [
+        Case(((4,),), {"axis": 0}),
+        Case(((2, 3, 4),), {"axis": 1, "exclusive": True}),
+        Case(((3, 4),), {"axis": -1, "reverse": True}),
+        Case(((3, 4),), {"axis": 0, "exclusive": True, "reverse": True}),
+    ],
+    # indices sampled in [-size, size): negative and repeated ones
+    "gather_elements": [
+        Case(((3, 4), (5, 4)), {"axis": 0}, labels=(-3, 3)),
+        Case(((2, 3, 4), (2, 3, 6)), {"axis": -1}, labels=(-4, 4)),
+        Case(((3, 5), (2, 3)), {"axis": 1}, labels=(0, 5), label="smaller-indices"),
+    ],
+    "scatter_add_elements": [
+        Case(((5, 4), (5, 4)), {"axis": 0, "shape": [3, 4]}, labels=(-3, 3)),
+        Case(((2, 3), (2, 3)), {"axis": 1, "shape": [3, 5]}, labels=(0, 5)),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,

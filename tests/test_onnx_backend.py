@@ -32,6 +32,7 @@ SUPPORTED = {
     "ConstantOfShape": "constantofshape",
     "Conv": "conv",
     "Cos": "cos",
+    "CumSum": "cumsum",
     "Div": "div",
     "Dropout": "dropout",
     "Equal": "equal",
@@ -40,6 +41,7 @@ SUPPORTED = {
     "Expand": "expand",
     "Flatten": "flatten",
     "Gather": "gather",
+    "GatherElements": "gather_elements",
     "Gelu": "gelu",
     "Gemm": "gemm",
     "GlobalAveragePool": "globalaveragepool",
@@ -112,8 +114,7 @@ EXCLUDED = {
     "supports opsets 7 and newer",
     r"^test_identity_(opt|sequence)": "optional and sequence types",
     r"_bool_inputs": "boolean tensors",
-    r"^test_gather_elements|^test_gathernd": "GatherElements and GatherND are "
-    "different ops",
+    r"^test_gathernd": "GatherND is a different op",
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
     "Indices output",
     r"_string": "string tensors",

@@ -154,6 +154,16 @@ def _scatter_add(c, n, at, in_shapes):  # dim may be a symbolic size
     return {"axis": literal(at["axis"]), "dim": c.dim(at["dim"])}
 
 
+@lowers("scatter_add_elements")
+def _scatter_add_elements(c, n, at, in_shapes):  # the shape may hold symbolic sizes
+    return {"axis": literal(at["axis"]), "shape": c.shape(at["shape"])}
+
+
+@lowers("cumsum")
+def _cumsum(c, n, at, in_shapes):
+    return {k: literal(at[k]) for k in ("axis", "exclusive", "reverse")}
+
+
 @lowers("constant")
 def _constant(c, n, at, in_shapes):
     if at["value"] is not None:

@@ -1,5 +1,5 @@
-"""ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN`` and ``Expand`` at run
-time (issue 15).
+"""ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN``, ``Expand``,
+``CumSum`` and ``GatherElements`` at run time (issue 15).
 
 A boolean tensor computed at run time is a 0/1 mask of the model's float type
 (:mod:`graphgen.ops.logic`); the importer keeps the ids of such nodes in
@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import SpecError
-from .onnx_ops import Unsupported, handles
+from .onnx_ops import Unsupported, axis, handles
 
 
 def mask(imp, name, what):
@@ -127,3 +127,46 @@ def op_Expand(imp, node, ins, attrs):
     if was_mask:
         imp.is_mask.add(x)
     return x
+
+
+def _run_time_int(imp, name):
+    """Whether tensor ``name`` is an int64 value computed at run time."""
+    kind, v = imp.t[name]
+    return kind == "node" and v in imp.is_int
+
+
+@handles(
+    "CumSum", inputs=(2, 2), attrs={"exclusive": bool, "reverse": bool}, dtypes="*i"
+)
+def op_CumSum(imp, node, ins, attrs):
+    """``CumSum(x, axis)``: running sums of float data along an axis known at compile
+    time."""
+    if _run_time_int(imp, ins[0]) or is_mask(imp, ins[0]):
+        raise Unsupported("running sums of integer or bool tensors at run time")
+    x = imp.value(ins[0])
+    rank = len(imp.shape_of(x))
+    if rank == 0:
+        raise SpecError("CumSum's input must have rank >= 1, not a scalar")
+    at = axis(imp.scalar(ins[1], "CumSum's axis"), rank, "CumSum's axis")
+    return imp.emit(
+        "cumsum",
+        [x],
+        node.output[0],
+        axis=at,
+        exclusive=bool(attrs.get("exclusive", 0)),
+        reverse=bool(attrs.get("reverse", 0)),
+    )
+
+
+@handles("GatherElements", inputs=(2, 2), attrs={"axis": int}, dtypes="fi")
+def op_GatherElements(imp, node, ins, attrs):
+    """``GatherElements(data, indices)``: ``data`` at run-time int64 indices of its rank
+    (a gradient flows to ``data``: scatter-add, repeated indices accumulate)."""
+    if not _run_time_int(imp, ins[1]):
+        raise Unsupported("indices known at compile time while the data is not")
+    data = imp.value(ins[0])
+    rank = len(imp.shape_of(data))
+    at = axis(attrs.get("axis", 0), rank, "GatherElements' axis")
+    return imp.emit(
+        "gather_elements", [data, imp.t[ins[1]][1]], node.output[0], axis=at
+    )

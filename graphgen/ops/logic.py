@@ -11,7 +11,13 @@ such masks (any nonzero entry reads as true):
 - ``logical_not``, ``logical_and``, ``logical_or``, ``logical_xor``: masks of masks;
 - ``take(x, indices=..., axis=...)``: ``x`` at constant (N-D, repeated, negative)
   indices, the ONNX ``Gather`` of position ids or token-type zeros; its adjoint
-  ``take_add`` adds each slice back where it was read from.
+  ``take_add`` adds each slice back where it was read from;
+- ``cumsum(x, axis=..., exclusive=..., reverse=...)``: running sums along an axis (ONNX
+  ``CumSum``, position ids from an attention mask); its adjoint is the cumsum that runs
+  the other way;
+- ``gather_elements(data, indices, axis=...)``: ``data`` at run-time int64 indices of the
+  same rank (ONNX ``GatherElements``); its adjoint ``scatter_add_elements`` adds each
+  entry back where it was read from (repeated indices accumulate).
 
 The ONNX comparisons map onto ``eq``, ``lt`` and ``ge`` with their arguments in either
 order (``Greater(a, b)`` is ``lt(b, a)``, ``LessOrEqual(a, b)`` is ``ge(b, a)``).
@@ -21,8 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import dims
 from ..errors import ShapeError
 from .base import (
+    HELPERS,
     REQUIRED,
     Op,
     broadcast_rule,
@@ -33,6 +41,8 @@ from .base import (
     same_shape,
     tangent_terms,
 )
+
+HELPERS.update({"cumsum": (), "gather_elements": (), "scatter_add_elements": ()})
 
 _MASK_REASON = "a 0/1 mask: its derivative is 0 wherever it is defined"
 
@@ -251,6 +261,193 @@ register(
         derivs=("{g}̄ = take({y}̄, {indices}) along axis {axis}",),
         attrs={"indices": REQUIRED, "axis": REQUIRED, "dim": REQUIRED},
         normalize=_norm_take_add,
+        internal=True,
+        category="indexing",
+    )
+)
+
+
+# ------------------------------------------------------------------- running sums
+
+
+def _norm_cumsum(in_shapes, attrs):
+    x = in_shapes[0]
+    if not x:
+        raise ShapeError("cumsum needs an argument of rank >= 1, got a scalar")
+    out = {"axis": norm_axis(attrs["axis"], len(x))}
+    for flag in ("exclusive", "reverse"):
+        if not isinstance(attrs[flag], bool):
+            raise ShapeError(
+                f"attribute {flag} must be true or false, got {attrs[flag]!r}"
+            )
+    return out
+
+
+def _cumsum_impl(x, axis, exclusive, reverse):
+    x = np.asarray(x)
+    if reverse:
+        x = np.flip(x, axis)
+    y = np.cumsum(x, axis=axis)
+    if exclusive:  # shifted by one: y[0] = 0, y[i] = x[0] + ... + x[i-1]
+        y = np.concatenate(
+            [np.zeros_like(np.take(y, [0], axis=axis)), np.delete(y, -1, axis=axis)],
+            axis=axis,
+        )
+    return np.flip(y, axis) if reverse else y
+
+
+register(
+    Op(
+        name="cumsum",
+        args=("x",),
+        shape=same_shape,
+        impl=_cumsum_impl,
+        # y_i = Σ_{j≤i} x_j, so x̄_j = Σ_{i≥j} ȳ_i: the same sum run the other way
+        vjp=lambda b, c: [
+            b.cumsum(
+                c.g,
+                axis=c.attrs["axis"],
+                exclusive=c.attrs["exclusive"],
+                reverse=not c.attrs["reverse"],
+            )
+        ],
+        jvp=same_op("cumsum"),  # linear
+        math="{y}[…, i, …] = Σ {x}[…, j, …] over j ≤ i along axis {axis}",
+        math_when=tuple(
+            (
+                lambda a, e=e, r=r: (a.get("exclusive"), a.get("reverse")) == (e, r),
+                "{y}[…, i, …] = Σ {x}[…, j, …] over " + j + " along axis {axis}",
+            )
+            for e, r, j in [
+                (True, False, "j < i"),
+                (False, True, "j ≥ i (from the end)"),
+                (True, True, "j > i (from the end)"),
+            ]
+        ),
+        derivs=("{x}̄ = cumsum({y}̄) along axis {axis}, run the other way",),
+        attrs={"axis": REQUIRED, "exclusive": False, "reverse": False},
+        normalize=_norm_cumsum,
+        category="reduction",
+    )
+)
+
+
+# ------------------------------------------------- gathers at run-time indices
+
+
+def _elements_at(indices, axis):
+    """The index tuple that reads entry ``[i0, ..., indices[i], ...]`` of an array for
+    each position ``i`` of ``indices``."""
+    at = list(np.indices(np.shape(indices), sparse=True))
+    at[axis] = np.asarray(indices)
+    return tuple(at)
+
+
+def _norm_gather_elements(in_shapes, attrs):
+    data, idx = in_shapes
+    if not data:
+        raise ShapeError("gather_elements needs data of rank >= 1, got a scalar")
+    if len(idx) != len(data):
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} must have the rank of data "
+            f"{dims.fmt_shape(data)}"
+        )
+    axis = norm_axis(attrs["axis"], len(data))
+    for i, (d, k) in enumerate(zip(data, idx)):
+        if i == axis or d == k:
+            continue
+        if not (isinstance(d, int) and isinstance(k, int) and k <= d):
+            raise ShapeError(
+                f"indices {dims.fmt_shape(idx)} are larger than data "
+                f"{dims.fmt_shape(data)} in axis {i}"
+            )
+    return {"axis": axis}
+
+
+register(
+    Op(
+        name="gather_elements",
+        args=("data", "indices"),
+        shape=lambda s, a: tuple(s[1]),
+        impl=lambda data, indices, axis: np.asarray(data)[_elements_at(indices, axis)],
+        vjp=lambda b, c: [
+            b.scatter_add_elements(
+                c.g, c.ins[1], axis=c.attrs["axis"], shape=list(c.in_shapes[0])
+            ),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.gather_elements(c.dots[0], c.ins[1], axis=c.attrs["axis"]),
+            None,
+        ],
+        math="{y}[i] = {data}[i with its entry at axis {axis} replaced by "
+        "{indices}[i]] (negative indices count from the end)",
+        derivs=(
+            (
+                "{data}̄ = scatter_add_elements({y}̄, {indices}): each entry of {y}̄ "
+                "added where it was read from (repeated indices accumulate)"
+            ),
+            "none",
+        ),
+        attrs={"axis": 0},
+        normalize=_norm_gather_elements,
+        int_args=(1,),
+        domain=("real", "labels"),
+        indices=lambda s, a: (1, s[0][a["axis"]], True),
+        category="indexing",
+    )
+)
+
+
+def _norm_scatter_add_elements(in_shapes, attrs):
+    g, idx = in_shapes
+    shape = attrs["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, str)
+        or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+        for d in shape
+    ):
+        raise ShapeError(f"attribute shape must be a list of sizes, got {shape!r}")
+    if tuple(g) != tuple(idx):
+        raise ShapeError(
+            f"g {dims.fmt_shape(g)} must have the indices' shape {dims.fmt_shape(idx)}"
+        )
+    _norm_gather_elements([tuple(shape), idx], {"axis": attrs["axis"]})
+    return {"axis": norm_axis(attrs["axis"], len(shape)), "shape": list(shape)}
+
+
+def _scatter_add_elements_impl(g, indices, axis, shape):
+    out = np.zeros(shape, dtype=np.asarray(g).dtype)
+    np.add.at(out, _elements_at(indices, axis), g)
+    return out
+
+
+register(
+    Op(
+        name="scatter_add_elements",
+        args=("g", "indices"),
+        shape=lambda s, a: tuple(a["shape"]),
+        impl=_scatter_add_elements_impl,
+        vjp=lambda b, c: [
+            b.gather_elements(c.g, c.ins[1], axis=c.attrs["axis"]),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.scatter_add_elements(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y} = zeros of shape {shape}, each {g}[i] added at i with its entry at "
+        "axis {axis} replaced by {indices}[i] (the adjoint of gather_elements)",
+        derivs=("{g}̄ = gather_elements({y}̄, {indices}) along axis {axis}", "none"),
+        attrs={"axis": REQUIRED, "shape": REQUIRED},
+        normalize=_norm_scatter_add_elements,
+        int_args=(1,),
+        domain=("real", "labels"),
+        indices=lambda s, a: (1, a["shape"][a["axis"]], True),
         internal=True,
         category="indexing",
     )

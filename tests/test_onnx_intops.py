@@ -1,0 +1,125 @@
+"""ONNX ops on integer indices and running sums at run time (issue 15): ``CumSum`` and
+``GatherElements`` imported from models built with onnx.helper, their forward against
+ONNX's reference evaluator and their vjp against central differences (float64), with
+both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_grad_close, fd_gradient
+
+import graphgen
+from graphgen import SpecError
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+from onnx.reference import ReferenceEvaluator
+
+from graphgen.frontends import onnx as onnx_frontend
+
+
+def _model(nodes, inputs, inits=(), opset=17):
+    graph = oh.make_graph(
+        nodes,
+        "m",
+        [oh.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        initializer=[nh.from_array(np.asarray(v), k) for k, v in inits],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+def _check(model, arrays, backend, wrt):
+    """Forward equals the reference evaluator; vjp wrt ``wrt`` equals central
+    differences of <w, y>."""
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64"), backend=backend)
+    want = ReferenceEvaluator(model).run(None, arrays)[0]
+    got = m.forward(**arrays)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    w = np.random.default_rng(5).standard_normal(want.shape)
+    grads = m.vjp({"y": w}, **arrays)
+    assert sorted(grads) == sorted(wrt)
+
+    def f(a):
+        return float(np.sum(w * m.forward(**a)["y"]))
+
+    for name in wrt:
+        assert_grad_close(grads[name], fd_gradient(f, arrays, name), what=name)
+    return m
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(
+    ("axis", "exclusive", "reverse"),
+    [(1, 0, 0), (-1, 1, 0), (0, 0, 1), (0, 1, 1)],
+)
+def test_cumsum_matches_onnx_and_finite_differences(backend, axis, exclusive, reverse):
+    model = _model(
+        [
+            oh.make_node(
+                "CumSum", ["x", "axis"], ["c"], exclusive=exclusive, reverse=reverse
+            ),
+            oh.make_node("Mul", ["c", "c"], ["y"]),  # nonlinear after: ȳ varies
+        ],
+        [("x", TensorProto.DOUBLE, [3, 4])],
+        [("axis", np.array(axis, np.int64))],
+    )
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    _check(model, {"x": x}, backend, ["x"])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gather_elements_at_run_time_indices_adds_repeated_gradients(backend):
+    model = _model(
+        [
+            oh.make_node("GatherElements", ["x", "idx"], ["g"], axis=1),
+            oh.make_node("Mul", ["g", "g"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, [2, 4]), ("idx", TensorProto.INT64, [2, 5])],
+    )
+    rng = np.random.default_rng(1)
+    idx = np.array([[0, 0, 3, -1, 2], [1, 1, 1, -4, 0]])  # repeated and negative
+    m = _check(model, {"x": rng.standard_normal((2, 4)), "idx": idx}, backend, ["x"])
+    with pytest.raises(ValueError, match="idx"):  # out of range: refused, not read
+        m.forward(x=np.zeros((2, 4)), idx=np.full((2, 5), 4))
+
+
+def test_gather_elements_with_smaller_indices_reads_the_leading_part():
+    # PyTorch's gather (and onnxruntime) let indices be smaller than the data outside
+    # the axis: the leading part is read (ONNX's reference evaluator refuses it)
+    model = _model(
+        [oh.make_node("GatherElements", ["x", "idx"], ["y"], axis=0)],
+        [("x", TensorProto.DOUBLE, [3, 4]), ("idx", TensorProto.INT64, [2, 2])],
+    )
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    idx = np.array([[2, 0], [2, 2]])
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64"))
+    y = m.forward(x=x, idx=idx)["y"]
+    np.testing.assert_array_equal(y, np.take_along_axis(x[:, :2], idx, axis=0))
+    w = np.array([[1.0, 2.0], [3.0, 4.0]])
+    want = np.zeros((3, 4))
+    want[2, 0], want[0, 1], want[2, 1] = 1.0 + 3.0, 2.0, 4.0
+    np.testing.assert_array_equal(m.vjp({"y": w}, x=x, idx=idx)["x"], want)
+
+
+def test_cumsum_of_run_time_integers_and_constant_gather_elements_indices_are_named():
+    ints = _model(
+        [
+            oh.make_node("CumSum", ["ids", "axis"], ["c"]),
+            oh.make_node("Cast", ["c"], ["y"], to=TensorProto.DOUBLE),
+        ],
+        [("ids", TensorProto.INT64, [2, 3])],
+        [("axis", np.array(1, np.int64))],
+    )
+    with pytest.raises(SpecError, match="CumSum: running sums of integer"):
+        onnx_frontend.load(ints)
+    const = _model(
+        [oh.make_node("GatherElements", ["x", "idx"], ["y"])],
+        [("x", TensorProto.DOUBLE, [2, 2])],
+        [("idx", np.array([[0, 1], [1, 0]], np.int64))],
+    )
+    with pytest.raises(SpecError, match="GatherElements: indices known at compile"):
+        onnx_frontend.load(const)
