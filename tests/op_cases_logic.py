@@ -48,6 +48,12 @@ CASES = {
         Case(((5, 4), (5, 4)), {"axis": 0, "shape": [3, 4]}, labels=(-3, 3)),
         Case(((2, 3), (2, 3)), {"axis": 1, "shape": [3, 5]}, labels=(0, 5)),
     ],
+    "trilu": [
+        Case(((3, 4),)),
+        Case(((2, 4, 3),), {"k": -1, "upper": False}),
+        Case(((3, 5),), {"k": 2}),
+        Case(((4, 4),), {"k": 0, "upper": False}),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,

@@ -88,6 +88,7 @@ SUPPORTED = {
     "Sum": "sum",
     "Tanh": "tanh",
     "Transpose": "transpose",
+    "Trilu": "tri[lu]",
     "Unsqueeze": "unsqueeze",
     "Where": "where",
     "Xor": "xor",

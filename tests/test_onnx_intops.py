@@ -37,6 +37,7 @@ def _check(model, arrays, backend, wrt):
     differences of <w, y>."""
     m = graphgen.compile(onnx_frontend.load(model, dtype="float64"), backend=backend)
     want = ReferenceEvaluator(model).run(None, arrays)[0]
+    arrays = {**arrays, **m.init_params()}
     got = m.forward(**arrays)["y"]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     w = np.random.default_rng(5).standard_normal(want.shape)
@@ -123,3 +124,44 @@ def test_cumsum_of_run_time_integers_and_constant_gather_elements_indices_are_na
     )
     with pytest.raises(SpecError, match="GatherElements: indices known at compile"):
         onnx_frontend.load(const)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(("k", "upper"), [(0, 1), (-1, 0), (2, 1)])
+def test_trilu_matches_onnx_and_finite_differences(backend, k, upper):
+    model = _model(
+        [
+            oh.make_node("Trilu", ["x", "k"], ["t"], upper=upper),
+            oh.make_node("Mul", ["t", "t"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, [2, 3, 4])],
+        [("k", np.array(k, np.int64))],
+    )
+    x = np.random.default_rng(3).standard_normal((2, 3, 4))
+    _check(model, {"x": x}, backend, ["x"])
+
+
+def test_trilu_of_run_time_int64_stays_int64_and_of_a_mask_stays_a_mask():
+    model = _model(
+        [
+            oh.make_node("Trilu", ["ids"], ["t"], upper=0),
+            oh.make_node("Gather", ["E", "t"], ["rows"]),
+            oh.make_node("Greater", ["x", "zero"], ["pos"]),
+            oh.make_node("Trilu", ["pos"], ["tri"]),
+            oh.make_node("Where", ["tri", "x", "neg"], ["w"]),
+            oh.make_node("ReduceSum", ["rows"], ["s"], keepdims=0),
+            oh.make_node("Mul", ["w", "s"], ["y"]),
+        ],
+        [("ids", TensorProto.INT64, [3, 3]), ("x", TensorProto.DOUBLE, [3, 3])],
+        [
+            ("E", np.arange(8.0).reshape(4, 2)),
+            ("zero", np.array(0.0)),
+            ("neg", np.array(-2.0)),
+        ],
+    )
+    arrays = {
+        "ids": np.array([[1, 2, 3], [3, 0, 1], [2, 2, 2]]),
+        "x": np.random.default_rng(4).standard_normal((3, 3)),
+    }
+    m = _check(model, arrays, "numpy", ["x", "E"])
+    assert np.dtype(m.DTYPES["ids"]) == np.int64

@@ -164,6 +164,11 @@ def _cumsum(c, n, at, in_shapes):
     return {k: literal(at[k]) for k in ("axis", "exclusive", "reverse")}
 
 
+@lowers("trilu")
+def _trilu(c, n, at, in_shapes):
+    return {"fn": Code("np.triu" if at["upper"] else "np.tril"), "k": literal(at["k"])}
+
+
 @lowers("constant")
 def _constant(c, n, at, in_shapes):
     if at["value"] is not None:

@@ -1,5 +1,5 @@
 """ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN``, ``Expand``,
-``CumSum`` and ``GatherElements`` at run time (issue 15).
+``CumSum``, ``Trilu`` and ``GatherElements`` at run time (issue 15).
 
 A boolean tensor computed at run time is a 0/1 mask of the model's float type
 (:mod:`graphgen.ops.logic`); the importer keeps the ids of such nodes in
@@ -170,3 +170,26 @@ def op_GatherElements(imp, node, ins, attrs):
     return imp.emit(
         "gather_elements", [data, imp.t[ins[1]][1]], node.output[0], axis=at
     )
+
+
+@handles("Trilu", inputs=(1, 2), attrs={"upper": bool}, dtypes="*i")
+def op_Trilu(imp, node, ins, attrs):
+    """``Trilu(x, k)``: the upper (lower) triangle of the last two axes from diagonal
+    ``k`` (known at compile time) on. Float data, int64 and masks keep their kind."""
+    k = int(imp.scalar(ins[1], "Trilu's k")) if len(ins) > 1 else 0
+    upper = bool(attrs.get("upper", 1))
+    was_mask, was_int = is_mask(imp, ins[0]), _run_time_int(imp, ins[0])
+    if was_mask:
+        x = mask(imp, ins[0], "Trilu's input")
+    elif was_int:
+        x = imp.t[ins[0]][1]
+    else:
+        x = imp.value(ins[0])
+    if len(imp.shape_of(x)) < 2:
+        raise SpecError(f"Trilu's input must have rank >= 2, not {imp.shape_of(x)}")
+    nid = imp.emit("trilu", [x], node.output[0], k=k, upper=upper)
+    if was_mask:
+        imp.is_mask.add(nid)
+    if was_int:
+        imp.is_int.add(nid)
+    return nid

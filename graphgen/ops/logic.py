@@ -15,6 +15,9 @@ such masks (any nonzero entry reads as true):
 - ``cumsum(x, axis=..., exclusive=..., reverse=...)``: running sums along an axis (ONNX
   ``CumSum``, position ids from an attention mask); its adjoint is the cumsum that runs
   the other way;
+- ``trilu(x, k=..., upper=...)``: the upper (or lower) triangle of the last two axes
+  from diagonal ``k`` on, zeros elsewhere (ONNX ``Trilu``, causal masks); linear, its
+  adjoint is itself; int64 stays int64;
 - ``gather_elements(data, indices, axis=...)``: ``data`` at run-time int64 indices of the
   same rank (ONNX ``GatherElements``); its adjoint ``scatter_add_elements`` adds each
   entry back where it was read from (repeated indices accumulate).
@@ -328,6 +331,47 @@ register(
         attrs={"axis": REQUIRED, "exclusive": False, "reverse": False},
         normalize=_norm_cumsum,
         category="reduction",
+    )
+)
+
+
+# --------------------------------------------------------------------- triangles
+
+
+def _norm_trilu(in_shapes, attrs):
+    if len(in_shapes[0]) < 2:
+        raise ShapeError(
+            f"trilu needs an argument of rank >= 2, got {dims.fmt_shape(in_shapes[0])}"
+        )
+    k, upper = attrs["k"], attrs["upper"]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ShapeError(f"attribute k must be an integer, got {k!r}")
+    if not isinstance(upper, bool):
+        raise ShapeError(f"attribute upper must be true or false, got {upper!r}")
+    return {}
+
+
+register(
+    Op(
+        name="trilu",
+        args=("x",),
+        shape=same_shape,
+        impl=lambda x, k, upper: np.triu(x, k) if upper else np.tril(x, k),
+        # linear and its own adjoint: y = M ⊙ x for a fixed 0/1 triangle M
+        vjp=lambda b, c: [b.trilu(c.g, **c.attrs)],
+        jvp=same_op("trilu"),
+        math="{y}[…, i, j] = {x}[…, i, j] where j − i ≥ {k}, else 0 (upper)",
+        math_when=(
+            (
+                lambda a: a.get("upper") is False,
+                "{y}[…, i, j] = {x}[…, i, j] where j − i ≤ {k}, else 0 (lower)",
+            ),
+        ),
+        derivs=("{x}̄ = {y}̄ on the same triangle, 0 elsewhere",),
+        attrs={"k": 0, "upper": True},
+        normalize=_norm_trilu,
+        category="shape",
+        keeps_int=True,
     )
 )
 
