@@ -54,6 +54,15 @@ CASES = {
         Case(((3, 5),), {"k": 2}),
         Case(((4, 4),), {"k": 0, "upper": False}),
     ],
+    "int_to_float": [Case(((2, 3),), labels=(-5, 5)), Case(((4,),), labels=(0, 3))],
+    "int_compare": [
+        Case(((2, 3),), {"test": "==", "value": 0}, labels=(0, 2)),
+        Case(((2, 3),), {"test": "!=", "value": [0, 1, 2]}, labels=(0, 3)),
+        Case(((3, 1),), {"test": "<", "value": [[1, 2]]}, labels=(0, 3)),
+        Case(((4,),), {"test": ">=", "value": -1}, labels=(-2, 1)),
+        Case(((4,),), {"test": "<=", "value": 1}, labels=(0, 3)),
+        Case(((4,),), {"test": ">", "value": 1}, labels=(0, 3)),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,
@@ -61,6 +70,8 @@ CASES = {
     "logical_xor": _MASKS,
 }
 NO_GRADIENT = {
+    "int_to_float": "its only argument is int64",
+    "int_compare": "its only argument is int64",
     "is_nan": "a 0/1 mask, piecewise constant",
     "logical_not": "a mask of a mask, piecewise constant",
     "logical_and": "a mask of masks, piecewise constant",

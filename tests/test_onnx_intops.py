@@ -165,3 +165,77 @@ def test_trilu_of_run_time_int64_stays_int64_and_of_a_mask_stays_a_mask():
     }
     m = _check(model, arrays, "numpy", ["x", "E"])
     assert np.dtype(m.DTYPES["ids"]) == np.int64
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_int64_attention_mask_compared_and_cast_at_run_time(backend):
+    # the attention_mask idioms of exported transformers: Cast to float (an additive
+    # mask), Cast to bool, Equal with 0, a comparison with the constant first
+    model = _model(
+        [
+            oh.make_node("Cast", ["am"], ["amf"], to=TensorProto.DOUBLE),
+            oh.make_node("Sub", ["one", "amf"], ["inv"]),
+            oh.make_node("Mul", ["inv", "big"], ["add"]),
+            oh.make_node("Add", ["x", "add"], ["s"]),
+            oh.make_node("Cast", ["am"], ["amb"], to=TensorProto.BOOL),
+            oh.make_node("Equal", ["am", "zero"], ["pad"]),
+            oh.make_node("Greater", ["two", "am"], ["small"]),  # am < 2
+            oh.make_node("And", ["amb", "small"], ["keep"]),
+            oh.make_node("Where", ["pad", "fill", "s"], ["w"]),
+            oh.make_node("Where", ["keep", "w", "fill"], ["v"]),
+            oh.make_node("Mul", ["v", "v"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, [2, 4]), ("am", TensorProto.INT64, [2, 4])],
+        [
+            ("one", np.array(1.0)),
+            ("big", np.array(-3.0)),
+            ("zero", np.array(0, np.int64)),
+            ("two", np.array([[2]], np.int64)),
+            ("fill", np.array(-5.0)),
+        ],
+    )
+    am = np.array([[1, 1, 0, 2], [0, 1, 1, 1]])
+    x = np.random.default_rng(6).standard_normal((2, 4))
+    m = _check(model, {"x": x, "am": am}, backend, ["x"])
+    assert np.dtype(m.DTYPES["am"]) == np.int64
+
+
+def test_int64_comparisons_are_exact_beyond_float32():
+    # 2**24 + 1 is not a float32: compared in int64, it still differs from 2**24
+    model = _model(
+        [
+            oh.make_node("Equal", ["ids", "c"], ["e"]),
+            oh.make_node("Where", ["e", "x", "zero"], ["y"]),
+        ],
+        [("x", TensorProto.FLOAT, [3]), ("ids", TensorProto.INT64, [3])],
+        [("c", np.array(2**24, np.int64)), ("zero", np.array(0.0, np.float32))],
+    )
+    m = graphgen.compile(onnx_frontend.load(model))
+    ids = np.array([2**24, 2**24 + 1, 0])
+    y = m.forward(x=np.ones(3, np.float32), ids=ids)["y"]
+    np.testing.assert_array_equal(y, [1.0, 0.0, 0.0])
+
+
+def test_two_run_time_int64_tensors_compared_and_int_casts_are_named():
+    both = _model(
+        [
+            oh.make_node("Less", ["a", "b"], ["l"]),
+            oh.make_node("Where", ["l", "x", "x"], ["y"]),
+        ],
+        [
+            ("x", TensorProto.DOUBLE, [2]),
+            ("a", TensorProto.INT64, [2]),
+            ("b", TensorProto.INT64, [2]),
+        ],
+    )
+    with pytest.raises(SpecError, match="comparing two int64 tensors computed at run"):
+        onnx_frontend.load(both)
+    cast = _model(
+        [
+            oh.make_node("Cast", ["a"], ["a8"], to=TensorProto.INT8),
+            oh.make_node("Cast", ["a8"], ["y"], to=TensorProto.DOUBLE),
+        ],
+        [("a", TensorProto.INT64, [2])],
+    )
+    with pytest.raises(SpecError, match="Cast: casts of run-time int64 tensors"):
+        onnx_frontend.load(cast)

@@ -9,6 +9,8 @@ backend registers one form per op.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dims, ops
 from .. import graph as g
 from .layout import literal
@@ -167,6 +169,17 @@ def _cumsum(c, n, at, in_shapes):
 @lowers("trilu")
 def _trilu(c, n, at, in_shapes):
     return {"fn": Code("np.triu" if at["upper"] else "np.tril"), "k": literal(at["k"])}
+
+
+@lowers("int_compare")
+def _int_compare(c, n, at, in_shapes):  # test is one of ops.logic.INT_TESTS
+    value = at["value"]
+    return {
+        "test": Code(at["test"]),
+        "value": literal(value)
+        if np.ndim(value) == 0
+        else Code(f"np.array({literal(value)})"),
+    }
 
 
 @lowers("constant")

@@ -91,15 +91,25 @@ COMPARISONS = {
     "LessOrEqual": ("ge", True),
 }
 
+# ONNX comparison -> the int64 test it makes, and that test with its operands swapped
+INT_TESTS = {
+    "Equal": ("==", "=="),
+    "Less": ("<", ">"),
+    "Greater": (">", "<"),
+    "GreaterOrEqual": (">=", "<="),
+    "LessOrEqual": ("<=", ">="),
+}
+
 for _onnx_op in COMPARISONS:
 
     @handles(_onnx_op, inputs=(2, 2), dtypes="*")
     def op_compare(imp, node, ins, attrs):
+        runs = [_run_time_int(imp, i) for i in ins]
+        if any(runs):
+            return _compare_ints(imp, node, ins, runs)
+        if any(imp.t[i][0] == "const" and imp.const(i).dtype.kind in "iu" for i in ins):
+            raise Unsupported("comparing an integer constant with float data")
         op, swap = COMPARISONS[node.op_type]
-        if any(imp.t[i][0] == "node" and imp.t[i][1] in imp.is_int for i in ins) or any(
-            imp.t[i][0] == "const" and imp.const(i).dtype.kind in "iu" for i in ins
-        ):
-            raise Unsupported("comparing integer tensors at run time")
         args = [
             mask(imp, i, f"input {k}") if is_mask(imp, i) else imp.value(i)
             for k, i in enumerate(ins)
@@ -107,6 +117,28 @@ for _onnx_op in COMPARISONS:
         if swap:
             args.reverse()
         return _emit_mask(imp, op, args, node.output[0])
+
+
+def _compare_ints(imp, node, ins, runs):
+    """An int64 tensor computed at run time (an ``attention_mask``) compared exactly,
+    in int64, with integers known at compile time: a 0/1 mask."""
+    if all(runs):
+        raise Unsupported("comparing two int64 tensors computed at run time")
+    k = runs.index(True)
+    other = imp.const(ins[1 - k])
+    if other is None or other.dtype.kind not in "iub":
+        raise Unsupported("comparing an int64 tensor with float data")
+    test = INT_TESTS[node.op_type][k]  # x on the right: the swapped test
+    x = imp.t[ins[k]][1]
+    value = other.astype(np.int64)
+    return _emit_mask(
+        imp,
+        "int_compare",
+        [x],
+        node.output[0],
+        test=test,
+        value=int(value) if value.ndim == 0 else value.tolist(),
+    )
 
 
 @handles("Expand", inputs=(2, 2), dtypes="*i")

@@ -15,6 +15,11 @@ such masks (any nonzero entry reads as true):
 - ``cumsum(x, axis=..., exclusive=..., reverse=...)``: running sums along an axis (ONNX
   ``CumSum``, position ids from an attention mask); its adjoint is the cumsum that runs
   the other way;
+- ``int_to_float(x)``: an int64 tensor computed at run time (an ``attention_mask``
+  input) as numbers of the float dtype (ONNX ``Cast``); ``int_compare(x, test=...,
+  value=...)``: the 0/1 mask of ``x <test> value`` compared exactly in int64 against a
+  constant (``Equal(attention_mask, 0)``, ``Cast`` to bool: ``x != 0``). No gradient
+  flows into int64 values;
 - ``trilu(x, k=..., upper=...)``: the upper (or lower) triangle of the last two axes
   from diagonal ``k`` on, zeros elsewhere (ONNX ``Trilu``, causal masks); linear, its
   adjoint is itself; int64 stays int64;
@@ -37,6 +42,7 @@ from .base import (
     REQUIRED,
     Op,
     broadcast_rule,
+    broadcast_shapes,
     no_tangent,
     norm_axis,
     register,
@@ -331,6 +337,84 @@ register(
         attrs={"axis": REQUIRED, "exclusive": False, "reverse": False},
         normalize=_norm_cumsum,
         category="reduction",
+    )
+)
+
+
+# --------------------------------------------------------- int64 at run time
+
+_INT_REASON = "its only argument is int64"
+
+register(
+    Op(
+        name="int_to_float",
+        args=("x",),
+        shape=same_shape,
+        impl=lambda x: np.asarray(x).astype(np.float64),
+        vjp=None,
+        jvp_reason=_INT_REASON,
+        math="{y} = {x} as numbers of the float dtype",
+        derivs=("none (int64)",),
+        int_args=(0,),
+        domain=("labels",),
+        category="unary",
+        folds=False,
+    )
+)
+
+# test -> the NumPy function that computes it (the template writes the operator)
+INT_TESTS = {
+    "==": np.equal,
+    "!=": np.not_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+}
+
+
+def _norm_int_compare(in_shapes, attrs):
+    test = attrs["test"]
+    if test not in INT_TESTS:
+        raise ShapeError(
+            f"attribute test must be one of {list(INT_TESTS)}, got {test!r}"
+        )
+    try:
+        value = np.asarray(attrs["value"])
+    except ValueError:
+        value = np.asarray([], dtype=object)
+    if value.dtype.kind not in "iu":
+        raise ShapeError(
+            f"attribute value must be (nested lists of) integers, got {attrs['value']!r}"
+        )
+    if broadcast_shapes(tuple(in_shapes[0]), value.shape) is None:
+        raise ShapeError(
+            f"value of shape {list(value.shape)} does not broadcast against x "
+            f"{dims.fmt_shape(in_shapes[0])}"
+        )
+    return {"value": value.tolist()}
+
+
+register(
+    Op(
+        name="int_compare",
+        args=("x",),
+        shape=lambda s, a: broadcast_shapes(tuple(s[0]), np.shape(a["value"])),
+        impl=lambda x, test, value: _mask(
+            INT_TESTS[test](np.asarray(x), np.asarray(value, np.int64)), np.float64
+        ),
+        vjp=None,
+        jvp=no_tangent,
+        jvp_reason=_MASK_REASON + "; its argument is int64",
+        math="{y} = 1 where {x} {test} {value}, else 0 (compared in int64)",
+        derivs=("none (int64)",),
+        attrs={"test": REQUIRED, "value": REQUIRED},
+        normalize=_norm_int_compare,
+        int_args=(0,),
+        domain=("labels",),
+        category="binary",
+        mask=True,
+        folds=False,
     )
 )
 
