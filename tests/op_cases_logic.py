@@ -63,6 +63,18 @@ CASES = {
         Case(((4,),), {"test": "<=", "value": 1}, labels=(0, 3)),
         Case(((4,),), {"test": ">", "value": 1}, labels=(0, 3)),
     ],
+    # index tuples in [-3, 3): repeated and negative
+    "gather_nd": [
+        Case(((3, 4), (5, 2)), labels=(-3, 3)),
+        Case(((3, 4, 2), (2, 2, 1)), labels=(-3, 3)),
+        Case(((2, 3, 4), (2, 5, 1)), {"batch_dims": 1}, labels=(-3, 3)),
+    ],
+    "scatter_add_nd": [
+        Case(((5,), (5, 2)), {"batch_dims": 0, "shape": [3, 4]}, labels=(-3, 3)),
+        Case(
+            ((2, 5, 4), (2, 5, 1)), {"batch_dims": 1, "shape": [2, 3, 4]}, labels=(0, 3)
+        ),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,

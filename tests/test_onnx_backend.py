@@ -42,6 +42,7 @@ SUPPORTED = {
     "Flatten": "flatten",
     "Gather": "gather",
     "GatherElements": "gather_elements",
+    "GatherND": "gathernd",
     "Gelu": "gelu",
     "Gemm": "gemm",
     "GlobalAveragePool": "globalaveragepool",
@@ -115,7 +116,6 @@ EXCLUDED = {
     "supports opsets 7 and newer",
     r"^test_identity_(opt|sequence)": "optional and sequence types",
     r"_bool_inputs": "boolean tensors",
-    r"^test_gathernd": "GatherND is a different op",
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
     "Indices output",
     r"_string": "string tensors",

@@ -239,3 +239,28 @@ def test_two_run_time_int64_tensors_compared_and_int_casts_are_named():
     )
     with pytest.raises(SpecError, match="Cast: casts of run-time int64 tensors"):
         onnx_frontend.load(cast)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize(
+    ("batch_dims", "idx"),
+    [
+        (0, np.array([[0, 1], [2, -1], [0, 1]])),  # repeated and negative tuples
+        (1, np.array([[[1], [1], [0]], [[2], [-3], [0]]])),  # per batch row
+    ],
+)
+def test_gather_nd_at_run_time_indices_matches_onnx_and_finite_differences(
+    backend, batch_dims, idx
+):
+    model = _model(
+        [
+            oh.make_node("GatherND", ["x", "idx"], ["g"], batch_dims=batch_dims),
+            oh.make_node("Mul", ["g", "g"], ["y"]),
+        ],
+        [
+            ("x", TensorProto.DOUBLE, [2, 3, 2] if batch_dims else [3, 2, 2]),
+            ("idx", TensorProto.INT64, list(idx.shape)),
+        ],
+    )
+    x = np.random.default_rng(7).standard_normal((2, 3, 2) if batch_dims else (3, 2, 2))
+    _check(model, {"x": x, "idx": idx}, backend, ["x"])

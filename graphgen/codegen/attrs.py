@@ -161,6 +161,11 @@ def _scatter_add_elements(c, n, at, in_shapes):  # the shape may hold symbolic s
     return {"axis": literal(at["axis"]), "shape": c.shape(at["shape"])}
 
 
+@lowers("scatter_add_nd")
+def _scatter_add_nd(c, n, at, in_shapes):  # the shape may hold symbolic sizes
+    return {"batch_dims": literal(at["batch_dims"]), "shape": c.shape(at["shape"])}
+
+
 @lowers("cumsum")
 def _cumsum(c, n, at, in_shapes):
     return {k: literal(at[k]) for k in ("axis", "exclusive", "reverse")}

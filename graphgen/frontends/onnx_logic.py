@@ -1,5 +1,6 @@
 """ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN``, ``Expand``,
-``CumSum``, ``Trilu`` and ``GatherElements`` at run time (issue 15).
+``CumSum``, ``Trilu``, ``GatherElements`` and ``GatherND`` at run time, and int64
+tensors computed at run time cast and compared (issue 15).
 
 A boolean tensor computed at run time is a 0/1 mask of the model's float type
 (:mod:`graphgen.ops.logic`); the importer keeps the ids of such nodes in
@@ -225,3 +226,18 @@ def op_Trilu(imp, node, ins, attrs):
     if was_int:
         imp.is_int.add(nid)
     return nid
+
+
+@handles("GatherND", inputs=(2, 2), attrs={"batch_dims": int}, dtypes="fi")
+def op_GatherND(imp, node, ins, attrs):
+    """``GatherND(data, indices)``: ``data`` at run-time int64 index tuples (a gradient
+    flows to ``data``: scatter-add, repeated indices accumulate)."""
+    if not _run_time_int(imp, ins[1]):
+        raise Unsupported("indices known at compile time while the data is not")
+    data = imp.value(ins[0])
+    return imp.emit(
+        "gather_nd",
+        [data, imp.t[ins[1]][1]],
+        node.output[0],
+        batch_dims=int(attrs.get("batch_dims", 0)),
+    )

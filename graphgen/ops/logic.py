@@ -25,7 +25,9 @@ such masks (any nonzero entry reads as true):
   adjoint is itself; int64 stays int64;
 - ``gather_elements(data, indices, axis=...)``: ``data`` at run-time int64 indices of the
   same rank (ONNX ``GatherElements``); its adjoint ``scatter_add_elements`` adds each
-  entry back where it was read from (repeated indices accumulate).
+  entry back where it was read from (repeated indices accumulate);
+- ``gather_nd(data, indices, batch_dims=...)``: ``data`` at run-time int64 index
+  tuples (ONNX ``GatherND``); its adjoint ``scatter_add_nd`` adds each slice back.
 
 The ONNX comparisons map onto ``eq``, ``lt`` and ``ge`` with their arguments in either
 order (``Greater(a, b)`` is ``lt(b, a)``, ``LessOrEqual(a, b)`` is ``ge(b, a)``).
@@ -51,7 +53,16 @@ from .base import (
     tangent_terms,
 )
 
-HELPERS.update({"cumsum": (), "gather_elements": (), "scatter_add_elements": ()})
+HELPERS.update(
+    {
+        "cumsum": (),
+        "gather_elements": (),
+        "scatter_add_elements": (),
+        "nd_at": (),
+        "gather_nd": ("nd_at",),
+        "scatter_add_nd": ("nd_at",),
+    }
+)
 
 _MASK_REASON = "a 0/1 mask: its derivative is 0 wherever it is defined"
 
@@ -576,6 +587,147 @@ register(
         int_args=(1,),
         domain=("real", "labels"),
         indices=lambda s, a: (1, a["shape"][a["axis"]], True),
+        internal=True,
+        category="indexing",
+    )
+)
+
+
+# ------------------------------------------------------ gathers at index tuples
+
+
+def _nd_at(indices, batch_dims, batch):
+    """The index tuple that reads ``data[b..., indices[b..., j..., :]]`` from ``data``
+    reshaped to ``(batch,) + data.shape[batch_dims:]``."""
+    idx = np.asarray(indices)
+    idx = idx.reshape((batch,) + idx.shape[batch_dims:])
+    lead = np.arange(batch).reshape((batch,) + (1,) * (idx.ndim - 2))
+    return (lead, *np.moveaxis(idx, -1, 0))
+
+
+def _gather_nd_impl(data, indices, batch_dims):
+    data = np.asarray(data)
+    batch = int(np.prod(data.shape[:batch_dims], dtype=np.int64))
+    k = np.shape(indices)[-1]
+    flat = data.reshape((batch,) + data.shape[batch_dims:])
+    out = flat[_nd_at(indices, batch_dims, batch)]
+    return out.reshape(np.shape(indices)[:-1] + data.shape[batch_dims + k :])
+
+
+def _norm_gather_nd(in_shapes, attrs):
+    data, idx = in_shapes
+    b = attrs["batch_dims"]
+    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+        raise ShapeError(f"attribute batch_dims must be a count >= 0, got {b!r}")
+    if len(idx) < b + 1 or len(data) < b + 1:
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} and data {dims.fmt_shape(data)} need more "
+            f"than batch_dims={b} axes"
+        )
+    k = idx[-1]
+    if not isinstance(k, int) or not 1 <= k <= len(data) - b:
+        raise ShapeError(
+            f"the last axis of indices {dims.fmt_shape(idx)} must be a size from 1 to "
+            f"{len(data) - b} (data {dims.fmt_shape(data)}, batch_dims={b})"
+        )
+    if tuple(idx[:b]) != tuple(data[:b]):
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} and data {dims.fmt_shape(data)} differ in "
+            f"their first batch_dims={b} axes"
+        )
+    return {}
+
+
+def _gather_nd_shape(in_shapes, attrs):
+    data, idx = in_shapes
+    return tuple(idx[:-1]) + tuple(data[attrs["batch_dims"] + idx[-1] :])
+
+
+register(
+    Op(
+        name="gather_nd",
+        args=("data", "indices"),
+        shape=_gather_nd_shape,
+        impl=_gather_nd_impl,
+        vjp=lambda b, c: [
+            b.scatter_add_nd(
+                c.g,
+                c.ins[1],
+                batch_dims=c.attrs["batch_dims"],
+                shape=list(c.in_shapes[0]),
+            ),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None if c.dots[0] is None else b.gather_nd(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y}[b, j] = {data}[b, {indices}[b, j, 0], …, {indices}[b, j, k−1]] (b: "
+        "the first {batch_dims} axes; negative indices count from the end)",
+        derivs=(
+            (
+                "{data}̄ = scatter_add_nd({y}̄, {indices}): each slice of {y}̄ added "
+                "where it was read from (repeated indices accumulate)"
+            ),
+            "none",
+        ),
+        attrs={"batch_dims": 0},
+        normalize=_norm_gather_nd,
+        int_args=(1,),
+        domain=("real", "labels"),
+        category="indexing",
+    )
+)
+
+
+def _norm_scatter_add_nd(in_shapes, attrs):
+    g, idx = in_shapes
+    shape = attrs["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, str)
+        or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+        for d in shape
+    ):
+        raise ShapeError(f"attribute shape must be a list of sizes, got {shape!r}")
+    _norm_gather_nd([tuple(shape), idx], attrs)
+    want = _gather_nd_shape([tuple(shape), idx], attrs)
+    if tuple(g) != want:
+        raise ShapeError(f"g {dims.fmt_shape(g)} must be {dims.fmt_shape(want)}")
+    return {"shape": list(shape)}
+
+
+def _scatter_add_nd_impl(g, indices, batch_dims, shape):
+    g = np.asarray(g)
+    batch = int(np.prod(shape[:batch_dims], dtype=np.int64))
+    out = np.zeros((batch,) + tuple(shape[batch_dims:]), dtype=g.dtype)
+    rows = g.reshape((batch,) + g.shape[batch_dims:])
+    np.add.at(out, _nd_at(indices, batch_dims, batch), rows)
+    return out.reshape(shape)
+
+
+register(
+    Op(
+        name="scatter_add_nd",
+        args=("g", "indices"),
+        shape=lambda s, a: tuple(a["shape"]),
+        impl=_scatter_add_nd_impl,
+        vjp=lambda b, c: [
+            b.gather_nd(c.g, c.ins[1], batch_dims=c.attrs["batch_dims"]),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.scatter_add_nd(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y} = zeros of shape {shape}, each slice {g}[b, j] added at "
+        "[b, {indices}[b, j, :]] (the adjoint of gather_nd)",
+        derivs=("{g}̄ = gather_nd({y}̄, {indices})", "none"),
+        attrs={"batch_dims": REQUIRED, "shape": REQUIRED},
+        normalize=_norm_scatter_add_nd,
+        int_args=(1,),
+        domain=("real", "labels"),
         internal=True,
         category="indexing",
     )
