@@ -46,17 +46,22 @@ class GraphgenRep(BackendRep):
     def _module(self, feeds):
         if self.compiled is not None:
             return self.compiled
-        # int64 inputs first; then also the scalars (a Pad's constant_value, say)
+        # the int64 scalars first (a Trilu's k: the int64 data stays an input); then
+        # every int64 input; then also the scalars (a Pad's constant_value, say)
         arrays = {k: np.asarray(v) for k, v in feeds.items()}
         ints = {k: v for k, v in arrays.items() if v.dtype.kind in "iu"}
+        int_scalars = {k: v for k, v in ints.items() if v.ndim == 0}
         scalars = {k: v for k, v in arrays.items() if v.size == 1}
-        for constants in (ints, {**ints, **scalars}):
+        tries = [ints, {**ints, **scalars}]
+        if int_scalars and len(int_scalars) < len(ints):
+            tries.insert(0, int_scalars)
+        for constants in tries:
             key = tuple((k, v.shape, v.tobytes()) for k, v in sorted(constants.items()))
             if key not in self.specialized:
                 try:
                     self.specialized[key] = _compile(self.model, constants=constants)
                 except SpecError as e:
-                    if "known at compile time" not in str(e) or constants is not ints:
+                    if "known at compile time" not in str(e) or constants is tries[-1]:
                         raise
                     continue
             return self.specialized[key]

@@ -32,6 +32,49 @@ CASES = {
         Case(((2, 2, 3),), {"indices": [[0, 4], [4, 1]], "axis": 0, "dim": 5}),
         Case(((2, 3, 3),), {"indices": [1, 1, 0], "axis": 1, "dim": 4}),
     ],
+    "cumsum": [
+        Case(((4,),), {"axis": 0}),
+        Case(((2, 3, 4),), {"axis": 1, "exclusive": True}),
+        Case(((3, 4),), {"axis": -1, "reverse": True}),
+        Case(((3, 4),), {"axis": 0, "exclusive": True, "reverse": True}),
+    ],
+    # indices sampled in [-size, size): negative and repeated ones
+    "gather_elements": [
+        Case(((3, 4), (5, 4)), {"axis": 0}, labels=(-3, 3)),
+        Case(((2, 3, 4), (2, 3, 6)), {"axis": -1}, labels=(-4, 4)),
+        Case(((3, 5), (2, 3)), {"axis": 1}, labels=(0, 5), label="smaller-indices"),
+    ],
+    "scatter_add_elements": [
+        Case(((5, 4), (5, 4)), {"axis": 0, "shape": [3, 4]}, labels=(-3, 3)),
+        Case(((2, 3), (2, 3)), {"axis": 1, "shape": [3, 5]}, labels=(0, 5)),
+    ],
+    "trilu": [
+        Case(((3, 4),)),
+        Case(((2, 4, 3),), {"k": -1, "upper": False}),
+        Case(((3, 5),), {"k": 2}),
+        Case(((4, 4),), {"k": 0, "upper": False}),
+    ],
+    "int_to_float": [Case(((2, 3),), labels=(-5, 5)), Case(((4,),), labels=(0, 3))],
+    "int_compare": [
+        Case(((2, 3),), {"test": "==", "value": 0}, labels=(0, 2)),
+        Case(((2, 3),), {"test": "!=", "value": [0, 1, 2]}, labels=(0, 3)),
+        Case(((3, 1),), {"test": "<", "value": [[1, 2]]}, labels=(0, 3)),
+        Case(((4,),), {"test": ">=", "value": -1}, labels=(-2, 1)),
+        Case(((4,),), {"test": "<=", "value": 1}, labels=(0, 3)),
+        Case(((4,),), {"test": ">", "value": 1}, labels=(0, 3)),
+    ],
+    # index tuples in [-3, 3): repeated and negative
+    "gather_nd": [
+        Case(((3, 4), (5, 2)), labels=(-3, 3)),
+        Case(((3, 4, 2), (2, 2, 1)), labels=(-3, 3)),
+        Case(((2, 3, 4), (2, 5, 1)), {"batch_dims": 1}, labels=(-3, 3)),
+    ],
+    "scatter_add_nd": [
+        Case(((5,), (5, 2)), {"batch_dims": 0, "shape": [3, 4]}, labels=(-3, 3)),
+        Case(
+            ((2, 5, 4), (2, 5, 1)), {"batch_dims": 1, "shape": [2, 3, 4]}, labels=(0, 3)
+        ),
+    ],
     "is_nan": [Case(((2, 3),)), Case(((),))],
     "logical_not": [Case(((2, 3),)), Case(((4,),))],
     "logical_and": _MASKS,
@@ -39,6 +82,8 @@ CASES = {
     "logical_xor": _MASKS,
 }
 NO_GRADIENT = {
+    "int_to_float": "its only argument is int64",
+    "int_compare": "its only argument is int64",
     "is_nan": "a 0/1 mask, piecewise constant",
     "logical_not": "a mask of a mask, piecewise constant",
     "logical_and": "a mask of masks, piecewise constant",

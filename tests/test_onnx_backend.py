@@ -32,6 +32,7 @@ SUPPORTED = {
     "ConstantOfShape": "constantofshape",
     "Conv": "conv",
     "Cos": "cos",
+    "CumSum": "cumsum",
     "Div": "div",
     "Dropout": "dropout",
     "Equal": "equal",
@@ -40,6 +41,8 @@ SUPPORTED = {
     "Expand": "expand",
     "Flatten": "flatten",
     "Gather": "gather",
+    "GatherElements": "gather_elements",
+    "GatherND": "gathernd",
     "Gelu": "gelu",
     "Gemm": "gemm",
     "GlobalAveragePool": "globalaveragepool",
@@ -86,6 +89,7 @@ SUPPORTED = {
     "Sum": "sum",
     "Tanh": "tanh",
     "Transpose": "transpose",
+    "Trilu": "tri[lu]",
     "Unsqueeze": "unsqueeze",
     "Where": "where",
     "Xor": "xor",
@@ -112,14 +116,13 @@ EXCLUDED = {
     "supports opsets 7 and newer",
     r"^test_identity_(opt|sequence)": "optional and sequence types",
     r"_bool_inputs": "boolean tensors",
-    r"^test_gather_elements|^test_gathernd": "GatherElements and GatherND are "
-    "different ops",
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
     "Indices output",
     r"_string": "string tensors",
-    r"^test_equal(_bcast)?_cpu|^test_where_long_example": "integer tensors at run "
-    "time (Equal of int32, Where choosing int64): booleans are 0/1 masks of the "
-    "float dtype, integers only labels, indices and compile-time shapes",
+    r"^test_equal(_bcast)?_cpu|^test_where_long_example": "integer arithmetic at "
+    "run time (Equal of two run-time int32 tensors, Where choosing int64): booleans "
+    "are 0/1 masks of the float dtype; a run-time int64 is compared with constants, "
+    "cast, and used as labels and indices",
     r"^test_not_\dd": "opset 1 models: graphgen supports opsets 7 and newer",
 }
 

@@ -9,6 +9,8 @@ backend registers one form per op.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import dims, ops
 from .. import graph as g
 from .layout import literal
@@ -152,6 +154,37 @@ def _onehot(c, n, at, in_shapes):
 @lowers("scatter_add")
 def _scatter_add(c, n, at, in_shapes):  # dim may be a symbolic size
     return {"axis": literal(at["axis"]), "dim": c.dim(at["dim"])}
+
+
+@lowers("scatter_add_elements")
+def _scatter_add_elements(c, n, at, in_shapes):  # the shape may hold symbolic sizes
+    return {"axis": literal(at["axis"]), "shape": c.shape(at["shape"])}
+
+
+@lowers("scatter_add_nd")
+def _scatter_add_nd(c, n, at, in_shapes):  # the shape may hold symbolic sizes
+    return {"batch_dims": literal(at["batch_dims"]), "shape": c.shape(at["shape"])}
+
+
+@lowers("cumsum")
+def _cumsum(c, n, at, in_shapes):
+    return {k: literal(at[k]) for k in ("axis", "exclusive", "reverse")}
+
+
+@lowers("trilu")
+def _trilu(c, n, at, in_shapes):
+    return {"fn": Code("np.triu" if at["upper"] else "np.tril"), "k": literal(at["k"])}
+
+
+@lowers("int_compare")
+def _int_compare(c, n, at, in_shapes):  # test is one of ops.logic.INT_TESTS
+    value = at["value"]
+    return {
+        "test": Code(at["test"]),
+        "value": literal(value)
+        if np.ndim(value) == 0
+        else Code(f"np.array({literal(value)})"),
+    }
 
 
 @lowers("constant")

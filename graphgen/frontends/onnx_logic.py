@@ -1,5 +1,6 @@
-"""ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN`` and ``Expand`` at run
-time (issue 15).
+"""ONNX handlers: comparisons, boolean logic, ``Where``, ``IsNaN``, ``Expand``,
+``CumSum``, ``Trilu``, ``GatherElements`` and ``GatherND`` at run time, and int64
+tensors computed at run time cast and compared (issue 15).
 
 A boolean tensor computed at run time is a 0/1 mask of the model's float type
 (:mod:`graphgen.ops.logic`); the importer keeps the ids of such nodes in
@@ -14,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import SpecError
-from .onnx_ops import Unsupported, handles
+from .onnx_ops import Unsupported, axis, handles
 
 
 def mask(imp, name, what):
@@ -91,15 +92,25 @@ COMPARISONS = {
     "LessOrEqual": ("ge", True),
 }
 
+# ONNX comparison -> the int64 test it makes, and that test with its operands swapped
+INT_TESTS = {
+    "Equal": ("==", "=="),
+    "Less": ("<", ">"),
+    "Greater": (">", "<"),
+    "GreaterOrEqual": (">=", "<="),
+    "LessOrEqual": ("<=", ">="),
+}
+
 for _onnx_op in COMPARISONS:
 
     @handles(_onnx_op, inputs=(2, 2), dtypes="*")
     def op_compare(imp, node, ins, attrs):
+        runs = [_run_time_int(imp, i) for i in ins]
+        if any(runs):
+            return _compare_ints(imp, node, ins, runs)
+        if any(imp.t[i][0] == "const" and imp.const(i).dtype.kind in "iu" for i in ins):
+            raise Unsupported("comparing an integer constant with float data")
         op, swap = COMPARISONS[node.op_type]
-        if any(imp.t[i][0] == "node" and imp.t[i][1] in imp.is_int for i in ins) or any(
-            imp.t[i][0] == "const" and imp.const(i).dtype.kind in "iu" for i in ins
-        ):
-            raise Unsupported("comparing integer tensors at run time")
         args = [
             mask(imp, i, f"input {k}") if is_mask(imp, i) else imp.value(i)
             for k, i in enumerate(ins)
@@ -107,6 +118,28 @@ for _onnx_op in COMPARISONS:
         if swap:
             args.reverse()
         return _emit_mask(imp, op, args, node.output[0])
+
+
+def _compare_ints(imp, node, ins, runs):
+    """An int64 tensor computed at run time (an ``attention_mask``) compared exactly,
+    in int64, with integers known at compile time: a 0/1 mask."""
+    if all(runs):
+        raise Unsupported("comparing two int64 tensors computed at run time")
+    k = runs.index(True)
+    other = imp.const(ins[1 - k])
+    if other is None or other.dtype.kind not in "iub":
+        raise Unsupported("comparing an int64 tensor with float data")
+    test = INT_TESTS[node.op_type][k]  # x on the right: the swapped test
+    x = imp.t[ins[k]][1]
+    value = other.astype(np.int64)
+    return _emit_mask(
+        imp,
+        "int_compare",
+        [x],
+        node.output[0],
+        test=test,
+        value=int(value) if value.ndim == 0 else value.tolist(),
+    )
 
 
 @handles("Expand", inputs=(2, 2), dtypes="*i")
@@ -127,3 +160,84 @@ def op_Expand(imp, node, ins, attrs):
     if was_mask:
         imp.is_mask.add(x)
     return x
+
+
+def _run_time_int(imp, name):
+    """Whether tensor ``name`` is an int64 value computed at run time."""
+    kind, v = imp.t[name]
+    return kind == "node" and v in imp.is_int
+
+
+@handles(
+    "CumSum", inputs=(2, 2), attrs={"exclusive": bool, "reverse": bool}, dtypes="*i"
+)
+def op_CumSum(imp, node, ins, attrs):
+    """``CumSum(x, axis)``: running sums of float data along an axis known at compile
+    time."""
+    if _run_time_int(imp, ins[0]) or is_mask(imp, ins[0]):
+        raise Unsupported("running sums of integer or bool tensors at run time")
+    x = imp.value(ins[0])
+    rank = len(imp.shape_of(x))
+    if rank == 0:
+        raise SpecError("CumSum's input must have rank >= 1, not a scalar")
+    at = axis(imp.scalar(ins[1], "CumSum's axis"), rank, "CumSum's axis")
+    return imp.emit(
+        "cumsum",
+        [x],
+        node.output[0],
+        axis=at,
+        exclusive=bool(attrs.get("exclusive", 0)),
+        reverse=bool(attrs.get("reverse", 0)),
+    )
+
+
+@handles("GatherElements", inputs=(2, 2), attrs={"axis": int}, dtypes="fi")
+def op_GatherElements(imp, node, ins, attrs):
+    """``GatherElements(data, indices)``: ``data`` at run-time int64 indices of its rank
+    (a gradient flows to ``data``: scatter-add, repeated indices accumulate)."""
+    if not _run_time_int(imp, ins[1]):
+        raise Unsupported("indices known at compile time while the data is not")
+    data = imp.value(ins[0])
+    rank = len(imp.shape_of(data))
+    at = axis(attrs.get("axis", 0), rank, "GatherElements' axis")
+    return imp.emit(
+        "gather_elements", [data, imp.t[ins[1]][1]], node.output[0], axis=at
+    )
+
+
+@handles("Trilu", inputs=(1, 2), attrs={"upper": bool}, dtypes="*i")
+def op_Trilu(imp, node, ins, attrs):
+    """``Trilu(x, k)``: the upper (lower) triangle of the last two axes from diagonal
+    ``k`` (known at compile time) on. Float data, int64 and masks keep their kind."""
+    k = int(imp.scalar(ins[1], "Trilu's k")) if len(ins) > 1 else 0
+    upper = bool(attrs.get("upper", 1))
+    was_mask, was_int = is_mask(imp, ins[0]), _run_time_int(imp, ins[0])
+    if was_mask:
+        x = mask(imp, ins[0], "Trilu's input")
+    elif was_int:
+        x = imp.t[ins[0]][1]
+    else:
+        x = imp.value(ins[0])
+    if len(imp.shape_of(x)) < 2:
+        raise SpecError(f"Trilu's input must have rank >= 2, not {imp.shape_of(x)}")
+    nid = imp.emit("trilu", [x], node.output[0], k=k, upper=upper)
+    if was_mask:
+        imp.is_mask.add(nid)
+    if was_int:
+        imp.is_int.add(nid)
+    return nid
+
+
+@handles("GatherND", inputs=(2, 2), attrs={"batch_dims": int}, dtypes="fi")
+def op_GatherND(imp, node, ins, attrs):
+    """``GatherND(data, indices)``: ``data`` at run-time int64 index tuples (a gradient
+    flows to ``data``: scatter-add, repeated indices accumulate)."""
+    if not _run_time_int(imp, ins[1]):
+        raise Unsupported("indices known at compile time while the data is not")
+    data = imp.value(ins[0])
+    return imp.emit(
+        "gather_nd",
+        [data, imp.t[ins[1]][1]],
+        node.output[0],
+        batch_dims=int(attrs.get("batch_dims", 0)),
+    )

@@ -415,8 +415,16 @@ def op_Cast(imp, node, ins, attrs):
         imp.onnx.TensorProto.DOUBLE,
         imp.onnx.TensorProto.FLOAT16,
     )
-    if v in imp.is_int:
-        raise Unsupported("casts of int64 tensors at run time")
+    if v in imp.is_int:  # an int64 computed at run time (an attention_mask input)
+        if to == imp.onnx.TensorProto.BOOL:  # x ≠ 0, compared in int64
+            nid = imp.emit("int_compare", [v], node.output[0], test="!=", value=0)
+            imp.is_mask.add(nid)
+            return nid
+        if to in floats:
+            return imp.emit("int_to_float", [v], node.output[0])
+        if to == imp.onnx.TensorProto.INT64:
+            return v
+        raise Unsupported("casts of run-time int64 tensors to integer types but int64")
     if to == imp.onnx.TensorProto.BOOL:  # x ≠ 0, as a 0/1 mask
         if v in imp.is_mask:
             return v

@@ -11,7 +11,23 @@ such masks (any nonzero entry reads as true):
 - ``logical_not``, ``logical_and``, ``logical_or``, ``logical_xor``: masks of masks;
 - ``take(x, indices=..., axis=...)``: ``x`` at constant (N-D, repeated, negative)
   indices, the ONNX ``Gather`` of position ids or token-type zeros; its adjoint
-  ``take_add`` adds each slice back where it was read from.
+  ``take_add`` adds each slice back where it was read from;
+- ``cumsum(x, axis=..., exclusive=..., reverse=...)``: running sums along an axis (ONNX
+  ``CumSum``, position ids from an attention mask); its adjoint is the cumsum that runs
+  the other way;
+- ``int_to_float(x)``: an int64 tensor computed at run time (an ``attention_mask``
+  input) as numbers of the float dtype (ONNX ``Cast``); ``int_compare(x, test=...,
+  value=...)``: the 0/1 mask of ``x <test> value`` compared exactly in int64 against a
+  constant (``Equal(attention_mask, 0)``, ``Cast`` to bool: ``x != 0``). No gradient
+  flows into int64 values;
+- ``trilu(x, k=..., upper=...)``: the upper (or lower) triangle of the last two axes
+  from diagonal ``k`` on, zeros elsewhere (ONNX ``Trilu``, causal masks); linear, its
+  adjoint is itself; int64 stays int64;
+- ``gather_elements(data, indices, axis=...)``: ``data`` at run-time int64 indices of the
+  same rank (ONNX ``GatherElements``); its adjoint ``scatter_add_elements`` adds each
+  entry back where it was read from (repeated indices accumulate);
+- ``gather_nd(data, indices, batch_dims=...)``: ``data`` at run-time int64 index
+  tuples (ONNX ``GatherND``); its adjoint ``scatter_add_nd`` adds each slice back.
 
 The ONNX comparisons map onto ``eq``, ``lt`` and ``ge`` with their arguments in either
 order (``Greater(a, b)`` is ``lt(b, a)``, ``LessOrEqual(a, b)`` is ``ge(b, a)``).
@@ -21,17 +37,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import dims
 from ..errors import ShapeError
 from .base import (
+    HELPERS,
     REQUIRED,
     Op,
     broadcast_rule,
+    broadcast_shapes,
     no_tangent,
     norm_axis,
     register,
     same_op,
     same_shape,
     tangent_terms,
+)
+
+HELPERS.update(
+    {
+        "cumsum": (),
+        "gather_elements": (),
+        "scatter_add_elements": (),
+        "nd_at": (),
+        "gather_nd": ("nd_at",),
+        "scatter_add_nd": ("nd_at",),
+    }
 )
 
 _MASK_REASON = "a 0/1 mask: its derivative is 0 wherever it is defined"
@@ -251,6 +281,453 @@ register(
         derivs=("{g}̄ = take({y}̄, {indices}) along axis {axis}",),
         attrs={"indices": REQUIRED, "axis": REQUIRED, "dim": REQUIRED},
         normalize=_norm_take_add,
+        internal=True,
+        category="indexing",
+    )
+)
+
+
+# ------------------------------------------------------------------- running sums
+
+
+def _norm_cumsum(in_shapes, attrs):
+    x = in_shapes[0]
+    if not x:
+        raise ShapeError("cumsum needs an argument of rank >= 1, got a scalar")
+    out = {"axis": norm_axis(attrs["axis"], len(x))}
+    for flag in ("exclusive", "reverse"):
+        if not isinstance(attrs[flag], bool):
+            raise ShapeError(
+                f"attribute {flag} must be true or false, got {attrs[flag]!r}"
+            )
+    return out
+
+
+def _cumsum_impl(x, axis, exclusive, reverse):
+    x = np.asarray(x)
+    if reverse:
+        x = np.flip(x, axis)
+    y = np.cumsum(x, axis=axis)
+    if exclusive:  # shifted by one: y[0] = 0, y[i] = x[0] + ... + x[i-1]
+        y = np.concatenate(
+            [np.zeros_like(np.take(y, [0], axis=axis)), np.delete(y, -1, axis=axis)],
+            axis=axis,
+        )
+    return np.flip(y, axis) if reverse else y
+
+
+register(
+    Op(
+        name="cumsum",
+        args=("x",),
+        shape=same_shape,
+        impl=_cumsum_impl,
+        # y_i = Σ_{j≤i} x_j, so x̄_j = Σ_{i≥j} ȳ_i: the same sum run the other way
+        vjp=lambda b, c: [
+            b.cumsum(
+                c.g,
+                axis=c.attrs["axis"],
+                exclusive=c.attrs["exclusive"],
+                reverse=not c.attrs["reverse"],
+            )
+        ],
+        jvp=same_op("cumsum"),  # linear
+        math="{y}[…, i, …] = Σ {x}[…, j, …] over j ≤ i along axis {axis}",
+        math_when=tuple(
+            (
+                lambda a, e=e, r=r: (a.get("exclusive"), a.get("reverse")) == (e, r),
+                "{y}[…, i, …] = Σ {x}[…, j, …] over " + j + " along axis {axis}",
+            )
+            for e, r, j in [
+                (True, False, "j < i"),
+                (False, True, "j ≥ i (from the end)"),
+                (True, True, "j > i (from the end)"),
+            ]
+        ),
+        derivs=("{x}̄ = cumsum({y}̄) along axis {axis}, run the other way",),
+        attrs={"axis": REQUIRED, "exclusive": False, "reverse": False},
+        normalize=_norm_cumsum,
+        category="reduction",
+    )
+)
+
+
+# --------------------------------------------------------- int64 at run time
+
+_INT_REASON = "its only argument is int64"
+
+register(
+    Op(
+        name="int_to_float",
+        args=("x",),
+        shape=same_shape,
+        impl=lambda x: np.asarray(x).astype(np.float64),
+        vjp=None,
+        jvp_reason=_INT_REASON,
+        math="{y} = {x} as numbers of the float dtype",
+        derivs=("none (int64)",),
+        int_args=(0,),
+        domain=("labels",),
+        category="unary",
+        folds=False,
+    )
+)
+
+# test -> the NumPy function that computes it (the template writes the operator)
+INT_TESTS = {
+    "==": np.equal,
+    "!=": np.not_equal,
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+}
+
+
+def _norm_int_compare(in_shapes, attrs):
+    test = attrs["test"]
+    if test not in INT_TESTS:
+        raise ShapeError(
+            f"attribute test must be one of {list(INT_TESTS)}, got {test!r}"
+        )
+    try:
+        value = np.asarray(attrs["value"])
+    except ValueError:
+        value = np.asarray([], dtype=object)
+    if value.dtype.kind not in "iu":
+        raise ShapeError(
+            f"attribute value must be (nested lists of) integers, got {attrs['value']!r}"
+        )
+    if broadcast_shapes(tuple(in_shapes[0]), value.shape) is None:
+        raise ShapeError(
+            f"value of shape {list(value.shape)} does not broadcast against x "
+            f"{dims.fmt_shape(in_shapes[0])}"
+        )
+    return {"value": value.tolist()}
+
+
+register(
+    Op(
+        name="int_compare",
+        args=("x",),
+        shape=lambda s, a: broadcast_shapes(tuple(s[0]), np.shape(a["value"])),
+        impl=lambda x, test, value: _mask(
+            INT_TESTS[test](np.asarray(x), np.asarray(value, np.int64)), np.float64
+        ),
+        vjp=None,
+        jvp=no_tangent,
+        jvp_reason=_MASK_REASON + "; its argument is int64",
+        math="{y} = 1 where {x} {test} {value}, else 0 (compared in int64)",
+        derivs=("none (int64)",),
+        attrs={"test": REQUIRED, "value": REQUIRED},
+        normalize=_norm_int_compare,
+        int_args=(0,),
+        domain=("labels",),
+        category="binary",
+        mask=True,
+        folds=False,
+    )
+)
+
+
+# --------------------------------------------------------------------- triangles
+
+
+def _norm_trilu(in_shapes, attrs):
+    if len(in_shapes[0]) < 2:
+        raise ShapeError(
+            f"trilu needs an argument of rank >= 2, got {dims.fmt_shape(in_shapes[0])}"
+        )
+    k, upper = attrs["k"], attrs["upper"]
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ShapeError(f"attribute k must be an integer, got {k!r}")
+    if not isinstance(upper, bool):
+        raise ShapeError(f"attribute upper must be true or false, got {upper!r}")
+    return {}
+
+
+register(
+    Op(
+        name="trilu",
+        args=("x",),
+        shape=same_shape,
+        impl=lambda x, k, upper: np.triu(x, k) if upper else np.tril(x, k),
+        # linear and its own adjoint: y = M ⊙ x for a fixed 0/1 triangle M
+        vjp=lambda b, c: [b.trilu(c.g, **c.attrs)],
+        jvp=same_op("trilu"),
+        math="{y}[…, i, j] = {x}[…, i, j] where j − i ≥ {k}, else 0 (upper)",
+        math_when=(
+            (
+                lambda a: a.get("upper") is False,
+                "{y}[…, i, j] = {x}[…, i, j] where j − i ≤ {k}, else 0 (lower)",
+            ),
+        ),
+        derivs=("{x}̄ = {y}̄ on the same triangle, 0 elsewhere",),
+        attrs={"k": 0, "upper": True},
+        normalize=_norm_trilu,
+        category="shape",
+        keeps_int=True,
+    )
+)
+
+
+# ------------------------------------------------- gathers at run-time indices
+
+
+def _elements_at(indices, axis):
+    """The index tuple that reads entry ``[i0, ..., indices[i], ...]`` of an array for
+    each position ``i`` of ``indices``."""
+    at = list(np.indices(np.shape(indices), sparse=True))
+    at[axis] = np.asarray(indices)
+    return tuple(at)
+
+
+def _norm_gather_elements(in_shapes, attrs):
+    data, idx = in_shapes
+    if not data:
+        raise ShapeError("gather_elements needs data of rank >= 1, got a scalar")
+    if len(idx) != len(data):
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} must have the rank of data "
+            f"{dims.fmt_shape(data)}"
+        )
+    axis = norm_axis(attrs["axis"], len(data))
+    for i, (d, k) in enumerate(zip(data, idx)):
+        if i == axis or d == k:
+            continue
+        if not (isinstance(d, int) and isinstance(k, int) and k <= d):
+            raise ShapeError(
+                f"indices {dims.fmt_shape(idx)} are larger than data "
+                f"{dims.fmt_shape(data)} in axis {i}"
+            )
+    return {"axis": axis}
+
+
+register(
+    Op(
+        name="gather_elements",
+        args=("data", "indices"),
+        shape=lambda s, a: tuple(s[1]),
+        impl=lambda data, indices, axis: np.asarray(data)[_elements_at(indices, axis)],
+        vjp=lambda b, c: [
+            b.scatter_add_elements(
+                c.g, c.ins[1], axis=c.attrs["axis"], shape=list(c.in_shapes[0])
+            ),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.gather_elements(c.dots[0], c.ins[1], axis=c.attrs["axis"]),
+            None,
+        ],
+        math="{y}[i] = {data}[i with its entry at axis {axis} replaced by "
+        "{indices}[i]] (negative indices count from the end)",
+        derivs=(
+            (
+                "{data}̄ = scatter_add_elements({y}̄, {indices}): each entry of {y}̄ "
+                "added where it was read from (repeated indices accumulate)"
+            ),
+            "none",
+        ),
+        attrs={"axis": 0},
+        normalize=_norm_gather_elements,
+        int_args=(1,),
+        domain=("real", "labels"),
+        indices=lambda s, a: (1, s[0][a["axis"]], True),
+        category="indexing",
+    )
+)
+
+
+def _norm_scatter_add_elements(in_shapes, attrs):
+    g, idx = in_shapes
+    shape = attrs["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, str)
+        or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+        for d in shape
+    ):
+        raise ShapeError(f"attribute shape must be a list of sizes, got {shape!r}")
+    if tuple(g) != tuple(idx):
+        raise ShapeError(
+            f"g {dims.fmt_shape(g)} must have the indices' shape {dims.fmt_shape(idx)}"
+        )
+    _norm_gather_elements([tuple(shape), idx], {"axis": attrs["axis"]})
+    return {"axis": norm_axis(attrs["axis"], len(shape)), "shape": list(shape)}
+
+
+def _scatter_add_elements_impl(g, indices, axis, shape):
+    out = np.zeros(shape, dtype=np.asarray(g).dtype)
+    np.add.at(out, _elements_at(indices, axis), g)
+    return out
+
+
+register(
+    Op(
+        name="scatter_add_elements",
+        args=("g", "indices"),
+        shape=lambda s, a: tuple(a["shape"]),
+        impl=_scatter_add_elements_impl,
+        vjp=lambda b, c: [
+            b.gather_elements(c.g, c.ins[1], axis=c.attrs["axis"]),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.scatter_add_elements(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y} = zeros of shape {shape}, each {g}[i] added at i with its entry at "
+        "axis {axis} replaced by {indices}[i] (the adjoint of gather_elements)",
+        derivs=("{g}̄ = gather_elements({y}̄, {indices}) along axis {axis}", "none"),
+        attrs={"axis": REQUIRED, "shape": REQUIRED},
+        normalize=_norm_scatter_add_elements,
+        int_args=(1,),
+        domain=("real", "labels"),
+        indices=lambda s, a: (1, a["shape"][a["axis"]], True),
+        internal=True,
+        category="indexing",
+    )
+)
+
+
+# ------------------------------------------------------ gathers at index tuples
+
+
+def _nd_at(indices, batch_dims, batch):
+    """The index tuple that reads ``data[b..., indices[b..., j..., :]]`` from ``data``
+    reshaped to ``(batch,) + data.shape[batch_dims:]``."""
+    idx = np.asarray(indices)
+    idx = idx.reshape((batch,) + idx.shape[batch_dims:])
+    lead = np.arange(batch).reshape((batch,) + (1,) * (idx.ndim - 2))
+    return (lead, *np.moveaxis(idx, -1, 0))
+
+
+def _gather_nd_impl(data, indices, batch_dims):
+    data = np.asarray(data)
+    batch = int(np.prod(data.shape[:batch_dims], dtype=np.int64))
+    k = np.shape(indices)[-1]
+    flat = data.reshape((batch,) + data.shape[batch_dims:])
+    out = flat[_nd_at(indices, batch_dims, batch)]
+    return out.reshape(np.shape(indices)[:-1] + data.shape[batch_dims + k :])
+
+
+def _norm_gather_nd(in_shapes, attrs):
+    data, idx = in_shapes
+    b = attrs["batch_dims"]
+    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+        raise ShapeError(f"attribute batch_dims must be a count >= 0, got {b!r}")
+    if len(idx) < b + 1 or len(data) < b + 1:
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} and data {dims.fmt_shape(data)} need more "
+            f"than batch_dims={b} axes"
+        )
+    k = idx[-1]
+    if not isinstance(k, int) or not 1 <= k <= len(data) - b:
+        raise ShapeError(
+            f"the last axis of indices {dims.fmt_shape(idx)} must be a size from 1 to "
+            f"{len(data) - b} (data {dims.fmt_shape(data)}, batch_dims={b})"
+        )
+    if tuple(idx[:b]) != tuple(data[:b]):
+        raise ShapeError(
+            f"indices {dims.fmt_shape(idx)} and data {dims.fmt_shape(data)} differ in "
+            f"their first batch_dims={b} axes"
+        )
+    return {}
+
+
+def _gather_nd_shape(in_shapes, attrs):
+    data, idx = in_shapes
+    return tuple(idx[:-1]) + tuple(data[attrs["batch_dims"] + idx[-1] :])
+
+
+register(
+    Op(
+        name="gather_nd",
+        args=("data", "indices"),
+        shape=_gather_nd_shape,
+        impl=_gather_nd_impl,
+        vjp=lambda b, c: [
+            b.scatter_add_nd(
+                c.g,
+                c.ins[1],
+                batch_dims=c.attrs["batch_dims"],
+                shape=list(c.in_shapes[0]),
+            ),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None if c.dots[0] is None else b.gather_nd(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y}[b, j] = {data}[b, {indices}[b, j, 0], …, {indices}[b, j, k−1]] (b: "
+        "the first {batch_dims} axes; negative indices count from the end)",
+        derivs=(
+            (
+                "{data}̄ = scatter_add_nd({y}̄, {indices}): each slice of {y}̄ added "
+                "where it was read from (repeated indices accumulate)"
+            ),
+            "none",
+        ),
+        attrs={"batch_dims": 0},
+        normalize=_norm_gather_nd,
+        int_args=(1,),
+        domain=("real", "labels"),
+        category="indexing",
+    )
+)
+
+
+def _norm_scatter_add_nd(in_shapes, attrs):
+    g, idx = in_shapes
+    shape = attrs["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, str)
+        or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+        for d in shape
+    ):
+        raise ShapeError(f"attribute shape must be a list of sizes, got {shape!r}")
+    _norm_gather_nd([tuple(shape), idx], attrs)
+    want = _gather_nd_shape([tuple(shape), idx], attrs)
+    if tuple(g) != want:
+        raise ShapeError(f"g {dims.fmt_shape(g)} must be {dims.fmt_shape(want)}")
+    return {"shape": list(shape)}
+
+
+def _scatter_add_nd_impl(g, indices, batch_dims, shape):
+    g = np.asarray(g)
+    batch = int(np.prod(shape[:batch_dims], dtype=np.int64))
+    out = np.zeros((batch,) + tuple(shape[batch_dims:]), dtype=g.dtype)
+    rows = g.reshape((batch,) + g.shape[batch_dims:])
+    np.add.at(out, _nd_at(indices, batch_dims, batch), rows)
+    return out.reshape(shape)
+
+
+register(
+    Op(
+        name="scatter_add_nd",
+        args=("g", "indices"),
+        shape=lambda s, a: tuple(a["shape"]),
+        impl=_scatter_add_nd_impl,
+        vjp=lambda b, c: [
+            b.gather_nd(c.g, c.ins[1], batch_dims=c.attrs["batch_dims"]),
+            None,
+        ],
+        jvp=lambda b, c: [
+            None
+            if c.dots[0] is None
+            else b.scatter_add_nd(c.dots[0], c.ins[1], **c.attrs),
+            None,
+        ],
+        math="{y} = zeros of shape {shape}, each slice {g}[b, j] added at "
+        "[b, {indices}[b, j, :]] (the adjoint of gather_nd)",
+        derivs=("{g}̄ = gather_nd({y}̄, {indices})", "none"),
+        attrs={"batch_dims": REQUIRED, "shape": REQUIRED},
+        normalize=_norm_scatter_add_nd,
+        int_args=(1,),
+        domain=("real", "labels"),
         internal=True,
         category="indexing",
     )
