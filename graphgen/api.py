@@ -11,7 +11,6 @@ the views and the CLI sit on top of this module; it imports none of them.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import contextvars
 import os
@@ -25,7 +24,7 @@ from .backends.numpy import memory
 from .backends.numpy.program import NumpyProgram
 from .codegen import optim
 from .codegen.program import stored_weights
-from .codegen.render import render_module
+from .codegen.render import compile_module, render_module
 from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import spec
@@ -229,7 +228,7 @@ def _import(source, G, backend, arrays):
     name = f"graphgen_{G.graph.get('name', 'model')}"
     module = types.ModuleType(name)
     module.__dict__["__source__"] = source
-    code = builtins.compile(source, f"<graphgen {name}>", "exec")
+    code = compile_module(source, f"<graphgen {name}>")
     # the module may define functions whose globals must resolve while it runs
     sys.modules.setdefault(name, module)
     try:
@@ -357,7 +356,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
     ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
     (:func:`graphgen.passes.forward.forward_mode`).
     """
-    H = G.copy()
+    H = g.copy(G)
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
             raise CodegenError(

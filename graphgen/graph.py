@@ -206,6 +206,25 @@ def schedule(G, nodes=None):
     return order
 
 
+def copy(G):
+    """``G.copy()``: the same graph, each attribute dict copied one level as networkx
+    copies them, and every dict in the same order (nodes, successors, predecessors),
+    built straight into the adjacency dicts without networkx's per-node and per-edge
+    bookkeeping (a third of a pass's time on a big graph)."""
+    H = G.__class__()
+    H.graph.update(G.graph)
+    H._node.update((n, d.copy()) for n, d in G._node.items())
+    succ, pred = H._succ, H._pred
+    for n in G._node:
+        succ[n] = {}
+        pred[n] = {}
+    for u, nbrs in G._succ.items():  # networkx adds the edges in this order
+        su = succ[u]
+        for v, d in nbrs.items():
+            su[v] = pred[v][u] = d.copy()
+    return H
+
+
 def source_of(G):
     return G.graph.get("source") or "<graph>"
 

@@ -28,8 +28,12 @@ def safe_comment(text) -> Code:
 def wrap_comment(text, width=LINE - INDENT - 2, indent="  "):
     """A comment as lines that fit the line length (continuations indented by ``indent``;
     ``indent=""`` for a docstring, whose lines ruff aligns)."""
+    text = str(safe_comment(text))
+    if len(text) <= width - 2 and text[:1] not in " " and text[-1] != " ":
+        # one line with no word to cut (most comments): what textwrap would return
+        return [Code(text)]
     words = []
-    for word in str(safe_comment(text)).split(" "):
+    for word in text.split(" "):
         # a token longer than a line (long names inside math) breaks after ) / ( or ·
         while len(word) > width - 2:
             cut = max(word.rfind(c, 0, width - 2) for c in ")/(·")

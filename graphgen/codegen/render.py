@@ -8,10 +8,12 @@ derives from, so a backend's templates override only what differs.
 """
 
 from __future__ import annotations
+import __future__
 
 import contextlib
 import contextvars
 import dataclasses
+import types
 from functools import cache
 from pathlib import Path
 
@@ -178,14 +180,45 @@ def vet(value, path="context"):
         raise CodegenError(f"internal: cannot render {type(value).__name__} at {path}")
 
 
+# The flags every generated module is compiled with (the syntax check and the import).
+COMPILE_FLAGS = __future__.annotations.compiler_flag
+
+# The last module rendered and its code object: the syntax check's compile is the one
+# the import runs, rather than a second compile of the same text (on a 10,000-node graph,
+# over a second). One slot, so at most one module's code is kept.
+_last_compiled = (None, None)
+
+
 def render_module(env, template, ctx) -> str:
     """Render a module template with a vetted context; the result must parse."""
+    global _last_compiled
     vet(ctx)
     text = env.get_template(template).render(**ctx)
+    _last_compiled = (None, None)
     try:
         # compiled, not ast.parse'd: the same syntax check without building a Python
         # object per syntax node (on a 100,000-node graph, gigabytes and most of render)
-        compile(text, "<graphgen>", "exec", dont_inherit=True)
+        code = compile(text, "<graphgen>", "exec", COMPILE_FLAGS, dont_inherit=True)
     except SyntaxError as e:  # a bug in graphgen, never in the user's spec
         raise CodegenError(f"internal: generated code does not parse: {e}") from None
+    _last_compiled = (text, code)
     return text
+
+
+def _named(code, filename):
+    consts = tuple(
+        _named(c, filename) if isinstance(c, types.CodeType) else c
+        for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def compile_module(text, filename):
+    """The code object of a generated module's ``text``: the one :func:`render_module`
+    compiled when ``text`` is the module it rendered last, else a fresh compile."""
+    global _last_compiled
+    last, code = _last_compiled
+    if last is not text and last != text:
+        return compile(text, filename, "exec", COMPILE_FLAGS, dont_inherit=True)
+    _last_compiled = (None, None)
+    return _named(code, filename)

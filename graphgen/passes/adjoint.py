@@ -119,7 +119,7 @@ def adjoint(G, loss=None, wrt=None):
     >>> sorted(A.nodes[A.graph["grads"]["W1"]]["role"] for _ in [0])
     ['backward']
     """
-    H = G.copy()
+    H = g.copy(G)
     if loss is not None:
         H.graph["loss"] = loss
     if wrt is not None:

@@ -295,7 +295,7 @@ def optimize(G, max_rounds=10):
     ``pass_stats`` is a list of ``(pass name, op count before its first run, op count
     after removing everything it removed over all rounds)``, in pass order.
     """
-    H = G.copy()  # one copy: the passes then work on it in place
+    H = g.copy(G)  # one copy: the passes then work on it in place
     before = {}
     removed = {name: 0 for name, *_ in PASSES}
     ops_now = count_ops(H)
@@ -321,7 +321,7 @@ def reuse_inner(G):
     as the outer op on the node the VJP built: P is computed once, in the forward pass,
     and kept for the backward pass, instead of computed inside the fused op, dropped,
     and computed again. That node becomes part of the forward pass."""
-    H = G.copy()
+    H = g.copy(G)
     merged = {}
     for n in sorted(H, key=str):
         a = H.nodes.get(n)

@@ -91,7 +91,7 @@ def prepare(G):
     """
     if not isinstance(G, nx.DiGraph) or G.is_multigraph():
         raise GraphError("expected a networkx.DiGraph", source=g.source_of(G))
-    H = G.copy()
+    H = g.copy(G)
     H.graph.setdefault("dtype", "float64")
     H.graph.setdefault("name", "model")
     H.graph.setdefault("lines", {})
