@@ -81,7 +81,12 @@ def random_arrays(G, seed=0, sizes=None, dtype=None):
             continue
         domain, extra = _domain(G, n)
         if a[g.DTYPE] == "int64":
-            high = 2 if extra is None else dims.concrete((extra,), sizes)[0]
+            if extra is None or extra == ():
+                high = 2
+            elif isinstance(extra, tuple):  # index tuples: below every axis they index
+                high = min(dims.concrete(extra, sizes))
+            else:
+                high = dims.concrete((extra,), sizes)[0]
             out[n] = rng.integers(0, high, size=shape).astype(np.int64)
             continue
         out[n] = np.asarray(sample(rng, domain, shape), dtype=fdtype)

@@ -416,3 +416,40 @@ def test_gather_indices_wrap_but_stay_in_range(mode, tmp_path):
         match=r"^'ids': expected indices of gather node 'looked' in \[-5, 5\), got 5$",
     ):  # in range of table (6 rows), not of E (5)
         mod.value_and_grad(table=np.ones((6, 3)), ids=np.array([0, 5, 1, 2]), E=E)
+
+
+GATHER_ND_SPEC = """\
+inputs:
+  data: [rows, 3]
+  idx: {shape: [batch, 2], dtype: int64}
+nodes:
+  g: {op: gather_nd, args: [data, idx]}
+  J: {op: sum, args: [g]}
+loss: J
+wrt: [data]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gather_nd_index_tuples_are_checked_entry_by_entry(mode, tmp_path):
+    """Entry j of each index tuple indexes its own axis (rows, then 3); NumPy raised an
+    IndexError from inside the module, Numba would read out of bounds."""
+    backend, options = MODES[mode]
+    if backend == "numba":
+        pytest.importorskip("numba")
+    path = tmp_path / "gnd.yaml"
+    path.write_text(GATHER_ND_SPEC)
+    mod = graphgen.compile(graphgen.load(path), backend, **options)
+    data = np.arange(12.0).reshape(4, 3)
+    loss, grads = mod.value_and_grad(data=data, idx=np.array([[0, 2], [3, -1]]))
+    assert loss == data[0, 2] + data[3, -1]
+    want = np.zeros_like(data)
+    want[0, 2] = want[3, -1] = 1.0
+    np.testing.assert_array_equal(grads["data"], want)
+    for bad, entry, bound in (([0, 3], 1, 3), ([4, 0], 0, 4), ([-5, 0], 0, 4)):
+        with pytest.raises(
+            ValueError,
+            match=rf"^'idx': expected indices of gather_nd node 'g' \(entry {entry} of "
+            rf"each index\) in \[-{bound}, {bound}\), got {bad[entry]}$",
+        ):
+            mod.value_and_grad(data=data, idx=np.array([[1, 1], bad]))

@@ -259,28 +259,39 @@ class Program:
                 arg, size, wraps = op.indices(shapes, a[g.ATTRS])
                 if arg not in A.edges[n, s][g.POS]:
                     continue
-                if any(sym not in where for sym in dims.symbols(size)):
-                    raise CodegenError(
-                        f"the indices {n!r} index an axis of size {size!r}, which no "
-                        "input's shape declares",
-                        node=s,
-                    )
-                hi = dims.render(size, where.__getitem__)
-                lo = f"-{wrap(hi)}" if wraps else "0"
-                what = (
-                    "indices" if wraps else "class labels"
-                ) + f" of {op.name} node {s!r}"
-                skip = op.skips(a[g.ATTRS]) if op.skips is not None else None
-                key = (n, lo, hi, skip)
-                if key not in calls:
-                    extra = [] if skip is None else [literal(skip)]
-                    calls[key] = bracketed(
-                        "_in_range" if skip is None else "_in_range_or",
-                        ["arrays", literal(n), lo, hi, literal(what), *extra],
-                        "",
-                        INDENT,
-                    )
+                # a tuple of sizes: entry j of each index (its last axis) indexes an
+                # axis of size size[j] (gather_nd's index tuples)
+                parts = (
+                    list(enumerate(size)) if isinstance(size, tuple) else [(None, size)]
+                )
+                for part, sz in parts:
+                    self._index_call(calls, where, n, s, op, a, part, sz, wraps)
         return list(calls.values())
+
+    def _index_call(self, calls, where, n, s, op, a, part, size, wraps):
+        if any(sym not in where for sym in dims.symbols(size)):
+            raise CodegenError(
+                f"the indices {n!r} index an axis of size {size!r}, which no "
+                "input's shape declares",
+                node=s,
+            )
+        hi = dims.render(size, where.__getitem__)
+        lo = f"-{wrap(hi)}" if wraps else "0"
+        what = ("indices" if wraps else "class labels") + f" of {op.name} node {s!r}"
+        skip = op.skips(a[g.ATTRS]) if op.skips is not None else None
+        key = (n, part, lo, hi, skip)
+        if key in calls:
+            return
+        if part is not None:
+            what += f" (entry {part} of each index)"
+            fname, extra = "_in_range_at", [str(part)]
+        elif skip is not None:
+            fname, extra = "_in_range_or", [literal(skip)]
+        else:
+            fname, extra = "_in_range", []
+        calls[key] = bracketed(
+            fname, ["arrays", literal(n), lo, hi, literal(what), *extra], "", INDENT
+        )
 
     def out_expr(self, n, names):
         """How value ``n`` reads where a function returns it."""
@@ -468,6 +479,7 @@ class Program:
             "unpack": self.unpack(inputs + params),
             "index_checks": checks,
             "index_skips": any(str(c).startswith("_in_range_or(") for c in checks),
+            "index_parts": any(str(c).startswith("_in_range_at(") for c in checks),
             "tables": self.tables(inputs, params, outputs),
             "loss": literal(None if cotangents else self.loss),
             "wrt": fit(

@@ -638,6 +638,15 @@ def _norm_gather_nd(in_shapes, attrs):
     return {}
 
 
+def _gather_nd_indices(in_shapes, attrs):
+    """Entry j of each index tuple indexes data's axis batch_dims + j (wrapping)."""
+    data, idx = in_shapes
+    b = attrs["batch_dims"]
+    if not isinstance(idx[-1], int):  # a tuple of symbolic length: not checked
+        return 1, (), True
+    return 1, tuple(data[b : b + idx[-1]]), True
+
+
 def _gather_nd_shape(in_shapes, attrs):
     data, idx = in_shapes
     return tuple(idx[:-1]) + tuple(data[attrs["batch_dims"] + idx[-1] :])
@@ -675,6 +684,7 @@ register(
         normalize=_norm_gather_nd,
         int_args=(1,),
         domain=("real", "labels"),
+        indices=_gather_nd_indices,
         category="indexing",
     )
 )
