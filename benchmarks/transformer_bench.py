@@ -48,7 +48,6 @@ ENV = {
     # idle thread pools sleep instead of spinning: the implementations take turns in
     # one process, and a spinning pool (PyTorch's OpenMP, ORT's) steals the 2 cores
     "OMP_WAIT_POLICY": "PASSIVE",
-    "OPENBLAS_THREAD_TIMEOUT": "4",  # OpenBLAS's threads spin 2**4 cycles, not 2**28
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "PYTHONHASHSEED": "0",
@@ -100,14 +99,12 @@ def build(name, dims, batch, seq, workdir):
     path = os.path.join(workdir, f"{name}.onnx")
     with warnings.catch_warnings():  # the tracer's notes on Python-level shape math
         warnings.simplefilter("ignore")
+        if name in ("gpt2", "llama"):  # transformers' models need dynamo
+            kw = {"dynamo": True, "optimize": True}
+        else:
+            kw = {"dynamo": False, "opset_version": 17}
         torch.onnx.export(
-            model,
-            (x,),
-            path,
-            dynamo=False,
-            opset_version=17,
-            input_names=["idx"],
-            output_names=["logits"],
+            model, (x,), path, input_names=["idx"], output_names=["logits"], **kw
         )
     params = list(model.parameters())
     vocab = tm.VOCAB
