@@ -232,6 +232,15 @@ def bench(name, label, dims, seq, args, rows, workdir):
     return fns
 
 
+KINDS = [  # statement kinds of a generated module, first match wins
+    ("matmul", (" @ ", "np.matmul", "np.dot", "np.einsum")),
+    ("softmax / cross-entropy", ("_softmax", "_xent")),
+    ("layer norm", ("_layer_norm",)),
+    ("gather / scatter-add", ("_scatter_add", "np.take", ".at(")),
+    ("reductions", (".sum(", "np.sum", ".mean(", "np.mean", "np.max")),
+]
+
+
 def profile(fns, top):
     """Where one NumPy training step spends its time: cProfile by function, then the
     statements of ``value_and_grad`` (whose NumPy calls are inline expressions that
@@ -285,6 +294,15 @@ def profile(fns, top):
         if text.endswith(("(", "[", "=")):
             text += " " + linecache.getline(file, line + 1).strip()
         print(f"  {t * 1e3:8.1f} ms {100 * t / total:5.1f}%  {text[:110]}")
+    kinds = Counter()
+    for (file, line), t in spent.items():
+        text = linecache.getline(file, line)
+        kind = next((k for k, marks in KINDS if any(m in text for m in marks)), "other")
+        kinds[kind] += t
+    print(
+        "  by kind: "
+        + ", ".join(f"{k} {100 * t / total:.0f}%" for k, t in kinds.most_common())
+    )
 
 
 def main():
