@@ -173,24 +173,29 @@ def optimizer_args(p):
     )
 
 
+OPTIMIZER_SETTINGS = (
+    "lr",
+    "momentum",
+    "betas",
+    "eps",
+    "weight_decay",
+    "clip_norm",
+    "schedule",
+    "steps",
+    "warmup",
+)
+
+
+def _optimizer_settings(args):
+    """The optimizer flags as given, by setting name (None where not given)."""
+    return {k: getattr(args, k, None) for k in OPTIMIZER_SETTINGS}
+
+
 def optimizer_from(args):
     """The optimizer the arguments ask for (None: no train_step)."""
     from .codegen.optim import optimizer
 
-    settings = {
-        k: getattr(args, k, None)
-        for k in (
-            "lr",
-            "momentum",
-            "betas",
-            "eps",
-            "weight_decay",
-            "clip_norm",
-            "schedule",
-            "steps",
-            "warmup",
-        )
-    }
+    settings = _optimizer_settings(args)
     if args.optimizer is None:
         given = [k for k, v in settings.items() if v is not None]
         if given:
@@ -776,21 +781,7 @@ def train_run(args):
     else:
         if not args.spec or not args.data or not args.output:
             raise GraphgenError("graphgen train needs SPEC, --data and -o RUN_DIR")
-        settings = {
-            k: getattr(args, k)
-            for k in (
-                "lr",
-                "momentum",
-                "betas",
-                "eps",
-                "weight_decay",
-                "clip_norm",
-                "schedule",
-                "steps",
-                "warmup",
-            )
-            if getattr(args, k) is not None
-        }
+        settings = {k: v for k, v in _optimizer_settings(args).items() if v is not None}
         record = train(
             args.spec,
             args.data,

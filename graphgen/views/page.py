@@ -32,7 +32,6 @@ import networkx as nx
 import numpy as np
 
 from .. import graph as g
-from .. import ops
 from ..codegen.render import template_dir
 from ..errors import DiagramError
 from ..notes import partial, product
@@ -45,7 +44,7 @@ from .diagram import (
     run_dot,
     visible,
 )
-from .values import adjoint_value, evaluate, load_arrays, norm, term_value
+from .values import adjoint_value, evaluate, load_arrays, norm, term_value, vjp_term
 
 __all__ = ["blocks", "page_data", "to_html", "write"]
 
@@ -198,48 +197,8 @@ def _array(v):
 def _vjp_term(H, values, j, k, kbar):
     """The term ``k̄ · ∂k/∂j`` by applying ``k``'s VJP rule to ``kbar`` (for a term the
     optimizer folded away)."""
-    from ..passes.adjoint import Builder
-
-    S = nx.DiGraph()
-    S.graph.update(dtype="float64", name="scratch", source=g.source_of(H))
-    ins = g.operands(H, k)
-    for p in list(dict.fromkeys(ins)) + [k, "__g"]:
-        src = k if p == "__g" else p
-        S.add_node(
-            p,
-            **{
-                g.KIND: g.INPUT,
-                g.SHAPE: H.nodes[src][g.SHAPE],
-                g.DTYPE: "float64",
-                g.ROLE: g.FORWARD,
-                g.SEQ: g.next_seq(S),
-            },
-        )
-    a = H.nodes[k]
-    S.nodes[k][g.OP] = a[g.OP]
-    b = Builder(S)
-    b.where = k
-    ctx = ops.VJPContext(
-        ins=ins,
-        out=k,
-        g="__g",
-        attrs=a[g.ATTRS],
-        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
-        out_shape=a[g.SHAPE],
-    )
-    cts = ops.get(a[g.OP]).vjp(b, ctx)
-    arrays = {p: values[p] for p in set(ins) | {k}}
-    arrays["__g"] = np.asarray(kbar, dtype=np.float64)
-    vals = evaluate(S, arrays)
-    parts = [
-        vals[ct] if ct in vals else arrays[ct]
-        for i, ct in enumerate(cts)
-        if ins[i] == j and ct is not None
-    ]
-    if not parts:
-        return None
-    total = sum(parts[1:], parts[0])
-    return np.broadcast_to(total, np.shape(values[j]))
+    total = vjp_term(H, values, j, k, kbar)
+    return None if total is None else np.broadcast_to(total, np.shape(values[j]))
 
 
 class _Numbers:

@@ -24,6 +24,7 @@ __all__ = [
     "norm",
     "term_nodes",
     "term_value",
+    "vjp_term",
 ]
 
 
@@ -224,6 +225,14 @@ def term_value(A, values, j, k):
 
 def local_elementwise(H, values, j, k):
     """∂k/∂j elementwise (for an elementwise op), by applying k's VJP rule to ones."""
+    total = vjp_term(H, values, j, k, np.ones_like(values[k], dtype=np.float64))
+    return np.broadcast_to(total, np.shape(values[k]))
+
+
+def vjp_term(H, values, j, k, kbar):
+    """What ``k``'s VJP rule sends back to its argument ``j`` for the adjoint ``kbar``
+    of ``k`` (summed over the positions where ``j`` feeds ``k``; None where it sends
+    nothing), evaluated on a scratch graph of ``k`` alone."""
     from ..passes.adjoint import Builder
 
     S = nx.DiGraph()
@@ -241,11 +250,10 @@ def local_elementwise(H, values, j, k):
                 g.SEQ: g.next_seq(S),
             },
         )
-    S.nodes[k][g.OP] = H.nodes[k][g.OP]
+    a = H.nodes[k]
+    S.nodes[k][g.OP] = a[g.OP]
     b = Builder(S)
     b.where = k
-    a = H.nodes[k]
-    op = ops.get(a[g.OP])
     ctx = ops.VJPContext(
         ins=ins,
         out=k,
@@ -254,17 +262,16 @@ def local_elementwise(H, values, j, k):
         in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
         out_shape=a[g.SHAPE],
     )
-    cts = op.vjp(b, ctx)
+    cts = ops.get(a[g.OP]).vjp(b, ctx)
     arrays = {p: values[p] for p in set(ins) | {k}}
-    arrays["__g"] = np.ones_like(values[k], dtype=np.float64)
+    arrays["__g"] = np.asarray(kbar, dtype=np.float64)
     vals = evaluate(S, arrays)
     parts = [
         vals[ct] if ct in vals else arrays[ct]
         for i, ct in enumerate(cts)
         if ins[i] == j and ct is not None
     ]
-    total = sum(parts[1:], parts[0])
-    return np.broadcast_to(total, np.shape(values[k]))
+    return sum(parts[1:], parts[0]) if parts else None
 
 
 # ---------------------------------------------------------------- the generated module
