@@ -67,19 +67,16 @@ def torch_impl(workload, arrays, params, threads=1):
     return f
 
 
-def jax_impl(workload, arrays, params, dtype):
-    """``f()`` running ``jax.jit(jax.value_and_grad(loss))``."""
+def jax_namespace():
+    """The functions :func:`loss_fn` calls, in JAX."""
     import jax
-
-    if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     def xent(logits, labels):
         picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
         return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)
 
-    ns = types.SimpleNamespace(
+    return types.SimpleNamespace(
         sigmoid=jax.nn.sigmoid,
         relu=jax.nn.relu,
         tanh=jnp.tanh,
@@ -88,6 +85,17 @@ def jax_impl(workload, arrays, params, dtype):
         sum=jnp.sum,
         xent=xent,
     )
+
+
+def jax_impl(workload, arrays, params, dtype):
+    """``f()`` running ``jax.jit(jax.value_and_grad(loss))``."""
+    import jax
+
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    ns = jax_namespace()
     data = {k: jnp.asarray(v) for k, v in arrays.items() if k not in params}
     ps = {k: jnp.asarray(arrays[k]) for k in params}
 

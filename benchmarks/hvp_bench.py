@@ -148,10 +148,9 @@ def jax_row(workload, rounds, min_round):
     import numpy as np
 
     jax.config.update("jax_enable_x64", True)
-    import types
 
     import jax.numpy as jnp
-    from frameworks import loss_fn
+    from frameworks import jax_namespace, loss_fn
 
     import graphgen
     from graphgen.check import random_arrays
@@ -161,19 +160,7 @@ def jax_row(workload, rounds, min_round):
     arrays = random_arrays(G, seed=0, sizes=handwritten.SIZES[workload])
     arrays.update(ref.init_params(0))
 
-    def xent(logits, labels):
-        picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-        return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)
-
-    ns = types.SimpleNamespace(
-        sigmoid=jax.nn.sigmoid,
-        relu=jax.nn.relu,
-        tanh=jnp.tanh,
-        sin=jnp.sin,
-        mean=jnp.mean,
-        sum=jnp.sum,
-        xent=xent,
-    )
+    ns = jax_namespace()
     data = {k: jnp.asarray(v) for k, v in arrays.items() if k not in ref.PARAMS}
     ps = {k: jnp.asarray(arrays[k]) for k in ref.PARAMS}
     rng = np.random.default_rng(1)

@@ -150,7 +150,6 @@ def plan_buffers(G, program, keep):
 
 
 def nbytes(G, n, sizes):
-
     a = G.nodes[n]
     shape = dims.concrete(a[g.SHAPE], sizes)
     itemsize = np.dtype(a[g.DTYPE]).itemsize
@@ -163,18 +162,7 @@ def peak_bytes(G, program, keep, sizes, inlined=()):
     Arrays the caller passes in are not counted. Views cost nothing. A statement holds its
     inlined temporaries only while it runs.
     """
-    drop = frees(program, keep)
-    live, peak = 0, 0
-    for i, (node, reads) in enumerate(program):
-        a = G.nodes[node]
-        own = 0 if is_view(a) else nbytes(G, node, sizes)
-        transient = sum(nbytes(G, t, sizes) for t in inlined.get(node, ()))
-        peak = max(peak, live + own + transient)
-        live += own
-        for v in drop[i]:
-            if not is_view(G.nodes[v]):
-                live -= nbytes(G, v, sizes)
-    return peak
+    return peak_with_updates(G, program, keep, sizes, inlined or {}, {}, 0)
 
 
 def saved_for_backward(G):
@@ -196,7 +184,8 @@ def saved_for_backward(G):
 
 
 def peak_with_updates(G, program, keep, sizes, inlined, updates, temps):
-    """Predicted peak bytes of ``train_step``: the program of ``value_and_grad`` with
+    """Predicted peak bytes of ``train_step`` (of the program alone, :func:`peak_bytes`,
+    without ``updates``): the program of ``value_and_grad`` with
     each param's update run right after statement ``i`` (``updates``: ``{i: [(param,
     gradient node)]}``, ``-1``: before the first), holding ``temps`` param-sized
     temporaries while it runs (the NumPy helper's), and then dropping its gradient."""
