@@ -1,38 +1,63 @@
-"""Transformer training step: graphgen's NumPy and Numba modules against PyTorch eager.
+"""Transformer training step: graphgen's NumPy and Numba modules against PyTorch eager
+and onnxruntime-training.
 
     python benchmarks/transformer_bench.py            # GPT-2-small shape + small models
     python benchmarks/transformer_bench.py --small    # a quicker decoder shape
-    python benchmarks/transformer_bench.py --profile  # also cProfile one NumPy step
+    python benchmarks/transformer_bench.py --profile  # also profile one NumPy step
+    python benchmarks/transformer_bench.py --ort-training-python ~/ortt/bin/python
 
 Issue 15's targets. A nanoGPT-style decoder (tests/transformer_models.py: causal mask
 kept as a buffer, tied embeddings) is built in PyTorch at the GPT-2-small-like shape
 (6 layers, width 384, 6 heads, context 128, vocab 4096, batch 8), exported with
 ``torch.onnx.export(dynamo=False, opset_version=17)`` and compiled by graphgen with a
 softmax cross-entropy loss. One training step (loss + every parameter's gradient) is
-timed for the generated NumPy module, the generated Numba module and PyTorch eager on
-the model that was exported; forward alone for the same three and onnxruntime. The small
-validation models of tests/transformer_models.py (nanoGPT, ``nn.TransformerEncoder``,
-and GPT-2 from ``transformers`` when installed, which needs the dynamo exporter; width
-32, 2 layers, batch 8) are timed the same way. Losses are checked against PyTorch's
-before anything is timed.
+timed for the generated NumPy module, the generated Numba module, PyTorch eager on the
+model that was exported and, when given, onnxruntime-training's artifacts of the same
+ONNX file; forward alone for graphgen, PyTorch and onnxruntime. The small validation
+models of tests/transformer_models.py (nanoGPT, ``nn.TransformerEncoder``, and GPT-2
+from ``transformers`` when installed, which needs the dynamo exporter; width 32,
+2 layers, batch 8) are timed the same way. Losses are checked against PyTorch's before
+anything is timed.
 
-Everything runs in one process with 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT) and
-glibc malloc kept from returning freed buffers to the OS; the implementations are called
-in turn within each round (so a shared machine's drift slows all alike), and times are
-medians over rounds. onnxruntime-training is not timed: its wheel conflicts with
-``onnxruntime`` in one environment (it would need its own environment, and its training
-artifacts the optional LayerNormalization outputs named), so it is not installed here.
+**One process per implementation.** Each implementation runs in its own worker process
+(this script with ``--worker KIND``), so BLAS, OpenMP and allocator state never mix:
+timing them in one process gave ratios from 1.0× to 14× on the same code. The workers
+take turns: the parent asks one worker at a time to time its function for ``--min``
+seconds, round after round, so a shared machine's drift slows all alike, and reports
+medians over rounds. Each process has 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT);
+idle thread pools sleep (``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
+
+**Peak memory** of a step is measured in its worker: freed heap is handed back
+(``malloc_trim``), the resident size is read, the kernel's peak counter is reset
+(``/proc/self/clear_refs``), one step runs, and the peak resident size above the resting
+size is reported (parameters, optimizer state and the module itself are resting; the
+returned gradients and everything the step allocates are counted).
+
+**onnxruntime-training** cannot be installed beside ``onnxruntime`` (both provide the
+``onnxruntime`` package), and its Python package imports PyTorch. Give it its own
+environment and pass that interpreter::
+
+    python3 -m venv ~/ortt
+    ~/ortt/bin/pip install onnxruntime-training==1.19.2 onnx numpy torch==2.13.0
+    python benchmarks/transformer_bench.py --ort-training-python ~/ortt/bin/python
+
+Its worker names the two optional outputs of every ``LayerNormalization`` (the artifact
+generator needs them), reshapes the logits to (tokens, vocab) for its
+``SoftmaxCrossEntropyLoss``, generates the training artifacts with every float
+initializer trainable, and times ``Module.__call__`` in training mode (forward and
+backward, gradients accumulated; no optimizer step) followed by ``lazy_reset_grad``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,46 +70,42 @@ ENV = {
     "OPENBLAS_NUM_THREADS": THREADS,
     "MKL_NUM_THREADS": THREADS,
     "NUMBA_NUM_THREADS": THREADS,
-    # idle thread pools sleep instead of spinning: the implementations take turns in
-    # one process, and a spinning pool (PyTorch's OpenMP, ORT's) steals the 2 cores
+    # idle thread pools sleep instead of spinning while another worker runs
     "OMP_WAIT_POLICY": "PASSIVE",
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
     "PYTHONHASHSEED": "0",
 }
-# (layers, width, heads, context = T, vocab, batch)
 FULL = {"LAYERS": 6, "WIDTH": 384, "HEADS": 6, "CONTEXT": 128, "VOCAB": 4096}
 SMALL = {"LAYERS": 2, "WIDTH": 128, "HEADS": 4, "CONTEXT": 64, "VOCAB": 1024}
+TINY = {"LAYERS": 2, "WIDTH": 32, "HEADS": 4, "CONTEXT": 16, "VOCAB": 50}
 BATCH = 8
-TARGETS = {"numba": 1.0, "numpy": 1.5}  # training step, ratio to PyTorch eager
-FWD_TARGET = 1.5  # forward, ratio to onnxruntime
 LABELS = {
     "torch": "PyTorch eager",
     "numpy": "graphgen numpy",
     "numba": "graphgen numba",
     "ort": "onnxruntime",
+    "ortt": "onnxruntime-training",
 }
 
 
-def configure(dims, batch, seq):
-    """Set tests/transformer_models.py's shape constants (its models read them)."""
+# --------------------------------------------------------------------------- workers
+# Each function below runs inside a worker process and returns (fns, info): the
+# callables to time by pass ("step", "forward") and facts for the report.
+
+
+def setup_torch(workdir, name, dims, seq, dynamo):
+    """Build model ``name`` in PyTorch, export it to ONNX, save the inputs."""
+    import warnings
+
+    import numpy as np
+    import torch
     import transformer_models as tm
 
+    torch.set_num_threads(int(THREADS))
     for k, v in dims.items():
         setattr(tm, k, v)
-    tm.BATCH, tm.T = batch, seq
-    return tm
-
-
-def build(name, dims, batch, seq, workdir):
-    """Build model ``name`` in PyTorch, export it, compile it: a dict of callables."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    import graphgen
-
-    tm = configure(dims, batch, seq)
+    tm.BATCH, tm.T = BATCH, seq
     _, models = tm._torch()
     torch.manual_seed(0)
     model = models[name]().eval()  # no dropout: the exported graph has none
@@ -93,23 +114,26 @@ def build(name, dims, batch, seq, workdir):
             norm = ("norm" in pname or "ln_" in pname) and pname.endswith("weight")
             p.copy_((1.0 if norm else 0.0) + 0.02 * torch.randn_like(p))
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, tm.VOCAB, size=(batch, seq))
-    labels = rng.integers(0, tm.VOCAB, size=(batch, seq))
+    ids = rng.integers(0, tm.VOCAB, size=(BATCH, seq))
+    labels = rng.integers(0, tm.VOCAB, size=(BATCH, seq))
     x, y = torch.tensor(ids), torch.tensor(labels)
     path = os.path.join(workdir, f"{name}.onnx")
+    t0 = time.perf_counter()
     with warnings.catch_warnings():  # the tracer's notes on Python-level shape math
         warnings.simplefilter("ignore")
-        if name in ("gpt2", "llama"):  # transformers' models need dynamo
-            kw = {"dynamo": True, "optimize": True}
-        else:
-            kw = {"dynamo": False, "opset_version": 17}
+        kw = (
+            {"dynamo": True, "optimize": True}
+            if dynamo
+            else {"dynamo": False, "opset_version": 17}
+        )
         torch.onnx.export(
             model, (x,), path, input_names=["idx"], output_names=["logits"], **kw
         )
+    export_s = time.perf_counter() - t0
     params = list(model.parameters())
     vocab = tm.VOCAB
 
-    def torch_step():
+    def step():
         for p in params:
             p.grad = None
         loss = torch.nn.functional.cross_entropy(
@@ -118,118 +142,403 @@ def build(name, dims, batch, seq, workdir):
         loss.backward()
         return loss.item()
 
-    def torch_fwd():
+    def forward():
         with torch.no_grad():
             return model(x)
 
-    fns, info = {"torch": (torch_step, torch_fwd)}, {}
-    t0 = time.perf_counter()
-    G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
-    info["load_s"] = time.perf_counter() - t0
-    Gf = graphgen.load(path, vjp=False)  # forward alone: logits, no loss
-    for backend in ("numpy", "numba"):
+    loss = step()
+    np.savez(
+        os.path.join(workdir, f"{name}.inputs.npz"),
+        idx=ids,
+        labels=labels,
+        logits=forward().numpy(),
+    )
+    info = {
+        "loss": loss,
+        "params": sum(p.numel() for p in params),
+        "export_s": export_s,
+        "version": torch.__version__,
+    }
+    return {"step": step, "forward": forward}, info
+
+
+def _inputs(workdir, name):
+    import numpy as np
+
+    z = np.load(os.path.join(workdir, f"{name}.inputs.npz"))
+    return z["idx"], z["labels"], z["logits"]
+
+
+def setup_graphgen(backend):
+    def setup(workdir, name, **_):
+        import graphgen
+
+        path = os.path.join(workdir, f"{name}.onnx")
+        ids, labels, _ = _inputs(workdir, name)
+        t0 = time.perf_counter()
+        G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
+        load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         mod = graphgen.compile(G, backend=backend)
-        gen = time.perf_counter() - t0
+        gen_s = time.perf_counter() - t0
         arrays = {"idx": ids, "labels": labels, **mod.init_params()}
         t0 = time.perf_counter()
-        loss = mod.value_and_grad(**arrays)[0]
-        info[backend] = (gen, time.perf_counter() - t0, float(loss))
-        fmod = graphgen.compile(Gf, backend=backend)
+        loss = float(mod.value_and_grad(**arrays)[0])
+        first_s = time.perf_counter() - t0
+        fmod = graphgen.compile(graphgen.load(path, vjp=False), backend=backend)
         fwd_arrays = {"idx": ids, **fmod.init_params()}
-        fns[backend] = (
-            lambda mod=mod, a=arrays: mod.value_and_grad(**a),
-            lambda mod=fmod, a=fwd_arrays: mod.forward(**a),
-        )
+        info = {"loss": loss, "load_s": load_s, "gen_s": gen_s, "first_s": first_s}
+        fns = {
+            "step": lambda: mod.value_and_grad(**arrays),
+            "forward": lambda: fmod.forward(**fwd_arrays),
+        }
+        return fns, info
+
+    return setup
+
+
+def _ort_options(ort):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(THREADS)
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def setup_ort(workdir, name, **_):
+    import numpy as np
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    ids, _, want = _inputs(workdir, name)
+    path = os.path.join(workdir, f"{name}.onnx")
+    sess = ort.InferenceSession(path, _ort_options(ort), ["CPUExecutionProvider"])
     feed = {"idx": ids.astype(np.int64)}
-    fns["ort"] = (None, lambda: sess.run(None, feed))
-    ref = torch_step()
-    info["torch_loss"] = ref
-    logits = sess.run(None, feed)[0]
-    want = torch_fwd().numpy()
-    info["ort_err"] = float(np.abs(logits - want).max() / np.abs(want).max())
-    for backend in ("numpy", "numba"):
-        got = info[backend][2]
-        if abs(got - ref) > 1e-4 * abs(ref):
-            raise SystemExit(f"{name}: {backend} loss {got} != PyTorch's {ref}")
-    info["params"] = sum(p.numel() for p in params)
-    return fns, info
+    got = sess.run(None, feed)[0]
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    return {"forward": lambda: sess.run(None, feed)}, {"logits_err": err}
 
 
-def timeit(fns, rounds, min_round):
-    """Median seconds per call of each function; the functions take turns."""
-    for f in fns.values():
-        f()  # warm-up
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            n, t0 = 0, time.perf_counter()
-            while True:
-                f()
-                n += 1
-                dt = time.perf_counter() - t0
-                if dt >= min_round:
-                    break
-            times[k].append(dt / n)
-    return {k: statistics.median(v) for k, v in times.items()}
+def setup_ort_training(workdir, name, **_):
+    """onnxruntime-training's artifacts for the exported model (its own environment)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.training import api, artifacts
 
-
-def table(rows):
-    lines = [
-        "| model | pass | implementation | ms | ratio | target |",
-        "|---|---|---|---|---|---|",
+    ort.set_default_logger_severity(3)
+    ids, labels, _ = _inputs(workdir, name)
+    model = onnx.load(os.path.join(workdir, f"{name}.onnx"))
+    g = model.graph
+    for node in g.node:  # the artifact generator needs these optional outputs named
+        if node.op_type == "LayerNormalization":
+            while len(node.output) < 3:
+                node.output.append(f"{node.output[0]}__bench_ln{len(node.output)}")
+    out = g.output[0]
+    vocab = out.type.tensor_type.shape.dim[-1].dim_value
+    flat = ids.size
+    g.initializer.append(
+        numpy_helper.from_array(np.array([flat, vocab], np.int64), "bench__flat")
+    )
+    g.node.append(helper.make_node("Reshape", [out.name, "bench__flat"], ["flat"]))
+    del g.output[:]
+    g.output.append(
+        helper.make_tensor_value_info("flat", TensorProto.FLOAT, [flat, vocab])
+    )
+    trainable = [
+        t.name for t in g.initializer if t.data_type == TensorProto.FLOAT and t.dims
     ]
-    for model, what, impl, ms, ratio, target in rows:
-        lines.append(f"| {model} | {what} | {impl} | {ms} | {ratio} | {target} |")
-    return "\n".join(lines)
+    art = os.path.join(workdir, f"{name}.ortt")
+    os.makedirs(art, exist_ok=True)
+    t0 = time.perf_counter()
+    artifacts.generate_artifacts(
+        model,
+        requires_grad=trainable,
+        loss=artifacts.LossType.CrossEntropyLoss,
+        optimizer=artifacts.OptimType.AdamW,
+        artifact_directory=art,
+    )
+    state = api.CheckpointState.load_checkpoint(os.path.join(art, "checkpoint"))
+    module = api.Module(
+        os.path.join(art, "training_model.onnx"),
+        state,
+        session_options=_ort_options(ort),
+    )
+    module.train()
+    x, y = ids.astype(np.int64), labels.reshape(-1).astype(np.int64)
+    gen_s = time.perf_counter() - t0
+
+    def step():
+        loss = module(x, y)
+        module.lazy_reset_grad()
+        return loss
+
+    t0 = time.perf_counter()
+    loss = float(step())
+    first_s = time.perf_counter() - t0
+    info = {
+        "loss": loss,
+        "gen_s": gen_s,
+        "first_s": first_s,
+        "version": ort.__version__,
+    }
+    return {"step": step}, info
+
+
+SETUPS = {
+    "torch": setup_torch,
+    "numpy": setup_graphgen("numpy"),
+    "numba": setup_graphgen("numba"),
+    "ort": setup_ort,
+    "ortt": setup_ort_training,
+}
+
+
+def _status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_bytes(f):
+    """Peak resident bytes one call of ``f`` adds above the resting process."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the resting size keeps freed heap
+        pass
+    rest = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f_refs:
+        f_refs.write("5")  # reset VmHWM to the current resident size
+    f()
+    return _status("VmHWM") - rest
+
+
+def time_calls(f, min_s):
+    """Seconds per call of ``f``, averaged over at least ``min_s`` seconds."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        f()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return dt / n
+
+
+def serve(kind):
+    """A worker: answer one JSON request per line on stdin, on the original stdout."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what libraries print goes to stderr, not into the protocol
+    fns = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            cmd = msg["cmd"]
+            if cmd == "setup":
+                fns, reply = SETUPS[kind](**msg["args"])
+                for f in fns.values():
+                    f()  # warm-up
+            elif cmd == "time":
+                reply = {"s": time_calls(fns[msg["what"]], msg["min"])}
+            elif cmd == "peak":
+                reply = {"bytes": peak_bytes(fns["step"])}
+            elif cmd == "profile":
+                profile(fns["step"], msg["top"])
+                reply = {}
+            else:
+                break
+        except Exception as e:  # noqa: BLE001 - reported by the parent, per row
+            reply = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        proto.write(json.dumps(reply) + "\n")
+        proto.flush()
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, kind, python=sys.executable):
+        self.kind = kind
+        self.proc = subprocess.Popen(
+            [python, __file__, "--worker", kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **ENV},
+        )
+
+    def ask(self, **msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} worker exited ({self.proc.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"{self.kind}: {reply['error']}")
+        return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------- the parent
 
 
 def bench(name, label, dims, seq, args, rows, workdir):
-    fns, info = build(name, dims, BATCH, seq, workdir)
-    print(
-        f"{label}: {info['params']:,} parameters; graphgen import "
-        f"{info['load_s']:.1f} s; loss {info['torch_loss']:.5f} (PyTorch), "
-        + ", ".join(
-            f"{b} {info[b][2]:.5f} (generate {info[b][0]:.1f} s, first call "
-            f"{info[b][1]:.1f} s)"
-            for b in ("numpy", "numba")
-        )
-        + f"; onnxruntime logits rel. err {info['ort_err']:.1e}",
-        flush=True,
-    )
-    step = timeit({k: v[0] for k, v in fns.items() if v[0]}, args.rounds, args.min)
-    fwd = timeit({k: v[1] for k, v in fns.items()}, args.rounds, args.min)
-    for impl in ("torch", "numpy", "numba"):
-        r = step[impl] / step["torch"]
-        target = TARGETS.get(impl)
-        mark = "" if target is None else f"≤ {target} " + ("✓" if r <= target else "✗")
+    """Time model ``name`` at ``dims``: one worker per implementation, taking turns."""
+    dynamo = name in ("gpt2", "llama")  # transformers' models need dynamo
+    setup = {"workdir": workdir, "name": name, "dims": dims, "seq": seq}
+    workers = {"torch": Worker("torch")}
+    try:
+        info = {
+            "torch": workers["torch"].ask(cmd="setup", args={**setup, "dynamo": dynamo})
+        }
+        kinds = ["numpy", "numba", "ort"]
+        if args.ort_training_python:
+            kinds.append("ortt")
+        for kind in kinds:
+            python = args.ort_training_python if kind == "ortt" else sys.executable
+            workers[kind] = Worker(kind, python)
+            try:
+                info[kind] = workers[kind].ask(cmd="setup", args=setup)
+            except RuntimeError as e:
+                print(f"{label}: {LABELS[kind]} failed: {e}", flush=True)
+                workers.pop(kind).close()
+        ref = info["torch"]["loss"]
+        for kind in ("numpy", "numba", "ortt"):
+            got = info.get(kind, {}).get("loss")
+            if got is not None and abs(got - ref) > 1e-4 * abs(ref):
+                raise SystemExit(f"{name}: {kind} loss {got} != PyTorch's {ref}")
+        facts = [
+            f"{info['torch']['params']:,} parameters",
+            f"loss {ref:.5f} (PyTorch)",
+        ]
+        for kind in ("numpy", "numba"):
+            if kind in info:
+                i = info[kind]
+                facts.append(
+                    f"{kind}: import {i['load_s']:.1f} s, generate {i['gen_s']:.1f} s, "
+                    f"first call {i['first_s']:.1f} s"
+                )
+        if "ortt" in info:
+            i = info["ortt"]
+            facts.append(
+                f"onnxruntime-training {i['version']}: artifacts and session "
+                f"{i['gen_s']:.1f} s, first call {i['first_s']:.1f} s"
+            )
+        if "ort" in info:
+            facts.append(f"onnxruntime logits rel. err {info['ort']['logits_err']:.1e}")
+        print(f"{label}: " + "; ".join(facts), flush=True)
+
+        times = {(k, what): [] for k in workers for what in ("step", "forward")}
+        for _ in range(args.rounds):
+            for what in ("step", "forward"):
+                for kind, w in workers.items():
+                    if (kind, what) in PASSES:
+                        s = w.ask(cmd="time", what=what, min=args.min)["s"]
+                        times[kind, what].append(s)
+        med = {key: statistics.median(v) for key, v in times.items() if v}
+        peak = {
+            kind: w.ask(cmd="peak")["bytes"]
+            for kind, w in workers.items()
+            if (kind, "step") in PASSES
+        }
+        if args.profile and "numpy" in workers and not rows:
+            workers["numpy"].ask(cmd="profile", top=12)
+    finally:
+        for w in workers.values():
+            w.close()
+    targets = args.targets(label)
+    for kind in ("torch", "ortt", "numpy", "numba"):
+        if (kind, "step") not in med:
+            continue
+        t = med[kind, "step"]
+        marks = []
+        for base, limit in targets.get(kind, {}).items():
+            if (base, "step") in med:
+                r = t / med[base, "step"]
+                ok = "✓" if r <= limit else "✗"
+                marks.append(f"≤ {limit}× {LABELS[base]} {ok}")
         rows.append(
             (
                 label,
                 "train step",
-                LABELS[impl],
-                f"{step[impl] * 1e3:.1f}",
-                f"{r:.2f}",
-                mark,
+                LABELS[kind],
+                f"{t * 1e3:.1f}",
+                f"{t / med['torch', 'step']:.2f}",
+                f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
+                f"{peak[kind] / 2**20:.1f}",
+                "; ".join(marks),
             )
         )
-    for impl in ("ort", "torch", "numpy", "numba"):
-        r = fwd[impl] / fwd["ort"]
-        mark = (
-            ""
-            if impl == "ort" or impl == "torch"
-            else (f"≤ {FWD_TARGET} " + ("✓" if r <= FWD_TARGET else "✗"))
-        )
+    if ("ortt", "step") not in med:
+        why = "no --ort-training-python" if not args.ort_training_python else "failed"
+        rows.append((label, "train step", LABELS["ortt"], why, "", "", "", ""))
+    for kind in ("ort", "torch", "numpy", "numba"):
+        if (kind, "forward") not in med:
+            continue
+        r = med[kind, "forward"] / med["ort", "forward"]
+        mark = ""
+        if kind in ("numpy", "numba"):
+            mark = f"≤ {FWD_TARGET}× onnxruntime " + ("✓" if r <= FWD_TARGET else "✗")
         rows.append(
-            (label, "forward", LABELS[impl], f"{fwd[impl] * 1e3:.1f}", f"{r:.2f}", mark)
+            (
+                label,
+                "forward",
+                LABELS[kind],
+                f"{med[kind, 'forward'] * 1e3:.1f}",
+                "",
+                "",
+                "",
+                f"{r:.2f}× onnxruntime" + (f"; {mark}" if mark else ""),
+            )
         )
-    rows.append((label, "train step", "onnxruntime-training", "not installed", "", ""))
-    return fns
+
+
+PASSES = {
+    ("torch", "step"),
+    ("torch", "forward"),
+    ("numpy", "step"),
+    ("numpy", "forward"),
+    ("numba", "step"),
+    ("numba", "forward"),
+    ("ort", "forward"),
+    ("ortt", "step"),
+}
+FWD_TARGET = 1.5  # forward, ratio to onnxruntime
+
+
+def targets_for(big):
+    """Issue 15's training-step targets: {implementation: {baseline: ratio}}."""
+
+    def targets(label):
+        if label.startswith("decoder") and big:
+            return {"numba": {"torch": 1.0, "ortt": 1.2}, "numpy": {"torch": 1.5}}
+        if label.startswith("decoder"):
+            return {}
+        return {"numba": {"ortt": 1.0}}
+
+    return targets
+
+
+def table(rows):
+    lines = [
+        (
+            "| model | pass | implementation | ms | ÷ PyTorch | ÷ ORT-training "
+            "| step peak MB | targets / notes |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 KINDS = [  # statement kinds of a generated module, first match wins
@@ -241,17 +550,16 @@ KINDS = [  # statement kinds of a generated module, first match wins
 ]
 
 
-def profile(fns, top):
-    """Where one NumPy training step spends its time: cProfile by function, then the
-    statements of ``value_and_grad`` (whose NumPy calls are inline expressions that
-    cProfile books to the function itself), timed line by line with ``sys.settrace``."""
+def profile(f, top):
+    """Where one NumPy training step spends its time (printed by the numpy worker):
+    cProfile by function, then the statements of ``value_and_grad`` (whose NumPy calls
+    are inline expressions that cProfile books to the function itself), timed line by
+    line with ``sys.settrace``."""
     import cProfile
     import linecache
     import pstats
     from collections import Counter
 
-    f = fns["numpy"][0]
-    f()
     prof = cProfile.Profile()
     prof.enable()
     f()
@@ -301,12 +609,14 @@ def profile(fns, top):
         kinds[kind] += t
     print(
         "  by kind: "
-        + ", ".join(f"{k} {100 * t / total:.0f}%" for k, t in kinds.most_common())
+        + ", ".join(f"{k} {100 * t / total:.0f}%" for k, t in kinds.most_common()),
+        flush=True,
     )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", choices=sorted(SETUPS), help=argparse.SUPPRESS)
     p.add_argument("--small", action="store_true", help="a quicker decoder shape")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--min", type=float, default=0.2, help="min seconds per round")
@@ -315,56 +625,61 @@ def main():
         default="nanogpt,encoder,gpt2",
         help="small validation models to time ('' for none)",
     )
-    p.add_argument("--profile", action="store_true", help="cProfile one NumPy step")
+    p.add_argument("--no-decoder", action="store_true", help="small models only")
+    p.add_argument("--profile", action="store_true", help="profile one NumPy step")
+    p.add_argument(
+        "--ort-training-python",
+        default=os.environ.get("GRAPHGEN_ORT_TRAINING_PYTHON"),
+        help="the Python of an environment with onnxruntime-training (see the top)",
+    )
     args = p.parse_args()
-    if any(os.environ.get(k) != v for k, v in ENV.items()):  # before NumPy loads
-        os.environ.update(ENV)
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-    import torch
-
-    torch.set_num_threads(int(THREADS))
+    if args.worker:
+        serve(args.worker)
+        return
+    os.environ.update(ENV)
     import run
 
     run.ENV = ENV  # the machine line lists this script's settings, not run.py's
     print(
         run.environment_text().replace(
-            "child env (set by run.py)", "env (set by this script)"
+            "child env (set by run.py)", "env of each worker (set by this script)"
         )
     )
     print(
-        f"- torch.set_num_threads({THREADS}); onnxruntime intra_op {THREADS}, no spinning"
+        f"- one worker process per implementation; torch.set_num_threads({THREADS}); "
+        f"onnxruntime intra_op {THREADS}, no spinning"
     )
-    print(
-        "- onnxruntime-training: not installed (it conflicts with onnxruntime in one "
-        "environment), so its training step is not timed"
-    )
+    if args.ort_training_python:
+        print(f"- onnxruntime-training from {args.ort_training_python}")
+    else:
+        print("- onnxruntime-training: not timed (no --ort-training-python)")
     print(f"- load average: {os.getloadavg()[0]:.1f}; {args.rounds} rounds, medians\n")
     dims = SMALL if args.small else FULL
+    args.targets = targets_for(not args.small)
     rows = []
+    import importlib.util
+
     with tempfile.TemporaryDirectory() as workdir:
         os.environ.setdefault("GRAPHGEN_CACHE_DIR", workdir)
-        label = (
-            f"decoder {dims['LAYERS']}L w{dims['WIDTH']} h{dims['HEADS']} "
-            f"T{dims['CONTEXT']} V{dims['VOCAB']} b{BATCH}"
-        )
-        fns = bench("nanogpt", label, dims, dims["CONTEXT"], args, rows, workdir)
-        print("\n" + table(rows), flush=True)
-        if args.profile:
-            profile(fns, 12)
-        del fns
-        import importlib.util
-
+        if not args.no_decoder:
+            label = (
+                f"decoder {dims['LAYERS']}L w{dims['WIDTH']} h{dims['HEADS']} "
+                f"T{dims['CONTEXT']} V{dims['VOCAB']} b{BATCH}"
+            )
+            bench("nanogpt", label, dims, dims["CONTEXT"], args, rows, workdir)
+            print("\n" + table(rows) + "\n", flush=True)
         for name in filter(None, args.models.split(",")):
             if name in ("gpt2", "llama") and not importlib.util.find_spec(
                 "transformers"
             ):
                 print(f"{name}: transformers is not installed; skipped")
                 continue
-            small = {"LAYERS": 2, "WIDTH": 32, "HEADS": 4, "CONTEXT": 16, "VOCAB": 50}
+            sub = os.path.join(workdir, f"small-{name}")
+            os.makedirs(sub)
             try:
-                bench(name, f"{name} 2L w32 T8 b{BATCH}", small, 8, args, rows, workdir)
-            except Exception as e:  # noqa: BLE001 - report it, keep the other rows
-                print(f"{name}: failed: {type(e).__name__}: {str(e)[:300]}")
+                bench(name, f"{name} 2L w32 T8 b{BATCH}", TINY, 8, args, rows, sub)
+            except (RuntimeError, SystemExit) as e:  # report it, keep the other rows
+                print(f"{name}: failed: {e}")
     print()
     print(table(rows))
 
