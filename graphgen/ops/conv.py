@@ -25,6 +25,7 @@ argmax ops pass no tangent from ``x``, which they only route by.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -248,16 +249,16 @@ def _conv_impl(
     out = out_size(x.shape[2:], w.shape[2:], strides, pads, dilations)
     xp = _pad_ref(x, pads, 0.0)
     M, cg = w.shape[0], w.shape[1]
-    mg = M // groups
-    y = np.zeros((x.shape[0], M, *out), dtype=np.result_type(x, w))
+    mg, C = M // groups, x.shape[1]
+    n, P = x.shape[0], math.prod(out)
+    y = np.zeros((n, M, P), dtype=np.result_type(x, w))
     for k in itertools.product(*(range(K) for K in w.shape[2:])):
-        patch = xp[_window_index(k, strides, dilations, out)]
+        patch = xp[_window_index(k, strides, dilations, out)].reshape(n, C, P)
         for gi in range(groups):
             wk = w[(slice(gi * mg, (gi + 1) * mg), slice(None), *k)]
-            y[:, gi * mg : (gi + 1) * mg] += np.einsum(
-                "nc...,mc->nm...", patch[:, gi * cg : (gi + 1) * cg], wk
-            )
-    return y
+            # a BLAS product per kernel offset (np.einsum's own loops are 3-13x slower)
+            y[:, gi * mg : (gi + 1) * mg] += wk @ patch[:, gi * cg : (gi + 1) * cg]
+    return y.reshape(n, M, *out)
 
 
 def _conv_vjp(b, c):
@@ -347,11 +348,13 @@ def _conv_grad_input_impl(g, w, strides, pads, dilations, groups, input_spatial)
     mg = M // groups
     padded = [input_spatial[i] + pads[i] + pads[nd + i] for i in range(nd)]
     dxp = np.zeros((g.shape[0], cg * groups, *padded), dtype=np.result_type(g, w))
+    n = g.shape[0]
+    gf = g.reshape(n, M, math.prod(out))
     for k in itertools.product(*(range(K) for K in w.shape[2:])):
         idx = _window_index(k, strides, dilations, out)
         for gi in range(groups):
             wk = w[(slice(gi * mg, (gi + 1) * mg), slice(None), *k)]
-            part = np.einsum("nm...,mc->nc...", g[:, gi * mg : (gi + 1) * mg], wk)
+            part = (wk.T @ gf[:, gi * mg : (gi + 1) * mg]).reshape(n, cg, *out)
             dxp[(slice(None), slice(gi * cg, (gi + 1) * cg)) + idx[2:]] += part
     return _crop_ref(dxp, pads, input_spatial)
 
@@ -437,6 +440,7 @@ def _norm_conv_grad_weight(in_shapes, attrs):
 def _conv_grad_weight_impl(x, g, strides, pads, dilations, groups, kernel_shape):
     """Reference: w̄[m, c, k] = Σ_n,o g[n, m, o]·x[n, c, o·s + k·d − p]."""
     out = g.shape[2:]
+    P = math.prod(out)
     M, C = g.shape[1], x.shape[1]
     mg, cg = M // groups, C // groups
     xp = _pad_ref(x, pads, 0.0)
@@ -444,10 +448,10 @@ def _conv_grad_weight_impl(x, g, strides, pads, dilations, groups, kernel_shape)
     for k in itertools.product(*(range(K) for K in kernel_shape)):
         patch = xp[_window_index(k, strides, dilations, out)]
         for gi in range(groups):
-            gg = g[:, gi * mg : (gi + 1) * mg].reshape(g.shape[0], mg, -1)
-            xx = patch[:, gi * cg : (gi + 1) * cg].reshape(g.shape[0], cg, -1)
-            dw[(slice(gi * mg, (gi + 1) * mg), slice(None), *k)] = np.einsum(
-                "nmo,nco->mc", gg, xx
+            gg = g[:, gi * mg : (gi + 1) * mg].reshape(g.shape[0], mg, P)
+            xx = patch[:, gi * cg : (gi + 1) * cg].reshape(g.shape[0], cg, P)
+            dw[(slice(gi * mg, (gi + 1) * mg), slice(None), *k)] = np.tensordot(
+                gg, xx, axes=([0, 2], [0, 2])
             )
     return dw
 
