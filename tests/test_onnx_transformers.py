@@ -35,10 +35,15 @@ GRAD_FLOOR = 1e-6  # times the largest gradient: gradients zero by construction
 def compare(path, ref, backend):
     """Compile the model at ``path`` with a cross-entropy loss; check it against the
     PyTorch reference ``ref``. Returns the worst relative gradient error."""
-    G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
+    G = graphgen.load(
+        path,
+        loss="softmax_cross_entropy",
+        labels="labels",
+        freeze=tm.from_buffers(path),
+    )
     m = graphgen.compile(G, backend=backend)
     params = m.init_params()
-    feeds = {"idx": ref["idx"], "labels": ref["labels"]}
+    feeds = {k: v for k, v in ref.items() if k in m.INPUTS}
     out = m.forward(**feeds, **params)
     want = ref["logits"]
     err = np.abs(out["logits"] - want).max() / np.abs(want).max()
@@ -73,15 +78,7 @@ def compare(path, ref, backend):
         got = np.zeros_like(want, dtype=np.float64)
         names = {n: how for (n, p), how in links.items() if p in members}
         for name, how in names.items():
-            gv = np.asarray(grads[name], dtype=np.float64)
-            while gv.ndim > want.ndim and gv.shape[0] == 1:  # an unsqueezed lookup
-                gv = gv[0]
-            if how == "transposed":
-                got += gv.T
-            elif how == "rows":
-                got[: gv.shape[0]] += gv
-            else:
-                got += gv
+            got += tm.to_param(grads[name], how, want.shape)
         err = np.abs(got - want).max()
         bound = GRAD_RTOL * np.abs(want).max() + GRAD_FLOOR * scale
         assert err <= bound, (
@@ -92,7 +89,7 @@ def compare(path, ref, backend):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("name", tm.NAMES)
+@pytest.mark.parametrize("name", tm.NAMES + tuple(tm.HF_FIXTURES))
 def test_exported_transformer_matches_pytorch(name, backend):
     path = os.path.join(tm.HERE, f"{name}.onnx")
     ref = dict(np.load(os.path.join(tm.HERE, f"{name}.npz")))
@@ -110,11 +107,16 @@ def test_freshly_exported_transformer_matches_pytorch(name, dynamo, tmp_path):
     compare(path, ref, "numpy")
 
 
-@pytest.mark.parametrize("name", tm.HF_NAMES)
-def test_transformers_package_model_matches_pytorch(name, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "dynamo"),
+    tm.HF_EXPORTS,
+    ids=[f"{n}-{'dynamo' if d else 'torchscript'}" for n, d in tm.HF_EXPORTS],
+)
+def test_transformers_package_model_matches_pytorch(name, dynamo, tmp_path):
     pytest.importorskip("torch", reason="PyTorch builds and exports the models")
-    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
-    pytest.importorskip("transformers", reason="GPT-2 and LLaMA come from transformers")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript")
+    pytest.importorskip("transformers", reason="these models come from transformers")
     path = str(tmp_path / f"{name}.onnx")
-    ref = tm.export(name, path, dynamo=True)
+    ref = tm.export(name, path, dynamo=dynamo)
     compare(path, ref, "numpy")
