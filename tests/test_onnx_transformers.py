@@ -25,6 +25,7 @@ import pytest
 import transformer_models as tm
 
 import graphgen
+from graphgen import api
 
 onnx = pytest.importorskip("onnx")
 
@@ -70,6 +71,18 @@ def compare(path, ref, backend):
             parent[find(("onnx", name))] = find(("torch", pname))
     for name in m.PARAMS:
         assert any(n == name for n, _ in links), f"param {name!r} is no parameter"
+    # graphgen names the initializers holding one parameter (not a broadcast lookup:
+    # that holds a value of its own shape), and no others
+    together = {n: k for k, grp in enumerate(api.shared_params(G)) for n, _ in grp}
+    for pname in torch_grads:
+        names = [n for (n, p), how in links.items() if p == pname and how[0] != "b"]
+        if len(names) > 1:
+            assert {together.get(n, n) for n in names} == {together.get(names[0])}, (
+                f"graphgen does not group {names} ({pname})"
+            )
+    for grp in api.shared_params(G):
+        roots = {find(("onnx", n)) for n, _ in grp}
+        assert len(roots) == 1, f"graphgen groups {grp}, copies of no one parameter"
     scale = max(np.abs(g).max() for g in torch_grads.values())
     worst = 0.0
     for root in {find(("torch", p)) for p in torch_grads}:
