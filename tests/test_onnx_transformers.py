@@ -1,19 +1,21 @@
 """Exported transformers compile and match PyTorch (issue 15): logits, loss and every
-parameter's gradient of PyTorch's ``nn.TransformerEncoder`` and a nanoGPT-style decoder
-(causal mask from a registered buffer, tied input/output embeddings), exported with the
-TorchScript exporter (opset 17). tests/transformer_models.py builds them.
+parameter's gradient of PyTorch's ``nn.TransformerEncoder``, a nanoGPT-style decoder
+(causal mask from a registered buffer, tied input/output embeddings), and GPT-2, BERT,
+LLaMA and ViT from ``transformers`` configs. tests/transformer_models.py builds them.
 
 The fixtures in tests/fixtures/transformers/ (the .onnx models and PyTorch's outputs and
-gradients in .npz files) let this run without PyTorch; the last test exports the models
-afresh when PyTorch is installed.
+gradients in .npz files: encoder, nanoGPT, BERT and ViT exported by the TorchScript
+exporter, LLaMA by the dynamo exporter) let this run without PyTorch, with both backends;
+with PyTorch (and transformers) installed, the other tests export the models afresh with
+each exporter that can export them and check them with the NumPy backend.
 
-Gradients are per ONNX initializer; the exporter shares one initializer among PyTorch
-parameters of equal value (the encoder's two layers start as copies), stores a tied or
-transposed weight as a second initializer, and folds a constant lookup (``wpe`` of
-``arange(T)``) into an initializer of its rows. So the comparison is per class of
-initializers and parameters linked by equal values (up to a transpose, or a leading block
-of rows): the initializers' gradients, summed in PyTorch's layout, against the
-parameters' gradients, summed.
+Gradients are per ONNX initializer; the exporters store a tied or transposed weight as a
+second initializer, and fold a constant lookup (``wpe`` of ``arange(T)``, BERT's token
+types of zeros, ViT's class token expanded to the batch) into an initializer of its
+rows, maybe broadcast. So the comparison is per class of initializers and parameters
+linked by equal values (up to a transpose, a leading block of rows, a broadcast): the
+initializers' gradients, summed in PyTorch's layout, against the parameters' gradients,
+summed. LLaMA's rotary cos/sin tables, folded from the ``inv_freq`` buffer, are frozen.
 """
 
 from __future__ import annotations
