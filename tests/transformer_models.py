@@ -178,11 +178,12 @@ def _torch():
     }
 
 
-def export(name, path, dynamo=False):
-    """Export model ``name`` to ``path``; return its PyTorch reference as a dict."""
+def export(name, path, dynamo=False, dtype="float32"):
+    """Export model ``name`` to ``path`` in ``dtype``; return its PyTorch reference as
+    a dict."""
     torch, models = _torch()
     torch.manual_seed(0)
-    model = models[name]().eval()
+    model = models[name]().eval().to(getattr(torch, dtype))
     with torch.no_grad():  # distinct random values: no two parameters are equal
         for pname, p in model.named_parameters():
             norm = ("norm" in pname.lower() or "ln_" in pname) and pname.endswith(
@@ -193,7 +194,7 @@ def export(name, path, dynamo=False):
     rng = np.random.default_rng(0)
     if name == "vit":
         feed = "pixels"
-        x_np = rng.standard_normal((BATCH, 3, IMAGE, IMAGE)).astype(np.float32)
+        x_np = rng.standard_normal((BATCH, 3, IMAGE, IMAGE)).astype(dtype)
         labels = rng.integers(0, CLASSES, size=(BATCH,))
     else:
         feed = "idx"

@@ -1041,13 +1041,22 @@ def to_spec(
         info["initializers"] = dict(imp.why)
         stored = {n: imp.weights[n] for n in imp.params if n in imp.weights}
         info["shared"] = shared_groups(stored)
+    # the first float input's type; without one (token ids in), the first output's
     first_type = next(
         (
             i.type.tensor_type.elem_type
             for i in model.graph.input
             if i.name in imp.inputs and i.name not in imp.is_int
         ),
-        None,
+        next(
+            (
+                o.type.tensor_type.elem_type
+                for o in model.graph.output
+                if o.type.tensor_type.elem_type
+                in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+            ),
+            None,
+        ),
     )
     fdtype = dtype or (
         "float64" if first_type == onnx.TensorProto.DOUBLE else "float32"
