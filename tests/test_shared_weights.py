@@ -33,6 +33,7 @@ def weights():
         "v_copy": v.copy(),
         "v_head": v[:2].copy(),  # a vector is one row: no leading block of it
         "Et_rows": np.ascontiguousarray(E.T[:3]),  # rows of E's transpose
+        "row": E[None, :1].copy(),  # a lookup of one row: a vector once squeezed
     }
 
 
@@ -43,6 +44,7 @@ def test_groups_name_equal_transposed_and_leading_rows():
             ("E", ""),
             ("Et_rows", "first 3 rows of the transpose"),
             ("pos", "first 2 rows"),
+            ("row", "first row"),
         ],
         [("v", ""), ("v_copy", "same")],
     ]

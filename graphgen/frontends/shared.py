@@ -39,13 +39,18 @@ def _views(a):
 
 def _key(view):
     """What a view and every leading block of its rows share: the dtype, the shape
-    after the first axis (a vector: its length), and the first row's bytes."""
-    rest = view.shape[1:] if view.ndim > 1 else view.shape
-    return view.dtype.str, rest, view[0].tobytes()
+    of a row, and the first row's bytes (a vector is one row)."""
+    row = view if view.ndim == 1 else view[0]
+    return view.dtype.str, row.shape, row.tobytes()
 
 
 def _holds(small, view):
     """How ``view`` holds ``small``: its number of leading rows, or None."""
+    if small.ndim == view.ndim - 1:  # one row, its axis of length 1 dropped
+        same = small.shape == view.shape[1:] and np.array_equal(small, view[0])
+        return 1 if same else None
+    if small.ndim != view.ndim:
+        return None
     n = small.shape[0]
     if small.shape[1:] != view.shape[1:] or n > view.shape[0]:
         return None
@@ -56,7 +61,8 @@ def _holds(small, view):
 
 def relation(a, b):
     """How array ``a`` holds array ``b``'s value, as text: ``"same"``,
-    ``"transposed"``, ``"first N rows"``, ``"first N rows of the transpose"``; None
+    ``"transposed"``, ``"first N rows"`` (``"first row"``), ``"first N rows of the
+    transpose"``; None
     when it does not (or either holds no telling value, see :func:`groups`).
 
     >>> w = np.arange(6.0).reshape(3, 2)
@@ -72,7 +78,8 @@ def relation(a, b):
             continue
         if n == view.shape[0]:
             return "transposed" if transposed else "same"
-        return f"first {n} rows" + " of the transpose" * transposed
+        rows = f"first {n} rows" if n > 1 else "first row"
+        return rows + " of the transpose" * transposed
     return None
 
 
