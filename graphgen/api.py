@@ -27,7 +27,7 @@ from .codegen.program import stored_weights
 from .codegen.render import compile_module, render_module
 from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
-from .frontends import spec
+from .frontends import shared, spec
 from .passes.adjoint import adjoint
 from .passes.forward import forward_mode
 from .passes.optimize import optimize, reuse_inner
@@ -41,6 +41,7 @@ __all__ = [
     "lower",
     "observing",
     "report",
+    "shared_params",
     "write",
 ]
 
@@ -469,7 +470,8 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forw
     pass with their sizes; and the planned peak bytes of intermediates of each generated
     function, with symbolic sizes set from ``sizes`` (default 32 each). With an
     ``optimizer``: the peak of ``train_step`` against ``value_and_grad`` followed by a
-    separate update, and why the step runs in two phases when it does.
+    separate update, and why the step runs in two phases when it does. Stored params
+    that hold one value (:func:`shared_params`) are named last.
     """
     forward_only = prepare(G if dtype is None else _with_dtype(G, dtype))
     A = lower(G, dtype=dtype, **forward)  # forward: jvp, hvp, hessian
@@ -508,7 +510,29 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forw
         lines.append(f"planned peak of intermediates in {fname}(): {peak:,d} bytes")
     if opt is not None and "value_and_grad" in program.programs:
         lines += ["", _train_report(A, program, opt, sizes)]
+    copies = shared_params(G)
+    if copies:
+        lines += ["", *shared.describe(copies)]
     return "\n".join(lines)
+
+
+def shared_params(G):
+    """The params of ``G`` stored as arrays (an imported model's initializers) that hold
+    one value: equal, equal transposed, or a leading block of another's rows. Exporters
+    store one PyTorch parameter this way more than once (a tied or transposed weight, a
+    folded lookup of its first rows); see :func:`graphgen.frontends.shared.groups` for
+    the groups' form and docs/onnx.md for mapping trained weights back.
+    """
+    weights = G.graph.get("weights") or {}
+    return shared.groups(
+        {
+            n: weights[n]
+            for n in G
+            if G.nodes[n][g.KIND] == g.PARAM
+            and G.nodes[n].get(g.INIT) == "weights"
+            and n in weights
+        }
+    )
 
 
 def _train_report(A, program, opt, sizes):

@@ -317,8 +317,11 @@ def _yaml_spec(data, yaml):
 
 
 def _import_summary(info):
-    """What ``graphgen import`` says about a model: how many nodes it folded and which
-    float initializers became params, which constants, and why."""
+    """What ``graphgen import`` says about a model: how many nodes it folded, which
+    float initializers became params, which constants, and why, and which params hold
+    one value (copies of one PyTorch parameter)."""
+    from .frontends.shared import describe
+
     lines = [f"folded {info['folded']} node(s) whose inputs are all known"]
     by = {}
     for name, (kind, why) in info["initializers"].items():
@@ -328,7 +331,7 @@ def _import_summary(info):
             f", ... ({len(names)} in all)" * (len(names) > 8)
         )
         lines.append(f"{kind}s ({why}): {shown}")
-    return lines
+    return lines + describe(info["shared"])
 
 
 def import_args(p):

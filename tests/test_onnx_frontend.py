@@ -578,3 +578,22 @@ def test_constants_the_dynamo_exporter_folded_from_no_parameter_are_not_params()
     )
     spec, _ = onnx_frontend.to_spec(model, trainable=["val_2"])
     assert sorted(spec["params"]) == ["val_1", "val_2"]
+
+
+def test_a_model_with_only_int_inputs_takes_its_outputs_float_type(tmp_path):
+    # a float64 language model reads token ids: its float type is its logits'
+    table = np.random.default_rng(0).standard_normal((5, 3))
+    graph = oh.make_graph(
+        [oh.make_node("Gather", ["E", "ids"], ["y"])],
+        "lookup",
+        [oh.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [oh.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3])],
+        initializer=[nh.from_array(table, "E")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    G = graphgen.load(save(model, tmp_path))
+    assert G.graph["dtype"] == "float64"
+    m = graphgen.compile(G)
+    y = m.forward(ids=np.array([4, 1]), **m.init_params())["y"]
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, table[[4, 1]])

@@ -47,6 +47,7 @@ from .. import ops
 from ..errors import GraphgenError, ShapeError, SpecError
 from . import onnx_logic, onnx_math, onnx_nn, onnx_tensors  # noqa: F401 - fill HANDLERS
 from .onnx_ops import DTYPE_KINDS, HANDLERS, NO_FOLD, SIGNATURES, Unsupported
+from .shared import groups as shared_groups
 
 MIN_OPSET = 7
 SMALL_CONSTANT = 64  # entries; larger constants live in the weights file
@@ -1038,13 +1039,24 @@ def to_spec(
     if info is not None:  # what graphgen import reports
         info["folded"] = imp.folded
         info["initializers"] = dict(imp.why)
+        stored = {n: imp.weights[n] for n in imp.params if n in imp.weights}
+        info["shared"] = shared_groups(stored)
+    # the first float input's type; without one (token ids in), the first output's
     first_type = next(
         (
             i.type.tensor_type.elem_type
             for i in model.graph.input
             if i.name in imp.inputs and i.name not in imp.is_int
         ),
-        None,
+        next(
+            (
+                o.type.tensor_type.elem_type
+                for o in model.graph.output
+                if o.type.tensor_type.elem_type
+                in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+            ),
+            None,
+        ),
     )
     fdtype = dtype or (
         "float64" if first_type == onnx.TensorProto.DOUBLE else "float32"
