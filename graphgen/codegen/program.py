@@ -763,12 +763,13 @@ class Program:
             names["t"],
         )
 
-    def place_updates(self, fn, update, free=True):
+    def place_updates(self, fn, update, free=True, clip=None):
         """``fn``'s statements with each param's update (``update(w, gradient
         expression) -> Code``) right after the last statement that reads its gradient
         or the param (through views), and (``free``) ``del`` of the gradient after it:
         compiled code frees an array after its last use itself (and Numba refuses
-        ``del``)."""
+        ``del``). With clipping, every update follows the statement ``clip(gradient
+        expressions) -> Code`` (default the helper ``_clip_coef``) makes ``clip`` by."""
         A, opt, nm = self.A, self.optimizer, self.namer
         clip_n = self.train_names()["clip"]
         statements = fn.statements
@@ -824,7 +825,9 @@ class Program:
                 why = optim.two_phase_reason(opt)
                 st = Statement(
                     Code(""),  # the call is the whole statement: clip = _clip_coef(...)
-                    bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
+                    clip(grads)
+                    if clip
+                    else bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
                     header + wrap_comment(f"Two phases: {why}."),
                     updates[k][3],
                     blank_before=True,

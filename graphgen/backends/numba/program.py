@@ -207,11 +207,10 @@ class NumbaProgram(Program):
     def step_function(self, name, roots, doc, returns_fn):
         """``train_step`` as one compiled function, like ``value_and_grad``, with each
         param's update (the optimizer's compiled loop, ``templates/numba/optim/``)
-        inside it right after its gradient is complete (:func:`.whole.whole_function`);
-        else, and with global-norm clipping (two phases), its statements at Python
-        level with the updates after them (``Program.place_updates``)."""
-        whole_ok = self.whole is not False and self.fuse and not self.parallel
-        if whole_ok and self.optimizer.clip_norm is None:
+        inside it right after its gradient is complete, or with global-norm clipping
+        after ``_clip_factor`` (:func:`.whole.whole_function`); else its statements at
+        Python level with the updates among them (``Program.place_updates``)."""
+        if self.whole is not False and self.fuse and not self.parallel:
             fn = whole.whole_function(self, name, roots, doc, returns_fn, train=True)
             if fn is not None:
                 return fn

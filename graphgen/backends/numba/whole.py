@@ -276,9 +276,13 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
                 + ", ".join(outs)
                 + " out"
                 + (
-                    "; each param's update runs right after its gradient is complete."
-                    if train
-                    else "."
+                    "."
+                    if not train
+                    else "; every update after the backward pass (clipping needs "
+                    "every gradient)."
+                    if prog.optimizer.clip_norm
+                    else "; each param's update runs right after its gradient is "
+                    "complete."
                 )
             )
         ],
@@ -340,17 +344,23 @@ def _train(prog, inner, arrays):
         lr_n if s == "lr" else nm.name(("train", "scalar", s), s) for s in kind.scalars
     ]
 
+    clip_n = prog.train_names()["clip"]
+
     def update(w, expr):
         args = [
             f"{nm[w]}.reshape(-1)",
             f"np.ascontiguousarray({expr}).reshape(-1)",
             *(f"{slot_of[s, w]}.reshape(-1)" for s in kind.slots),
             *scalars,
-            "DTYPE(1.0)",  # no clipping: the loop's factor is one
+            f"DTYPE({clip_n})" if clip_n else "DTYPE(1.0)",  # the clipping factor
         ]
         return bracketed(f"_{kind.helper}_loop", args, "", INDENT)
 
-    inner.statements = prog.place_updates(inner, update, free=False)
+    def clip(grads):  # _clip_coef's arithmetic, in compiled code
+        norms = [f"_grad_norm({e})" for e in grads]
+        return bracketed(f"{clip_n} = _clip_factor", norms, "", INDENT)
+
+    inner.statements = prog.place_updates(inner, update, free=False, clip=clip)
     return state, scalars
 
 
@@ -442,10 +452,15 @@ def _train_prologue(prog, kname, outs, arrays, state):
         if outs
         else bracketed(f"{kname}", args, "", INDENT)
     )
+    when = (
+        "after the backward pass (clipping needs every gradient)"
+        if prog.optimizer.clip_norm
+        else "each right after its gradient is complete"
+    )
     comment = wrap_comment(
         f"one compiled function ({kname}) computes "
         + ", ".join(outs or ["nothing"])
-        + " and updates every param, each right after its gradient is complete",
+        + f" and updates every param, {when}",
         width=LINE - INDENT - 2,
     )
     lines = [
