@@ -401,6 +401,26 @@ def test_cli_compile_with_an_optimizer(cli, tmp_path):
     assert status == 0 and "train_step runs in two phases" in err
 
 
+def test_numba_train_step_copies_inputs_its_kernel_cannot_take(graph):
+    """train_step's kernel takes C-contiguous arrays: a Fortran-ordered, read-only or
+    strided input is copied (the params, updated in place, must be C-contiguous)."""
+    m = module(graph, "adam", {"lr": 0.01}, "numba")
+    batch = batches(1)[0]
+    start = m.init_params(seed=1)
+    want, _, want_losses = generated_run(m, start, [batch])
+    frozen = batch["x"].copy()
+    frozen.flags.writeable = False
+    for other in (
+        {"x": np.asfortranarray(batch["x"])},
+        {"labels": np.repeat(batch["labels"], 2)[::2]},
+        {"x": frozen},
+    ):
+        got, state, losses = generated_run(m, start, [{**batch, **other}])
+        assert losses == want_losses and int(state["step"]) == 1
+        for n in want:
+            np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+
+
 # ------------------------------------------------------------------ checkpoints
 
 

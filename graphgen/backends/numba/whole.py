@@ -29,6 +29,7 @@ from ...codegen.layout import (
     fit,
     literal,
     subscript,
+    unpack_line,
     wrap,
 )
 from ...codegen.layout import value as layout_value
@@ -463,7 +464,17 @@ def _train_prologue(prog, kname, outs, arrays, state):
         + f" and updates every param, {when}",
         width=LINE - INDENT - 2,
     )
-    lines = [
+    lines = []
+    inputs = [prog.namer[n] for n in arrays if prog.A.nodes[n][g.KIND] == g.INPUT]
+    if inputs:  # the params are C-contiguous (_train_arrays checked), inputs may not be
+        outer = prog.unpack(arrays)["outer"]
+        merged = f" = _unpack(_fail({{**arrays, **{names['params']}}}))"
+        lines += [
+            f"if {condition([f'not {i}.flags.carray' for i in inputs])}:",
+            "    # the kernel's types are C-contiguous arrays: copies of the others",
+            "    " + unpack_line("", outer, merged, 2 * INDENT),
+        ]
+    lines += [
         f"if not {kname}.overloads:  # the first call compiles it",
         f"    _compile({kname}, _TRAIN_STEP_TYPES)",
         *(f"# {c}" for c in comment),
