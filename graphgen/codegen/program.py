@@ -676,8 +676,9 @@ class Program:
 
     # ------------------------------------------------------------------- training
     def step_function(self, name, roots, doc, returns_fn):
-        """How ``train_step``'s statements are made (a backend may choose another way
-        than :meth:`function`, e.g. one that keeps the updates at Python level)."""
+        """How ``train_step``'s statements are made: :meth:`function`'s, with the
+        updates placed after them by :meth:`train_step_function`; a backend may place
+        them itself (the Numba backend's compiled ``train_step``: ``Function.updated``)."""
         return self.function(name, roots, doc, returns_fn)
 
     def train_names(self):
