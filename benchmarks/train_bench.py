@@ -12,12 +12,18 @@ Per workload, one Adam step (forward, backward, update) of:
 - PyTorch eager with ``torch.optim.Adam``, ``fused=True`` and ``foreach=True``, the
   faster one counted; ``torch.compile`` of the loss (its backward and the fused Adam
   eager), when it compiles;
-- JAX + optax (``jax.jit`` of grad and update), when installed.
+- JAX + optax (``jax.jit`` of grad and update), when installed;
+- the floor of the update: a hand-written single-pass ``@numba.njit`` Adam over one flat
+  buffer each of p, g, m and v holding as many entries as the workload's params (7
+  memory streams: p, g, m, v read, p, m, v written), the least any Adam step adds to
+  ``value_and_grad``.
 
-Times are the median over rounds of the mean over ``--calls`` calls, after a warm-up
-(compilation is not timed). Peak memory: what ``tracemalloc`` sees NumPy allocate during
-the NumPy module's ``train_step`` against ``value_and_grad`` plus a separate update, and
-graphgen's planned peaks (``graphgen compile --report``). One thread everywhere.
+Every implementation runs ``--calls`` calls per round, the implementations taking turns
+round by round (the machine's load drifts); times are the median over ``--rounds``
+rounds, after a warm-up (compilation is not timed). Peak memory: what ``tracemalloc``
+sees NumPy allocate during the NumPy module's ``train_step`` against ``value_and_grad``
+plus a separate update, and graphgen's planned peaks (``graphgen compile --report``).
+One thread everywhere.
 """
 
 from __future__ import annotations
@@ -29,23 +35,24 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, THREADS)
 os.environ.setdefault("NUMBA_NUM_THREADS", THREADS)
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from functools import partial
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-import graphgen  # noqa: E402
-from graphgen.api import report  # noqa: E402
-from graphgen.codegen import optim  # noqa: E402
+import graphgen
+from graphgen.api import report
+from graphgen.codegen import optim
 
 WORKLOADS = {
     "W2": (HERE / "specs" / "w2_mlp_small.yaml", 32),
@@ -55,6 +62,7 @@ WORKLOADS = {
 # targets: graphgen Numba train_step over PyTorch eager (the faster Adam)
 TARGETS = {"W2": 0.8, "W3": 1.0}
 LR = 1e-3
+FLOOR = "floor: hand-written one-loop njit Adam over as many entries (no gradient)"
 
 
 def arrays_for(module, batch, seed=0):
@@ -69,16 +77,54 @@ def arrays_for(module, batch, seed=0):
     return out
 
 
-def timed(f, calls, rounds):
-    f()
-    f()
-    times = []
+def timed(fns, calls, rounds):
+    """{name: (median, min) seconds per call over the rounds}: each function warmed up
+    twice, then ``rounds`` rounds in which every function runs ``calls`` calls in
+    turn."""
+    for f in fns.values():
+        f()
+        f()
+    times = {k: [] for k in fns}
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            f()
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times[k].append((time.perf_counter() - t0) / calls)
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def adam_floor(size, dtype, seed=0):
+    """A call of a hand-written single-pass njit Adam over ``size`` entries (one flat
+    buffer each of p, g, m, v): the least an Adam step costs on its own."""
+    import numba
+
+    rng = np.random.default_rng(seed)
+    p, g, m = (rng.standard_normal(size).astype(dtype) for _ in range(3))
+    v = np.abs(rng.standard_normal(size)).astype(dtype)
+    f = np.dtype(dtype).type
+    one_minus_beta1, beta2, one_minus_beta2 = f(1 - 0.9), f(0.999), f(1 - 0.999)
+    eps, step_size, bias2_sqrt = f(1e-8), f(LR / (1 - 0.9)), f(np.sqrt(1 - 0.999))
+
+    @numba.njit(error_model="numpy")
+    def loop(p, g, m, v, step_size, bias2_sqrt):
+        for i in range(p.size):
+            gi = g[i]
+            mi = m[i] + one_minus_beta1 * (gi - m[i])
+            vi = v[i] * beta2 + one_minus_beta2 * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] - step_size * mi / (np.sqrt(vi) / bias2_sqrt + eps)
+
+    return lambda: loop(p, g, m, v, step_size, bias2_sqrt)
+
+
+def step(module, params, state, batch):
+    return module.train_step(params, state, **batch)
+
+
+def value_and_grad(module, params, batch):
+    return module.value_and_grad(**batch, **params)
 
 
 def separate_adam(module, opt):
@@ -126,7 +172,9 @@ def torch_loss(name, torch, F):
     return cnn
 
 
-def torch_steps(name, params, batch, calls, rounds, compile_):
+def torch_steps(name, params, batch, compile_):
+    """{label: one PyTorch Adam step}: eager with fused and foreach Adam, and
+    torch.compile of the loss when it compiles."""
     try:
         import torch
         import torch.nn.functional as F
@@ -135,34 +183,27 @@ def torch_steps(name, params, batch, calls, rounds, compile_):
     torch.set_num_threads(int(THREADS))
     loss_fn = torch_loss(name, torch, F)
     out = {}
-    variants = [("fused", {"fused": True}), ("foreach", {"foreach": True})]
-    for label, kw in variants:
+
+    def make(kw, loss_fn):
         t = {k: torch.tensor(v) for k, v in batch.items()}
         ps = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
         t.update(ps)
         opt = torch.optim.Adam(ps.values(), lr=LR, **kw)
 
-        def step(t=t, opt=opt):
+        def step():
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(t)
-            loss.backward()
+            loss_fn(t).backward()
             opt.step()
 
-        out[f"PyTorch eager ({label} Adam)"] = timed(step, calls, rounds)
+        return step
+
+    for label, kw in [("fused", {"fused": True}), ("foreach", {"foreach": True})]:
+        out[f"PyTorch eager ({label} Adam)"] = make(kw, loss_fn)
     if compile_:
-        t = {k: torch.tensor(v) for k, v in batch.items()}
-        ps = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-        t.update(ps)
-        opt = torch.optim.Adam(ps.values(), lr=LR, fused=True)
-        compiled = torch.compile(loss_fn)
-
-        def step_c():
-            opt.zero_grad(set_to_none=True)
-            compiled(t).backward()
-            opt.step()
-
+        step = make({"fused": True}, torch.compile(loss_fn))
         try:
-            out["torch.compile (loss) + fused Adam"] = timed(step_c, calls, rounds)
+            step()  # compiles
+            out["torch.compile (loss) + fused Adam"] = step
         except Exception as e:  # noqa: BLE001 - a benchmark reports, never stops
             print(f"  torch.compile failed on {name}: {type(e).__name__}: {e}")
     return out
@@ -171,7 +212,7 @@ def torch_steps(name, params, batch, calls, rounds, compile_):
 # ---------------------------------------------------------------------------- JAX
 
 
-def jax_step(name, params, batch, calls, rounds):
+def jax_step(name, params, batch):
     try:
         import jax
         import jax.numpy as jnp
@@ -192,7 +233,7 @@ def jax_step(name, params, batch, calls, rounds):
             h = jax.nn.relu(h @ p["W2"] + p["b2"])
             return xent(h @ p["W3"] + p["b3"], b["labels"])
         conv = jax.lax.conv_general_dilated
-        pool = lambda h: jax.lax.reduce_window(  # noqa: E731
+        pool = lambda h: jax.lax.reduce_window(
             h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"
         )
         h = jax.nn.relu(conv(b["x"], p["K1"], (1, 1), [(1, 1), (1, 1)]) + p["c1"])
@@ -215,7 +256,7 @@ def jax_step(name, params, batch, calls, rounds):
         state[0], state[1] = update(state[0], state[1], b)
         jax.block_until_ready(state[0])
 
-    return {"JAX + optax (jit)": timed(step, calls, rounds)}
+    return {"JAX + optax (jit)": step}
 
 
 # -------------------------------------------------------------------------- main
@@ -257,14 +298,17 @@ def machine_line():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--calls", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--only", nargs="*", default=list(WORKLOADS), help="workloads")
     args = p.parse_args()
     print(f"machine: {machine_line()}")
-    print(f"one Adam step (lr {LR}), {args.dtype}, median of {args.rounds} rounds")
+    print(
+        f"one Adam step (lr {LR}), {args.dtype}; {args.rounds} rounds of {args.calls} "
+        "calls, the implementations interleaved: median (min) of the rounds"
+    )
     opt = optim.optimizer("adam", lr=LR)
     table = []
     for name in args.only:
@@ -276,69 +320,73 @@ def main():
         }
         batch = arrays_for(mods["numpy"], batch_size)
         start = mods["numpy"].init_params(seed=0)
-        times = {}
+        fns = {}
         for b, m in mods.items():
             params = {k: v.copy() for k, v in start.items()}
             state = m.init_state(params)
-            times[f"graphgen {b} train_step"] = timed(
-                lambda m=m, params=params, state=state: m.train_step(
-                    params, state, **batch
-                ),
-                args.calls,
-                args.rounds,
-            )
+            fns[f"graphgen {b} train_step"] = partial(step, m, params, state, batch)
         nb = mods["numba"]
         params = {k: v.copy() for k, v in start.items()}
-        vg = timed(lambda: nb.value_and_grad(**batch, **params), args.calls, args.rounds)
-        times["graphgen numba value_and_grad alone"] = vg
-        sep = separate_adam(nb, opt)
+        fns["graphgen numba value_and_grad alone"] = partial(
+            value_and_grad, nb, params, batch
+        )
         params = {k: v.copy() for k, v in start.items()}
-        times["graphgen numba value_and_grad + separate Adam"] = timed(
-            lambda: sep(params, batch), args.calls, args.rounds
+        fns["graphgen numba value_and_grad + separate Adam"] = partial(
+            separate_adam(nb, opt), params, batch
         )
-        times.update(
-            torch_steps(name, start, batch, args.calls, args.rounds, not args.no_compile)
-        )
-        times.update(jax_step(name, start, batch, args.calls, args.rounds))
+        size = sum(v.size for v in start.values())
+        fns[FLOOR] = adam_floor(size, nb.DTYPE)
+        fns.update(torch_steps(name, start, batch, not args.no_compile))
+        fns.update(jax_step(name, start, batch))
+        times = timed(fns, args.calls, args.rounds)
         # peak memory, NumPy module: measured (tracemalloc) and planned (--report)
         npm = mods["numpy"]
         params = {k: v.copy() for k, v in start.items()}
         state = npm.init_state(params)
         npm.train_step(params, state, **batch)
-        fused = peak_measured(lambda: npm.train_step(params, state, **batch))
+        fused = peak_measured(partial(step, npm, params, state, batch))
         sep_np = separate_adam(npm, opt)
         sep_np(params, batch)
-        separate = peak_measured(lambda: sep_np(params, batch))
+        separate = peak_measured(partial(sep_np, params, batch))
         planned = report(
             G, dtype=args.dtype, sizes={"batch": batch_size}, optimizer=opt
         ).splitlines()[-2]
-        table.append((name, batch_size, times, fused, separate, planned))
+        table.append((name, batch_size, size, times, fused, separate, planned))
 
-    for name, batch_size, times, fused, separate, planned in table:
-        torch_best = min(
-            (v for k, v in times.items() if k.startswith("PyTorch eager")),
-            default=None,
-        )
+    for name, batch_size, size, both, fused, separate, planned in table:
         print(f"\n### {name} (batch {batch_size})\n")
-        print("| implementation | ms / step | vs PyTorch eager |")
+        print("| implementation | ms / step, median (min) | vs PyTorch eager |")
         print("|---|---:|---:|")
-        for k, v in times.items():
-            ratio = f"{v / torch_best:.2f}x" if torch_best else "–"
-            print(f"| {k} | {v * 1e3:.3f} | {ratio} |")
-        nb = times["graphgen numba train_step"]
-        vg = times["graphgen numba value_and_grad alone"]
-        overhead = (nb - vg) / vg
-        target = TARGETS.get(name)
-        if torch_best and target:
-            ok = "met" if nb / torch_best <= target else "NOT met"
-            print(
-                f"\ntarget: Numba train_step <= {target}x PyTorch eager: "
-                f"{nb / torch_best:.2f}x ({ok})"
+        for i, stat in enumerate(("median", "min")):
+            times = {k: v[i] for k, v in both.items()}
+            torch_best = min(
+                (v for k, v in times.items() if k.startswith("PyTorch eager")),
+                default=None,
             )
-        print(
-            f"optimizer overhead (Numba train_step vs value_and_grad alone): "
-            f"{overhead:+.1%} (target <= 10%)"
-        )
+            nb = times["graphgen numba train_step"]
+            vg = times["graphgen numba value_and_grad alone"]
+            if i == 0:
+                for k, (med, low) in both.items():
+                    ratio = f"{med / torch_best:.2f}x" if torch_best else "–"
+                    print(f"| {k} | {med * 1e3:.3f} ({low * 1e3:.3f}) | {ratio} |")
+                print()
+            floor = times[FLOOR]
+            streams = 7 * size * np.dtype(args.dtype).itemsize
+            target = TARGETS.get(name)
+            if torch_best and target:
+                ok = "met" if nb / torch_best <= target else "NOT met"
+                print(
+                    f"{stat}s: target Numba train_step <= {target}x PyTorch eager: "
+                    f"{nb / torch_best:.2f}x ({ok})"
+                )
+            print(
+                f"{stat}s: optimizer overhead (Numba train_step / value_and_grad "
+                f"alone - 1) {nb / vg - 1:+.1%} (target <= 10%); separate update "
+                f"{times['graphgen numba value_and_grad + separate Adam'] / vg - 1:+.1%}"
+                f"; the floor, one flat njit Adam over the {size:,d} params "
+                f"({streams / 1e6:.2f} MB of memory streams, "
+                f"{streams / floor / 1e9:.0f} GB/s), {floor / vg:+.1%}"
+            )
         print(
             f"peak memory (NumPy module, tracemalloc): train_step {fused:,d} B vs "
             f"value_and_grad + separate update {separate:,d} B "

@@ -10,6 +10,7 @@ two layers), so an update placed before the param's last read would show.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -189,6 +190,68 @@ def test_numba_train_step_matches_the_numpy_one():
         np.testing.assert_allclose(state[k], want_state[k], rtol=1e-11, atol=1e-13)
 
 
+def test_numba_train_step_is_value_and_grad_then_the_update(graph):
+    """The Numba train_step (one compiled function, each update inside it) against
+    value_and_grad followed by the module's own update of each param: the same
+    kernels and the same update loops, so the same bits in float64 and float32; and
+    against the train_step that keeps its statements at Python level."""
+    opt = full_settings("adam", {"lr": 0.01, "weight_decay": 0.01})
+    data = batches(20)
+    for dtype in ("float64", "float32"):
+        m = graphgen.compile(graph, backend="numba", dtype=dtype, optimizer=opt)
+        assert "_train_step_kernel" in m.__source__
+        start = m.init_params(seed=1)
+        cast = [
+            {k: v.astype(m.DTYPE) if k == "x" else v for k, v in b.items()}
+            for b in data
+        ]
+        got, state, losses = generated_run(m, start, cast)
+        params = {k: v.copy() for k, v in start.items()}
+        want = m.init_state(params)
+        for k, batch in enumerate(cast):
+            loss, grads = m.value_and_grad(**batch, **params)
+            assert losses[k] == loss
+            t, lr = m._next_step(want)
+            for n, p in params.items():
+                slots = [want[f"{s}.{n}"] for s in m.SLOTS]
+                m._adam(p, grads[n], *slots, lr, t, 1.0)
+        for n, p in params.items():
+            np.testing.assert_array_equal(got[n], p, err_msg=n)
+        for k in state:
+            np.testing.assert_array_equal(state[k], want[k], err_msg=k)
+    m = graphgen.compile(graph, backend="numba", optimizer=opt)
+    py = graphgen.compile(graph, backend="numba", optimizer=opt, whole=False)
+    assert "_train_step_kernel" not in py.__source__
+    start = m.init_params(seed=1)
+    got, _, losses = generated_run(m, start, data)
+    want, _, want_losses = generated_run(py, start, data)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-11, atol=1e-13, err_msg=n)
+
+
+def test_numba_updates_follow_the_gradient_inside_the_kernel(graph):
+    """In train_step's kernel each update comes after the last statement that writes
+    or reads its gradient and after the last read of the param (W is read by two
+    layers, its gradient is the sum of two terms), and nothing after it reads them."""
+    src = generate(graph, backend="numba", optimizer="adam")
+    lines = src[src.index("def _train_step_kernel") :].splitlines()
+    lines = [s for s in lines if not s.lstrip().startswith("#")]
+    names = ("W", "b", "V", "c")
+    at = {n: lines.index(f"        {n}.reshape(-1),") - 1 for n in names}
+    assert all(lines[i] == "    _adam_loop(" for i in at.values())
+
+    def mentions(i, name):
+        return re.search(rf"\b{name}\b", lines[i]) is not None
+
+    for n in names:
+        call = range(at[n], at[n] + 10)  # the update's own lines
+        for name in (n, f"{n}_bar"):
+            uses = [i for i in range(len(lines)) if mentions(i, name) and i not in call]
+            assert max(uses) < at[n], (n, name, lines[max(uses)])
+    assert at["c"] < at["V"] < at["b"] < at["W"]
+
+
 # ---------------------------------------------------------------- torch.optim
 
 
@@ -230,9 +293,14 @@ def torch_run(m, opt, params, data):
     return {n: p.detach().numpy() for n, p in tp.items()}
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize(("name", "settings"), CONFIGS, ids=IDS)
-def test_train_step_matches_torch_optim(graph, name, settings):
-    m = module(graph, name, settings)
+def test_train_step_matches_torch_optim(graph, name, settings, backend):
+    """Both backends; the Numba train_step is one compiled function with the updates
+    inside (with clipping, after the clipping factor: two phases)."""
+    m = module(graph, name, settings, backend)
+    if backend == "numba":
+        assert hasattr(m, "_train_step_kernel")
     opt = full_settings(name, settings)
     data = batches()
     start = m.init_params(seed=1)
@@ -333,6 +401,26 @@ def test_cli_compile_with_an_optimizer(cli, tmp_path):
     assert status == 0 and "train_step runs in two phases" in err
 
 
+def test_numba_train_step_copies_inputs_its_kernel_cannot_take(graph):
+    """train_step's kernel takes C-contiguous arrays: a Fortran-ordered, read-only or
+    strided input is copied (the params, updated in place, must be C-contiguous)."""
+    m = module(graph, "adam", {"lr": 0.01}, "numba")
+    batch = batches(1)[0]
+    start = m.init_params(seed=1)
+    want, _, want_losses = generated_run(m, start, [batch])
+    frozen = batch["x"].copy()
+    frozen.flags.writeable = False
+    for other in (
+        {"x": np.asfortranarray(batch["x"])},
+        {"labels": np.repeat(batch["labels"], 2)[::2]},
+        {"x": frozen},
+    ):
+        got, state, losses = generated_run(m, start, [{**batch, **other}])
+        assert losses == want_losses and int(state["step"]) == 1
+        for n in want:
+            np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+
+
 # ------------------------------------------------------------------ checkpoints
 
 
@@ -402,18 +490,21 @@ loss: clip
 """
 
 
-def test_spec_names_that_train_step_uses_itself(tmp_path):
+@pytest.mark.parametrize(("backend", "clip_norm"), [("numpy", 1.0), ("numba", None)])
+def test_spec_names_that_train_step_uses_itself(tmp_path, backend, clip_norm):
     """Inputs and params named params, state, step, lr, clip and a dotted name: the
-    module's own names step aside, the state keys stay apart, the code is formatted."""
+    module's own names step aside, the state keys stay apart, the code is formatted
+    (in Numba, train_step's kernel takes the state arrays under names of their own)."""
     from test_codegen import ruff_diff
 
     spec = tmp_path / "hostile.yaml"
     spec.write_text(HOSTILE)
     G = graphgen.load(spec)
-    opt = optim.optimizer("adam", clip_norm=1.0)
-    src = generate(G, optimizer=opt)
+    opt = optim.optimizer("adam", clip_norm=clip_norm)
+    src = generate(G, backend=backend, optimizer=opt)
     assert ruff_diff(src) == ""
-    m = graphgen.compile(G, optimizer=opt)
+    m = graphgen.compile(G, backend=backend, optimizer=opt)
+    assert hasattr(m, "_train_step_kernel") == (backend == "numba")
     p = m.init_params()
     s = m.init_state(p)
     assert list(s) == [

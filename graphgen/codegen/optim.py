@@ -38,6 +38,9 @@ class Kind:
     # param-sized temporaries the NumPy helper holds at once (for --report's peak):
     # SGD's lr·g, Adam's scratch array; clipping and (coupled) weight decay add one
     temporaries: int = 1
+    # what the Numba backend's compiled loop (``_<helper>_loop``) reads of a step, after
+    # p, g and the state arrays and before clip (``_<helper>_scalars(lr, t)``)
+    scalars: tuple = ("lr",)
 
 
 KINDS = {
@@ -70,6 +73,7 @@ KINDS = {
             "p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)",
         ),
         ("lr", "betas", "eps", "weight_decay"),
+        scalars=("lr", "step_size", "bias2_sqrt"),
     ),
     "adamw": Kind(
         "torch.optim.AdamW",
@@ -83,6 +87,7 @@ KINDS = {
         ),
         ("lr", "betas", "eps", "weight_decay"),
         decoupled=True,
+        scalars=("lr", "step_size", "bias2_sqrt"),
     ),
 }
 

@@ -98,6 +98,8 @@ class Function:
     helpers: set = dataclasses.field(default_factory=set)  # the helpers it calls
     names: dict = dataclasses.field(default_factory=dict)  # node -> its name in code
     unpacks: bool = True  # calls _unpack (a whole-function kernel checks for itself)
+    # train_step: its statements or prologue run the optimizer updates already
+    updated: bool = False
 
 
 class OpForms:
@@ -674,22 +676,37 @@ class Program:
 
     # ------------------------------------------------------------------- training
     def step_function(self, name, roots, doc, returns_fn):
-        """How ``train_step``'s statements are made (a backend may choose another way
-        than :meth:`function`, e.g. one that keeps the updates at Python level)."""
+        """How ``train_step``'s statements are made: :meth:`function`'s, with the
+        updates placed after them by :meth:`train_step_function`; a backend may place
+        them itself (the Numba backend's compiled ``train_step``: ``Function.updated``)."""
         return self.function(name, roots, doc, returns_fn)
+
+    def train_names(self):
+        """The names train_step's code uses of its own: ``params``, ``state``, the
+        step ``t``, the learning rate ``lr`` and (with clipping) ``clip``."""
+        nm = self.namer
+        return {
+            "params": nm.name(("train", "params"), "params"),
+            "state": nm.name(("train", "state"), "state"),
+            "t": nm.name(("train", "t"), "step"),
+            "lr": nm.name(("train", "lr"), "lr"),
+            "clip": nm.name(("train", "clip"), "clip")
+            if self.optimizer.clip_norm
+            else None,
+        }
 
     def train_step_function(self, wrt, arrays):
         """``train_step(params, state, **arrays)``: ``value_and_grad``'s statements with
         each param's optimizer update (:mod:`.optim`) right after the last statement that
         reads its gradient or the param itself (through views), so the gradient's buffer
-        dies there; with global-norm clipping, every update after the backward pass."""
-        A, opt = self.A, self.optimizer
-        nm = self.namer
-        params_n = nm.name(("train", "params"), "params")
-        state_n = nm.name(("train", "state"), "state")
-        t_n = nm.name(("train", "t"), "step")
-        lr_n = nm.name(("train", "lr"), "lr")
-        clip_n = nm.name(("train", "clip"), "clip") if opt.clip_norm else None
+        dies there; with global-norm clipping, every update after the backward pass.
+
+        The backend's :meth:`step_function` may place the updates itself (a compiled
+        function that holds them: ``Function.updated``); else they are module helper
+        calls at Python level (:meth:`helper_update`)."""
+        opt = self.optimizer
+        names = self.train_names()
+        self.wrt = wrt
         roots = [self.loss] + [v for v in self.grads.values() if v is not None]
         kind = opt.kind
         fn = self.make_function(
@@ -707,11 +724,55 @@ class Program:
                     else ["here after all (global-norm clipping needs them all)."]
                 ),
             ],
-            lambda names, used: Code(
-                f"return float({self.out_expr(self.loss, names)})"
+            lambda names_, used: Code(
+                f"return float({self.out_expr(self.loss, names_)})"
             ),
             build=self.step_function,
         )
+        outer = self.unpack(arrays)["outer"]
+        call = f" = _unpack(_train_arrays({names['params']}, {names['state']}, arrays))"
+        pad = " " * INDENT
+        start = (
+            f"{pad}{unpack_line('', outer, call, INDENT)}\n"
+            f"{pad}# this step's number (1, 2, ...) and learning rate ({opt.schedule})\n"
+            f"{pad}{names['t']}, {names['lr']} = _next_step({names['state']})"
+        )
+        if fn.updated:  # the backend placed the updates: its prologue runs them
+            fn.prologue = Code(f"{start}\n{fn.prologue}")
+        else:
+            fn.statements = self.place_updates(fn, self.helper_update)
+            fn.prologue = Code(start)
+        fn.signature = Code(f"{names['params']}, {names['state']}, **arrays")
+        return fn
+
+    def helper_update(self, w, expr):
+        """The Python-level update of param ``w`` from its gradient ``expr``: the
+        module helper (``_adam(W1, W1_bar, state["exp_avg.W1"], ..., lr, step, 1.0)``)."""
+        opt, nm, names = self.optimizer, self.namer, self.train_names()
+        slots = [
+            subscript(names["state"], literal(f"{s}.{w}"), INDENT)
+            for s in opt.kind.slots
+        ]
+        return optim.update_call(
+            opt,
+            nm[w],
+            expr,
+            slots,
+            names["clip"] or Code("1.0"),
+            Code(f"_{opt.kind.helper}"),
+            names["lr"],
+            names["t"],
+        )
+
+    def place_updates(self, fn, update, free=True, clip=None):
+        """``fn``'s statements with each param's update (``update(w, gradient
+        expression) -> Code``) right after the last statement that reads its gradient
+        or the param (through views), and (``free``) ``del`` of the gradient after it:
+        compiled code frees an array after its last use itself (and Numba refuses
+        ``del``). With clipping, every update follows the statement ``clip(gradient
+        expressions) -> Code`` (default the helper ``_clip_coef``) makes ``clip`` by."""
+        A, opt, nm = self.A, self.optimizer, self.namer
+        clip_n = self.train_names()["clip"]
         statements = fn.statements
         covered = [{st.node, *st.covers} for st in statements]
 
@@ -732,7 +793,7 @@ class Program:
             )
 
         updates = []  # (position, w, gradient expression, gradient node)
-        for w in wrt:
+        for w in self.wrt:
             v = self.grads.get(w)
             if v is None:  # PyTorch skips a param whose .grad is None
                 continue
@@ -765,7 +826,9 @@ class Program:
                 why = optim.two_phase_reason(opt)
                 st = Statement(
                     Code(""),  # the call is the whole statement: clip = _clip_coef(...)
-                    bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
+                    clip(grads)
+                    if clip
+                    else bracketed(f"{clip_n} = _clip_coef", grads, "", INDENT),
                     header + wrap_comment(f"Two phases: {why}."),
                     updates[k][3],
                     blank_before=True,
@@ -774,26 +837,13 @@ class Program:
                 out.append(st)
             while k < len(updates) and updates[k][0] == i:
                 _, w, expr, v = updates[k]
-                slots = [
-                    subscript(state_n, literal(f"{s}.{w}"), INDENT) for s in kind.slots
-                ]
-                call = optim.update_call(
-                    opt,
-                    nm[w],
-                    expr,
-                    slots,
-                    clip_n or Code("1.0"),
-                    Code(f"_{kind.helper}"),
-                    lr_n,
-                    t_n,
-                )
                 grad = partial(loss, nm[w])
                 note = f"{nm[w]} ← {opt.name} step from {grad} = {expr}" + (
                     "" if clip_n else ": neither is read below"
                 )
                 st = Statement(
                     Code(""),
-                    call,
+                    update(w, expr),
                     header + wrap_comment(note),
                     v,
                     blank_before=True,
@@ -801,21 +851,11 @@ class Program:
                 header = []
                 # the gradient's buffer dies here (after the last update reading it)
                 local = A.nodes[v][g.KIND] == g.OPNODE and expr == fn.names.get(v)
-                if local and last_of[v] == k:
+                if free and local and last_of[v] == k:
                     st.dels = Code(f"del {expr}")
                 out.append(st)
                 k += 1
-        fn.statements = out
-        outer = self.unpack(arrays)["outer"]
-        call = f" = _unpack(_train_arrays({params_n}, {state_n}, arrays))"
-        pad = " " * INDENT
-        fn.prologue = Code(
-            f"{pad}{unpack_line('', outer, call, INDENT)}\n"
-            f"{pad}# this step's number (1, 2, ...) and learning rate ({opt.schedule})\n"
-            f"{pad}{t_n}, {lr_n} = _next_step({state_n})"
-        )
-        fn.signature = Code(f"{params_n}, {state_n}, **arrays")
-        return fn
+        return out
 
     def training_context(self, params):
         """What ``templates/<backend>/training.py.j2`` prints (None: no optimizer)."""

@@ -205,10 +205,15 @@ class NumbaProgram(Program):
         return self.group_function(name, roots, doc, returns_fn)
 
     def step_function(self, name, roots, doc, returns_fn):
-        """``train_step`` keeps its statements at Python level (kernel calls and NumPy
-        statements), so that each param's update, a compiled loop of its own
-        (``templates/numba/training.py.j2``), runs as soon as its gradient is
-        complete."""
+        """``train_step`` as one compiled function, like ``value_and_grad``, with each
+        param's update (the optimizer's compiled loop, ``templates/numba/optim/``)
+        inside it right after its gradient is complete, or with global-norm clipping
+        after ``_clip_factor`` (:func:`.whole.whole_function`); else its statements at
+        Python level with the updates among them (``Program.place_updates``)."""
+        if self.whole is not False and self.fuse and not self.parallel:
+            fn = whole.whole_function(self, name, roots, doc, returns_fn, train=True)
+            if fn is not None:
+                return fn
         return self.group_function(name, roots, doc, returns_fn)
 
     def group_function(self, name, roots, doc, returns_fn, forms=None, exclude=None):

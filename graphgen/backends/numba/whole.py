@@ -29,6 +29,7 @@ from ...codegen.layout import (
     fit,
     literal,
     subscript,
+    unpack_line,
     wrap,
 )
 from ...codegen.layout import value as layout_value
@@ -209,9 +210,11 @@ def too_costly(prog, need):
     return False
 
 
-def whole_function(prog, name, roots, doc, returns_fn):
+def whole_function(prog, name, roots, doc, returns_fn, train=False):
     """``name`` as a whole-function kernel and the Python-level function that calls it,
-    or None when it cannot or should not be one."""
+    or None when it cannot or should not be one. ``train``: it is ``train_step``, whose
+    kernel also takes the optimizer's state and runs each param's update
+    (:func:`_train`)."""
     A = prog.A
     if too_costly(prog, g.reach(A, roots)):
         return None
@@ -248,17 +251,40 @@ def whole_function(prog, name, roots, doc, returns_fn):
     arrays = [
         n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
     ]
+    params = [prog.namer[n] for n in arrays]
+    types = [_array_type(prog, n) for n in arrays]
+    what = "the arrays in"
+    if train:
+        outs = (
+            outs[:1]
+            if prog.loss in A and A.nodes[prog.loss][g.KIND] == g.OPNODE
+            else []
+        )
+        state, scalars = _train(prog, inner, arrays)
+        params += [ident for ident, _, _ in state] + scalars
+        types += [t for _, _, t in state] + [f"numba.{prog.dtype}"] * len(scalars)
+        what = "the arrays, the optimizer's state and the step's scalars in"
     kernel = WholeKernel(
         name=kname,
-        types=_types(prog, name, arrays),
+        types=fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True),
         decorator=bracketed("@numba.njit", _options(prog), "", 0),
-        signature=bracketed(f"def {kname}", [prog.namer[n] for n in arrays], ":", 0),
+        signature=bracketed(f"def {kname}", params, ":", 0),
         checks=_checks(prog, arrays, inner.sizes),
         doc=[
             Code(line)
             for line in docstring_lines(
-                f"Everything {name}() computes, compiled as one function: the arrays "
-                "in, " + ", ".join(outs) + " out."
+                f"Everything {name}() computes, compiled as one function: {what}, "
+                + ", ".join(outs)
+                + " out"
+                + (
+                    "."
+                    if not train
+                    else "; every update after the backward pass (clipping needs "
+                    "every gradient)."
+                    if prog.optimizer.clip_norm
+                    else "; each param's update runs right after its gradient is "
+                    "complete."
+                )
             )
         ],
         statements=inner.statements,
@@ -268,6 +294,16 @@ def whole_function(prog, name, roots, doc, returns_fn):
         helpers=[h for h in NB_HELPERS if h in used],
     )
     prog.whole_kernels.append(kernel)
+    if train:
+        return Function(
+            inner.name,
+            inner.doc,
+            [],
+            inner.returns,
+            _train_prologue(prog, kname, outs, arrays, state),
+            names=inner.names,
+            updated=True,
+        )
     return Function(
         inner.name,
         inner.doc,
@@ -277,6 +313,63 @@ def whole_function(prog, name, roots, doc, returns_fn):
         names=inner.names,
         unpacks=False,
     )
+
+
+def _train(prog, inner, arrays):
+    """Place each param's update in train_step's kernel (``inner``'s statements), right
+    after its gradient is complete: a call of the optimizer's compiled loop
+    (``templates/numba/optim/``), which reads and writes p, g and the state arrays once.
+    Returns the state arrays the kernel takes, ``(name in the kernel, the Python-level
+    expression, type)`` each in STATE_KEYS order, and its scalar arguments."""
+    opt, nm = prog.optimizer, prog.namer
+    kind = opt.kind
+    updated = [w for w in prog.wrt if prog.grads.get(w) is not None]
+    of = {n: t for n, t in zip(arrays, [_array_type(prog, n) for n in arrays])}
+    state_n = prog.train_names()["state"]
+    state = [
+        (
+            nm.name(("slot", s, w), f"{s}_{nm[w]}"),
+            subscript(state_n, literal(f"{s}.{w}"), 2 * INDENT),
+            of[w],
+        )
+        for s in kind.slots
+        for w in updated
+    ]
+    slot_of = {
+        (s, w): state[i * len(updated) + j][0]
+        for i, s in enumerate(kind.slots)
+        for j, w in enumerate(updated)
+    }
+    lr_n = prog.train_names()["lr"]  # the kernel's lr: the step's, in DTYPE
+    scalars = [
+        lr_n if s == "lr" else nm.name(("train", "scalar", s), s) for s in kind.scalars
+    ]
+
+    clip_n = prog.train_names()["clip"]
+
+    def update(w, expr):
+        args = [
+            f"{nm[w]}.reshape(-1)",
+            f"np.ascontiguousarray({expr}).reshape(-1)",
+            *(f"{slot_of[s, w]}.reshape(-1)" for s in kind.slots),
+            *scalars,
+            f"DTYPE({clip_n})" if clip_n else "DTYPE(1.0)",  # the clipping factor
+        ]
+        return bracketed(f"_{kind.helper}_loop", args, "", INDENT)
+
+    def clip(grads):  # _clip_coef's arithmetic, in compiled code
+        norms = [f"_grad_norm({e})" for e in grads]
+        return bracketed(f"{clip_n} = _clip_factor", norms, "", INDENT)
+
+    inner.statements = prog.place_updates(inner, update, free=False, clip=clip)
+    return state, scalars
+
+
+def _array_type(prog, n):
+    """Array ``n``'s type in a kernel signature: C-contiguous, of its dtype and rank."""
+    a = prog.A.nodes[n]
+    dtype = "int64" if a[g.DTYPE] == "int64" else prog.A.graph["dtype"]
+    return f"numba.{dtype}[{', '.join([':'] * (len(a[g.SHAPE]) - 1) + ['::1'])}]"
 
 
 def _one_kernel_call(fn):
@@ -294,17 +387,6 @@ def _root_name(prog, r, fn):
         if s.node == r:
             return s.target
     raise AssertionError(f"internal: no name for root {r!r}")
-
-
-def _types(prog, name, arrays):
-    """``_<NAME>_TYPES``: the argument types the kernel compiles for at its first call."""
-    A = prog.A
-    types = [
-        f"numba.{'int64' if A.nodes[n][g.DTYPE] == 'int64' else A.graph['dtype']}"
-        f"[{', '.join([':'] * (len(A.nodes[n][g.SHAPE]) - 1) + ['::1'])}]"
-        for n in arrays
-    ]
-    return fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True)
 
 
 def _options(prog):
@@ -356,6 +438,49 @@ def _scalar_results(prog, name, roots, inner):
         expr = layout_value(f"DTYPE({o})", INDENT + len(o) + 3)
         stmts.append(Statement(o, expr, [], roots[0]))
     return stmts
+
+
+def _train_prologue(prog, kname, outs, arrays, state):
+    """train_step's body after ``_next_step``: compile at the first call, then run the
+    kernel on the arrays ``_unpack`` checked, the state arrays ``_train_arrays``
+    checked and the step's scalars."""
+    names = prog.train_names()
+    helper = f"_{prog.optimizer.kind.helper}_scalars({names['lr']}, {names['t']})"
+    args = [prog.namer[n] for n in arrays] + [expr for _, expr, _ in state]
+    args.append(f"*{helper}")
+    call = (
+        assign(outs, f"{kname}", args, INDENT)
+        if outs
+        else bracketed(f"{kname}", args, "", INDENT)
+    )
+    when = (
+        "after the backward pass (clipping needs every gradient)"
+        if prog.optimizer.clip_norm
+        else "each right after its gradient is complete"
+    )
+    comment = wrap_comment(
+        f"one compiled function ({kname}) computes "
+        + ", ".join(outs or ["nothing"])
+        + f" and updates every param, {when}",
+        width=LINE - INDENT - 2,
+    )
+    lines = []
+    inputs = [prog.namer[n] for n in arrays if prog.A.nodes[n][g.KIND] == g.INPUT]
+    if inputs:  # the params are C-contiguous (_train_arrays checked), inputs may not be
+        outer = prog.unpack(arrays)["outer"]
+        merged = f" = _unpack(_fail({{**arrays, **{names['params']}}}))"
+        lines += [
+            f"if {condition([f'not {i}.flags.carray' for i in inputs])}:",
+            "    # the kernel's types are C-contiguous arrays: copies of the others",
+            "    " + unpack_line("", outer, merged, 2 * INDENT),
+        ]
+    lines += [
+        f"if not {kname}.overloads:  # the first call compiles it",
+        f"    _compile({kname}, _TRAIN_STEP_TYPES)",
+        *(f"# {c}" for c in comment),
+        call,
+    ]
+    return Code("\n".join(" " * INDENT + line for line in lines))
 
 
 def _indexes(prog):
