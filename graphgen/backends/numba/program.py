@@ -196,9 +196,10 @@ class NumbaProgram(Program):
     def function(self, name, roots, doc, returns_fn):
         """One generated function: a whole-function kernel if possible (:mod:`.whole`),
         else NumPy statements and calls of fused loop kernels."""
-        # jvp and hvp take their directions through a prologue of their own
-        directed = name in tangents.DIRECTED
-        if self.whole is not False and self.fuse and not self.parallel and not directed:
+        # vjp takes its cotangents through a prologue of its own (jvp's and hvp's
+        # checks go before the kernel's call)
+        vjp = name in tangents.DIRECTED and tangents.directions(self.A, name) is None
+        if self.whole is not False and self.fuse and not self.parallel and not vjp:
             fn = whole.whole_function(self, name, roots, doc, returns_fn)
             if fn is not None:
                 return fn

@@ -18,6 +18,7 @@ import dataclasses
 
 from ... import dims, ops
 from ... import graph as g
+from ...codegen import tangents
 from ...codegen.comments import docstring_lines, wrap_comment
 from ...codegen.layout import (
     INDENT,
@@ -41,7 +42,12 @@ from ...codegen.render import note_helpers, recording
 # compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
-NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+NB_HELPERS = (
+    "matmul",
+    "loop_softmax",
+    "loop_softmax_cross_entropy",
+    "loop_softmax_xent_grad",
+)
 
 
 class Unsupported(Exception):
@@ -94,12 +100,18 @@ def _row_loop(at, shapes, ints):
     )
 
 
+@nopython("softmax")
+def _rows(at, shapes, ints):
+    """templates/numba/helpers/loop_softmax.py.j2: along the last axis of a matrix."""
+    return not any(ints) and len(shapes[0]) == 2 and at["axis"] in (1, -1)
+
+
 @nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
 def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
     return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
 
 
-@nopython("sum", "mean", "max")
+@nopython("mean", "max")
 def _full_reduction(at, shapes, ints):
     # a 0-d value is a float in nopython code: it has no methods
     return (
@@ -108,6 +120,14 @@ def _full_reduction(at, shapes, ints):
         and sorted(at["axis"]) == list(range(len(shapes[0])))
         and not at["keepdims"]
     )
+
+
+@nopython("sum")
+def _sum(at, shapes, ints):
+    """A full sum, or one along a single axis of a matrix or more (Numba's np.sum takes
+    one integer axis; keepdims by np.expand_dims)."""
+    one_axis = len(shapes[0]) >= 2 and len(at["axis"]) == 1
+    return _full_reduction(at, shapes, ints) or (not any(ints) and one_axis)
 
 
 def nopython_ok(prog, n):
@@ -248,12 +268,15 @@ def whole_function(prog, name, roots, doc, returns_fn):
     arrays = [
         n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
     ]
+    # jvp's tangents or hvp's vectors, after the arrays
+    directions = tangents.directions(A, name) or []
+    args = arrays + directions
     kernel = WholeKernel(
         name=kname,
-        types=_types(prog, name, arrays),
+        types=_types(prog, name, args),
         decorator=bracketed("@numba.njit", _options(prog), "", 0),
-        signature=bracketed(f"def {kname}", [prog.namer[n] for n in arrays], ":", 0),
-        checks=_checks(prog, arrays, inner.sizes),
+        signature=bracketed(f"def {kname}", [prog.namer[n] for n in args], ":", 0),
+        checks=_checks(prog, args, inner.sizes),
         doc=[
             Code(line)
             for line in docstring_lines(
@@ -268,14 +291,19 @@ def whole_function(prog, name, roots, doc, returns_fn):
         helpers=[h for h in NB_HELPERS if h in used],
     )
     prog.whole_kernels.append(kernel)
+    if name in tangents.DIRECTED:
+        # after _unpack and _directions (codegen/tangents.py), which check everything
+        prologue = _directed_call(prog, kname, name, outs, arrays, directions)
+    else:
+        prologue = _prologue(prog, name, kname, outs, arrays)
     return Function(
         inner.name,
         inner.doc,
         _scalar_results(prog, name, roots, inner),
         inner.returns,
-        _prologue(prog, name, kname, outs, arrays),
+        prologue,
         names=inner.names,
-        unpacks=False,
+        unpacks=name in tangents.DIRECTED,
     )
 
 
@@ -362,6 +390,30 @@ def _indexes(prog):
     """Whether the module has labels or indices to check (``_check_indices``)."""
     inputs, params, _ = prog.arrays()
     return bool(prog.index_checks(inputs + params))
+
+
+def _directed_call(prog, kname, name, outs, arrays, directions):
+    """jvp's or hvp's kernel call, after ``_unpack`` and ``_directions`` have checked
+    the arrays (dtypes, shapes, aligned and writeable) and taken the directions:
+    ``_taken`` makes the arrays C-contiguous too, as the kernel's types are."""
+    idents = [Code(f"_taken({prog.namer[n]})") for n in arrays]
+    idents += [prog.namer[n] for n in directions]
+    call = (
+        assign(outs, f"{kname}", idents, INDENT)
+        if outs
+        else bracketed(f"{kname}", idents, "", INDENT)
+    )
+    comment = wrap_comment(
+        f"one compiled function ({kname}) computes " + ", ".join(outs),
+        width=LINE - INDENT - 2,
+    )
+    lines = [
+        f"if not {kname}.overloads:  # the first call compiles it",
+        f"    _compile({kname}, _{name.upper()}_TYPES)",
+        *(f"# {c}" for c in comment),
+        call,
+    ]
+    return Code("\n".join(" " * INDENT + line for line in lines))
 
 
 def _prologue(prog, name, kname, outs, arrays):
