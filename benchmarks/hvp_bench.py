@@ -11,10 +11,12 @@ Side by side, PyTorch's ``torch.func.jvp(torch.func.grad(f))`` against its
 ``torch.func.grad`` and ``torch.func.jvp(f)`` against ``f`` (and JAX's
 ``jax.jvp(jax.grad(f))``), when installed.
 
-Floors. The "hand-written NumPy" row times ``benchmarks/handwritten.py``'s ``FORWARD``
-and ``JVP``: the fewest GEMMs and passes we could write for the same jvp (a matmul whose
-operands both have tangents is three GEMMs for the forward's one), so its jvp/forward is
-what no NumPy jvp goes much below. Peak memory counts the arrays passed in (``hvp`` also
+Floors. The "fewest GEMM multiply-adds" row counts them (:func:`gemm_floor`: a matmul
+whose operands both have tangents is three GEMMs in jvp for the forward's one, nine in
+hvp for value_and_grad's three), the ratio matmul-bound workloads cannot go below. The
+"hand-written NumPy" row times ``benchmarks/handwritten.py``'s ``FORWARD`` and ``JVP``:
+the fewest GEMMs and passes we could write for the same jvp, so its jvp/forward is what
+no NumPy jvp goes much below. Peak memory counts the arrays passed in (``hvp`` also
 takes the vectors) plus ``tracemalloc``'s peak over one call (NumPy reports its buffers
 to it; the returned arrays included: ``hvp`` returns the gradients and as many
 products); its floor is what each call must hold at its end, arguments plus results.
@@ -146,6 +148,39 @@ def graphgen_row(workload, backend, rounds, min_round):
         peak, returned = peak_bytes(fns[k])
         mem[k] = {"args": held, "peak": peak, "returned": returned}
     return t, mem
+
+
+def gemm_floor(workload):
+    """``(jvp/forward, hvp/value_and_grad)`` in GEMM multiply-adds, at the fewest each
+    needs, or None without matmuls. Each matmul y = x·W of an activation x by a param W
+    (n·k·m multiply-adds) costs the forward 1 of them; jvp y, ẏ = x·Ẇ (+ ẋ·W where x
+    depends on a param); value_and_grad y, W̄ = xᵀ·ȳ (+ x̄ = ȳ·Wᵀ); hvp jvp's, W̄ and its
+    tangent xᵀ·ȳ̇ (+ ẋᵀ·ȳ), (+ x̄ and its tangent ȳ̇·Wᵀ + ȳ·Ẇᵀ)."""
+    import handwritten
+    import networkx as nx
+
+    import graphgen
+    from graphgen import dims
+    from graphgen import graph as g
+
+    G = graphgen.load(HERE / "specs" / f"{workload}.yaml")
+    sizes = handwritten.SIZES[workload]
+    params = {n for n in G if G.nodes[n][g.KIND] == g.PARAM}
+    macs = dict.fromkeys(("forward", "jvp", "value_and_grad", "hvp"), 0)
+    for n in G:
+        if G.nodes[n].get(g.OP) != "matmul":
+            continue
+        x, w = g.operands(G, n)
+        assert w in params, f"{n}: a matmul by a param is what this counts"
+        (b, k), (_, m) = (dims.concrete(G.nodes[p][g.SHAPE], sizes) for p in (x, w))
+        nkm, v = b * k * m, int(bool(nx.ancestors(G, x) & params))
+        macs["forward"] += nkm
+        macs["jvp"] += (2 + v) * nkm
+        macs["value_and_grad"] += (2 + v) * nkm
+        macs["hvp"] += (4 + 5 * v) * nkm
+    if not macs["forward"]:
+        return None
+    return macs["jvp"] / macs["forward"], macs["hvp"] / macs["value_and_grad"]
 
 
 def handwritten_row(workload, rounds, min_round):
@@ -301,9 +336,13 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     memory = []
     for w in args.workload or WORKLOADS:
-        rows = [
+        rows = []
+        floor = gemm_floor(w)
+        if floor is not None:
+            rows.append(("fewest GEMM multiply-adds (floor)", {"ratios": floor}, "–"))
+        rows.append(
             ("hand-written NumPy (floor)", handwritten_row(w, rounds, min_round), "–")
-        ]
+        )
         for backend in ("numpy", "numba"):
             t, mem = graphgen_row(w, backend, rounds, min_round)
             # tracemalloc sees NumPy's buffers, not those Numba-compiled code allocates
@@ -323,6 +362,13 @@ def main(argv=None):
             except ImportError:
                 pass
         for label, t, mem in rows:
+            if "ratios" in t:  # counted, not timed
+                jr, hr = t["ratios"]
+                print(
+                    f"| {w} | {label} | – | – | {ratio_text(jr)} | – | – | "
+                    f"{ratio_text(hr)} | – |"
+                )
+                continue
             print(
                 f"| {w} | {label} | {times_text(t, 'forward')} | "
                 f"{times_text(t, 'jvp')} | {ratio_text(ratio(t, 'jvp', 'forward'))} | "

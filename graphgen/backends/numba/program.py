@@ -33,12 +33,13 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
     module file loads machine code from ``__pycache__`` instead of compiling.
 ``whole``
     Whole-function mode. ``None`` (default): when every op of ``forward`` /
-    ``value_and_grad`` has a nopython form (:func:`.whole.nopython_ok`), that
-    function becomes one ``@numba.njit`` function taking the arrays positionally and
-    returning its results as a tuple (the same statements, matmuls via BLAS or a loop,
-    the softmax cross-entropy as row loops, the fused groups' kernels called from compiled
-    code); the Python-level function only runs ``_unpack`` (the argument checks) and
-    builds the result dict. Not with ``parallel``, nor (``None`` only) when a
+    ``value_and_grad`` (``jvp``, ``hvp``; not ``vjp``) has a nopython form
+    (:func:`.whole.nopython_ok`), that function becomes one ``@numba.njit`` function
+    taking the arrays positionally and returning its results as a tuple (the same
+    statements, matmuls via BLAS or a loop, the softmax cross-entropy as row loops, the
+    fused groups' kernels called from compiled code); the Python-level function only
+    runs ``_unpack`` (the argument checks; jvp and hvp also ``_directions``) and builds
+    the result dict. Not with ``parallel``, nor (``None`` only) when a
     transcendental left to NumPy is large. ``True``: whenever possible; ``False``: never.
 """
 
