@@ -322,12 +322,15 @@ def main(argv=None):
     rounds, min_round = (3, 0.05) if args.quick else (7, 0.2)
     from run import environment_text
 
-    env = environment_text()
-    if not args.inherit_env:
-        env = env.replace("child env (set by run.py)", "env (set by this script)")
-    else:
-        env = env.replace("child env (set by run.py)", "env NOT set (--inherit-env)")
-    print(env)
+    lines = environment_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- child env (set by run.py)"):
+            if args.inherit_env:
+                got = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in ENV)
+                lines[i] = f"- env (the caller's, --inherit-env): {got}"
+            else:
+                lines[i] = line.replace("child env (set by run.py)", "env (set here)")
+    print("\n".join(lines))
     print()
     print(
         "| workload | implementation | forward | jvp | jvp/forward | value_and_grad "
