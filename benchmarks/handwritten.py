@@ -4,6 +4,12 @@ Each function takes the arrays by name (inputs and params, as the generated modu
 returns ``(loss, {param: gradient})``. They are written the way a careful person writes
 backprop by hand: reuse forward values, no copies, in-place updates where it is natural.
 ``tests/test_benchmarks_smoke.py`` checks them against the generated gradients.
+
+``FORWARD`` and ``JVP`` (W2, W3, W4) are the floor of ``benchmarks/hvp_bench.py``'s
+jvp/forward ratio: the loss, and the loss with its tangent along tangents of every param
+(the data held fixed, as the generated ``jvp`` is timed), with the fewest FLOPs and passes
+we could write: a matmul whose operands both have tangents costs three GEMMs
+(y = x·W, ẏ = ẋ·W + x·Ẇ), one with a fixed left operand two.
 """
 
 from __future__ import annotations
@@ -120,6 +126,104 @@ def w5_fanout(x, W):
     gh *= 1.0 - h * h
     return loss, {"W": x.T @ gh}
 
+
+def _xent_loss(logits, labels):
+    """Mean cross-entropy, no gradient."""
+    rows = np.arange(logits.shape[0])
+    m = logits.max(axis=1, keepdims=True)
+    s = np.exp(logits - m).sum(axis=1)
+    return float(np.mean(m[:, 0] + np.log(s) - logits[rows, labels]))
+
+
+def _mlp_forward(x, labels, layers):
+    h = x
+    for i, (W, b) in enumerate(layers):
+        a = h @ W
+        a += b
+        h = a if i == len(layers) - 1 else np.maximum(a, 0.0, out=a)
+    return _xent_loss(h, labels)
+
+
+def _mlp_jvp(x, labels, layers, dots):
+    """x fixed; ``dots``: (Ẇ, ḃ) per layer. Loss and its tangent Σ ∂loss/∂logits · ℓ̇."""
+    h, hd = x, None
+    for i, ((W, b), (Wd, bd)) in enumerate(zip(layers, dots)):
+        a = h @ W
+        a += b
+        ad = h @ Wd  # ȧ = ḣ·W + h·Ẇ + ḃ (ḣ = 0 for the data)
+        if hd is not None:
+            ad += hd @ W
+        ad += bd
+        if i < len(layers) - 1:
+            ad *= a > 0
+            a = np.maximum(a, 0.0, out=a)
+        h, hd = a, ad
+    loss, g = _softmax_xent(h, labels)  # g = ∂loss/∂logits
+    return loss, float(np.vdot(g, hd))
+
+
+def w2_mlp_small_forward(x, labels, W1, b1, W2, b2):
+    return _mlp_forward(x, labels, [(W1, b1), (W2, b2)])
+
+
+def w2_mlp_small_jvp(tangents, x, labels, W1, b1, W2, b2):
+    t = tangents
+    dots = [(t["W1"], t["b1"]), (t["W2"], t["b2"])]
+    return _mlp_jvp(x, labels, [(W1, b1), (W2, b2)], dots)
+
+
+def w3_mlp_large_forward(x, labels, W1, b1, W2, b2, W3, b3):
+    return _mlp_forward(x, labels, [(W1, b1), (W2, b2), (W3, b3)])
+
+
+def w3_mlp_large_jvp(tangents, x, labels, W1, b1, W2, b2, W3, b3):
+    t = tangents
+    dots = [(t["W1"], t["b1"]), (t["W2"], t["b2"]), (t["W3"], t["b3"])]
+    return _mlp_jvp(x, labels, [(W1, b1), (W2, b2), (W3, b3)], dots)
+
+
+def w4_deep_elementwise_forward(x, **p):
+    h = x * p["a1"]
+    for i in range(1, LAYERS + 1):
+        if i > 1:
+            h *= p[f"a{i}"]
+        h += p[f"b{i}"]
+        np.tanh(h, out=h)
+    return float(np.vdot(h, h))
+
+
+def w4_deep_elementwise_jvp(tangents, x, **p):
+    """One value buffer, one tangent buffer, one scratch: seven passes per layer for
+    u̇ = ḣ·a + h·ȧ + ḃ and ḣ' = u̇·(1 − h'²), beside the forward's three."""
+    h = x * p["a1"]
+    d = x * tangents["a1"]
+    tmp = np.empty_like(h)
+    for i in range(1, LAYERS + 1):
+        a, ad, bd = p[f"a{i}"], tangents[f"a{i}"], tangents[f"b{i}"]
+        if i > 1:
+            d *= a
+            np.multiply(h, ad, out=tmp)
+            d += tmp
+            h *= a
+        d += bd
+        h += p[f"b{i}"]
+        np.tanh(h, out=h)
+        np.multiply(h, h, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        d *= tmp
+    return float(np.vdot(h, h)), 2.0 * float(np.vdot(h, d))
+
+
+FORWARD = {
+    "w2_mlp_small": w2_mlp_small_forward,
+    "w3_mlp_large": w3_mlp_large_forward,
+    "w4_deep_elementwise": w4_deep_elementwise_forward,
+}
+JVP = {
+    "w2_mlp_small": w2_mlp_small_jvp,
+    "w3_mlp_large": w3_mlp_large_jvp,
+    "w4_deep_elementwise": w4_deep_elementwise_jvp,
+}
 
 WORKLOADS = {
     "w1_tiny": w1_tiny,

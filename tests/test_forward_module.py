@@ -145,6 +145,37 @@ def test_directions_are_checked_like_arrays(backend):
         m.hvp({}, **{k: v for k, v in arrays.items() if k != "W2"})
 
 
+def test_numba_jvp_and_hvp_are_whole_function_kernels():
+    """Numba compiles jvp and hvp as one function each, as it does value_and_grad,
+    after the Python level has checked the arrays and directions; they agree with
+    NumPy's, also for an array the kernel's types do not take as it is."""
+    G = graphgen.load(EXAMPLES / "mlp.yaml")
+    ref = graphgen.compile(G, "numpy", jvp=["W1", "b2"], hvp=True)
+    m = graphgen.compile(G, "numba", jvp=["W1", "b2"], hvp=True)
+    for fn in ("jvp", "hvp"):
+        assert f"= _{fn}_kernel(" in m.__source__
+    arrays = random_arrays(G, seed=0, sizes={"batch": 5}, dtype="float64")
+    rng = np.random.default_rng(1)
+    tangents = {"W1": rng.standard_normal(arrays["W1"].shape)}  # b2's is zero
+    vectors = {w: rng.standard_normal(arrays[w].shape) for w in m.WRT}
+    strided = {**arrays, "x": np.asfortranarray(arrays["x"])}
+    for given in (arrays, strided):
+        (outs, dots), (want, want_dots) = (
+            m.jvp(tangents, **given),
+            ref.jvp(tangents, **arrays),
+        )
+        for k in want:
+            np.testing.assert_allclose(outs[k], want[k], rtol=1e-12, atol=1e-12)
+        for k in want_dots:
+            np.testing.assert_allclose(dots[k], want_dots[k], rtol=1e-10, atol=1e-12)
+        got, want = m.hvp(vectors, **given), ref.hvp(vectors, **arrays)
+        assert abs(got[0] - want[0]) <= 1e-12
+        for i in (1, 2):
+            assert list(got[i]) == list(m.WRT)
+            for w in m.WRT:
+                np.testing.assert_allclose(got[i][w], want[i][w], rtol=1e-9, atol=1e-12)
+
+
 def test_generated_module_reads_as_forward_mode():
     G = graphgen.load(EXAMPLES / "tiny.yaml")
     text = graphgen.generate(G, hvp=True)

@@ -17,8 +17,19 @@ from .layout import INDENT, LINE, assign, bracketed, fit, literal
 from .naming import Code
 
 # the functions that take directions (tangents, vectors, vjp's cotangents) beside the
-# arrays, through a prologue of their own (the Numba backend keeps them Python-level)
+# arrays, through a prologue of their own (put before the backend's, if it has one)
 DIRECTED = ("jvp", "hvp", "vjp")
+
+
+def directions(A, name):
+    """The inputs ``name`` takes as directions, in ``_directions``' order: ``jvp``'s
+    tangents, ``hvp``'s vectors (None for ``vjp``, whose cotangents arrive otherwise)."""
+    key, table = {"jvp": ("jvp", "tangents"), "hvp": ("hvp", "vectors")}.get(
+        name, (None, None)
+    )
+    if key is None:
+        return None
+    return list(((A.graph.get(key) or {}).get(table) or {}).values())
 
 
 def direction_inputs(A):
@@ -57,9 +68,10 @@ def tables(program):
     ]
 
 
-def _prologue(program, arrays, kind, table, directions):
+def _prologue(program, arrays, kind, table, directions, then=None):
     """``_unpack`` the arrays, then take the directions (``tangents`` or ``vectors``)
-    through ``_directions``, which checks them against the shapes the arrays fixed."""
+    through ``_directions``, which checks them against the shapes the arrays fixed;
+    ``then``: the backend's prologue (a whole-function kernel's call), after them."""
     A = program.A
     texts = sorted(
         {
@@ -83,7 +95,8 @@ def _prologue(program, arrays, kind, table, directions):
     else:
         call = assign(targets, "_directions", args, INDENT)
     pad = " " * INDENT
-    return Code(f"{pad}{program.unpack(arrays)['call']}\n{pad}{call}")
+    after = f"\n{then}" if then else ""
+    return Code(f"{pad}{program.unpack(arrays)['call']}\n{pad}{call}{after}")
 
 
 def jvp_function(program, arrays, outputs):
@@ -107,7 +120,7 @@ def jvp_function(program, arrays, outputs):
 
     fn = program.make_function("jvp", roots, doc, returns)
     fn.prologue = _prologue(
-        program, arrays, "tangents", Code("TANGENTS"), info["tangents"]
+        program, arrays, "tangents", Code("TANGENTS"), info["tangents"], fn.prologue
     )
     fn.signature = Code("tangents, **arrays")
     return fn
@@ -136,7 +149,7 @@ def hvp_function(program, arrays):
 
     fn = program.make_function("hvp", roots, doc, returns)
     fn.prologue = _prologue(
-        program, arrays, "vectors", Code("_VECTORS"), info["vectors"]
+        program, arrays, "vectors", Code("_VECTORS"), info["vectors"], fn.prologue
     )
     fn.signature = Code("vectors, **arrays")
     return fn

@@ -33,12 +33,13 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
     module file loads machine code from ``__pycache__`` instead of compiling.
 ``whole``
     Whole-function mode. ``None`` (default): when every op of ``forward`` /
-    ``value_and_grad`` has a nopython form (:func:`.whole.nopython_ok`), that
-    function becomes one ``@numba.njit`` function taking the arrays positionally and
-    returning its results as a tuple (the same statements, matmuls via BLAS or a loop,
-    the softmax cross-entropy as row loops, the fused groups' kernels called from compiled
-    code); the Python-level function only runs ``_unpack`` (the argument checks) and
-    builds the result dict. Not with ``parallel``, nor (``None`` only) when a
+    ``value_and_grad`` (``jvp``, ``hvp``; not ``vjp``) has a nopython form
+    (:func:`.whole.nopython_ok`), that function becomes one ``@numba.njit`` function
+    taking the arrays positionally and returning its results as a tuple (the same
+    statements, matmuls via BLAS or a loop, the softmax cross-entropy as row loops, the
+    fused groups' kernels called from compiled code); the Python-level function only
+    runs ``_unpack`` (the argument checks; jvp and hvp also ``_directions``) and builds
+    the result dict. Not with ``parallel``, nor (``None`` only) when a
     transcendental left to NumPy is large. ``True``: whenever possible; ``False``: never.
 """
 
@@ -196,9 +197,10 @@ class NumbaProgram(Program):
     def function(self, name, roots, doc, returns_fn):
         """One generated function: a whole-function kernel if possible (:mod:`.whole`),
         else NumPy statements and calls of fused loop kernels."""
-        # jvp and hvp take their directions through a prologue of their own
-        directed = name in tangents.DIRECTED
-        if self.whole is not False and self.fuse and not self.parallel and not directed:
+        # vjp takes its cotangents through a prologue of its own (jvp's and hvp's
+        # checks go before the kernel's call)
+        vjp = name in tangents.DIRECTED and tangents.directions(self.A, name) is None
+        if self.whole is not False and self.fuse and not self.parallel and not vjp:
             fn = whole.whole_function(self, name, roots, doc, returns_fn)
             if fn is not None:
                 return fn

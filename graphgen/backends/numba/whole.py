@@ -18,6 +18,7 @@ import dataclasses
 
 from ... import dims, ops
 from ... import graph as g
+from ...codegen import tangents
 from ...codegen.comments import docstring_lines, wrap_comment
 from ...codegen.layout import (
     INDENT,
@@ -42,7 +43,12 @@ from ...codegen.render import note_helpers, recording
 # compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
 # templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
-NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+NB_HELPERS = (
+    "matmul",
+    "loop_softmax",
+    "loop_softmax_cross_entropy",
+    "loop_softmax_xent_grad",
+)
 
 
 class Unsupported(Exception):
@@ -95,12 +101,18 @@ def _row_loop(at, shapes, ints):
     )
 
 
+@nopython("softmax")
+def _rows(at, shapes, ints):
+    """templates/numba/helpers/loop_softmax.py.j2: along the last axis of a matrix."""
+    return not any(ints) and len(shapes[0]) == 2 and at["axis"] in (1, -1)
+
+
 @nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
 def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
     return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
 
 
-@nopython("sum", "mean", "max")
+@nopython("mean", "max")
 def _full_reduction(at, shapes, ints):
     # a 0-d value is a float in nopython code: it has no methods
     return (
@@ -109,6 +121,14 @@ def _full_reduction(at, shapes, ints):
         and sorted(at["axis"]) == list(range(len(shapes[0])))
         and not at["keepdims"]
     )
+
+
+@nopython("sum")
+def _sum(at, shapes, ints):
+    """A full sum, or one along a single axis of a matrix or more (Numba's np.sum takes
+    one integer axis; keepdims by np.expand_dims)."""
+    one_axis = len(shapes[0]) >= 2 and len(at["axis"]) == 1
+    return _full_reduction(at, shapes, ints) or (not any(ints) and one_axis)
 
 
 def nopython_ok(prog, n):
@@ -251,8 +271,11 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
     arrays = [
         n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
     ]
-    params = [prog.namer[n] for n in arrays]
-    types = [_array_type(prog, n) for n in arrays]
+    # jvp's tangents or hvp's vectors, after the arrays
+    directions = tangents.directions(A, name) or []
+    args = arrays + directions
+    params = [prog.namer[n] for n in args]
+    types = [_array_type(prog, n) for n in args]
     what = "the arrays in"
     if train:
         outs = (
@@ -269,7 +292,7 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
         types=fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True),
         decorator=bracketed("@numba.njit", _options(prog), "", 0),
         signature=bracketed(f"def {kname}", params, ":", 0),
-        checks=_checks(prog, arrays, inner.sizes),
+        checks=_checks(prog, args, inner.sizes),
         doc=[
             Code(line)
             for line in docstring_lines(
@@ -304,14 +327,19 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
             names=inner.names,
             updated=True,
         )
+    if name in tangents.DIRECTED:
+        # after _unpack and _directions (codegen/tangents.py), which check everything
+        prologue = _directed_call(prog, kname, name, outs, arrays, directions)
+    else:
+        prologue = _prologue(prog, name, kname, outs, arrays)
     return Function(
         inner.name,
         inner.doc,
         _scalar_results(prog, name, roots, inner),
         inner.returns,
-        _prologue(prog, name, kname, outs, arrays),
+        prologue,
         names=inner.names,
-        unpacks=False,
+        unpacks=name in tangents.DIRECTED,
     )
 
 
@@ -489,12 +517,36 @@ def _indexes(prog):
     return bool(prog.index_checks(inputs + params))
 
 
+def _directed_call(prog, kname, name, outs, arrays, directions):
+    """jvp's or hvp's kernel call, after ``_unpack`` and ``_directions`` have checked
+    the arrays (dtypes, shapes, aligned and writeable) and taken the directions:
+    ``_taken`` makes the arrays C-contiguous too, as the kernel's types are."""
+    idents = [Code(f"_taken({prog.namer[n]})") for n in arrays]
+    idents += [prog.namer[n] for n in directions]
+    call = (
+        assign(outs, f"{kname}", idents, INDENT)
+        if outs
+        else bracketed(f"{kname}", idents, "", INDENT)
+    )
+    comment = wrap_comment(
+        f"one compiled function ({kname}) computes " + ", ".join(outs),
+        width=LINE - INDENT - 2,
+    )
+    lines = [
+        f"if not {kname}.overloads:  # the first call compiles it",
+        f"    _compile({kname}, _{name.upper()}_TYPES)",
+        *(f"# {c}" for c in comment),
+        call,
+    ]
+    return Code("\n".join(" " * INDENT + line for line in lines))
+
+
 def _prologue(prog, name, kname, outs, arrays):
     """The Python-level function's body before its return: take the arrays, copy those
     the kernel's types do not take as they are, compile at the first call, run the
     kernel, and explain what it rejects.
 
-    The kernel's types (:func:`_types`) are C-contiguous writeable arrays. Numba's
+    The kernel's types (:func:`_array_type`) are C-contiguous writeable arrays. Numba's
     dispatcher turns down a read-only or strided array itself, but it would read an
     unaligned one as if it were aligned, and a masked array or other subclass as its
     data; so two cheap tests per array (the class, and ``carray``: C-contiguous,

@@ -130,73 +130,14 @@ def hvp(vectors, **arrays):
     """
     x, t, W1, b1, W2, batch = _unpack(arrays)
     W1_dot, b1_dot, W2_dot = _directions("vectors", vectors, _VECTORS, {})
-    z1 = x @ W1
-
-    # z1_dot = ∂z1/∂W1 · W1_dot, through z1 = x @ W1
-    z1_dot = x @ W1_dot
-
-    # one fused loop over (batch, 3) (_k_h1_tmp1_h1_dot_and_1_more) computes a1, a1_dot,
-    #   h1, tmp1, h1_dot, tmp2
-    h1, tmp1, h1_dot, tmp2 = _k_h1_tmp1_h1_dot_and_1_more(z1, b1, z1_dot, b1_dot)
-    z2 = h1 @ W2
-
-    # tmp3 = the term of z2_dot through h1: ∂z2/∂h1 · h1_dot, through z2 = h1 @ W2
-    tmp3 = h1_dot @ W2
-
-    # tmp4 = the term of z2_dot through W2: ∂z2/∂W2 · W2_dot, through z2 = h1 @ W2
-    tmp4 = h1 @ W2_dot
-
-    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
-    #   k_bar · ∂k/∂v.
-    tmp5 = 2.0 / (float(batch) or np.nan)
-
-    # one fused loop over (batch, 1) (_k_y_z2_bar_z2_bar_dot) computes z2_dot, y, y_dot,
-    #   y_bar, y_bar_dot, z2_bar, z2_bar_dot
-    y, z2_bar, z2_bar_dot = _k_y_z2_bar_z2_bar_dot(tmp3, tmp4, z2, t, DTYPE(tmp5))
-
-    # J = mean((y − t)²)
-    J = np.square(y - t).mean()
-    tmp6 = W2.T
-
-    # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
-    h1_bar = z2_bar @ tmp6
-
-    # tmp7 = the term of h1_bar_dot through z2_bar: ∂h1_bar/∂z2_bar · z2_bar_dot,
-    #   through h1_bar = z2_bar @ tmp6
-    tmp7 = z2_bar_dot @ tmp6
-
-    # tmp8 = the term of h1_bar_dot through tmp6: ∂h1_bar/∂tmp6 · (the tangent of tmp6),
-    #   through h1_bar = z2_bar @ tmp6
-    tmp8 = z2_bar @ W2_dot.T
-
-    # one fused loop over (batch, 3) (_k_a1_bar_dot_b1_bar_dot) computes h1_bar_dot,
-    #   a1_bar_dot, b1_bar_dot
-    a1_bar_dot, b1_bar_dot = _k_a1_bar_dot_b1_bar_dot(tmp7, tmp8, tmp1, h1_bar, tmp2)
-    tmp9 = h1.T
-
-    # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
-    W2_bar = tmp9 @ z2_bar
-
-    # tmp10 = the term of W2_bar_dot through tmp9: ∂W2_bar/∂tmp9 · (the tangent of
-    #   tmp9), through W2_bar = tmp9 @ z2_bar
-    tmp10 = h1_dot.T @ z2_bar
-
-    # tmp11 = the term of W2_bar_dot through z2_bar: ∂W2_bar/∂z2_bar · z2_bar_dot,
-    #   through W2_bar = tmp9 @ z2_bar
-    tmp11 = tmp9 @ z2_bar_dot
-
-    # one fused loop over (3, 1) (_k_W2_bar_dot) computes W2_bar_dot
-    W2_bar_dot = _k_W2_bar_dot(tmp10, tmp11)
-
-    # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
-    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, tmp1)
-    tmp12 = x.T
-
-    # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
-    W1_bar = tmp12 @ a1_bar
-
-    # W1_bar_dot = ∂W1_bar/∂a1_bar · a1_bar_dot, through W1_bar = tmp12 @ a1_bar
-    W1_bar_dot = tmp12 @ a1_bar_dot
+    if not _hvp_kernel.overloads:  # the first call compiles it
+        _compile(_hvp_kernel, _HVP_TYPES)
+    # one compiled function (_hvp_kernel) computes J, W1_bar, b1_bar, W2_bar,
+    #   W1_bar_dot, b1_bar_dot, W2_bar_dot
+    J, W1_bar, b1_bar, W2_bar, W1_bar_dot, b1_bar_dot, W2_bar_dot = _hvp_kernel(
+        _taken(x), _taken(t), _taken(W1), _taken(b1), _taken(W2), W1_dot, b1_dot, W2_dot
+    )
+    J = DTYPE(J)
     return (
         float(J),
         {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar},
@@ -919,3 +860,108 @@ def _value_and_grad_kernel(x, t, W1, b1, W2):
     # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = _matmul(x.T, a1_bar)
     return J, W1_bar, b1_bar, W2_bar
+
+
+# argument types: C-contiguous arrays of the module's dtypes; anything else is a
+# TypeError, which the Python-level function explains or retries with copies
+_HVP_TYPES = (
+    numba.float64[:, ::1],
+    numba.float64[:, ::1],
+    numba.float64[:, ::1],
+    numba.float64[::1],
+    numba.float64[:, ::1],
+    numba.float64[:, ::1],
+    numba.float64[::1],
+    numba.float64[:, ::1],
+)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _hvp_kernel(x, t, W1, b1, W2, W1_dot, b1_dot, W2_dot):
+    """Everything hvp() computes, compiled as one function: the arrays in, J, W1_bar,
+    b1_bar, W2_bar, W1_bar_dot, b1_bar_dot, W2_bar_dot out."""
+    batch = x.shape[0]
+    if x.shape[1] != 2:
+        raise ValueError("the shape of 'x'")
+    if t.shape[0] != batch or t.shape[1] != 1:
+        raise ValueError("the shape of 't'")
+    if W1.shape[0] != 2 or W1.shape[1] != 3:
+        raise ValueError("the shape of 'W1'")
+    if b1.shape[0] != 3:
+        raise ValueError("the shape of 'b1'")
+    if W2.shape[0] != 3 or W2.shape[1] != 1:
+        raise ValueError("the shape of 'W2'")
+    if W1_dot.shape[0] != 2 or W1_dot.shape[1] != 3:
+        raise ValueError("the shape of 'W1_dot'")
+    if b1_dot.shape[0] != 3:
+        raise ValueError("the shape of 'b1_dot'")
+    if W2_dot.shape[0] != 3 or W2_dot.shape[1] != 1:
+        raise ValueError("the shape of 'W2_dot'")
+    z1 = _matmul(x, W1)
+
+    # z1_dot = ∂z1/∂W1 · W1_dot, through z1 = x @ W1
+    z1_dot = _matmul(x, W1_dot)
+
+    # one fused loop over (batch, 3) (_k_h1_tmp1_h1_dot_and_1_more) computes a1, a1_dot,
+    #   h1, tmp1, h1_dot, tmp2
+    h1, tmp1, h1_dot, tmp2 = _k_h1_tmp1_h1_dot_and_1_more(z1, b1, z1_dot, b1_dot)
+    z2 = _matmul(h1, W2)
+
+    # tmp3 = the term of z2_dot through h1: ∂z2/∂h1 · h1_dot, through z2 = h1 @ W2
+    tmp3 = _matmul(h1_dot, W2)
+
+    # tmp4 = the term of z2_dot through W2: ∂z2/∂W2 · W2_dot, through z2 = h1 @ W2
+    tmp4 = _matmul(h1, W2_dot)
+
+    # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
+    #   k_bar · ∂k/∂v.
+    tmp5 = 2.0 / (float(batch) or np.nan)
+
+    # one fused loop over (batch, 1) (_k_y_z2_bar_z2_bar_dot) computes z2_dot, y, y_dot,
+    #   y_bar, y_bar_dot, z2_bar, z2_bar_dot
+    y, z2_bar, z2_bar_dot = _k_y_z2_bar_z2_bar_dot(tmp3, tmp4, z2, t, DTYPE(tmp5))
+
+    # J = mean((y − t)²)
+    J = np.square(y - t).mean()
+    tmp6 = W2.T
+
+    # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
+    h1_bar = _matmul(z2_bar, tmp6)
+
+    # tmp7 = the term of h1_bar_dot through z2_bar: ∂h1_bar/∂z2_bar · z2_bar_dot,
+    #   through h1_bar = z2_bar @ tmp6
+    tmp7 = _matmul(z2_bar_dot, tmp6)
+
+    # tmp8 = the term of h1_bar_dot through tmp6: ∂h1_bar/∂tmp6 · (the tangent of tmp6),
+    #   through h1_bar = z2_bar @ tmp6
+    tmp8 = _matmul(z2_bar, W2_dot.T)
+
+    # one fused loop over (batch, 3) (_k_a1_bar_dot_b1_bar_dot) computes h1_bar_dot,
+    #   a1_bar_dot, b1_bar_dot
+    a1_bar_dot, b1_bar_dot = _k_a1_bar_dot_b1_bar_dot(tmp7, tmp8, tmp1, h1_bar, tmp2)
+    tmp9 = h1.T
+
+    # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
+    W2_bar = _matmul(tmp9, z2_bar)
+
+    # tmp10 = the term of W2_bar_dot through tmp9: ∂W2_bar/∂tmp9 · (the tangent of
+    #   tmp9), through W2_bar = tmp9 @ z2_bar
+    tmp10 = _matmul(h1_dot.T, z2_bar)
+
+    # tmp11 = the term of W2_bar_dot through z2_bar: ∂W2_bar/∂z2_bar · z2_bar_dot,
+    #   through W2_bar = tmp9 @ z2_bar
+    tmp11 = _matmul(tmp9, z2_bar_dot)
+
+    # one fused loop over (3, 1) (_k_W2_bar_dot) computes W2_bar_dot
+    W2_bar_dot = _k_W2_bar_dot(tmp10, tmp11)
+
+    # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
+    a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, tmp1)
+    tmp12 = x.T
+
+    # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
+    W1_bar = _matmul(tmp12, a1_bar)
+
+    # W1_bar_dot = ∂W1_bar/∂a1_bar · a1_bar_dot, through W1_bar = tmp12 @ a1_bar
+    W1_bar_dot = _matmul(tmp12, a1_bar_dot)
+    return J, W1_bar, b1_bar, W2_bar, W1_bar_dot, b1_bar_dot, W2_bar_dot
