@@ -24,7 +24,7 @@ from .backends.numpy import memory
 from .backends.numpy.program import NumpyProgram
 from .codegen import optim
 from .codegen.program import stored_weights
-from .codegen.render import compile_module, render_module
+from .codegen.render import check_module, compile_module, render_text
 from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import spec
@@ -154,11 +154,13 @@ class Progress:
 
 @contextlib.contextmanager
 def _stage(name, G=None):
+    size = None if G is None else G.number_of_nodes()
+    del G  # not held while the stage runs: a stage may drop its graph (render)
     observer = _OBSERVER.get()
     if observer is None:
         yield
         return
-    observer.begin(name, None if G is None else G.number_of_nodes())
+    observer.begin(name, size)
     try:
         yield
     finally:
@@ -228,11 +230,12 @@ def _import(source, G, backend, arrays):
     name = f"graphgen_{G.graph.get('name', 'model')}"
     module = types.ModuleType(name)
     module.__dict__["__source__"] = source
-    code = compile_module(source, f"<graphgen {name}>")
+    codes = compile_module(source, f"<graphgen {name}>")
     # the module may define functions whose globals must resolve while it runs
     sys.modules.setdefault(name, module)
     try:
-        exec(code, module.__dict__)  # noqa: S102 - running the code we just generated
+        for code in codes:  # its top-level definitions, in order
+            exec(code, module.__dict__)  # noqa: S102 - running the code we generated
     finally:
         if sys.modules.get(name) is module:
             del sys.modules[name]
@@ -459,7 +462,11 @@ def generate(
         program = BACKENDS[backend](A, backend, source_name, **options)
         context = program.context()
     with _stage("render", A):
-        return render_module(program.env, f"{backend}/module.py.j2", context)
+        text = render_text(program.env, f"{backend}/module.py.j2", context)
+        # CPython's compile of a big module needs more memory than the graph and the
+        # statements: they go first, so that its peak does not stack on theirs
+        del program, context, A
+        return check_module(text)
 
 
 def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forward):

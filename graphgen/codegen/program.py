@@ -13,6 +13,7 @@ and the template context. A backend subclass says how one function's statements 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 from .. import dims, ops
 from .. import graph as g
@@ -106,7 +107,9 @@ class OpForms:
     attributes as :meth:`Program.attrs_code` lowers them."""
 
     def __init__(self, program, macros):
-        self.program = program
+        # weak: no cycle, so the program and its graph go as soon as the module is
+        # rendered (before CPython's compile of it, the peak of a compile's memory)
+        self.program = weakref.proxy(program)
         self.macros = macros
         self._once = {}
 
