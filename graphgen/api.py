@@ -359,7 +359,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
     ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
     (:func:`graphgen.passes.forward.forward_mode`).
     """
-    H = g.copy(G)
+    H = G  # prepare copies it
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
             raise CodegenError(
@@ -371,11 +371,11 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         H = prepare(H)
     if H.graph.get("loss") is not None:
         with _stage("adjoint", H):
-            H = adjoint(H)
+            H = adjoint(H, prepared=True)  # prepared just above
     with _stage("optimize", H):
         H = optimize(H)
     if not (jvp or hvp or hessian):
-        return reuse_inner(H)
+        return reuse_inner(H, copy=False)  # H is this function's own
     with _stage("forward mode", H):
         H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
         # the tangents are roots: optimized like outputs, never removed or moved
@@ -389,7 +389,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         H = optimize(H)
         H.graph["outputs"] = outputs
         H.graph["hessian"] = bool(hessian)
-    return reuse_inner(H)
+    return reuse_inner(H, copy=False)
 
 
 def generate(

@@ -189,3 +189,52 @@ def test_the_program_and_its_graph_are_freed_before_the_module_compiles(monkeypa
         gc.enable()
     assert programs and not alive
 
+
+def _wrap_by_textwrap(text, width, indent):
+    """codegen.comments.wrap_comment as it was: every long comment through textwrap."""
+    import textwrap
+
+    from graphgen.codegen.comments import safe_comment
+
+    text = str(safe_comment(text))
+    words = []
+    for word in text.split(" "):
+        while len(word) > width - 2:
+            cut = max(word.rfind(c, 0, width - 2) for c in ")/(·")
+            if cut <= 0:
+                break
+            words.append(word[: cut + 1])
+            word = word[cut + 1 :]
+        words.append(word)
+    return textwrap.wrap(
+        " ".join(words),
+        width=width,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def test_comments_wrap_as_textwrap_does():
+    import random
+
+    from graphgen.codegen.comments import wrap_comment
+
+    rng = random.Random(0)
+    # words of every length (some longer than a line, some cut at ")"), unicode spaces
+    # that textwrap keeps inside words but drops alone, runs of spaces, tabs
+    alphabet = "ab)(·/x_ " + " " * 6 + "\u3000\xa0\t-"
+    for i in range(20_000):
+        n = rng.choice((5, 30, 80, 150, 300))
+        text = "".join(rng.choice(alphabet) for _ in range(n))
+        if i % 3 == 0:  # mostly ordinary words
+            text = " ".join(
+                "".join(rng.choice("abc)") for _ in range(rng.choice((1, 3, 9, 90))))
+                for _ in range(rng.randrange(1, 40))
+            )
+        width = rng.choice((20, 40, 84))
+        indent = rng.choice(("", "  "))
+        got = wrap_comment(text, width=width, indent=indent)
+        if len(text) <= width - 2 and text[:1] != " " and text[-1:] != " ":
+            continue  # the one-line path, unchanged
+        assert got == _wrap_by_textwrap(text, width, indent), (text, width, indent)

@@ -213,7 +213,7 @@ class Program:
         return self.forms.uses_once(op)
 
     def value(self, n, exprs, names) -> Code:
-        a = self.A.nodes[n]
+        a = g.node_dicts(self.A)[n]
         if a[g.KIND] == g.CONST:
             return literal(a[g.VALUE])
         if a[g.KIND] in (g.INPUT, g.PARAM):
@@ -249,7 +249,7 @@ class Program:
                 if isinstance(d, str) and dims.symbols(d) == [d]:
                     where.setdefault(d, f"arrays[{literal(n)}].shape[{i}]")
         calls = {}
-        order = {m: i for i, m in enumerate(g.schedule(A))}
+        order = {m: i for i, m in enumerate(self.order)}  # g.schedule(A), computed once
         for n in arrays:
             if A.nodes[n][g.DTYPE] != "int64":
                 continue
