@@ -24,7 +24,7 @@ from .backends.numpy import memory
 from .backends.numpy.program import NumpyProgram
 from .codegen import optim
 from .codegen.program import stored_weights
-from .codegen.render import compile_module, render_module
+from .codegen.render import check_module, compile_module, render_text
 from .errors import CodegenError, GraphError
 from .frontends import onnx as onnx_frontend
 from .frontends import shared, spec
@@ -155,11 +155,13 @@ class Progress:
 
 @contextlib.contextmanager
 def _stage(name, G=None):
+    size = None if G is None else G.number_of_nodes()
+    del G  # not held while the stage runs: a stage may drop its graph (render)
     observer = _OBSERVER.get()
     if observer is None:
         yield
         return
-    observer.begin(name, None if G is None else G.number_of_nodes())
+    observer.begin(name, size)
     try:
         yield
     finally:
@@ -229,11 +231,12 @@ def _import(source, G, backend, arrays):
     name = f"graphgen_{G.graph.get('name', 'model')}"
     module = types.ModuleType(name)
     module.__dict__["__source__"] = source
-    code = compile_module(source, f"<graphgen {name}>")
+    codes = compile_module(source, f"<graphgen {name}>")
     # the module may define functions whose globals must resolve while it runs
     sys.modules.setdefault(name, module)
     try:
-        exec(code, module.__dict__)  # noqa: S102 - running the code we just generated
+        for code in codes:  # its top-level definitions, in order
+            exec(code, module.__dict__)  # noqa: S102 - running the code we generated
     finally:
         if sys.modules.get(name) is module:
             del sys.modules[name]
@@ -357,7 +360,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
     ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
     (:func:`graphgen.passes.forward.forward_mode`).
     """
-    H = g.copy(G)
+    H = G  # prepare copies it
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:
             raise CodegenError(
@@ -369,11 +372,11 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         H = prepare(H)
     if H.graph.get("loss") is not None:
         with _stage("adjoint", H):
-            H = adjoint(H)
+            H = adjoint(H, prepared=True)  # prepared just above
     with _stage("optimize", H):
         H = optimize(H)
     if not (jvp or hvp or hessian):
-        return reuse_inner(H)
+        return reuse_inner(H, copy=False)  # H is this function's own
     with _stage("forward mode", H):
         H = forward_mode(H, jvp=jvp, hvp=hvp or hessian)
         # the tangents are roots: optimized like outputs, never removed or moved
@@ -387,7 +390,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         H = optimize(H)
         H.graph["outputs"] = outputs
         H.graph["hessian"] = bool(hessian)
-    return reuse_inner(H)
+    return reuse_inner(H, copy=False)
 
 
 def generate(
@@ -460,7 +463,11 @@ def generate(
         program = BACKENDS[backend](A, backend, source_name, **options)
         context = program.context()
     with _stage("render", A):
-        return render_module(program.env, f"{backend}/module.py.j2", context)
+        text = render_text(program.env, f"{backend}/module.py.j2", context)
+        # CPython's compile of a big module needs more memory than the graph and the
+        # statements: they go first, so that its peak does not stack on theirs
+        del program, context, A
+        return check_module(text)
 
 
 def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forward):

@@ -79,9 +79,20 @@ def operands(G, n):
     if len(pred) == 1:
         for p, e in pred.items():
             return [p] * len(e[POS])
+    if len(pred) == 2:  # most binary ops: two arguments, one position each
+        (p, e), (q, f) = pred.items()
+        i, j = e[POS], f[POS]
+        if len(i) == 1 and len(j) == 1:
+            return [p, q] if i[0] < j[0] else [q, p]
     args = [(i, p) for p, e in pred.items() for i in e[POS]]
     args.sort()  # positions are distinct: node ids are never compared
     return [p for _, p in args]
+
+
+def node_dicts(G):
+    """``{node: its attribute dict}``: ``G.nodes[n]`` without the view, whose per-call
+    cost adds up on the hot paths of a big graph's compile (millions of reads)."""
+    return G._node
 
 
 def add_edge_arg(G, src, dst, position):

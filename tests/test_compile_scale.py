@@ -136,3 +136,105 @@ def test_a_short_compile_shows_nothing_on_a_terminal(tmp_path):
         {"GRAPHGEN_PROGRESS_AFTER": "600", "PYTHONPATH": str(REPO)},
     )
     assert "graphgen: " not in out, out
+
+
+def test_a_module_compiles_one_definition_at_a_time_with_its_line_numbers():
+    from graphgen.codegen import render
+
+    module = graphgen.compile(graphgen.load(REPO / "examples" / "mlp.yaml"))
+    text = module.__source__
+    codes = render._compile(text, "m.py")
+    assert len(codes) == text.count("\n\n\ndef ") + 1
+    lines = text.splitlines()
+    for name in ("forward", "value_and_grad", "init_params"):
+        first = getattr(module, name).__code__.co_firstlineno
+        assert lines[first - 1].startswith(f"def {name}("), name
+    # a cut inside a string would not parse: the text is compiled whole
+    tricky = '"""doc\n\n\ndef f():\n"""\nX = 1\n\n\ndef g():\n    return X\n'
+    (code,) = render._compile(tricky, "t.py")
+    space = {}
+    exec(code, space)  # noqa: S102 - a module text of the test's own
+    assert space["__doc__"] == "doc\n\n\ndef f():\n" and space["g"]() == 1
+
+
+def test_the_program_and_its_graph_are_freed_before_the_module_compiles(monkeypatch):
+    """CPython's compile of a big module needs more memory than anything before it;
+    what codegen built must be gone by then (no reference cycle to wait for)."""
+    import gc
+    import weakref
+
+    from graphgen.api import BACKENDS
+    from graphgen.codegen import render
+
+    alive = []
+    compile_ = render._compile
+
+    def spy(text, filename):
+        alive.extend(p for p in programs if p() is not None)
+        return compile_(text, filename)
+
+    programs = []
+    init = BACKENDS["numpy"].__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        programs.append(weakref.ref(self))
+
+    monkeypatch.setattr(render, "_compile", spy)
+    monkeypatch.setattr(BACKENDS["numpy"], "__init__", remember)
+    gc.disable()  # only reference counting frees what is not alive
+    try:
+        graphgen.generate(graphgen.load(REPO / "examples" / "mlp.yaml"))
+    finally:
+        gc.enable()
+    assert programs and not alive
+
+
+def _wrap_by_textwrap(text, width, indent):
+    """codegen.comments.wrap_comment as it was: every long comment through textwrap."""
+    import textwrap
+
+    from graphgen.codegen.comments import safe_comment
+
+    text = str(safe_comment(text))
+    words = []
+    for word in text.split(" "):
+        while len(word) > width - 2:
+            cut = max(word.rfind(c, 0, width - 2) for c in ")/(·")
+            if cut <= 0:
+                break
+            words.append(word[: cut + 1])
+            word = word[cut + 1 :]
+        words.append(word)
+    return textwrap.wrap(
+        " ".join(words),
+        width=width,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def test_comments_wrap_as_textwrap_does():
+    import random
+
+    from graphgen.codegen.comments import wrap_comment
+
+    rng = random.Random(0)
+    # words of every length (some longer than a line, some cut at ")"), unicode spaces
+    # that textwrap keeps inside words but drops alone, runs of spaces, tabs
+    alphabet = "ab)(·/x_ " + " " * 6 + "\u3000\xa0\t-"
+    for i in range(20_000):
+        n = rng.choice((5, 30, 80, 150, 300))
+        text = "".join(rng.choice(alphabet) for _ in range(n))
+        if i % 3 == 0:  # mostly ordinary words
+            text = " ".join(
+                "".join(rng.choice("abc)") for _ in range(rng.choice((1, 3, 9, 90))))
+                for _ in range(rng.randrange(1, 40))
+            )
+        width = rng.choice((20, 40, 84))
+        indent = rng.choice(("", "  "))
+        got = wrap_comment(text, width=width, indent=indent)
+        if len(text) <= width - 2 and text[:1] != " " and text[-1:] != " ":
+            continue  # the one-line path, unchanged
+        assert got == _wrap_by_textwrap(text, width, indent), (text, width, indent)

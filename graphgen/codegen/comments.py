@@ -42,14 +42,33 @@ def wrap_comment(text, width=LINE - INDENT - 2, indent="  "):
             words.append(word[: cut + 1])
             word = word[cut + 1 :]
         words.append(word)
-    lines = textwrap.wrap(
-        " ".join(words),
-        width=width,
-        subsequent_indent=indent,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-    return [Code(line) for line in lines]
+    if not all(w.strip() for w in words):  # runs of spaces, whitespace-only words
+        lines = textwrap.wrap(
+            " ".join(words),
+            width=width,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        return [Code(line) for line in lines]
+    return [Code(line) for line in _fill(words, width, indent)]
+
+
+def _fill(words, width, indent):
+    """What ``textwrap.wrap`` makes of words joined by single spaces (none of them
+    empty or whitespace) without breaking a word: each line takes words while they fit,
+    a word too long for any line stands alone. Without textwrap's general machinery, a
+    tenth of a big module's codegen (checked against textwrap on random strings:
+    tests/test_compile_scale.py)."""
+    lines, line, room = [], words[0], width
+    for w in words[1:]:
+        if len(line) + 1 + len(w) <= room:
+            line = f"{line} {w}"
+        else:
+            lines.append(line)
+            line, room = indent + w, width
+    lines.append(line)
+    return lines
 
 
 def docstring_lines(text):
@@ -72,9 +91,12 @@ class Comments:
         self.loss = loss
 
     def display(self, names):
+        named = self.namer.names  # read directly: hundreds of thousands of calls
+
         def show(n):
-            if n in self.namer:
-                return self.namer[n]
+            v = named.get(n)
+            if v is not None:
+                return v
             if n not in names and n not in self.A and not str(n).startswith("bwd/"):
                 return sanitize(n)  # a spec node the optimizer removed (a first loss)
             return names.get(n, "…")
@@ -84,7 +106,7 @@ class Comments:
     def pass_of(self, n):
         """(loss, adjoint map) of the adjoint pass that made node ``n``."""
         passes = self.A.graph.get("passes") or []
-        p = self.A.nodes[n].get(g.PASS) if n in self.A else None
+        p = g.node_dicts(self.A)[n].get(g.PASS) if n in self.A else None
         if p is not None and p < len(passes):
             return passes[p]["loss"], passes[p]["adjoints"]
         return self.loss, self.A.graph.get("adjoints") or {}
@@ -129,7 +151,7 @@ class Comments:
         return self.note(text, ids, A.nodes[n][g.ATTRS], names)
 
     def comments(self, n, names):
-        A, a = self.A, self.A.nodes[n]
+        A, a = self.A, g.node_dicts(self.A)[n]
         show = self.display(names)
         if a.get(g.DOT):
             return self.tangent_comments(n, names)

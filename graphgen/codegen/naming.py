@@ -131,20 +131,19 @@ def node_names(A, order=None) -> Namer:
     (``order``: ``graph.schedule(A)``, when the caller has it)."""
     nm = Namer()
     order = g.schedule(A) if order is None else order
+    nodes = g.node_dicts(A)
     for n in order:
-        if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM):
+        if nodes[n][g.KIND] in (g.INPUT, g.PARAM):
             nm.name(n)
     for n in order:
-        a = A.nodes[n]
+        a = nodes[n]
         if a[g.KIND] == g.OPNODE and a[g.ROLE] == g.FORWARD and not a.get(g.DOT):
             nm.name(n)
-    symbols = sorted(
-        {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
-    )
+    symbols = sorted({s for n in A for d in nodes[n][g.SHAPE] for s in dims.symbols(d)})
     for s in symbols:
         nm.name(("dim", s), s)
     for n in order:
-        a = A.nodes[n]
+        a = nodes[n]
         if a[g.ROLE] != g.BACKWARD or a[g.KIND] != g.OPNODE:
             continue
         if g.ADJOINT_OF in a:
@@ -153,7 +152,7 @@ def node_names(A, order=None) -> Namer:
             k, j = a[g.CONTRIB]
             nm.name(n, f"{nm.names.get(j, j)}_bar_via_{nm.names.get(k, k)}")
     for n in order:
-        a = A.nodes[n]
+        a = nodes[n]
         if a[g.KIND] == g.OPNODE and a.get(g.DOT) and a.get(g.TANGENT_OF) in nm.names:
             nm.name(n, f"{nm.names[a[g.TANGENT_OF]]}_dot")
     return nm

@@ -13,6 +13,7 @@ and the template context. A backend subclass says how one function's statements 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 from .. import dims, ops
 from .. import graph as g
@@ -108,7 +109,9 @@ class OpForms:
     attributes as :meth:`Program.attrs_code` lowers them."""
 
     def __init__(self, program, macros):
-        self.program = program
+        # weak: no cycle, so the program and its graph go as soon as the module is
+        # rendered (before CPython's compile of it, the peak of a compile's memory)
+        self.program = weakref.proxy(program)
         self.macros = macros
         self._once = {}
 
@@ -212,7 +215,7 @@ class Program:
         return self.forms.uses_once(op)
 
     def value(self, n, exprs, names) -> Code:
-        a = self.A.nodes[n]
+        a = g.node_dicts(self.A)[n]
         if a[g.KIND] == g.CONST:
             return literal(a[g.VALUE])
         if a[g.KIND] in (g.INPUT, g.PARAM):
@@ -248,7 +251,7 @@ class Program:
                 if isinstance(d, str) and dims.symbols(d) == [d]:
                     where.setdefault(d, f"arrays[{literal(n)}].shape[{i}]")
         calls = {}
-        order = {m: i for i, m in enumerate(g.schedule(A))}
+        order = {m: i for i, m in enumerate(self.order)}  # g.schedule(A), computed once
         for n in arrays:
             if A.nodes[n][g.DTYPE] != "int64":
                 continue

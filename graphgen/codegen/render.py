@@ -13,6 +13,8 @@ import __future__
 import contextlib
 import contextvars
 import dataclasses
+import itertools
+import re
 import types
 from functools import cache
 from pathlib import Path
@@ -156,8 +158,25 @@ BOOKKEEPING = frozenset(
 )
 
 
+# the types vet() passes as they are (exact types: a subclass of str is not Code)
+_VETTED = frozenset({Code, type(None), bool, int, float})
+
+
+@cache
+def _printed_fields(cls):
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in BOOKKEEPING)
+
+
 def vet(value, path="context"):
     """Every string handed to a template must be vetted Code."""
+    _vet(value, path)
+
+
+def _vet(value, path):
+    # ``path`` is spelled only for an error: (parent, ".key") or (parent, "[i]") pairs,
+    # since the context of a big module has hundreds of thousands of values
+    if type(value) in _VETTED:
+        return
     if (
         isinstance(value, Code)
         or value is None
@@ -165,43 +184,97 @@ def vet(value, path="context"):
     ):
         return
     if isinstance(value, str):
-        raise CodegenError(f"internal: unvetted string at {path}: {value!r:.60}")
+        raise CodegenError(
+            f"internal: unvetted string at {_spell(path)}: {value!r:.60}"
+        )
     if isinstance(value, dict):
         for k, v in value.items():
-            vet(v, f"{path}.{k}")
+            if type(v) not in _VETTED:
+                _vet(v, (path, f".{k}"))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            vet(v, f"{path}[{i}]")
+            if type(v) not in _VETTED:
+                _vet(v, (path, f"[{i}]"))
     elif dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            if f.name not in BOOKKEEPING:
-                vet(getattr(value, f.name), f"{path}.{f.name}")
+        for name in _printed_fields(type(value)):
+            v = getattr(value, name)
+            if type(v) not in _VETTED:
+                _vet(v, (path, f".{name}"))
     else:
-        raise CodegenError(f"internal: cannot render {type(value).__name__} at {path}")
+        raise CodegenError(
+            f"internal: cannot render {type(value).__name__} at {_spell(path)}"
+        )
+
+
+def _spell(path):
+    parts = []
+    while isinstance(path, tuple):
+        path, part = path
+        parts.append(part)
+    return path + "".join(reversed(parts))
 
 
 # The flags every generated module is compiled with (the syntax check and the import).
 COMPILE_FLAGS = __future__.annotations.compiler_flag
 
-# The last module rendered and its code object: the syntax check's compile is the one
+# The last module rendered and its code objects: the syntax check's compile is the one
 # the import runs, rather than a second compile of the same text (on a 10,000-node graph,
 # over a second). One slot, so at most one module's code is kept.
 _last_compiled = (None, None)
 
+# Where a top-level definition starts: ruff's two blank lines before it.
+_TOP = re.compile(r"\n\n\n(?=def |class |@)")
 
-def render_module(env, template, ctx) -> str:
-    """Render a module template with a vetted context; the result must parse."""
-    global _last_compiled
+
+def _compile(text, filename):
+    """The code objects of ``text``: one per top-level definition (and one for what comes
+    before the first), to be run in order in the module's namespace.
+
+    CPython's parser holds the syntax tree of what it compiles: cut at the definitions,
+    it holds one function's at a time, not the module's (on a 10,000-node graph, half
+    the compile's peak memory). Each piece is padded with the newlines before it, so
+    line numbers are the module's. A cut that falls inside a string leaves a piece that
+    does not parse: then the module is compiled whole.
+    """
+    starts = [0] + [m.end() for m in _TOP.finditer(text)] + [len(text)]
+    codes, line = [], 0
+    try:
+        for a, b in itertools.pairwise(starts):
+            piece = text[a:b]
+            codes.append(
+                compile(
+                    "\n" * line + piece,
+                    filename,
+                    "exec",
+                    COMPILE_FLAGS,
+                    dont_inherit=True,
+                )
+            )
+            line += piece.count("\n")
+    except SyntaxError:
+        return (compile(text, filename, "exec", COMPILE_FLAGS, dont_inherit=True),)
+    return tuple(codes)
+
+
+def render_text(env, template, ctx) -> str:
+    """A module template rendered with a vetted context, not checked yet (see
+    :func:`check_module`)."""
     vet(ctx)
-    text = env.get_template(template).render(**ctx)
+    return env.get_template(template).render(**ctx)
+
+
+def check_module(text) -> str:
+    """``text`` if it parses (a bug in graphgen if not). Its code objects are kept for
+    :func:`compile_module`."""
+    global _last_compiled
     _last_compiled = (None, None)
     try:
         # compiled, not ast.parse'd: the same syntax check without building a Python
         # object per syntax node (on a 100,000-node graph, gigabytes and most of render)
-        code = compile(text, "<graphgen>", "exec", COMPILE_FLAGS, dont_inherit=True)
+        codes = _compile(text, "<graphgen>")
     except SyntaxError as e:  # a bug in graphgen, never in the user's spec
         raise CodegenError(f"internal: generated code does not parse: {e}") from None
-    _last_compiled = (text, code)
+    _last_compiled = (text, codes)
     return text
 
 
@@ -214,11 +287,12 @@ def _named(code, filename):
 
 
 def compile_module(text, filename):
-    """The code object of a generated module's ``text``: the one :func:`render_module`
-    compiled when ``text`` is the module it rendered last, else a fresh compile."""
+    """The code objects of a generated module's ``text``, to run in order in its
+    namespace: the ones :func:`check_module` compiled when ``text`` is the module it
+    checked last, else a fresh compile."""
     global _last_compiled
-    last, code = _last_compiled
+    last, codes = _last_compiled
     if last is not text and last != text:
-        return compile(text, filename, "exec", COMPILE_FLAGS, dont_inherit=True)
+        return _compile(text, filename)
     _last_compiled = (None, None)
-    return _named(code, filename)
+    return tuple(_named(code, filename) for code in codes)

@@ -54,9 +54,9 @@ class Schedule:
         # the module's schedule restricted to what the roots need: the same list as
         # g.schedule(A, need), since need holds every predecessor of its nodes (a node
         # outside it never delays one inside), without sorting again per function
-        need = self.need
+        need, nodes = self.need, g.node_dicts(A)
         self.order = [
-            n for n in program.order if n in need and A.nodes[n][g.KIND] == g.OPNODE
+            n for n in program.order if n in need and nodes[n][g.KIND] == g.OPNODE
         ]
         self.uses = {}
         self.consumer = {}
@@ -94,10 +94,11 @@ class Schedule:
     def reads(self, n, inline):
         """The values statement ``n`` reads, through the temporaries folded into it."""
         out = []
+        nodes = g.node_dicts(self.A)
         for p in g.operands(self.A, n):
             if p in inline:
                 out.extend(q for q in self.reads(p, inline) if q not in out)
-            elif self.A.nodes[p][g.KIND] == g.OPNODE and p not in out:
+            elif nodes[p][g.KIND] == g.OPNODE and p not in out:
                 out.append(p)
         return out
 

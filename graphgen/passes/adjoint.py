@@ -96,7 +96,7 @@ def relevant_nodes(G, loss, wrt):
     return g.reach(G, [loss]) & g.reach(G, wrt, backward=False)
 
 
-def adjoint(G, loss=None, wrt=None):
+def adjoint(G, loss=None, wrt=None, *, prepared=False):
     """Build the adjoint graph: the forward graph plus the nodes computing every gradient.
 
     Parameters
@@ -105,6 +105,9 @@ def adjoint(G, loss=None, wrt=None):
         A graphgen graph (from :func:`graphgen.load` or built by hand).
     loss, wrt : optional
         Override ``G.graph["loss"]`` and ``G.graph["wrt"]``.
+    prepared : bool
+        ``G`` is a graph :func:`~graphgen.passes.shapes.prepare` returned, unchanged
+        since: copied rather than validated and inferred again (``api.lower``).
 
     Returns
     -------
@@ -119,12 +122,14 @@ def adjoint(G, loss=None, wrt=None):
     >>> sorted(A.nodes[A.graph["grads"]["W1"]]["role"] for _ in [0])
     ['backward']
     """
-    H = g.copy(G)
+    H = G  # prepare copies it; the overrides go on a copy of their own
+    if loss is not None or wrt is not None:
+        H = g.copy(G)
     if loss is not None:
         H.graph["loss"] = loss
     if wrt is not None:
         H.graph["wrt"] = list(wrt)
-    H = prepare(H)
+    H = g.copy(H) if prepared and H is G else prepare(H)
     loss, wrt = H.graph["loss"], H.graph["wrt"]
     src = g.source_of(H)
     if loss is None:

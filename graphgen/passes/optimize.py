@@ -20,7 +20,7 @@ LABELS = (g.ADJOINT_OF, g.SUMS, g.CONTRIB, g.NOTE)
 
 
 def _protected(G):
-    keep = {n for n in G if G.nodes[n][g.KIND] in (g.INPUT, g.PARAM)}
+    keep = {n for n, a in g.node_dicts(G).items() if a[g.KIND] in (g.INPUT, g.PARAM)}
     keep |= set(G.graph.get("outputs") or [])
     if G.graph.get("loss") is not None:
         keep.add(G.graph["loss"])
@@ -75,8 +75,7 @@ def _follow_merges(G, merged):
             {**p, "adjoints": {w: final(v) for w, v in p["adjoints"].items()}}
             for p in G.graph["passes"]
         ]
-    for n in G:
-        a = G.nodes[n]
+    for a in g.node_dicts(G).values():
         note = a.get(g.NOTE)
         if note and any(v in merged for v in note[1].values()):
             a[g.NOTE] = (note[0], {k: final(v) for k, v in note[1].items()}, note[2])
@@ -104,19 +103,20 @@ def fold_constants(G):
 
 
 def _fold_constants(H):
+    nodes = g.node_dicts(H)
     for n in g.schedule(H):
-        a = H.nodes[n]
+        a = nodes[n]
         if a[g.KIND] != g.OPNODE or tuple(a[g.SHAPE]) != ():
             continue
         args = g.operands(H, n)
-        if any(H.nodes[p][g.KIND] != g.CONST for p in args):
+        if any(nodes[p][g.KIND] != g.CONST for p in args):
             continue
         op = ops.get(a[g.OP])
         if not op.can_fold(a[g.ATTRS]):
             continue
         with np.errstate(all="ignore"):
             value = op.impl(
-                *[np.float64(H.nodes[p][g.VALUE]) for p in args], **a[g.ATTRS]
+                *[np.float64(nodes[p][g.VALUE]) for p in args], **a[g.ATTRS]
             )
         value = float(np.asarray(value))  # inf and nan too: layout.literal spells them
         for p in dict.fromkeys(args):  # add_n(c, c) is one edge
@@ -132,7 +132,7 @@ class _Site:
     """One op node as the ops' identity rules see it (``Op.identities``)."""
 
     def __init__(self, G, n):
-        a = G.nodes[n]
+        a = g.node_dicts(G)[n]
         self.G = G
         self.op, self.attrs, self.shape = a[g.OP], a[g.ATTRS], tuple(a[g.SHAPE])
         self.args = g.operands(G, n)
@@ -153,7 +153,7 @@ class _Site:
 def _simplify_one(G, n):
     """The node ``n`` can be replaced by, or None: the first of its op's identities
     that holds."""
-    a = G.nodes[n]
+    a = g.node_dicts(G)[n]
     if a[g.KIND] != g.OPNODE:
         return None
     rules = ops.get(a[g.OP]).identities
@@ -183,20 +183,21 @@ def _drop_broadcasts(G, n):
     this once did, finds the same ones: an argument refused stays refused when another
     gets a smaller shape, as every argument broadcasts to the result's shape.)
     """
-    a = G.nodes[n]
+    nodes = g.node_dicts(G)
+    a = nodes[n]
     if a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).elementwise:
         return
     args = g.operands(G, n)
-    shapes = [G.nodes[q][g.SHAPE] for q in args]
+    shapes = [nodes[q][g.SHAPE] for q in args]
     target = tuple(a[g.SHAPE])
     for i in range(len(args)):
         while True:
             p = args[i]
-            op = G.nodes[p].get(g.OP)
+            op = nodes[p].get(g.OP)
             if op is None or not ops.get(op).broadcasts:
                 break
             v = g.operands(G, p)[0]
-            old, shapes[i] = shapes[i], G.nodes[v][g.SHAPE]
+            old, shapes[i] = shapes[i], nodes[v][g.SHAPE]
             if ops.broadcast_shapes(*shapes) != target:
                 shapes[i] = old
                 break
@@ -228,15 +229,18 @@ def _simplify(H):
 
 
 def _key(G, n):
-    a = G.nodes[n]
+    nodes = g.node_dicts(G)
+    a = nodes[n]
     if a[g.KIND] == g.CONST:
         return ("const", a[g.VALUE], a[g.DTYPE])
     if a[g.KIND] != g.OPNODE:
         return None
     args = g.operands(G, n)
     if ops.get(a[g.OP]).commutative:
-        args = sorted(args, key=lambda p: G.nodes[p][g.SEQ])
-    return (a[g.OP], json.dumps(a[g.ATTRS], sort_keys=True, default=str), tuple(args))
+        args = sorted(args, key=lambda p: nodes[p][g.SEQ])
+    attrs = a[g.ATTRS]  # most ops have none: json.dumps({}) is "{}"
+    text = json.dumps(attrs, sort_keys=True, default=str) if attrs else "{}"
+    return (a[g.OP], text, tuple(args))
 
 
 def cse(G):
@@ -286,7 +290,7 @@ PASSES = (
 
 
 def count_ops(G):
-    return sum(1 for n in G if G.nodes[n][g.KIND] == g.OPNODE)
+    return sum(1 for a in g.node_dicts(G).values() if a[g.KIND] == g.OPNODE)
 
 
 def optimize(G, max_rounds=10):
@@ -315,15 +319,24 @@ def optimize(G, max_rounds=10):
     return H
 
 
-def reuse_inner(G):
+def reuse_inner(G, copy=True):
     """Ops that compute an inner value their VJP builds as well (``Op.splits``: fused
     attention computes the probabilities P that its backward pass needs) are rewritten
     as the outer op on the node the VJP built: P is computed once, in the forward pass,
     and kept for the backward pass, instead of computed inside the fused op, dropped,
-    and computed again. That node becomes part of the forward pass."""
-    H = g.copy(G)
+    and computed again. That node becomes part of the forward pass.
+
+    ``copy=False`` rewrites ``G`` itself (for a caller that owns it).
+    """
+    H = g.copy(G) if copy else G
     merged = {}
-    for n in sorted(H, key=str):
+    # the ops to rewrite, in the order of their ids (most graphs have none)
+    splits = [
+        n
+        for n, a in g.node_dicts(H).items()
+        if a[g.KIND] == g.OPNODE and ops.get(a[g.OP]).splits
+    ]
+    for n in sorted(splits, key=str):
         a = H.nodes.get(n)
         if a is None or a[g.KIND] != g.OPNODE or not ops.get(a[g.OP]).splits:
             continue

@@ -15,6 +15,8 @@ were inlined into it). From that:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ... import dims, ops
@@ -71,9 +73,8 @@ MIN_INPLACE_ELEMENTS = 64
 
 def big_enough(shape):
     """Whether in-place work pays for arrays of ``shape`` (symbolic sizes count as 1)."""
-    return (
-        int(np.prod([d for d in shape if isinstance(d, int)])) >= MIN_INPLACE_ELEMENTS
-    )
+    # math.prod, not np.prod: the same number without an array per call
+    return math.prod(d for d in shape if isinstance(d, int)) >= MIN_INPLACE_ELEMENTS
 
 
 def plan_buffers(G, program, keep):
@@ -98,8 +99,10 @@ def plan_buffers(G, program, keep):
     # them, and whether one is kept (updated as values join: no scan of them per read)
     last_read, kept = {}, set()
 
+    nodes = g.node_dicts(G)
+
     def free_at(p, i):
-        a = G.nodes[p]
+        a = nodes[p]
         if a[g.KIND] != g.OPNODE or kept_by_module(a) or p not in index:
             return False
         b = base(p)
@@ -118,13 +121,13 @@ def plan_buffers(G, program, keep):
 
     plan = []
     for i, (n, _) in enumerate(program):
-        a = G.nodes[n]
+        a = nodes[n]
         choice = None
         args = g.operands(G, n)
         shape = tuple(a[g.SHAPE])
         if shape != ():
             fits = [
-                p for p in args if tuple(G.nodes[p][g.SHAPE]) == shape and free_at(p, i)
+                p for p in args if tuple(nodes[p][g.SHAPE]) == shape and free_at(p, i)
             ]
             if (
                 ops.get(a[g.OP]).sums
@@ -138,7 +141,7 @@ def plan_buffers(G, program, keep):
                 )  # add_n(t, u, t) would read t after writing it
             elif has_ufunc(a) and fits and big_enough(shape):
                 # prefer a temporary's buffer: the code then reads as one value updated
-                fits.sort(key=lambda p: G.nodes[p].get(g.ROLE) != g.BACKWARD)
+                fits.sort(key=lambda p: nodes[p].get(g.ROLE) != g.BACKWARD)
                 choice = ("out", fits[0])
         if choice is not None:
             base_of[n] = base(choice[1])
