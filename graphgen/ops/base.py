@@ -140,6 +140,13 @@ class Op:
     keeps_int : bool
         It only rearranges its first argument (``reshape``): given int64 indices, it
         gives int64 indices (no gradient flows through them).
+    dtype : callable, optional
+        The dtype rule of an op that makes int64: ``dtype(in_dtypes, attrs) -> "int64"
+        or None`` (None: the graph's float dtype), from its arguments' dtypes and its
+        inferred attributes (``range``: always int64; ``constant_of_shape``: int64 when
+        its value is an integer). No gradient flows out of an int64 result: its VJP
+        rule is None and the adjoint pass stops there. The registry test checks its
+        values against ``impl`` instead of finite differences.
     """
 
     name: str
@@ -178,6 +185,7 @@ class Op:
     math_when: tuple = ()
     skips: Callable | None = None
     splits: tuple = ()
+    dtype: Callable | None = None
 
     def math_for(self, attrs):
         """The math text of a node with these (inferred) attributes."""
@@ -359,6 +367,11 @@ def symmetric(vjp):
 
     rule.how = "its VJP with ẋ for ȳ (the Jacobian is symmetric)"
     return rule
+
+
+def int64(in_dtypes, attrs):
+    """The dtype rule of an op whose result is always int64 (:attr:`Op.dtype`)."""
+    return "int64"
 
 
 def no_tangent(b, c):

@@ -255,6 +255,9 @@ def _infer_op(H, n, fdtype):
     in_shapes = [H.nodes[p][g.SHAPE] for p in args]
     try:
         attrs, shape = ops.infer(op, in_shapes, dict(a.get(g.ATTRS) or {}))
+        if op.dtype is not None:  # an op that makes int64 says so from its inputs
+            in_dtypes = tuple(H.nodes[p][g.DTYPE] for p in args)
+            out_dtype = op.dtype(in_dtypes, attrs) or fdtype
     except GraphError as e:  # an attribute unknown to the op, or a required one missing
         raise _err(GraphError, H, n, e.message) from None
     except GraphgenError as e:
