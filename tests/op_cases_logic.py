@@ -21,6 +21,8 @@ CASES = {
         Case(((3, 1), (1, 4), (3, 4))),  # a and b broadcast: their gradients sum
         Case(((4, 4), (2, 1, 4, 4), (4,))),
         Case(((2, 3), (2, 3)), args=(0, 1, 1), label="a-is-b"),
+        # int64 branches: an int64 choice, exact, no gradient
+        Case(((3, 1), (1, 4), (3, 4)), ints=(1, 2), labels=(-9, 9), label="int64"),
     ],
     "take": [
         Case(((5, 3),), {"indices": [[0, 4], [4, -1]]}),  # N-D, repeated, negative

@@ -117,7 +117,6 @@ EXCLUDED = {
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
     "Indices output",
     r"_string": "string tensors",
-    r"^test_where_long_example": "Where choosing between int64 tensors at run time",
     r"^test_not_\dd": "opset 1 models: graphgen supports opsets 7 and newer",
     r"^test_(cumsum|gathernd|max|min)_.*int(32|64)|^test_pow_types_.*int": "integer "
     "data of CumSum, GatherND, Max, Min and Pow at run time (int64 at run time: Add, "

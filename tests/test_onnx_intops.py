@@ -392,3 +392,62 @@ def test_a_range_shorter_than_compiled_for_is_refused_by_the_module(backend):
     assert m.forward(x=np.ones(5))["y"] == (0 + 1 + 2) * 5.0
     with pytest.raises(ValueError, match="range 'pos'.*compiled for -1"):
         m.forward(x=np.ones(1))
+
+
+def test_reshape_and_expand_to_shapes_of_dynamic_axes_keep_them_dynamic():
+    # Reshape(x, Concat(Shape(x)[:1], [-1])) and Expand(b, Shape(x)): the shapes are
+    # int64 tensors read off the module's sizes, so one module serves every batch
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(
+        [
+            oh.make_node("Shape", ["x"], ["sh"]),
+            oh.make_node("Slice", ["sh", "zero1", "one1"], ["lead"]),
+            oh.make_node("Concat", ["lead", "minus1"], ["flat"], axis=0),
+            oh.make_node("Reshape", ["x", "flat"], ["f"]),
+            oh.make_node("Mul", ["S", "two"], ["width"]),  # S * 2 at run time
+            oh.make_node("Equal", ["width", "four"], ["is4"]),
+            oh.make_node("Expand", ["b", "sh"], ["bb"]),
+            oh.make_node("Add", ["x", "bb"], ["xb"]),
+            oh.make_node("Reshape", ["xb", "flat"], ["g"]),
+            oh.make_node("Where", ["is4", "f", "g"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, ["B", "S"])],
+        [
+            ("zero1", np.array([0], np.int64)),
+            ("one1", np.array([1], np.int64)),
+            ("minus1", np.array([-1], np.int64)),
+            ("two", np.array(2, np.int64)),
+            ("four", np.array(4, np.int64)),
+            ("b", np.array([0.5])),
+        ],
+    )
+    model.graph.node.insert(1, oh.make_node("Gather", ["sh", "one"], ["S"]))
+    model.graph.initializer.append(nh.from_array(np.array(1, np.int64), "one"))
+    session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64", freeze=["b"]))
+    for shape in [(2, 2), (3, 5)]:
+        x = np.random.default_rng(9).standard_normal(shape)
+        want = session.run(None, {"x": x})[0]
+        np.testing.assert_array_equal(m.forward(x=x)["y"], want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_where_choosing_int64_ids_at_run_time_stays_int64(backend):
+    # padded positions read row 0 of the embedding: Where(am == 0, 0, ids)
+    model = _model(
+        [
+            oh.make_node("Equal", ["am", "zero"], ["pad"]),
+            oh.make_node("Where", ["pad", "zero", "ids"], ["safe"]),
+            oh.make_node("Gather", ["E", "safe"], ["e"]),
+            oh.make_node("Mul", ["e", "e"], ["y"]),
+        ],
+        [("ids", TensorProto.INT64, [2, 3]), ("am", TensorProto.INT64, [2, 3])],
+        [("zero", np.array(0, np.int64)), ("E", np.arange(10.0).reshape(5, 2))],
+    )
+    arrays = {
+        "ids": np.array([[4, 2, 3], [1, 1, 4]]),
+        "am": np.array([[1, 1, 0], [1, 0, 0]]),
+    }
+    _check(model, arrays, backend, ["E"])

@@ -258,7 +258,7 @@ def sample(op, case, rng):
         domain = next(d for d in DOMAIN_PRIORITY if d in domains or d == "real")
         if case.values and j in case.values:
             v = np.asarray(case.values[j], dtype=np.int64)
-        elif domain == "labels":
+        elif domain == "labels" or j in case.ints:
             depth = case.attrs["depth"] if "depth" in case.attrs else case.shapes[0][-1]
             low, high = getattr(case, "labels", None) or (0, depth)
             v = rng.integers(low, high, size=shape).astype(np.int64)
@@ -274,7 +274,7 @@ def op_graph(op, case, arrays, dtype="float64"):
     An op whose result is int64 (its ``dtype`` rule) has no gradient: the loss reads
     ``int_to_float(y)`` and is differentiated with respect to ``w`` alone."""
     arg_inputs = case.arg_inputs()
-    int_inputs = {arg_inputs[i] for i in op.int_args}
+    int_inputs = {arg_inputs[i] for i in op.int_args} | set(case.ints)
     spec = {}
     for j, shape in enumerate(case.shapes):
         spec[f"in{j}"] = ("input", shape, "int64" if j in int_inputs else dtype)

@@ -51,6 +51,12 @@ def _emit_mask(imp, op, args, out, **attrs):
 @handles("Where", inputs=(3, 3), dtypes="*")
 def op_Where(imp, node, ins, attrs):
     cond = mask(imp, ins[0], "Where's condition")
+    ints = [is_int(imp, i) for i in ins[1:]]
+    if any(ints):  # a choice between int64 tensors is int64 (where's dtype rule)
+        if not all(ints):
+            raise Unsupported("Where choosing between int64 and float tensors")
+        args = [int_arg(imp, i) for i in ins[1:]]
+        return emit_int(imp, "where", [cond, *args], node.output[0])
     if is_mask(imp, ins[1]) and is_mask(imp, ins[2]):  # a choice between masks
         a, b = mask(imp, ins[1], "input 1"), mask(imp, ins[2], "input 2")
         return _emit_mask(imp, "where", [cond, a, b], node.output[0])
@@ -148,7 +154,7 @@ def _compare_ints(imp, node, ins, runs):
 def op_Expand(imp, node, ins, attrs):
     """``Expand(x, shape)``: ``x`` broadcast against ``shape`` (both ways: a 1 in
     ``shape`` keeps ``x``'s size)."""
-    target = imp.ints(ins[1], "shape")
+    target = sizes(imp, ins[1], "shape")  # symbolic: a shape of dynamic axes
     was_mask = is_mask(imp, ins[0])
     x = mask(imp, ins[0], "input 0") if was_mask else imp.value(ins[0])
     have = imp.shape_of(x)
@@ -299,6 +305,17 @@ def known_size(d, what):
             "it known at compile time"
         )
     return d
+
+
+def sizes(imp, name, what):
+    """A 1-D integer tensor as a list of sizes: known at compile time, or computed at
+    run time from sizes the module knows (a shape of dynamic axes)."""
+    if imp.t[name][0] == "const":
+        return imp.ints(name, what)
+    entries = int_values(imp, name)
+    if entries is None or entries.ndim != 1:
+        raise Unsupported(f"{what} must be known at compile time")
+    return [known_size(d, what) for d in entries]
 
 
 def emit_int(imp, op, args, out, values=None, **attrs):

@@ -91,7 +91,7 @@ def _reshape_to(imp, x, shape, out):
 @handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="*i")
 def op_Reshape(imp, node, ins, attrs):
     x = imp.value(ins[0])
-    target = imp.ints(ins[1], "shape")
+    target = onnx_logic.sizes(imp, ins[1], "shape")  # symbolic: a shape of dynamic axes
     have = imp.shape[x]
     allowzero = attrs.get("allowzero", 0)
     shape = []
@@ -104,7 +104,7 @@ def op_Reshape(imp, node, ins, attrs):
                 )
             shape.append(have[i])
         else:
-            shape.append(int(s))
+            shape.append(s)
     return _reshape_to(imp, x, shape, node.output[0])
 
 
@@ -281,13 +281,7 @@ def op_ConstantOfShape(imp, node, ins, attrs):
 def _constant_of_run_time_shape(imp, name, value, out):
     """``ConstantOfShape`` of sizes computed at run time (a shape of dynamic axes):
     their values must be known at compile time (the module checks them)."""
-    entries = onnx_logic.int_values(imp, name)
-    if entries is None or entries.ndim != 1:
-        raise Unsupported(
-            "its shape is computed at run time and not tracked; graphgen needs it "
-            "known at compile time"
-        )
-    shape = [onnx_logic.known_size(d, "its shape") for d in entries]
+    shape = onnx_logic.sizes(imp, name, "its shape")
     if any(isinstance(d, int) and d < 0 for d in shape):
         raise SpecError(f"shape {shape} has a negative size")
     kind = value.dtype.kind

@@ -143,10 +143,14 @@ class Op:
     dtype : callable, optional
         The dtype rule of an op that makes int64: ``dtype(in_dtypes, attrs) -> "int64"
         or None`` (None: the graph's float dtype), from its arguments' dtypes and its
-        inferred attributes (``range``: always int64; ``constant_of_shape``: int64 when
-        its value is an integer). No gradient flows out of an int64 result: its VJP
-        rule is None and the adjoint pass stops there. The registry test checks its
-        values against ``impl`` instead of finite differences.
+        attributes, defaults filled in (``range``: always int64; ``constant_of_shape``:
+        int64 when its value is an integer; ``where``: int64 when both branches are).
+        No gradient flows through an int64 value (nothing float depends on it but
+        through ``int_to_float`` or a comparison, which have none). The registry test
+        checks its values against ``impl`` exactly instead of finite differences.
+    int_like : tuple of int
+        With ``dtype``: the argument positions that are int64 exactly when the result
+        is (``where``'s branches); the others are float, or int64 by ``int_args``.
     """
 
     name: str
@@ -186,6 +190,7 @@ class Op:
     skips: Callable | None = None
     splits: tuple = ()
     dtype: Callable | None = None
+    int_like: tuple = ()
 
     def math_for(self, attrs):
         """The math text of a node with these (inferred) attributes."""
