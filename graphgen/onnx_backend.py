@@ -87,17 +87,26 @@ class GraphgenRep(BackendRep):
                 a = a.reshape([d for d in want if isinstance(d, int)])  # () vs (1,)
             arrays[name] = a
         out = module.forward(**arrays, **module.init_params())
-        # a bool output is a 0/1 mask in the module (graphgen computes in one float
-        # dtype): presented as the bool the model declares
         declared = {
             o.name: o.type.tensor_type.elem_type for o in self.model.graph.output
         }
         return tuple(
-            np.asarray(out[n]) != 0
-            if declared.get(name) == onnx.TensorProto.BOOL
-            else np.asarray(out[n])
+            _as_declared(np.asarray(out[n]), declared.get(name))
             for n, name in zip(outputs, dict.fromkeys(declared))
         )
+
+
+def _as_declared(value, elem_type):
+    """A module's output as the element type the model declares: a bool output is a
+    0/1 mask in the module (graphgen computes in one float dtype), an integer one is
+    int64 (an int32 shape, a Mod of int16 inputs)."""
+    if elem_type == onnx.TensorProto.BOOL:
+        return value != 0
+    if value.dtype == np.int64 and elem_type:
+        want = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        if want.kind in "iu":
+            return value.astype(want)
+    return value
 
 
 class GraphgenBackend(Backend):

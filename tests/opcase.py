@@ -23,6 +23,8 @@ class Case:
     args: tuple | None = None
     label: str = ""
     labels: tuple | None = None  # (low, high) for int64 arguments (default [0, depth))
+    values: dict | None = None  # input index -> its int64 value, fixed (range's ends)
+    ints: tuple = ()  # inputs given as int64 where the op takes either (where's branches)
 
     def arg_inputs(self):
         return self.args if self.args is not None else tuple(range(len(self.shapes)))

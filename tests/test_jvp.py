@@ -99,6 +99,8 @@ def _op_params():
         if REGISTRY[name].jvp is None:
             continue
         for case in tog.CASES[name]:
+            if case.ints:  # int64 arguments where floats may be: an int64 result
+                continue  # has no tangent (test_ops_gradients checks its values)
             yield pytest.param(name, case, id=f"{name}-{case.ident()}")
 
 

@@ -59,6 +59,7 @@ SUPPORTED = {
     "MatMul": "matmul",
     "Max": "max",
     "MaxPool": "maxpool",
+    "Mod": "mod",
     "Mean": "mean",
     "Min": "min",
     "Mul": "mul",
@@ -67,6 +68,7 @@ SUPPORTED = {
     "Or": "or",
     "Pad": "constant_pad",
     "Pow": "pow",
+    "Range": "range",
     "Reciprocal": "reciprocal",
     "ReduceLogSumExp": "reduce_log_sum_exp",
     "ReduceMax": "reduce_max",
@@ -97,14 +99,10 @@ SUPPORTED = {
 
 # Test-name patterns left out, and why. Every pattern must match at least one test.
 EXCLUDED = {
-    r"_(u?int(8|16|32|64)|int32_trunc|types_.*int.*)_": "integer arithmetic: graphgen "
-    "computes and differentiates float tensors (int64 only as labels and indices)",
+    r"_(u?int(8|16)|uint(32|64))_": "8- and 16-bit and unsigned integers: graphgen "
+    "reads int64 (and int32 as int64)",
     r"_(float16|bfloat16|fp16)": "float16/bfloat16: graphgen modules are float32 "
     "or float64",
-    r"^test_(shape|size)(_|$)": "a Shape or Size whose result is a model output: "
-    "shapes are folded at compile time and a module's outputs are float tensors",
-    r"^test_constantofshape_int": "ConstantOfShape producing integers as the model's "
-    "output (a module's outputs are float tensors)",
     r"^test_slice_neg_steps": "Slice with negative steps (graphgen's slice steps "
     "forward)",
     r"^test_dropout_default_mask|^test_training_dropout": "Dropout in training mode "
@@ -119,11 +117,13 @@ EXCLUDED = {
     r"^test_maxpool_.*(indices|uint8)|^test_maxpool_with_argmax": "MaxPool's "
     "Indices output",
     r"_string": "string tensors",
-    r"^test_equal(_bcast)?_cpu|^test_where_long_example": "integer arithmetic at "
-    "run time (Equal of two run-time int32 tensors, Where choosing int64): booleans "
-    "are 0/1 masks of the float dtype; a run-time int64 is compared with constants, "
-    "cast, and used as labels and indices",
     r"^test_not_\dd": "opset 1 models: graphgen supports opsets 7 and newer",
+    r"^test_(cumsum|gathernd|max|min)_.*int(32|64)|^test_pow_types_.*int": "integer "
+    "data of CumSum, GatherND, Max, Min and Pow at run time (int64 at run time: Add, "
+    "Sub, Mul, Div, Mod, comparisons, Range, ConstantOfShape, shapes, casts, labels "
+    "and indices)",
+    r"^test_mod_.*float": "Mod of float tensors (graphgen's Mod is integer)",
+    r"^test_range_.*_expanded": "Range expanded into a Loop (control flow)",
 }
 
 backend_test = backend_tests.BackendTest(graphgen.onnx_backend, __name__)

@@ -216,20 +216,7 @@ def test_int64_comparisons_are_exact_beyond_float32():
     np.testing.assert_array_equal(y, [1.0, 0.0, 0.0])
 
 
-def test_two_run_time_int64_tensors_compared_and_int_casts_are_named():
-    both = _model(
-        [
-            oh.make_node("Less", ["a", "b"], ["l"]),
-            oh.make_node("Where", ["l", "x", "x"], ["y"]),
-        ],
-        [
-            ("x", TensorProto.DOUBLE, [2]),
-            ("a", TensorProto.INT64, [2]),
-            ("b", TensorProto.INT64, [2]),
-        ],
-    )
-    with pytest.raises(SpecError, match="comparing two int64 tensors computed at run"):
-        onnx_frontend.load(both)
+def test_casts_of_run_time_int64_to_other_integer_types_are_named():
     cast = _model(
         [
             oh.make_node("Cast", ["a"], ["a8"], to=TensorProto.INT8),
@@ -264,3 +251,203 @@ def test_gather_nd_at_run_time_indices_matches_onnx_and_finite_differences(
     )
     x = np.random.default_rng(7).standard_normal((2, 3, 2) if batch_dims else (3, 2, 2))
     _check(model, {"x": x, "idx": idx}, backend, ["x"])
+
+
+def _sequence_mask_model():
+    """x (B, S) with dynamic axes, lengths (B,) and past (a scalar) int64: a mask built
+    at run time from Shape, Range, Sub, Div, Mod and comparisons of two run-time int64
+    tensors, a ConstantOfShape fill of x's run-time shape, then a softmax."""
+    nodes = [
+        oh.make_node("Shape", ["x"], ["sh"]),
+        oh.make_node("Gather", ["sh", "one"], ["S"]),
+        oh.make_node("Add", ["past", "S"], ["end"]),
+        oh.make_node("Range", ["past", "end", "one"], ["pos"]),  # S entries
+        oh.make_node("Sub", ["pos", "past"], ["rel"]),
+        oh.make_node("Unsqueeze", ["lengths", "ax1"], ["len2"]),
+        oh.make_node("Less", ["rel", "len2"], ["keep"]),  # two run-time int64
+        oh.make_node("Sub", ["rel", "two"], ["shifted"]),  # negative entries too
+        oh.make_node("Div", ["shifted", "three"], ["block"]),  # rounds toward 0
+        oh.make_node("Mod", ["block", "two"], ["parity"], fmod=1),
+        oh.make_node("Mod", ["shifted", "three"], ["phase"]),  # the sign of 3
+        oh.make_node("Equal", ["parity", "zero"], ["even"]),
+        oh.make_node("Div", ["S", "two"], ["half"]),
+        oh.make_node("GreaterOrEqual", ["phase", "half"], ["late"]),
+        oh.make_node("Or", ["even", "late"], ["pick"]),
+        oh.make_node("And", ["keep", "pick"], ["mask"]),
+        oh.make_node(
+            "ConstantOfShape", ["sh"], ["fill"], value=nh.from_array(np.array([-30.0]))
+        ),
+        oh.make_node("Where", ["mask", "x", "fill"], ["z"]),
+        oh.make_node("Softmax", ["z"], ["p"], axis=-1),
+        oh.make_node("Mul", ["p", "x"], ["y"]),
+    ]
+    inits = [
+        ("zero", np.array(0, np.int64)),
+        ("one", np.array(1, np.int64)),
+        ("two", np.array(2, np.int64)),
+        ("three", np.array(3, np.int64)),
+        ("ax1", np.array([1], np.int64)),
+    ]
+    inputs = [
+        ("x", TensorProto.DOUBLE, ["B", "S"]),
+        ("lengths", TensorProto.INT64, ["B"]),
+        ("past", TensorProto.INT64, []),
+    ]
+    return _model(nodes, inputs, inits)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_sequence_mask_built_at_run_time_matches_onnxruntime(backend):
+    ort = pytest.importorskip("onnxruntime")
+    model = _sequence_mask_model()
+    session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    # one module for every batch and sequence length (the axes stay symbolic)
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64"), backend=backend)
+    rng = np.random.default_rng(8)
+    for shape, lengths, past in [
+        ((2, 7), [7, 3], 5),
+        ((3, 4), [0, 4, 2], 0),
+        ((1, 9), [6], -4),
+    ]:
+        arrays = {
+            "x": rng.standard_normal(shape),
+            "lengths": np.array(lengths, np.int64),
+            "past": np.array(past, np.int64),
+        }
+        want = session.run(None, arrays)[0]
+        np.testing.assert_allclose(m.forward(**arrays)["y"], want, rtol=1e-12)
+        w = rng.standard_normal(shape)
+        grads = m.vjp({"y": w}, **arrays)
+        assert sorted(grads) == ["x"]  # no gradient into int64
+
+        def f(a, w=w):
+            return float(np.sum(w * m.forward(**a)["y"]))
+
+        assert_grad_close(grads["x"], fd_gradient(f, arrays, "x"), what="x")
+
+
+def test_int64_run_time_values_that_fix_a_size_are_one_clear_error():
+    # a Range whose length is an input's value: known only at run time
+    ranged = _model(
+        [
+            oh.make_node("Range", ["zero", "n", "one"], ["pos"]),
+            oh.make_node("Cast", ["pos"], ["y"], to=TensorProto.DOUBLE),
+        ],
+        [("n", TensorProto.INT64, [])],
+        [("zero", np.array(0, np.int64)), ("one", np.array(1, np.int64))],
+    )
+    with pytest.raises(
+        SpecError, match=r"node 'pos'.*Range: its length depends on int64"
+    ):
+        onnx_frontend.load(ranged)
+    filled = _model(
+        [
+            oh.make_node("ConstantOfShape", ["dims"], ["y"]),
+        ],
+        [("dims", TensorProto.INT64, [2])],
+    )
+    with pytest.raises(SpecError, match="ConstantOfShape: its shape depends on int64"):
+        onnx_frontend.load(filled)
+    floats = _model(
+        [oh.make_node("Mod", ["x", "x"], ["y"], fmod=1)],
+        [("x", TensorProto.DOUBLE, [2])],
+    )
+    with pytest.raises(SpecError, match="Mod: Mod of float tensors"):
+        onnx_frontend.load(floats)
+    mixed = _model(
+        [
+            oh.make_node("Cast", ["x"], ["xf"], to=TensorProto.DOUBLE),
+            oh.make_node("Add", ["n", "xf"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, [2]), ("n", TensorProto.INT64, [2])],
+    )
+    with pytest.raises(SpecError, match="Add: arithmetic between an int64 tensor and"):
+        onnx_frontend.load(mixed)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_range_shorter_than_compiled_for_is_refused_by_the_module(backend):
+    # Range(0, S - 2): S - 2 entries, unless S < 2 (then none): the module names it
+    model = _model(
+        [
+            oh.make_node("Shape", ["x"], ["sh"]),
+            oh.make_node("Gather", ["sh", "zero"], ["S"]),
+            oh.make_node("Sub", ["S", "two"], ["end"]),
+            oh.make_node("Range", ["zero", "end", "one"], ["pos"]),
+            oh.make_node("Cast", ["pos"], ["posf"], to=TensorProto.DOUBLE),
+            oh.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            oh.make_node("Mul", ["posf", "s"], ["t"]),
+            oh.make_node("ReduceSum", ["t"], ["y"], keepdims=0),
+        ],
+        [("x", TensorProto.DOUBLE, ["S"])],
+        [
+            ("zero", np.array(0, np.int64)),
+            ("one", np.array(1, np.int64)),
+            ("two", np.array(2, np.int64)),
+        ],
+    )
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64"), backend=backend)
+    assert m.forward(x=np.ones(5))["y"] == (0 + 1 + 2) * 5.0
+    with pytest.raises(ValueError, match="range 'pos'.*compiled for -1"):
+        m.forward(x=np.ones(1))
+
+
+def test_reshape_and_expand_to_shapes_of_dynamic_axes_keep_them_dynamic():
+    # Reshape(x, Concat(Shape(x)[:1], [-1])) and Expand(b, Shape(x)): the shapes are
+    # int64 tensors read off the module's sizes, so one module serves every batch
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(
+        [
+            oh.make_node("Shape", ["x"], ["sh"]),
+            oh.make_node("Slice", ["sh", "zero1", "one1"], ["lead"]),
+            oh.make_node("Concat", ["lead", "minus1"], ["flat"], axis=0),
+            oh.make_node("Reshape", ["x", "flat"], ["f"]),
+            oh.make_node("Mul", ["S", "two"], ["width"]),  # S * 2 at run time
+            oh.make_node("Equal", ["width", "four"], ["is4"]),
+            oh.make_node("Expand", ["b", "sh"], ["bb"]),
+            oh.make_node("Add", ["x", "bb"], ["xb"]),
+            oh.make_node("Reshape", ["xb", "flat"], ["g"]),
+            oh.make_node("Where", ["is4", "f", "g"], ["y"]),
+        ],
+        [("x", TensorProto.DOUBLE, ["B", "S"])],
+        [
+            ("zero1", np.array([0], np.int64)),
+            ("one1", np.array([1], np.int64)),
+            ("minus1", np.array([-1], np.int64)),
+            ("two", np.array(2, np.int64)),
+            ("four", np.array(4, np.int64)),
+            ("b", np.array([0.5])),
+        ],
+    )
+    model.graph.node.insert(1, oh.make_node("Gather", ["sh", "one"], ["S"]))
+    model.graph.initializer.append(nh.from_array(np.array(1, np.int64), "one"))
+    session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    m = graphgen.compile(onnx_frontend.load(model, dtype="float64", freeze=["b"]))
+    for shape in [(2, 2), (3, 5)]:
+        x = np.random.default_rng(9).standard_normal(shape)
+        want = session.run(None, {"x": x})[0]
+        np.testing.assert_array_equal(m.forward(x=x)["y"], want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_where_choosing_int64_ids_at_run_time_stays_int64(backend):
+    # padded positions read row 0 of the embedding: Where(am == 0, 0, ids)
+    model = _model(
+        [
+            oh.make_node("Equal", ["am", "zero"], ["pad"]),
+            oh.make_node("Where", ["pad", "zero", "ids"], ["safe"]),
+            oh.make_node("Gather", ["E", "safe"], ["e"]),
+            oh.make_node("Mul", ["e", "e"], ["y"]),
+        ],
+        [("ids", TensorProto.INT64, [2, 3]), ("am", TensorProto.INT64, [2, 3])],
+        [("zero", np.array(0, np.int64)), ("E", np.arange(10.0).reshape(5, 2))],
+    )
+    arrays = {
+        "ids": np.array([[4, 2, 3], [1, 1, 4]]),
+        "am": np.array([[1, 1, 0], [1, 0, 0]]),
+    }
+    _check(model, arrays, backend, ["E"])

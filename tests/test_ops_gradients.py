@@ -256,7 +256,9 @@ def sample(op, case, rng):
     for j, shape in enumerate(case.shapes):
         domains = {op.arg_domain(i) for i, k in enumerate(arg_inputs) if k == j}
         domain = next(d for d in DOMAIN_PRIORITY if d in domains or d == "real")
-        if domain == "labels":
+        if case.values and j in case.values:
+            v = np.asarray(case.values[j], dtype=np.int64)
+        elif domain == "labels" or j in case.ints:
             depth = case.attrs["depth"] if "depth" in case.attrs else case.shapes[0][-1]
             low, high = getattr(case, "labels", None) or (0, depth)
             v = rng.integers(low, high, size=shape).astype(np.int64)
@@ -267,9 +269,13 @@ def sample(op, case, rng):
 
 
 def op_graph(op, case, arrays, dtype="float64"):
-    """``y = op(...)``, ``loss = sum(w * y)``; wrt every float input."""
+    """``y = op(...)``, ``loss = sum(w * y)``; wrt every float input.
+
+    An op whose result is int64 (its ``dtype`` rule) has no gradient: the loss reads
+    ``int_to_float(y)``, the graph is differentiated with respect to ``w`` alone, and
+    the returned wrt (the op's inputs to differentiate) is empty."""
     arg_inputs = case.arg_inputs()
-    int_inputs = {arg_inputs[i] for i in op.int_args}
+    int_inputs = {arg_inputs[i] for i in op.int_args} | set(case.ints)
     spec = {}
     for j, shape in enumerate(case.shapes):
         spec[f"in{j}"] = ("input", shape, "int64" if j in int_inputs else dtype)
@@ -285,6 +291,12 @@ def op_graph(op, case, arrays, dtype="float64"):
         outputs=["y"],
         dtype=dtype,
     )
+    if graphgen.prepare(G).nodes["y"]["dtype"] == "int64":
+        G.add_node("y_float", kind="op", op="int_to_float", attrs={})
+        G.add_edge("y", "y_float", pos=(0,))
+        y_shape = add_weighted_loss(G, out="y_float", dtype=dtype)
+        G.graph.update(loss="loss", outputs=["y", "loss"], wrt=["w"])
+        return G, y_shape, []
     y_shape = add_weighted_loss(G, dtype=dtype)
     G.graph.update(loss="loss", outputs=["y", "loss"], wrt=wrt)
     return G, y_shape, wrt
@@ -319,6 +331,7 @@ def test_op_matches_impl_and_finite_differences(op_name, case):
     G, y_shape, wrt = op_graph(op, case, arrays)
     arrays["w"] = rng.standard_normal(y_shape)
 
+    int_out = graphgen.prepare(G).nodes["y"]["dtype"] == "int64"
     if op.vjp is None and wrt:
         with pytest.warns(GraphgenWarning, match="does not depend on it") as record:
             module = graphgen.compile(G)
@@ -337,8 +350,12 @@ def test_op_matches_impl_and_finite_differences(op_name, case):
     out = module.forward(**arrays)
     y = np.asarray(out["y"])
     assert y.shape == expected.shape == tuple(y_shape)
-    assert y.dtype == np.float64
-    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    if int_out:  # exact, in int64
+        assert y.dtype == expected.dtype == np.int64
+        np.testing.assert_array_equal(y, expected)
+    else:
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     loss_ref = float(np.sum(arrays["w"] * expected))
     assert abs(float(out["loss"]) - loss_ref) <= 1e-12 * max(1.0, abs(loss_ref))
 
@@ -346,15 +363,18 @@ def test_op_matches_impl_and_finite_differences(op_name, case):
     loss, grads = module.value_and_grad(**arrays)
     assert isinstance(loss, float)
     assert abs(loss - float(out["loss"])) <= 1e-12 * max(1.0, abs(loss))
-    assert sorted(grads) == sorted(wrt)
+    assert sorted(grads) == sorted(wrt + (["w"] if int_out else []))
 
     def f(a):
         return float(module.forward(**a)["loss"])
 
-    for n in wrt:
+    for n in grads:
         grad = np.asarray(grads[n])
         assert grad.shape == arrays[n].shape, n
         assert grad.dtype == np.float64, n
+        if int_out:  # the adjoint stops at int64: d loss/d w is y, nothing else
+            np.testing.assert_array_equal(grad, expected.astype(np.float64))
+            continue  # exact; central differences would lose large int64 values
         if op.vjp is None:
             assert np.all(grad == 0), (
                 f"{op_name} has no VJP, but d loss/d {n} is {grad}"

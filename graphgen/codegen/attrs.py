@@ -187,6 +187,48 @@ def _int_compare(c, n, at, in_shapes):  # test is one of ops.logic.INT_TESTS
     }
 
 
+# int_math's fn -> the Python operator that computes it on int64 arrays (div and fmod
+# are calls: Python has no operator for them)
+_INT_OPERATORS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%"}
+
+
+@lowers("int_math")
+def _int_math(c, n, at, in_shapes):  # fn is one of ops.logic.INT_MATH
+    return {"fn": at["fn"], "operator": Code(_INT_OPERATORS.get(at["fn"], ""))}
+
+
+@lowers("compare_ints")
+def _compare_ints(c, n, at, in_shapes):  # test is one of ops.logic.INT_TESTS
+    return {"test": Code(at["test"])}
+
+
+@lowers("int_constant")
+def _int_constant(c, n, at, in_shapes):  # entries may be the module's symbolic sizes
+    def code(v):
+        if isinstance(v, list):
+            inner = ", ".join(code(x) for x in v)
+            return "[" + inner + "]"
+        return str(c.dim(v))
+
+    return {"value": Code(code(at["value"]))}
+
+
+@lowers("range")
+def _range(c, n, at, in_shapes):  # the node's name: the module's error names it
+    return {"size": c.dim(at["size"]), "node": literal(str(n))}
+
+
+@lowers("constant_of_shape")
+def _constant_of_shape(c, n, at, in_shapes):
+    value = at["value"]
+    return {
+        "shape": c.shape(at["shape"]),
+        "value": literal(value),
+        "dtype": Code("np.int64" if isinstance(value, int) else "DTYPE"),
+        "node": literal(str(n)),
+    }
+
+
 @lowers("constant")
 def _constant(c, n, at, in_shapes):
     if at["value"] is not None:

@@ -161,6 +161,8 @@ class Importer:
         self.shape = {}  # graph node id -> shape
         self.is_int = set()  # graph node ids holding int64
         self.is_mask = set()  # graph node ids holding booleans, as 0/1 floats
+        self.int_values = {}  # int64 node id -> its entries as sizes (onnx_logic)
+        self.unknowns = 0  # made-up symbols for int64 entries known only at run time
         self.t = {}  # tensor name -> ("node", id) | ("const", ndarray)
         self.used_ids = set()  # node ids of the spec, and names reserved for it
         self.fresh_ids = g.FreshNames(self.used_ids, sep="_")
@@ -703,7 +705,9 @@ class Importer:
 
     def output(self, name):
         kind, v = self.t[name]
-        if kind == "const":
+        if kind == "const" and np.asarray(v).dtype.kind in "iu":  # a shape, a size
+            v = onnx_logic.int_arg(self, name)
+        elif kind == "const":
             v = self.value(name)
             if isinstance(v, float):
                 v = self.constant(np.asarray(v), name)
@@ -870,7 +874,7 @@ class Importer:
             else:
                 have = {"f": "f", "i": "i", "u": "i", "b": "b"}.get(v.dtype.kind, "?")
                 words = str(v.dtype)
-            if want != "*" and have != want:
+            if want != "*" and have != want and not (want == "n" and have in "fi"):
                 raise SpecError(
                     f"{node.op_type}'s input {k} ({name!r}) is {words}; it must be "
                     f"{DTYPE_KINDS[want]}"

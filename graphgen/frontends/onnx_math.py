@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import onnx_logic
 from .onnx_ops import Unsupported, as_str, handles, node_axes
 
 
@@ -73,6 +74,8 @@ def op_Reciprocal(imp, node, ins, attrs):
 
 def _binary(graphgen_op):
     def handler(imp, node, ins, attrs):
+        if any(onnx_logic.run_time_int(imp, i) for i in ins):  # int64 arithmetic
+            return onnx_logic.int_math(imp, node, ins, graphgen_op)
         a, b = imp.value(ins[0]), imp.value(ins[1])
         if isinstance(a, float) and isinstance(b, float):
             raise Unsupported("both arguments are numbers")
@@ -81,10 +84,11 @@ def _binary(graphgen_op):
     return handler
 
 
-op_Add = handles("Add", inputs=(2, 2))(_binary("add"))
-op_Sub = handles("Sub", inputs=(2, 2))(_binary("sub"))
-op_Mul = handles("Mul", inputs=(2, 2))(_binary("mul"))
-op_Div = handles("Div", inputs=(2, 2))(_binary("div"))
+# on int64 computed at run time: int_math (Div rounds toward 0, as ONNX's does)
+op_Add = handles("Add", inputs=(2, 2), dtypes="n")(_binary("add"))
+op_Sub = handles("Sub", inputs=(2, 2), dtypes="n")(_binary("sub"))
+op_Mul = handles("Mul", inputs=(2, 2), dtypes="n")(_binary("mul"))
+op_Div = handles("Div", inputs=(2, 2), dtypes="n")(_binary("div"))
 op_Pow = handles("Pow", inputs=(2, 2))(_binary("pow"))
 
 

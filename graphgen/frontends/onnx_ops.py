@@ -47,6 +47,7 @@ DTYPE_KINDS = {
     "f": "a float tensor",
     "i": "an integer tensor",
     "b": "a bool tensor",
+    "n": "a float or integer tensor",
     "*": "a tensor",
 }
 
@@ -77,7 +78,7 @@ class Signature:
         which it is required.
     dtypes : str
         One letter per input: ``f`` float data, ``i`` integer (a shape, axes, indices),
-        ``b`` bool, ``*`` anything. The last letter repeats for further inputs. Checked
+        ``b`` bool, ``n`` float or integer (arithmetic), ``*`` anything. The last letter repeats for further inputs. Checked
         when the node is imported, not folded (a node whose inputs are all known is
         evaluated by ONNX's reference evaluator, which checks them itself).
 

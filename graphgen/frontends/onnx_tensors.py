@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import dims
 from ..errors import SpecError
+from . import onnx_logic
 from .onnx_ops import (
     SPARSE_TENSOR,
     TENSOR,
@@ -19,8 +20,15 @@ from .onnx_ops import (
 LARGEST_FOLD = 1 << 24  # entries of an integer tensor made at compile time
 
 
-@handles("Concat", inputs=(1, None), attrs={"axis": int}, required=("axis",))
+@handles(
+    "Concat", inputs=(1, None), attrs={"axis": int}, required=("axis",), dtypes="n"
+)
 def op_Concat(imp, node, ins, attrs):
+    if any(onnx_logic.run_time_int(imp, i) for i in ins):  # a shape of dynamic axes
+        parts = [onnx_logic.int_values(imp, i) for i in ins]
+        if not all(onnx_logic.known(p) and p.ndim == 1 for p in parts):
+            raise Unsupported("concatenating int64 tensors computed at run time")
+        return onnx_logic.int_result(imp, np.concatenate(parts), node.output[0])
     args = [imp.value(i) for i in ins]
     if len(args) == 1:
         return args[0]
@@ -74,13 +82,16 @@ def _reshape_to(imp, x, shape, out):
     for kind in (imp.is_int, imp.is_mask):  # int64 indices stay int64, masks masks
         if x in kind:
             kind.add(nid)
+    values = imp.int_values.get(x)
+    if values is not None and len(shape) <= 1:  # the same entries, tracked
+        imp.int_values[nid] = values.reshape(imp.shape[nid])
     return nid
 
 
 @handles("Reshape", inputs=(2, 2), attrs={"allowzero": bool}, dtypes="*i")
 def op_Reshape(imp, node, ins, attrs):
     x = imp.value(ins[0])
-    target = imp.ints(ins[1], "shape")
+    target = onnx_logic.sizes(imp, ins[1], "shape")  # symbolic: a shape of dynamic axes
     have = imp.shape[x]
     allowzero = attrs.get("allowzero", 0)
     shape = []
@@ -93,7 +104,7 @@ def op_Reshape(imp, node, ins, attrs):
                 )
             shape.append(have[i])
         else:
-            shape.append(int(s))
+            shape.append(s)
     return _reshape_to(imp, x, shape, node.output[0])
 
 
@@ -231,9 +242,6 @@ def op_Constant(imp, node, ins, attrs):
 
 @handles("ConstantOfShape", fold=False, attrs={"value": TENSOR}, dtypes="i")
 def op_ConstantOfShape(imp, node, ins, attrs):
-    shape = imp.ints(ins[0], "its shape")
-    if any(s < 0 for s in shape):
-        raise SpecError(f"shape {shape} has a negative size")
     v = attrs.get("value")
     value = (
         imp.array(v, "its attribute 'value'").reshape(-1)
@@ -243,6 +251,11 @@ def op_ConstantOfShape(imp, node, ins, attrs):
     if value.size != 1:
         raise SpecError(f"its attribute 'value' must hold one value, not {value.size}")
     out = node.output[0]
+    if onnx_logic.run_time_int(imp, ins[0]):  # sizes computed at run time
+        return _constant_of_run_time_shape(imp, ins[0], value, out)
+    shape = imp.ints(ins[0], "its shape")
+    if any(s < 0 for s in shape):
+        raise SpecError(f"shape {shape} has a negative size")
     if value.dtype.kind != "f":
         if int(np.prod(shape, dtype=np.float64)) > LARGEST_FOLD:
             raise Unsupported(
@@ -265,21 +278,52 @@ def op_ConstantOfShape(imp, node, ins, attrs):
     return out
 
 
+def _constant_of_run_time_shape(imp, name, value, out):
+    """``ConstantOfShape`` of sizes computed at run time (a shape of dynamic axes):
+    their values must be known at compile time (the module checks them)."""
+    shape = onnx_logic.sizes(imp, name, "its shape")
+    if any(isinstance(d, int) and d < 0 for d in shape):
+        raise SpecError(f"shape {shape} has a negative size")
+    kind = value.dtype.kind
+    fill = bool(value[0]) * 1.0 if kind == "b" else value[0].item()
+    if kind in "iu":
+        fill = int(fill)
+    nid = imp.emit("constant_of_shape", [imp.t[name][1]], out, shape=shape, value=fill)
+    if kind in "iu":
+        imp.is_int.add(nid)
+    if kind == "b":
+        imp.is_mask.add(nid)
+    return nid
+
+
 @handles("Shape", fold=False, attrs={"end": int, "start": int}, dtypes="*")
 def op_Shape(imp, node, ins, attrs):
     shape = imp.dims_of(ins[0])
     start, end = int(attrs.get("start", 0)), attrs.get("end")
     part = shape[start : int(end) if end is not None else None]
-    if not all(isinstance(d, int) for d in part):
-        raise Unsupported("the shape has symbolic sizes (known only at run time)")
+    if not all(isinstance(d, int) for d in part):  # dynamic axes: read at run time
+        values = np.array(list(part), dtype=object)
+        return onnx_logic.int_result(imp, values, node.output[0])
     imp.t[node.output[0]] = ("const", np.asarray(part, dtype=np.int64))
 
 
-@handles("Gather", inputs=(2, 2), attrs={"axis": int}, dtypes="fi")
+@handles("Gather", inputs=(2, 2), attrs={"axis": int}, dtypes="ni")
 def op_Gather(imp, node, ins, attrs):
     at = int(attrs.get("axis", 0))
     data = imp.value(ins[0])
     kind, idx = imp.t[ins[1]]
+    if data in imp.is_int:  # entries of a shape of dynamic axes, a sequence length
+        entries = onnx_logic.int_values(imp, ins[0])
+        if kind == "node" or entries is None or entries.ndim != 1:
+            raise Unsupported("gathering from an int64 tensor computed at run time")
+        size = len(entries)
+        idx = np.asarray(idx)
+        if idx.size and not (-size <= idx.min() and idx.max() < size):
+            raise SpecError(f"indices {idx.tolist()} are out of range for {size}")
+        picked = np.array(entries[idx % max(size, 1)], dtype=object)
+        if onnx_logic.known(picked):
+            return onnx_logic.int_result(imp, picked, node.output[0])
+        raise Unsupported("gathering from an int64 tensor computed at run time")
     if kind == "node":
         if idx not in imp.is_int:
             raise Unsupported("indices must be int64")
@@ -330,7 +374,7 @@ def op_Gather(imp, node, ins, attrs):
     inputs={7: (1, 1), 10: (3, 5)},
     attrs={"axes": [int], "ends": [int], "starts": [int]},
     required={"ends": range(7, 10), "starts": range(7, 10)},
-    dtypes="fiiii",
+    dtypes="niiii",
 )
 def op_Slice(imp, node, ins, attrs):
     x = imp.value(ins[0])
@@ -358,6 +402,14 @@ def op_Slice(imp, node, ins, attrs):
     axes = [axis(a, len(shape), "axes entry") for a in axes]
     if len(set(axes)) != len(axes):
         raise SpecError(f"axes {axes} repeat an axis")
+    if x in imp.is_int:  # entries of a shape of dynamic axes
+        entries = onnx_logic.int_values(imp, ins[0])
+        if not onnx_logic.known(entries) or entries.ndim != 1 or len(axes) != 1:
+            raise Unsupported("slicing an int64 tensor computed at run time")
+        if steps[0] < 1:
+            raise Unsupported("negative steps")
+        part = entries[slice(starts[0], ends[0], steps[0])]
+        return onnx_logic.int_result(imp, part, node.output[0])
     out = x
     todo = list(zip(axes, starts, ends, steps))
     for k, (at, start, end, step) in enumerate(todo):
@@ -378,8 +430,9 @@ def op_Slice(imp, node, ins, attrs):
 @handles("Size", fold=False, dtypes="*")
 def op_Size(imp, node, ins, attrs):
     shape = imp.dims_of(ins[0])
-    if not all(isinstance(d, int) for d in shape):
-        raise Unsupported("the size is symbolic (known only at run time)")
+    if not all(isinstance(d, int) for d in shape):  # dynamic axes: read at run time
+        values = np.array(dims.prod(shape), dtype=object)
+        return onnx_logic.int_result(imp, values, node.output[0])
     imp.t[node.output[0]] = ("const", np.asarray(int(np.prod(shape)), np.int64))
 
 

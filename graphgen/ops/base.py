@@ -140,6 +140,17 @@ class Op:
     keeps_int : bool
         It only rearranges its first argument (``reshape``): given int64 indices, it
         gives int64 indices (no gradient flows through them).
+    dtype : callable, optional
+        The dtype rule of an op that makes int64: ``dtype(in_dtypes, attrs) -> "int64"
+        or None`` (None: the graph's float dtype), from its arguments' dtypes and its
+        attributes, defaults filled in (``range``: always int64; ``constant_of_shape``:
+        int64 when its value is an integer; ``where``: int64 when both branches are).
+        No gradient flows through an int64 value (nothing float depends on it but
+        through ``int_to_float`` or a comparison, which have none). The registry test
+        checks its values against ``impl`` exactly instead of finite differences.
+    int_like : tuple of int
+        With ``dtype``: the argument positions that are int64 exactly when the result
+        is (``where``'s branches); the others are float, or int64 by ``int_args``.
     """
 
     name: str
@@ -178,6 +189,8 @@ class Op:
     math_when: tuple = ()
     skips: Callable | None = None
     splits: tuple = ()
+    dtype: Callable | None = None
+    int_like: tuple = ()
 
     def math_for(self, attrs):
         """The math text of a node with these (inferred) attributes."""
@@ -359,6 +372,11 @@ def symmetric(vjp):
 
     rule.how = "its VJP with ẋ for ȳ (the Jacobian is symmetric)"
     return rule
+
+
+def int64(in_dtypes, attrs):
+    """The dtype rule of an op whose result is always int64 (:attr:`Op.dtype`)."""
+    return "int64"
 
 
 def no_tangent(b, c):

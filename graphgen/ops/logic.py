@@ -20,6 +20,16 @@ such masks (any nonzero entry reads as true):
   value=...)``: the 0/1 mask of ``x <test> value`` compared exactly in int64 against a
   constant (``Equal(attention_mask, 0)``, ``Cast`` to bool: ``x != 0``). No gradient
   flows into int64 values;
+- int64 results (their ``dtype`` rule; exact, no gradient through them):
+  ``int_math(a, b, fn=...)``, ``add``/``sub``/``mul``, ``div`` (rounded toward 0, ONNX
+  ``Div``), ``floordiv``, ``mod`` (the sign of ``b``, ONNX ``Mod``) and ``fmod`` (the
+  sign of ``a``, ``Mod`` with ``fmod=1``); ``int_constant(value=...)``: integers or the
+  module's symbolic sizes (ONNX ``Shape`` of dynamic axes); ``range(start, limit,
+  delta, size=...)`` and ``constant_of_shape(sizes, shape=..., value=...)`` (int64
+  when ``value`` is an integer). A length or shape computed at run time is declared
+  by its attribute (an integer or a symbolic size: the graph's shapes need it), and
+  the module refuses a run-time value that differs, naming the node;
+  ``compare_ints(a, b, test=...)``: the 0/1 mask of two int64 tensors compared;
 - ``trilu(x, k=..., upper=...)``: the upper (or lower) triangle of the last two axes
   from diagonal ``k`` on, zeros elsewhere (ONNX ``Trilu``, causal masks); linear, its
   adjoint is itself; int64 stays int64;
@@ -45,6 +55,7 @@ from .base import (
     Op,
     broadcast_rule,
     broadcast_shapes,
+    int64,
     no_tangent,
     norm_axis,
     register,
@@ -61,6 +72,9 @@ HELPERS.update(
         "nd_at": (),
         "gather_nd": ("nd_at",),
         "scatter_add_nd": ("nd_at",),
+        "int_div": (),
+        "range": (),
+        "constant_of_shape": (),
     }
 )
 
@@ -106,6 +120,9 @@ register(
         ),
         domain=("mask", "real", "real"),
         category="binary",
+        # a choice between int64 tensors is int64 (ONNX Where of int64 branches)
+        dtype=lambda d, a: "int64" if d[1:] == ("int64", "int64") else None,
+        int_like=(1, 2),
     )
 )
 
@@ -426,6 +443,244 @@ register(
         category="binary",
         mask=True,
         folds=False,
+    )
+)
+
+
+def _int_entries(value):
+    """``value`` (nested lists of integers and symbolic sizes) as an object array."""
+    try:
+        arr = np.asarray(value, dtype=object)
+    except ValueError:
+        raise ShapeError(f"attribute value must be a (nested) list, got {value!r}")
+    for v in arr.reshape(-1):
+        _size_or_int(v)
+    return arr
+
+
+def _size_or_int(v):
+    if isinstance(v, str):
+        try:
+            dims.poly(v)
+            return v
+        except (ValueError, TypeError):
+            pass
+    elif isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise ShapeError(
+        f"attribute value's entries must be integers or symbolic sizes, got {v!r}"
+    )
+
+
+def _int_constant_impl(value):
+    arr = np.asarray(value, dtype=object)
+    if any(isinstance(v, str) for v in arr.reshape(-1)):
+        raise ValueError(f"int_constant {value!r}: its symbolic sizes are not bound")
+    return arr.astype(np.int64)
+
+
+register(
+    Op(
+        name="int_constant",
+        args=(),
+        shape=lambda s, a: np.shape(_int_entries(a["value"])),
+        impl=_int_constant_impl,
+        vjp=None,
+        jvp_reason="takes no arguments",
+        math="{y} = {value} (int64)",
+        attrs={"value": REQUIRED},
+        normalize=lambda s, a: {"value": _int_entries(a["value"]).tolist()},
+        category="shape",
+        folds=False,
+        dtype=int64,
+    )
+)
+
+
+# ------------------------------------------------- int64 arithmetic at run time
+
+
+def _int_div(a, b):
+    """``a / b`` rounded toward zero (C, and ONNX ``Div`` on integers)."""
+    q = np.floor_divide(a, b)
+    return q + ((q < 0) & (q * b != a))
+
+
+# fn -> (the NumPy function, how the math text writes it); division by 0 gives 0 (with
+# NumPy's RuntimeWarning), as NumPy's integer division does
+INT_MATH = {
+    "add": (np.add, "{a} + {b}"),
+    "sub": (np.subtract, "{a} − {b}"),
+    "mul": (np.multiply, "{a} · {b}"),
+    "div": (_int_div, "{a} / {b} rounded toward 0"),
+    "floordiv": (np.floor_divide, "⌊{a} / {b}⌋"),
+    "mod": (np.mod, "{a} mod {b}, with the sign of {b}"),
+    "fmod": (np.fmod, "{a} mod {b}, with the sign of {a}"),
+}
+
+
+def _norm_int_math(in_shapes, attrs):
+    if attrs["fn"] not in INT_MATH:
+        raise ShapeError(
+            f"attribute fn must be one of {list(INT_MATH)}, got {attrs['fn']!r}"
+        )
+    return {}
+
+
+register(
+    Op(
+        name="int_math",
+        args=("a", "b"),
+        shape=broadcast_rule,
+        impl=lambda a, b, fn: INT_MATH[fn][0](
+            np.asarray(a, np.int64), np.asarray(b, np.int64)
+        ),
+        vjp=None,
+        jvp_reason="int64 in, int64 out",
+        math="{y} = {a} {fn} {b} in int64",
+        math_when=tuple(
+            (lambda a, fn=fn: a.get("fn") == fn, "{y} = " + text + " (int64)")
+            for fn, (_, text) in INT_MATH.items()
+        ),
+        derivs=("none (int64)", "none (int64)"),
+        attrs={"fn": REQUIRED},
+        normalize=_norm_int_math,
+        int_args=(0, 1),
+        domain=("labels", "labels"),
+        category="binary",
+        folds=False,
+        dtype=int64,
+    )
+)
+
+
+def _norm_compare_ints(in_shapes, attrs):
+    if attrs["test"] not in INT_TESTS:
+        raise ShapeError(
+            f"attribute test must be one of {list(INT_TESTS)}, got {attrs['test']!r}"
+        )
+    return {}
+
+
+register(
+    Op(
+        name="compare_ints",
+        args=("a", "b"),
+        shape=broadcast_rule,
+        impl=lambda a, b, test: _mask(
+            INT_TESTS[test](np.asarray(a), np.asarray(b)), np.float64
+        ),
+        vjp=None,
+        jvp=no_tangent,
+        jvp_reason=_MASK_REASON + "; its arguments are int64",
+        math="{y} = 1 where {a} {test} {b}, else 0 (compared in int64)",
+        derivs=("none (int64)", "none (int64)"),
+        attrs={"test": REQUIRED},
+        normalize=_norm_compare_ints,
+        int_args=(0, 1),
+        domain=("labels", "labels"),
+        category="binary",
+        mask=True,
+        folds=False,
+    )
+)
+
+
+def _size(d, what):
+    """A size attribute: an integer >= 0 or a symbolic size (a dimension expression)."""
+    if isinstance(d, str):
+        try:
+            dims.poly(d)
+            return d
+        except (ValueError, TypeError):
+            pass
+    elif isinstance(d, int) and not isinstance(d, bool) and d >= 0:
+        return d
+    raise ShapeError(f"{what} must be a size or a symbolic size, got {d!r}")
+
+
+def _norm_range(in_shapes, attrs):
+    for name, s in zip(("start", "limit", "delta"), in_shapes):
+        if tuple(s) != ():
+            raise ShapeError(f"{name} must be a scalar, got {dims.fmt_shape(s)}")
+    return {"size": _size(attrs["size"], "attribute size")}
+
+
+def _range_impl(start, limit, delta, size):
+    if int(delta) == 0:
+        raise ValueError("range: delta is 0")
+    y = np.arange(int(start), int(limit), int(delta), dtype=np.int64)
+    if isinstance(size, int) and y.size != size:
+        raise ValueError(f"range: {y.size} entries, not the {size} of attribute size")
+    return y
+
+
+register(
+    Op(
+        name="range",
+        args=("start", "limit", "delta"),
+        # its length is a run-time value: the graph takes it from attribute size (what
+        # the importer proved, or the spec says), and the module checks it
+        shape=lambda s, a: (a["size"],),
+        impl=_range_impl,
+        vjp=None,
+        jvp_reason="int64 in, int64 out",
+        math="{y} = {start}, {start} + {delta}, … short of {limit} ({size} entries, "
+        "int64)",
+        derivs=("none (int64)",) * 3,
+        attrs={"size": REQUIRED},
+        normalize=_norm_range,
+        int_args=(0, 1, 2),
+        domain=("labels",) * 3,
+        category="shape",
+        folds=False,
+        dtype=int64,
+    )
+)
+
+
+def _norm_constant_of_shape(in_shapes, attrs):
+    shape, value = attrs["shape"], attrs["value"]
+    if not isinstance(shape, (list, tuple)):
+        raise ShapeError(f"attribute shape must be a list of sizes, got {shape!r}")
+    shape = [_size(d, "attribute shape's entry") for d in shape]
+    if tuple(in_shapes[0]) != (len(shape),):
+        raise ShapeError(
+            f"sizes {dims.fmt_shape(in_shapes[0])} must hold one entry per axis of "
+            f"shape {shape}, as a 1-D tensor"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ShapeError(f"attribute value must be a number, got {value!r}")
+    return {"shape": shape}
+
+
+def _constant_of_shape_impl(sizes, shape, value):
+    sizes = tuple(int(s) for s in np.asarray(sizes))
+    if all(isinstance(d, int) for d in shape) and sizes != tuple(shape):
+        raise ValueError(f"constant_of_shape: sizes {list(sizes)}, not {shape}")
+    return np.full(sizes, value, dtype=np.int64 if isinstance(value, int) else None)
+
+
+register(
+    Op(
+        name="constant_of_shape",
+        args=("sizes",),
+        # the sizes are run-time values: the graph takes the shape from attribute
+        # shape, and the module checks them against it
+        shape=lambda s, a: tuple(a["shape"]),
+        impl=_constant_of_shape_impl,
+        vjp=None,
+        jvp_reason="its only argument is int64",
+        math="{y} = {value} in every entry, of shape {sizes} (compiled for {shape})",
+        derivs=("none (int64)",),
+        attrs={"shape": REQUIRED, "value": 0.0},
+        normalize=_norm_constant_of_shape,
+        int_args=(0,),
+        domain=("labels",),
+        category="shape",
+        folds=False,
+        # an integer value makes int64 (ONNX ConstantOfShape of an int64 tensor)
+        dtype=lambda in_dtypes, a: "int64" if isinstance(a["value"], int) else None,
     )
 )
 

@@ -239,10 +239,18 @@ def _infer_op(H, n, fdtype):
     out_dtype = fdtype
     if op.keeps_int and args and H.nodes[args[0]][g.DTYPE] == "int64":
         out_dtype = "int64"
+    if op.dtype is not None:  # an op that makes int64 says when, from its arguments
+        given = dict(a.get(g.ATTRS) or {})
+        defaults = {k: v for k, v in op.attrs.items() if v is not ops.REQUIRED}
+        in_dtypes = tuple(H.nodes[p][g.DTYPE] for p in args)
+        out_dtype = op.dtype(in_dtypes, {**defaults, **given}) or fdtype
+    follows = {0} if op.keeps_int else set(op.int_like)  # int64 when the result is
     for i, p in enumerate(args):
         dtype = H.nodes[p][g.DTYPE]
         want = (
-            "int64" if i in op.int_args or (i == 0 and out_dtype == "int64") else fdtype
+            "int64"
+            if i in op.int_args or (i in follows and out_dtype == "int64")
+            else fdtype
         )
         if dtype != want:
             raise _err(
