@@ -968,6 +968,40 @@ def test_identical_kernels_are_emitted_once(tmp_path):
                 _close(f1[k], f2[k], k)
 
 
+def test_kernels_share_across_row_buffer_widths(tmp_path):
+    """A kernel with an accumulator writes its last-axis size as a constant; groups that
+    differ only in that size (ResNet's blocks at widths 56, 28, 14, 7) still share one
+    kernel, which then reads the size off its input. Groups of one width keep it."""
+    import re
+
+    for widths, const in (((8, 16), False), ((8, 8), True)):
+        text = SHARED.replace("y: [batch, 8]", f"y: [3, {widths[1]}]")
+        text = text.replace("b: {shape: [8]", f"b: {{shape: [{widths[1]}]")
+        path = tmp_path / f"widths_{widths[1]}.yaml"
+        path.write_text(text)
+        G = graphgen.load(path)
+        ref = graphgen.compile(G)
+        for whole in (True, False):
+            mod = graphgen.compile(G, backend="numba", whole=whole)
+            kernels = compiled_part(mod.__source__)
+            names = re.findall(r"^def (_k_\w+)\(", kernels, re.MULTILINE)
+            assert names and all(n.startswith("_k_shared") for n in names), kernels
+            for n in names:
+                body = kernels.split(f"def {n}(")[1].split("\n\n\n")[0]
+                assert "shared by 2 fused groups" in body
+                assert "acc = np.zeros" in body
+                assert bool(re.search(r"n1 = 8\n", body)) == const, body
+                assert ("n1 = a0.shape[1]" in body) != const, body
+            arrays = random_arrays(G, seed=2)
+            (l1, g1), (l2, g2) = (
+                ref.value_and_grad(**arrays),
+                mod.value_and_grad(**arrays),
+            )
+            assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+            for k in g1:
+                _close(g1[k], g2[k], k)
+
+
 FANOUT = """
 name: fanout
 inputs:

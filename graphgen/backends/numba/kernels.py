@@ -129,6 +129,16 @@ class Plan:
     acc_slot: dict  # tail -> its row of the float64 accumulator
     blocked: bool  # float32 partial sums, added into the accumulator in blocks
     axes: dict  # tail -> (reduced axes, kept axes)
+    # the last axis's extent read off an input, ("shape", param, axis), where it is
+    # written as a constant for the row buffer or accumulator (None: not written so)
+    last_read: tuple | None = None
+
+    def reading_last(self):
+        """This plan with the last axis's size read off its input, not a constant: for
+        a kernel that serves groups of several last-axis sizes."""
+        if self.last_read is None:
+            return self
+        return dataclasses.replace(self, extents=[*self.extents[:-1], self.last_read])
 
 
 def plan(prog, grp, exclude):
@@ -168,7 +178,9 @@ def plan(prog, grp, exclude):
     # written as a constant where the kernel has a row buffer or an accumulator (with a
     # constant row length LLVM proves their rows do not overlap); other sizes are read
     # off the arrays, so that kernels doing the same on different sizes are one kernel
-    extents = []
+    # (and a kernel several groups of different last-axis sizes share reads that one
+    # too: :meth:`Plan.reading_last`)
+    extents, last_read = [], None
     for k, d in enumerate(grp.domain):
         src = None
         for i, p in enumerate(grp.inputs):
@@ -179,15 +191,24 @@ def plan(prog, grp, exclude):
                 break
         if src is None and not isinstance(d, int):  # a size only an attribute names
             extents.append(("passed", d))  # (broadcast_to): pass it
-        elif src is None or (isinstance(d, int) and k == R - 1 and (slot or acc_slot)):
+        elif src is None:
             extents.append(("const", d))
+        elif isinstance(d, int) and k == R - 1 and (slot or acc_slot):
+            extents.append(("const", d))
+            last_read = src
         else:
             extents.append(src)
-    return Plan(grp, chunked, extents, calls, stage, slot, acc_slot, blocked, axes)
+    return Plan(
+        grp, chunked, extents, calls, stage, slot, acc_slot, blocked, axes, last_read
+    )
 
 
 def plan_key(prog, p):
-    """``p`` with every node replaced by its position: equal keys, one kernel."""
+    """``p`` with every node replaced by its position: equal keys, one kernel. The
+    last axis's size is left out where the plan writes it as a constant only for the
+    row buffer's sake (:attr:`Plan.last_read`): ResNet's and DenseNet's blocks repeat
+    at several widths, and one kernel compiles once (~0.3 s) where each width cost a
+    copy of its own."""
     A = prog.A
     grp = p.grp
     ref = {q: ("in", i) for i, q in enumerate(grp.inputs)}
@@ -197,6 +218,7 @@ def plan_key(prog, p):
         a = A.nodes[q]
         return ref[q] if q in ref else ("const", repr(float(a[g.VALUE])))
 
+    extents = p.reading_last().extents
     inputs = tuple(
         (len(A.nodes[q][g.SHAPE]), tuple(d == 1 for d in A.nodes[q][g.SHAPE]))
         for q in grp.inputs
@@ -226,7 +248,7 @@ def plan_key(prog, p):
         inputs,
         nodes,
         tuple(ref[o] for o in grp.outputs),
-        tuple(e if e[0] != "passed" else ("passed",) for e in p.extents),
+        tuple(e if e[0] != "passed" else ("passed",) for e in extents),
     )
 
 

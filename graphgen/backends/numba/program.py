@@ -98,12 +98,19 @@ def _env():
 @dataclasses.dataclass
 class Entry:
     """One kernel: its name, the plan and names of the first group it serves (printed
-    with that group's names when it serves no other), and every group it serves."""
+    with that group's names when it serves no other), every group it serves and the
+    last-axis extents of their plans."""
 
     name: Code
     plan: kernels.Plan
     names: dict
     served: tuple = ()
+    lasts: tuple = ()
+
+    def final_plan(self):
+        """The plan to print: with the last axis's size read off an input when the
+        groups it serves do not agree on the constant."""
+        return self.plan if len(self.lasts) == 1 else self.plan.reading_last()
 
 
 class Kernels:
@@ -311,6 +318,8 @@ class NumbaProgram(Program):
         )
         if served not in entry.served:
             entry.served += (served,)
+        if p.extents[-1:] and p.extents[-1] not in entry.lasts:
+            entry.lasts += (p.extents[-1],)
         targets = [names[o] for o in grp.outputs]
         computed = [show(n) for n in grp.nodes if n in self.namer or n in names]
         args = kernels.call_args(self, p, names, used)
@@ -386,12 +395,13 @@ class NumbaProgram(Program):
             for key, entry in self.kernels.entries.items():
                 if len(entry.served) == 1:
                     kt = kernels.KernelText(
-                        self, entry.plan, entry.names, entry.name, None
+                        self, entry.final_plan(), entry.names, entry.name, None
                     )
                     kt.doc = kernels.own_doc(self, kt)
                 else:  # one kernel for several groups: generic names, what it serves
                     doc = kernels.shared_doc(entry.served)
-                    kt = kernels.KernelText(self, entry.plan, None, final[key], doc)
+                    plan = entry.final_plan()
+                    kt = kernels.KernelText(self, plan, None, final[key], doc)
                 texts.append(kt.render(self.kernel_template))
         used = used.union(*(f.helpers for f in ctx["functions"]))
         helpers = [h for h in whole.NB_HELPERS if h in used]

@@ -823,7 +823,12 @@ def _nb_im2col_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
                         a = max(ilo * ow, -d)
                         b = max(a, min(ihi * ow, h * w - d))
                         dst[:a] = 0
-                        dst[a:b] = src[a + d : b + d]
+                        # a loop over views from index 0, not `dst[a:b] = src[..]`:
+                        # an array-to-slice assignment makes Numba compile its error
+                        # message's string formatting, ~2 s of a cold first call
+                        dd, ss = dst[a:b], src[a + d : b + d]
+                        for t in range(b - a):
+                            dd[t] = ss[t]
                         dst[b:] = 0
                         for i in range(ilo, ihi):
                             dst[i * ow : i * ow + jlo] = 0
