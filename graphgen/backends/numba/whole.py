@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ... import dims, ops
 from ... import graph as g
+from ...codegen import attrs as attrs_mod
 from ...codegen.comments import docstring_lines, wrap_comment
 from ...codegen.layout import (
     INDENT,
@@ -40,8 +43,33 @@ from ...codegen.render import note_helpers, recording
 # NumPy runs faster on more than this many elements (symbolic sizes count as 1): a
 # compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
-# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
-NB_HELPERS = ("matmul", "loop_softmax_cross_entropy", "loop_softmax_xent_grad")
+# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call,
+# each with the helpers it calls (printed in this order)
+NB_HELPERS = {
+    "matmul": (),
+    "flat_matmul": ("matmul",),
+    "batched_matmul": ("matmul",),
+    "loop_softmax_cross_entropy": (),
+    "loop_softmax_xent_grad": (),
+    "rows_softmax_cross_entropy": ("loop_softmax_cross_entropy",),
+    "rows_softmax_xent_grad": ("loop_softmax_xent_grad",),
+    "row_softmax": (),
+    "row_layer_norm": (),
+    "row_sums": (),
+    "col_sums": (),
+    "take_rows": (),
+    "scatter_rows": (),
+    "placed": (),
+}
+
+
+def nb_helpers(used):
+    """The :data:`NB_HELPERS` that code calling ``used`` needs, in printing order."""
+    need = set()
+    for h, deps in NB_HELPERS.items():
+        if h in used:
+            need.update((h, *deps))
+    return [h for h in NB_HELPERS if h in need]
 
 
 class Unsupported(Exception):
@@ -53,7 +81,8 @@ class Unsupported(Exception):
 NOPYTHON = {}
 
 
-# op -> ``attrs(forms, n) -> dict``: what its nopython macro reads beyond its attributes
+# op -> ``attrs(forms, n, used) -> dict``: what its nopython macro reads beyond its
+# attributes (``used``: the symbolic sizes the code reads)
 NOPYTHON_ATTRS = {}
 
 
@@ -76,30 +105,91 @@ def nopython(*names, attrs=None):
     "neg", "add", "sub", "mul", "div", "maximum", "minimum", "add_n",
     "abs", "sqrt", "exp", "log", "tanh", "sin", "cos", "square", "relu", "sign",
 )  # fmt: skip
-@nopython("transpose", "reshape", "slice", "concat", "zeros", "dimsize", "mse")
+@nopython("transpose", attrs=lambda forms, n, used: _permuted(forms, n))
+@nopython("reshape", "slice", "concat", "zeros", "dimsize", "mse")
+@nopython("is_nan")
 def _floats(at, shapes, ints):
     """Elementwise ops on arrays (not fused: e.g. beside an integer array) and shape
     ops: their NumPy forms, which Numba compiles as they are."""
     return not any(ints)
 
 
-@nopython("softmax_cross_entropy", "softmax_xent_grad")
+@nopython(
+    "softmax_cross_entropy",
+    "softmax_xent_grad",
+    attrs=lambda forms, n, used: {"rows": len(_shape(forms, n, 0)) > 2},
+)
 def _row_loop(at, shapes, ints):
-    """templates/numba/helpers/loop_*.py.j2: (batch, classes) logits, int labels."""
+    """templates/numba/helpers/loop_*.py.j2: (..., classes) logits, int labels of the
+    leading shape (rows_*.py.j2 flatten the leading axes)."""
     return (
-        len(shapes[0]) == 2
-        and len(shapes[1]) == 1
+        len(shapes[0]) >= 2
+        and len(shapes[1]) == len(shapes[0]) - 1
         and ints == [False, True]
         and at.get("ignore_index") is None
     )
 
 
-@nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
-def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
-    return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
+@nopython("matmul", attrs=lambda forms, n, used: _matmul_attrs(forms, n))
+def _matmul(at, shapes, ints):
+    """np.dot or _matmul's loops (vectors and matrices); flat_matmul.py.j2 (a stack of
+    matrices times a matrix); batched_matmul.py.j2 (stacks of the same batch shape)."""
+    a, b = shapes
+    if any(ints):
+        return False
+    if all(1 <= len(s) <= 2 for s in shapes):
+        return True
+    return len(a) >= 3 and (len(b) == 2 or (len(b) == len(a) and a[:-2] == b[:-2]))
 
 
-@nopython("sum", "mean", "max")
+def _shape(forms, n, i):
+    """The shape of operand ``i`` of node ``n``."""
+    A = forms.program.A
+    return A.nodes[g.operands(A, n)[i]][g.SHAPE]
+
+
+def _ends(at, shape):
+    """``("lead", q)`` or ``("last", q)``: a reduction over the first or last q axes
+    (row_sums / col_sums), else None."""
+    axes, r = sorted(at["axis"]), len(shape)
+    if axes == list(range(len(axes))):
+        return "lead", len(axes)
+    if axes == list(range(r - len(axes), r)):
+        return "last", len(axes)
+    return None
+
+
+def _reduction_attrs(forms, n, used, to_shape=False):
+    """``ends``/``q``: which axes a partial reduction sums; ``shape``: its result's."""
+    A = forms.program.A
+    a = A.nodes[n]
+    shape = _shape(forms, n, 0)
+    if to_shape:
+        lead, keep = ops.defs.sum_to_shape_axes(shape, tuple(a[g.ATTRS]["shape"]))
+        ends = _ends({"axis": lead + keep}, shape)
+    elif sorted(a[g.ATTRS]["axis"]) == list(range(len(shape))):
+        return {"ends": None}  # every axis: the NumPy form
+    else:
+        ends = _ends(a[g.ATTRS], shape)
+    return {
+        "ends": ends[0],
+        "q": ends[1],
+        "shape": forms.program.shape_code(a[g.SHAPE], used),
+    }
+
+
+@nopython("sum", "mean", attrs=_reduction_attrs)
+def _sum(at, shapes, ints):
+    """Over every axis (a 0-d value is a float in nopython code: it has no methods), or
+    over leading or trailing axes (col_sums / row_sums)."""
+    if any(ints) or not shapes[0]:
+        return False
+    if sorted(at["axis"]) == list(range(len(shapes[0]))):
+        return not at["keepdims"]
+    return _ends(at, shapes[0]) is not None
+
+
+@nopython("max")
 def _full_reduction(at, shapes, ints):
     # a 0-d value is a float in nopython code: it has no methods
     return (
@@ -108,6 +198,83 @@ def _full_reduction(at, shapes, ints):
         and sorted(at["axis"]) == list(range(len(shapes[0])))
         and not at["keepdims"]
     )
+
+
+@nopython(
+    "sum_to_shape",
+    attrs=lambda forms, n, used: _reduction_attrs(forms, n, used, to_shape=True),
+)
+def _sum_to_shape(at, shapes, ints):
+    """Bias gradients: a sum over leading (or trailing) axes."""
+    if any(ints) or not shapes[0]:
+        return False
+    lead, keep = ops.defs.sum_to_shape_axes(shapes[0], tuple(at["shape"]))
+    return bool(lead + keep) and _ends({"axis": lead + keep}, shapes[0]) is not None
+
+
+@nopython("softmax")
+def _softmax(at, shapes, ints):  # row_softmax.py.j2: along the last axis
+    return not any(ints) and len(shapes[0]) >= 1 and at["axis"] == len(shapes[0]) - 1
+
+
+@nopython("layer_norm")
+def _layer_norm(at, shapes, ints):
+    """row_layer_norm.py.j2: scale and bias of the normalized axes' shape."""
+    x, scale, bias = shapes
+    return not any(ints) and tuple(scale) == tuple(bias) == tuple(x[at["axis"] :])
+
+
+@nopython("gather", attrs=lambda forms, n, used: _out_shape(forms, n, used))
+def _gather(at, shapes, ints):  # take_rows.py.j2: embedding lookups
+    return at["axis"] == 0 and ints == [False, True] and len(shapes[0]) >= 1
+
+
+@nopython("scatter_add", attrs=lambda forms, n, used: _out_shape(forms, n, used))
+def _scatter_add(at, shapes, ints):  # scatter_rows.py.j2: their gradients
+    return at["axis"] == 0 and ints == [False, True]
+
+
+def _out_shape(forms, n, used):
+    return {"out_shape": forms.program.shape_code(forms.program.A.nodes[n][g.SHAPE], used)}
+
+
+@nopython("unslice", attrs=lambda forms, n, used: _slices(forms, n, used))
+def _unslice(at, shapes, ints):  # placed.py.j2: zeros with x placed at a slice
+    return not any(ints)
+
+
+def _slices(forms, n, used):
+    """The unslice's index as a tuple of slice objects (nopython code has no np.s_)."""
+    at, prog = forms.program.A.nodes[n][g.ATTRS], forms.program
+    parts = ["slice(None)"] * len(at["shape"])
+    stop = "None" if at["stop"] == at["shape"][at["axis"]] else prog.dim(at["stop"], used)
+    parts[at["axis"]] = f"slice({prog.dim(at['start'], used)}, {stop}, {at['step']})"
+    return {"slices": Code("(" + ", ".join(parts) + ",)")}
+
+
+@nopython("where", attrs=lambda forms, n, used: {"cast": forms.program.dtype != "float64"})
+def _where(at, shapes, ints):  # np.where, broadcasting as NumPy does
+    return not any(ints)
+
+
+@nopython("constant", attrs=lambda forms, n, used: _constant_slot(forms, n))
+def _constant(at, shapes, ints):
+    """A stored or filled constant is an argument of the kernel (``_constants``, a
+    tuple); one written as a literal stays np.array(literal), unless it is 0-d."""
+    return at.get("value") is None or np.ndim(at["value"]) > 0
+
+
+def _constant_slot(forms, n):
+    at = forms.program.A.nodes[n][g.ATTRS]
+    if forms.probing or at.get("value") is not None:
+        return {"slot": 0}  # a probe of the template, or a literal
+    key = attrs_mod.constant_key(n, at)
+    return {"slot": forms.constants.setdefault(key, len(forms.constants))}
+
+
+def _permuted(forms, n):
+    """``axes``: the permutation, for the shape and strides of as_strided."""
+    return {"axes": list(forms.program.A.nodes[n][g.ATTRS]["perm"])}
 
 
 def nopython_ok(prog, n):
@@ -128,13 +295,23 @@ def nopython_ok(prog, n):
 
 
 def _matmul_attrs(forms, n):
-    """``loops``: _matmul's loops (two matrices) or np.dot; notes whether the module
-    needs the register tiles."""
+    """``form``: "loops" (_matmul: two matrices), "flat" (a stack of matrices times a
+    matrix), "batched" (two stacks) or "dot" (a vector: np.dot); notes whether the
+    module needs the register tiles."""
     A = forms.program.A
-    loops = all(len(A.nodes[p][g.SHAPE]) == 2 for p in g.operands(A, n))
-    if loops and matmul_tiles(forms.program, n):
+    a, b = (len(A.nodes[p][g.SHAPE]) for p in g.operands(A, n))
+    form = (
+        "dot"
+        if min(a, b) == 1
+        else "loops"
+        if a == b == 2
+        else "flat"
+        if b == 2
+        else "batched"
+    )
+    if form != "dot" and matmul_tiles(forms.program, n):
         forms.tiles = True
-    return {"loops": loops}
+    return {"form": form}
 
 
 def matmul_tiles(prog, n):
@@ -153,12 +330,21 @@ class NopythonForms(OpForms):
     def __init__(self, program, macros):
         super().__init__(program, macros)
         self.tiles = False  # some matmul may use the register tiles
+        self.constants = {}  # the array constants' keys -> slots in ``_constants``
+        self.probing = False
+
+    def uses_once(self, op):
+        self.probing = True
+        try:
+            return super().uses_once(op)
+        finally:
+            self.probing = False
 
     def attrs(self, n, used):
         out = super().attrs(n, used)
         more = NOPYTHON_ATTRS.get(self.program.A.nodes[n][g.OP])
         if more is not None:
-            out.update(more(self, n))
+            out.update(more(self, n, used))
         return out
 
     def render(self, n, args, used, as_bool=False) -> Code:
@@ -248,11 +434,16 @@ def whole_function(prog, name, roots, doc, returns_fn):
     arrays = [
         n for n in prog.order if A.nodes[n][g.KIND] in (g.INPUT, g.PARAM) and n in taken
     ]
+    params = [prog.namer[n] for n in arrays]
+    consts = None
+    if forms.constants:  # the array constants, one tuple argument
+        consts = Code(f"_{name.upper()}_CONSTANTS")
+        params.append(Code("_constants"))
     kernel = WholeKernel(
         name=kname,
-        types=_types(prog, name, arrays),
+        types=_types(prog, name, arrays, consts, list(forms.constants)),
         decorator=bracketed("@numba.njit", _options(prog), "", 0),
-        signature=bracketed(f"def {kname}", [prog.namer[n] for n in arrays], ":", 0),
+        signature=bracketed(f"def {kname}", params, ":", 0),
         checks=_checks(prog, arrays, inner.sizes),
         doc=[
             Code(line)
@@ -265,7 +456,7 @@ def whole_function(prog, name, roots, doc, returns_fn):
         returns=bracketed("return ", outs, "", INDENT, parens=False)
         if outs
         else Code("return ()"),
-        helpers=[h for h in NB_HELPERS if h in used],
+        helpers=nb_helpers(used),
     )
     prog.whole_kernels.append(kernel)
     return Function(
@@ -273,7 +464,7 @@ def whole_function(prog, name, roots, doc, returns_fn):
         inner.doc,
         _scalar_results(prog, name, roots, inner),
         inner.returns,
-        _prologue(prog, name, kname, outs, arrays),
+        _prologue(prog, name, kname, outs, arrays, consts),
         names=inner.names,
         unpacks=False,
     )
@@ -296,15 +487,30 @@ def _root_name(prog, r, fn):
     raise AssertionError(f"internal: no name for root {r!r}")
 
 
-def _types(prog, name, arrays):
-    """``_<NAME>_TYPES``: the argument types the kernel compiles for at its first call."""
+def _types(prog, name, arrays, consts, keys):
+    """``_<NAME>_TYPES``: the argument types the kernel compiles for at its first call
+    (and ``consts``, the tuple of the array constants it takes, ``keys``)."""
     A = prog.A
     types = [
         f"numba.{'int64' if A.nodes[n][g.DTYPE] == 'int64' else A.graph['dtype']}"
         f"[{', '.join([':'] * (len(A.nodes[n][g.SHAPE]) - 1) + ['::1'])}]"
         for n in arrays
     ]
-    return fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True)
+    if consts is None:
+        return fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True)
+    entries = [subscript("_CONSTANTS", literal(k), INDENT) for k in keys]
+    return Code(
+        fit(f"{consts} = ", "(", entries, ")", 0, tuple_=True)
+        + "\n"
+        + fit(
+            f"_{name.upper()}_TYPES = ",
+            "(",
+            [*types, f"numba.typeof({consts})"],
+            ")",
+            0,
+            tuple_=True,
+        )
+    )
 
 
 def _options(prog):
@@ -364,7 +570,7 @@ def _indexes(prog):
     return bool(prog.index_checks(inputs + params))
 
 
-def _prologue(prog, name, kname, outs, arrays):
+def _prologue(prog, name, kname, outs, arrays, consts):
     """The Python-level function's body before its return: take the arrays, copy those
     the kernel's types do not take as they are, compile at the first call, run the
     kernel, and explain what it rejects.
@@ -378,10 +584,11 @@ def _prologue(prog, name, kname, outs, arrays):
     is explained by ``_check``.
     """
     idents = [prog.namer[n] for n in arrays]
+    args = idents if consts is None else [*idents, consts]
     call = (
-        assign(outs, f"{kname}", idents, 2 * INDENT)
+        assign(outs, f"{kname}", args, 2 * INDENT)
         if outs
-        else bracketed(f"{kname}", idents, "", 2 * INDENT)
+        else bracketed(f"{kname}", args, "", 2 * INDENT)
     )
     comment = wrap_comment(
         f"one compiled function ({kname}) computes "
