@@ -235,7 +235,9 @@ def _scatter_add(at, shapes, ints):  # scatter_rows.py.j2: their gradients
 
 
 def _out_shape(forms, n, used):
-    return {"out_shape": forms.program.shape_code(forms.program.A.nodes[n][g.SHAPE], used)}
+    return {
+        "out_shape": forms.program.shape_code(forms.program.A.nodes[n][g.SHAPE], used)
+    }
 
 
 @nopython("unslice", attrs=lambda forms, n, used: _slices(forms, n, used))
@@ -247,12 +249,16 @@ def _slices(forms, n, used):
     """The unslice's index as a tuple of slice objects (nopython code has no np.s_)."""
     at, prog = forms.program.A.nodes[n][g.ATTRS], forms.program
     parts = ["slice(None)"] * len(at["shape"])
-    stop = "None" if at["stop"] == at["shape"][at["axis"]] else prog.dim(at["stop"], used)
+    stop = (
+        "None" if at["stop"] == at["shape"][at["axis"]] else prog.dim(at["stop"], used)
+    )
     parts[at["axis"]] = f"slice({prog.dim(at['start'], used)}, {stop}, {at['step']})"
     return {"slices": Code("(" + ", ".join(parts) + ",)")}
 
 
-@nopython("where", attrs=lambda forms, n, used: {"cast": forms.program.dtype != "float64"})
+@nopython(
+    "where", attrs=lambda forms, n, used: {"cast": forms.program.dtype != "float64"}
+)
 def _where(at, shapes, ints):  # np.where, broadcasting as NumPy does
     return not any(ints)
 
