@@ -946,6 +946,33 @@ def test_whole_function_mode_takes_the_ops_of_small_transformers(tmp_path_factor
     _grads_agree(ref, mod, arrays)
 
 
+BIG_LOG = """
+name: big_log
+inputs:
+  x: [256, 64]
+params:
+  a: {shape: [64], init: normal}
+nodes:
+  u: {op: mul, args: [x, a]}
+  s: {op: square, args: [u]}
+  t: {op: add, args: [s, 1.0]}
+  l: {op: log, args: [t]}
+  loss: {op: mean, args: [l]}
+outputs: [loss]
+loss: loss
+"""
+
+
+def test_whole_function_mode_leaves_big_libm_work_to_numpy(tmp_path_factory):
+    # 16384 elements of log (NumPy's SIMD loop) in a function of a few ops: the Python
+    # level; forced, one compiled function
+    G = _load_yaml(tmp_path_factory, BIG_LOG, "big_log")
+    assert "np.log(" in graphgen.generate(G, backend="numba")
+    assert "def _forward_kernel(" not in graphgen.generate(G, backend="numba")
+    forced = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _forward_kernel(" in forced
+
+
 def test_whole_function_mode_reduction_of_a_0d_value():
     # mean over no axes of a 0-d value: a float in nopython code has no .mean()
     import networkx as nx
