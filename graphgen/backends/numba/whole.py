@@ -209,8 +209,8 @@ def _full_reduction(at, shapes, ints):
     attrs=lambda forms, n, used: _reduction_attrs(forms, n, used, to_shape=True),
 )
 def _sum_to_shape(at, shapes, ints):
-    """Bias gradients: a sum over leading (or trailing) axes."""
-    if any(ints) or not shapes[0]:
+    """Bias gradients: a sum over leading (or trailing) axes (not to a 0-d value)."""
+    if any(ints) or not shapes[0] or not at["shape"]:
         return False
     lead, keep = ops.defs.sum_to_shape_axes(shapes[0], tuple(at["shape"]))
     return bool(lead + keep) and _ends({"axis": lead + keep}, shapes[0]) is not None
