@@ -127,6 +127,12 @@ def compile_args(p):
         action="store_true",
         help="numba backend: compile kernels with fastmath=True",
     )
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="numba backend: each function as one compiled function whenever its ops "
+        "allow it, transformers' ops included (first call ~5x longer to compile)",
+    )
     forward_mode_args(p)
     p.add_argument(
         "-q",
@@ -261,7 +267,7 @@ def _compile_run(args):
             file=sys.stderr,
         )
     name = os.path.basename(args.spec)
-    options = {k: True for k in ("parallel", "fastmath") if getattr(args, k)}
+    options = {k: True for k in ("parallel", "fastmath", "whole") if getattr(args, k)}
     if options and args.backend != "numba":
         raise GraphgenError(f"--{' --'.join(options)} need --backend numba")
     options.update({k: True for k in ("jvp", "hvp", "hessian") if getattr(args, k)})

@@ -129,6 +129,35 @@ def test_compile_to_stdout_with_dtype_override(cli):
     assert "DTYPE = np.float32" in out
 
 
+LAYER_NORM = """
+name: norm
+inputs:
+  x: [4, 8]
+params:
+  gain: {shape: [8], init: ones}
+  shift: {shape: [8], init: zeros}
+nodes:
+  h: {op: layer_norm, args: [x, gain, shift], axis: 1}
+  s: {op: square, args: [h]}
+  loss: {op: mean, args: [s]}
+outputs: [loss]
+loss: loss
+"""
+
+
+def test_compile_whole_makes_a_transformer_op_one_compiled_function(cli, tmp_path):
+    # layer_norm's nopython form is one of the transformers' (whole=True only)
+    spec = tmp_path / "norm.yaml"
+    spec.write_text(LAYER_NORM, encoding="utf-8")
+    status, out, _ = cli("compile", spec, "--backend", "numba")
+    assert status == 0 and "def _value_and_grad_kernel(" not in out
+    status, out, _ = cli("compile", spec, "--backend", "numba", "--whole")
+    assert status == 0 and "def _value_and_grad_kernel(" in out
+    assert "_row_layer_norm(" in out
+    status, _, err = cli("compile", spec, "--whole")
+    assert status != 0 and "--whole need --backend numba" in err
+
+
 def test_console_script_entry_point(tmp_path):
     exe = VENV_BIN / "graphgen"
     assert exe.is_file(), f"console script missing: {exe}"

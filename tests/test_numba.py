@@ -889,6 +889,94 @@ def test_one_kernel_function_stays_python_level(tmp_path_factory):
     _grads_agree(ref, mod, arrays)
 
 
+# The ops of small transformers (issue 15): an embedding lookup (negative and repeated
+# ids: its gradient adds rows up), layer norm, a stack of matrices times a matrix, slices
+# (gradients: unslice), batched matmuls of strided views, a mask, a last-axis softmax,
+# a sequence cross-entropy; their gradients add partial sums (bias, softmax, layer norm).
+SEQ = """
+name: seq_ops
+inputs:
+  ids: {shape: [batch, 5], dtype: int64}
+  labels: {shape: [batch, 5], dtype: int64}
+  mask: [5, 5]
+params:
+  E: {shape: [7, 8], init: normal}
+  gain: {shape: [8], init: normal}
+  shift: {shape: [8], init: normal}
+  W: {shape: [8, 12], init: glorot_uniform}
+  c: {shape: [12], init: normal}
+  V: {shape: [4, 7], init: glorot_uniform}
+nodes:
+  x: {op: gather, args: [E, ids]}
+  h: {op: layer_norm, args: [x, gain, shift], axis: 2}
+  z: {op: matmul, args: [h, W]}
+  qkv: {op: add, args: [z, c]}
+  q: {op: slice, args: [qkv], axis: 2, start: 0, stop: 4}
+  k: {op: slice, args: [qkv], axis: 2, start: 4, stop: 8}
+  v: {op: slice, args: [qkv], axis: 2, start: 8, stop: 12}
+  kt: {op: transpose, args: [k], perm: [0, 2, 1]}
+  s: {op: matmul, args: [q, kt]}
+  sm: {op: where, args: [mask, s, -30.0]}
+  p: {op: softmax, args: [sm], axis: 2}
+  o: {op: matmul, args: [p, v]}
+  logits: {op: matmul, args: [o, V]}
+  loss: {op: softmax_cross_entropy, args: [logits, labels]}
+outputs: [logits, loss]
+loss: loss
+"""
+
+
+def test_whole_function_mode_takes_the_ops_of_small_transformers(tmp_path_factory):
+    # whole=True: these forms cost the first call ~5x in compile time; automatic mode
+    # keeps such a function at the Python level
+    G = _load_yaml(tmp_path_factory, SEQ, "seq_ops")
+    default = graphgen.generate(G, backend="numba")
+    assert "_kernel(" not in default.replace("_k_", "")
+    src = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _value_and_grad_kernel(" in src and "def _forward_kernel(" in src
+    kernel = src.split("\ndef _value_and_grad_kernel(")[1].split("\ndef ")[0]
+    for h in ("take_rows", "scatter_rows", "row_layer_norm", "flat_matmul", "placed"):
+        assert f"_{h}(" in kernel
+    for h in ("batched_matmul", "loop_softmax", "row_sums", "col_sums"):
+        assert f"_{h}(" in kernel
+    ref, mod = graphgen.compile(G), graphgen.compile(G, backend="numba", whole=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "ids": rng.integers(-7, 7, size=(3, 5)),  # negative ids count from the end
+        "labels": rng.integers(0, 7, size=(3, 5)),
+        "mask": (rng.random((5, 5)) < 0.7).astype(np.float64),
+        **ref.init_params(1),
+    }
+    _grads_agree(ref, mod, arrays)
+
+
+BIG_LOG = """
+name: big_log
+inputs:
+  x: [256, 64]
+params:
+  a: {shape: [64], init: normal}
+nodes:
+  u: {op: mul, args: [x, a]}
+  s: {op: square, args: [u]}
+  t: {op: add, args: [s, 1.0]}
+  l: {op: log, args: [t]}
+  loss: {op: mean, args: [l]}
+outputs: [loss]
+loss: loss
+"""
+
+
+def test_whole_function_mode_leaves_big_libm_work_to_numpy(tmp_path_factory):
+    # 16384 elements of log (NumPy's SIMD loop) in a function of a few ops: the Python
+    # level; forced, one compiled function
+    G = _load_yaml(tmp_path_factory, BIG_LOG, "big_log")
+    assert "np.log(" in graphgen.generate(G, backend="numba")
+    assert "def _forward_kernel(" not in graphgen.generate(G, backend="numba")
+    forced = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _forward_kernel(" in forced
+
+
 def test_whole_function_mode_reduction_of_a_0d_value():
     # mean over no axes of a 0-d value: a float in nopython code has no .mean()
     import networkx as nx

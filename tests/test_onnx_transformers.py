@@ -118,6 +118,36 @@ def test_exported_transformer_matches_pytorch(name, backend):
     compare(path, ref, backend)
 
 
+@pytest.mark.parametrize("name", tm.NAMES)
+def test_exported_transformer_is_one_compiled_numba_function(name):
+    # with whole=True every op has a nopython form: value_and_grad and forward are one
+    # @numba.njit function each; automatic mode keeps them at the Python level (their
+    # first call compiled ~5x longer whole: nanoGPT 21 s -> 116 s)
+    path = os.path.join(tm.HERE, f"{name}.onnx")
+    G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
+    src = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _value_and_grad_kernel(" in src and "def _forward_kernel(" in src
+    default = graphgen.generate(G, backend="numba")
+    assert "def _value_and_grad_kernel(" not in default
+    fwd = graphgen.load(path, vjp=False)
+    assert "def _forward_kernel(" in graphgen.generate(fwd, backend="numba", whole=True)
+
+
+def test_exported_mask_constant_is_an_argument_of_the_numba_kernel(
+    tmp_path, monkeypatch
+):
+    # at T = CONTEXT the exporter folds nanoGPT's causal mask into a constant array:
+    # the compiled function takes it as an argument (one tuple, _constants)
+    pytest.importorskip("torch", reason="PyTorch exports the model")
+    monkeypatch.setattr(tm, "T", tm.CONTEXT)
+    path = str(tmp_path / "nanogpt.onnx")
+    tm.export("nanogpt", path)
+    G = graphgen.load(path, vjp=False)
+    src = graphgen.generate(G, backend="numba", whole=True)
+    assert "def _forward_kernel(" in src
+    assert "_constants[0]" in src and "numba.typeof(_FORWARD_CONSTANTS)" in src
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", tm.NAMES)
 def test_freshly_exported_transformer_matches_pytorch(name, dynamo, tmp_path):

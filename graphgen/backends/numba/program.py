@@ -404,7 +404,7 @@ class NumbaProgram(Program):
                     kt = kernels.KernelText(self, plan, None, final[key], doc)
                 texts.append(kt.render(self.kernel_template))
         used = used.union(*(f.helpers for f in ctx["functions"]))
-        helpers = [h for h in whole.NB_HELPERS if h in used]
+        helpers = whole.nb_helpers(used)
         ctx["kernels"] = (
             [
                 Code(

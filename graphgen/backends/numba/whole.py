@@ -9,15 +9,19 @@ compiled code. The result dict is built at the Python level.
 
 It is used when every op of the function has a nopython form (:func:`nopython_ok`),
 ``parallel`` is off, and (automatic mode) no transcendental that NumPy does faster is
-large (:data:`WHOLE_TRANSCENDENTAL_LIMIT`).
+large for the function (:data:`WHOLE_TRANSCENDENTAL_LIMIT`) and no op needs one of the
+forms only ``whole=True`` uses (:data:`EXPLICIT`: the small transformers' forms).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ... import dims, ops
 from ... import graph as g
+from ...codegen import attrs as attrs_mod
 from ...codegen import tangents
 from ...codegen.comments import docstring_lines, wrap_comment
 from ...codegen.layout import (
@@ -41,14 +45,42 @@ from ...codegen.render import note_helpers, recording
 # Whole-function mode (auto) is off when a function computes one of the transcendentals
 # NumPy runs faster on more than this many elements (symbolic sizes count as 1): a
 # compiled loop calls libm once per element, ~13-58x slower than NumPy's SIMD loop.
+# (whole=True ignores it: GPT-2, 2 layers of width 32, ran its step in 0.23-0.40x the
+# Python-level time as one compiled function, with 66 176 pow elements in 332 ops.)
 WHOLE_TRANSCENDENTAL_LIMIT = 4096
-# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call.
-NB_HELPERS = (
-    "matmul",
-    "loop_softmax",
-    "loop_softmax_cross_entropy",
-    "loop_softmax_xent_grad",
-)
+# templates/numba/helpers/<name>.py.j2: @numba.njit helpers whole-function kernels call,
+# each with the helpers it calls (printed in this order)
+NB_HELPERS = {
+    "matmul": (),
+    "flat_matmul": ("matmul",),
+    "batched_matmul": ("matmul",),
+    "loop_softmax": (),
+    "loop_softmax_cross_entropy": (),
+    "loop_softmax_xent_grad": (),
+    "rows_softmax_cross_entropy": ("loop_softmax_cross_entropy",),
+    "rows_softmax_xent_grad": ("loop_softmax_xent_grad",),
+    "row_layer_norm": (),
+    "row_sums": (),
+    "col_sums": (),
+    "take_rows": (),
+    "scatter_rows": (),
+    "placed": (),
+}
+# What a nopython form predicate returns for a form only ``whole=True`` uses: the small
+# transformers' forms (stacked matmuls, softmax of more than a matrix, layer_norm,
+# partial sums, embedding rows, unslice, where, array constants). Compiling such a
+# function whole made the first call ~5x slower (nanoGPT 21 s -> 116 s), so in automatic
+# mode it stays at the Python level.
+EXPLICIT = "explicit"
+
+
+def nb_helpers(used):
+    """The :data:`NB_HELPERS` that code calling ``used`` needs, in printing order."""
+    need = set()
+    for h, deps in NB_HELPERS.items():
+        if h in used:
+            need.update((h, *deps))
+    return [h for h in NB_HELPERS if h in need]
 
 
 class Unsupported(Exception):
@@ -60,18 +92,21 @@ class Unsupported(Exception):
 NOPYTHON = {}
 
 
-# op -> ``attrs(forms, n) -> dict``: what its nopython macro reads beyond its attributes
+# op -> ``attrs(forms, n, used) -> dict``: what its nopython macro reads beyond its
+# attributes (``used``: the symbolic sizes the code reads)
 NOPYTHON_ATTRS = {}
 
 
-def nopython(*names, attrs=None):
+def nopython(*names, attrs=None, explicit=False):
     """Register the decorated predicate as the nopython form of the ops ``names`` (and
-    ``attrs``, what their macro reads beyond their attributes)."""
+    ``attrs``, what their macro reads beyond their attributes). A predicate returns
+    True, False or :data:`EXPLICIT`; ``explicit``: every form it accepts is one."""
 
     def register(form):
+        rule = (lambda *a: form(*a) and EXPLICIT) if explicit else form
         for name in names:
             assert name in ops.REGISTRY, name
-            NOPYTHON[name] = form
+            NOPYTHON[name] = rule
             if attrs is not None:
                 NOPYTHON_ATTRS[name] = attrs
         return form
@@ -83,36 +118,112 @@ def nopython(*names, attrs=None):
     "neg", "add", "sub", "mul", "div", "maximum", "minimum", "add_n",
     "abs", "sqrt", "exp", "log", "tanh", "sin", "cos", "square", "relu", "sign",
 )  # fmt: skip
-@nopython("transpose", "reshape", "slice", "concat", "zeros", "dimsize", "mse")
+@nopython("transpose", attrs=lambda forms, n, used: _permuted(forms, n))
+@nopython("reshape", "slice", "concat", "zeros", "dimsize", "mse")
+@nopython("is_nan", explicit=True)
 def _floats(at, shapes, ints):
     """Elementwise ops on arrays (not fused: e.g. beside an integer array) and shape
     ops: their NumPy forms, which Numba compiles as they are."""
     return not any(ints)
 
 
-@nopython("softmax_cross_entropy", "softmax_xent_grad")
+@nopython(
+    "softmax_cross_entropy",
+    "softmax_xent_grad",
+    attrs=lambda forms, n, used: {"rows": len(_shape(forms, n, 0)) > 2},
+)
 def _row_loop(at, shapes, ints):
-    """templates/numba/helpers/loop_*.py.j2: (batch, classes) logits, int labels."""
-    return (
-        len(shapes[0]) == 2
-        and len(shapes[1]) == 1
+    """templates/numba/helpers/loop_*.py.j2: (..., classes) logits, int labels of the
+    leading shape (whole=True: rows_*.py.j2 flatten the leading axes)."""
+    ok = (
+        len(shapes[0]) >= 2
+        and len(shapes[1]) == len(shapes[0]) - 1
         and ints == [False, True]
         and at.get("ignore_index") is None
     )
+    return EXPLICIT if ok and len(shapes[0]) > 2 else ok
 
 
-@nopython("softmax")
-def _rows(at, shapes, ints):
-    """templates/numba/helpers/loop_softmax.py.j2: along the last axis of a matrix."""
-    return not any(ints) and len(shapes[0]) == 2 and at["axis"] in (1, -1)
+@nopython("matmul", attrs=lambda forms, n, used: _matmul_attrs(forms, n))
+def _matmul(at, shapes, ints):
+    """np.dot or _matmul's loops (vectors and matrices); whole=True: flat_matmul.py.j2
+    (a stack of matrices times a matrix), batched_matmul.py.j2 (stacks of the same
+    batch shape)."""
+    a, b = shapes
+    if any(ints):
+        return False
+    if all(1 <= len(s) <= 2 for s in shapes):
+        return True
+    stacked = len(a) >= 3 and (len(b) == 2 or (len(b) == len(a) and a[:-2] == b[:-2]))
+    return EXPLICIT if stacked else False
 
 
-@nopython("matmul", attrs=lambda forms, n: _matmul_attrs(forms, n))
-def _matmul(at, shapes, ints):  # np.dot or _matmul's loops: vectors and matrices
-    return not any(ints) and all(1 <= len(s) <= 2 for s in shapes)
+def _shape(forms, n, i):
+    """The shape of operand ``i`` of node ``n``."""
+    A = forms.program.A
+    return A.nodes[g.operands(A, n)[i]][g.SHAPE]
 
 
-@nopython("mean", "max")
+def _ends(at, shape):
+    """``("lead", q)`` or ``("last", q)``: a reduction over the first or last q axes
+    (row_sums / col_sums), else None."""
+    axes, r = sorted(at["axis"]), len(shape)
+    if axes == list(range(len(axes))):
+        return "lead", len(axes)
+    if axes == list(range(r - len(axes), r)):
+        return "last", len(axes)
+    return None
+
+
+def _reduction_attrs(forms, n, used, to_shape=False, one_axis=False):
+    """``ends``: None (every axis: the NumPy form), "axis" (np.sum along one axis,
+    ``axis``/``keepdims`` as the NumPy form reads them), or "lead"/"last" with ``q``:
+    row_sums / col_sums over the first or last q axes (whole=True), reshaped to
+    ``shape``, the result's. ``one_axis``: the op has the "axis" form (sum)."""
+    A, prog = forms.program.A, forms.program
+    a = A.nodes[n]
+    shape = _shape(forms, n, 0)
+    if to_shape:
+        lead, keep = ops.defs.sum_to_shape_axes(shape, tuple(a[g.ATTRS]["shape"]))
+        ends = _ends({"axis": lead + keep}, shape)
+    elif sorted(a[g.ATTRS]["axis"]) == list(range(len(shape))):
+        return {"ends": None}
+    elif one_axis and len(a[g.ATTRS]["axis"]) == 1 and prog.whole is not True:
+        return {"ends": "axis"}  # no helper to compile
+    else:
+        ends = _ends(a[g.ATTRS], shape)
+    return {"ends": ends[0], "q": ends[1], "shape": prog.shape_code(a[g.SHAPE], used)}
+
+
+@nopython(
+    "sum",
+    attrs=lambda forms, n, used: _reduction_attrs(forms, n, used, one_axis=True),
+)
+def _sum(at, shapes, ints):
+    """Over every axis (a 0-d value is a float in nopython code: it has no methods),
+    along one axis of a matrix or more (Numba's np.sum takes one integer axis; keepdims
+    by np.expand_dims), or (whole=True) over leading or trailing axes (col_sums /
+    row_sums, which whole=True also uses for one leading or trailing axis)."""
+    return _partial(at, shapes, ints, one_axis=True)
+
+
+@nopython("mean", attrs=_reduction_attrs)
+def _mean(at, shapes, ints):
+    """Over every axis, or (whole=True) over leading or trailing axes."""
+    return _partial(at, shapes, ints, one_axis=False)
+
+
+def _partial(at, shapes, ints, one_axis):
+    if any(ints) or not shapes[0]:
+        return False
+    if sorted(at["axis"]) == list(range(len(shapes[0]))):
+        return not at["keepdims"]
+    if one_axis and len(at["axis"]) == 1:
+        return True
+    return EXPLICIT if _ends(at, shapes[0]) is not None else False
+
+
+@nopython("max")
 def _full_reduction(at, shapes, ints):
     # a 0-d value is a float in nopython code: it has no methods
     return (
@@ -123,12 +234,105 @@ def _full_reduction(at, shapes, ints):
     )
 
 
-@nopython("sum")
-def _sum(at, shapes, ints):
-    """A full sum, or one along a single axis of a matrix or more (Numba's np.sum takes
-    one integer axis; keepdims by np.expand_dims)."""
-    one_axis = len(shapes[0]) >= 2 and len(at["axis"]) == 1
-    return _full_reduction(at, shapes, ints) or (not any(ints) and one_axis)
+@nopython(
+    "sum_to_shape",
+    attrs=lambda forms, n, used: _reduction_attrs(forms, n, used, to_shape=True),
+    explicit=True,
+)
+def _sum_to_shape(at, shapes, ints):
+    """Bias gradients: a sum over leading (or trailing) axes (not to a 0-d value)."""
+    if any(ints) or not shapes[0] or not at["shape"]:
+        return False
+    lead, keep = ops.defs.sum_to_shape_axes(shapes[0], tuple(at["shape"]))
+    return bool(lead + keep) and _ends({"axis": lead + keep}, shapes[0]) is not None
+
+
+@nopython("softmax")
+def _softmax(at, shapes, ints):
+    """loop_softmax.py.j2: along the last axis of a matrix, or (whole=True) of any
+    other shape."""
+    r = len(shapes[0])
+    if any(ints) or r < 1 or at["axis"] not in (r - 1, -1):
+        return False
+    return True if r == 2 else EXPLICIT
+
+
+@nopython("layer_norm", explicit=True)
+def _layer_norm(at, shapes, ints):
+    """row_layer_norm.py.j2: scale and bias of the normalized axes' shape."""
+    x, scale, bias = shapes
+    return not any(ints) and tuple(scale) == tuple(bias) == tuple(x[at["axis"] :])
+
+
+@nopython(
+    "gather", attrs=lambda forms, n, used: _out_shape(forms, n, used), explicit=True
+)
+def _gather(at, shapes, ints):  # take_rows.py.j2: embedding lookups
+    return at["axis"] == 0 and ints == [False, True] and len(shapes[0]) >= 1
+
+
+@nopython(
+    "scatter_add",
+    attrs=lambda forms, n, used: _out_shape(forms, n, used),
+    explicit=True,
+)
+def _scatter_add(at, shapes, ints):  # scatter_rows.py.j2: their gradients
+    return at["axis"] == 0 and ints == [False, True]
+
+
+def _out_shape(forms, n, used):
+    return {
+        "out_shape": forms.program.shape_code(forms.program.A.nodes[n][g.SHAPE], used)
+    }
+
+
+@nopython(
+    "unslice", attrs=lambda forms, n, used: _slices(forms, n, used), explicit=True
+)
+def _unslice(at, shapes, ints):  # placed.py.j2: zeros with x placed at a slice
+    return not any(ints)
+
+
+def _slices(forms, n, used):
+    """The unslice's index as a tuple of slice objects (nopython code has no np.s_)."""
+    at, prog = forms.program.A.nodes[n][g.ATTRS], forms.program
+    parts = ["slice(None)"] * len(at["shape"])
+    stop = (
+        "None" if at["stop"] == at["shape"][at["axis"]] else prog.dim(at["stop"], used)
+    )
+    parts[at["axis"]] = f"slice({prog.dim(at['start'], used)}, {stop}, {at['step']})"
+    return {"slices": Code("(" + ", ".join(parts) + ",)")}
+
+
+@nopython(
+    "where",
+    attrs=lambda forms, n, used: {"cast": forms.program.dtype != "float64"},
+    explicit=True,
+)
+def _where(at, shapes, ints):  # np.where, broadcasting as NumPy does
+    return not any(ints)
+
+
+@nopython(
+    "constant", attrs=lambda forms, n, used: _constant_slot(forms, n), explicit=True
+)
+def _constant(at, shapes, ints):
+    """A stored or filled constant is an argument of the kernel (``_constants``, a
+    tuple); one written as a literal stays np.array(literal), unless it is 0-d."""
+    return at.get("value") is None or np.ndim(at["value"]) > 0
+
+
+def _constant_slot(forms, n):
+    at = forms.program.A.nodes[n][g.ATTRS]
+    if forms.probing or at.get("value") is not None:
+        return {"slot": 0}  # a probe of the template, or a literal
+    key = attrs_mod.constant_key(n, at)
+    return {"slot": forms.constants.setdefault(key, len(forms.constants))}
+
+
+def _permuted(forms, n):
+    """``axes``: the permutation, for the shape and strides of as_strided."""
+    return {"axes": list(forms.program.A.nodes[n][g.ATTRS]["perm"])}
 
 
 def nopython_ok(prog, n):
@@ -145,17 +349,28 @@ def nopython_ok(prog, n):
     if scalar and op in prog.scalar_ops():
         return True
     form = NOPYTHON.get(op)
-    return form is not None and form(a[g.ATTRS], shapes, ints)
+    ok = form is not None and form(a[g.ATTRS], shapes, ints)
+    return prog.whole is True if ok is EXPLICIT else bool(ok)
 
 
 def _matmul_attrs(forms, n):
-    """``loops``: _matmul's loops (two matrices) or np.dot; notes whether the module
-    needs the register tiles."""
+    """``form``: "loops" (_matmul: two matrices), "flat" (a stack of matrices times a
+    matrix), "batched" (two stacks) or "dot" (a vector: np.dot); notes whether the
+    module needs the register tiles."""
     A = forms.program.A
-    loops = all(len(A.nodes[p][g.SHAPE]) == 2 for p in g.operands(A, n))
-    if loops and matmul_tiles(forms.program, n):
+    a, b = (len(A.nodes[p][g.SHAPE]) for p in g.operands(A, n))
+    form = (
+        "dot"
+        if min(a, b) == 1
+        else "loops"
+        if a == b == 2
+        else "flat"
+        if b == 2
+        else "batched"
+    )
+    if form != "dot" and matmul_tiles(forms.program, n):
         forms.tiles = True
-    return {"loops": loops}
+    return {"form": form}
 
 
 def matmul_tiles(prog, n):
@@ -174,12 +389,21 @@ class NopythonForms(OpForms):
     def __init__(self, program, macros):
         super().__init__(program, macros)
         self.tiles = False  # some matmul may use the register tiles
+        self.constants = {}  # the array constants' keys -> slots in ``_constants``
+        self.probing = False
+
+    def uses_once(self, op):
+        self.probing = True
+        try:
+            return super().uses_once(op)
+        finally:
+            self.probing = False
 
     def attrs(self, n, used):
         out = super().attrs(n, used)
         more = NOPYTHON_ATTRS.get(self.program.A.nodes[n][g.OP])
         if more is not None:
-            out.update(more(self, n))
+            out.update(more(self, n, used))
         return out
 
     def render(self, n, args, used, as_bool=False) -> Code:
@@ -287,9 +511,13 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
         params += [ident for ident, _, _ in state] + scalars
         types += [t for _, _, t in state] + [f"numba.{prog.dtype}"] * len(scalars)
         what = "the arrays, the optimizer's state and the step's scalars in"
+    consts = None
+    if forms.constants:  # the array constants, one tuple argument, last
+        consts = Code(f"_{name.upper()}_CONSTANTS")
+        params.append(Code("_constants"))
     kernel = WholeKernel(
         name=kname,
-        types=fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True),
+        types=_types(name, types, consts, list(forms.constants)),
         decorator=bracketed("@numba.njit", _options(prog), "", 0),
         signature=bracketed(f"def {kname}", params, ":", 0),
         checks=_checks(prog, args, inner.sizes),
@@ -314,7 +542,7 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
         returns=bracketed("return ", outs, "", INDENT, parens=False)
         if outs
         else Code("return ()"),
-        helpers=[h for h in NB_HELPERS if h in used],
+        helpers=nb_helpers(used),
     )
     prog.whole_kernels.append(kernel)
     if train:
@@ -323,15 +551,15 @@ def whole_function(prog, name, roots, doc, returns_fn, train=False):
             inner.doc,
             [],
             inner.returns,
-            _train_prologue(prog, kname, outs, arrays, state),
+            _train_prologue(prog, kname, outs, arrays, state, consts),
             names=inner.names,
             updated=True,
         )
     if name in tangents.DIRECTED:
         # after _unpack and _directions (codegen/tangents.py), which check everything
-        prologue = _directed_call(prog, kname, name, outs, arrays, directions)
+        prologue = _directed_call(prog, kname, name, outs, arrays, directions, consts)
     else:
-        prologue = _prologue(prog, name, kname, outs, arrays)
+        prologue = _prologue(prog, name, kname, outs, arrays, consts)
     return Function(
         inner.name,
         inner.doc,
@@ -417,6 +645,26 @@ def _root_name(prog, r, fn):
     raise AssertionError(f"internal: no name for root {r!r}")
 
 
+def _types(name, types, consts, keys):
+    """``_<NAME>_TYPES``: the argument types the kernel compiles for at its first call
+    (and ``consts``, the tuple of the array constants it takes, ``keys``)."""
+    if consts is None:
+        return fit(f"_{name.upper()}_TYPES = ", "(", types, ")", 0, tuple_=True)
+    entries = [subscript("_CONSTANTS", literal(k), INDENT) for k in keys]
+    return Code(
+        fit(f"{consts} = ", "(", entries, ")", 0, tuple_=True)
+        + "\n"
+        + fit(
+            f"_{name.upper()}_TYPES = ",
+            "(",
+            [*types, f"numba.typeof({consts})"],
+            ")",
+            0,
+            tuple_=True,
+        )
+    )
+
+
 def _options(prog):
     options = ["cache=True"] if prog.cache else []
     options.append('error_model="numpy"')
@@ -468,7 +716,7 @@ def _scalar_results(prog, name, roots, inner):
     return stmts
 
 
-def _train_prologue(prog, kname, outs, arrays, state):
+def _train_prologue(prog, kname, outs, arrays, state, consts):
     """train_step's body after ``_next_step``: compile at the first call, then run the
     kernel on the arrays ``_unpack`` checked, the state arrays ``_train_arrays``
     checked and the step's scalars."""
@@ -476,6 +724,8 @@ def _train_prologue(prog, kname, outs, arrays, state):
     helper = f"_{prog.optimizer.kind.helper}_scalars({names['lr']}, {names['t']})"
     args = [prog.namer[n] for n in arrays] + [expr for _, expr, _ in state]
     args.append(f"*{helper}")
+    if consts is not None:
+        args.append(consts)
     call = (
         assign(outs, f"{kname}", args, INDENT)
         if outs
@@ -517,12 +767,14 @@ def _indexes(prog):
     return bool(prog.index_checks(inputs + params))
 
 
-def _directed_call(prog, kname, name, outs, arrays, directions):
+def _directed_call(prog, kname, name, outs, arrays, directions, consts):
     """jvp's or hvp's kernel call, after ``_unpack`` and ``_directions`` have checked
     the arrays (dtypes, shapes, aligned and writeable) and taken the directions:
     ``_taken`` makes the arrays C-contiguous too, as the kernel's types are."""
     idents = [Code(f"_taken({prog.namer[n]})") for n in arrays]
     idents += [prog.namer[n] for n in directions]
+    if consts is not None:
+        idents.append(consts)
     call = (
         assign(outs, f"{kname}", idents, INDENT)
         if outs
@@ -541,7 +793,7 @@ def _directed_call(prog, kname, name, outs, arrays, directions):
     return Code("\n".join(" " * INDENT + line for line in lines))
 
 
-def _prologue(prog, name, kname, outs, arrays):
+def _prologue(prog, name, kname, outs, arrays, consts):
     """The Python-level function's body before its return: take the arrays, copy those
     the kernel's types do not take as they are, compile at the first call, run the
     kernel, and explain what it rejects.
@@ -555,10 +807,11 @@ def _prologue(prog, name, kname, outs, arrays):
     is explained by ``_check``.
     """
     idents = [prog.namer[n] for n in arrays]
+    args = idents if consts is None else [*idents, consts]
     call = (
-        assign(outs, f"{kname}", idents, 2 * INDENT)
+        assign(outs, f"{kname}", args, 2 * INDENT)
         if outs
-        else bracketed(f"{kname}", idents, "", 2 * INDENT)
+        else bracketed(f"{kname}", args, "", 2 * INDENT)
     )
     comment = wrap_comment(
         f"one compiled function ({kname}) computes "
