@@ -716,6 +716,24 @@ def _scalar_results(prog, name, roots, inner):
     return stmts
 
 
+def _kernel_call(kname, types, outs, args, text, depth):
+    """The Python level's call of whole-function kernel ``kname``: the lines that
+    compile it for ``types`` at the first call, the comment saying ``text`` and the
+    call on ``args`` assigning ``outs``, the last two laid out ``depth`` levels deep."""
+    indent = depth * INDENT
+    call = (
+        assign(outs, f"{kname}", args, indent)
+        if outs
+        else bracketed(f"{kname}", args, "", indent)
+    )
+    compile_ = [
+        f"if not {kname}.overloads:  # the first call compiles it",
+        f"    _compile({kname}, {types})",
+    ]
+    comment = [f"# {c}" for c in wrap_comment(text, width=LINE - indent - 2)]
+    return compile_, comment, call
+
+
 def _train_prologue(prog, kname, outs, arrays, state, consts):
     """train_step's body after ``_next_step``: compile at the first call, then run the
     kernel on the arrays ``_unpack`` checked, the state arrays ``_train_arrays``
@@ -726,21 +744,20 @@ def _train_prologue(prog, kname, outs, arrays, state, consts):
     args.append(f"*{helper}")
     if consts is not None:
         args.append(consts)
-    call = (
-        assign(outs, f"{kname}", args, INDENT)
-        if outs
-        else bracketed(f"{kname}", args, "", INDENT)
-    )
     when = (
         "after the backward pass (clipping needs every gradient)"
         if prog.optimizer.clip_norm
         else "each right after its gradient is complete"
     )
-    comment = wrap_comment(
+    compile_, comment, call = _kernel_call(
+        kname,
+        "_TRAIN_STEP_TYPES",
+        outs,
+        args,
         f"one compiled function ({kname}) computes "
         + ", ".join(outs or ["nothing"])
         + f" and updates every param, {when}",
-        width=LINE - INDENT - 2,
+        1,
     )
     lines = []
     inputs = [prog.namer[n] for n in arrays if prog.A.nodes[n][g.KIND] == g.INPUT]
@@ -752,12 +769,7 @@ def _train_prologue(prog, kname, outs, arrays, state, consts):
             "    # the kernel's types are C-contiguous arrays: copies of the others",
             "    " + unpack_line("", outer, merged, 2 * INDENT),
         ]
-    lines += [
-        f"if not {kname}.overloads:  # the first call compiles it",
-        f"    _compile({kname}, _TRAIN_STEP_TYPES)",
-        *(f"# {c}" for c in comment),
-        call,
-    ]
+    lines += [*compile_, *comment, call]
     return Code("\n".join(" " * INDENT + line for line in lines))
 
 
@@ -775,19 +787,17 @@ def _directed_call(prog, kname, name, outs, arrays, directions, consts):
     idents += [prog.namer[n] for n in directions]
     if consts is not None:
         idents.append(consts)
-    call = (
-        assign(outs, f"{kname}", idents, INDENT)
-        if outs
-        else bracketed(f"{kname}", idents, "", INDENT)
-    )
-    comment = wrap_comment(
+    compile_, comment, call = _kernel_call(
+        kname,
+        f"_{name.upper()}_TYPES",
+        outs,
+        idents,
         f"one compiled function ({kname}) computes " + ", ".join(outs),
-        width=LINE - INDENT - 2,
+        1,
     )
     lines = [
-        f"if not {kname}.overloads:  # the first call compiles it",
-        f"    _compile({kname}, _{name.upper()}_TYPES)",
-        *(f"# {c}" for c in comment),
+        *compile_,
+        *comment,
         call,
     ]
     return Code("\n".join(" " * INDENT + line for line in lines))
@@ -808,16 +818,15 @@ def _prologue(prog, name, kname, outs, arrays, consts):
     """
     idents = [prog.namer[n] for n in arrays]
     args = idents if consts is None else [*idents, consts]
-    call = (
-        assign(outs, f"{kname}", args, 2 * INDENT)
-        if outs
-        else bracketed(f"{kname}", args, "", 2 * INDENT)
-    )
-    comment = wrap_comment(
+    compile_, comment, call = _kernel_call(
+        kname,
+        f"_{name.upper()}_TYPES",
+        outs,
+        args,
         f"one compiled function ({kname}) computes "
         + ", ".join(outs)
         + (" (the forward and backward pass)" if name == "value_and_grad" else ""),
-        width=LINE - 2 * INDENT - 2,
+        2,
     )
     tests = [
         test
@@ -841,10 +850,9 @@ def _prologue(prog, name, kname, outs, arrays, consts):
             else []
         ),
         *(["_check_indices(arrays)"] if _indexes(prog) else []),
-        f"if not {kname}.overloads:  # the first call compiles it",
-        f"    _compile({kname}, _{name.upper()}_TYPES)",
+        *compile_,
         "try:",
-        *(f"    # {c}" for c in comment),
+        *(f"    {c}" for c in comment),
         f"    {call}",
         "except (TypeError, ValueError):  # a wrong dtype, rank or size",
         "    _check(arrays)  # raises the ValueError naming a wrong array",
