@@ -1000,6 +1000,40 @@ def test_whole_function_mode_reduction_of_a_0d_value():
     _close(g1["b"], g2["b"], "grad b")
 
 
+def test_whole_function_kernels_take_an_unread_0d_array():
+    # a 0-d array the function does not read (ONNX Dropout's ratio at inference) is
+    # still an argument of the kernel: ``Array(float64, 0, "C")`` in its signature,
+    # not ``float64[::1]`` (1-d: every call was a TypeError)
+    import networkx as nx
+
+    G = nx.DiGraph(name="zero_d_args", loss="J", wrt=["b", "W"], outputs=["J", "y"])
+    G.add_node("x", kind="input", shape=("batch", 3), dtype="float64")
+    G.add_node("k", kind="input", shape=(), dtype="float64")
+    G.add_node("b", kind="param", shape=(3,), dtype="float64")
+    G.add_node("W", kind="param", shape=(3, 3), dtype="float64")
+    for n, op, args in [
+        ("m", "matmul", ["x", "W"]),  # not one fused kernel
+        ("y", "add", ["m", "b"]),
+        ("t", "tanh", ["y"]),
+        ("J", "sum", ["t"]),
+    ]:
+        G.add_node(n, kind="op", op=op, attrs={})
+        for i, a in enumerate(args):
+            G.add_edge(a, n, pos=(i,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # k: "the loss does not depend on it"
+        ref = graphgen.compile(G)
+        mod = graphgen.compile(G, backend="numba")
+    assert 'numba.types.Array(numba.float64, 0, "C")' in mod.__source__
+    arrays = random_arrays(G, seed=2)
+    assert arrays["k"].shape == ()
+    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
+    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
+    for name in ("b", "W"):
+        _close(g1[name], g2[name], f"grad {name}")
+    _close(ref.forward(**arrays)["y"], mod.forward(**arrays)["y"], "y")
+
+
 SHARED = """
 name: shared
 inputs:

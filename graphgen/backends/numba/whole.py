@@ -625,6 +625,8 @@ def _array_type(prog, n):
     """Array ``n``'s type in a kernel signature: C-contiguous, of its dtype and rank."""
     a = prog.A.nodes[n]
     dtype = "int64" if a[g.DTYPE] == "int64" else prog.A.graph["dtype"]
+    if not a[g.SHAPE]:  # a 0-d array: ``float32[::1]`` would be 1-d
+        return f'numba.types.Array(numba.{dtype}, 0, "C")'
     return f"numba.{dtype}[{', '.join([':'] * (len(a[g.SHAPE]) - 1) + ['::1'])}]"
 
 
