@@ -116,7 +116,7 @@ def forward(**arrays):
     # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
     #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
     conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
-    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
+    conv1_Conv_bias = conv1_bias.reshape((6, 1, 1))
 
     # one fused loop over (N, 6, 28, 28) (_k_shared) computes conv1_Conv, relu1_Relu
     relu1_Relu = _k_shared(conv1_Conv_conv, conv1_Conv_bias)
@@ -132,7 +132,7 @@ def forward(**arrays):
     conv2_Conv_conv = _conv(
         pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
     )
-    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
+    conv2_Conv_bias = conv2_bias.reshape((16, 1, 1))
 
     # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv, relu2_Relu
     relu2_Relu = _k_shared(conv2_Conv_conv, conv2_Conv_bias)
@@ -141,7 +141,7 @@ def forward(**arrays):
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
     #   ceil_mode 0)
     pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-    Flatten = np.reshape(pool2_MaxPool, (N, 400))
+    Flatten = pool2_MaxPool.reshape((N, 400))
 
     # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
     fc1_Gemm_B_T = fc1_weight.T
@@ -190,7 +190,7 @@ def vjp(cotangents, **arrays):
     # conv1_Conv_conv[n, m, o] = Σ_c,k image[n, c, o·s + k·d − p]·conv1_weight[m, c, k]
     #   (strides s = [1, 1], pads p = [2, 2, 2, 2], dilations d = [1, 1], groups 1)
     conv1_Conv_conv = _conv(image, conv1_weight, (1, 1), (2, 2, 2, 2), (1, 1), 1)
-    conv1_Conv_bias = np.reshape(conv1_bias, (6, 1, 1))
+    conv1_Conv_bias = conv1_bias.reshape((6, 1, 1))
 
     # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv, relu1_Relu,
     #   t1
@@ -207,7 +207,7 @@ def vjp(cotangents, **arrays):
     conv2_Conv_conv = _conv(
         pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
     )
-    conv2_Conv_bias = np.reshape(conv2_bias, (16, 1, 1))
+    conv2_Conv_bias = conv2_bias.reshape((16, 1, 1))
 
     # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv, relu2_Relu,
     #   t2
@@ -217,7 +217,7 @@ def vjp(cotangents, **arrays):
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
     #   ceil_mode 0)
     pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
-    Flatten = np.reshape(pool2_MaxPool, (N, 400))
+    Flatten = pool2_MaxPool.reshape((N, 400))
 
     # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
     fc1_Gemm_B_T = fc1_weight.T
@@ -291,7 +291,7 @@ def vjp(cotangents, **arrays):
     # pool2_MaxPool_bar = ∂logits_vjp_sum/∂pool2_MaxPool; through Flatten =
     #   reshape(pool2_MaxPool, ['N', 400]): pool2_MaxPool_bar = reshape(Flatten_bar,
     #   shape of pool2_MaxPool)
-    pool2_MaxPool_bar = np.reshape(Flatten_bar, (N, 16, 5, 5))
+    pool2_MaxPool_bar = Flatten_bar.reshape((N, 16, 5, 5))
 
     # relu2_Relu_bar = ∂logits_vjp_sum/∂relu2_Relu; through pool2_MaxPool[n, c, o] =
     #   max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
@@ -315,7 +315,7 @@ def vjp(cotangents, **arrays):
     # conv2_bias_bar = ∂logits_vjp_sum/∂conv2_bias; through conv2_Conv_bias =
     #   reshape(conv2_bias, [16, 1, 1]): conv2_bias_bar = reshape(conv2_Conv_bias_bar,
     #   shape of conv2_bias)
-    conv2_bias_bar = np.reshape(conv2_Conv_bias_bar, (16,))
+    conv2_bias_bar = conv2_Conv_bias_bar.reshape((16,))
 
     # pool1_MaxPool_bar = ∂logits_vjp_sum/∂pool1_MaxPool; through conv2_Conv_conv[n, m,
     #   o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
@@ -358,7 +358,7 @@ def vjp(cotangents, **arrays):
     # conv1_bias_bar = ∂logits_vjp_sum/∂conv1_bias; through conv1_Conv_bias =
     #   reshape(conv1_bias, [6, 1, 1]): conv1_bias_bar = reshape(conv1_Conv_bias_bar,
     #   shape of conv1_bias)
-    conv1_bias_bar = np.reshape(conv1_Conv_bias_bar, (6,))
+    conv1_bias_bar = conv1_Conv_bias_bar.reshape((6,))
 
     # image_bar = ∂logits_vjp_sum/∂image; through conv1_Conv_conv[n, m, o] = Σ_c,k
     #   image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1], pads p =
