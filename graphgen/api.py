@@ -510,7 +510,12 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forw
         name = program.namer.names.get(n, "(a tangent temporary)")
         lines.append(f"  {name:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
-    again = [n for n in program.order if memory.RECOMPUTES in A.nodes[n]]
+    again = [  # the copies the backward pass reads (not those only other copies read)
+        n
+        for n in program.order
+        if memory.RECOMPUTES in A.nodes[n]
+        and any(memory.RECOMPUTES not in A.nodes[r] for r in A.successors(n))
+    ]
     if again:
         lines += ["", f"recomputed in the backward pass instead ({len(again)} arrays):"]
         for n in again:

@@ -83,9 +83,10 @@ def big_enough(shape):
 
 # A forward value the backward pass reads is recomputed there, rather than kept, when it
 # is at most this many elementwise ufunc calls away from values kept anyway (GELU's tanh
-# form is 9: x², x³, ·c, +x, ·√(2/π), tanh, 1+, ·x, ·½). The bound keeps a long chain
-# of elementwise ops (tanh(tanh(...))) from being recomputed whole for each read: every
-# RECOMPUTE_DEPTH-th value of it stays kept, a checkpoint.
+# form is 9: x², x³, ·c, +x, ·√(2/π), tanh, 1+, ·x, ·½). Values further down a long
+# chain of elementwise ops (tanh(tanh(...))) are all kept, as before: recomputing them
+# would add up to a second forward pass of the chain, traded for memory the issue that
+# asked for this (a transformer's GELU) did not need.
 RECOMPUTE_DEPTH = 10
 
 # on a copy made by :func:`recompute_in_backward`: the forward value it recomputes
@@ -124,7 +125,9 @@ def recompute_in_backward(G):
     if not readers:
         return G
     # ufunc calls from values kept anyway (0: kept, or not an op); None: not available
-    # in the backward pass without keeping something it does not keep now
+    # in the backward pass without keeping something it does not keep now; inf: too
+    # far down an elementwise chain (kept when the backward reads it, and never a
+    # start for recomputing what follows)
     depth = {}
     for n in order:
         if not forward_op(n):
@@ -145,7 +148,8 @@ def recompute_in_backward(G):
             if all(x is not None for x in ds):
                 d = 1 + max(ds, default=0)
         if d is not None and d > RECOMPUTE_DEPTH:
-            d = None
+            depth[n] = math.inf
+            continue
         depth[n] = 0 if d is None and n in readers else d
     copied = {}
 
@@ -171,8 +175,8 @@ def recompute_in_backward(G):
 
     H = None
     for v in (v for v in order if v in readers):
-        if not depth.get(v):
-            continue
+        if not depth.get(v) or depth[v] > RECOMPUTE_DEPTH:
+            continue  # kept
         if H is None:
             H = G.copy()
         c = copy_of(v)
