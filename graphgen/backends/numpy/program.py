@@ -197,13 +197,26 @@ class NumpyProgram(Program):
         out = set()
         for n in s.order:
             a = A.nodes[n]
-            if (
-                n not in inline
-                or not memory.has_ufunc(a)
-                or not memory.big_enough(a[g.SHAPE])
-            ):
+            if n not in inline or not memory.big_enough(a[g.SHAPE]):
                 continue
             c = A.nodes[s.consumer[n]]
+            if not memory.has_ufunc(a):
+                # a helper's fresh result (softmax, cross-entropy's gradient) scaled by
+                # a ufunc: the ufunc writes into it instead of a second array (not a
+                # reduction's: it is small next to what it reads)
+                if (
+                    not ops.get(a[g.OP]).elementwise
+                    and any(
+                        tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])
+                        for p in g.operands(A, n)
+                    )
+                    and not memory.kept_by_module(a)
+                    and memory.has_ufunc(c)
+                    and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE])
+                    and c[g.DTYPE] == a[g.DTYPE]
+                ):
+                    out.add(n)
+                continue
             if memory.has_ufunc(c) and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
                 out.add(n)
                 continue
