@@ -36,6 +36,15 @@ idle thread pools sleep (``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
 size is reported (parameters, optimizer state and the module itself are resting; the
 returned gradients and everything the step allocates are counted).
 
+**The GEMM floor** of the decoder's step: every matrix product of the generated
+``value_and_grad`` (the matmul nodes of the module's compiled graph, forward and
+backward, with their operand shapes, dtype and which operands are transposed views), run
+alone through NumPy's BLAS (what the generated modules call) in one worker and through
+``torch.matmul`` (PyTorch's own GEMM library, named from ``torch.__config__.show()``) in
+another, timed in turn with the rest. Its ratio to PyTorch's step is the time no
+generated module can go below with that BLAS; the two rows side by side tell GEMM
+library speed apart from the module's overhead.
+
 **onnxruntime-training** cannot be installed beside ``onnxruntime`` (both provide the
 ``onnxruntime`` package), and its Python package imports PyTorch. Give it its own
 environment and pass that interpreter::
@@ -90,6 +99,8 @@ LABELS = {
     "numba_whole": "graphgen numba (whole)",
     "ort": "onnxruntime",
     "ortt": "onnxruntime-training",
+    "gemm_numpy": "GEMM floor: NumPy's BLAS",
+    "gemm_torch": "GEMM floor: torch.matmul",
 }
 
 
@@ -162,8 +173,146 @@ def setup_torch(workdir, name, dims, seq, dynamo):
         "params": sum(p.numel() for p in params),
         "export_s": export_s,
         "version": torch.__version__,
+        "blas": torch_blas(),
     }
     return {"step": step, "forward": forward}, info
+
+
+def torch_blas():
+    """PyTorch's GEMM libraries, from ``torch.__config__.show()``: the BLAS it was built
+    with (``BLAS_INFO``), MKL's and oneDNN's (MKL-DNN) versions, its CPU capability."""
+    import re
+
+    import torch
+
+    text = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", text)
+    parts = [f"BLAS_INFO={blas.group(1) if blas else '?'}"]
+    for pattern in (
+        r"Math Kernel Library Version ([\w.\-]+)",
+        r"MKL-DNN (v[\w.]+)",
+        r"CPU capability usage: (\w+)",
+    ):
+        m = re.search(pattern, text)
+        if m:
+            parts.append(
+                pattern.split(" ")[0].replace("Math", "MKL") + " " + m.group(1)
+            )
+    return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------ GEMM floor
+
+
+def gemm_list(workdir, name):
+    """Every matrix product ``value_and_grad`` computes: the matmul nodes of the NumPy
+    module's compiled graph (statements and folded temporaries), each as its operands'
+    shapes and transpositions (``perm`` when the operand is a transposed view), counted
+    from the graph, not listed by hand. Written to ``gemms.json`` for the other
+    worker."""
+    import graphgen
+    from graphgen import api
+    from graphgen import graph as g
+    from graphgen.backends.numpy.program import NumpyProgram
+
+    path = os.path.join(workdir, f"{name}.onnx")
+    G = graphgen.load(path, loss="softmax_cross_entropy", labels="labels")
+    program = NumpyProgram(api.lower(G), "numpy", name)
+    program.context()
+    A = program.A
+    prog, _, inlined = program.programs["value_and_grad"]
+    gemms = []
+    for n, _ in prog:
+        for m in (n, *inlined[n]):
+            if A.nodes[m][g.OP] != "matmul":
+                continue
+            args = []
+            for p in g.operands(A, m):
+                a = A.nodes[p]
+                perm = a[g.ATTRS].get("perm") if a.get(g.OP) == "transpose" else None
+                args.append({"shape": list(a[g.SHAPE]), "perm": perm})
+            gemms.append({"args": args, "dtype": A.nodes[m][g.DTYPE]})
+    with open(os.path.join(workdir, "gemms.json"), "w") as f:
+        json.dump(gemms, f)
+    return gemms
+
+
+def _flops(gemms):
+    """Floating-point operations of the GEMMs: 2·M·K·N per product of the batch."""
+    import math
+
+    import numpy as np
+
+    total = 0
+    for gm in gemms:
+        a, b = (x["shape"] for x in gm["args"])
+        a = a if len(a) > 1 else [1, *a]
+        b = b if len(b) > 1 else [*b, 1]
+        batch = math.prod(np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2])))
+        total += 2 * batch * a[-2] * a[-1] * b[-1]
+    return total
+
+
+def setup_gemm_numpy(workdir, name, **_):
+    """The GEMM floor through NumPy's BLAS (``np.matmul``, as the generated code)."""
+    import numpy as np
+
+    gemms = gemm_list(workdir, name)
+    rng = np.random.default_rng(0)
+
+    def operand(spec, dtype):
+        shape, perm = spec["shape"], spec["perm"]
+        if perm is None:
+            return rng.standard_normal(shape).astype(dtype)
+        base = [0] * len(shape)
+        for i, axis in enumerate(perm):
+            base[axis] = shape[i]
+        return np.transpose(rng.standard_normal(base).astype(dtype), perm)
+
+    pairs = [tuple(operand(x, gm["dtype"]) for x in gm["args"]) for gm in gemms]
+
+    def step():
+        for a, b in pairs:
+            np.matmul(a, b)
+
+    info = {"gemms": len(gemms), "flops": _flops(gemms), "blas": numpy_blas()}
+    return {"step": step}, info
+
+
+def setup_gemm_torch(workdir, name, **_):
+    """The same GEMMs through ``torch.matmul`` (PyTorch's GEMM library)."""
+    import torch
+
+    torch.set_num_threads(int(THREADS))
+    with open(os.path.join(workdir, "gemms.json")) as f:
+        gemms = json.load(f)
+    gen = torch.Generator().manual_seed(0)
+
+    def operand(spec, dtype):
+        shape, perm = spec["shape"], spec["perm"]
+        dt = getattr(torch, dtype)
+        if perm is None:
+            return torch.randn(shape, generator=gen, dtype=dt)
+        base = [0] * len(shape)
+        for i, axis in enumerate(perm):
+            base[axis] = shape[i]
+        return torch.randn(base, generator=gen, dtype=dt).permute(*perm)
+
+    pairs = [tuple(operand(x, gm["dtype"]) for x in gm["args"]) for gm in gemms]
+
+    def step():
+        with torch.no_grad():
+            for a, b in pairs:
+                torch.matmul(a, b)
+
+    return {"step": step}, {"gemms": len(gemms), "blas": torch_blas()}
+
+
+def numpy_blas():
+    import numpy as np
+
+    blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+    return f"{blas.get('name')} {blas.get('version', '')}".strip()
 
 
 def _inputs(workdir, name):
@@ -299,6 +448,8 @@ SETUPS = {
     "numba": setup_graphgen("numba"),
     "ort": setup_ort,
     "ortt": setup_ort_training,
+    "gemm_numpy": setup_gemm_numpy,
+    "gemm_torch": setup_gemm_torch,
 }
 
 
@@ -414,6 +565,8 @@ def bench(name, label, dims, seq, args, rows, workdir):
         kinds = ["numpy", "numba", "ort"]
         if args.ort_training_python:
             kinds.append("ortt")
+        if label.startswith("decoder") and not args.no_floor:
+            kinds += ["gemm_numpy", "gemm_torch"]  # gemm_torch reads gemm_numpy's list
         for kind in kinds:
             python = args.ort_training_python if kind == "ortt" else sys.executable
             workers[kind] = Worker(kind, python)
@@ -432,6 +585,7 @@ def bench(name, label, dims, seq, args, rows, workdir):
         facts = [
             f"{info['torch']['params']:,} parameters",
             f"loss {ref:.5f} (PyTorch)",
+            f"PyTorch {info['torch']['version']}: {info['torch']['blas']}",
         ]
         for kind in ("numpy", "numba"):
             if kind in info:
@@ -462,7 +616,7 @@ def bench(name, label, dims, seq, args, rows, workdir):
         peak = {
             kind: w.ask(cmd="peak")["bytes"]
             for kind, w in workers.items()
-            if (kind, "step") in PASSES
+            if (kind, "step") in PASSES and kind in PEAKS
         }
         if args.profile and "numpy" in workers and not rows:
             workers["numpy"].ask(cmd="profile", top=12)
@@ -490,6 +644,27 @@ def bench(name, label, dims, seq, args, rows, workdir):
                 f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
                 f"{peak[kind] / 2**20:.1f}",
                 "; ".join(marks),
+            )
+        )
+    for kind in ("gemm_numpy", "gemm_torch"):
+        if (kind, "step") not in med:
+            continue
+        t, i = med[kind, "step"], info[kind]
+        note = f"{i['gemms']} GEMMs of the step; {i['blas']}"
+        if "flops" in i:
+            note += (
+                f"; {i['flops'] / 1e9:.2f} GFLOP, {i['flops'] / t / 1e9:.0f} GFLOP/s"
+            )
+        rows.append(
+            (
+                label,
+                "train step",
+                labels[kind],
+                f"{t * 1e3:.1f}",
+                f"{t / med['torch', 'step']:.2f}",
+                f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
+                "",
+                note,
             )
         )
     if ("ortt", "step") not in med:
@@ -525,7 +700,10 @@ PASSES = {
     ("numba", "forward"),
     ("ort", "forward"),
     ("ortt", "step"),
+    ("gemm_numpy", "step"),
+    ("gemm_torch", "step"),
 }
+PEAKS = ("torch", "numpy", "numba", "ortt")  # the floor's rows have no peak
 FWD_TARGET = 1.5  # forward, ratio to onnxruntime
 
 
@@ -640,6 +818,9 @@ def main():
     )
     p.add_argument("--no-decoder", action="store_true", help="small models only")
     p.add_argument("--profile", action="store_true", help="profile one NumPy step")
+    p.add_argument(
+        "--no-floor", action="store_true", help="skip the decoder's GEMM floor rows"
+    )
     p.add_argument(
         "--ort-training-python",
         default=os.environ.get("GRAPHGEN_ORT_TRAINING_PYTHON"),

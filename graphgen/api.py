@@ -485,6 +485,7 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forw
     opt = None if optimizer is None else optim.optimizer(optimizer)
     program = NumpyProgram(A, backend, os.path.basename(g.source_of(A)), opt)
     program.context()
+    A = program.A  # with the values the backward pass recomputes instead of keeping
     symbols = sorted(
         {s for n in A for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
     )
@@ -509,6 +510,19 @@ def report(G, backend="numpy", *, dtype=None, sizes=None, optimizer=None, **forw
         name = program.namer.names.get(n, "(a tangent temporary)")
         lines.append(f"  {name:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append(f"  {'total':<24} {'':<16} {total:>12,d} bytes")
+    again = [  # the copies the backward pass reads (not those only other copies read)
+        n
+        for n in program.order
+        if memory.RECOMPUTES in A.nodes[n]
+        and any(memory.RECOMPUTES not in A.nodes[r] for r in A.successors(n))
+    ]
+    if again:
+        lines += ["", f"recomputed in the backward pass instead ({len(again)} arrays):"]
+        for n in again:
+            v = A.nodes[n][memory.RECOMPUTES]
+            shape = dims.concrete(A.nodes[n][g.SHAPE], sizes)
+            nb = memory.nbytes(A, n, sizes)
+            lines.append(f"  {program.namer[v]:<24} {shape!s:<16} {nb:>12,d} bytes")
     lines.append("")
     for fname, (prog, keep, inlined) in program.programs.items():
         if fname == "train_step":  # value_and_grad's plan with updates: below

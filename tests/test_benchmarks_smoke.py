@@ -58,3 +58,26 @@ def test_handwritten_jvp_matches_generated(workload):
     for got in (loss, h_loss):
         assert abs(got - outs["loss"]) <= 1e-10 * max(1.0, abs(outs["loss"]))
     assert abs(h_dot - dots["loss"]) <= 1e-9 * max(1.0, abs(dots["loss"]))
+
+
+def test_gemm_floor_lists_every_matrix_product_of_the_step(tmp_path):
+    """transformer_bench's GEMM floor times what the generated step multiplies: one
+    entry per ``@`` of the NumPy module's value_and_grad, and 2·M·K·N flops each."""
+    import shutil
+
+    import transformer_bench
+
+    shutil.copy(REPO / "tests" / "fixtures" / "transformers" / "nanogpt.onnx", tmp_path)
+    gemms = transformer_bench.gemm_list(str(tmp_path), "nanogpt")
+    assert (tmp_path / "gemms.json").exists()
+    G = graphgen.load(
+        tmp_path / "nanogpt.onnx", loss="softmax_cross_entropy", labels="labels"
+    )
+    source = graphgen.generate(G)
+    body = source.split("def value_and_grad(", 1)[1].split("\ndef ", 1)[0]
+    code = [line.split("#", 1)[0] for line in body.splitlines()]
+    assert len(gemms) == sum(line.count(" @ ") for line in code) > 0
+    pair = [
+        {"args": [{"shape": [5, 2, 3], "perm": None}, {"shape": [3, 4], "perm": None}]}
+    ]
+    assert transformer_bench._flops(pair) == 2 * 5 * 2 * 3 * 4

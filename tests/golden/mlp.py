@@ -81,6 +81,7 @@ def value_and_grad(**arrays):
     # h1 = max(a1, 0)
     h1 = np.maximum(a1, 0.0)
     z2 = h1 @ W2
+    del h1
     logits = z2 + b2
     del z2
 
@@ -101,8 +102,9 @@ def value_and_grad(**arrays):
     h1_bar = logits_bar @ W2.T
 
     # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
-    W2_bar = h1.T @ logits_bar
-    del h1, logits_bar
+    # recomputes h1 (not kept from the forward pass)
+    W2_bar = np.maximum(a1, 0.0).T @ logits_bar
+    del logits_bar
 
     # a1_bar = ∂loss/∂a1 = h1_bar · ∂h1/∂a1, where ∂h1/∂a1 = 1 if a1 > 0 else 0
     a1_bar = np.multiply(h1_bar, (a1 > 0), out=h1_bar)  # a1_bar reuses h1_bar's buffer
@@ -269,7 +271,9 @@ def _softmax_cross_entropy(logits, labels):
     # mean over the batch of −log softmax(logits)[label]
     #   = max + log Σ exp(logits − max) − logits[label]
     m = logits.max(axis=-1, keepdims=True)
-    s = np.exp(logits - m).sum(axis=-1)
+    e = logits - m
+    s = np.exp(e, out=e).sum(axis=-1)  # in place: one array of the logits' size
+    del e
     rows = logits.reshape(-1, logits.shape[-1])
     picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
     return (m[..., 0] + np.log(s) - picked).mean()
@@ -277,7 +281,8 @@ def _softmax_cross_entropy(logits, labels):
 
 def _softmax_xent_grad(logits, labels):
     # softmax(logits) − onehot(labels), with one exp and no one-hot array
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # in place: one array of the logits' size, not two
     e /= e.sum(axis=-1, keepdims=True)
     rows = e.reshape(-1, e.shape[-1])
     rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0

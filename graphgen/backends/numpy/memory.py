@@ -10,6 +10,10 @@ were inlined into it). From that:
 - :func:`accumulates_in_place` decides whether a fan-out sum ``add_n(t1, t2, ...)`` can
   accumulate into its first term's buffer (``v_bar = t1; v_bar += t2; ...``) instead of
   allocating a fresh array.
+- :func:`recompute_in_backward` copies cheap elementwise forward values into the backward
+  pass (recomputed from values it keeps anyway, right before their first backward read)
+  instead of keeping them alive between the passes, and :func:`place_recomputed` puts
+  each copy in the schedule where it is first read.
 - :func:`peak_bytes` replays the program with concrete sizes to predict its peak memory.
 """
 
@@ -75,6 +79,151 @@ def big_enough(shape):
     """Whether in-place work pays for arrays of ``shape`` (symbolic sizes count as 1)."""
     # math.prod, not np.prod: the same number without an array per call
     return math.prod(d for d in shape if isinstance(d, int)) >= MIN_INPLACE_ELEMENTS
+
+
+# A forward value the backward pass reads is recomputed there, rather than kept, when it
+# is at most this many elementwise ufunc calls away from values kept anyway (GELU's tanh
+# form is 9: x², x³, ·c, +x, ·√(2/π), tanh, 1+, ·x, ·½). Values further down a long
+# chain of elementwise ops (tanh(tanh(...))) are all kept, as before: recomputing them
+# would add up to a second forward pass of the chain, traded for memory the issue that
+# asked for this (a transformer's GELU) did not need.
+RECOMPUTE_DEPTH = 10
+
+# on a copy made by :func:`recompute_in_backward`: the forward value it recomputes
+RECOMPUTES = "recomputes"
+
+
+def recompute_in_backward(G):
+    """``G -> G``: each forward value that the backward pass reads and that a few
+    elementwise ufuncs compute from values kept anyway gets a copy in the backward
+    pass (role backward, attribute :data:`RECOMPUTES`), read by the backward nodes
+    instead of the forward value, which then dies in the forward pass.
+
+    PyTorch's GELU keeps its input and recomputes its tanh in the backward; an exported
+    model's GELU is nine ops whose intermediates (x², tanh, 1 + tanh, the result) would
+    otherwise all live from the forward pass to the backward pass. A copy computes the
+    same ops on the same values, so results are unchanged bit for bit. Values smaller
+    than :data:`MIN_INPLACE_ELEMENTS` per unit of the symbolic sizes are kept (there
+    the extra calls cost more than the memory is worth).
+    """
+    nodes = g.node_dicts(G)
+    order = g.schedule(G)
+    loss = G.graph.get("loss")
+
+    def forward_op(n):
+        a = nodes[n]
+        return a[g.KIND] == g.OPNODE and a.get(g.ROLE, g.FORWARD) == g.FORWARD
+
+    readers = {}  # forward value -> the backward nodes that read it
+    for n in order:
+        a = nodes[n]
+        if a[g.KIND] != g.OPNODE or a.get(g.ROLE) != g.BACKWARD:
+            continue
+        for p in G._pred[n]:
+            if forward_op(p) and not nodes[p].get(g.DOT):
+                readers.setdefault(p, []).append(n)
+    if not readers:
+        return G
+    # ufunc calls from values kept anyway (0: kept, or not an op); None: not available
+    # in the backward pass without keeping something it does not keep now; inf: too
+    # far down an elementwise chain (kept when the backward reads it, and never a
+    # start for recomputing what follows)
+    depth = {}
+    for n in order:
+        if not forward_op(n):
+            continue
+        a = nodes[n]
+        o = ops.get(a[g.OP])
+        d = None
+        if (
+            o.elementwise
+            and o.ufunc
+            and not kept_by_module(a)
+            and not a.get(g.DOT)
+            and n != loss
+            and a[g.DTYPE] in g.FLOAT_DTYPES
+            and big_enough(a[g.SHAPE])
+        ):
+            ds = [depth.get(p) if forward_op(p) else 0 for p in G._pred[n]]
+            if all(x is not None for x in ds):
+                d = 1 + max(ds, default=0)
+        if d is not None and d > RECOMPUTE_DEPTH:
+            depth[n] = math.inf
+            continue
+        depth[n] = 0 if d is None and n in readers else d
+    copied = {}
+
+    def copy_of(v):
+        # a value kept anyway is read as it is; the others are recomputed
+        if not forward_op(v) or depth[v] == 0:
+            return v
+        if v not in copied:
+            H.add_node(
+                (RECOMPUTES, v),
+                **{
+                    **nodes[v],
+                    # v's own place in the schedule's tie-break: the nodes around
+                    # keep their order (place_recomputed then moves the copy)
+                    g.ROLE: g.BACKWARD,
+                    RECOMPUTES: v,
+                },
+            )
+            copied[v] = (RECOMPUTES, v)
+            for p, e in G._pred[v].items():
+                H.add_edge(copy_of(p), copied[v], **e)
+        return copied[v]
+
+    H = None
+    for v in (v for v in order if v in readers):
+        if not depth.get(v) or depth[v] > RECOMPUTE_DEPTH:
+            continue  # kept
+        if H is None:
+            H = G.copy()
+        c = copy_of(v)
+        for r in readers[v]:
+            e = H.edges[v, r]
+            H.remove_edge(v, r)
+            H.add_edge(c, r, **e)
+    return G if H is None else H
+
+
+def place_recomputed(G, order):
+    """``order`` with each copy of :func:`recompute_in_backward`, and each backward node
+    computed from such copies and forward values alone (``1 − tanh²`` of a recomputed
+    tanh), moved right before the first node that reads it: otherwise the schedule,
+    which runs a node as soon as its arguments are ready, would recompute every layer's
+    values at the start of the backward pass and keep them all."""
+    nodes = g.node_dicts(G)
+    at = {n: i for i, n in enumerate(order)}
+    late = set()  # the copies and what is computed from them and forward values alone
+    for n in order:
+        a = nodes[n]
+        if RECOMPUTES in a:
+            late.add(n)
+        elif a.get(g.ROLE) == g.BACKWARD:
+            args = [p for p in G._pred[n] if nodes[p][g.KIND] == g.OPNODE]
+            if any(p in late for p in args) and all(
+                p in late or nodes[p].get(g.ROLE, g.FORWARD) == g.FORWARD for p in args
+            ):
+                late.add(n)
+    if not late:
+        return order
+    placed, out = set(), []
+
+    def place(n):
+        for p in sorted((p for p in G._pred[n] if p in late), key=at.get):
+            if p not in placed:
+                place(p)
+        placed.add(n)
+        out.append(n)
+
+    for n in order:
+        if n in placed:
+            continue
+        if n in late and any(r in at for r in G._succ[n]):
+            continue  # placed before its first reader
+        place(n)
+    return out
 
 
 def plan_buffers(G, program, keep):

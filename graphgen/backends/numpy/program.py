@@ -4,7 +4,8 @@ What it adds to the shared :class:`~graphgen.codegen.program.Program`: each func
 statements are planned for memory (:mod:`.memory`): a value is dropped (``del``) after its
 last read, a ufunc writes into a buffer that dies at that statement (``out=``), and a
 fan-out's sum accumulates in place (``+=``); an elementwise chain is split where that lets
-it work in place.
+it work in place; cheap elementwise forward values the backward pass reads are recomputed
+there instead of kept (:func:`.memory.recompute_in_backward`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from . import memory
 class NumpyProgram(Program):
     """The NumPy module's program."""
 
+    def __init__(self, A, backend, source_name, optimizer=None):
+        super().__init__(
+            memory.recompute_in_backward(A), backend, source_name, optimizer
+        )
+
     def function(self, name, roots, doc, returns_fn):
         A = self.A
         s = Schedule(self, roots)
+        s.order = memory.place_recomputed(A, s.order)
         shared = self._shared_inside(s.order)
         for n, d in shared.items():  # compute the shared value first
             s.move_before(d, n)
@@ -66,6 +73,16 @@ class NumpyProgram(Program):
         statements = self._statements(program, buffers, keep, names, exprs)
         for (n, _), st in zip(program, statements):
             st.covers = tuple(inlined[n])
+            again = [
+                self.namer[A.nodes[c][memory.RECOMPUTES]]
+                for c in [n, *inlined[n]]
+                if memory.RECOMPUTES in A.nodes[c]
+            ]
+            if again:
+                st.comments = st.comments + wrap_comment(
+                    f"recomputes {', '.join(sorted(again))} (not kept from the "
+                    "forward pass)"
+                )
         open_backward(
             A, statements, self.notes.backward_header, skip=set(shared.values())
         )
@@ -180,13 +197,26 @@ class NumpyProgram(Program):
         out = set()
         for n in s.order:
             a = A.nodes[n]
-            if (
-                n not in inline
-                or not memory.has_ufunc(a)
-                or not memory.big_enough(a[g.SHAPE])
-            ):
+            if n not in inline or not memory.big_enough(a[g.SHAPE]):
                 continue
             c = A.nodes[s.consumer[n]]
+            if not memory.has_ufunc(a):
+                # a helper's fresh result (softmax, cross-entropy's gradient) scaled by
+                # a ufunc: the ufunc writes into it instead of a second array (not a
+                # reduction's: it is small next to what it reads)
+                if (
+                    not ops.get(a[g.OP]).elementwise
+                    and any(
+                        tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])
+                        for p in g.operands(A, n)
+                    )
+                    and not memory.kept_by_module(a)
+                    and memory.has_ufunc(c)
+                    and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE])
+                    and c[g.DTYPE] == a[g.DTYPE]
+                ):
+                    out.add(n)
+                continue
             if memory.has_ufunc(c) and tuple(c[g.SHAPE]) == tuple(a[g.SHAPE]):
                 out.add(n)
                 continue

@@ -272,7 +272,9 @@ def _softmax_cross_entropy(logits, labels):
     # mean over the batch of −log softmax(logits)[label]
     #   = max + log Σ exp(logits − max) − logits[label]
     m = logits.max(axis=-1, keepdims=True)
-    s = np.exp(logits - m).sum(axis=-1)
+    e = logits - m
+    s = np.exp(e, out=e).sum(axis=-1)  # in place: one array of the logits' size
+    del e
     rows = logits.reshape(-1, logits.shape[-1])
     picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
     return (m[..., 0] + np.log(s) - picked).mean()
@@ -280,7 +282,8 @@ def _softmax_cross_entropy(logits, labels):
 
 def _softmax_xent_grad(logits, labels):
     # softmax(logits) − onehot(labels), with one exp and no one-hot array
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # in place: one array of the logits' size, not two
     e /= e.sum(axis=-1, keepdims=True)
     rows = e.reshape(-1, e.shape[-1])
     rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
