@@ -96,7 +96,7 @@ def relevant_nodes(G, loss, wrt):
     return g.reach(G, [loss]) & g.reach(G, wrt, backward=False)
 
 
-def adjoint(G, loss=None, wrt=None, *, prepared=False):
+def adjoint(G, loss=None, wrt=None, *, prepared=False, copy=True):
     """Build the adjoint graph: the forward graph plus the nodes computing every gradient.
 
     Parameters
@@ -108,6 +108,9 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
     prepared : bool
         ``G`` is a graph :func:`~graphgen.passes.shapes.prepare` returned, unchanged
         since: copied rather than validated and inferred again (``api.lower``).
+    copy : bool
+        With ``prepared``: ``False`` builds the backward pass into ``G`` itself (for a
+        caller that owns it, ``api.lower``) instead of into a copy.
 
     Returns
     -------
@@ -129,7 +132,10 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
         H.graph["loss"] = loss
     if wrt is not None:
         H.graph["wrt"] = list(wrt)
-    H = g.copy(H) if prepared and H is G else prepare(H)
+    if not prepared:
+        H = prepare(H)
+    elif H is G and copy:
+        H = g.copy(H)
     loss, wrt = H.graph["loss"], H.graph["wrt"]
     src = g.source_of(H)
     if loss is None:
