@@ -102,9 +102,9 @@ def add_edge_arg(G, src, dst, position):
     arguments at once (a spec's ``add_n`` of thousands), use :func:`add_args`, which
     costs one step per argument however often a name repeats.
     """
-    if G.has_edge(src, dst):
-        pos = G.edges[src, dst][POS]
-        G.edges[src, dst][POS] = tuple(sorted(pos + (position,)))
+    e = G._succ[src].get(dst) if src in G._succ else None
+    if e is not None:
+        e[POS] = tuple(sorted(e[POS] + (position,)))
     else:
         G.add_edge(src, dst, **{POS: (position,)})
 
@@ -119,8 +119,9 @@ def add_args(G, dst, args, start=0):
     for i, src in enumerate(args, start):
         positions.setdefault(src, []).append(i)
     for src, pos in positions.items():
-        if G.has_edge(src, dst):
-            G.edges[src, dst][POS] = tuple(sorted(G.edges[src, dst][POS] + tuple(pos)))
+        e = G._succ[src].get(dst) if src in G._succ else None
+        if e is not None:
+            e[POS] = tuple(sorted(e[POS] + tuple(pos)))
         else:
             G.add_edge(src, dst, **{POS: tuple(pos)})
 
@@ -259,11 +260,11 @@ def reach(G, starts, backward=True):
     One traversal for all starts: asking networkx for each start's ancestors separately
     costs a pass over the graph per start (thousands, for a big model's gradients).
     """
-    step = G.predecessors if backward else G.successors
+    step = G._pred if backward else G._succ  # the adjacency dicts, without views
     seen = set(starts)
     stack = list(seen)
     while stack:
-        for p in step(stack.pop()):
+        for p in step[stack.pop()]:
             if p not in seen:
                 seen.add(p)
                 stack.append(p)

@@ -54,10 +54,11 @@ def _replace(G, old, new, merged, changes=None):
     """
     if changes is not None:
         changes.touched.update(G._succ[old])
-    for s in list(G.successors(old)):
-        for i in G.edges[old, s][g.POS]:
+    for s, e in list(G._succ[old].items()):
+        for i in e[g.POS]:
             g.add_edge_arg(G, new, s, i)
-    a_old, a_new = G.nodes[old], G.nodes[new]
+    nodes = g.node_dicts(G)
+    a_old, a_new = nodes[old], nodes[new]
     if a_new.get(g.ROLE) == g.BACKWARD and g.ADJOINT_OF not in a_new:
         for key in LABELS:
             if key in a_old and key not in a_new:
@@ -105,7 +106,7 @@ def _follow_merges(G, merged):
 
 
 def _const_value(G, n):
-    a = G.nodes[n]
+    a = g.node_dicts(G)[n]
     return a[g.VALUE] if a[g.KIND] == g.CONST else None
 
 
@@ -116,6 +117,8 @@ def fold_constants(G):
 
 def _fold_constants(H):
     nodes = g.node_dicts(H)
+    if not _may_fold(H, nodes):
+        return H  # no schedule to walk
     for n in g.schedule(H):
         a = nodes[n]
         if a[g.KIND] != g.OPNODE or tuple(a[g.SHAPE]) != ():
@@ -140,6 +143,24 @@ def _fold_constants(H):
     return H
 
 
+def _may_fold(H, nodes):
+    """Whether some scalar op node reads only constants and scalar op nodes: one that
+    does not cannot become a constant, as folding makes constants only of those."""
+    for n, a in nodes.items():
+        if (
+            a[g.KIND] == g.OPNODE
+            and tuple(a[g.SHAPE]) == ()
+            and all(
+                nodes[p][g.KIND] == g.CONST
+                or nodes[p][g.KIND] == g.OPNODE
+                and tuple(nodes[p][g.SHAPE]) == ()
+                for p in H._pred[n]
+            )
+        ):
+            return True
+    return False
+
+
 class _Site:
     """One op node as the ops' identity rules see it (``Op.identities``)."""
 
@@ -150,13 +171,13 @@ class _Site:
         self.args = g.operands(G, n)
 
     def same(self, p):
-        return tuple(self.G.nodes[p][g.SHAPE]) == self.shape
+        return tuple(g.node_dicts(self.G)[p][g.SHAPE]) == self.shape
 
     def const(self, p):
         return _const_value(self.G, p)
 
     def op_of(self, p):
-        return self.G.nodes[p].get(g.OP)
+        return g.node_dicts(self.G)[p].get(g.OP)
 
     def args_of(self, p):
         return g.operands(self.G, p)
@@ -179,9 +200,10 @@ def _simplify_one(G, n):
 
 def _set_arg(G, n, i, old, new):
     """Make ``new`` argument ``i`` of ``n`` in place of ``old``."""
-    pos = tuple(p for p in G.edges[old, n][g.POS] if p != i)
+    e = G._succ[old][n]
+    pos = tuple(p for p in e[g.POS] if p != i)
     if pos:
-        G.edges[old, n][g.POS] = pos
+        e[g.POS] = pos
     else:
         G.remove_edge(old, n)
     g.add_edge_arg(G, new, n, i)
