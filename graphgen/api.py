@@ -372,9 +372,9 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         H = prepare(H)
     if H.graph.get("loss") is not None:
         with _stage("adjoint", H):
-            H = adjoint(H, prepared=True)  # prepared just above
+            H = adjoint(H, prepared=True, copy=False)  # prepared just above: ours
     with _stage("optimize", H):
-        H = optimize(H)
+        H = optimize(H, copy=False)
     if not (jvp or hvp or hessian):
         return reuse_inner(H, copy=False)  # H is this function's own
     with _stage("forward mode", H):
@@ -387,7 +387,7 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
         )
         roots = [v for s in systems for v in s.values() if v is not None]
         H.graph["outputs"] = list(dict.fromkeys(outputs + roots))
-        H = optimize(H)
+        H = optimize(H, copy=False)
         H.graph["outputs"] = outputs
         H.graph["hessian"] = bool(hessian)
     return reuse_inner(H, copy=False)

@@ -102,9 +102,9 @@ def add_edge_arg(G, src, dst, position):
     arguments at once (a spec's ``add_n`` of thousands), use :func:`add_args`, which
     costs one step per argument however often a name repeats.
     """
-    if G.has_edge(src, dst):
-        pos = G.edges[src, dst][POS]
-        G.edges[src, dst][POS] = tuple(sorted(pos + (position,)))
+    e = G._succ[src].get(dst) if src in G._succ else None
+    if e is not None:
+        e[POS] = tuple(sorted(e[POS] + (position,)))
     else:
         G.add_edge(src, dst, **{POS: (position,)})
 
@@ -119,8 +119,9 @@ def add_args(G, dst, args, start=0):
     for i, src in enumerate(args, start):
         positions.setdefault(src, []).append(i)
     for src, pos in positions.items():
-        if G.has_edge(src, dst):
-            G.edges[src, dst][POS] = tuple(sorted(G.edges[src, dst][POS] + tuple(pos)))
+        e = G._succ[src].get(dst) if src in G._succ else None
+        if e is not None:
+            e[POS] = tuple(sorted(e[POS] + tuple(pos)))
         else:
             G.add_edge(src, dst, **{POS: tuple(pos)})
 
@@ -182,24 +183,37 @@ def schedule(G, nodes=None):
 
     The lexicographic topological order by ``seq`` (``networkx.
     lexicographical_topological_sort`` with that key gives the same list), of ``nodes``
-    alone when given (the order of the subgraph they induce). One heap over the
-    adjacency dicts: O((n + e) log n), without building a subgraph view, whose
+    alone when given (the order of the subgraph they induce).
+
+    When every edge goes from a smaller ``seq`` to a larger one (a spec whose nodes read
+    earlier names, and every node a pass adds after its arguments), that order is the
+    nodes sorted by ``seq``: one sort and one look at each edge. Otherwise one heap over
+    the adjacency dicts: O((n + e) log n), without building a subgraph view, whose
     filtered adjacency costs a scan per step.
     """
-    import heapq
-
-    pred, succ, attrs = G._pred, G._succ, G._node
+    pred, attrs = G._pred, G._node
     if nodes is None:
-        members = attrs
-        indegree = {n: len(pred[n]) for n in G}
+        seq = {n: a[SEQ] for n, a in attrs.items()}
     else:
         members = nodes if isinstance(nodes, (set, frozenset, dict)) else set(nodes)
-        # in G's node order, as the subgraph view iterates
-        indegree = {
-            n: sum(1 for p in pred[n] if p in members) for n in G if n in members
-        }
-    index = {n: i for i, n in enumerate(indegree)}  # networkx's tie-break
-    heap = [(attrs[n][SEQ], index[n], n) for n, d in indegree.items() if d == 0]
+        seq = {n: a[SEQ] for n, a in attrs.items() if n in members}  # G's node order
+    for v, s in seq.items():
+        for u in pred[v]:
+            t = seq.get(u)
+            if t is not None and t >= s:
+                return _heap_schedule(G, seq)
+    # sorted() is stable: equal seqs keep G's node order, the heap's tie-break
+    return sorted(seq, key=seq.__getitem__)
+
+
+def _heap_schedule(G, seq):
+    """:func:`schedule` of the nodes of ``seq`` ({node: seq}, in G's node order)."""
+    import heapq
+
+    pred, succ = G._pred, G._succ
+    indegree = {n: sum(1 for p in pred[n] if p in seq) for n in seq}
+    index = {n: i for i, n in enumerate(seq)}  # networkx's tie-break
+    heap = [(seq[n], index[n], n) for n, d in indegree.items() if d == 0]
     heapq.heapify(heap)
     order = []
     while heap:
@@ -209,7 +223,7 @@ def schedule(G, nodes=None):
             if s in indegree:
                 indegree[s] -= 1
                 if indegree[s] == 0:
-                    heapq.heappush(heap, (attrs[s][SEQ], index[s], s))
+                    heapq.heappush(heap, (seq[s], index[s], s))
     if len(order) != len(indegree):
         import networkx as nx
 
@@ -246,11 +260,11 @@ def reach(G, starts, backward=True):
     One traversal for all starts: asking networkx for each start's ancestors separately
     costs a pass over the graph per start (thousands, for a big model's gradients).
     """
-    step = G.predecessors if backward else G.successors
+    step = G._pred if backward else G._succ  # the adjacency dicts, without views
     seen = set(starts)
     stack = list(seen)
     while stack:
-        for p in step(stack.pop()):
+        for p in step[stack.pop()]:
             if p not in seen:
                 seen.add(p)
                 stack.append(p)

@@ -267,31 +267,53 @@ def _read_json(text):
 def _check_values(data, lines):
     """Refuse nesting deeper than ``MAX_DEPTH`` and text that is not valid Unicode (a
     lone surrogate, ``"\\ud800"`` in JSON, which no file, terminal or diagram can hold):
-    the error names the key and, for a node, the node."""
-    stack = [(data, ())]
+    the error names the key and, for a node, the node.
+
+    Each value is walked with a link to its parent's (``(parent link, key)``), and its
+    path is spelled out only for an error or for text that is not ASCII: building every
+    path cost a tuple per value of a big spec.
+    """
+    stack = [(data, None, 0)]  # (value, link to its path, depth)
     seen = set()  # a YAML alias shares its value: walk it once
     while stack:
-        value, path = stack.pop()
+        value, link, depth = stack.pop()
         if isinstance(value, str):
-            _check_text(value, path, lines)
+            if not value.isascii():
+                _check_text(value, _path(link), lines)
             continue
         if not isinstance(value, (dict, list)) or id(value) in seen:
             continue
         seen.add(id(value))
-        if len(path) >= MAX_DEPTH:
-            raise _at(path, lines, f"nested more than {MAX_DEPTH} levels deep")
+        if depth >= MAX_DEPTH:
+            raise _at(_path(link), lines, f"nested more than {MAX_DEPTH} levels deep")
         items = list(value.items() if isinstance(value, dict) else enumerate(value))
         for k, _ in items:
             if isinstance(k, str):
-                _check_text(k, path + (k,), lines, "the name")
+                if not k.isascii():
+                    _check_text(k, _path((link, k)), lines, "the name")
             elif isinstance(value, dict):
                 raise _at(
-                    path,
+                    _path(link),
                     lines,
                     f"the name {_yaml_word(k)} is not text: YAML reads an unquoted "
                     "number, ~, null, true, false or date as such a value; quote it",
                 )
-        stack.extend((v, path + (k,)) for k, v in reversed(items))  # in file order
+        # an ASCII string or a number needs nothing more: the rest is walked in file
+        # order, so errors come in the same order as before
+        stack.extend(
+            (v, (link, k), depth + 1)
+            for k, v in reversed(items)
+            if not (type(v) is str and v.isascii()) and type(v) not in (int, float)
+        )
+
+
+def _path(link):
+    """The path ``(key, key, ...)`` a :func:`_check_values` link stands for."""
+    keys = []
+    while link is not None:
+        link, k = link
+        keys.append(k)
+    return tuple(reversed(keys))
 
 
 def _check_text(s, path, lines, what=None):

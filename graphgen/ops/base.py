@@ -392,6 +392,8 @@ no_tangent.how = "0: piecewise constant"
 
 def broadcast_shapes(*shapes):
     """NumPy broadcasting of shapes whose entries may be symbolic; None if impossible."""
+    if shapes and all(s == shapes[0] for s in shapes):  # most elementwise ops
+        return tuple(shapes[0])
     ndim = max((len(s) for s in shapes), default=0)
     out = []
     for i in range(1, ndim + 1):

@@ -36,7 +36,7 @@ class Builder:
         self.pass_index = len(G.graph.get("passes") or [])
 
     def shape(self, n):
-        return self.G.nodes[n][g.SHAPE]
+        return g.node_dicts(self.G)[n][g.SHAPE]
 
     def const(self, value):
         n = g.fresh_id(self.G, f"bwd/{float(value)!r}")
@@ -96,7 +96,7 @@ def relevant_nodes(G, loss, wrt):
     return g.reach(G, [loss]) & g.reach(G, wrt, backward=False)
 
 
-def adjoint(G, loss=None, wrt=None, *, prepared=False):
+def adjoint(G, loss=None, wrt=None, *, prepared=False, copy=True):
     """Build the adjoint graph: the forward graph plus the nodes computing every gradient.
 
     Parameters
@@ -108,6 +108,9 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
     prepared : bool
         ``G`` is a graph :func:`~graphgen.passes.shapes.prepare` returned, unchanged
         since: copied rather than validated and inferred again (``api.lower``).
+    copy : bool
+        With ``prepared``: ``False`` builds the backward pass into ``G`` itself (for a
+        caller that owns it, ``api.lower``) instead of into a copy.
 
     Returns
     -------
@@ -129,7 +132,10 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
         H.graph["loss"] = loss
     if wrt is not None:
         H.graph["wrt"] = list(wrt)
-    H = g.copy(H) if prepared and H is G else prepare(H)
+    if not prepared:
+        H = prepare(H)
+    elif H is G and copy:
+        H = g.copy(H)
     loss, wrt = H.graph["loss"], H.graph["wrt"]
     src = g.source_of(H)
     if loss is None:
@@ -137,6 +143,7 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
             "no loss to differentiate: set 'loss' in the spec", source=src
         )
 
+    nodes = g.node_dicts(H)
     forward_order = g.schedule(H)
     active = relevant_nodes(H, loss, wrt)
     b = Builder(H)
@@ -145,9 +152,7 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
     terms = {n: [] for n in active}  # forward node -> [(successor, position, node)]
 
     seed = b.const(1.0)
-    H.nodes[seed].update(
-        {g.ADJOINT_OF: loss, g.NOTE: ("∂{y}/∂{y} = 1", {"y": loss}, {})}
-    )
+    nodes[seed].update({g.ADJOINT_OF: loss, g.NOTE: ("∂{y}/∂{y} = 1", {"y": loss}, {})})
     bar[loss] = seed
 
     for n in reversed(forward_order):
@@ -158,7 +163,7 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
             if adj is None:
                 continue
             bar[n] = adj
-        if H.nodes[n][g.KIND] != g.OPNODE:
+        if nodes[n][g.KIND] != g.OPNODE:
             continue
         _send_back(H, b, n, bar[n], active, terms)
 
@@ -168,7 +173,7 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
         if grads[w] is None:
             warnings.warn(
                 GraphgenWarning(
-                    f"{src}: {H.nodes[w][g.KIND]} {w!r}: the loss {loss!r} does not depend on "
+                    f"{src}: {nodes[w][g.KIND]} {w!r}: the loss {loss!r} does not depend on "
                     "it; its gradient is zero"
                 ),
                 stacklevel=2,
@@ -185,7 +190,8 @@ def adjoint(G, loss=None, wrt=None, *, prepared=False):
 
 def _send_back(H, b, k, k_bar, active, terms):
     """Apply ``k``'s VJP rule and file one contribution per (argument, position)."""
-    a = H.nodes[k]
+    nodes = g.node_dicts(H)
+    a = nodes[k]
     op = ops.get(a[g.OP])
     ins = g.operands(H, k)
     if not any(p in active for p in ins):
@@ -197,7 +203,7 @@ def _send_back(H, b, k, k_bar, active, terms):
         out=k,
         g=k_bar,
         attrs=a[g.ATTRS],
-        in_shapes=[H.nodes[p][g.SHAPE] for p in ins],
+        in_shapes=[nodes[p][g.SHAPE] for p in ins],
         out_shape=a[g.SHAPE],
     )
     b.where = k
@@ -212,9 +218,9 @@ def _send_back(H, b, k, k_bar, active, terms):
     for i, (p, ct) in enumerate(zip(ins, cotangents)):
         if ct is None or p not in active:
             continue
-        if tuple(H.nodes[ct][g.SHAPE]) != tuple(H.nodes[p][g.SHAPE]):
+        if tuple(nodes[ct][g.SHAPE]) != tuple(nodes[p][g.SHAPE]):
             # the one place broadcasting is undone
-            ct = b.sum_to_shape(ct, shape=list(H.nodes[p][g.SHAPE]))
+            ct = b.sum_to_shape(ct, shape=list(nodes[p][g.SHAPE]))
         ids = {"y": k}
         ids.update({op.args[0]: p} if op.variadic else dict(zip(op.args, ins)))
         deriv = op.derivs[0 if op.variadic else i] if op.derivs else ""
@@ -227,28 +233,29 @@ def _sum_over_successors(H, b, j, contribs):
     Terms arrive in a fixed order (reverse schedule of the successors, then position) and
     are summed in the forward order of the successors, so the code reads like the math.
     """
+    nodes = g.node_dicts(H)
     if not contribs:
         return None
-    contribs = sorted(contribs, key=lambda t: (H.nodes[t[0]][g.SEQ], t[1]))
+    contribs = sorted(contribs, key=lambda t: (nodes[t[0]][g.SEQ], t[1]))
     for k, i, ct, note in contribs:
         # a contribution node may be shared (add's VJP passes ȳ through unchanged): only
         # label nodes this pass created for this term
         if (
-            H.nodes[ct].get(g.ROLE) == g.BACKWARD
-            and g.CONTRIB not in H.nodes[ct]
-            and (g.ADJOINT_OF not in H.nodes[ct])
+            nodes[ct].get(g.ROLE) == g.BACKWARD
+            and g.CONTRIB not in nodes[ct]
+            and (g.ADJOINT_OF not in nodes[ct])
         ):
-            H.nodes[ct][g.CONTRIB] = (k, j)
-            H.nodes[ct][g.NOTE] = note
+            nodes[ct][g.CONTRIB] = (k, j)
+            nodes[ct][g.NOTE] = note
     if len(contribs) == 1:
         k, _, ct, note = contribs[0]
-        if g.ADJOINT_OF not in H.nodes[ct]:
-            H.nodes[ct][g.ADJOINT_OF] = j
-            H.nodes[ct].pop(g.CONTRIB, None)
-            H.nodes[ct][g.NOTE] = note
+        if g.ADJOINT_OF not in nodes[ct]:
+            nodes[ct][g.ADJOINT_OF] = j
+            nodes[ct].pop(g.CONTRIB, None)
+            nodes[ct][g.NOTE] = note
         return ct
     total = b.add_n(*[ct for _, _, ct, _ in contribs])
-    H.nodes[total].update(
+    nodes[total].update(
         {
             g.ADJOINT_OF: j,
             g.SUMS: [k for k, _, _, _ in contribs],

@@ -114,12 +114,15 @@ def prepare(G):
         path = " -> ".join(repr(u) for u, _ in cycle) + f" -> {cycle[0][0]!r}"
         raise _err(GraphError, H, cycle[0][0], f"the graph has a cycle: {path}")
 
-    for seq, n in enumerate(H.nodes):  # graphs built in Python may lack the counter
-        H.nodes[n].setdefault(g.SEQ, seq)
-    H.graph["_seq"] = max([H.graph.get("_seq", 0)] + [H.nodes[n][g.SEQ] + 1 for n in H])
+    nodes = g.node_dicts(H)
+    for seq, a in enumerate(nodes.values()):  # graphs built in Python may lack it
+        a.setdefault(g.SEQ, seq)
+    H.graph["_seq"] = max(
+        [H.graph.get("_seq", 0)] + [a[g.SEQ] + 1 for a in nodes.values()]
+    )
 
     for n in g.schedule(H):
-        a = H.nodes[n]
+        a = nodes[n]
         kind = a.get(g.KIND)
         if kind in (g.INPUT, g.PARAM):
             if H.in_degree(n):
@@ -205,14 +208,16 @@ def _add_cotangents(H, fdtype):
 
 
 def _infer_op(H, n, fdtype):
-    a = H.nodes[n]
+    nodes = g.node_dicts(H)
+    a = nodes[n]
     name = a.get(g.OP)
     if name not in ops.REGISTRY:
         hint = did_you_mean(str(name), list(ops.REGISTRY))
         raise _err(GraphError, H, n, f"unknown op {name!r}{hint}")
     op = ops.REGISTRY[name]
-    for p in H.predecessors(n):
-        pos = H.edges[p, n].get(g.POS)
+    pred = H._pred[n]  # {argument: edge attributes}, without networkx's views
+    for p, e in pred.items():
+        pos = e.get(g.POS)
         if not isinstance(pos, tuple) or not pos:
             raise _err(
                 GraphError,
@@ -221,7 +226,7 @@ def _infer_op(H, n, fdtype):
                 f"edge from {p!r} needs a 'pos' attribute: a tuple of argument positions",
             )
     args = g.operands(H, n)
-    positions = sorted(i for p in H.predecessors(n) for i in H.edges[p, n][g.POS])
+    positions = sorted(i for e in pred.values() for i in e[g.POS])
     if positions != list(range(len(positions))):
         raise _err(
             GraphError, H, n, f"argument positions {positions} have gaps or repeats"
@@ -237,16 +242,16 @@ def _infer_op(H, n, fdtype):
         )
     # a reshape of int64 indices is int64 indices (ids flattened for a gather)
     out_dtype = fdtype
-    if op.keeps_int and args and H.nodes[args[0]][g.DTYPE] == "int64":
+    if op.keeps_int and args and nodes[args[0]][g.DTYPE] == "int64":
         out_dtype = "int64"
     if op.dtype is not None:  # an op that makes int64 says when, from its arguments
         given = dict(a.get(g.ATTRS) or {})
         defaults = {k: v for k, v in op.attrs.items() if v is not ops.REQUIRED}
-        in_dtypes = tuple(H.nodes[p][g.DTYPE] for p in args)
+        in_dtypes = tuple(nodes[p][g.DTYPE] for p in args)
         out_dtype = op.dtype(in_dtypes, {**defaults, **given}) or fdtype
     follows = {0} if op.keeps_int else set(op.int_like)  # int64 when the result is
     for i, p in enumerate(args):
-        dtype = H.nodes[p][g.DTYPE]
+        dtype = nodes[p][g.DTYPE]
         want = (
             "int64"
             if i in op.int_args or (i in follows and out_dtype == "int64")
@@ -260,7 +265,7 @@ def _infer_op(H, n, fdtype):
                 f"argument {i} ({op.arg_name(i)}) of {name} must be {want}, "
                 f"but {p!r} is {dtype}",
             )
-    in_shapes = [H.nodes[p][g.SHAPE] for p in args]
+    in_shapes = [nodes[p][g.SHAPE] for p in args]
     try:
         attrs, shape = ops.infer(op, in_shapes, dict(a.get(g.ATTRS) or {}))
     except GraphError as e:  # an attribute unknown to the op, or a required one missing
