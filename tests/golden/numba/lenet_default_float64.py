@@ -759,98 +759,93 @@ def _nb_lift_2d(x, kernel, strides, pads, dilations, out):
 @numba.njit(cache=True, error_model="numpy")
 def _nb_im2col_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     # cols[(c, p, q), n, (i, j)] = x[n, c, i·sh + p·dh − ph, j·sw + q·dw − pw], 0 where
-    # that is outside x: one row of cols per (channel, kernel offset), copied from the
-    # rows of x (contiguous when sw = 1). x is C-contiguous.
+    # that is outside x: for each output row i and kernel row p, one run of x's row
+    # per kernel column q, copied into that row of cols. x is C-contiguous.
+    # Two loop forms (the "same" plane copy and the row runs), each copy and each
+    # zeroing a loop over views that start at index 0: an index j + off that may be
+    # negative makes Numba check for wraparound per element (such loops did not
+    # vectorize), and an array-to-slice assignment `dst[a:b] = src[..]` makes Numba
+    # compile its error message's string formatting. Less code, less to compile on a
+    # cold cache (docs/numba.md, "Training modules": with a third path for strided
+    # columns and slice assignments, 2.0-2.3 s of CPU; 1.6-1.9 s now).
     n, c, h, w = x.shape
     # a column stride sw > 1 with a kernel wider than it: each row of x is split into
     # its sw phases once, phases[u0, u] = x[.., u·sw + u0], and every kernel column q
     # copies a contiguous run of one phase (the strided reads did not vectorize).
     # ResNet-50's 7x7/2 im2col 12.9 -> 5.0 ms, 3x3/2 at 56x56 7.1 -> 5.6 ms; rows of
     # fewer than 16 output columns, or a 1x1/2 kernel (one phase used), were no faster.
-    phases = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     split = sw > 1 and kw > sw and ow >= 16
+    phases = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     # stride 1 and as wide as x (a "same" 3x3 convolution): each row of cols is one
     # shifted flat copy of a plane of x, cols[r, n, t] = x[n, c].flat[t + d], with the
-    # columns that wrapped into a neighbouring row zeroed after. A slice copy: an
-    # index t + d that may be negative makes Numba check for wraparound per element,
-    # and the row loops below ran 2.5x slower than NumPy's strided copy for it.
+    # columns that wrapped into a neighbouring row zeroed after (2.2-2.5x faster than
+    # the row copies below on ResNet-50's 3x3 layers: short rows)
     same = sh == 1 and sw == 1 and ow == w
     for ci in range(c):
         for p in range(kh):
-            # the output rows i whose input row i + p·dh − ph is inside x
-            ilo = min(oh, max(0, ph - p * dh))
-            ihi = max(ilo, min(oh, h + ph - p * dh))
-            if split:
-                r0 = (ci * kh + p) * kw
-                for ni in range(n):
-                    for i in range(oh):
-                        y = i * sh + p * dh - ph
-                        base = i * ow
-                        if y < 0 or y >= h:
-                            for q in range(kw):
-                                cols[r0 + q, ni, base : base + ow] = 0
-                            continue
-                        src = x[ni, ci, y]
+            r0 = (ci * kh + p) * kw
+            if same:
+                # the output rows i whose input row i + p·dh − ph is inside x
+                ilo = min(oh, max(0, ph - p * dh))
+                ihi = max(ilo, min(oh, h + ph - p * dh))
+                for q in range(kw):
+                    off = q * dw - pw
+                    jlo = min(ow, -off) if off < 0 else 0
+                    jhi = max(jlo, min(ow, w - off))
+                    d = (p * dh - ph) * w + off
+                    a = max(ilo * ow, -d)
+                    b = max(a, min(ihi * ow, h * w - d))
+                    for ni in range(n):
+                        dst = cols[r0 + q, ni]
+                        src = x[ni, ci].reshape(h * w)[a + d :]
+                        for t in range(a):
+                            dst[t] = 0
+                        dd = dst[a:]
+                        for t in range(b - a):
+                            dd[t] = src[t]
+                        for t in range(b, oh * ow):
+                            dst[t] = 0
+                        for i in range(ilo, ihi):
+                            row = dst[i * ow : (i + 1) * ow]
+                            for j in range(jlo):
+                                row[j] = 0
+                            for j in range(jhi, ow):
+                                row[j] = 0
+                continue
+            for ni in range(n):
+                for i in range(oh):
+                    y = i * sh + p * dh - ph
+                    inside = 0 <= y < h
+                    src = x[ni, ci, min(max(y, 0), h - 1)]
+                    if inside and split:
                         for u0 in range(sw):
                             phase = phases[u0]
                             for u in range((w - u0 + sw - 1) // sw):
                                 phase[u] = src[u * sw + u0]
-                        for q in range(kw):
-                            off = q * dw - pw
-                            jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                            jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                            # column j·sw + off is phases[u0, j + (off − u0)/sw]
+                    for q in range(kw):
+                        dst = cols[r0 + q, ni, i * ow : (i + 1) * ow]
+                        off = q * dw - pw
+                        # the j with 0 <= j·sw + off < w (none if row y is outside)
+                        jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
+                        jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
+                        if not inside:
+                            jlo = jhi = 0
+                        for j in range(jlo):
+                            dst[j] = 0
+                        for j in range(jhi, ow):
+                            dst[j] = 0
+                        d = dst[jlo:jhi]
+                        if split:  # column j·sw + off is phases[u0, j + (off − u0)/sw]
                             u0 = off % sw
-                            dst = cols[r0 + q, ni, base : base + ow]
                             s = phases[u0, jlo + (off - u0) // sw :]
-                            d = dst[jlo:jhi]  # views from index 0 (see _nb_col2im_2d)
-                            dst[:jlo] = 0
+                        else:
+                            s = src[jlo * sw + off :]
+                        if split or sw == 1:
                             for t in range(jhi - jlo):
                                 d[t] = s[t]
-                            dst[jhi:] = 0
-                continue
-            for q in range(kw):
-                r = (ci * kh + p) * kw + q
-                off = q * dw - pw
-                # the j with 0 <= j·sw + off < w
-                jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                for ni in range(n):
-                    if same:
-                        dst = cols[r, ni]
-                        src = x[ni, ci].reshape(h * w)
-                        d = (p * dh - ph) * w + off
-                        a = max(ilo * ow, -d)
-                        b = max(a, min(ihi * ow, h * w - d))
-                        dst[:a] = 0
-                        # a loop over views from index 0, not `dst[a:b] = src[..]`:
-                        # an array-to-slice assignment makes Numba compile its error
-                        # message's string formatting, ~2 s of a cold first call
-                        dd, ss = dst[a:b], src[a + d : b + d]
-                        for t in range(b - a):
-                            dd[t] = ss[t]
-                        dst[b:] = 0
-                        for i in range(ilo, ihi):
-                            dst[i * ow : i * ow + jlo] = 0
-                            dst[i * ow + jhi : (i + 1) * ow] = 0
-                        continue
-                    for i in range(oh):
-                        y = i * sh + p * dh - ph
-                        base = i * ow
-                        if y < 0 or y >= h:
-                            for j in range(ow):
-                                cols[r, ni, base + j] = 0
-                            continue
-                        for j in range(jlo):
-                            cols[r, ni, base + j] = 0
-                        if sw == 1:
-                            for j in range(jlo, jhi):
-                                cols[r, ni, base + j] = x[ni, ci, y, j + off]
                         else:
-                            for j in range(jlo, jhi):
-                                cols[r, ni, base + j] = x[ni, ci, y, j * sw + off]
-                        for j in range(jhi, ow):
-                            cols[r, ni, base + j] = 0
+                            for t in range(jhi - jlo):
+                                d[t] = s[t * sw]
     return cols
 
 
