@@ -78,6 +78,13 @@ SIMD_IN_NUMPY = {
 }
 
 
+# Numba helpers (templates/numba/helpers/) whose gradient runs the forward helper's loop
+# kernel in a mode of its own (one compiled function for both directions: each loop
+# nest is ~0.5-1 s of a cold first call), so a module that calls the first also needs
+# the second's template.
+NB_RUNS_KERNEL_OF = {"max_pool_grad": ("max_pool",), "avg_pool_grad": ("avg_pool",)}
+
+
 def svml_available():
     """Whether Numba vectorizes transcendentals with Intel SVML in this environment."""
     try:
@@ -383,6 +390,12 @@ class NumbaProgram(Program):
         )
 
     # -------------------------------------------------------------------- module
+    def helper_closure(self, called):
+        """The NumPy program's closure, with the helpers whose loop kernel another
+        runs (:data:`NB_RUNS_KERNEL_OF`)."""
+        runs = {d for h in called for d in NB_RUNS_KERNEL_OF.get(str(h), ())}
+        return super().helper_closure(set(called) | runs)
+
     def context(self):
         ctx = super().context()
         final = self._final_names()

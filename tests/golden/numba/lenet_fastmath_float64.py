@@ -1101,109 +1101,41 @@ def _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y):
-    # y[n, c, i, j] = max over the offsets (p, q) whose position
+def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, g, dx, grad):
+    # Max pooling and its gradient in one kernel, so that a training module compiles
+    # one loop nest for both (each took ~0.5-1 s of a cold first call). Forward
+    # (grad False): y[n, c, i, j] = max over the offsets (p, q) whose position
     # (i·sh + p·dh − ph, j·sw + q·dw − pw) is inside x (−∞ if none), NaN-propagating
-    # like np.maximum: one running maximum per output row, one pass per offset. With a
-    # column stride sw > 1 each row of x is first split into its sw phases (as in
-    # _nb_max_pool_grad_2d), so that the passes read contiguous values.
+    # like np.maximum. Gradient (grad True; y unused): dx[n, c, argmax of window
+    # (i, j)] += g[n, c, i, j], dx (N, C, H·W) zeroed by the caller; the argmax is
+    # the first maximum in row-major offset order, positions outside x counting as −∞
+    # (a window whose maximum is there routes nothing), as _pool_argmax's running
+    # maximum finds it. One output row at a time: a running maximum per window (and
+    # for the gradient the flat position it came from), updated offset by offset with
+    # selects (so that the loop vectorizes). Positions, not offsets: no integer
+    # division per window. With a column stride sw > 1 each row of x is first split
+    # into its sw phases, rows[r, u] = x[.., u·sw + r], so that every pass reads
+    # contiguous values (the strided reads did not vectorize: ResNet-50's 3x3/2 pool
+    # gradient took 58 ms, 9.6 with the split; the pool 9.7 -> 5.6 ms).
     n, c, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    rows = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
-    for ni in range(n):
-        for ci in range(c):
-            for i in range(oh):
-                row = y[ni, ci, i]
-                row[:] = -np.inf
-                for p in range(kh):
-                    yy = i * sh + p * dh - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    src = x[ni, ci, yy]
-                    if sw > 1:
-                        for r in range(sw):
-                            phase = rows[r]
-                            for u in range((w - r + sw - 1) // sw):
-                                phase[u] = src[u * sw + r]
-                    for q in range(kw):
-                        off = q * dw - pw
-                        jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                        jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                        if jhi <= jlo:
-                            continue
-                        # views from index 0 (no per-element wraparound check, see
-                        # _nb_col2im_2d); a select, so that it vectorizes
-                        r = off % sw
-                        s = (
-                            rows[r, jlo + (off - r) // sw :]
-                            if sw > 1
-                            else src[jlo + off :]
-                        )
-                        rs = row[jlo:jhi]
-                        for t in range(rs.shape[0]):
-                            v, m = s[t], rs[t]
-                            rs[t] = v if v > m or v != v else m
-    return y
-
-
-def _max_pool(x, kernel, strides, pads, dilations, ceil_mode):
-    # y[n, c, o] = max_k x[n, c, o·s + k·d − p], padding counting as −∞: the loop kernel
-    # _nb_max_pool_2d (1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's strided slabs
-    out = _out_size(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
-    nd, (n, c) = len(kernel), x.shape[:2]
-    if nd == 2:
-        x4, geo = x, (*kernel, *strides, *pads[:2], *dilations)
-    elif nd == 1:
-        x4 = x.reshape(n, c, 1, x.shape[2])
-        geo = (1, kernel[0], 1, strides[0], 0, pads[0], 1, dilations[0])
-    else:
-        return _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode)
-    y = np.empty((n, c, *(out if nd == 2 else (1, *out))), dtype=x.dtype)
-    return _nb_max_pool_2d(x4, *geo, y).reshape(n, c, *out)
-
-
-def _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations):
-    # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
-    # first maximum; the argmax is recomputed from x, then one add per offset
-    out, nd = g.shape[2:], len(kernel)
-    xp = _pool_pad(x, kernel, strides, pads, dilations, out, -np.inf)
-    arg = _pool_argmax(xp, kernel, strides, dilations, out)
-    dxp = np.zeros(xp.shape, dtype=DTYPE)
-    for i, k in enumerate(np.ndindex(*kernel)):
-        dxp[_slab(k, strides, dilations, out)] += g * (arg == i)
-    return dxp[(..., *(slice(b, b + s) for b, s in zip(pads[:nd], x.shape[2:])))]
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _nb_max_pool_grad_2d(g, x, kh, kw, sh, sw, ph, pw, dh, dw, dx):
-    # dx[n, c, argmax of window (i, j)] += g[n, c, i, j], dx (N, C, H·W) zeroed by the
-    # caller. The argmax is the first maximum in row-major offset order, positions
-    # outside x counting as −∞ (a window whose maximum is there routes nothing), as
-    # _pool_argmax's running maximum finds it. One output row at a time: a running
-    # maximum per window and the flat position it came from, updated offset by offset
-    # with selects (so that the loop vectorizes, as in _nb_max_pool_2d), then one add
-    # per window. Positions, not offsets: no integer division per window. With a
-    # column stride sw > 1 each row of x is first split into its sw phases,
-    # rows[r, u] = x[.., u·sw + r], so that every pass reads contiguous values (the
-    # strided reads did not vectorize: ResNet-50's 3x3/2 pool gradient took 58 ms, 9.6
-    # with the split).
-    n, c, h, w = x.shape
-    oh, ow = g.shape[2], g.shape[3]
-    best = np.empty(ow, dtype=x.dtype)
+    oh, ow = (g.shape[2], g.shape[3]) if grad else (y.shape[2], y.shape[3])
+    scratch = np.empty(ow, dtype=x.dtype)
     arg = np.empty(ow, dtype=np.int64)
     rows = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     for ni in range(n):
         for ci in range(c):
-            grad, dst = g[ni, ci], dx[ni, ci]
             for i in range(oh):
                 # offset (0, 0) wins until something exceeds it (a window of −∞ or
                 # one starting with NaN routes there), −1 where it is outside x
+                best = scratch if grad else y[ni, ci, i]
                 y0 = i * sh - ph
                 for j in range(ow):
-                    x0 = j * sw - pw
-                    inside = 0 <= y0 < h and 0 <= x0 < w
-                    arg[j] = y0 * w + x0 if inside else -1
                     best[j] = -np.inf
+                if grad:
+                    for j in range(ow):
+                        x0 = j * sw - pw
+                        inside = 0 <= y0 < h and 0 <= x0 < w
+                        arg[j] = y0 * w + x0 if inside else -1
                 for p in range(kh):
                     yy = y0 + p * dh
                     if yy < 0 or yy >= h:
@@ -1229,22 +1161,61 @@ def _nb_max_pool_grad_2d(g, x, kh, kw, sh, sw, ph, pw, dh, dw, dx):
                             if sw > 1
                             else src[jlo + off :]
                         )
-                        bs, ar = best[jlo:jhi], arg[jlo:jhi]
-                        base = yy * w + jlo * sw + off
-                        for t in range(jhi - jlo):
-                            v, b = s[t], bs[t]
-                            ar[t] = base + t * sw if v > b else ar[t]
-                            bs[t] = v if v > b or v != v else b
-                for j in range(ow):
-                    if arg[j] >= 0:
-                        dst[arg[j]] += grad[i, j]
+                        bs = best[jlo:jhi]
+                        if grad:
+                            ar = arg[jlo:jhi]
+                            base = yy * w + jlo * sw + off
+                            for t in range(jhi - jlo):
+                                v, b = s[t], bs[t]
+                                ar[t] = base + t * sw if v > b else ar[t]
+                                bs[t] = v if v > b or v != v else b
+                        else:
+                            for t in range(jhi - jlo):
+                                v, b = s[t], bs[t]
+                                bs[t] = v if v > b or v != v else b
+                if grad:
+                    grow, dst = g[ni, ci, i], dx[ni, ci]
+                    for j in range(ow):
+                        if arg[j] >= 0:
+                            dst[arg[j]] += grow[j]
     return dx
+
+
+def _max_pool(x, kernel, strides, pads, dilations, ceil_mode):
+    # y[n, c, o] = max_k x[n, c, o·s + k·d − p], padding counting as −∞: the loop kernel
+    # _nb_max_pool_2d (1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's strided slabs
+    out = _out_size(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
+    nd, (n, c) = len(kernel), x.shape[:2]
+    if nd == 2:
+        x4, geo = x, (*kernel, *strides, *pads[:2], *dilations)
+    elif nd == 1:
+        x4 = x.reshape(n, c, 1, x.shape[2])
+        geo = (1, kernel[0], 1, strides[0], 0, pads[0], 1, dilations[0])
+    else:
+        return _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode)
+    y = np.empty((n, c, *(out if nd == 2 else (1, *out))), dtype=x.dtype)
+    # the gradient's arguments as empty arrays of the same types: one signature
+    _nb_max_pool_2d(x4, *geo, y, y, np.empty((0, 0, 0), dtype=x.dtype), False)
+    return y.reshape(n, c, *out)
+
+
+def _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations):
+    # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
+    # first maximum; the argmax is recomputed from x, then one add per offset
+    out, nd = g.shape[2:], len(kernel)
+    xp = _pool_pad(x, kernel, strides, pads, dilations, out, -np.inf)
+    arg = _pool_argmax(xp, kernel, strides, dilations, out)
+    dxp = np.zeros(xp.shape, dtype=DTYPE)
+    for i, k in enumerate(np.ndindex(*kernel)):
+        dxp[_slab(k, strides, dilations, out)] += g * (arg == i)
+    return dxp[(..., *(slice(b, b + s) for b, s in zip(pads[:nd], x.shape[2:])))]
 
 
 def _max_pool_grad(g, x, kernel, strides, pads, dilations):
     # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
-    # first maximum, recomputed from x by the loop kernel _nb_max_pool_grad_2d (1-D as
-    # 2-D over (N, C, 1, L)); 3-D: NumPy's argmax and strided adds
+    # first maximum, recomputed from x by the loop kernel _nb_max_pool_2d (the max
+    # pool's, in its gradient mode; 1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's argmax
+    # and strided adds
     nd, (n, c) = len(kernel), x.shape[:2]
     g = g.astype(DTYPE, copy=False)
     if nd == 2:
@@ -1255,7 +1226,8 @@ def _max_pool_grad(g, x, kernel, strides, pads, dilations):
     else:
         return _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations)
     dx = np.zeros((n, c, x4.shape[2] * x4.shape[3]), dtype=DTYPE)
-    return _nb_max_pool_grad_2d(g4, x4, *geo, dx).reshape(x.shape)
+    g4 = np.ascontiguousarray(g4)  # the forward's types: one signature for both
+    return _nb_max_pool_2d(x4, *geo, g4, g4, dx, True).reshape(x.shape)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
