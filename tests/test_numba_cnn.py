@@ -343,3 +343,24 @@ def test_small_resnet_end_to_end(dtype, rtol):
     # the global average pool takes NumPy's slab path: its loop kernels, which would
     # compile for ~1 s each on a cold cache, are never compiled
     assert not nb._nb_avg_pool_2d.signatures
+
+
+def test_small_vector_groups_stay_numpy():
+    # batch norm's per-channel arithmetic: a fused group over a static vector would be
+    # a kernel that compiles for ~0.2-0.4 s to save microseconds; it stays NumPy code,
+    # while a matrix group, however small, is still a kernel
+    arrays = {"x": ("input", (3, 16)), "s": ("param", (16,)), "b": ("param", (16,))}
+    nodes = [
+        ("v1", "add", ["s", "b"], {}),
+        ("v2", "mul", ["v1", "s"], {}),
+        ("v3", "tanh", ["v2"], {}),
+        ("h", "mul", ["x", "v3"], {}),
+        ("h2", "relu", ["h"], {}),
+        ("h3", "add", ["h2", "x"], {}),
+        ("loss", "sum", ["h3"], {}),
+    ]
+    G = build_graph(arrays, nodes, loss="loss", outputs=["v3", "h3", "loss"])
+    nb = compare(G, whole=False)
+    src = nb.__source__
+    assert "One loop nest over (3, 16)" in src
+    assert "loop nest over (16,)" not in src  # main's module had three such kernels
