@@ -416,7 +416,10 @@ class Program:
 
     def helpers(self, functions):
         """The helpers (templates/<backend>/helpers/) the functions call, with theirs."""
-        called = set().union(*(f.helpers for f in functions))
+        return self.helper_closure(set().union(*(f.helpers for f in functions)))
+
+    def helper_closure(self, called):
+        """The helpers ``called`` and the ones they call, in printing order."""
         helpers = set()
         for h, deps in HELPERS.items():
             if h in called:

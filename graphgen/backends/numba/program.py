@@ -78,6 +78,32 @@ SIMD_IN_NUMPY = {
 }
 
 
+# Numba helpers (templates/numba/helpers/) whose gradient runs the forward helper's loop
+# kernel in a mode of its own (one compiled function for both directions: each loop
+# nest is ~0.5-1 s of a cold first call), so a module that calls the first also needs
+# the second's template.
+NB_RUNS_KERNEL_OF = {"max_pool_grad": ("max_pool",), "avg_pool_grad": ("avg_pool",)}
+
+
+# A fused group over a static vector (at most one axis longer than 1) of at most this
+# many elements runs as NumPy statements at Python level: per-channel vectors (batch
+# norm's scale and variance arithmetic and their gradients, 64 to 2048 elements) and a
+# classifier's (1, 1000) bias add are microseconds of NumPy either way, and each of
+# their kernels cost 0.15-0.4 s of a cold first call (ResNet-50: five such kernels;
+# docs/numba.md, "Training modules"). Matrices stay fused, however small.
+SMALL_VECTOR = 4096
+
+
+def small_vector(grp):
+    """Whether ``grp`` is left to NumPy at Python level (:data:`SMALL_VECTOR`)."""
+    d = grp.domain
+    return (
+        all(dims.is_static(x) for x in d)
+        and sum(x > 1 for x in d) <= 1
+        and dims.prod(d) <= SMALL_VECTOR
+    )
+
+
 def svml_available():
     """Whether Numba vectorizes transcendentals with Intel SVML in this environment."""
     try:
@@ -236,6 +262,8 @@ class NumbaProgram(Program):
         groups = (
             fusion.find_groups(A, s.order, roots, exclude=exclude) if self.fuse else []
         )
+        if forms is self.forms:  # at Python level, small vectors stay NumPy code
+            groups = [grp for grp in groups if not small_vector(grp)]
         group_of = {n: grp for grp in groups for n in grp.nodes}
         units = _units(A, s.order, groups, group_of)
         s.count_uses()
@@ -383,6 +411,12 @@ class NumbaProgram(Program):
         )
 
     # -------------------------------------------------------------------- module
+    def helper_closure(self, called):
+        """The NumPy program's closure, with the helpers whose loop kernel another
+        runs (:data:`NB_RUNS_KERNEL_OF`)."""
+        runs = {d for h in called for d in NB_RUNS_KERNEL_OF.get(str(h), ())}
+        return super().helper_closure(set(called) | runs)
+
     def context(self):
         ctx = super().context()
         final = self._final_names()

@@ -759,98 +759,93 @@ def _nb_lift_2d(x, kernel, strides, pads, dilations, out):
 @numba.njit(cache=True, error_model="numpy")
 def _nb_im2col_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     # cols[(c, p, q), n, (i, j)] = x[n, c, i·sh + p·dh − ph, j·sw + q·dw − pw], 0 where
-    # that is outside x: one row of cols per (channel, kernel offset), copied from the
-    # rows of x (contiguous when sw = 1). x is C-contiguous.
+    # that is outside x: for each output row i and kernel row p, one run of x's row
+    # per kernel column q, copied into that row of cols. x is C-contiguous.
+    # Two loop forms (the "same" plane copy and the row runs), each copy and each
+    # zeroing a loop over views that start at index 0: an index j + off that may be
+    # negative makes Numba check for wraparound per element (such loops did not
+    # vectorize), and an array-to-slice assignment `dst[a:b] = src[..]` makes Numba
+    # compile its error message's string formatting. Less code, less to compile on a
+    # cold cache (docs/numba.md, "Training modules": with a third path for strided
+    # columns and slice assignments, 2.0-2.3 s of CPU; 1.6-1.9 s now).
     n, c, h, w = x.shape
     # a column stride sw > 1 with a kernel wider than it: each row of x is split into
     # its sw phases once, phases[u0, u] = x[.., u·sw + u0], and every kernel column q
     # copies a contiguous run of one phase (the strided reads did not vectorize).
     # ResNet-50's 7x7/2 im2col 12.9 -> 5.0 ms, 3x3/2 at 56x56 7.1 -> 5.6 ms; rows of
     # fewer than 16 output columns, or a 1x1/2 kernel (one phase used), were no faster.
-    phases = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     split = sw > 1 and kw > sw and ow >= 16
+    phases = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     # stride 1 and as wide as x (a "same" 3x3 convolution): each row of cols is one
     # shifted flat copy of a plane of x, cols[r, n, t] = x[n, c].flat[t + d], with the
-    # columns that wrapped into a neighbouring row zeroed after. A slice copy: an
-    # index t + d that may be negative makes Numba check for wraparound per element,
-    # and the row loops below ran 2.5x slower than NumPy's strided copy for it.
+    # columns that wrapped into a neighbouring row zeroed after (2.2-2.5x faster than
+    # the row copies below on ResNet-50's 3x3 layers: short rows)
     same = sh == 1 and sw == 1 and ow == w
     for ci in range(c):
         for p in range(kh):
-            # the output rows i whose input row i + p·dh − ph is inside x
-            ilo = min(oh, max(0, ph - p * dh))
-            ihi = max(ilo, min(oh, h + ph - p * dh))
-            if split:
-                r0 = (ci * kh + p) * kw
-                for ni in range(n):
-                    for i in range(oh):
-                        y = i * sh + p * dh - ph
-                        base = i * ow
-                        if y < 0 or y >= h:
-                            for q in range(kw):
-                                cols[r0 + q, ni, base : base + ow] = 0
-                            continue
-                        src = x[ni, ci, y]
+            r0 = (ci * kh + p) * kw
+            if same:
+                # the output rows i whose input row i + p·dh − ph is inside x
+                ilo = min(oh, max(0, ph - p * dh))
+                ihi = max(ilo, min(oh, h + ph - p * dh))
+                for q in range(kw):
+                    off = q * dw - pw
+                    jlo = min(ow, -off) if off < 0 else 0
+                    jhi = max(jlo, min(ow, w - off))
+                    d = (p * dh - ph) * w + off
+                    a = max(ilo * ow, -d)
+                    b = max(a, min(ihi * ow, h * w - d))
+                    for ni in range(n):
+                        dst = cols[r0 + q, ni]
+                        src = x[ni, ci].reshape(h * w)[a + d :]
+                        for t in range(a):
+                            dst[t] = 0
+                        dd = dst[a:]
+                        for t in range(b - a):
+                            dd[t] = src[t]
+                        for t in range(b, oh * ow):
+                            dst[t] = 0
+                        for i in range(ilo, ihi):
+                            row = dst[i * ow : (i + 1) * ow]
+                            for j in range(jlo):
+                                row[j] = 0
+                            for j in range(jhi, ow):
+                                row[j] = 0
+                continue
+            for ni in range(n):
+                for i in range(oh):
+                    y = i * sh + p * dh - ph
+                    inside = 0 <= y < h
+                    src = x[ni, ci, min(max(y, 0), h - 1)]
+                    if inside and split:
                         for u0 in range(sw):
                             phase = phases[u0]
                             for u in range((w - u0 + sw - 1) // sw):
                                 phase[u] = src[u * sw + u0]
-                        for q in range(kw):
-                            off = q * dw - pw
-                            jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                            jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                            # column j·sw + off is phases[u0, j + (off − u0)/sw]
+                    for q in range(kw):
+                        dst = cols[r0 + q, ni, i * ow : (i + 1) * ow]
+                        off = q * dw - pw
+                        # the j with 0 <= j·sw + off < w (none if row y is outside)
+                        jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
+                        jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
+                        if not inside:
+                            jlo = jhi = 0
+                        for j in range(jlo):
+                            dst[j] = 0
+                        for j in range(jhi, ow):
+                            dst[j] = 0
+                        d = dst[jlo:jhi]
+                        if split:  # column j·sw + off is phases[u0, j + (off − u0)/sw]
                             u0 = off % sw
-                            dst = cols[r0 + q, ni, base : base + ow]
                             s = phases[u0, jlo + (off - u0) // sw :]
-                            d = dst[jlo:jhi]  # views from index 0 (see _nb_col2im_2d)
-                            dst[:jlo] = 0
+                        else:
+                            s = src[jlo * sw + off :]
+                        if split or sw == 1:
                             for t in range(jhi - jlo):
                                 d[t] = s[t]
-                            dst[jhi:] = 0
-                continue
-            for q in range(kw):
-                r = (ci * kh + p) * kw + q
-                off = q * dw - pw
-                # the j with 0 <= j·sw + off < w
-                jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                for ni in range(n):
-                    if same:
-                        dst = cols[r, ni]
-                        src = x[ni, ci].reshape(h * w)
-                        d = (p * dh - ph) * w + off
-                        a = max(ilo * ow, -d)
-                        b = max(a, min(ihi * ow, h * w - d))
-                        dst[:a] = 0
-                        # a loop over views from index 0, not `dst[a:b] = src[..]`:
-                        # an array-to-slice assignment makes Numba compile its error
-                        # message's string formatting, ~2 s of a cold first call
-                        dd, ss = dst[a:b], src[a + d : b + d]
-                        for t in range(b - a):
-                            dd[t] = ss[t]
-                        dst[b:] = 0
-                        for i in range(ilo, ihi):
-                            dst[i * ow : i * ow + jlo] = 0
-                            dst[i * ow + jhi : (i + 1) * ow] = 0
-                        continue
-                    for i in range(oh):
-                        y = i * sh + p * dh - ph
-                        base = i * ow
-                        if y < 0 or y >= h:
-                            for j in range(ow):
-                                cols[r, ni, base + j] = 0
-                            continue
-                        for j in range(jlo):
-                            cols[r, ni, base + j] = 0
-                        if sw == 1:
-                            for j in range(jlo, jhi):
-                                cols[r, ni, base + j] = x[ni, ci, y, j + off]
                         else:
-                            for j in range(jlo, jhi):
-                                cols[r, ni, base + j] = x[ni, ci, y, j * sw + off]
-                        for j in range(jhi, ow):
-                            cols[r, ni, base + j] = 0
+                            for t in range(jhi - jlo):
+                                d[t] = s[t * sw]
     return cols
 
 
@@ -1106,109 +1101,41 @@ def _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y):
-    # y[n, c, i, j] = max over the offsets (p, q) whose position
+def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, g, dx, grad):
+    # Max pooling and its gradient in one kernel, so that a training module compiles
+    # one loop nest for both (each took ~0.5-1 s of a cold first call). Forward
+    # (grad False): y[n, c, i, j] = max over the offsets (p, q) whose position
     # (i·sh + p·dh − ph, j·sw + q·dw − pw) is inside x (−∞ if none), NaN-propagating
-    # like np.maximum: one running maximum per output row, one pass per offset. With a
-    # column stride sw > 1 each row of x is first split into its sw phases (as in
-    # _nb_max_pool_grad_2d), so that the passes read contiguous values.
+    # like np.maximum. Gradient (grad True; y unused): dx[n, c, argmax of window
+    # (i, j)] += g[n, c, i, j], dx (N, C, H·W) zeroed by the caller; the argmax is
+    # the first maximum in row-major offset order, positions outside x counting as −∞
+    # (a window whose maximum is there routes nothing), as _pool_argmax's running
+    # maximum finds it. One output row at a time: a running maximum per window (and
+    # for the gradient the flat position it came from), updated offset by offset with
+    # selects (so that the loop vectorizes). Positions, not offsets: no integer
+    # division per window. With a column stride sw > 1 each row of x is first split
+    # into its sw phases, rows[r, u] = x[.., u·sw + r], so that every pass reads
+    # contiguous values (the strided reads did not vectorize: ResNet-50's 3x3/2 pool
+    # gradient took 58 ms, 9.6 with the split; the pool 9.7 -> 5.6 ms).
     n, c, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    rows = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
-    for ni in range(n):
-        for ci in range(c):
-            for i in range(oh):
-                row = y[ni, ci, i]
-                row[:] = -np.inf
-                for p in range(kh):
-                    yy = i * sh + p * dh - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    src = x[ni, ci, yy]
-                    if sw > 1:
-                        for r in range(sw):
-                            phase = rows[r]
-                            for u in range((w - r + sw - 1) // sw):
-                                phase[u] = src[u * sw + r]
-                    for q in range(kw):
-                        off = q * dw - pw
-                        jlo = min(ow, (sw - 1 - off) // sw) if off < 0 else 0
-                        jhi = max(jlo, min(ow, (w - 1 - off) // sw + 1))
-                        if jhi <= jlo:
-                            continue
-                        # views from index 0 (no per-element wraparound check, see
-                        # _nb_col2im_2d); a select, so that it vectorizes
-                        r = off % sw
-                        s = (
-                            rows[r, jlo + (off - r) // sw :]
-                            if sw > 1
-                            else src[jlo + off :]
-                        )
-                        rs = row[jlo:jhi]
-                        for t in range(rs.shape[0]):
-                            v, m = s[t], rs[t]
-                            rs[t] = v if v > m or v != v else m
-    return y
-
-
-def _max_pool(x, kernel, strides, pads, dilations, ceil_mode):
-    # y[n, c, o] = max_k x[n, c, o·s + k·d − p], padding counting as −∞: the loop kernel
-    # _nb_max_pool_2d (1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's strided slabs
-    out = _out_size(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
-    nd, (n, c) = len(kernel), x.shape[:2]
-    if nd == 2:
-        x4, geo = x, (*kernel, *strides, *pads[:2], *dilations)
-    elif nd == 1:
-        x4 = x.reshape(n, c, 1, x.shape[2])
-        geo = (1, kernel[0], 1, strides[0], 0, pads[0], 1, dilations[0])
-    else:
-        return _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode)
-    y = np.empty((n, c, *(out if nd == 2 else (1, *out))), dtype=x.dtype)
-    return _nb_max_pool_2d(x4, *geo, y).reshape(n, c, *out)
-
-
-def _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations):
-    # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
-    # first maximum; the argmax is recomputed from x, then one add per offset
-    out, nd = g.shape[2:], len(kernel)
-    xp = _pool_pad(x, kernel, strides, pads, dilations, out, -np.inf)
-    arg = _pool_argmax(xp, kernel, strides, dilations, out)
-    dxp = np.zeros(xp.shape, dtype=DTYPE)
-    for i, k in enumerate(np.ndindex(*kernel)):
-        dxp[_slab(k, strides, dilations, out)] += g * (arg == i)
-    return dxp[(..., *(slice(b, b + s) for b, s in zip(pads[:nd], x.shape[2:])))]
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _nb_max_pool_grad_2d(g, x, kh, kw, sh, sw, ph, pw, dh, dw, dx):
-    # dx[n, c, argmax of window (i, j)] += g[n, c, i, j], dx (N, C, H·W) zeroed by the
-    # caller. The argmax is the first maximum in row-major offset order, positions
-    # outside x counting as −∞ (a window whose maximum is there routes nothing), as
-    # _pool_argmax's running maximum finds it. One output row at a time: a running
-    # maximum per window and the flat position it came from, updated offset by offset
-    # with selects (so that the loop vectorizes, as in _nb_max_pool_2d), then one add
-    # per window. Positions, not offsets: no integer division per window. With a
-    # column stride sw > 1 each row of x is first split into its sw phases,
-    # rows[r, u] = x[.., u·sw + r], so that every pass reads contiguous values (the
-    # strided reads did not vectorize: ResNet-50's 3x3/2 pool gradient took 58 ms, 9.6
-    # with the split).
-    n, c, h, w = x.shape
-    oh, ow = g.shape[2], g.shape[3]
-    best = np.empty(ow, dtype=x.dtype)
+    oh, ow = (g.shape[2], g.shape[3]) if grad else (y.shape[2], y.shape[3])
+    scratch = np.empty(ow, dtype=x.dtype)
     arg = np.empty(ow, dtype=np.int64)
     rows = np.empty((sw, (w + sw - 1) // sw), dtype=x.dtype)
     for ni in range(n):
         for ci in range(c):
-            grad, dst = g[ni, ci], dx[ni, ci]
             for i in range(oh):
                 # offset (0, 0) wins until something exceeds it (a window of −∞ or
                 # one starting with NaN routes there), −1 where it is outside x
+                best = scratch if grad else y[ni, ci, i]
                 y0 = i * sh - ph
                 for j in range(ow):
-                    x0 = j * sw - pw
-                    inside = 0 <= y0 < h and 0 <= x0 < w
-                    arg[j] = y0 * w + x0 if inside else -1
                     best[j] = -np.inf
+                if grad:
+                    for j in range(ow):
+                        x0 = j * sw - pw
+                        inside = 0 <= y0 < h and 0 <= x0 < w
+                        arg[j] = y0 * w + x0 if inside else -1
                 for p in range(kh):
                     yy = y0 + p * dh
                     if yy < 0 or yy >= h:
@@ -1234,22 +1161,61 @@ def _nb_max_pool_grad_2d(g, x, kh, kw, sh, sw, ph, pw, dh, dw, dx):
                             if sw > 1
                             else src[jlo + off :]
                         )
-                        bs, ar = best[jlo:jhi], arg[jlo:jhi]
-                        base = yy * w + jlo * sw + off
-                        for t in range(jhi - jlo):
-                            v, b = s[t], bs[t]
-                            ar[t] = base + t * sw if v > b else ar[t]
-                            bs[t] = v if v > b or v != v else b
-                for j in range(ow):
-                    if arg[j] >= 0:
-                        dst[arg[j]] += grad[i, j]
+                        bs = best[jlo:jhi]
+                        if grad:
+                            ar = arg[jlo:jhi]
+                            base = yy * w + jlo * sw + off
+                            for t in range(jhi - jlo):
+                                v, b = s[t], bs[t]
+                                ar[t] = base + t * sw if v > b else ar[t]
+                                bs[t] = v if v > b or v != v else b
+                        else:
+                            for t in range(jhi - jlo):
+                                v, b = s[t], bs[t]
+                                bs[t] = v if v > b or v != v else b
+                if grad:
+                    grow, dst = g[ni, ci, i], dx[ni, ci]
+                    for j in range(ow):
+                        if arg[j] >= 0:
+                            dst[arg[j]] += grow[j]
     return dx
+
+
+def _max_pool(x, kernel, strides, pads, dilations, ceil_mode):
+    # y[n, c, o] = max_k x[n, c, o·s + k·d − p], padding counting as −∞: the loop kernel
+    # _nb_max_pool_2d (1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's strided slabs
+    out = _out_size(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
+    nd, (n, c) = len(kernel), x.shape[:2]
+    if nd == 2:
+        x4, geo = x, (*kernel, *strides, *pads[:2], *dilations)
+    elif nd == 1:
+        x4 = x.reshape(n, c, 1, x.shape[2])
+        geo = (1, kernel[0], 1, strides[0], 0, pads[0], 1, dilations[0])
+    else:
+        return _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode)
+    y = np.empty((n, c, *(out if nd == 2 else (1, *out))), dtype=x.dtype)
+    # the gradient's arguments as empty arrays of the same types: one signature
+    _nb_max_pool_2d(x4, *geo, y, y, np.empty((0, 0, 0), dtype=x.dtype), False)
+    return y.reshape(n, c, *out)
+
+
+def _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations):
+    # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
+    # first maximum; the argmax is recomputed from x, then one add per offset
+    out, nd = g.shape[2:], len(kernel)
+    xp = _pool_pad(x, kernel, strides, pads, dilations, out, -np.inf)
+    arg = _pool_argmax(xp, kernel, strides, dilations, out)
+    dxp = np.zeros(xp.shape, dtype=DTYPE)
+    for i, k in enumerate(np.ndindex(*kernel)):
+        dxp[_slab(k, strides, dilations, out)] += g * (arg == i)
+    return dxp[(..., *(slice(b, b + s) for b, s in zip(pads[:nd], x.shape[2:])))]
 
 
 def _max_pool_grad(g, x, kernel, strides, pads, dilations):
     # x̄[n, c, argmax of window o] += ḡ[n, c, o]: each window's gradient goes to its
-    # first maximum, recomputed from x by the loop kernel _nb_max_pool_grad_2d (1-D as
-    # 2-D over (N, C, 1, L)); 3-D: NumPy's argmax and strided adds
+    # first maximum, recomputed from x by the loop kernel _nb_max_pool_2d (the max
+    # pool's, in its gradient mode; 1-D as 2-D over (N, C, 1, L)); 3-D: NumPy's argmax
+    # and strided adds
     nd, (n, c) = len(kernel), x.shape[:2]
     g = g.astype(DTYPE, copy=False)
     if nd == 2:
@@ -1260,7 +1226,8 @@ def _max_pool_grad(g, x, kernel, strides, pads, dilations):
     else:
         return _numpy_max_pool_grad(g, x, kernel, strides, pads, dilations)
     dx = np.zeros((n, c, x4.shape[2] * x4.shape[3]), dtype=DTYPE)
-    return _nb_max_pool_grad_2d(g4, x4, *geo, dx).reshape(x.shape)
+    g4 = np.ascontiguousarray(g4)  # the forward's types: one signature for both
+    return _nb_max_pool_2d(x4, *geo, g4, g4, dx, True).reshape(x.shape)
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
