@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import EXAMPLES, REPO
 
 import graphgen
 from graphgen.check import random_arrays
@@ -238,3 +238,56 @@ def test_comments_wrap_as_textwrap_does():
         if len(text) <= width - 2 and text[:1] != " " and text[-1:] != " ":
             continue  # the one-line path, unchanged
         assert got == _wrap_by_textwrap(text, width, indent), (text, width, indent)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_printed_forms_give_the_text_and_helpers_of_their_macros(backend):
+    """An op macro that only prints its arguments is rendered once per attributes with
+    placeholders, then pasted (codegen/render.printed_form): for every op node of the
+    examples and a random DAG, that text and the helpers it notes are the macro's own,
+    for plain names and for expressions the layout parenthesizes."""
+    from graphgen import api, ops
+    from graphgen import graph as g
+    from graphgen.codegen.layout import wrap
+    from graphgen.codegen.naming import Code
+    from graphgen.codegen.render import recording
+
+    graphs = [
+        graphgen.load(EXAMPLES / f"{name}.yaml")
+        for name in ("mlp", "digits_cnn", "gpt", "fanout")
+    ]
+    graphs.append(from_dict(compile_scale.random_dag(300)))
+    printed = set()
+    for G in graphs:
+        A = api.lower(G)
+        program = api.BACKENDS[backend](A, backend, "test")
+        forms = program.forms
+        for n in program.order:
+            a = g.node_dicts(A)[n]
+            if a[g.KIND] != g.OPNODE or ops.get(a[g.OP]).variadic:
+                continue
+            macro, is_printed, _ = forms.macro(a[g.OP], n)
+            if not is_printed:
+                continue
+            printed.add(a[g.OP])
+            count = len(program.operands(n))
+            for args in (
+                [Code(f"v{i}") for i in range(count)],
+                [Code(f"a{i} + b * c") for i in range(count)],
+            ):
+                for as_bool in (False, True):
+                    with recording(merge=False) as fast_helpers:
+                        fast = forms.render(n, args, set(), as_bool)
+                    with recording(merge=False) as slow_helpers:
+                        at = program.attrs_code(n, set())
+                        if ops.get(a[g.OP]).mask:
+                            at["as_bool"] = as_bool
+                        slow = macro(*[wrap(x) for x in args], at).strip()
+                    assert fast == slow, (backend, n, a[g.OP])
+                    assert fast_helpers == slow_helpers, (backend, n, a[g.OP])
+    # the common forms are pasted; pow tests its arguments, so it is not
+    assert {"add", "mul", "tanh", "sigmoid", "matmul"} <= printed
+    from graphgen.codegen.render import environment, printed_form
+
+    assert not printed_form(environment("numpy"), "numpy/ops.j2", "pow")
+    assert printed_form(environment("numpy"), "numpy/ops.j2", "sum")

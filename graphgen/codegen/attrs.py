@@ -49,9 +49,9 @@ class Lowering:
 def lower(program, n, used):
     """The attributes of op node ``n`` as its template wants them."""
     A = program.A
-    a = A.nodes[n]
+    a = g.node_dicts(A)[n]
     at = a[g.ATTRS]
-    in_shapes = [A.nodes[p][g.SHAPE] for p in g.operands(A, n)]
+    in_shapes = [g.node_dicts(A)[p][g.SHAPE] for p in g.operands(A, n)]
     f = LOWERINGS.get(a[g.OP])
     if f is None:
         return {k: literal(v) for k, v in at.items()}

@@ -17,6 +17,8 @@ from .layout import INDENT, LINE, literal
 from .naming import Code, sanitize
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# whitespace but the space: without it, every word split at spaces has a non-space
+_OTHER_SPACE = re.compile(r"[^\S ]")
 
 
 def safe_comment(text) -> Code:
@@ -42,7 +44,14 @@ def wrap_comment(text, width=LINE - INDENT - 2, indent="  "):
             words.append(word[: cut + 1])
             word = word[cut + 1 :]
         words.append(word)
-    if not all(w.strip() for w in words):  # runs of spaces, whitespace-only words
+    ordinary = (
+        text
+        and text[0] != " "
+        and text[-1] != " "
+        and "  " not in text  # no empty word
+        and (_OTHER_SPACE.search(text) is None or all(w.strip() for w in words))
+    )
+    if not ordinary:  # runs of spaces, whitespace-only words
         lines = textwrap.wrap(
             " ".join(words),
             width=width,
@@ -89,24 +98,33 @@ class Comments:
         self.A = A
         self.namer = namer
         self.loss = loss
+        self._nodes = g.node_dicts(A)
+        self._shown = (None, None)  # the names display() was last asked for, its show
 
     def display(self, names):
+        """``show(n)``: how node ``n`` reads in comments, given the function's names
+        (the same function for the same ``names``, which a statement asks for often)."""
+        if self._shown[0] is names:
+            return self._shown[1]
         named = self.namer.names  # read directly: hundreds of thousands of calls
+        nodes = self._nodes
 
         def show(n):
             v = named.get(n)
             if v is not None:
                 return v
-            if n not in names and n not in self.A and not str(n).startswith("bwd/"):
+            if n not in names and n not in nodes and not str(n).startswith("bwd/"):
                 return sanitize(n)  # a spec node the optimizer removed (a first loss)
             return names.get(n, "…")
 
+        self._shown = (names, show)
         return show
 
     def pass_of(self, n):
         """(loss, adjoint map) of the adjoint pass that made node ``n``."""
         passes = self.A.graph.get("passes") or []
-        p = g.node_dicts(self.A)[n].get(g.PASS) if n in self.A else None
+        a = self._nodes.get(n)
+        p = a.get(g.PASS) if a is not None else None
         if p is not None and p < len(passes):
             return passes[p]["loss"], passes[p]["adjoints"]
         return self.loss, self.A.graph.get("adjoints") or {}
@@ -119,11 +137,11 @@ class Comments:
         if adjoints is None:
             adjoints = self.A.graph.get("adjoints") or {}
         v = adjoints.get(n)
-        if v is None or v not in self.A:  # folded into its consumers: say what it is
+        if v is None or v not in self._nodes:  # folded into its consumers: say so
             loss = self.display(names)(loss)
             return partial(loss, self.display(names)(n))
-        if self.A.nodes[v][g.KIND] == g.CONST:
-            return literal(self.A.nodes[v][g.VALUE])
+        if g.node_dicts(self.A)[v][g.KIND] == g.CONST:
+            return literal(g.node_dicts(self.A)[v][g.VALUE])
         return self.display(names)(v)
 
     def note(self, template, ids, attrs, names, term=None, of=None):
@@ -137,9 +155,9 @@ class Comments:
     def math_of(self, n, names):
         """The forward math of op node ``n`` with code names: ``z2 = h1 @ W2``."""
         A = self.A
-        op = ops.get(A.nodes[n][g.OP])
+        op = ops.get(g.node_dicts(A)[n][g.OP])
         ins = g.operands(A, n)
-        text = op.math_for(A.nodes[n][g.ATTRS])
+        text = op.math_for(g.node_dicts(A)[n][g.ATTRS])
         if op.variadic:
             text = text.replace(
                 "{" + op.args[0] + "}",
@@ -148,7 +166,7 @@ class Comments:
             ids = {"y": n}
         else:
             ids = {"y": n, **dict(zip(op.args, ins))}
-        return self.note(text, ids, A.nodes[n][g.ATTRS], names)
+        return self.note(text, ids, g.node_dicts(A)[n][g.ATTRS], names)
 
     def comments(self, n, names):
         A, a = self.A, g.node_dicts(self.A)[n]
@@ -206,7 +224,7 @@ class Comments:
         """A forward-mode node's comment: the sum over the arguments ``j`` of ``k`` for a
         tangent ``k_dot`` with several terms (``FSUMS``); for one term, the local
         derivative ``∂k/∂j`` it applies to ``j_dot`` (``FCONTRIB``, ``NOTE``)."""
-        A, a = self.A, self.A.nodes[n]
+        A, a = self.A, g.node_dicts(self.A)[n]
         show = self.display(names)
         target = names.get(n, show(n))
         if g.FSUMS in a:
@@ -233,7 +251,7 @@ class Comments:
         deriv = self.note(template, ids, attrs, names) if chain else ""
         if " = " in deriv:
             text = f"{head}, where {local} = {deriv.split(' = ', 1)[1]}"
-        elif k in A and A.nodes[k].get(g.KIND) == g.OPNODE:
+        elif k in A and g.node_dicts(A)[k].get(g.KIND) == g.OPNODE:
             text = f"{head}, through {self.math_of(k, names)}"
         else:
             text = head
@@ -242,7 +260,7 @@ class Comments:
     def value_text(self, n, names):
         """The formula of backward node ``n``'s value (``hᵀ @ y_bar``), where the local
         derivative it applies says it; else None."""
-        a = self.A.nodes[n]
+        a = g.node_dicts(self.A)[n]
         note = a.get(g.NOTE)
         if g.ADJOINT_OF in a:
             j = a[g.ADJOINT_OF]

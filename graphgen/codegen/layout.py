@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import keyword
 import math
 import re
 import tokenize
@@ -585,9 +586,41 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _UNSIGNED = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?\Z")
 
 
+# a dotted name right before a bracket: ``np.tanh(``, ``x[``
+_HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?=[(\[])")
+_BRACKETS = re.compile(r"[()\[\]{}]")
+_CLOSE = {"(": ")", "[": "]", "{": "}"}
+
+
+def _called(expr) -> bool:
+    """Whether ``expr`` (an expression that parses) is a dotted name called or
+    subscripted once, its first bracket closing at its end (``np.tanh(x + y)``,
+    ``h[:, 1]``): a call or subscript, without a parse. False when unsure (a keyword,
+    a string that may hold brackets, brackets that do not match)."""
+    m = _HEAD.match(expr)
+    if m is None or "'" in expr or '"' in expr:
+        return False
+    if any(keyword.iskeyword(part) for part in m.group().split(".")):
+        return False  # `not(x)` is no call
+    stack = []
+    for b in _BRACKETS.finditer(expr, m.end()):
+        c = b.group()
+        if c in "([{":
+            stack.append(_CLOSE[c])
+        elif not stack or stack.pop() != c:
+            return False  # mismatched: no expression (the parse says so)
+        elif not stack:
+            return b.end() == len(expr) and expr[m.end() : b.end()] != "[]"
+    return False
+
+
 def _atomic(expr) -> bool:
+    if expr.isidentifier():  # a name (a keyword such as None parses as one too)
+        return True
     if _NAME.match(expr) or _UNSIGNED.match(expr):
         return True  # what the parse below says of them, without parsing
+    if _called(expr):
+        return True  # what the parse says of a call or subscript
     if _parenthesized(expr):
         return True
     node = _parse(expr)

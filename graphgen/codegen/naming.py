@@ -59,8 +59,15 @@ class Code(str):
     """A string the code generator vouches for: an identifier, literal or expression."""
 
 
+# a name sanitize leaves as it is (but for a reserved word): ASCII words joined by
+# single underscores, starting with a letter
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:_[A-Za-z0-9]+)*\Z")
+
+
 def sanitize(name) -> str:
     """A best-effort identifier for ``name`` (not yet unique)."""
+    if name.__class__ is str and len(name) <= MAX_IDENT and _PLAIN.match(name):
+        return name + "_" if name in RESERVED else name  # what the steps below give
     s = (
         unicodedata.normalize("NFKD", str(name))
         .encode("ascii", "ignore")
@@ -139,7 +146,13 @@ def node_names(A, order=None) -> Namer:
         a = nodes[n]
         if a[g.KIND] == g.OPNODE and a[g.ROLE] == g.FORWARD and not a.get(g.DOT):
             nm.name(n)
-    symbols = sorted({s for n in A for d in nodes[n][g.SHAPE] for s in dims.symbols(d)})
+    symbols, seen = set(), set()
+    for a in nodes.values():
+        for d in a[g.SHAPE]:
+            if d not in seen:  # each distinct size parsed once
+                seen.add(d)
+                symbols.update(dims.symbols(d))
+    symbols = sorted(symbols)
     for s in symbols:
         nm.name(("dim", s), s)
     for n in order:

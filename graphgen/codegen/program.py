@@ -35,7 +35,18 @@ from .layout import (
     wrap,
 )
 from .naming import Code, Namer, node_names
-from .render import environment, op_macros, recording
+from .render import (
+    environment,
+    fill_pieces,
+    note_helpers,
+    op_macros,
+    paused_gc,
+    pieces,
+    printed_form,
+    reads_attributes,
+    recording,
+    slots,
+)
 from .schedule import temp_stem
 
 UNPACK_NAME = 24  # longer names get a short alias inside _unpack
@@ -52,15 +63,16 @@ def stored_weights(A):
     params = [
         n
         for n in A
-        if A.nodes[n].get(g.KIND) == g.PARAM and A.nodes[n].get(g.INIT) == "weights"
+        if g.node_dicts(A)[n].get(g.KIND) == g.PARAM
+        and g.node_dicts(A)[n].get(g.INIT) == "weights"
     ]
     consts = sorted(
         {
-            A.nodes[n][g.ATTRS]["key"]
+            g.node_dicts(A)[n][g.ATTRS]["key"]
             for n in A
-            if A.nodes[n].get(g.OP) in ops.REGISTRY
-            and ops.get(A.nodes[n][g.OP]).kept
-            and (A.nodes[n].get(g.ATTRS) or {}).get("key") is not None
+            if g.node_dicts(A)[n].get(g.OP) in ops.REGISTRY
+            and ops.get(g.node_dicts(A)[n][g.OP]).kept
+            and (g.node_dicts(A)[n].get(g.ATTRS) or {}).get("key") is not None
         }
     )
     return params, consts
@@ -106,7 +118,13 @@ class Function:
 class OpForms:
     """How op nodes read as code in one dialect: each op a macro of the backend's
     templates (the first of ``macros`` that defines it), given the op's arguments and its
-    attributes as :meth:`Program.attrs_code` lowers them."""
+    attributes as :meth:`Program.attrs_code` lowers them.
+
+    A macro that only prints its arguments (:func:`~.render.printed_form`: ``tanh``,
+    ``add``, ``matmul``, ...) is rendered once per op and distinct attributes, with
+    placeholders for the arguments, and each node's text is those pieces with its
+    arguments pasted in (the same text: a Jinja macro call per statement was a fifth of
+    a big module's codegen)."""
 
     def __init__(self, program, macros):
         # weak: no cycle, so the program and its graph go as soon as the module is
@@ -114,28 +132,78 @@ class OpForms:
         self.program = weakref.proxy(program)
         self.macros = macros
         self._once = {}
+        # op -> (its macro, whether it is a printed form, whether its text ignores the
+        # attributes when the node has none)
+        self._macro = {}
+        self._pieces = {}  # (op, lowered attributes) -> (pieces, helpers it calls)
 
     def attrs(self, n, used):
         return self.program.attrs_code(n, used)
 
-    def render(self, n, args, used, as_bool=False) -> Code:
-        A = self.program.A
-        op = A.nodes[n][g.OP]
-        macro = getattr(self.macros, op, None)
-        if macro is None:
-            raise CodegenError(
-                f"the {self.program.backend} backend has no template for op {op!r}",
-                node=n,
-                source=g.source_of(A),
+    def macro(self, op, n):
+        """``op``'s macro, whether it is a printed form (:func:`.render.printed_form`),
+        and whether the attributes need not be lowered for a node that has none: the
+        macro does not read ``at``, and their lowering is the default one (no
+        ``@lowers``, no dialect's own :meth:`attrs`), which makes nothing of nothing."""
+        found = self._macro.get(op)
+        if found is None:
+            macro = getattr(self.macros, op, None)
+            if macro is None:
+                raise CodegenError(
+                    f"the {self.program.backend} backend has no template for op {op!r}",
+                    node=n,
+                    source=g.source_of(self.program.A),
+                )
+            env, template = self.program.env, self.macros.template_of(op)
+            printed = not ops.get(op).variadic and printed_form(env, template, op)
+            bare = (
+                printed
+                and not reads_attributes(env, template, op)
+                and op not in attrs.LOWERINGS
+                and type(self).attrs is OpForms.attrs
+                and self.program.attrs_code.__func__ is Program.attrs_code
             )
+            found = self._macro[op] = (macro, printed, bare)
+        return found
+
+    def render(self, n, args, used, as_bool=False) -> Code:
+        a = g.node_dicts(self.program.A)[n]
+        op = a[g.OP]
+        macro, printed, bare = self.macro(op, n)
+        if bare and not a[g.ATTRS]:  # what lowering would give: no attributes
+            form = self._printed(op, macro, len(args), {})
+            return Code(fill_pieces(form, [wrap(x) for x in args]).strip())
         at = self.attrs(n, used)
-        if ops.get(op).mask:
+        o = ops.get(op)
+        if o.mask:
             at["as_bool"] = as_bool
-        if ops.get(op).variadic:
+        if o.variadic:
             text = macro([wrap(x) for x in args], at)
+        elif printed:
+            form = self._printed(op, macro, len(args), at)
+            text = fill_pieces(form, [wrap(x) for x in args])
         else:
             text = macro(*[wrap(x) for x in args], at)
         return Code(text.strip())
+
+    def _printed(self, op, macro, count, at):
+        """The pieces of printed form ``op`` for attributes ``at`` (rendered the first
+        time), with the helpers its text calls noted as used. Unhashable attributes
+        are rendered each time."""
+        key = (op, count, tuple((k, v.__class__, v) for k, v in at.items()))
+        try:
+            found = self._pieces.get(key)
+        except TypeError:  # a list among the attributes: no key
+            key, found = None, None
+        if found is None:
+            with recording(merge=False) as helpers:
+                text = macro(*slots(count), at)
+            found = (pieces(text), tuple(sorted(helpers)))
+            if key is not None:
+                self._pieces[key] = found
+        if found[1]:
+            note_helpers(found[1])
+        return found[0]
 
     def uses_once(self, op):
         """Whether the op's template mentions each argument once (so that a temporary
@@ -160,7 +228,7 @@ class OpForms:
         A = self.program.A
         once = True
         for n in A:
-            if A.nodes[n].get(g.OP) == op and self.probe(n):
+            if g.node_dicts(A)[n].get(g.OP) == op and self.probe(n):
                 with recording(None):  # a probe: its helpers are not the module's
                     text = self.render(n, probes, set())
                 once = once and all(text.count(p) == 1 for p in probes)
@@ -173,22 +241,39 @@ class Program:
     """Everything the templates need for one module, all of it vetted ``Code``."""
 
     def __init__(self, A, backend, source_name, optimizer=None):
-        self.A = A
-        # train_step and init_state (codegen/optim.py) when set: an optim.Optimizer
-        self.optimizer = optimizer
-        self.backend = backend
-        self.env = environment(backend)
-        # the module's schedule, once: A does not change while the program is built
-        self.order = g.schedule(A)
-        self.namer = node_names(A, self.order)
-        self.forms = OpForms(self, op_macros(self.env, "numpy"))
-        self.source_name = source_name
-        self.loss = A.graph.get("loss")
-        self.grads = A.graph.get("grads") or {}
-        self.programs = {}
-        self.notes = Comments(A, self.namer, self.loss)
-        # temporaries' names: t1, t2, ... unless the module has a name like them
-        self.temp_stem = temp_stem(self.namer.taken)
+        with paused_gc():  # see render.paused_gc
+            self.A = A
+            # train_step and init_state (codegen/optim.py) when set: an
+            # optim.Optimizer
+            self.optimizer = optimizer
+            self.backend = backend
+            self.env = environment(backend)
+            # the module's schedule, once: A does not change while the program is
+            # built
+            self.order = g.schedule(A)
+            nodes = g.node_dicts(A)
+            # every op node's arguments (graph.operands), read once: a big module's
+            # codegen asks hundreds of thousands of times. Shared lists: callers do
+            # not modify them.
+            self.args = {
+                n: g.operands(A, n) for n in self.order if nodes[n][g.KIND] == g.OPNODE
+            }
+            self._leaves = {}  # input, param or constant node -> how it reads (value)
+            self.namer = node_names(A, self.order)
+            self.forms = OpForms(self, op_macros(self.env, "numpy"))
+            self.source_name = source_name
+            self.loss = A.graph.get("loss")
+            self.grads = A.graph.get("grads") or {}
+            self.programs = {}
+            self.notes = Comments(A, self.namer, self.loss)
+            # temporaries' names: t1, t2, ... unless the module has a name like them
+            self.temp_stem = temp_stem(self.namer.taken)
+
+    def operands(self, n):
+        """``graph.operands(A, n)``: :attr:`args` for an op node (a shared list, not to
+        be modified)."""
+        args = self.args.get(n)
+        return g.operands(self.A, n) if args is None else args
 
     # names ------------------------------------------------------------------
     def is_named(self, n):
@@ -215,12 +300,22 @@ class Program:
         return self.forms.uses_once(op)
 
     def value(self, n, exprs, names) -> Code:
-        a = g.node_dicts(self.A)[n]
-        if a[g.KIND] == g.CONST:
-            return literal(a[g.VALUE])
-        if a[g.KIND] in (g.INPUT, g.PARAM):
-            return self.namer[n]
-        return names.get(n) or exprs[n]
+        """How value ``n`` reads in an expression: a statement's name, a folded
+        temporary's expression, an input's or param's name, a constant's literal."""
+        code = names.get(n) or exprs.get(n)  # op nodes only: never an input or const
+        if code:
+            return code
+        code = self._leaves.get(n)
+        if code is None:
+            a = g.node_dicts(self.A)[n]
+            if a[g.KIND] == g.CONST:
+                code = literal(a[g.VALUE])
+            elif a[g.KIND] in (g.INPUT, g.PARAM):
+                code = self.namer[n]
+            else:
+                return exprs[n]  # not computed yet: a KeyError, as ever
+            self._leaves[n] = code
+        return code
 
     # the module ----------------------------------------------------------------
     def arrays(self):
@@ -233,11 +328,11 @@ class Program:
         inputs = [
             n
             for n in nodes
-            if A.nodes[n][g.KIND] == g.INPUT
+            if g.node_dicts(A)[n][g.KIND] == g.INPUT
             and n not in cotangents.values()
             and n not in directions
         ]
-        params = [n for n in nodes if A.nodes[n][g.KIND] == g.PARAM]
+        params = [n for n in nodes if g.node_dicts(A)[n][g.KIND] == g.PARAM]
         return inputs, params, list(A.graph["outputs"])
 
     def index_checks(self, arrays):
@@ -247,20 +342,20 @@ class Program:
         A = self.A
         where = {}  # symbol -> how _check_indices reads it
         for n in arrays:
-            for i, d in enumerate(A.nodes[n][g.SHAPE]):
+            for i, d in enumerate(g.node_dicts(A)[n][g.SHAPE]):
                 if isinstance(d, str) and dims.symbols(d) == [d]:
                     where.setdefault(d, f"arrays[{literal(n)}].shape[{i}]")
         calls = {}
         order = {m: i for i, m in enumerate(self.order)}  # g.schedule(A), computed once
         for n in arrays:
-            if A.nodes[n][g.DTYPE] != "int64":
+            if g.node_dicts(A)[n][g.DTYPE] != "int64":
                 continue
             for s in sorted(A.successors(n), key=order.__getitem__):
-                a = A.nodes[s]
+                a = g.node_dicts(A)[s]
                 op = ops.get(a[g.OP]) if a[g.KIND] == g.OPNODE else None
                 if op is None or op.indices is None:
                     continue
-                shapes = [A.nodes[p][g.SHAPE] for p in g.operands(A, s)]
+                shapes = [g.node_dicts(A)[p][g.SHAPE] for p in g.operands(A, s)]
                 arg, size, wraps = op.indices(shapes, a[g.ATTRS])
                 if arg not in A.edges[n, s][g.POS]:
                     continue
@@ -300,7 +395,7 @@ class Program:
 
     def out_expr(self, n, names):
         """How value ``n`` reads where a function returns it."""
-        a = self.A.nodes[n]
+        a = g.node_dicts(self.A)[n]
         if a[g.KIND] == g.CONST:
             return Code(f"np.asarray({literal(a[g.VALUE])}, dtype=DTYPE)")
         return self.namer[n] if n in self.namer else names[n]
@@ -373,14 +468,14 @@ class Program:
         handed_out, items = set(), []
         for w in wrt:
             v = grads.get(w)
-            shape = self.shape_code(A.nodes[w][g.SHAPE], used)
+            shape = self.shape_code(g.node_dicts(A)[w][g.SHAPE], used)
             if v is None:
                 expr = Code(f"np.zeros({shape}, dtype=DTYPE)")
-            elif A.nodes[v][g.KIND] == g.CONST:
-                value = literal(A.nodes[v][g.VALUE])
+            elif g.node_dicts(A)[v][g.KIND] == g.CONST:
+                value = literal(g.node_dicts(A)[v][g.VALUE])
                 expr = Code(f"np.full({shape}, {value}, dtype=DTYPE)")
             else:
-                a = A.nodes[v]
+                a = g.node_dicts(A)[v]
                 expr = self.namer[v] if v in self.namer else names[v]
                 if a[g.KIND] == g.OPNODE and a.get(g.ADJOINT_OF, w) != w:
                     alias = self.namer.name(("alias", w), f"{self.namer[w]}_bar")
@@ -432,7 +527,7 @@ class Program:
         cotangents = A.graph.get("cotangents") or {}
 
         def shape_lit(n):
-            return literal(tuple(A.nodes[n][g.SHAPE]))
+            return literal(tuple(g.node_dicts(A)[n][g.SHAPE]))
 
         def table(names):
             return [(literal(n), shape_lit(n)) for n in names]
@@ -446,11 +541,14 @@ class Program:
             *tangents.tables(self),
             (
                 Code("DTYPES"),
-                [(literal(n), literal(A.nodes[n][g.DTYPE])) for n in inputs + params],
+                [
+                    (literal(n), literal(g.node_dicts(A)[n][g.DTYPE]))
+                    for n in inputs + params
+                ],
             ),
             (
                 Code("_INITS"),
-                [(literal(n), literal(A.nodes[n][g.INIT])) for n in params],
+                [(literal(n), literal(g.node_dicts(A)[n][g.INIT])) for n in params],
             ),
         ]
 
@@ -461,8 +559,8 @@ class Program:
             (literal(k), Code(f"_stored[{literal(k)}]")) for k in stored_consts
         ]
         for n in self.order:
-            at = A.nodes[n].get(g.ATTRS) or {}
-            if at.get("fill") is not None and ops.get(A.nodes[n][g.OP]).kept:
+            at = g.node_dicts(A)[n].get(g.ATTRS) or {}
+            if at.get("fill") is not None and ops.get(g.node_dicts(A)[n][g.OP]).kept:
                 fill = (
                     f"np.full({literal(tuple(at['shape']))}, "
                     f"{literal(at['fill'])}, dtype=DTYPE)"
@@ -472,6 +570,10 @@ class Program:
 
     def context(self):
         """Everything the module template prints."""
+        with paused_gc():  # see render.paused_gc
+            return self._context()
+
+    def _context(self):
         A = self.A
         inputs, params, outputs = self.arrays()
         cotangents = A.graph.get("cotangents") or {}
@@ -506,7 +608,7 @@ class Program:
             "directions": bool(A.graph.get("jvp") or A.graph.get("hvp")),
             "hessian": bool(A.graph.get("hessian")),
             "hvp": bool(A.graph.get("hvp")),
-            "fills": any(isinstance(A.nodes[p][g.INIT], float) for p in params),
+            "fills": any(isinstance(g.node_dicts(A)[p][g.INIT], float) for p in params),
             "stored_consts": stored_consts
             and fit(
                 "_stored = _load_weights(",
@@ -553,7 +655,12 @@ class Program:
             ),
         )
         symbols = sorted(
-            {s for n in arrays for d in A.nodes[n][g.SHAPE] for s in dims.symbols(d)}
+            {
+                s
+                for n in arrays
+                for d in g.node_dicts(A)[n][g.SHAPE]
+                for s in dims.symbols(d)
+            }
         )
         sizes = fit(
             "",
@@ -593,7 +700,7 @@ class Program:
         local.taken = set(callers) | {
             self.namer[("dim", s)]
             for n in arrays
-            for d in A.nodes[n][g.SHAPE]
+            for d in g.node_dicts(A)[n][g.SHAPE]
             for s in dims.symbols(d)
         }
         idents = [
@@ -603,7 +710,7 @@ class Program:
         steps, bound = [], set()
         symbols = []
         for n, ident in zip(arrays, idents):
-            a = A.nodes[n]
+            a = g.node_dicts(A)[n]
             dtype = Code("_INT64" if a[g.DTYPE] == "int64" else "_FLOAT")
             shape = a[g.SHAPE]
             fresh = [
@@ -659,13 +766,13 @@ class Program:
             ns = [
                 n
                 for n in self.order
-                if A.nodes[n][g.KIND] == kind and n not in directions
+                if g.node_dicts(A)[n][g.KIND] == kind and n not in directions
             ]
             if ns:
                 lines.append(
                     f"{label}: "
                     + ", ".join(
-                        f"{self.namer[n]} {dims.fmt_shape(A.nodes[n][g.SHAPE])}"
+                        f"{self.namer[n]} {dims.fmt_shape(g.node_dicts(A)[n][g.SHAPE])}"
                         for n in ns
                     )
                 )
@@ -786,9 +893,9 @@ class Program:
             out, stack = set(), [n]
             while stack:
                 for s in A.successors(stack.pop()):
-                    if A.nodes[s][g.KIND] == g.OPNODE and s not in out:
+                    if g.node_dicts(A)[s][g.KIND] == g.OPNODE and s not in out:
                         out.add(s)
-                        if ops.get(A.nodes[s][g.OP]).view:
+                        if ops.get(g.node_dicts(A)[s][g.OP]).view:
                             stack.append(s)
             return out
 
@@ -803,9 +910,9 @@ class Program:
             v = self.grads.get(w)
             if v is None:  # PyTorch skips a param whose .grad is None
                 continue
-            a = A.nodes[v]
+            a = g.node_dicts(A)[v]
             if a[g.KIND] == g.CONST:
-                shape = self.shape_code(A.nodes[w][g.SHAPE], set())
+                shape = self.shape_code(g.node_dicts(A)[w][g.SHAPE], set())
                 expr = Code(f"np.full({shape}, {literal(a[g.VALUE])}, dtype=DTYPE)")
             else:
                 expr = nm[v] if v in nm else fn.names[v]
@@ -856,7 +963,9 @@ class Program:
                 )
                 header = []
                 # the gradient's buffer dies here (after the last update reading it)
-                local = A.nodes[v][g.KIND] == g.OPNODE and expr == fn.names.get(v)
+                local = g.node_dicts(A)[v][g.KIND] == g.OPNODE and expr == fn.names.get(
+                    v
+                )
                 if free and local and last_of[v] == k:
                     st.dels = Code(f"del {expr}")
                 out.append(st)

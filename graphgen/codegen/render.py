@@ -13,6 +13,7 @@ import __future__
 import contextlib
 import contextvars
 import dataclasses
+import gc
 import itertools
 import re
 import types
@@ -20,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
+from jinja2 import nodes
 
 from ..errors import CodegenError
 from .layout import power_operand
@@ -38,6 +40,137 @@ class Macros:
             if macro is not None:
                 return macro
         return None
+
+    def template_of(self, name):
+        """The name of the template whose macro ``name`` wins (None: no such macro)."""
+        for m in self.modules:
+            if isinstance(m, Macros):
+                found = m.template_of(name)
+                if found is not None:
+                    return found
+            elif getattr(m, name, None) is not None:
+                return m.__name__
+        return None
+
+
+# Where a macro whose arguments are only printed (see printed_form) is rendered with
+# these in their places: the pieces around them are its text for those attributes.
+_SLOT = re.compile("\x00([0-9]+)\x00")
+
+
+def slots(count):
+    """``count`` placeholders to render a printed form with (see :func:`pieces`)."""
+    return [Code(f"\x00{i}\x00") for i in range(count)]
+
+
+def pieces(text):
+    """``text`` rendered with :func:`slots` as (literal, slot index) pairs, the last
+    index None: the form's text for any arguments is the literals with each argument
+    between them (:func:`fill_pieces`)."""
+    parts = _SLOT.split(text)
+    return tuple(
+        (parts[i], int(parts[i + 1]) if i + 1 < len(parts) else None)
+        for i in range(0, len(parts), 2)
+    )
+
+
+def fill_pieces(form, args) -> str:
+    """The text of a printed form (:func:`pieces`) with ``args`` in its slots, each
+    passing the environment's ``finalize`` guard as a printed value does."""
+    out = []
+    for text, i in form:
+        out.append(text)
+        if i is not None:
+            out.append(str(_finalize(args[i])))
+    return "".join(out)
+
+
+@cache
+def printed_form(env, template, name):
+    """Whether macro ``name`` of ``template`` (in ``env``) is a *printed form*: its last
+    parameter is ``at`` and every other one is only ever printed whole (``{{ x }}``),
+    never tested, filtered, compared or passed on, and it reads no name but its
+    parameters, its own loop variables and ``helper``.
+
+    Its text is then a function of ``at`` alone with the arguments pasted where they are
+    printed: rendered once per distinct ``at`` with :func:`slots`, it is those pieces
+    for any arguments (``tanh(x, at)`` is ``"np.tanh(" x ")"``). A static check of the
+    template's syntax tree, so that no argument can change the text but by being
+    printed (``pow``'s ``is power_operand`` tests its arguments: not a printed form).
+    """
+    found = [m for m in _macro_nodes(env, template) if m.name == name]
+    if len(found) != 1:
+        return False
+    (macro,) = found
+    params = [a.name for a in macro.args]
+    if macro.defaults or not params or params[-1] != "at":
+        return False
+    printed = set(params[:-1])
+    own = {
+        n.name for n in macro.find_all(nodes.Name) if n.ctx in ("store", "param")
+    } | {"helper", "loop"}
+
+    def ok(node, parent):
+        if isinstance(node, _OPAQUE):
+            return False
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            if node.name not in own:
+                return False
+            if node.name in printed and not isinstance(parent, nodes.Output):
+                return False
+        return all(ok(c, node) for c in node.iter_child_nodes())
+
+    return all(ok(c, macro) for c in macro.body)
+
+
+@cache
+def reads_attributes(env, template, name):
+    """Whether macro ``name`` of ``template`` reads its ``at`` parameter at all."""
+    return any(
+        n.name == "at" and n.ctx == "load"
+        for m in _macro_nodes(env, template)
+        if m.name == name
+        for n in m.find_all(nodes.Name)
+    )
+
+
+@cache
+def _macro_nodes(env, template):
+    """The syntax trees of the macros ``template`` defines (parsed once)."""
+    source = env.loader.get_source(env, template)[0]
+    return tuple(env.parse(source).find_all(nodes.Macro))
+
+
+# statements whose text depends on more than the macro's own parameters
+_OPAQUE = (
+    nodes.Include,
+    nodes.Import,
+    nodes.FromImport,
+    nodes.CallBlock,
+    nodes.Macro,
+    nodes.ContextReference,
+    nodes.DerivedContextReference,
+    nodes.EnvironmentAttribute,
+    nodes.ExtensionAttribute,
+    nodes.ImportedName,
+    nodes.InternalName,
+)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic garbage collection while a module's program is built and rendered: it
+    makes hundreds of thousands of statements, names and lists that all stay alive
+    until the text is done, and the collector would walk them, and the graph, again
+    and again (a fifth of a big module's codegen). What it makes goes by reference
+    counting; the few cycles (recursive closures) wait for the next collection."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # The backend each backend's templates derive from (Brian2's ``Templater.derive``): the
@@ -164,6 +297,10 @@ _VETTED = frozenset({Code, type(None), bool, int, float})
 
 @cache
 def _printed_fields(cls):
+    """The fields of dataclass ``cls`` that templates print; None for any other type
+    (and for a dataclass that is also a str, dict, list or tuple, vetted as such)."""
+    if not dataclasses.is_dataclass(cls) or issubclass(cls, (str, dict, list, tuple)):
+        return None
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in BOOKKEEPING)
 
 
@@ -173,9 +310,30 @@ def vet(value, path="context"):
 
 
 def _vet(value, path):
-    # ``path`` is spelled only for an error: (parent, ".key") or (parent, "[i]") pairs,
-    # since the context of a big module has hundreds of thousands of values
-    if type(value) in _VETTED:
+    # ``path`` is spelled only for an error: (parent, ".", key) or (parent, "[", i)
+    # triples, since the context of a big module has hundreds of thousands of values
+    t = type(value)
+    if t in _VETTED:
+        return
+    if t is list or t is tuple:  # the common containers first: statements, comments
+        for i, v in enumerate(value):
+            if type(v) not in _VETTED:
+                _vet(v, (path, "[", i))
+        return
+    fields = _printed_fields(t)
+    if fields is not None:  # a statement, a function: each printed field
+        for name in fields:
+            v = getattr(value, name)
+            tv = type(v)
+            if tv in _VETTED:
+                continue
+            if tv is list:  # most often a list of Code (comments), checked here
+                for x in v:
+                    if type(x) not in _VETTED:
+                        break
+                else:
+                    continue
+            _vet(v, (path, ".", name))
         return
     if (
         isinstance(value, Code)
@@ -190,16 +348,11 @@ def _vet(value, path):
     if isinstance(value, dict):
         for k, v in value.items():
             if type(v) not in _VETTED:
-                _vet(v, (path, f".{k}"))
+                _vet(v, (path, ".", k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             if type(v) not in _VETTED:
-                _vet(v, (path, f"[{i}]"))
-    elif dataclasses.is_dataclass(value):
-        for name in _printed_fields(type(value)):
-            v = getattr(value, name)
-            if type(v) not in _VETTED:
-                _vet(v, (path, f".{name}"))
+                _vet(v, (path, "[", i))
     else:
         raise CodegenError(
             f"internal: cannot render {type(value).__name__} at {_spell(path)}"
@@ -209,8 +362,8 @@ def _vet(value, path):
 def _spell(path):
     parts = []
     while isinstance(path, tuple):
-        path, part = path
-        parts.append(part)
+        path, sep, key = path
+        parts.append(f"{sep}{key}]" if sep == "[" else f"{sep}{key}")
     return path + "".join(reversed(parts))
 
 
@@ -259,8 +412,15 @@ def _compile(text, filename):
 def render_text(env, template, ctx) -> str:
     """A module template rendered with a vetted context, not checked yet (see
     :func:`check_module`)."""
-    vet(ctx)
-    return env.get_template(template).render(**ctx)
+    with paused_gc():
+        vet(ctx)
+        return env.get_template(template).render(**ctx)
+
+
+# A module longer than this (characters; about 3,000 spec nodes) has the garbage of the
+# compile collected before CPython compiles it; below, a full collection in a big
+# process (a notebook with torch loaded) costs more than the memory it frees.
+COLLECT_ABOVE = 1_000_000
 
 
 def check_module(text) -> str:
@@ -268,6 +428,13 @@ def check_module(text) -> str:
     :func:`compile_module`."""
     global _last_compiled
     _last_compiled = (None, None)
+    if len(text) > COLLECT_ABOVE:
+        # what the compiler made before and is no longer alive, but held in reference
+        # cycles (a networkx graph whose views it cached: the lowered graph, the
+        # passes' copies), goes before CPython's compile of a big module, the peak of
+        # its memory, rather than whenever the next collection comes (codegen pauses
+        # the collector: paused_gc)
+        gc.collect()
     try:
         # compiled, not ast.parse'd: the same syntax check without building a Python
         # object per syntax node (on a 100,000-node graph, gigabytes and most of render)

@@ -69,13 +69,13 @@ class Schedule:
     def count_uses(self, extra=()):
         """How often each needed value is read (``extra``: reads no edge shows), and the
         last op node that reads it."""
-        A = self.A
-        self.uses = {n: 0 for n in self.need}
-        self.consumer = {}
+        args = self.program.args
+        uses = self.uses = dict.fromkeys(self.need, 0)
+        consumer = self.consumer = {}
         for n in self.order:
-            for p in g.operands(A, n):
-                self.uses[p] += 1
-                self.consumer[p] = n
+            for p in args[n]:
+                uses[p] += 1
+                consumer[p] = n
         for d in extra:
             self.uses[d] += 1
 
@@ -89,27 +89,44 @@ class Schedule:
         if veto is not None and veto(n):
             return False
         forms = forms or self.program.forms
-        return forms.uses_once(self.A.nodes[self.consumer[n]][g.OP])
+        return forms.uses_once(g.node_dicts(self.A)[self.consumer[n]][g.OP])
 
     def reads(self, n, inline):
-        """The values statement ``n`` reads, through the temporaries folded into it."""
+        """The values statement ``n`` reads, through the temporaries folded into it
+        (each once, in the order a depth-first walk of the arguments meets them)."""
+        args = self.program.args
         out = []
-        nodes = g.node_dicts(self.A)
-        for p in g.operands(self.A, n):
+        for p in args[n]:
             if p in inline:
-                out.extend(q for q in self.reads(p, inline) if q not in out)
-            elif nodes[p][g.KIND] == g.OPNODE and p not in out:
+                return self._reads_through(n, inline)
+            if p in args and p not in out:
                 out.append(p)
+        return out
+
+    def _reads_through(self, n, inline):
+        out, seen = [], set()
+        args = self.program.args
+
+        def visit(m):
+            for p in args[m]:
+                if p in inline:
+                    visit(p)
+                elif p not in seen and p in args:
+                    seen.add(p)
+                    out.append(p)
+
+        visit(n)
         return out
 
     def inlined_children(self, n, inline):
         """The temporaries folded into statement ``n``'s expression."""
         out = []
-        stack = [p for p in g.operands(self.A, n) if p in inline]
+        args = self.program.args
+        stack = [p for p in args[n] if p in inline]
         while stack:
             p = stack.pop()
             out.append(p)
-            stack.extend(q for q in g.operands(self.A, p) if q in inline)
+            stack.extend(q for q in args[p] if q in inline)
         return out
 
     def longest_inlined(self, nodes, inline, names, exprs):
@@ -165,7 +182,7 @@ def open_backward(A, statements, header, skip=()):
     """Put the backward pass's opening comment (``header()``) above its first
     statement."""
     for st in statements:
-        if A.nodes[st.node][g.ROLE] == g.BACKWARD and st.node not in skip:
+        if g.node_dicts(A)[st.node][g.ROLE] == g.BACKWARD and st.node not in skip:
             st.blank_before = True
             st.comments = header() + st.comments
             return

@@ -63,7 +63,10 @@ def tables(program):
     return [
         (
             Code("TANGENTS"),
-            [(literal(n), literal(tuple(A.nodes[n][g.SHAPE]))) for n in tangents],
+            [
+                (literal(n), literal(tuple(g.node_dicts(A)[n][g.SHAPE])))
+                for n in tangents
+            ],
         )
     ]
 
@@ -77,7 +80,7 @@ def _prologue(program, arrays, kind, table, directions, then=None):
         {
             d
             for n in directions.values()
-            for d in A.nodes[n][g.SHAPE]
+            for d in g.node_dicts(A)[n][g.SHAPE]
             if isinstance(d, str)
         }
     )

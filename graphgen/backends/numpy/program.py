@@ -38,7 +38,9 @@ class NumpyProgram(Program):
             s.move_before(d, n)
         s.count_uses(extra=shared.values())
         inline = {n for n in s.order if s.foldable(n)}
-        keep = s.root_set | {n for n in s.need if A.nodes[n][g.KIND] != g.OPNODE}
+        keep = s.root_set | {
+            n for n in s.need if g.node_dicts(A)[n][g.KIND] != g.OPNODE
+        }
         inline -= self._in_place_chains(s, inline, keep)
 
         plan = {}
@@ -61,7 +63,7 @@ class NumpyProgram(Program):
             for n in s.order:
                 exprs[n] = self._expr(s, n, inline, shared, names, exprs, used)
                 if n not in inline and buffers[n] and buffers[n][0] == "out":
-                    args = [self.value(p, exprs, names) for p in g.operands(A, n)]
+                    args = [self.value(p, exprs, names) for p in self.operands(n)]
                     exprs[n] = self.render_out(n, args, names[buffers[n][1]])
             plan.update(program=program, buffers=buffers, used=used)
             return s.order, names, exprs
@@ -97,22 +99,22 @@ class NumpyProgram(Program):
     def _expr(self, s, n, inline, shared, names, exprs, used):
         """The expression of op node ``n`` (its temporaries folded in)."""
         A = self.A
-        args = [self.value(p, exprs, names) for p in g.operands(A, n)]
+        args = [self.value(p, exprs, names) for p in self.operands(n)]
         # a mask multiplied in place of use stays boolean: no float copy
         consumer = s.consumer.get(n)
         as_bool = (
             n in inline
-            and A.nodes[consumer][g.OP] == "mul"
+            and g.node_dicts(A)[consumer][g.OP] == "mul"
             and not any(
-                ops.get(A.nodes[q][g.OP]).mask
-                for q in g.operands(A, consumer)
-                if q != n and A.nodes[q][g.KIND] == g.OPNODE
+                ops.get(g.node_dicts(A)[q][g.OP]).mask
+                for q in self.operands(consumer)
+                if q != n and g.node_dicts(A)[q][g.KIND] == g.OPNODE
             )
         )
         if n in shared:  # the fused op reads the value the backward pass keeps
             d = shared[n]
             self.render_op(n, args, used, as_bool)  # records the sizes it reads
-            op, shares = A.nodes[n][g.OP], A.nodes[d][g.OP]
+            op, shares = g.node_dicts(A)[n][g.OP], g.node_dicts(A)[d][g.OP]
             macro = getattr(self.forms.macros, f"{op}_from_{shares}")
             return Code(macro(names.get(d) or exprs[d]))
         return self.render_op(n, args, used, as_bool)
@@ -121,7 +123,6 @@ class NumpyProgram(Program):
         """The statements of a planned function: ``+=`` sums, ``del`` after last reads,
         each value laid out as ruff does, each comment above the temporaries it
         explains."""
-        A = self.A
         drops = memory.frees(program, keep)
         statements = []
         last_named = {}  # name -> the last statement that assigns or reads it
@@ -132,7 +133,7 @@ class NumpyProgram(Program):
             blank = bool(comments) and bool(statements)
             st = Statement(names[n], exprs[n], comments, n, blank)
             if buffers[n] and buffers[n][0] == "acc":
-                terms = [self.value(p, exprs, names) for p in g.operands(A, n)]
+                terms = [self.value(p, exprs, names) for p in self.operands(n)]
                 st.expr, st.accumulate = terms[0], terms[1:]
             # a name still in use (shared by a value written into the same buffer) stays
             dels = [
@@ -173,7 +174,7 @@ class NumpyProgram(Program):
 
     def render_out(self, n, args, out) -> Code:
         """``np.<ufunc>(args..., out=buffer)``: the op writing into a free buffer."""
-        op = ops.get(self.A.nodes[n][g.OP])
+        op = ops.get(g.node_dicts(self.A)[n][g.OP])
         fn, *spec = op.ufunc
         by_name = dict(zip(op.args, args))
         call_args = [by_name[a] if a in by_name else Code(a) for a in spec]
@@ -196,10 +197,10 @@ class NumpyProgram(Program):
 
         out = set()
         for n in s.order:
-            a = A.nodes[n]
+            a = g.node_dicts(A)[n]
             if n not in inline or not memory.big_enough(a[g.SHAPE]):
                 continue
-            c = A.nodes[s.consumer[n]]
+            c = g.node_dicts(A)[s.consumer[n]]
             if not memory.has_ufunc(a):
                 # a helper's fresh result (softmax, cross-entropy's gradient) scaled by
                 # a ufunc: the ufunc writes into it instead of a second array (not a
@@ -221,12 +222,12 @@ class NumpyProgram(Program):
                 out.add(n)
                 continue
             top = at[statement_of(n)]
-            for p in g.operands(A, n):
+            for p in self.operands(n):
                 if (
                     p in at
                     and p not in keep
                     and last.get(p) == top
-                    and tuple(A.nodes[p][g.SHAPE]) == tuple(a[g.SHAPE])
+                    and tuple(g.node_dicts(A)[p][g.SHAPE]) == tuple(a[g.SHAPE])
                 ):
                     out.add(n)
                     break
@@ -240,15 +241,15 @@ class NumpyProgram(Program):
         present = set(order)
         out = {}
         for n in order:
-            shares = ops.get(A.nodes[n][g.OP]).shares
+            shares = ops.get(g.node_dicts(A)[n][g.OP]).shares
             if not shares:
                 continue
-            args = g.operands(A, n)
+            args = self.operands(n)
             for d in A.successors(args[0]):
                 if (
                     d in present
-                    and A.nodes[d].get(g.OP) == shares
-                    and g.operands(A, d) == args
+                    and g.node_dicts(A)[d].get(g.OP) == shares
+                    and self.operands(d) == args
                 ):
                     out[n] = d
                     break
