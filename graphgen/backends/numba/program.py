@@ -234,9 +234,16 @@ class NumbaProgram(Program):
         forms = forms or self.forms
         exclude = self.exclude if exclude is None else exclude
         s = Schedule(self, roots)
+        # compiled code frees each array after its last use itself, and refuses `del`
+        python_level = forms is self.forms
         groups = (
             fusion.find_groups(A, s.order, roots, exclude=exclude) if self.fuse else []
         )
+        if python_level and not self.parallel:
+            # a lone arithmetic op stays NumPy code: a kernel of its own runs no faster
+            # than NumPy's ufunc and costs a compilation (the GPT-2-small decoder's
+            # bias adds, attention scale and loss scale: 5 of its 17 kernels)
+            groups = [grp for grp in groups if not _lone_arithmetic(A, grp)]
         group_of = {n: grp for grp in groups for n in grp.nodes}
         units = _units(A, s.order, groups, group_of)
         s.count_uses()
@@ -265,8 +272,6 @@ class NumbaProgram(Program):
 
         names, exprs = s.settle(inline, attempt)
         used = statements_of[0]
-        # compiled code frees each array after its last use itself, and refuses `del`
-        python_level = forms is self.forms
         drops = self._drops(s, units, groups, inline) if python_level else None
         statements = []
         backward = False
@@ -517,6 +522,13 @@ def _lay_out_calls(statements, final):
         laid = assign(targets, final[key], args, INDENT)
         target, expr = laid.split(" = ", 1)
         st.target, st.expr = Code(target), Code(expr)
+
+
+def _lone_arithmetic(A, grp):
+    """Whether fused group ``grp`` is one op and no transcendental."""
+    return (
+        len(grp.nodes) == 1 and not ops.get(A.nodes[grp.nodes[0]][g.OP]).transcendental
+    )
 
 
 def _units(A, order, groups, group_of):

@@ -171,9 +171,7 @@ def forward(**arrays):
     logits_B_T = fc3_weight.T
     logits_AB = relu4_Relu @ logits_B_T
     del relu4_Relu, logits_B_T
-
-    # one fused loop over (N, 10) (_k_logits) computes logits
-    logits = _k_logits(logits_AB, fc3_bias)
+    logits = logits_AB + fc3_bias
     del logits_AB
     return {"logits": logits}
 
@@ -331,8 +329,10 @@ def vjp(cotangents, **arrays):
     )
     del relu2_Relu, pool2_MaxPool_bar
 
-    # one fused loop over (N, 16, 10, 10) (_k_shared4) computes conv2_Conv_bar
-    conv2_Conv_bar = _k_shared4(relu2_Relu_bar, t2)
+    # conv2_Conv_bar = ∂logits_vjp_sum/∂conv2_Conv = relu2_Relu_bar ·
+    #   ∂relu2_Relu/∂conv2_Conv, where ∂relu2_Relu/∂conv2_Conv = 1 if conv2_Conv > 0
+    #   else 0
+    conv2_Conv_bar = relu2_Relu_bar * t2
     del t2, relu2_Relu_bar
 
     # conv2_Conv_bias_bar = ∂logits_vjp_sum/∂conv2_Conv_bias = conv2_Conv_bar ·
@@ -378,8 +378,10 @@ def vjp(cotangents, **arrays):
     )
     del relu1_Relu, pool1_MaxPool_bar
 
-    # one fused loop over (N, 6, 28, 28) (_k_shared4) computes conv1_Conv_bar
-    conv1_Conv_bar = _k_shared4(relu1_Relu_bar, t1)
+    # conv1_Conv_bar = ∂logits_vjp_sum/∂conv1_Conv = relu1_Relu_bar ·
+    #   ∂relu1_Relu/∂conv1_Conv, where ∂relu1_Relu/∂conv1_Conv = 1 if conv1_Conv > 0
+    #   else 0
+    conv1_Conv_bar = relu1_Relu_bar * t1
     del t1, relu1_Relu_bar
 
     # conv1_Conv_bias_bar = ∂logits_vjp_sum/∂conv1_Conv_bias = conv1_Conv_bar ·
@@ -1332,19 +1334,6 @@ def _k_shared2(a0, a1):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_logits(logits_AB, fc3_bias):
-    """One loop nest over (N, 10) computing logits."""
-    n0 = logits_AB.shape[0]
-    n1 = logits_AB.shape[1]
-    logits_out = np.empty((n0, n1), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            logits = logits_AB[i0, i1] + fc3_bias[i1]
-            logits_out[i0, i1] = logits
-    return logits_out
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
 def _k_shared3(a0, a1):
     """One loop nest shared by 2 fused groups: computing relu1_Relu/t1 over (N, 6, 28,
     28); relu2_Relu/t2 over (N, 16, 10, 10)."""
@@ -1461,21 +1450,3 @@ def _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3):
     acc += part
     fc1_bias_bar = acc[0].astype(DTYPE)
     return fc1_Gemm_bar_out, fc1_bias_bar
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_shared4(a0, a1):
-    """One loop nest shared by 2 fused groups: computing conv2_Conv_bar over (N, 16, 10,
-    10); conv1_Conv_bar over (N, 6, 28, 28)."""
-    n0 = a0.shape[0]
-    n1 = a0.shape[1]
-    n2 = a0.shape[2]
-    n3 = a0.shape[3]
-    t1_out = np.empty((n0, n1, n2, n3), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            for i2 in range(n2):
-                for i3 in range(n3):
-                    t1 = a0[i0, i1, i2, i3] * a1[i0, i1, i2, i3]
-                    t1_out[i0, i1, i2, i3] = t1
-    return t1_out
