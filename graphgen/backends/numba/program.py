@@ -54,13 +54,14 @@ from ... import dims, ops
 from ... import graph as g
 from ...codegen import tangents
 from ...codegen.comments import safe_comment, wrap_comment
-from ...codegen.layout import INDENT, assign
+from ...codegen.layout import INDENT, assign, unpack_line
 from ...codegen.layout import value as layout_value
 from ...codegen.naming import Code
 from ...codegen.program import Function, OpForms, Program, Statement
 from ...codegen.render import Macros, environment, op_macros, recording
 from ...codegen.schedule import Schedule
 from ...errors import CodegenError
+from ..numpy import memory
 from . import fusion, kernels, vecmath, whole
 
 # Elementwise ops whose NumPy loop is SIMD in each dtype (when the Numba backend has no
@@ -259,11 +260,18 @@ class NumbaProgram(Program):
         forms = forms or self.forms
         exclude = self.exclude if exclude is None else exclude
         s = Schedule(self, roots)
+        # compiled code frees each array after its last use itself, and refuses `del`
+        python_level = forms is self.forms
         groups = (
             fusion.find_groups(A, s.order, roots, exclude=exclude) if self.fuse else []
         )
-        if forms is self.forms:  # at Python level, small vectors stay NumPy code
+        if python_level:  # at Python level, small vectors stay NumPy code
             groups = [grp for grp in groups if not small_vector(grp)]
+        if python_level and not self.parallel:
+            # a lone arithmetic op stays NumPy code: a kernel of its own runs no faster
+            # than NumPy's ufunc and costs a compilation (the GPT-2-small decoder's
+            # bias adds, attention scale and loss scale: 5 of its 17 kernels)
+            groups = [grp for grp in groups if not _lone_arithmetic(A, grp)]
         group_of = {n: grp for grp in groups for n in grp.nodes}
         units = _units(A, s.order, groups, group_of)
         s.count_uses()
@@ -292,9 +300,10 @@ class NumbaProgram(Program):
 
         names, exprs = s.settle(inline, attempt)
         used = statements_of[0]
+        drops = self._drops(s, units, groups, inline) if python_level else None
         statements = []
         backward = False
-        for u in units:
+        for i, u in enumerate(units):
             if u[0] == "n":
                 n = u[1]
                 if n in inline:
@@ -312,6 +321,9 @@ class NumbaProgram(Program):
             if A.nodes[n][g.ROLE] == g.BACKWARD and not backward:
                 backward = True
                 stmts[0].comments = self.notes.backward_header() + stmts[0].comments
+            if drops and drops[i]:
+                dels = [names[v] for v in drops[i]]
+                stmts[-1].dels = unpack_line("del ", dels, "", INDENT)
             for st in stmts:
                 commented = bool(st.comments) or st.call is not None
                 st.blank_before = commented and bool(statements)
@@ -325,6 +337,43 @@ class NumbaProgram(Program):
             sizes=sizes,
             names=names,
         )
+
+    def _drops(self, s, units, groups, inline):
+        """Per unit, the values to drop (``del``) after it: each value the function
+        makes, after the last statement or kernel call that reads it (the NumPy module's
+        plan, :func:`..numpy.memory.frees`). Without them every temporary of a training
+        step, forward and backward, stayed alive until it returned."""
+        A = self.A
+        program = []  # (value, reads): a group's outputs, the first with its reads
+        ends = []  # per unit, the index of its last entry in program
+        for u in units:
+            if u[0] == "n":
+                if u[1] not in inline:
+                    program.append((u[1], s.reads(u[1], inline)))
+            else:
+                grp = groups[u[1]]
+                inside = set(grp.nodes)
+                reads = []
+                for n in grp.nodes:
+                    for p in g.operands(A, n):
+                        if p in inside:
+                            continue
+                        if p in inline:
+                            new = s.reads(p, inline)
+                        elif A.nodes[p][g.KIND] == g.OPNODE:
+                            new = [p]
+                        else:
+                            new = []
+                        reads.extend(q for q in new if q not in reads)
+                program.append((grp.outputs[0], reads))
+                program.extend((o, []) for o in grp.outputs[1:])
+            ends.append(len(program) - 1)
+        frees = memory.frees(program, s.root_set)
+        out, start = [], 0
+        for end in ends:
+            out.append([v for i in range(start, end + 1) for v in frees[i]])
+            start = end + 1
+        return out
 
     # -------------------------------------------------------------------- kernels
     def arg_name(self, p, names):
@@ -507,6 +556,13 @@ def _lay_out_calls(statements, final):
         laid = assign(targets, final[key], args, INDENT)
         target, expr = laid.split(" = ", 1)
         st.target, st.expr = Code(target), Code(expr)
+
+
+def _lone_arithmetic(A, grp):
+    """Whether fused group ``grp`` is one op and no transcendental."""
+    return (
+        len(grp.nodes) == 1 and not ops.get(A.nodes[grp.nodes[0]][g.OP]).transcendental
+    )
 
 
 def _units(A, order, groups, group_of):

@@ -56,14 +56,17 @@ def forward(**arrays):
 
     # one fused loop over (batch, 3) (_k_u) computes u
     u = _k_u(a, b1, numba.get_num_threads())
+    del a
 
     # h = tanh(u)
     h = np.tanh(u)
+    del u
     z = h @ W2
     s = h @ V
 
     # one fused loop over (batch, 2) (_k_y) computes y
     y = _k_y(z, s, numba.get_num_threads())
+    del z, s
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
@@ -71,8 +74,11 @@ def forward(**arrays):
     # one fused loop over (batch, 3) (_k_r) computes hh, r
     r = _k_r(h, numba.get_num_threads())
     r = DTYPE(r)
+    del h
     rw = r * 0.01
+    del r
     J = e + rw
+    del e, rw
     return {"y": y, "J": J}
 
 
@@ -86,9 +92,11 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 3) (_k_u) computes u
     u = _k_u(a, b1, numba.get_num_threads())
+    del a
 
     # h = tanh(u)
     h = np.tanh(u)
+    del u
     z = h @ W2
     s = h @ V
 
@@ -99,9 +107,11 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
     y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp2), numba.get_num_threads())
+    del z, s, tmp2
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
+    del y
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
     #   h_bar_via_s = y_bar @ Vᵀ
@@ -113,6 +123,7 @@ def value_and_grad(**arrays):
     # h_bar_via_z = the term of ∂J/∂h that flows through z; through z = h @ W2:
     #   h_bar_via_z = y_bar @ W2ᵀ
     h_bar_via_z = y_bar @ W2.T
+    del y_bar
 
     # one fused loop over (batch, 3) (_k_r_u_bar_b1_bar) computes hh, h_bar_via_hh,
     #   h_bar, u_bar, r, b1_bar
@@ -120,11 +131,15 @@ def value_and_grad(**arrays):
         h, DTYPE(tmp1), h_bar_via_z, h_bar_via_s, numba.get_num_threads()
     )
     r = DTYPE(r)
+    del h, tmp1, h_bar_via_s, h_bar_via_z
     rw = r * 0.01
+    del r
     J = e + rw
+    del e, rw
 
     # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
     W1_bar = x.T @ u_bar
+    del u_bar
 
     # W2_bar = ∂J/∂W2 = V_bar: the same value (both are hᵀ @ y_bar)
     W2_bar = V_bar

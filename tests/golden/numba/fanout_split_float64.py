@@ -57,16 +57,19 @@ def forward(**arrays):
     # one fused loop over (batch, 3) (_k_h_r) computes u, h, hh, r
     h, r = _k_h_r(a, b1)
     r = DTYPE(r)
+    del a
     z = h @ W2
     s = h @ V
-
-    # one fused loop over (batch, 2) (_k_y) computes y
-    y = _k_y(z, s)
+    del h
+    y = z + s
+    del z, s
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
     rw = r * 0.01
+    del r
     J = e + rw
+    del e, rw
     return {"y": y, "J": J}
 
 
@@ -86,17 +89,22 @@ def value_and_grad(**arrays):
     #   h_bar_via_hh, tmp2, r
     h, r, h_bar_via_hh, tmp2 = _k_h_r_h_bar_via_hh_and_1_more(a, b1, DTYPE(tmp1))
     r = DTYPE(r)
+    del a, tmp1
     z = h @ W2
     s = h @ V
     rw = r * 0.01
+    del r
     tmp3 = 2.0 / (float(2 * batch) or np.nan)
 
     # one fused loop over (batch, 2) (_k_y_y_bar) computes y, y_bar
     y, y_bar = _k_y_y_bar(z, s, t, DTYPE(tmp3))
+    del z, s, tmp3
 
     # e = mean((y − t)²)
     e = np.square(y - t).mean()
+    del y
     J = e + rw
+    del rw, e
 
     # h_bar_via_s = the term of ∂J/∂h that flows through s; through s = h @ V:
     #   h_bar_via_s = y_bar @ Vᵀ
@@ -104,16 +112,20 @@ def value_and_grad(**arrays):
 
     # V_bar = ∂J/∂V; through s = h @ V: V_bar = hᵀ @ y_bar
     V_bar = h.T @ y_bar
+    del h
 
     # h_bar_via_z = the term of ∂J/∂h that flows through z; through z = h @ W2:
     #   h_bar_via_z = y_bar @ W2ᵀ
     h_bar_via_z = y_bar @ W2.T
+    del y_bar
 
     # one fused loop over (batch, 3) (_k_u_bar_b1_bar) computes h_bar, u_bar, b1_bar
     u_bar, b1_bar = _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, tmp2)
+    del h_bar_via_hh, tmp2, h_bar_via_s, h_bar_via_z
 
     # W1_bar = ∂J/∂W1; through a = x @ W1: W1_bar = xᵀ @ u_bar
     W1_bar = x.T @ u_bar
+    del u_bar
 
     # W2_bar = ∂J/∂W2 = V_bar: the same value (both are hᵀ @ y_bar)
     W2_bar = V_bar
@@ -371,19 +383,6 @@ def _k_h_r(a, b1):
     r = acc[0].sum()
     r /= n0 * n1
     return h_out, r
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _k_y(z, s):
-    """One loop nest over (batch, 2) computing y."""
-    n0 = z.shape[0]
-    n1 = z.shape[1]
-    y_out = np.empty((n0, n1), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            y = z[i0, i1] + s[i0, i1]
-            y_out[i0, i1] = y
-    return y_out
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -120,11 +120,13 @@ def forward(**arrays):
 
     # one fused loop over (N, 6, 28, 28) (_k_shared) computes conv1_Conv, relu1_Relu
     relu1_Relu = _k_shared(conv1_Conv_conv, conv1_Conv_bias)
+    del conv1_Conv_conv, conv1_Conv_bias
 
     # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
     #   ceil_mode 0)
     pool1_MaxPool = _max_pool(relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+    del relu1_Relu
 
     # conv2_Conv_conv[n, m, o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d −
     #   p]·conv2_weight[m, c, k] (strides s = [1, 1], pads p = [0, 0, 0, 0], dilations d
@@ -132,37 +134,45 @@ def forward(**arrays):
     conv2_Conv_conv = _conv(
         pool1_MaxPool, conv2_weight, (1, 1), (0, 0, 0, 0), (1, 1), 1
     )
+    del pool1_MaxPool
     conv2_Conv_bias = conv2_bias.reshape((16, 1, 1))
 
     # one fused loop over (N, 16, 10, 10) (_k_shared) computes conv2_Conv, relu2_Relu
     relu2_Relu = _k_shared(conv2_Conv_conv, conv2_Conv_bias)
+    del conv2_Conv_conv, conv2_Conv_bias
 
     # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
     #   ceil_mode 0)
     pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
+    del relu2_Relu
     Flatten = pool2_MaxPool.reshape((N, 400))
+    del pool2_MaxPool
 
     # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
     fc1_Gemm_B_T = fc1_weight.T
     fc1_Gemm_AB = Flatten @ fc1_Gemm_B_T
+    del Flatten, fc1_Gemm_B_T
 
     # one fused loop over (N, 120) (_k_shared2) computes fc1_Gemm, relu3_Relu
     relu3_Relu = _k_shared2(fc1_Gemm_AB, fc1_bias)
+    del fc1_Gemm_AB
 
     # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
     fc2_Gemm_B_T = fc2_weight.T
     fc2_Gemm_AB = relu3_Relu @ fc2_Gemm_B_T
+    del relu3_Relu, fc2_Gemm_B_T
 
     # one fused loop over (N, 84) (_k_shared2) computes fc2_Gemm, relu4_Relu
     relu4_Relu = _k_shared2(fc2_Gemm_AB, fc2_bias)
+    del fc2_Gemm_AB
 
     # logits_B_T = transpose(fc3_weight, [1, 0])
     logits_B_T = fc3_weight.T
     logits_AB = relu4_Relu @ logits_B_T
-
-    # one fused loop over (N, 10) (_k_logits) computes logits
-    logits = _k_logits(logits_AB, fc3_bias)
+    del relu4_Relu, logits_B_T
+    logits = logits_AB + fc3_bias
+    del logits_AB
     return {"logits": logits}
 
 
@@ -195,6 +205,7 @@ def vjp(cotangents, **arrays):
     # one fused loop over (N, 6, 28, 28) (_k_shared3) computes conv1_Conv, relu1_Relu,
     #   t1
     relu1_Relu, t1 = _k_shared3(conv1_Conv_conv, conv1_Conv_bias)
+    del conv1_Conv_conv, conv1_Conv_bias
 
     # pool1_MaxPool[n, c, o] = max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
@@ -212,12 +223,14 @@ def vjp(cotangents, **arrays):
     # one fused loop over (N, 16, 10, 10) (_k_shared3) computes conv2_Conv, relu2_Relu,
     #   t2
     relu2_Relu, t2 = _k_shared3(conv2_Conv_conv, conv2_Conv_bias)
+    del conv2_Conv_conv, conv2_Conv_bias
 
     # pool2_MaxPool[n, c, o] = max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel
     #   [2, 2], strides s = [2, 2], pads p = [0, 0, 0, 0], dilations d = [1, 1],
     #   ceil_mode 0)
     pool2_MaxPool = _max_pool(relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0)
     Flatten = pool2_MaxPool.reshape((N, 400))
+    del pool2_MaxPool
 
     # fc1_Gemm_B_T = transpose(fc1_weight, [1, 0])
     fc1_Gemm_B_T = fc1_weight.T
@@ -225,6 +238,7 @@ def vjp(cotangents, **arrays):
 
     # one fused loop over (N, 120) (_k_relu3_Relu_t3) computes fc1_Gemm, relu3_Relu, t3
     relu3_Relu, t3 = _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias)
+    del fc1_Gemm_AB
 
     # fc2_Gemm_B_T = transpose(fc2_weight, [1, 0])
     fc2_Gemm_B_T = fc2_weight.T
@@ -242,56 +256,68 @@ def vjp(cotangents, **arrays):
     # relu4_Relu_bar = ∂logits_vjp_sum/∂relu4_Relu; through logits_AB = relu4_Relu @
     #   logits_B_T: relu4_Relu_bar = logits_cotangent @ logits_B_Tᵀ
     relu4_Relu_bar = logits_cotangent @ logits_B_T.T
+    del logits_B_T
 
     # one fused loop over (N, 84) (_k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar) computes
     #   fc2_Gemm, relu4_Relu, fc2_Gemm_bar, fc2_bias_bar
     relu4_Relu, fc2_Gemm_bar, fc2_bias_bar = _k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar(
         fc2_Gemm_AB, fc2_bias, relu4_Relu_bar
     )
+    del fc2_Gemm_AB, relu4_Relu_bar
 
     # logits_B_T_bar = ∂logits_vjp_sum/∂logits_B_T; through logits_AB = relu4_Relu @
     #   logits_B_T: logits_B_T_bar = relu4_Reluᵀ @ logits_cotangent
     logits_B_T_bar = relu4_Relu.T @ logits_cotangent
+    del relu4_Relu
 
     # fc3_weight_bar = ∂logits_vjp_sum/∂fc3_weight; through logits_B_T =
     #   transpose(fc3_weight, [1, 0]): fc3_weight_bar = transpose(logits_B_T_bar,
     #   inverse of [1, 0])
     fc3_weight_bar = logits_B_T_bar.T
+    del logits_B_T_bar
 
     # relu3_Relu_bar = ∂logits_vjp_sum/∂relu3_Relu; through fc2_Gemm_AB = relu3_Relu @
     #   fc2_Gemm_B_T: relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_Tᵀ
     relu3_Relu_bar = fc2_Gemm_bar @ fc2_Gemm_B_T.T
+    del fc2_Gemm_B_T
 
     # fc2_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc2_Gemm_B_T; through fc2_Gemm_AB = relu3_Relu
     #   @ fc2_Gemm_B_T: fc2_Gemm_B_T_bar = relu3_Reluᵀ @ fc2_Gemm_bar
     fc2_Gemm_B_T_bar = relu3_Relu.T @ fc2_Gemm_bar
+    del relu3_Relu, fc2_Gemm_bar
 
     # fc2_weight_bar = ∂logits_vjp_sum/∂fc2_weight; through fc2_Gemm_B_T =
     #   transpose(fc2_weight, [1, 0]): fc2_weight_bar = transpose(fc2_Gemm_B_T_bar,
     #   inverse of [1, 0])
     fc2_weight_bar = fc2_Gemm_B_T_bar.T
+    del fc2_Gemm_B_T_bar
 
     # one fused loop over (N, 120) (_k_fc1_Gemm_bar_fc1_bias_bar) computes fc1_Gemm_bar,
     #   fc1_bias_bar
     fc1_Gemm_bar, fc1_bias_bar = _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3)
+    del t3, relu3_Relu_bar
 
     # Flatten_bar = ∂logits_vjp_sum/∂Flatten; through fc1_Gemm_AB = Flatten @
     #   fc1_Gemm_B_T: Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_Tᵀ
     Flatten_bar = fc1_Gemm_bar @ fc1_Gemm_B_T.T
+    del fc1_Gemm_B_T
 
     # fc1_Gemm_B_T_bar = ∂logits_vjp_sum/∂fc1_Gemm_B_T; through fc1_Gemm_AB = Flatten @
     #   fc1_Gemm_B_T: fc1_Gemm_B_T_bar = Flattenᵀ @ fc1_Gemm_bar
     fc1_Gemm_B_T_bar = Flatten.T @ fc1_Gemm_bar
+    del Flatten, fc1_Gemm_bar
 
     # fc1_weight_bar = ∂logits_vjp_sum/∂fc1_weight; through fc1_Gemm_B_T =
     #   transpose(fc1_weight, [1, 0]): fc1_weight_bar = transpose(fc1_Gemm_B_T_bar,
     #   inverse of [1, 0])
     fc1_weight_bar = fc1_Gemm_B_T_bar.T
+    del fc1_Gemm_B_T_bar
 
     # pool2_MaxPool_bar = ∂logits_vjp_sum/∂pool2_MaxPool; through Flatten =
     #   reshape(pool2_MaxPool, ['N', 400]): pool2_MaxPool_bar = reshape(Flatten_bar,
     #   shape of pool2_MaxPool)
     pool2_MaxPool_bar = Flatten_bar.reshape((N, 16, 5, 5))
+    del Flatten_bar
 
     # relu2_Relu_bar = ∂logits_vjp_sum/∂relu2_Relu; through pool2_MaxPool[n, c, o] =
     #   max_k relu2_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
@@ -301,9 +327,13 @@ def vjp(cotangents, **arrays):
     relu2_Relu_bar = _max_pool_grad(
         pool2_MaxPool_bar, relu2_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
     )
+    del relu2_Relu, pool2_MaxPool_bar
 
-    # one fused loop over (N, 16, 10, 10) (_k_shared4) computes conv2_Conv_bar
-    conv2_Conv_bar = _k_shared4(relu2_Relu_bar, t2)
+    # conv2_Conv_bar = ∂logits_vjp_sum/∂conv2_Conv = relu2_Relu_bar ·
+    #   ∂relu2_Relu/∂conv2_Conv, where ∂relu2_Relu/∂conv2_Conv = 1 if conv2_Conv > 0
+    #   else 0
+    conv2_Conv_bar = relu2_Relu_bar * t2
+    del t2, relu2_Relu_bar
 
     # conv2_Conv_bias_bar = ∂logits_vjp_sum/∂conv2_Conv_bias = conv2_Conv_bar ·
     #   ∂conv2_Conv/∂conv2_Conv_bias, where ∂conv2_Conv/∂conv2_Conv_bias = 1 (summed
@@ -316,6 +346,7 @@ def vjp(cotangents, **arrays):
     #   reshape(conv2_bias, [16, 1, 1]): conv2_bias_bar = reshape(conv2_Conv_bias_bar,
     #   shape of conv2_bias)
     conv2_bias_bar = conv2_Conv_bias_bar.reshape((16,))
+    del conv2_Conv_bias_bar
 
     # pool1_MaxPool_bar = ∂logits_vjp_sum/∂pool1_MaxPool; through conv2_Conv_conv[n, m,
     #   o] = Σ_c,k pool1_MaxPool[n, c, o·s + k·d − p]·conv2_weight[m, c, k] (strides s =
@@ -335,6 +366,7 @@ def vjp(cotangents, **arrays):
     conv2_weight_bar = _conv_grad_weight(
         pool1_MaxPool, conv2_Conv_bar, (1, 1), (0, 0, 0, 0), (1, 1), 1, (5, 5)
     )
+    del pool1_MaxPool, conv2_Conv_bar
 
     # relu1_Relu_bar = ∂logits_vjp_sum/∂relu1_Relu; through pool1_MaxPool[n, c, o] =
     #   max_k relu1_Relu[n, c, o·s + k·d − p], padding −∞ (kernel [2, 2], strides s =
@@ -344,9 +376,13 @@ def vjp(cotangents, **arrays):
     relu1_Relu_bar = _max_pool_grad(
         pool1_MaxPool_bar, relu1_Relu, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)
     )
+    del relu1_Relu, pool1_MaxPool_bar
 
-    # one fused loop over (N, 6, 28, 28) (_k_shared4) computes conv1_Conv_bar
-    conv1_Conv_bar = _k_shared4(relu1_Relu_bar, t1)
+    # conv1_Conv_bar = ∂logits_vjp_sum/∂conv1_Conv = relu1_Relu_bar ·
+    #   ∂relu1_Relu/∂conv1_Conv, where ∂relu1_Relu/∂conv1_Conv = 1 if conv1_Conv > 0
+    #   else 0
+    conv1_Conv_bar = relu1_Relu_bar * t1
+    del t1, relu1_Relu_bar
 
     # conv1_Conv_bias_bar = ∂logits_vjp_sum/∂conv1_Conv_bias = conv1_Conv_bar ·
     #   ∂conv1_Conv/∂conv1_Conv_bias, where ∂conv1_Conv/∂conv1_Conv_bias = 1 (summed
@@ -359,6 +395,7 @@ def vjp(cotangents, **arrays):
     #   reshape(conv1_bias, [6, 1, 1]): conv1_bias_bar = reshape(conv1_Conv_bias_bar,
     #   shape of conv1_bias)
     conv1_bias_bar = conv1_Conv_bias_bar.reshape((6,))
+    del conv1_Conv_bias_bar
 
     # image_bar = ∂logits_vjp_sum/∂image; through conv1_Conv_conv[n, m, o] = Σ_c,k
     #   image[n, c, o·s + k·d − p]·conv1_weight[m, c, k] (strides s = [1, 1], pads p =
@@ -377,6 +414,7 @@ def vjp(cotangents, **arrays):
     conv1_weight_bar = _conv_grad_weight(
         image, conv1_Conv_bar, (1, 1), (2, 2, 2, 2), (1, 1), 1, (5, 5)
     )
+    del conv1_Conv_bar
     return {
         "image": image_bar,
         "conv1.weight": conv1_weight_bar,
@@ -1263,19 +1301,6 @@ def _k_shared2(a0, a1):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_logits(logits_AB, fc3_bias):
-    """One loop nest over (N, 10) computing logits."""
-    n0 = logits_AB.shape[0]
-    n1 = logits_AB.shape[1]
-    logits_out = np.empty((n0, n1), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            logits = logits_AB[i0, i1] + fc3_bias[i1]
-            logits_out[i0, i1] = logits
-    return logits_out
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
 def _k_shared3(a0, a1):
     """One loop nest shared by 2 fused groups: computing relu1_Relu/t1 over (N, 6, 28,
     28); relu2_Relu/t2 over (N, 16, 10, 10)."""
@@ -1372,21 +1397,3 @@ def _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3):
             acc[0, i1] += fc1_Gemm_bar
     fc1_bias_bar = acc[0].astype(DTYPE)
     return fc1_Gemm_bar_out, fc1_bias_bar
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
-def _k_shared4(a0, a1):
-    """One loop nest shared by 2 fused groups: computing conv2_Conv_bar over (N, 16, 10,
-    10); conv1_Conv_bar over (N, 6, 28, 28)."""
-    n0 = a0.shape[0]
-    n1 = a0.shape[1]
-    n2 = a0.shape[2]
-    n3 = a0.shape[3]
-    t1_out = np.empty((n0, n1, n2, n3), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            for i2 in range(n2):
-                for i3 in range(n3):
-                    t1 = a0[i0, i1, i2, i3] * a1[i0, i1, i2, i3]
-                    t1_out[i0, i1, i2, i3] = t1
-    return t1_out

@@ -56,10 +56,11 @@ def forward(**arrays):
 
     # one fused loop over (batch, 128) (_k_h1) computes a1, h1
     h1 = _k_h1(z1, b1)
+    del z1
     z2 = h1 @ W2
-
-    # one fused loop over (batch, 10) (_k_logits) computes logits
-    logits = _k_logits(z2, b2)
+    del h1
+    logits = z2 + b2
+    del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
     loss = _softmax_cross_entropy(logits, labels)
@@ -76,10 +77,10 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 128) (_k_h1_t1) computes a1, h1, t1
     h1, t1 = _k_h1_t1(z1, b1)
+    del z1
     z2 = h1 @ W2
-
-    # one fused loop over (batch, 10) (_k_logits) computes logits
-    logits = _k_logits(z2, b2)
+    logits = z2 + b2
+    del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
     loss = _softmax_cross_entropy(logits, labels)
@@ -88,21 +89,26 @@ def value_and_grad(**arrays):
     #   of k_bar · ∂k/∂v.
     t2 = 1.0 / (float(batch) or np.nan)
     t3 = _softmax_xent_grad(logits, labels)
+    del logits
 
     # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
     logits_bar, b2_bar = _k_logits_bar_b2_bar(t3, DTYPE(t2))
+    del t2, t3
 
     # h1_bar = ∂loss/∂h1; through z2 = h1 @ W2: h1_bar = logits_bar @ W2ᵀ
     h1_bar = logits_bar @ W2.T
 
     # W2_bar = ∂loss/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ logits_bar
     W2_bar = h1.T @ logits_bar
+    del h1, logits_bar
 
     # one fused loop over (batch, 128) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
     a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, t1)
+    del t1, h1_bar
 
     # W1_bar = ∂loss/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = x.T @ a1_bar
+    del a1_bar
     return float(loss), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar, "b2": b2_bar}
 
 
@@ -304,19 +310,6 @@ def _k_h1(z1, b1):
             h1 = np.maximum(a1, 0.0)
             h1_out[i0, i1] = h1
     return h1_out
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _k_logits(z2, b2):
-    """One loop nest over (batch, 10) computing logits."""
-    n0 = z2.shape[0]
-    n1 = z2.shape[1]
-    logits_out = np.empty((n0, n1), dtype=DTYPE)
-    for i0 in range(n0):
-        for i1 in range(n1):
-            logits = z2[i0, i1] + b2[i1]
-            logits_out[i0, i1] = logits
-    return logits_out
 
 
 @numba.njit(cache=True, error_model="numpy")

@@ -53,13 +53,17 @@ def forward(**arrays):
 
     # one fused loop over (batch, 3) (_k_a1) computes a1
     a1 = _k_a1(z1, b1, numba.get_num_threads())
+    del z1
 
     # h1 = σ(a1) = 1/(1 + exp(−a1))
     h1 = _sigmoid(a1)
+    del a1
     z2 = h1 @ W2
+    del h1
 
     # y = σ(z2) = 1/(1 + exp(−z2))
     y = _sigmoid(z2)
+    del z2
 
     # J = mean((y − t)²)
     J = np.square(y - t).mean()
@@ -76,13 +80,16 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 3) (_k_a1) computes a1
     a1 = _k_a1(z1, b1, numba.get_num_threads())
+    del z1
 
     # h1 = σ(a1) = 1/(1 + exp(−a1))
     h1 = _sigmoid(a1)
+    del a1
     z2 = h1 @ W2
 
     # y = σ(z2) = 1/(1 + exp(−z2))
     y = _sigmoid(z2)
+    del z2
 
     # J = mean((y − t)²)
     J = np.square(y - t).mean()
@@ -93,18 +100,22 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 1) (_k_z2_bar) computes y_bar, z2_bar
     z2_bar = _k_z2_bar(y, t, DTYPE(tmp1), numba.get_num_threads())
+    del y, tmp1
 
     # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
     h1_bar = z2_bar @ W2.T
 
     # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
     W2_bar = h1.T @ z2_bar
+    del z2_bar
 
     # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
     a1_bar, b1_bar = _k_a1_bar_b1_bar(h1, h1_bar, numba.get_num_threads())
+    del h1, h1_bar
 
     # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = x.T @ a1_bar
+    del a1_bar
     return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar}
 
 

@@ -53,10 +53,13 @@ def forward(**arrays):
 
     # one fused loop over (batch, 3) (_k_h1) computes a1, h1
     h1 = _k_h1(z1, b1)
+    del z1
     z2 = h1 @ W2
+    del h1
 
     # one fused loop over (batch, 1) (_k_y) computes y
     y = _k_y(z2)
+    del z2
 
     # J = mean((y − t)²)
     J = np.square(y - t).mean()
@@ -73,6 +76,7 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 3) (_k_h1_tmp1) computes a1, h1, tmp1
     h1, tmp1 = _k_h1_tmp1(z1, b1)
+    del z1
     z2 = h1 @ W2
 
     # Backward pass, from the loss back: v_bar = ∂J/∂v, the sum over v's successors k of
@@ -81,21 +85,26 @@ def value_and_grad(**arrays):
 
     # one fused loop over (batch, 1) (_k_y_z2_bar) computes y, y_bar, z2_bar
     y, z2_bar = _k_y_z2_bar(z2, t, DTYPE(tmp2))
+    del z2, tmp2
 
     # J = mean((y − t)²)
     J = np.square(y - t).mean()
+    del y
 
     # h1_bar = ∂J/∂h1; through z2 = h1 @ W2: h1_bar = z2_bar @ W2ᵀ
     h1_bar = z2_bar @ W2.T
 
     # W2_bar = ∂J/∂W2; through z2 = h1 @ W2: W2_bar = h1ᵀ @ z2_bar
     W2_bar = h1.T @ z2_bar
+    del h1, z2_bar
 
     # one fused loop over (batch, 3) (_k_a1_bar_b1_bar) computes a1_bar, b1_bar
     a1_bar, b1_bar = _k_a1_bar_b1_bar(h1_bar, tmp1)
+    del tmp1, h1_bar
 
     # W1_bar = ∂J/∂W1; through z1 = x @ W1: W1_bar = xᵀ @ a1_bar
     W1_bar = x.T @ a1_bar
+    del a1_bar
     return float(J), {"W1": W1_bar, "b1": b1_bar, "W2": W2_bar}
 
 
