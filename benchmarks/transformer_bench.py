@@ -624,6 +624,19 @@ def bench(name, label, dims, seq, args, rows, workdir):
         for w in workers.values():
             w.close()
     targets = args.targets(label)
+
+    def step_row(kind, t, peak_mb, note):
+        return (
+            label,
+            "train step",
+            labels[kind],
+            f"{t * 1e3:.1f}",
+            f"{t / med['torch', 'step']:.2f}",
+            f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
+            peak_mb,
+            note,
+        )
+
     for kind in ("torch", "ortt", "numpy", "numba"):
         if (kind, "step") not in med:
             continue
@@ -634,18 +647,7 @@ def bench(name, label, dims, seq, args, rows, workdir):
                 r = t / med[base, "step"]
                 ok = "✓" if r <= limit else "✗"
                 marks.append(f"≤ {limit}× {labels[base]} {ok}")
-        rows.append(
-            (
-                label,
-                "train step",
-                labels[kind],
-                f"{t * 1e3:.1f}",
-                f"{t / med['torch', 'step']:.2f}",
-                f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
-                f"{peak[kind] / 2**20:.1f}",
-                "; ".join(marks),
-            )
-        )
+        rows.append(step_row(kind, t, f"{peak[kind] / 2**20:.1f}", "; ".join(marks)))
     for kind in ("gemm_numpy", "gemm_torch"):
         if (kind, "step") not in med:
             continue
@@ -655,18 +657,7 @@ def bench(name, label, dims, seq, args, rows, workdir):
             note += (
                 f"; {i['flops'] / 1e9:.2f} GFLOP, {i['flops'] / t / 1e9:.0f} GFLOP/s"
             )
-        rows.append(
-            (
-                label,
-                "train step",
-                labels[kind],
-                f"{t * 1e3:.1f}",
-                f"{t / med['torch', 'step']:.2f}",
-                f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
-                "",
-                note,
-            )
-        )
+        rows.append(step_row(kind, t, "", note))
     if ("ortt", "step") not in med:
         why = "no --ort-training-python" if not args.ort_training_python else "failed"
         rows.append((label, "train step", labels["ortt"], why, "", "", "", ""))
