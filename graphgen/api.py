@@ -360,6 +360,11 @@ def lower(G, *, dtype=None, jvp=False, hvp=False, hessian=False):
     ``hvp`` (``hessian`` is a loop over ``hvp``), optimized with the rest
     (:func:`graphgen.passes.forward.forward_mode`).
     """
+    with g.paused_gc():  # the passes' graphs stay alive until lowering is done
+        return _lower(G, dtype, jvp, hvp, hessian)
+
+
+def _lower(G, dtype, jvp, hvp, hessian):
     H = G  # prepare copies it
     if dtype is not None:
         if dtype not in g.FLOAT_DTYPES:

@@ -241,7 +241,7 @@ class Program:
     """Everything the templates need for one module, all of it vetted ``Code``."""
 
     def __init__(self, A, backend, source_name, optimizer=None):
-        with paused_gc():  # see render.paused_gc
+        with paused_gc():  # see graph.paused_gc
             self.A = A
             # train_step and init_state (codegen/optim.py) when set: an
             # optim.Optimizer
@@ -570,7 +570,7 @@ class Program:
 
     def context(self):
         """Everything the module template prints."""
-        with paused_gc():  # see render.paused_gc
+        with paused_gc():  # see graph.paused_gc
             return self._context()
 
     def _context(self):

@@ -23,6 +23,7 @@ from pathlib import Path
 import jinja2
 from jinja2 import nodes
 
+from .. import graph as g
 from ..errors import CodegenError
 from .layout import power_operand
 from .naming import Code
@@ -157,20 +158,7 @@ _OPAQUE = (
 )
 
 
-@contextlib.contextmanager
-def paused_gc():
-    """No cyclic garbage collection while a module's program is built and rendered: it
-    makes hundreds of thousands of statements, names and lists that all stay alive
-    until the text is done, and the collector would walk them, and the graph, again
-    and again (a fifth of a big module's codegen). What it makes goes by reference
-    counting; the few cycles (recursive closures) wait for the next collection."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+paused_gc = g.paused_gc  # codegen's name for it
 
 
 # The backend each backend's templates derive from (Brian2's ``Templater.derive``): the

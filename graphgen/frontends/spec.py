@@ -8,7 +8,6 @@ attributes an op knows) and records line numbers so errors can point into the fi
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import re
@@ -67,20 +66,6 @@ def read_file(path, what="spec"):
             line=data.count(b"\n", 0, e.start) + 1,
         ) from None
     return text.removeprefix("\ufeff")
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """No garbage collection while a parser builds a big tree of containers: Python's
-    collector would walk the growing tree again and again (a million-line spec read
-    several times slower)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # libyaml's parser when PyYAML has it (the same nodes, several times faster); PyYAML's
@@ -224,7 +209,7 @@ def _read_yaml(text):
     loader = None
     try:
         loader = _LineLoader(text)
-        with _gc_paused():
+        with g.paused_gc():  # a big tree of containers
             root = loader.get_single_node()
             _check_nodes(root, len(text))
             lines = _key_lines(root)  # first: a name defined twice, said in full
@@ -248,7 +233,7 @@ def _no_duplicate_json_keys(pairs):
 
 def _read_json(text):
     try:
-        with _gc_paused():
+        with g.paused_gc():  # a big tree of containers
             return json.loads(text, object_pairs_hook=_no_duplicate_json_keys)
     except json.JSONDecodeError as e:
         raise SpecError(f"malformed JSON: {e.msg}", line=e.lineno) from None
