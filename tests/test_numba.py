@@ -310,13 +310,7 @@ def test_staged_kernels_vectorize_and_agree(tmp_path):
         assert kernels.count("for i1 in range(n1):") > kernels.count("for i0 in")
         for rows in (1, 5, 37):
             arrays = random_arrays(G, seed=rows, sizes={"rows": rows})
-            (l1, g1), (l2, g2) = (
-                ref.value_and_grad(**arrays),
-                mod.value_and_grad(**arrays),
-            )
-            assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-            for k in g1:
-                _close(g1[k], g2[k], k)
+            _grads_agree(ref, mod, arrays)
     asm = "".join(
         "".join(f.inspect_asm().values())
         for n, f in vars(mod).items()
@@ -1027,10 +1021,7 @@ def test_whole_function_kernels_take_an_unread_0d_array():
     assert 'numba.types.Array(numba.float64, 0, "C")' in mod.__source__
     arrays = random_arrays(G, seed=2)
     assert arrays["k"].shape == ()
-    (l1, g1), (l2, g2) = ref.value_and_grad(**arrays), mod.value_and_grad(**arrays)
-    assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-    for name in ("b", "W"):
-        _close(g1[name], g2[name], f"grad {name}")
+    _grads_agree(ref, mod, arrays)
     _close(ref.forward(**arrays)["y"], mod.forward(**arrays)["y"], "y")
 
 
@@ -1078,13 +1069,7 @@ def test_identical_kernels_are_emitted_once(tmp_path):
         assert src.count(f"{shared[0]}(") >= 3  # defined once, called for both
         for batch in (1, 5):
             arrays = random_arrays(G, seed=batch, sizes={"batch": batch})
-            (l1, g1), (l2, g2) = (
-                ref.value_and_grad(**arrays),
-                mod.value_and_grad(**arrays),
-            )
-            assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-            for k in g1:
-                _close(g1[k], g2[k], k)
+            _grads_agree(ref, mod, arrays)
             f1, f2 = ref.forward(**arrays), mod.forward(**arrays)
             for k in f1:
                 _close(f1[k], f2[k], k)
@@ -1115,13 +1100,7 @@ def test_kernels_share_across_row_buffer_widths(tmp_path):
                 assert bool(re.search(r"n1 = 8\n", body)) == const, body
                 assert ("n1 = a0.shape[1]" in body) != const, body
             arrays = random_arrays(G, seed=2)
-            (l1, g1), (l2, g2) = (
-                ref.value_and_grad(**arrays),
-                mod.value_and_grad(**arrays),
-            )
-            assert abs(l1 - l2) <= TOL * max(1.0, abs(l1))
-            for k in g1:
-                _close(g1[k], g2[k], k)
+            _grads_agree(ref, mod, arrays)
 
 
 FANOUT = """
