@@ -40,7 +40,6 @@ from .render import (
     fill_pieces,
     note_helpers,
     op_macros,
-    paused_gc,
     pieces,
     printed_form,
     reads_attributes,
@@ -241,7 +240,7 @@ class Program:
     """Everything the templates need for one module, all of it vetted ``Code``."""
 
     def __init__(self, A, backend, source_name, optimizer=None):
-        with paused_gc():  # see graph.paused_gc
+        with g.paused_gc():
             self.A = A
             # train_step and init_state (codegen/optim.py) when set: an
             # optim.Optimizer
@@ -570,7 +569,7 @@ class Program:
 
     def context(self):
         """Everything the module template prints."""
-        with paused_gc():  # see graph.paused_gc
+        with g.paused_gc():
             return self._context()
 
     def _context(self):

@@ -158,9 +158,6 @@ _OPAQUE = (
 )
 
 
-paused_gc = g.paused_gc  # codegen's name for it
-
-
 # The backend each backend's templates derive from (Brian2's ``Templater.derive``): the
 # Numba module is the NumPy module plus kernels, so templates/numba/ holds only what
 # differs from templates/numpy/.
@@ -400,7 +397,7 @@ def _compile(text, filename):
 def render_text(env, template, ctx) -> str:
     """A module template rendered with a vetted context, not checked yet (see
     :func:`check_module`)."""
-    with paused_gc():
+    with g.paused_gc():
         vet(ctx)
         return env.get_template(template).render(**ctx)
 
@@ -421,7 +418,7 @@ def check_module(text) -> str:
         # cycles (a networkx graph whose views it cached: the lowered graph, the
         # passes' copies), goes before CPython's compile of a big module, the peak of
         # its memory, rather than whenever the next collection comes (codegen pauses
-        # the collector: paused_gc)
+        # the collector: graph.paused_gc)
         gc.collect()
     try:
         # compiled, not ast.parse'd: the same syntax check without building a Python
