@@ -27,8 +27,9 @@ anything is timed.
 timing them in one process gave ratios from 1.0× to 14× on the same code. The workers
 take turns: the parent asks one worker at a time to time its function for ``--min``
 seconds, round after round, so a shared machine's drift slows all alike, and reports
-medians over rounds. Each process has 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT);
-idle thread pools sleep (``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
+medians over rounds. A ratio is the median over rounds of the two step times of one
+round, printed with its range over rounds, so drift between rounds cancels. Each
+process has 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT); idle thread pools sleep (``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
 
 **Peak memory** of a step is measured in its worker: freed heap is handed back
 (``malloc_trim``), the resident size is read, the kernel's peak counter is reset
@@ -625,14 +626,21 @@ def bench(name, label, dims, seq, args, rows, workdir):
             w.close()
     targets = args.targets(label)
 
+    def ratio(kind, base):
+        """The median over rounds of ``kind``'s step time over ``base``'s in the same
+        round (a shared machine's drift between rounds cancels), and its range."""
+        r = [a / b for a, b in zip(times[kind, "step"], times[base, "step"])]
+        return statistics.median(r), min(r), max(r)
+
     def step_row(kind, t, peak_mb, note):
+        has_ortt = ("ortt", "step") in med
         return (
             label,
             "train step",
             labels[kind],
             f"{t * 1e3:.1f}",
-            f"{t / med['torch', 'step']:.2f}",
-            f"{t / med['ortt', 'step']:.2f}" if ("ortt", "step") in med else "",
+            "{:.2f} ({:.2f}–{:.2f})".format(*ratio(kind, "torch")),
+            "{:.2f} ({:.2f}–{:.2f})".format(*ratio(kind, "ortt")) if has_ortt else "",
             peak_mb,
             note,
         )
@@ -644,7 +652,7 @@ def bench(name, label, dims, seq, args, rows, workdir):
         marks = []
         for base, limit in targets.get(kind, {}).items():
             if (base, "step") in med:
-                r = t / med[base, "step"]
+                r = ratio(kind, base)[0]
                 ok = "✓" if r <= limit else "✗"
                 marks.append(f"≤ {limit}× {labels[base]} {ok}")
         rows.append(step_row(kind, t, f"{peak[kind] / 2**20:.1f}", "; ".join(marks)))
@@ -838,7 +846,10 @@ def main():
         print(f"- onnxruntime-training from {args.ort_training_python}")
     else:
         print("- onnxruntime-training: not timed (no --ort-training-python)")
-    print(f"- load average: {os.getloadavg()[0]:.1f}; {args.rounds} rounds, medians\n")
+    print(
+        f"- load average: {os.getloadavg()[0]:.1f}; {args.rounds} rounds, medians; "
+        "÷ columns: median (range) of per-round ratios\n"
+    )
     dims = SMALL if args.small else FULL
     args.targets = targets_for(not args.small)
     rows = []
