@@ -154,3 +154,55 @@ def test_transformers_gpt2_matches_the_reference_interpreter(tmp_path):
     path = str(tmp_path / "gpt2.onnx")
     tm.export("gpt2", path, dynamo=True)
     _against_reference(path)
+
+
+STACK_SPEC = """
+name: stack
+dtype: float64
+inputs:
+  x: [batch, 5, 4]
+params:
+  W: [4, 3]
+  V: [3, 4]
+nodes:
+  xt: {op: transpose, args: [x], perm: [1, 0, 2]}
+  y: {op: matmul, args: [xt, W]}
+  z: {op: matmul, args: [y, V]}
+  loss: {op: sum, args: [z]}
+outputs: [z, loss]
+loss: loss
+wrt: [x, W, V]
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_stack_times_a_matrix_is_one_product_over_all_rows(tmp_path, backend):
+    """(..., K) @ (K, N) is written as one (rows, K) @ (K, N) product (NumPy's matmul
+    calls BLAS per matrix of a stack, slower at a transformer's shapes): the same
+    values and gradients for a symbolic batch (rows -1), and for a transposed stack,
+    whose reshape is a copy, not a view."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    path = tmp_path / "stack.yaml"
+    path.write_text(STACK_SPEC)
+    G = graphgen.load(path)
+    src = graphgen.generate(G, backend=backend)
+    assert "xt.reshape((-1, 4)) @ W).reshape((5, batch, 3))" in src
+    assert "y.reshape((-1, 3)) @ V).reshape((5, batch, 4))" in src
+    m = graphgen.compile(G, backend=backend)
+    rng = np.random.default_rng(0)
+    for batch in (3, 1, 0):
+        x = rng.standard_normal((batch, 5, 4))
+        p = m.init_params()
+        out = m.forward(x=x, **p)
+        want = np.swapaxes(x, 0, 1) @ p["W"] @ p["V"]
+        np.testing.assert_allclose(out["z"], want, rtol=1e-13, atol=1e-13)
+        _, grads = m.value_and_grad(x=x, **p)
+        ones = np.ones((5, batch, 4))
+        xt = np.swapaxes(x, 0, 1)
+        np.testing.assert_allclose(
+            grads["W"], np.einsum("rbk,rbn->kn", xt, ones @ p["V"].T), rtol=1e-13
+        )
+        np.testing.assert_allclose(
+            grads["x"], np.swapaxes(ones @ p["V"].T @ p["W"].T, 0, 1), rtol=1e-13
+        )

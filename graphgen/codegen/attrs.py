@@ -92,6 +92,29 @@ def _shape(c, n, at, in_shapes):
     return {"shape": c.shape(at["shape"])}
 
 
+@lowers("matmul")
+def _matmul(c, n, at, in_shapes):
+    """A stack of matrices times a matrix, ``(..., K) @ (K, N)``, as one product over
+    all the stack's rows, ``(a.reshape((-1, K)) @ b).reshape((..., N))``: NumPy's matmul
+    calls BLAS once per matrix of a stack, and at a transformer's shapes (8 sequences
+    of 128 tokens times a 384×1536 weight, OpenBLAS, 2 threads) those calls took
+    1.1–1.6× the time of the one (1024, 384) @ (384, 1536) product (benchmarks/
+    transformer_bench.py's GEMMs). The reshape is a view of a contiguous stack."""
+    a, b = in_shapes
+    if len(a) < 3 or len(b) != 2:
+        return {}
+    lead = a[:-1]
+    rows = (
+        int(np.prod(lead))
+        if all(isinstance(d, (int, np.integer)) for d in lead)
+        else -1
+    )
+    return {
+        "rows": Code(f"({rows}, {c.dim(a[-1])})"),
+        "shape": c.shape((*lead, b[-1])),
+    }
+
+
 @lowers("sum_to_shape")
 def _sum_to_shape(c, n, at, in_shapes):
     lead, keep = ops.defs.sum_to_shape_axes(in_shapes[0], tuple(at["shape"]))
