@@ -21,6 +21,7 @@ import dataclasses
 
 from ... import graph as g
 from ... import ops
+from ..numpy.memory import RECOMPUTES
 
 # The reductions a loop nest accumulates (its tails), each with its rule:
 # ``axes(in_shape, attrs) -> (reduced axes, axes kept as size 1)`` and whether the sum
@@ -216,10 +217,23 @@ class _Grouping:
                         candidates.append(k)
             # never read a tail of the group being joined
             tails_read = {gid[p] for p in g.operands(A, n) if p in self.is_tail}
+            if RECOMPUTES in a:
+                # a forward value recomputed for the backward pass is computed in a
+                # backward loop: in the forward one it would be an output again, kept
+                # until the backward reads it (what recomputing it avoids)
+                tails_read |= {k for k in candidates if self.has_forward(k)}
             return [k for k in candidates if k not in tails_read]
         if tail_src is not None and tail_src in gid and tail_src not in self.is_tail:
             return [gid[tail_src]]
         return None
+
+    def has_forward(self, k):
+        """Whether group ``k`` computes a forward value."""
+        nodes = self.A.nodes
+        return any(
+            nodes[m].get(g.ROLE, g.FORWARD) == g.FORWARD and RECOMPUTES not in nodes[m]
+            for m in self.groups[k]
+        )
 
     def add(self, n):
         """Put node ``n`` into a group: join (and merge) its predecessors' groups where

@@ -175,7 +175,11 @@ class NumbaProgram(Program):
         whole=None,
         optimizer=None,
     ):
-        super().__init__(A, backend, source_name, optimizer)
+        # cheap elementwise forward values the backward reads are recomputed there (as
+        # in the NumPy module): a fused backward kernel recomputes them in its loop
+        super().__init__(
+            memory.recompute_in_backward(A, early=True), backend, source_name, optimizer
+        )
         env = _env()
         self.forms = OpForms(
             self,
@@ -260,6 +264,7 @@ class NumbaProgram(Program):
         forms = forms or self.forms
         exclude = self.exclude if exclude is None else exclude
         s = Schedule(self, roots)
+        s.order = memory.place_recomputed(A, s.order)
         # compiled code frees each array after its last use itself, and refuses `del`
         python_level = forms is self.forms
         groups = (

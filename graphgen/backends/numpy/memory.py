@@ -93,7 +93,7 @@ RECOMPUTE_DEPTH = 10
 RECOMPUTES = "recomputes"
 
 
-def recompute_in_backward(G):
+def recompute_in_backward(G, early=False):
     """``G -> G``: each forward value that the backward pass reads and that a few
     elementwise ufuncs compute from values kept anyway gets a copy in the backward
     pass (role backward, attribute :data:`RECOMPUTES`), read by the backward nodes
@@ -105,19 +105,39 @@ def recompute_in_backward(G):
     same ops on the same values, so results are unchanged bit for bit. Values smaller
     than :data:`MIN_INPLACE_ELEMENTS` per unit of the symbolic sizes are kept (there
     the extra calls cost more than the memory is worth).
+
+    ``early=True`` (the Numba backend): an elementwise backward node computed from
+    forward values alone counts as a forward one, as Numba's fused forward loops compute
+    it (relu's mask ``a > 0`` beside ``max(a, 0)``): its operands are then not kept
+    for it, and a value computed from them is not recomputed (that would keep them).
     """
     nodes = g.node_dicts(G)
     order = g.schedule(G)
     loss = G.graph.get("loss")
+    soon = set()  # backward nodes computed in the forward pass (early=True)
 
     def forward_op(n):
         a = nodes[n]
-        return a[g.KIND] == g.OPNODE and a.get(g.ROLE, g.FORWARD) == g.FORWARD
+        return a[g.KIND] == g.OPNODE and (
+            a.get(g.ROLE, g.FORWARD) == g.FORWARD or n in soon
+        )
 
+    if early:
+        for n in order:
+            a = nodes[n]
+            if (
+                a[g.KIND] == g.OPNODE
+                and a.get(g.ROLE) == g.BACKWARD
+                and ops.get(a[g.OP]).elementwise
+                and all(
+                    forward_op(p) or nodes[p][g.KIND] != g.OPNODE for p in G._pred[n]
+                )
+            ):
+                soon.add(n)
     readers = {}  # forward value -> the backward nodes that read it
     for n in order:
         a = nodes[n]
-        if a[g.KIND] != g.OPNODE or a.get(g.ROLE) != g.BACKWARD:
+        if a[g.KIND] != g.OPNODE or a.get(g.ROLE) != g.BACKWARD or n in soon:
             continue
         for p in G._pred[n]:
             if forward_op(p) and not nodes[p].get(g.DOT):
