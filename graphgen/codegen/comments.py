@@ -188,6 +188,11 @@ class Comments:
                 f"{target} = {partial(loss, show(j))} = {each}, summed "
                 f"over the successors k of {show(j)}: {succ}"
             )
+            if a[g.OP] == "concat":  # optimize.concat_slices
+                text += (
+                    "; each term is zero outside its slice, so the sum is their "
+                    "concatenation"
+                )
             return wrap_comment(text)
         if g.ADJOINT_OF in a:
             j = a[g.ADJOINT_OF]

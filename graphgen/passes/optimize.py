@@ -392,7 +392,57 @@ def optimize(G, max_rounds=10, *, copy=True):
     H.graph["pass_stats"] = [
         (name, before[name], before[name] - removed[name]) for name, *_ in PASSES
     ]
+    # once, at the fixed point: no other pass rewrites a concat back into a sum
+    H.graph["pass_stats"].append(("slices joined", ops_now, ops_now - concat_slices(H)))
     return H
+
+
+def concat_slices(H):
+    """A sum over successors whose terms are the slices of a split, each placed in
+    zeros (``unslice``), side by side along one axis and covering it, is their
+    concatenation: ``add_n(unslice(q̄), unslice(k̄), unslice(v̄))`` ->
+    ``concat(q̄, k̄, v̄)``. One pass over the result instead of three arrays of zeros
+    (a transformer's q/k/v split, 6% of the GPT-2-small decoder's backward pass
+    outside its matrix products). The sum node stays (its labels, its comment); its
+    terms' unslices go. Rewrites ``H`` in place; returns the number of ops removed."""
+    nodes = g.node_dicts(H)
+    keep = _protected(H)
+    removed = 0
+    for n in [n for n, a in nodes.items() if a.get(g.OP) == "add_n"]:
+        a = nodes[n]
+        terms = g.operands(H, n)
+        pieces = []
+        for i, p in enumerate(terms):
+            b = nodes[p]
+            if b.get(g.OP) != "unslice" or p in keep or len(H._succ[p]) != 1:
+                break
+            at = b[g.ATTRS]
+            if at["step"] != 1 or H._succ[p][n][g.POS] != (i,):
+                break
+            pieces.append((at["start"], at["stop"], i, p))
+        else:
+            first = nodes[terms[0]][g.ATTRS]
+            axis, shape = first["axis"], list(first["shape"])
+            same = all(
+                nodes[p][g.ATTRS]["axis"] == axis
+                and list(nodes[p][g.ATTRS]["shape"]) == shape
+                for _, _, _, p in pieces
+            )
+            ints = all(isinstance(x, int) for s, e, _, _ in pieces for x in (s, e))
+            if not same or not ints:
+                continue
+            pieces.sort(key=lambda t: t[0])
+            ends = [0] + [stop for _, stop, _, _ in pieces]
+            if [start for start, *_ in pieces] != ends[:-1] or ends[-1] != shape[axis]:
+                continue  # gaps or overlaps: the sum stays
+            parts = [g.operands(H, p)[0] for _, _, _, p in pieces]
+            H.remove_nodes_from([p for _, _, _, p in pieces])
+            g.add_args(H, n, parts)
+            a[g.OP], a[g.ATTRS] = "concat", {"axis": axis}
+            if g.SUMS in a and len(a[g.SUMS]) == len(pieces):
+                a[g.SUMS] = [a[g.SUMS][i] for _, _, i, _ in pieces]
+            removed += len(pieces)
+    return removed
 
 
 def _settled(H, simplified, merged):
