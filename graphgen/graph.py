@@ -58,6 +58,7 @@ ADJOINT_OF = "adjoint_of"
 SUMS = "sums"
 CONTRIB = "contrib"
 NOTE = "note"
+JOINED = "joined"  # on a sum over successors that optimize.concat_slices made a concat
 LINE = "line"
 PASS = "pass"  # which adjoint pass made a backward node (0 first, 1 when differentiated again)
 # forward mode (passes/forward.py): the node whose tangent this node is, and for a tangent

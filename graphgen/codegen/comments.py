@@ -188,7 +188,7 @@ class Comments:
                 f"{target} = {partial(loss, show(j))} = {each}, summed "
                 f"over the successors k of {show(j)}: {succ}"
             )
-            if a[g.OP] == "concat":  # optimize.concat_slices
+            if a.get(g.JOINED):  # optimize.concat_slices
                 text += (
                     "; each term is zero outside its slice, so the sum is their "
                     "concatenation"

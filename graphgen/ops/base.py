@@ -122,6 +122,11 @@ class Op:
         generated module refuses indices outside ``[0, size)`` (``[-size, size)`` when
         they wrap): NumPy would raise an IndexError deep inside, or read a negative label
         as a class; compiled code would read out of bounds. ``check`` samples below it.
+    joins : str
+        The op places its argument in zeros at a slice of one axis (``unslice``, the
+        VJP of ``slice``), and this op (``concat``) puts such pieces side by side: a sum
+        (an op with ``sums``) of pieces on adjacent slices that cover the axis is their
+        ``joins`` (:func:`graphgen.passes.optimize.concat_slices`).
     splits : tuple
         ``(inner, outer, inner_args, outer_args)`` when the op equals
         ``outer(inner(args[i] for i in inner_args; same attributes), args[j] for j in
@@ -188,6 +193,7 @@ class Op:
     jvp_reason: str = ""
     math_when: tuple = ()
     skips: Callable | None = None
+    joins: str = ""
     splits: tuple = ()
     dtype: Callable | None = None
     int_like: tuple = ()

@@ -877,6 +877,7 @@ register(
         },
         internal=True,
         category="shape",
+        joins="concat",
     )
 )
 

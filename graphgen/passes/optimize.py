@@ -408,13 +408,18 @@ def concat_slices(H):
     nodes = g.node_dicts(H)
     keep = _protected(H)
     removed = 0
-    for n in [n for n, a in nodes.items() if a.get(g.OP) == "add_n"]:
+    sums = [n for n, a in nodes.items() if a.get(g.OP) and ops.get(a[g.OP]).sums]
+    for n in sums:
         a = nodes[n]
         terms = g.operands(H, n)
-        pieces = []
+        pieces, join = [], None
         for i, p in enumerate(terms):
             b = nodes[p]
-            if b.get(g.OP) != "unslice" or p in keep or len(H._succ[p]) != 1:
+            joins = ops.get(b[g.OP]).joins if b.get(g.OP) else ""
+            if not joins or join not in (None, joins):
+                break
+            join = joins
+            if p in keep or len(H._succ[p]) != 1:
                 break
             at = b[g.ATTRS]
             if at["step"] != 1 or H._succ[p][n][g.POS] != (i,):
@@ -438,7 +443,7 @@ def concat_slices(H):
             parts = [g.operands(H, p)[0] for _, _, _, p in pieces]
             H.remove_nodes_from([p for _, _, _, p in pieces])
             g.add_args(H, n, parts)
-            a[g.OP], a[g.ATTRS] = "concat", {"axis": axis}
+            a[g.OP], a[g.ATTRS], a[g.JOINED] = join, {"axis": axis}, True
             if g.SUMS in a and len(a[g.SUMS]) == len(pieces):
                 a[g.SUMS] = [a[g.SUMS][i] for _, _, i, _ in pieces]
             removed += len(pieces)
