@@ -76,3 +76,21 @@ def test_the_sum_keeps_its_successors_in_the_order_of_its_terms():
     sums = A.nodes[x_bar][g.SUMS]
     assert sums == ["s1", "s2", "s0"]
     assert [A.nodes[t][g.ADJOINT_OF] for t in g.operands(A, x_bar)] == sums
+
+
+@pytest.mark.parametrize("bounds", [[(0, 2), (2, 5), (5, 9)], [(0, 2), (5, 9)]])
+def test_whole_numba_function_computes_both_forms(bounds):
+    """In one compiled function: the concatenate, and (a gap) each slice placed in
+    zeros (_placed) and summed."""
+    pytest.importorskip("numba")
+    G = _split_graph(bounds)
+    src = graphgen.generate(G, backend="numba", whole=True)
+    kernel = src.split("\ndef _value_and_grad_kernel(")[1].split("\ndef ")[0]
+    joined = len(bounds) == 3
+    assert ("np.concatenate(" in kernel) == joined
+    assert ("_placed(" in kernel) != joined
+    m = graphgen.compile(G, backend="numba", whole=True)
+    arrays = random_arrays(G, seed=2)
+    _, grads = m.value_and_grad(**arrays)
+    _, want = graphgen.compile(G).value_and_grad(**arrays)
+    assert_grad_close(grads["x"], want["x"], rtol=1e-12, what="x")
