@@ -136,7 +136,7 @@ def test_conv_kernels_match_numpy():
     nb = compare(branches(CONVS))
     src = nb.__source__
     for kernel in ("_nb_im2col_2d", "_nb_col2im_2d"):
-        assert f'@numba.njit(cache=True, error_model="numpy")\ndef {kernel}(' in src
+        assert f'@numba.njit(cache=_CACHE, error_model="numpy")\ndef {kernel}(' in src
 
 
 def pool(op, x, **attrs):

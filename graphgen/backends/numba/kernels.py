@@ -598,7 +598,7 @@ class KernelText:
     def render(self, template) -> Code:
         prog, p = self.prog, self.p
         loops, stages_ = self._loops()
-        options = ["cache=True"] if prog.cache else []
+        options = ["cache=_CACHE"] if prog.cache else []
         options.append('error_model="numpy"')
         if prog.fastmath:
             options.append("fastmath=True")

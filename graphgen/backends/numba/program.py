@@ -29,8 +29,10 @@ Options (``generate(G, backend="numba", parallel=..., fastmath=..., cache=...)``
     to NumPy's SIMD loops; ``"numba"`` fuses them all as ``np.tanh(...)`` etc., which Numba
     vectorizes only with SVML (the default with SVML).
 ``cache``
-    ``cache=True`` on every kernel (default), so a second process that imports the same
-    module file loads machine code from ``__pycache__`` instead of compiling.
+    ``cache=_CACHE`` on every kernel (default), so a second process that imports the
+    same module file loads machine code from ``__pycache__`` instead of compiling;
+    ``_CACHE`` is true when the module is imported under its file's name (a kernel
+    cached under one module name does not load under another).
 ``whole``
     Whole-function mode. ``None`` (default): when every op of ``forward`` /
     ``value_and_grad`` (``jvp``, ``hvp``; not ``vjp``) has a nopython form
@@ -506,6 +508,7 @@ class NumbaProgram(Program):
             + [self._whole_text(k) for k in self.whole_kernels]
         )
         ctx["lazy_compile"] = bool(self.whole_kernels)
+        ctx["cache"] = self.cache
         if self.whole_kernels:
             ctx["kernels"].insert(
                 0,

@@ -668,7 +668,7 @@ def _types(name, types, consts, keys):
 
 
 def _options(prog):
-    options = ["cache=True"] if prog.cache else []
+    options = ["cache=_CACHE"] if prog.cache else []
     options.append('error_model="numpy"')
     if prog.fastmath:
         options.append("fastmath=True")

@@ -10,10 +10,17 @@ outputs: y, J
 loss: J
 """
 
+import os
 import threading
 
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
@@ -300,7 +307,7 @@ if _numpy_blas():
         for t, f in (("s", numba.types.float32), ("d", numba.types.float64))
     )
 
-    @numba.njit(cache=True, error_model="numpy")
+    @numba.njit(cache=_CACHE, error_model="numpy")
     def _cblas_gemm(a, b, out):
         """out = a @ b, a and b C- or F-contiguous (F passed as the transpose of a C
         array). It takes the arrays, not their addresses: an address holds no reference,
@@ -317,7 +324,7 @@ if _numpy_blas():
         else:
             _dgemm(101, ta, tb, n, m, k, 1.0, pa, lda, pb, ldb, 0.0, pc, m)
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays by NumPy's BLAS: a C- or F-contiguous operand is
         passed as it is, any other one copied."""
@@ -334,13 +341,13 @@ if _numpy_blas():
 
 else:
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays: Numba's np.dot (SciPy's BLAS)."""
         return np.dot(a, b)
 
 
-@numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+@numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
 def _matmul(a, b):
     """a @ b for 2-D arrays: BLAS for big products, a plain loop for tiny ones (a BLAS
     call costs more than a few hundred multiply-adds). No product of this module is wide
@@ -359,7 +366,7 @@ def _matmul(a, b):
     return out
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _k_h_r(a, b1):
     """One loop nest over (batch, 3) computing u, h, hh, r."""
     n0 = a.shape[0]
@@ -394,7 +401,7 @@ def _k_h_r(a, b1):
     return h_out, r
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _k_y(z, s):
     """One loop nest over (batch, 2) computing y."""
     n0 = z.shape[0]
@@ -407,7 +414,7 @@ def _k_y(z, s):
     return y_out
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _k_h_r_h_bar_via_hh_and_1_more(a, b1, tmp1):
     """One loop nest over (batch, 3) computing u, h, hh, h_bar_via_hh, tmp2, r."""
     n0 = a.shape[0]
@@ -455,7 +462,7 @@ def _k_h_r_h_bar_via_hh_and_1_more(a, b1, tmp1):
     return h_out, r, h_bar_via_hh_out, tmp2_out
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _k_y_y_bar(z, s, t, tmp3):
     """One loop nest over (batch, 2) computing y, y_bar."""
     n0 = z.shape[0]
@@ -477,7 +484,7 @@ def _k_y_y_bar(z, s, t, tmp3):
     return y_out, y_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, tmp2):
     """One loop nest over (batch, 3) computing h_bar, u_bar, b1_bar."""
     n0 = h_bar_via_z.shape[0]
@@ -526,7 +533,7 @@ _FORWARD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _forward_kernel(x, t, W1, b1, W2, V):
     """Everything forward() computes, compiled as one function: the arrays in, y, J
     out."""
@@ -573,7 +580,7 @@ _VALUE_AND_GRAD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath=True)
+@numba.njit(cache=_CACHE, error_model="numpy", fastmath=True)
 def _value_and_grad_kernel(x, t, W1, b1, W2, V):
     """Everything value_and_grad() computes, compiled as one function: the arrays in, J,
     W1_bar, b1_bar, V_bar out."""

@@ -10,8 +10,16 @@ outputs: y, J
 loss: J
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
@@ -287,7 +295,7 @@ def _fail(arrays):
     return taken
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_u(a, b1, nt):
     """One loop nest over (batch, 3) computing u."""
     n0 = a.shape[0]
@@ -302,7 +310,7 @@ def _k_u(a, b1, nt):
     return u_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_y(z, s, nt):
     """One loop nest over (batch, 2) computing y."""
     n0 = z.shape[0]
@@ -317,7 +325,7 @@ def _k_y(z, s, nt):
     return y_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_r(h, nt):
     """One loop nest over (batch, 3) computing hh, r."""
     n0 = h.shape[0]
@@ -337,7 +345,7 @@ def _k_r(h, nt):
     return r
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_y_y_bar(z, s, t, tmp2, nt):
     """One loop nest over (batch, 2) computing y, y_bar."""
     n0 = z.shape[0]
@@ -357,7 +365,7 @@ def _k_y_y_bar(z, s, t, tmp2, nt):
     return y_out, y_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_r_u_bar_b1_bar(h, tmp1, h_bar_via_z, h_bar_via_s, nt):
     """One loop nest over (batch, 3) computing hh, h_bar_via_hh, h_bar, u_bar, r,
     b1_bar."""

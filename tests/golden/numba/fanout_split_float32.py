@@ -10,8 +10,16 @@ outputs: y, J
 loss: J
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
@@ -347,7 +355,7 @@ def _nb_tanh_row(x, out):
         out[i] = _nb_tanh(x[i])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h_r(a, b1):
     """One loop nest over (batch, 3) computing u, h, hh, r."""
     n0 = a.shape[0]
@@ -385,7 +393,7 @@ def _k_h_r(a, b1):
     return h_out, r
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h_r_h_bar_via_hh_and_1_more(a, b1, tmp1):
     """One loop nest over (batch, 3) computing u, h, hh, h_bar_via_hh, tmp2, r."""
     n0 = a.shape[0]
@@ -432,7 +440,7 @@ def _k_h_r_h_bar_via_hh_and_1_more(a, b1, tmp1):
     return h_out, r, h_bar_via_hh_out, tmp2_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_y_y_bar(z, s, t, tmp3):
     """One loop nest over (batch, 2) computing y, y_bar."""
     n0 = z.shape[0]
@@ -454,7 +462,7 @@ def _k_y_y_bar(z, s, t, tmp3):
     return y_out, y_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_u_bar_b1_bar(h_bar_via_z, h_bar_via_s, h_bar_via_hh, tmp2):
     """One loop nest over (batch, 3) computing h_bar, u_bar, b1_bar."""
     n0 = h_bar_via_z.shape[0]

@@ -17,6 +17,12 @@ import os
 import numba
 import numpy as np
 
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
+
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
 _INT64 = np.dtype("int64")
@@ -798,7 +804,7 @@ def _nb_lift_2d(x, kernel, strides, pads, dilations, out):
     return x, None
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _nb_im2col_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     # cols[(c, p, q), n, (i, j)] = x[n, c, i·sh + p·dh − ph, j·sw + q·dw − pw], 0 where
     # that is outside x: for each output row i and kernel row p, one run of x's row
@@ -995,7 +1001,7 @@ def _numpy_conv_grad_input(g, w, strides, pads, dilations, group, spatial):
 _NB_PER_SAMPLE_GRAD_INPUT = 128
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _nb_col2im_2d(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
     # dx[n, c, i·sh + p·dh − ph, j·sw + q·dw − pw] += cols[(c, p, q), n, (i, j)] where
     # that is inside dx (dx zeroed by the caller): for each element the kernel offsets
@@ -1142,7 +1148,7 @@ def _numpy_max_pool(x, kernel, strides, pads, dilations, ceil_mode):
     return y
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw, dh, dw, y, g, dx, grad):
     # Max pooling and its gradient in one kernel, so that a training module compiles
     # one loop nest for both (each took ~0.5-1 s of a cold first call). Forward
@@ -1272,7 +1278,7 @@ def _max_pool_grad(g, x, kernel, strides, pads, dilations):
     return _nb_max_pool_2d(x4, *geo, g4, g4, dx, True).reshape(x.shape)
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_shared(a0, a1, nt):
     """One loop nest shared by 2 fused groups: computing relu1_Relu over (N, 6, 28, 28);
     relu2_Relu over (N, 16, 10, 10)."""
@@ -1292,7 +1298,7 @@ def _k_shared(a0, a1, nt):
     return t1_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_shared2(a0, a1, nt):
     """One loop nest shared by 2 fused groups: computing relu3_Relu over (N, 120);
     relu4_Relu over (N, 84)."""
@@ -1308,7 +1314,7 @@ def _k_shared2(a0, a1, nt):
     return t1_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_logits(logits_AB, fc3_bias, nt):
     """One loop nest over (N, 10) computing logits."""
     n0 = logits_AB.shape[0]
@@ -1323,7 +1329,7 @@ def _k_logits(logits_AB, fc3_bias, nt):
     return logits_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_shared3(a0, a1, nt):
     """One loop nest shared by 2 fused groups: computing relu1_Relu/t1 over (N, 6, 28,
     28); relu2_Relu/t2 over (N, 16, 10, 10)."""
@@ -1347,7 +1353,7 @@ def _k_shared3(a0, a1, nt):
     return t2_out, t3_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias, nt):
     """One loop nest over (N, 120) computing fc1_Gemm, relu3_Relu, t3."""
     n0 = fc1_Gemm_AB.shape[0]
@@ -1368,7 +1374,7 @@ def _k_relu3_Relu_t3(fc1_Gemm_AB, fc1_bias, nt):
     return relu3_Relu_out, t3_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar(fc2_Gemm_AB, fc2_bias, relu4_Relu_bar, nt):
     """One loop nest over (N, 84) computing fc2_Gemm, relu4_Relu, fc2_Gemm_bar,
     fc2_bias_bar."""
@@ -1401,7 +1407,7 @@ def _k_relu4_Relu_fc2_Gemm_bar_fc2_bias_bar(fc2_Gemm_AB, fc2_bias, relu4_Relu_ba
     return relu4_Relu_out, fc2_Gemm_bar_out, fc2_bias_bar
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3, nt):
     """One loop nest over (N, 120) computing fc1_Gemm_bar, fc1_bias_bar."""
     n0 = relu3_Relu_bar.shape[0]
@@ -1426,7 +1432,7 @@ def _k_fc1_Gemm_bar_fc1_bias_bar(relu3_Relu_bar, t3, nt):
     return fc1_Gemm_bar_out, fc1_bias_bar
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_shared4(a0, a1, nt):
     """One loop nest shared by 2 fused groups: computing conv2_Conv_bar over (N, 16, 10,
     10); conv1_Conv_bar over (N, 6, 28, 28)."""

@@ -10,10 +10,17 @@ outputs: logits, loss
 loss: loss
 """
 
+import os
 import threading
 
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
@@ -317,7 +324,7 @@ if _numpy_blas():
         for t, f in (("s", numba.types.float32), ("d", numba.types.float64))
     )
 
-    @numba.njit(cache=True, error_model="numpy")
+    @numba.njit(cache=_CACHE, error_model="numpy")
     def _cblas_gemm(a, b, out):
         """out = a @ b, a and b C- or F-contiguous (F passed as the transpose of a C
         array). It takes the arrays, not their addresses: an address holds no reference,
@@ -334,7 +341,7 @@ if _numpy_blas():
         else:
             _dgemm(101, ta, tb, n, m, k, 1.0, pa, lda, pb, ldb, 0.0, pc, m)
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays by NumPy's BLAS: a C- or F-contiguous operand is
         passed as it is, any other one copied."""
@@ -351,7 +358,7 @@ if _numpy_blas():
 
 else:
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays: Numba's np.dot (SciPy's BLAS)."""
         return np.dot(a, b)
@@ -511,7 +518,7 @@ if _LANES:
         _vstore(out, i0 + 7, j0, c70)
         _vstore(out, i0 + 7, j1, c71)
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _simd_matmul(a, b):
         """a @ b tile by tile: at least 8 rows and one tile's width, else BLAS."""
         n, k = a.shape
@@ -547,7 +554,7 @@ else:
     _simd_matmul = _gemm
 
 
-@numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+@numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
 def _matmul(a, b):
     """a @ b for 2-D arrays: a plain loop for tiny products (a BLAS call costs more than
     a few hundred multiply-adds), _simd_matmul's register tiles up to 2**24
@@ -575,7 +582,7 @@ def _matmul(a, b):
     return out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_cross_entropy(logits, labels):
     """Mean over the rows of −log softmax(logits)[label] = max + log Σ exp(logits − max)
     − logits[label]: one pass over each row for the max, one for the exps."""
@@ -597,7 +604,7 @@ def _loop_softmax_cross_entropy(logits, labels):
     return total / n
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_xent_grad(logits, labels):
     """softmax(logits) − onehot(labels), row by row: one exp pass, no one-hot array."""
     n, k = logits.shape
@@ -622,7 +629,7 @@ def _loop_softmax_xent_grad(logits, labels):
     return out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1(z1, b1):
     """One loop nest over (batch, 128) computing a1, h1."""
     n0 = z1.shape[0]
@@ -638,7 +645,7 @@ def _k_h1(z1, b1):
     return h1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_logits(z2, b2):
     """One loop nest over (batch, 10) computing logits."""
     n0 = z2.shape[0]
@@ -651,7 +658,7 @@ def _k_logits(z2, b2):
     return logits_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1_t1(z1, b1):
     """One loop nest over (batch, 128) computing a1, h1, t1."""
     n0 = z1.shape[0]
@@ -670,7 +677,7 @@ def _k_h1_t1(z1, b1):
     return h1_out, t1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_logits_bar_b2_bar(t3, t2):
     """One loop nest over (batch, 10) computing logits_bar, b2_bar."""
     n0 = t3.shape[0]
@@ -690,7 +697,7 @@ def _k_logits_bar_b2_bar(t3, t2):
     return logits_bar_out, b2_bar
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_a1_bar_b1_bar(h1_bar, t1):
     """One loop nest over (batch, 128) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]
@@ -722,7 +729,7 @@ _FORWARD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _forward_kernel(x, labels, W1, b1, W2, b2):
     """Everything forward() computes, compiled as one function: the arrays in, logits,
     loss out."""
@@ -765,7 +772,7 @@ _VALUE_AND_GRAD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _value_and_grad_kernel(x, labels, W1, b1, W2, b2):
     """Everything value_and_grad() computes, compiled as one function: the arrays in,
     loss, W1_bar, b1_bar, W2_bar, b2_bar out."""

@@ -10,8 +10,16 @@ outputs: logits, loss
 loss: loss
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
@@ -300,7 +308,7 @@ def _softmax_xent_grad(logits, labels):
     return e
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_h1(z1, b1, nt):
     """One loop nest over (batch, 128) computing a1, h1."""
     n0 = z1.shape[0]
@@ -318,7 +326,7 @@ def _k_h1(z1, b1, nt):
     return h1_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_logits(z2, b2, nt):
     """One loop nest over (batch, 10) computing logits."""
     n0 = z2.shape[0]
@@ -333,7 +341,7 @@ def _k_logits(z2, b2, nt):
     return logits_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_h1_t1(z1, b1, nt):
     """One loop nest over (batch, 128) computing a1, h1, t1."""
     n0 = z1.shape[0]
@@ -354,7 +362,7 @@ def _k_h1_t1(z1, b1, nt):
     return h1_out, t1_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_logits_bar_b2_bar(t3, t2, nt):
     """One loop nest over (batch, 10) computing logits_bar, b2_bar."""
     n0 = t3.shape[0]
@@ -376,7 +384,7 @@ def _k_logits_bar_b2_bar(t3, t2, nt):
     return logits_bar_out, b2_bar
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_a1_bar_b1_bar(h1_bar, t1, nt):
     """One loop nest over (batch, 128) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]

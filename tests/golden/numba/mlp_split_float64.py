@@ -10,8 +10,16 @@ outputs: logits, loss
 loss: loss
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
@@ -296,7 +304,7 @@ def _softmax_xent_grad(logits, labels):
     return e
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1(z1, b1):
     """One loop nest over (batch, 128) computing a1, h1."""
     n0 = z1.shape[0]
@@ -312,7 +320,7 @@ def _k_h1(z1, b1):
     return h1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1_t1(z1, b1):
     """One loop nest over (batch, 128) computing a1, h1, t1."""
     n0 = z1.shape[0]
@@ -331,7 +339,7 @@ def _k_h1_t1(z1, b1):
     return h1_out, t1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_logits_bar_b2_bar(t3, t2):
     """One loop nest over (batch, 10) computing logits_bar, b2_bar."""
     n0 = t3.shape[0]
@@ -351,7 +359,7 @@ def _k_logits_bar_b2_bar(t3, t2):
     return logits_bar_out, b2_bar
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_a1_bar_b1_bar(h1_bar, t1):
     """One loop nest over (batch, 128) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]

@@ -10,10 +10,17 @@ outputs: y, J
 loss: J
 """
 
+import os
 import threading
 
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
@@ -378,7 +385,7 @@ if _numpy_blas():
         for t, f in (("s", numba.types.float32), ("d", numba.types.float64))
     )
 
-    @numba.njit(cache=True, error_model="numpy")
+    @numba.njit(cache=_CACHE, error_model="numpy")
     def _cblas_gemm(a, b, out):
         """out = a @ b, a and b C- or F-contiguous (F passed as the transpose of a C
         array). It takes the arrays, not their addresses: an address holds no reference,
@@ -395,7 +402,7 @@ if _numpy_blas():
         else:
             _dgemm(101, ta, tb, n, m, k, 1.0, pa, lda, pb, ldb, 0.0, pc, m)
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays by NumPy's BLAS: a C- or F-contiguous operand is
         passed as it is, any other one copied."""
@@ -412,13 +419,13 @@ if _numpy_blas():
 
 else:
 
-    @numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+    @numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
     def _gemm(a, b):
         """a @ b for 2-D float arrays: Numba's np.dot (SciPy's BLAS)."""
         return np.dot(a, b)
 
 
-@numba.njit((_MATRIX, _MATRIX), cache=True, error_model="numpy")
+@numba.njit((_MATRIX, _MATRIX), cache=_CACHE, error_model="numpy")
 def _matmul(a, b):
     """a @ b for 2-D arrays: BLAS for big products, a plain loop for tiny ones (a BLAS
     call costs more than a few hundred multiply-adds). No product of this module is wide
@@ -437,7 +444,7 @@ def _matmul(a, b):
     return out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1(z1, b1):
     """One loop nest over (batch, 3) computing a1, h1."""
     n0 = z1.shape[0]
@@ -456,7 +463,7 @@ def _k_h1(z1, b1):
     return h1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_y(z2):
     """One loop nest over (batch, 1) computing y."""
     n0 = z2.shape[0]
@@ -470,7 +477,7 @@ def _k_y(z2):
     return y_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1_tmp1(z1, b1):
     """One loop nest over (batch, 3) computing a1, h1, tmp1."""
     n0 = z1.shape[0]
@@ -492,7 +499,7 @@ def _k_h1_tmp1(z1, b1):
     return h1_out, tmp1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_y_z2_bar(z2, t, tmp2):
     """One loop nest over (batch, 1) computing y, y_bar, z2_bar."""
     n0 = z2.shape[0]
@@ -515,7 +522,7 @@ def _k_y_z2_bar(z2, t, tmp2):
     return y_out, z2_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_a1_bar_b1_bar(h1_bar, tmp1):
     """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]
@@ -547,7 +554,7 @@ _FORWARD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _forward_kernel(x, t, W1, b1, W2):
     """Everything forward() computes, compiled as one function: the arrays in, y, J
     out."""
@@ -587,7 +594,7 @@ _VALUE_AND_GRAD_TYPES = (
 )
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _value_and_grad_kernel(x, t, W1, b1, W2):
     """Everything value_and_grad() computes, compiled as one function: the arrays in, J,
     W1_bar, b1_bar, W2_bar out."""

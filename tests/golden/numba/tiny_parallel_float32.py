@@ -10,8 +10,16 @@ outputs: y, J
 loss: J
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float32
 _FLOAT = np.dtype(DTYPE)
@@ -261,7 +269,7 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_a1(z1, b1, nt):
     """One loop nest over (batch, 3) computing a1."""
     n0 = z1.shape[0]
@@ -276,7 +284,7 @@ def _k_a1(z1, b1, nt):
     return a1_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_z2_bar(y, t, tmp1, nt):
     """One loop nest over (batch, 1) computing y_bar, z2_bar."""
     n0 = y.shape[0]
@@ -296,7 +304,7 @@ def _k_z2_bar(y, t, tmp1, nt):
     return z2_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+@numba.njit(cache=_CACHE, error_model="numpy", parallel=True)
 def _k_a1_bar_b1_bar(h1, h1_bar, nt):
     """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
     n0 = h1.shape[0]

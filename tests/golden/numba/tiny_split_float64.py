@@ -10,8 +10,16 @@ outputs: y, J
 loss: J
 """
 
+import os
+
 import numba
 import numpy as np
+
+# Numba keys its on-disk cache by this file, but a cached kernel names the module it
+# was compiled in: a process importing the file under another name (a package path, a
+# spec of its own) would fail to load it. So kernels are cached under the file's name.
+_FILE = globals().get("__file__") or ""  # no file: the source run from a string
+_CACHE = __name__ == os.path.splitext(os.path.basename(_FILE))[0]
 
 DTYPE = np.float64
 _FLOAT = np.dtype(DTYPE)
@@ -335,7 +343,7 @@ def _nb_sigmoid_row(x, out):
         out[i] = _nb_sigmoid(x[i])
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1(z1, b1):
     """One loop nest over (batch, 3) computing a1, h1."""
     n0 = z1.shape[0]
@@ -354,7 +362,7 @@ def _k_h1(z1, b1):
     return h1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_y(z2):
     """One loop nest over (batch, 1) computing y."""
     n0 = z2.shape[0]
@@ -368,7 +376,7 @@ def _k_y(z2):
     return y_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_h1_tmp1(z1, b1):
     """One loop nest over (batch, 3) computing a1, h1, tmp1."""
     n0 = z1.shape[0]
@@ -390,7 +398,7 @@ def _k_h1_tmp1(z1, b1):
     return h1_out, tmp1_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_y_z2_bar(z2, t, tmp2):
     """One loop nest over (batch, 1) computing y, y_bar, z2_bar."""
     n0 = z2.shape[0]
@@ -413,7 +421,7 @@ def _k_y_z2_bar(z2, t, tmp2):
     return y_out, z2_bar_out
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=_CACHE, error_model="numpy")
 def _k_a1_bar_b1_bar(h1_bar, tmp1):
     """One loop nest over (batch, 3) computing a1_bar, b1_bar."""
     n0 = h1_bar.shape[0]
