@@ -29,7 +29,8 @@ take turns: the parent asks one worker at a time to time its function for ``--mi
 seconds, round after round, so a shared machine's drift slows all alike, and reports
 medians over rounds. A ratio is the median over rounds of the two step times of one
 round, printed with its range over rounds, so drift between rounds cancels. Each
-process has 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT); idle thread pools sleep (``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
+process has 2 threads (BLAS, OpenMP, Numba, PyTorch, ORT); idle thread pools sleep
+(``OMP_WAIT_POLICY=PASSIVE``, no ORT spinning).
 
 **Peak memory** of a step is measured in its worker: freed heap is handed back
 (``malloc_trim``), the resident size is read, the kernel's peak counter is reset
