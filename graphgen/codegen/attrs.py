@@ -9,6 +9,8 @@ backend registers one form per op.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import dims, ops
@@ -104,11 +106,8 @@ def _matmul(c, n, at, in_shapes):
     if len(a) < 3 or len(b) != 2:
         return {}
     lead = a[:-1]
-    rows = (
-        int(np.prod(lead))
-        if all(isinstance(d, (int, np.integer)) for d in lead)
-        else -1
-    )
+    # a symbolic size among the leading axes: -1, NumPy counts the rows
+    rows = math.prod(lead) if all(isinstance(d, int) for d in lead) else -1
     return {
         "rows": Code(f"({rows}, {c.dim(a[-1])})"),
         "shape": c.shape((*lead, b[-1])),
