@@ -71,11 +71,18 @@ def _axes_literal(axes):
 
 @lowers("sum", "mean", "max")
 def _reduction(c, n, at, in_shapes):
+    """``axis`` (None: every axis) and ``keepdims``, and ``rows``: the result's shape
+    where the reduction is along the last axis alone of an array of two or more (the
+    Numba backend's row sums, ``_last_axis_sums``), else None."""
     axes = list(at["axis"])
-    every = axes == list(range(len(in_shapes[0])))
+    rank = len(in_shapes[0])
+    every = axes == list(range(rank))
+    last = rank >= 2 and [a % rank for a in axes] == [rank - 1]
+    out_shape = c.program.A.nodes[n][g.SHAPE]
     return {
         "axis": None if every else _axes_literal(axes),
         "keepdims": bool(at["keepdims"]),
+        "rows": c.shape(out_shape) if last else None,
     }
 
 
@@ -87,6 +94,16 @@ def _logsumexp(c, n, at, in_shapes):
         "axis": Code("None") if every else _axes_literal(axes),
         "keepdims": bool(at["keepdims"]),
     }
+
+
+@lowers("layer_norm")
+def _layer_norm(c, n, at, in_shapes):
+    """Its attributes, and ``rows``: whether scale and bias span the normalized axes, as
+    the Numba backend's row kernel (``_row_layer_norm``) reads them."""
+    x, scale, bias = in_shapes
+    lowered = {k: literal(v) for k, v in at.items()}
+    lowered["rows"] = tuple(scale) == tuple(bias) == tuple(x[at["axis"] :])
+    return lowered
 
 
 @lowers("reshape", "broadcast_to", "zeros")

@@ -120,6 +120,7 @@ register(
         ),
         domain=("mask", "real", "real"),
         category="binary",
+        elementwise=True,
         # a choice between int64 tensors is int64 (ONNX Where of int64 branches)
         dtype=lambda d, a: "int64" if d[1:] == ("int64", "int64") else None,
         int_like=(1, 2),
