@@ -96,6 +96,17 @@ def _logsumexp(c, n, at, in_shapes):
     }
 
 
+@lowers("softmax")
+def _softmax(c, n, at, in_shapes):
+    """``axis``, and ``last``: whether it is the last axis (the Numba backend's row
+    loop, ``_loop_softmax``)."""
+    rank = len(in_shapes[0])
+    return {
+        "axis": literal(at["axis"]),
+        "last": rank >= 1 and at["axis"] % rank == rank - 1,
+    }
+
+
 @lowers("layer_norm")
 def _layer_norm(c, n, at, in_shapes):
     """Its attributes, and ``rows``: whether scale and bias span the normalized axes, as
@@ -200,8 +211,15 @@ def _onehot(c, n, at, in_shapes):
 
 
 @lowers("scatter_add")
-def _scatter_add(c, n, at, in_shapes):  # dim may be a symbolic size
-    return {"axis": literal(at["axis"]), "dim": c.dim(at["dim"])}
+def _scatter_add(c, n, at, in_shapes):
+    """``dim`` may be a symbolic size; ``rows``: the result's shape where whole rows
+    are added (axis 0: the Numba backend's ``_scatter_rows``), else None."""
+    out_shape = c.program.A.nodes[n][g.SHAPE]
+    return {
+        "axis": literal(at["axis"]),
+        "dim": c.dim(at["dim"]),
+        "rows": c.shape(out_shape) if at["axis"] == 0 else None,
+    }
 
 
 @lowers("scatter_add_elements")

@@ -495,11 +495,13 @@ class NumbaProgram(Program):
                 texts.append(kt.render(self.kernel_template))
         used = used.union(*(f.helpers for f in ctx["functions"]))
         helpers = whole.nb_helpers(used)
+        if self.inline_math:  # the row helpers' exps as vecmath's vectorized rows
+            used = used.union(*(whole.NB_VECMATH.get(h, ()) for h in helpers))
         ctx["kernels"] = (
             [
                 Code(
                     self.env.get_template(f"numba/helpers/{h}.py.j2")
-                    .render(tiles=self.matmul_tiles)
+                    .render(tiles=self.matmul_tiles, inline_math=self.inline_math)
                     .rstrip("\n")
                 )
                 for h in helpers

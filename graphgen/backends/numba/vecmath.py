@@ -275,7 +275,11 @@ def _nb_exp(x):
     xc = np.float32(-104.0) if xc < np.float32(-104.0) else xc
 {core}    p = q + np.float32(1.0)
     k1 = k >> 1
-    y = p * _nb_i2f(np.int32((k1 + 127) << 23)) * _nb_i2f(np.int32((k - k1 + 127) << 23))
+    y = (
+        p
+        * _nb_i2f(np.int32((k1 + 127) << 23))
+        * _nb_i2f(np.int32((k - k1 + 127) << 23))
+    )
     y = np.float32(np.inf) if x > np.float32(88.72283) else y
     y = np.float32(0.0) if x < np.float32(-103.97208) else y
     return y

@@ -54,9 +54,9 @@ NB_HELPERS = {
     "matmul": (),
     "flat_matmul": ("matmul",),
     "batched_matmul": ("matmul",),
-    "loop_softmax": (),
-    "loop_softmax_cross_entropy": (),
-    "loop_softmax_xent_grad": (),
+    "loop_softmax": ("row_reduce",),
+    "loop_softmax_cross_entropy": ("row_reduce",),
+    "loop_softmax_xent_grad": ("row_reduce",),
     "rows_softmax_cross_entropy": ("loop_softmax_cross_entropy",),
     "rows_softmax_xent_grad": ("loop_softmax_xent_grad",),
     "row_reduce": (),
@@ -68,6 +68,13 @@ NB_HELPERS = {
     "scatter_rows": (),
     "placed": (),
 }
+# ... and the vecmath helpers (graphgen/backends/numba/vecmath.py) a helper calls where
+# the module inlines its transcendentals (the template's ``inline_math``)
+NB_VECMATH = {
+    "loop_softmax": ("nb_exp_row",),
+    "loop_softmax_cross_entropy": ("nb_exp_row",),
+    "loop_softmax_xent_grad": ("nb_exp_row",),
+}
 # What a nopython form predicate returns for a form only ``whole=True`` uses: the small
 # transformers' forms (stacked matmuls, softmax of more than a matrix, layer_norm,
 # partial sums, embedding rows, unslice, where, array constants). Compiling such a
@@ -78,10 +85,13 @@ EXPLICIT = "explicit"
 
 def nb_helpers(used):
     """The :data:`NB_HELPERS` that code calling ``used`` needs, in printing order."""
-    need = set()
-    for h, deps in NB_HELPERS.items():
-        if h in used:
-            need.update((h, *deps))
+    need = {h for h in NB_HELPERS if h in used}
+    todo = list(need)
+    while todo:  # and what those call, in turn
+        for d in NB_HELPERS[todo.pop()]:
+            if d not in need:
+                need.add(d)
+                todo.append(d)
     return [h for h in NB_HELPERS if h in need]
 
 
