@@ -69,11 +69,23 @@ def _axes_literal(axes):
     return literal(axes[0]) if len(axes) == 1 else literal(tuple(axes))
 
 
+# The Numba module's row loops at the Python level (templates/numba/ops.j2: layer norm,
+# softmax, cross-entropy, last-axis sums, an embedding's gradient) for arrays of at
+# least this many elements per unit of every symbolic size: each compiles in 0.3-1 s of
+# a cold first call (an MLP's 1.1 -> 3.3 s), and below this NumPy's form takes
+# microseconds anyway. A lowering says ``row_loop`` where the op gets one.
+ROW_LOOP_ELEMENTS = 1 << 16
+
+
+def _row_loop_pays(shape):
+    return math.prod(d for d in shape if isinstance(d, int)) >= ROW_LOOP_ELEMENTS
+
+
 @lowers("sum", "mean", "max")
 def _reduction(c, n, at, in_shapes):
-    """``axis`` (None: every axis) and ``keepdims``, and ``rows``: the result's shape
-    where the reduction is along the last axis alone of an array of two or more (the
-    Numba backend's row sums, ``_last_axis_sums``), else None."""
+    """``axis`` (None: every axis) and ``keepdims``, and ``row_loop``: the result's
+    shape where the reduction is along the last axis alone of a large array of two axes
+    or more (the Numba module's ``_last_axis_sums``), else None."""
     axes = list(at["axis"])
     rank = len(in_shapes[0])
     every = axes == list(range(rank))
@@ -82,7 +94,9 @@ def _reduction(c, n, at, in_shapes):
     return {
         "axis": None if every else _axes_literal(axes),
         "keepdims": bool(at["keepdims"]),
-        "rows": c.shape(out_shape) if last else None,
+        "row_loop": (
+            c.shape(out_shape) if last and _row_loop_pays(in_shapes[0]) else None
+        ),
     }
 
 
@@ -98,22 +112,43 @@ def _logsumexp(c, n, at, in_shapes):
 
 @lowers("softmax")
 def _softmax(c, n, at, in_shapes):
-    """``axis``, and ``last``: whether it is the last axis (the Numba backend's row
-    loop, ``_loop_softmax``)."""
+    """``axis``, and ``row_loop``: along the last axis of a large array (the Numba
+    module's ``_loop_softmax``)."""
     rank = len(in_shapes[0])
+    last = rank >= 1 and at["axis"] % rank == rank - 1
     return {
         "axis": literal(at["axis"]),
-        "last": rank >= 1 and at["axis"] % rank == rank - 1,
+        "row_loop": last and _row_loop_pays(in_shapes[0]),
     }
+
+
+@lowers("softmax_cross_entropy", "softmax_xent_grad")
+def _softmax_cross_entropy(c, n, at, in_shapes):
+    """Its attributes, and ``row_loop``: large (..., classes) logits with int labels of
+    the leading shape and no ignored label (the Numba module's row loops)."""
+    logits, labels = in_shapes
+    nodes = c.program.A.nodes
+    ints = [nodes[p][g.DTYPE] not in g.FLOAT_DTYPES for p in g.operands(c.program.A, n)]
+    lowered = {k: literal(v) for k, v in at.items()}
+    lowered["row_loop"] = (
+        len(logits) >= 2
+        and len(labels) == len(logits) - 1
+        and ints == [False, True]
+        and at.get("ignore_index") is None
+        and _row_loop_pays(logits)
+    )
+    return lowered
 
 
 @lowers("layer_norm")
 def _layer_norm(c, n, at, in_shapes):
-    """Its attributes, and ``rows``: whether scale and bias span the normalized axes, as
-    the Numba backend's row kernel (``_row_layer_norm``) reads them."""
+    """Its attributes, and ``row_loop``: a large x whose scale and bias span the
+    normalized axes, as the Numba module's ``_row_layer_norm`` reads them."""
     x, scale, bias = in_shapes
     lowered = {k: literal(v) for k, v in at.items()}
-    lowered["rows"] = tuple(scale) == tuple(bias) == tuple(x[at["axis"] :])
+    lowered["row_loop"] = tuple(scale) == tuple(bias) == tuple(
+        x[at["axis"] :]
+    ) and _row_loop_pays(x)
     return lowered
 
 
@@ -212,13 +247,15 @@ def _onehot(c, n, at, in_shapes):
 
 @lowers("scatter_add")
 def _scatter_add(c, n, at, in_shapes):
-    """``dim`` may be a symbolic size; ``rows``: the result's shape where whole rows
-    are added (axis 0: the Numba backend's ``_scatter_rows``), else None."""
+    """``dim`` may be a symbolic size; ``row_loop``: the result's shape where whole
+    rows of a large gradient are added (axis 0: the Numba module's ``_scatter_rows``),
+    else None."""
     out_shape = c.program.A.nodes[n][g.SHAPE]
+    rows = at["axis"] == 0 and _row_loop_pays(in_shapes[0])
     return {
         "axis": literal(at["axis"]),
         "dim": c.dim(at["dim"]),
-        "rows": c.shape(out_shape) if at["axis"] == 0 else None,
+        "row_loop": c.shape(out_shape) if rows else None,
     }
 
 

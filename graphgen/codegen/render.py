@@ -228,6 +228,9 @@ def _environment(backend) -> jinja2.Environment:
         finalize=_finalize,
     )
     env.filters["joincode"] = lambda items, sep: Code(sep.join(items))
+    # another macro's text, as a macro that falls back on it writes it: already vetted
+    # (every value in it passed _finalize when that macro rendered it)
+    env.filters["macro_text"] = lambda text: Code(str(text))
     env.tests["power_operand"] = power_operand
     env.globals["helper"] = helper
     return env

@@ -585,8 +585,8 @@ def _matmul(a, b):
 @numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_cross_entropy(logits, labels):
     """Mean over the rows of −log softmax(logits)[label] = max + log Σ exp(logits − max)
-    − logits[label], row by row: the max (_row_max), the shifted row, its exps (as a
-    row, vectorized), a vectorized sum."""
+    − logits[label], row by row: the max (_row_max), the shifted row, its exps (a
+    vectorized row where the module inlines exp), a vectorized sum."""
     n, k = logits.shape
     d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
     e = np.empty(k, dtype=logits.dtype)
@@ -610,8 +610,8 @@ def _loop_softmax_cross_entropy(logits, labels):
 @numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_xent_grad(logits, labels):
     """softmax(logits) − onehot(labels), row by row: the max (_row_max), the shifted
-    row, its exps (as a row, vectorized), a vectorized sum, one pass to scale; no
-    one-hot array."""
+    row, its exps (a vectorized row where the module inlines exp), a vectorized sum,
+    one pass to scale; no one-hot array."""
     n, k = logits.shape
     out = np.empty((n, k), dtype=logits.dtype)
     d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row

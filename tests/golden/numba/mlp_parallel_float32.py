@@ -73,7 +73,7 @@ def forward(**arrays):
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = DTYPE(_rows_softmax_cross_entropy(logits, labels))
+    loss = _softmax_cross_entropy(logits, labels)
     return {"logits": logits, "loss": loss}
 
 
@@ -95,12 +95,12 @@ def value_and_grad(**arrays):
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = DTYPE(_rows_softmax_cross_entropy(logits, labels))
+    loss = _softmax_cross_entropy(logits, labels)
 
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
     t2 = 1.0 / (float(batch) or np.nan)
-    t3 = _rows_softmax_xent_grad(logits, labels)
+    t3 = _softmax_xent_grad(logits, labels)
     del logits
 
     # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
@@ -286,122 +286,26 @@ def _fail(arrays):
     return taken
 
 
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _loop_softmax_cross_entropy(logits, labels):
-    """Mean over the rows of −log softmax(logits)[label] = max + log Σ exp(logits − max)
-    − logits[label], row by row: the max (_row_max), the shifted row, its exps (as a
-    row, vectorized), a vectorized sum."""
-    n, k = logits.shape
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
-    e = np.empty(k, dtype=logits.dtype)
-    total = 0.0
-    for i in range(n):
-        label = labels[i]
-        if label < 0:  # NumPy's indexing: −1 is the last class
-            label += k
-        if label < 0 or label >= k:
-            raise IndexError("label out of range")
-        r = logits[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        for j in range(k):
-            e[j] = np.exp(d[j])
-        total += m + np.log(_row_total(e)) - r[label]
-    return total / n
+def _softmax_cross_entropy(logits, labels):
+    # mean over the batch of −log softmax(logits)[label]
+    #   = max + log Σ exp(logits − max) − logits[label]
+    m = logits.max(axis=-1, keepdims=True)
+    e = logits - m
+    s = np.exp(e, out=e).sum(axis=-1)  # in place: one array of the logits' size
+    del e
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
+    return (m[..., 0] + np.log(s) - picked).mean()
 
 
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _loop_softmax_xent_grad(logits, labels):
-    """softmax(logits) − onehot(labels), row by row: the max (_row_max), the shifted
-    row, its exps (as a row, vectorized), a vectorized sum, one pass to scale; no
-    one-hot array."""
-    n, k = logits.shape
-    out = np.empty((n, k), dtype=logits.dtype)
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
-    for i in range(n):
-        label = labels[i]
-        if label < 0:  # NumPy's indexing: −1 is the last class
-            label += k
-        if label < 0 or label >= k:
-            raise IndexError("label out of range")
-        r = logits[i]
-        o = out[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        for j in range(k):
-            o[j] = np.exp(d[j])
-        inv = DTYPE(1.0) / _row_total(o)
-        for j in range(k):
-            o[j] *= inv
-        o[label] -= 1.0
-    return out
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _rows_softmax_cross_entropy(logits, labels):
-    """_loop_softmax_cross_entropy of (..., classes) logits, the leading axes as rows."""
-    rows = np.ascontiguousarray(logits).reshape((-1, logits.shape[-1]))
-    return _loop_softmax_cross_entropy(rows, np.ascontiguousarray(labels).reshape(-1))
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _rows_softmax_xent_grad(logits, labels):
-    """_loop_softmax_xent_grad of (..., classes) logits, the leading axes as rows."""
-    rows = np.ascontiguousarray(logits).reshape((-1, logits.shape[-1]))
-    grad = _loop_softmax_xent_grad(rows, np.ascontiguousarray(labels).reshape(-1))
-    return grad.reshape(logits.shape)
-
-
-@numba.njit(cache=_CACHE, fastmath={"reassoc", "nsz", "contract"})
-def _row_total(r):
-    """Σ r over one row, reassociated so that LLVM adds it in vector lanes, as NumPy's
-    pairwise sum does, instead of one running total (10x slower on a 4096-row)."""
-    s = DTYPE(0.0)
-    for j in range(r.shape[0]):
-        s += r[j]
-    return s
-
-
-@numba.njit(cache=_CACHE, fastmath={"reassoc", "nsz", "contract"})
-def _row_sq_dev(r, mu):
-    """Σ (r − μ)² over one row, in vector lanes as _row_total."""
-    s = DTYPE(0.0)
-    for j in range(r.shape[0]):
-        d = r[j] - mu
-        s += d * d
-    return s
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _row_max(r, half):
-    """max r over one row. A long row is folded in halves, elementwise (vectorized: a
-    running max does not vectorize), into ``half`` (at least half r's length), down to
-    8 values; a short one (256 or fewer: the folds' overhead) is one running max."""
-    n = r.shape[0]
-    m = r[n - 1]
-    if n <= 256:
-        for j in range(n - 1):
-            m = max(m, r[j])
-        return m
-    h = n // 2  # an odd row's last value is in m already
-    for j in range(h):
-        a = r[j]
-        b = r[j + h]
-        half[j] = a if a > b else b
-    while h > 8:
-        q = h // 2
-        if h % 2:
-            m = max(m, half[h - 1])
-        for j in range(q):
-            a = half[j]
-            b = half[j + q]
-            half[j] = a if a > b else b
-        h = q
-    for j in range(h):
-        m = max(m, half[j])
-    return m
+def _softmax_xent_grad(logits, labels):
+    # softmax(logits) − onehot(labels), with one exp and no one-hot array
+    e = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # in place: one array of the logits' size, not two
+    e /= e.sum(axis=-1, keepdims=True)
+    rows = e.reshape(-1, e.shape[-1])
+    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
+    return e
 
 
 @numba.njit(cache=_CACHE, error_model="numpy", parallel=True)

@@ -71,7 +71,7 @@ def forward(**arrays):
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = DTYPE(_rows_softmax_cross_entropy(logits, labels))
+    loss = _softmax_cross_entropy(logits, labels)
     return {"logits": logits, "loss": loss}
 
 
@@ -91,12 +91,12 @@ def value_and_grad(**arrays):
     del z2
 
     # loss = mean over the batch of (logsumexp(logits) − logits[labels])
-    loss = DTYPE(_rows_softmax_cross_entropy(logits, labels))
+    loss = _softmax_cross_entropy(logits, labels)
 
     # Backward pass, from the loss back: v_bar = ∂loss/∂v, the sum over v's successors k
     #   of k_bar · ∂k/∂v.
     t2 = 1.0 / (float(batch) or np.nan)
-    t3 = _rows_softmax_xent_grad(logits, labels)
+    t3 = _softmax_xent_grad(logits, labels)
     del logits
 
     # one fused loop over (batch, 10) (_k_logits_bar_b2_bar) computes logits_bar, b2_bar
@@ -282,197 +282,26 @@ def _fail(arrays):
     return taken
 
 
-@numba.extending.intrinsic
-def _nb_f2i(typingctx, x):
-    """The bits of a float64 as an int64 (no conversion)."""
-    sig = numba.int64(x)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
-
-
-@numba.extending.intrinsic
-def _nb_i2f(typingctx, x):
-    """The float64 whose bits are an int64."""
-    sig = numba.float64(x)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
-
-    return sig, codegen
+def _softmax_cross_entropy(logits, labels):
+    # mean over the batch of −log softmax(logits)[label]
+    #   = max + log Σ exp(logits − max) − logits[label]
+    m = logits.max(axis=-1, keepdims=True)
+    e = logits - m
+    s = np.exp(e, out=e).sum(axis=-1)  # in place: one array of the logits' size
+    del e
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = rows[np.arange(rows.shape[0]), labels.reshape(-1)].reshape(labels.shape)
+    return (m[..., 0] + np.log(s) - picked).mean()
 
 
-@numba.extending.intrinsic
-def _nb_fma(typingctx, a, b, c):
-    """a·b + c: one rounding where the CPU has FMA (llvm.fmuladd), else two."""
-    t = numba.float64
-    sig = t(t, t, t)
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        fnty = builder.module.declare_intrinsic("llvm.fma", [ty, ty, ty]).function_type
-        fn = builder.module.declare_intrinsic("llvm.fmuladd", [ty], fnty)
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
-@numba.njit(error_model="numpy")
-def _nb_exp(x):
-    """exp(x), branch-free: x = k·ln2 + r, |r| ≤ ln2/2 (Cody–Waite), exp(r) by a degree-13
-    polynomial, 2**k as two halves built from bits (so subnormal results are right)."""
-    x = np.float64(x)
-    xc = 709.8 if x > 709.8 else x
-    xc = -745.2 if xc < -745.2 else xc
-    # k = round(x/ln2) in the low bits of t (1.5·2**52 pushes the fraction out)
-    t = xc * 1.4426950408889634 + 6755399441055744.0
-    k = _nb_f2i(t) - 0x4338000000000000
-    kf = t - 6755399441055744.0
-    r = (xc - kf * 6.93147180369123816490e-01) - kf * 1.90821492927058770002e-10
-    p = 1.6059043836821613e-10
-    p = _nb_fma(p, r, 2.08767569878680990e-09)
-    p = _nb_fma(p, r, 2.50521083854417188e-08)
-    p = _nb_fma(p, r, 2.75573192239858907e-07)
-    p = _nb_fma(p, r, 2.75573192239858907e-06)
-    p = _nb_fma(p, r, 2.48015873015873016e-05)
-    p = _nb_fma(p, r, 1.98412698412698413e-04)
-    p = _nb_fma(p, r, 1.38888888888888889e-03)
-    p = _nb_fma(p, r, 8.33333333333333333e-03)
-    p = _nb_fma(p, r, 4.16666666666666667e-02)
-    p = _nb_fma(p, r, 1.66666666666666667e-01)
-    p = _nb_fma(p, r, 0.5)
-    q = _nb_fma(p, r * r, r)
-    p = q + 1.0
-    k1 = k >> 1
-    y = p * _nb_i2f((k1 + 1023) << 52) * _nb_i2f((k - k1 + 1023) << 52)
-    y = np.inf if x > 709.782712893384 else y
-    y = 0.0 if x < -745.1332191019412 else y
-    return y
-
-
-@numba.njit(error_model="numpy")
-def _nb_exp_row(x, out):
-    """out[i] = exp(x[i]) over a row, one shared loop the kernels' stages call."""
-    for i in range(x.shape[0]):
-        out[i] = _nb_exp(x[i])
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _loop_softmax_cross_entropy(logits, labels):
-    """Mean over the rows of −log softmax(logits)[label] = max + log Σ exp(logits − max)
-    − logits[label], row by row: the max (_row_max), the shifted row, its exps (as a
-    row, vectorized), a vectorized sum."""
-    n, k = logits.shape
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
-    e = np.empty(k, dtype=logits.dtype)
-    total = 0.0
-    for i in range(n):
-        label = labels[i]
-        if label < 0:  # NumPy's indexing: −1 is the last class
-            label += k
-        if label < 0 or label >= k:
-            raise IndexError("label out of range")
-        r = logits[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        _nb_exp_row(d, e)  # (into another row: in place, LLVM would not vectorize it)
-        total += m + np.log(_row_total(e)) - r[label]
-    return total / n
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _loop_softmax_xent_grad(logits, labels):
-    """softmax(logits) − onehot(labels), row by row: the max (_row_max), the shifted
-    row, its exps (as a row, vectorized), a vectorized sum, one pass to scale; no
-    one-hot array."""
-    n, k = logits.shape
-    out = np.empty((n, k), dtype=logits.dtype)
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
-    for i in range(n):
-        label = labels[i]
-        if label < 0:  # NumPy's indexing: −1 is the last class
-            label += k
-        if label < 0 or label >= k:
-            raise IndexError("label out of range")
-        r = logits[i]
-        o = out[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        _nb_exp_row(d, o)  # (into another row: in place, LLVM would not vectorize it)
-        inv = DTYPE(1.0) / _row_total(o)
-        for j in range(k):
-            o[j] *= inv
-        o[label] -= 1.0
-    return out
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _rows_softmax_cross_entropy(logits, labels):
-    """_loop_softmax_cross_entropy of (..., classes) logits, the leading axes as rows."""
-    rows = np.ascontiguousarray(logits).reshape((-1, logits.shape[-1]))
-    return _loop_softmax_cross_entropy(rows, np.ascontiguousarray(labels).reshape(-1))
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _rows_softmax_xent_grad(logits, labels):
-    """_loop_softmax_xent_grad of (..., classes) logits, the leading axes as rows."""
-    rows = np.ascontiguousarray(logits).reshape((-1, logits.shape[-1]))
-    grad = _loop_softmax_xent_grad(rows, np.ascontiguousarray(labels).reshape(-1))
-    return grad.reshape(logits.shape)
-
-
-@numba.njit(cache=_CACHE, fastmath={"reassoc", "nsz", "contract"})
-def _row_total(r):
-    """Σ r over one row, reassociated so that LLVM adds it in vector lanes, as NumPy's
-    pairwise sum does, instead of one running total (10x slower on a 4096-row)."""
-    s = DTYPE(0.0)
-    for j in range(r.shape[0]):
-        s += r[j]
-    return s
-
-
-@numba.njit(cache=_CACHE, fastmath={"reassoc", "nsz", "contract"})
-def _row_sq_dev(r, mu):
-    """Σ (r − μ)² over one row, in vector lanes as _row_total."""
-    s = DTYPE(0.0)
-    for j in range(r.shape[0]):
-        d = r[j] - mu
-        s += d * d
-    return s
-
-
-@numba.njit(cache=_CACHE, error_model="numpy")
-def _row_max(r, half):
-    """max r over one row. A long row is folded in halves, elementwise (vectorized: a
-    running max does not vectorize), into ``half`` (at least half r's length), down to
-    8 values; a short one (256 or fewer: the folds' overhead) is one running max."""
-    n = r.shape[0]
-    m = r[n - 1]
-    if n <= 256:
-        for j in range(n - 1):
-            m = max(m, r[j])
-        return m
-    h = n // 2  # an odd row's last value is in m already
-    for j in range(h):
-        a = r[j]
-        b = r[j + h]
-        half[j] = a if a > b else b
-    while h > 8:
-        q = h // 2
-        if h % 2:
-            m = max(m, half[h - 1])
-        for j in range(q):
-            a = half[j]
-            b = half[j + q]
-            half[j] = a if a > b else b
-        h = q
-    for j in range(h):
-        m = max(m, half[j])
-    return m
+def _softmax_xent_grad(logits, labels):
+    # softmax(logits) − onehot(labels), with one exp and no one-hot array
+    e = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)  # in place: one array of the logits' size, not two
+    e /= e.sum(axis=-1, keepdims=True)
+    rows = e.reshape(-1, e.shape[-1])
+    rows[np.arange(rows.shape[0]), labels.reshape(-1)] -= 1.0
+    return e
 
 
 @numba.njit(cache=_CACHE, error_model="numpy")
