@@ -44,7 +44,9 @@ class Browser:
     def __init__(self):
         import websocket
 
-        self.profile = tempfile.TemporaryDirectory(prefix="graphgen-chromium-")
+        self.profile = tempfile.TemporaryDirectory(
+            prefix="graphgen-chromium-", ignore_cleanup_errors=True
+        )
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL,
@@ -178,4 +180,11 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.profile.cleanup()
+        # Chromium's helper processes can still write into the profile a moment after
+        # the browser exits (a CI run failed: rmtree found 'Default' not empty): clean
+        # up until the directory is gone
+        for _ in range(50):
+            self.profile.cleanup()
+            if not os.path.exists(self.profile.name):
+                break
+            time.sleep(0.1)
