@@ -54,12 +54,13 @@ NB_HELPERS = {
     "matmul": (),
     "flat_matmul": ("matmul",),
     "batched_matmul": ("matmul",),
-    "loop_softmax": ("row_reduce",),
-    "loop_softmax_cross_entropy": ("row_reduce",),
-    "loop_softmax_xent_grad": ("row_reduce",),
+    "loop_softmax": ("row_exps",),
+    "loop_softmax_cross_entropy": ("row_exps",),
+    "loop_softmax_xent_grad": ("row_exps",),
     "rows_softmax_cross_entropy": ("loop_softmax_cross_entropy",),
     "rows_softmax_xent_grad": ("loop_softmax_xent_grad",),
     "row_reduce": (),
+    "row_exps": ("row_reduce",),
     "row_layer_norm": ("row_reduce",),
     "last_axis_sums": ("row_reduce",),
     "row_sums": (),
@@ -70,11 +71,7 @@ NB_HELPERS = {
 }
 # ... and the vecmath helpers (graphgen/backends/numba/vecmath.py) a helper calls where
 # the module inlines its transcendentals (the template's ``inline_math``)
-NB_VECMATH = {
-    "loop_softmax": ("nb_exp_row",),
-    "loop_softmax_cross_entropy": ("nb_exp_row",),
-    "loop_softmax_xent_grad": ("nb_exp_row",),
-}
+NB_VECMATH = {"row_exps": ("nb_exp_row",)}
 # What a nopython form predicate returns for a form only ``whole=True`` uses: the small
 # transformers' forms (stacked matmuls, softmax of more than a matrix, layer_norm,
 # partial sums, embedding rows, unslice, where, array constants). Compiling such a

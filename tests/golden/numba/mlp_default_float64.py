@@ -662,10 +662,9 @@ def _matmul(a, b):
 @numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_cross_entropy(logits, labels):
     """Mean over the rows of −log softmax(logits)[label] = max + log Σ exp(logits − max)
-    − logits[label], row by row: the max (_row_max), the shifted row, its exps (a
-    vectorized row where the module inlines exp), a vectorized sum."""
+    − logits[label], row by row: the exps (_row_exps), a vectorized sum."""
     n, k = logits.shape
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
+    d = np.empty(k, dtype=logits.dtype)  # _row_exps's scratch
     e = np.empty(k, dtype=logits.dtype)
     total = 0.0
     for i in range(n):
@@ -675,22 +674,18 @@ def _loop_softmax_cross_entropy(logits, labels):
         if label < 0 or label >= k:
             raise IndexError("label out of range")
         r = logits[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        _nb_exp_row(d, e)  # (into another row: in place, LLVM would not vectorize it)
+        m = _row_exps(r, d, e)
         total += m + np.log(_row_total(e)) - r[label]
     return total / n
 
 
 @numba.njit(cache=_CACHE, error_model="numpy")
 def _loop_softmax_xent_grad(logits, labels):
-    """softmax(logits) − onehot(labels), row by row: the max (_row_max), the shifted
-    row, its exps (a vectorized row where the module inlines exp), a vectorized sum,
-    one pass to scale; no one-hot array."""
+    """softmax(logits) − onehot(labels), row by row: the exps (_row_exps), a vectorized
+    sum, one pass to scale; no one-hot array."""
     n, k = logits.shape
     out = np.empty((n, k), dtype=logits.dtype)
-    d = np.empty(k, dtype=logits.dtype)  # _row_max's scratch, then the shifted row
+    d = np.empty(k, dtype=logits.dtype)  # _row_exps's scratch
     for i in range(n):
         label = labels[i]
         if label < 0:  # NumPy's indexing: −1 is the last class
@@ -699,10 +694,7 @@ def _loop_softmax_xent_grad(logits, labels):
             raise IndexError("label out of range")
         r = logits[i]
         o = out[i]
-        m = _row_max(r, d)
-        for j in range(k):
-            d[j] = r[j] - m
-        _nb_exp_row(d, o)  # (into another row: in place, LLVM would not vectorize it)
+        _row_exps(r, d, o)
         inv = DTYPE(1.0) / _row_total(o)
         for j in range(k):
             o[j] *= inv
@@ -757,6 +749,18 @@ def _row_max(r, half):
         h = q
     for j in range(h):
         m = max(m, half[j])
+    return m
+
+
+@numba.njit(cache=_CACHE, error_model="numpy")
+def _row_exps(r, d, e):
+    """exp(r − max r) of one row into e (d: scratch of r's length), and that max: the
+    softmax family's shared first passes. The exps are a vectorized row where the module
+    inlines exp, written into another row (in place, LLVM would not vectorize it)."""
+    m = _row_max(r, d)
+    for j in range(r.shape[0]):
+        d[j] = r[j] - m
+    _nb_exp_row(d, e)
     return m
 
 
